@@ -1,0 +1,90 @@
+"""Image input/output with SimpleITK: NRRD, NIfTI, MetaImage and DICOM series folders.
+
+Images come back as ``(array[k, j, i], ImageGeometry in RAS)``. Writes are atomic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .fileio import atomic_path
+from .geometry import ImageGeometry
+
+READABLE = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+
+
+def _sitk():
+    import SimpleITK as sitk  # imported lazily: point-dose checks do not need it
+    return sitk
+
+
+def geometry_of(image) -> ImageGeometry:
+    """RAS geometry of a SimpleITK image."""
+    if image.GetDimension() != 3:
+        raise InputError(f"expected a 3D image, got {image.GetDimension()}D")
+    return ImageGeometry.from_lps(image.GetSize(), image.GetSpacing(), image.GetOrigin(),
+                                  np.asarray(image.GetDirection()).reshape(3, 3))
+
+
+def read_sitk(path):
+    """Read ``path`` (image file or DICOM series folder) as a SimpleITK image."""
+    sitk = _sitk()
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: image not found")
+    try:
+        if path.is_dir():
+            reader = sitk.ImageSeriesReader()
+            series = reader.GetGDCMSeriesIDs(str(path))
+            if not series:
+                raise InputError(f"{path}: folder holds no DICOM image series")
+            files = reader.GetGDCMSeriesFileNames(str(path), series[0])
+            reader.SetFileNames(files)
+            image = reader.Execute()
+        else:
+            image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise InputError(f"{path}: unreadable image ({first[-1] if first else 'SimpleITK error'})") from exc
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path}: expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components")
+    if image.GetDimension() != 3:
+        raise InputError(f"{path}: expected a 3D image, got {image.GetDimension()}D")
+    return image
+
+
+def read_image(path):
+    """Read an image: returns ``(array[k, j, i], ImageGeometry)``."""
+    image = read_sitk(path)
+    return _sitk().GetArrayFromImage(image), geometry_of(image)
+
+
+def to_sitk(array, geometry: ImageGeometry):
+    """SimpleITK image of ``array[k, j, i]`` on ``geometry``."""
+    sitk = _sitk()
+    array = np.asarray(array)
+    if array.shape != geometry.shape:
+        raise InputError(f"array shape {array.shape} does not match grid shape {geometry.shape}")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    origin, direction = geometry.to_lps()
+    image.SetOrigin(tuple(float(v) for v in origin))
+    image.SetSpacing(tuple(float(v) for v in geometry.spacing))
+    image.SetDirection(tuple(float(v) for v in direction.ravel()))
+    return image
+
+
+def write_image(path, array, geometry: ImageGeometry, metadata=None, compress=True):
+    """Write ``array[k, j, i]`` on ``geometry`` to ``path`` atomically (format by extension)."""
+    sitk = _sitk()
+    image = to_sitk(array, geometry)
+    for key, value in (metadata or {}).items():
+        image.SetMetaData(str(key), str(value))
+    with atomic_path(path) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), compress)
+        except RuntimeError as exc:
+            raise InputError(f"{path}: cannot write image: {str(exc).strip().splitlines()[-1]}") from exc
+    return Path(path)

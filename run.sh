@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# One entry point for newcomers and CI.
+#   ./run.sh demo [seedplan demo options]   set up, then plan the bundled sample case (output: demo-output/)
+#   ./run.sh test [pytest options]          set up, then run the whole test suite
+#   ./run.sh setup                          only set up (.venv with the library, slicer-core and pytest)
+#   ./run.sh bench                          set up, then run every benchmark in benchmarks/
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${SEEDPLAN_VENV:-.venv}
+PY=${PYTHON:-python3}
+
+apt_packages() {
+  # OpenGL/EGL runtime for VTK's offscreen rendering (slice and 3D pictures).
+  local need=()
+  for p in libegl1 libgl1 libosmesa6 libglu1-mesa libxrender1 libxt6; do
+    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+  done
+  if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      echo "run.sh: installing Debian packages: ${need[*]}"
+      apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+      echo "run.sh: warning: missing Debian packages ${need[*]} (offscreen pictures may fail)" >&2
+    fi
+  fi
+}
+
+setup() {
+  apt_packages
+  if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+  fi
+  local stamp="$VENV/.installed-$(cat pyproject.toml Resources/requirements.txt 2>/dev/null | sha1sum | cut -c1-12)"
+  if [ ! -f "$stamp" ]; then
+    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+    "$VENV/bin/python" -m pip install -q -e ".[test]"
+    touch "$stamp"
+  fi
+}
+
+cmd=${1:-help}
+shift || true
+case "$cmd" in
+  setup) setup ;;
+  demo)  setup; exec "$VENV/bin/seedplan" demo "$@" ;;
+  test)  setup; exec "$VENV/bin/python" -m pytest -q "$@" ;;
+  bench) setup; for b in benchmarks/bench_*.py; do echo "== $b"; "$VENV/bin/python" "$b"; done ;;
+  *) sed -n '2,7p' "$0"; exit 2 ;;
+esac
