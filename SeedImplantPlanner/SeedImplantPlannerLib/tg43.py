@@ -24,8 +24,9 @@ Rules outside the tables (documented in README, tested in test_tg43.py):
   0-90 deg are mirrored about the transverse plane (F(180 - theta) = F(theta)).
 - phi_an(r): linear in r inside the table, nearest neighbour outside.
 - Inside the seed: TG-43 defines no dose for r < L/2. Points closer to the seed centre than the
-  cap radius r_cap (default L/2 + 0.05 cm) are evaluated at r_cap along the same direction, so no
-  NaN or Inf ever reaches an output; callers count those points as "capped".
+  cap radius r_cap (default L/2 + 0.02 cm, just beyond the ends of the active length and inside the
+  smallest tabulated radius of every shipped model) are evaluated at r_cap along the same direction,
+  so no NaN or Inf ever reaches an output; callers count those points as "capped".
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from .sources import SeedModel
 R0_CM = 1.0
 THETA0_DEG = 90.0
 #: Margin beyond the active end used for the default cap radius (cm).
-CAP_MARGIN_CM = 0.05
+CAP_MARGIN_CM = 0.02
 FORMALISMS = ("2D", "1D")
 
 
