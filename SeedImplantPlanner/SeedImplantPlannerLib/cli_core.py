@@ -81,12 +81,17 @@ def read_seed_input(path, model_dirs=()):
     return read_seeds_csv(path)
 
 
-def grid_from_args(args):
-    """Dose grid from --reference (image) and/or --grid-spacing / --grid-box options."""
+def grid_from_args(args, seeds):
+    """Dose grid from --reference (image, optionally cropped around the seeds) or --box."""
     if args.reference:
         from .imageio import read_sitk, geometry_of
         ref = geometry_of(read_sitk(args.reference))
-        if args.spacing:
+        if args.crop_margin is not None:
+            if args.crop_margin < 0:
+                raise InputError(f"--crop-margin must be >= 0 mm, got {args.crop_margin:g}")
+            pos = seeds.positions
+            ref = ref.cropped_to_box(pos.min(axis=0), pos.max(axis=0), args.spacing, args.crop_margin)
+        elif args.spacing:
             ref = ref.resampled(args.spacing)
         return ref
     if args.box:
@@ -101,7 +106,7 @@ def cmd_dose(args):
     from .cli import ProgressBar
     from .imageio import write_image
     seeds = read_seed_input(args.seeds, args.model_dir)
-    geometry = grid_from_args(args)
+    geometry = grid_from_args(args, seeds)
     if geometry.n_voxels == 0:
         raise InputError("empty dose grid")
     if not args.allow_outside:
@@ -137,6 +142,8 @@ def register(sub):
     p.add_argument("--box", nargs=6, type=float, metavar=("XMIN", "YMIN", "ZMIN", "XMAX", "YMAX", "ZMAX"),
                    help="explicit RAS box (mm) instead of a reference image")
     p.add_argument("--spacing", type=float, nargs="+", help="grid spacing in mm (1 or 3 values)")
+    p.add_argument("--crop-margin", type=float, metavar="MM",
+                   help="restrict the reference grid to the seeds' bounding box plus MM (orientation kept)")
     p.add_argument("--engine", choices=("fast", "direct"), default="fast", help="grid engine (default fast)")
     p.add_argument("--allow-outside", action="store_true", help="accept seeds outside the dose grid")
     p.add_argument("--out", required=True, help="output dose image (.nrrd)")

@@ -133,6 +133,24 @@ class TestDoseGrid(CliCase):
         self.assertAlmostEqual(float(dose[idx[2], idx[1], idx[0]]) / want[0], 1.0, delta=5e-3)
         self.assertIn("2 seeds", r.stdout)
 
+    def test_crop_around_seeds_at_chosen_spacing(self):
+        ref_path, ref = self.make_reference()
+        seeds = self.file("s.csv", HEADER + f"-25,-20,-5,0,0,1,0.6,{M6711}\n")
+        out = self.dir / "crop.nrrd"
+        r = seedplan("dose", "--seeds", seeds, "--reference", ref_path, "--out", out, "--crop-margin", 6,
+                     "--spacing", 0.5, "--engine", "direct")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        img = sitk.ReadImage(str(out))
+        self.assertEqual(img.GetSize(), (25, 25, 25))
+        np.testing.assert_allclose(img.GetSpacing(), (0.5, 0.5, 0.5), atol=1e-9)
+        np.testing.assert_allclose(img.GetDirection(), ref.GetDirection(), atol=1e-9)
+        dose = sitk.GetArrayFromImage(img)
+        corner = np.array(img.TransformIndexToPhysicalPoint((0, 0, 0))) * [-1, -1, 1]
+        from SeedImplantPlannerLib.dose import dose_at_points_Gy
+        from SeedImplantPlannerLib.seeds import read_seeds_csv
+        want, _, _ = dose_at_points_Gy([corner], read_seeds_csv(seeds))
+        self.assertAlmostEqual(float(dose[0, 0, 0]) / want[0], 1.0, places=5)
+
     def test_bad_inputs_leave_no_file(self):
         ref_path, _ = self.make_reference()
         out = self.dir / "dose.nrrd"
