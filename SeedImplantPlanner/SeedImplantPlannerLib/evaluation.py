@@ -1,0 +1,273 @@
+"""Plan evaluation in one call: structures on the dose grid -> DVH -> metrics -> goals -> BED.
+
+:func:`evaluate_plan` takes numpy arrays and plain objects and returns an :class:`Evaluation`
+whose :meth:`Evaluation.to_dict` is plain JSON-ready data (what the Slicer panels and the report
+show). Structures are :class:`structures.Structure` objects on any grid, or ``{name: bool mask}``
+already on the dose grid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import progress as _progress
+from .dvh import (DoseSamples, check_dose, check_prescription, compute_dvhs, structure_dose_samples)
+from .errors import InputError
+from .geometry import ImageGeometry
+from .goals import GoalSet
+from .metrics import (INDEX_METRICS, conformity_indices, default_metric_names, format_value, parse_metric,
+                      structure_metrics)
+from .radiobiology import I125_HALF_LIFE_DAYS, TISSUES, LQParams, structure_radiobiology
+from .structures import (BODY_NAMES, TARGET_NAMES, Structure, guess_role_structure, mask_on_grid)
+
+
+@dataclass
+class Evaluation:
+    """Result of :func:`evaluate_plan`: per-structure samples, DVHs, metrics, goal results, BED."""
+
+    prescription_Gy: float
+    geometry: ImageGeometry
+    target: str | None
+    body: str | None
+    samples: list
+    dvhs: list
+    metrics: dict                  # {structure: {metric: value dict}}
+    indices: dict                  # CI/EI/HI and their volumes ({} without a target)
+    goal_results: list             # list of dicts
+    radiobiology: dict             # {structure: dict}
+    roles: dict                    # {structure: role}
+    colors: dict                   # {structure: (r, g, b)}
+    warnings: list = field(default_factory=list)
+    goal_set_name: str = ""
+
+    @property
+    def n_goals_failed(self) -> int:
+        """Number of goals evaluated and failed."""
+        return sum(1 for g in self.goal_results if g["passed"] is False)
+
+    def metric_rows(self):
+        """Flat rows (structure, metric, value, unit, display) for tables and CSV."""
+        rows = []
+        for s in self.samples:
+            for name, value in self.metrics[s.name].items():
+                spec = parse_metric(name)
+                if spec.is_volume:
+                    rows.append({"structure": s.name, "metric": name, "value": value["percent"], "unit": "%",
+                                 "display": format_value(spec, value, self.prescription_Gy)})
+                    rows.append({"structure": s.name, "metric": name + "cc" if not name.endswith("Gy") else name + "_cc",
+                                 "value": value["cc"], "unit": "cc", "display": f"{value['cc']:.3f} cc"})
+                elif spec.is_index:
+                    rows.append({"structure": s.name, "metric": name, "value": value["value"], "unit": "",
+                                 "display": format_value(spec, value)})
+                else:
+                    rows.append({"structure": s.name, "metric": name, "value": value["Gy"], "unit": "Gy",
+                                 "display": format_value(spec, value, self.prescription_Gy)})
+        return rows
+
+    def to_dict(self):
+        """Plain-data form (JSON-ready): everything except the dose samples and DVH arrays."""
+        def clean(v):
+            if isinstance(v, dict):
+                return {k: clean(x) for k, x in v.items()}
+            if isinstance(v, (list, tuple)):
+                return [clean(x) for x in v]
+            if isinstance(v, (np.floating, float)):
+                f = float(v)
+                return f if math.isfinite(f) else None
+            if isinstance(v, np.integer):
+                return int(v)
+            if isinstance(v, np.bool_):
+                return bool(v)
+            return v
+        structures = []
+        for s in self.samples:
+            structures.append({"name": s.name, "role": self.roles[s.name], "volume_cc": s.volume_cc,
+                               "supersampling": s.factor, "fraction_outside_grid": s.fraction_outside,
+                               "metrics": self.metrics[s.name], "warnings": list(s.warnings)})
+        return clean({"prescription_Gy": self.prescription_Gy, "target": self.target, "body": self.body,
+                      "dose_grid": self.geometry.to_dict(), "structures": structures, "indices": self.indices,
+                      "goals": self.goal_results, "goal_set": self.goal_set_name,
+                      "radiobiology": self.radiobiology, "warnings": self.warnings})
+
+
+def _as_structures(structures, geometry):
+    if isinstance(structures, dict):
+        out = []
+        for n, (name, m) in enumerate(structures.items()):
+            from .segio import DEFAULT_COLORS
+            out.append(Structure(str(name), np.asarray(m, dtype=bool), geometry, DEFAULT_COLORS[n % len(DEFAULT_COLORS)]))
+        return out
+    return list(structures)
+
+
+def assign_roles(structures, target=None, body=None, goal_set: GoalSet | None = None):
+    """(roles {name: role}, target name or None, body name or None) from explicit names, goals, or names."""
+    names = [s.name for s in structures]
+    low = {n.lower(): n for n in names}
+
+    def pick(name, what):
+        if name is None:
+            return None
+        if str(name).lower() not in low:
+            raise InputError(f"{what} '{name}' is not among the structures ({', '.join(names) or 'none'})")
+        return low[str(name).lower()]
+
+    t = pick(target, "target")
+    b = pick(body, "body")
+    roles = {}
+    for s in structures:
+        entry = goal_set.entry_for(s.name, names) if goal_set else None
+        roles[s.name] = entry.role if entry else "oar"
+    if t is None:
+        cands = [n for n in names if roles[n] == "target"]
+        if cands:
+            t = cands[0]
+        else:
+            g = guess_role_structure(structures, TARGET_NAMES)
+            t = g.name if g else None
+    if b is None:
+        cands = [n for n in names if roles[n] == "body"]
+        if cands:
+            b = cands[0]
+        else:
+            g = guess_role_structure(structures, BODY_NAMES)
+            b = g.name if g else None
+    for n in names:
+        if roles[n] == "target" and n != t:
+            roles[n] = "oar"
+    if t is not None:
+        roles[t] = "target"
+    if b is not None:
+        roles[b] = "body"
+    return roles, t, b
+
+
+def evaluate_plan(dose_Gy, geometry: ImageGeometry, structures, prescription_Gy, *, target=None, body=None,
+                  goals: GoalSet | None = None, metrics=None, supersample="auto", radiobiology=None,
+                  half_life_days=I125_HALF_LIFE_DAYS, dvh_max_dose_Gy=None, progress=None) -> Evaluation:
+    """Evaluate a dose grid: DVH, metrics, conformity indices, goals and (optionally) BED per structure.
+
+    ``structures``: list of :class:`Structure` (any grid) or ``{name: mask on the dose grid}``.
+    ``metrics``: extra metric names added to every structure's defaults. ``radiobiology``: None (off),
+    True (defaults: prostate/tumour parameters for the target by preset name, late-normal for the
+    rest) or ``{"target": LQParams, "oar": LQParams}``. Missing goal structures marked ``required``
+    raise InputError; other missing goal structures are listed as not evaluated.
+    """
+    rx = check_prescription(prescription_Gy)
+    dose = check_dose(dose_Gy, geometry)
+    structs = _as_structures(structures, geometry)
+    if not structs:
+        raise InputError("no structures to evaluate")
+    seen = set()
+    for s in structs:
+        if s.name.lower() in seen:
+            raise InputError(f"two structures are named '{s.name}'")
+        seen.add(s.name.lower())
+    roles, target, body = assign_roles(structs, target, body, goals)
+    if goals is not None:
+        for entry in goals.structures:
+            if entry.required and id(entry) not in goals.assign([s.name for s in structs]):
+                raise InputError(f"goals '{goals.name}': required structure '{entry.name}' (aliases: "
+                                 f"{', '.join(entry.aliases) or 'none'}) is missing; structures: "
+                                 f"{', '.join(s.name for s in structs)}")
+    samples, warnings = [], []
+    n = len(structs)
+    for i, s in enumerate(structs):
+        sub = _progress.scaled(progress, 0.8 * i / n, 0.8 * (i + 1) / n)
+        _progress.report(sub, 0.0, f"evaluation: {s.name}")
+        max_out = 0.0 if roles[s.name] == "target" else None
+        samp = structure_dose_samples(dose, geometry, s, supersample, roles[s.name], max_outside=max_out,
+                                      progress=sub)
+        samples.append(samp)
+        warnings.extend(samp.warnings)
+    _progress.report(progress, 0.8, "evaluation: metrics")
+    metric_values, indices = {}, {}
+    for samp in samples:
+        names = default_metric_names(roles[samp.name], samp.name)
+        entry = goals.entry_for(samp.name, [x.name for x in samples]) if goals else None
+        extra = list(metrics or []) + (entry.metrics if entry else []) + ([g.metric.name for g in entry.goals] if entry else [])
+        for m in extra:
+            if m not in names:
+                names.append(m)
+        names = [m for m in names if not parse_metric(m).is_index]
+        metric_values[samp.name] = structure_metrics(samp, names, rx)
+    if target is not None:
+        tstruct = next(s for s in structs if s.name == target)
+        bmask = None
+        if body is not None:
+            bmask = mask_on_grid(next(s for s in structs if s.name == body), geometry)
+        indices = conformity_indices(dose, geometry.voxel_volume_cc, mask_on_grid(tstruct, geometry), rx, bmask)
+        for k in INDEX_METRICS:
+            metric_values[target][k] = {"value": indices[k]}
+    goal_results = _check_goals(goals, samples, metric_values, rx) if goals else []
+    rb = {}
+    if radiobiology:
+        params = radiobiology if isinstance(radiobiology, dict) else {}
+        tp = params.get("target", TISSUES["prostate_tumour"] if goals is not None and "prostate" in goals.name.lower()
+                        else TISSUES["tumour"])
+        op = params.get("oar", TISSUES["late_normal"])
+        for samp in samples:
+            p = tp if roles[samp.name] == "target" else op
+            keys = ["D90", "D100", "Dmean"] if roles[samp.name] == "target" else ["D2cc", "D0.1cc", "Dmax"]
+            dm = {}
+            for k in keys:
+                v = metric_values[samp.name].get(k)
+                if v is None:
+                    v = structure_metrics(samp, [k], rx)[k]
+                dm[k] = v["Gy"]
+            rb[samp.name] = structure_radiobiology(samp, half_life_days, p, dm)
+    _progress.report(progress, 0.9, "evaluation: DVH")
+    dvhs = compute_dvhs(samples, rx, max_dose_Gy=dvh_max_dose_Gy)
+    _progress.report(progress, 1.0, "evaluation: done")
+    colors = {s.name: tuple(s.color) for s in structs}
+    return Evaluation(rx, geometry, target, body, samples, dvhs, metric_values, indices, goal_results, rb, roles,
+                      colors, warnings, goals.name if goals else "")
+
+
+def _check_goals(goals: GoalSet, samples, metric_values, rx):
+    out = []
+    matched = set()
+    names = [s.name for s in samples]
+    for samp in samples:
+        entry = goals.entry_for(samp.name, names)
+        if entry is None:
+            continue
+        matched.add(id(entry))
+        for g in entry.goals:
+            value = metric_values[samp.name].get(g.metric.name)
+            if value is None:
+                value = structure_metrics(samp, [g.metric.name], rx)[g.metric.name]
+            v, passed = g.check(value, rx)
+            status = "pass" if passed else ("fail" if passed is False else "undefined")
+            out.append({"structure": samp.name, "goal": g.text, "metric": g.metric.name, "value": v,
+                        "unit": g.unit_label, "op": g.op, "limit": g.limit, "passed": passed, "status": status,
+                        "source": g.source})
+    for entry in goals.structures:
+        if id(entry) in matched:
+            continue
+        for g in entry.goals:
+            out.append({"structure": entry.name, "goal": g.text, "metric": g.metric.name, "value": None,
+                        "unit": g.unit_label, "op": g.op, "limit": g.limit, "passed": None,
+                        "status": "not evaluated (structure missing)", "source": g.source})
+    return out
+
+
+def write_metrics_csv(path, evaluation: Evaluation):
+    """Write every metric (one row per structure and metric) as CSV, atomically."""
+    from .fileio import write_csv
+    rows = [{"structure": r["structure"], "metric": r["metric"],
+             "value": "" if r["value"] is None or not math.isfinite(r["value"]) else f"{r['value']:.6g}",
+             "unit": r["unit"]} for r in evaluation.metric_rows()]
+    write_csv(path, rows, ["structure", "metric", "value", "unit"])
+    return path
+
+
+def write_goals_csv(path, evaluation: Evaluation):
+    """Write the goal results as CSV, atomically."""
+    from .fileio import write_csv
+    rows = [{**g, "value": "" if g["value"] is None else f"{g['value']:.6g}"} for g in evaluation.goal_results]
+    write_csv(path, rows, ["structure", "goal", "metric", "value", "unit", "status", "source"])
+    return path
