@@ -46,12 +46,12 @@ DEFAULT_ISODOSE_LEVELS_PCT = (50.0, 90.0, 100.0, 150.0, 200.0)
 #: Isodose line colours by level (% of prescription); other levels take colours from the palette.
 ISODOSE_COLORS = {
     50.0: (0.00, 0.75, 1.00),   # sky blue
-    90.0: (1.00, 1.00, 0.00),   # yellow
-    100.0: (1.00, 0.00, 0.00),  # red: the prescription isodose
-    150.0: (1.00, 0.55, 0.00),  # orange
+    90.0: (0.00, 1.00, 0.00),   # green
+    100.0: (1.00, 1.00, 0.00),  # yellow: the prescription isodose
+    150.0: (1.00, 0.50, 0.00),  # orange
     200.0: (1.00, 0.00, 1.00),  # magenta
 }
-_EXTRA_ISODOSE_COLORS = [(0.0, 1.0, 0.0), (0.6, 0.3, 1.0), (0.0, 1.0, 0.8), (1.0, 0.75, 0.8), (0.6, 0.6, 0.0)]
+_EXTRA_ISODOSE_COLORS = [(0.5, 1.0, 0.5), (0.6, 0.3, 1.0), (0.0, 1.0, 0.8), (1.0, 0.75, 0.8), (0.6, 0.6, 0.0)]
 
 _SEED_DESC_RE = re.compile(r"(\w+)\s*=\s*([^;]+)")
 
@@ -523,14 +523,15 @@ def fiducial_node_to_seeds(node):
 # dose volume
 # ------------------------------------------------------------------------------------------------
 def dose_color_table(scene, node=None, name="SeedImplantPlanner dose"):
-    """A 256-entry colour table for dose colour wash (blue -> green -> yellow -> red -> white)."""
+    """A 256-entry colour table for dose colour wash; with the window 0..2 x prescription the
+    prescription sits at green-yellow, 150 % at orange and 200 % at red."""
     if node is None:
         node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", name)
         node.SetAttribute(ROLE_ATTRIBUTE, "DoseColorTable")
     node.SetTypeToUser()
     node.SetNumberOfColors(256)
-    stops = np.array([[0.0, 0.0, 0.0, 0.55], [0.2, 0.0, 0.3, 1.0], [0.4, 0.0, 0.85, 0.85], [0.55, 0.1, 0.9, 0.1],
-                      [0.7, 1.0, 1.0, 0.0], [0.85, 1.0, 0.45, 0.0], [0.95, 0.9, 0.0, 0.0], [1.0, 1.0, 0.6, 0.6]])
+    stops = np.array([[0.0, 0.0, 0.0, 0.5], [0.25, 0.0, 0.2, 1.0], [0.42, 0.0, 0.8, 1.0], [0.5, 0.1, 0.9, 0.2],
+                      [0.6, 0.9, 0.95, 0.0], [0.75, 1.0, 0.55, 0.0], [1.0, 0.85, 0.0, 0.0]])
     x = np.linspace(0, 1, 256)
     rgb = np.column_stack([np.interp(x, stops[:, 0], stops[:, c]) for c in (1, 2, 3)])
     for i in range(256):
@@ -570,8 +571,8 @@ def update_dose_volume(scene, dose_Gy, geometry: ImageGeometry, prescription_Gy,
         ct = color_node or dose_color_table(scene)
         display.SetAndObserveColorNodeID(ct.GetID())
         display.AutoWindowLevelOff()
-        # Colour wash from 0 to 1.5 x prescription; below 30 % of the prescription transparent.
-        display.SetWindowLevelMinMax(0.0, 1.5 * rx)
+        # Colour wash from 0 to 2 x prescription; below 30 % of the prescription transparent.
+        display.SetWindowLevelMinMax(0.0, 2.0 * rx)
         display.AutoThresholdOff()
         display.SetApplyThreshold(True)
         display.SetThreshold(0.3 * rx, 1e9)

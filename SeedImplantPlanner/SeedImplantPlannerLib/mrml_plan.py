@@ -1,0 +1,828 @@
+"""A plan in the MRML scene: its nodes, their parameter node, live updates, and the saved scene.
+
+:class:`PlanScene` ties the nodes of one plan together through a parameter node
+(``vtkMRMLScriptedModuleNode`` with attribute ``ModuleName = SeedImplantPlanner``), stored the way
+Slicer's ``parameterNodeWrapper`` stores it (numbers and strings as parameters, ``True``/``False``
+for booleans, nodes as node references with the parameter's name as role, lists as ``name.len`` +
+``name.<i>``), so the module's wrapper class reads what the library wrote and the other way round.
+Nodes are never looked up by name.
+
+Live updates (:meth:`PlanScene.start_live_updates`): moving, adding or removing a seed in a view,
+or moving a needle (its seeds move with it, keeping their distance from the tip), updates the dose
+with :class:`dose.DoseGrid` incremental edits, then the dose volume, isodose models, DVH table and
+metrics table. Events are coalesced through a ``schedule(callback)`` function: the default runs
+the update at once; the Slicer module passes a zero-delay Qt timer so a drag updates once per
+event-loop turn.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from . import mrml_adapters as ma
+from . import progress as _progress
+from .errors import InputError
+from .geometry import ImageGeometry
+from .seeds import SeedSet
+
+MODULE_NAME = "SeedImplantPlanner"
+NEEDLE_DATA_ATTRIBUTE = "SeedImplantPlanner.Needle"
+
+#: Parameters with their defaults (names shared with the module's parameterNodeWrapper class).
+DEFAULTS = {
+    "targetSegmentId": "",
+    "seedModel": "I125_OncoSeed_6711",
+    "strengthValue": 0.5,
+    "strengthUnit": "mCi",
+    "referenceDate": "",
+    "implantDate": "",
+    "prescriptionDoseGy": 145.0,
+    "doseGridSpacingMm": 2.0,
+    "doseMarginMm": 15.0,
+    "doseEngine": "fast",
+    "isodoseLevelsPercent": "50, 90, 100, 150, 200",
+    "needlesLocked": False,
+    "needleSpacingMm": 10.0,
+    "seedSpacingMm": 10.0,
+    "goalPreset": "",
+    "liveUpdate": True,
+}
+NODE_PARAMETERS = ("ctVolume", "segmentation", "seedsNode", "doseVolume", "dvhTable", "dvhChart", "metricsTable",
+                   "doseColorTable")
+NODE_LIST_PARAMETERS = ("needleNodes", "isodoseModels")
+STRING_LIST_PARAMETERS = ("organSegmentIds", "forbiddenSegmentIds")
+
+
+# ------------------------------------------------------------------------------------------------
+# parameter node (parameterNodeWrapper layout)
+# ------------------------------------------------------------------------------------------------
+class PlanParameters:
+    """Typed access to the module's parameter node, in parameterNodeWrapper's storage layout."""
+
+    def __init__(self, node):
+        self.node = node
+
+    @staticmethod
+    def create(scene):
+        """A new singleton parameter node of the module in ``scene`` (reused if present)."""
+        node = scene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode")
+        if node is None:
+            node = scene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+            node.UnRegister(None)
+            node.SetSingletonTag(MODULE_NAME)
+            node.SetAttribute("ModuleName", MODULE_NAME)
+            node.SetName(scene.GenerateUniqueName(MODULE_NAME))
+            node = scene.AddNode(node)
+        params = PlanParameters(node)
+        for k, v in DEFAULTS.items():
+            if not node.GetParameter(k):
+                params.set(k, v)
+        return params
+
+    def set(self, name, value):
+        """Store a number, string or bool parameter."""
+        if isinstance(value, bool):
+            self.node.SetParameter(name, "True" if value else "False")
+        else:
+            self.node.SetParameter(name, str(value))
+
+    def get(self, name):
+        """A parameter converted to the type of its default (str when no default)."""
+        raw = self.node.GetParameter(name)
+        default = DEFAULTS.get(name)
+        if raw == "" and default is not None:
+            return default
+        if isinstance(default, bool):
+            return raw == "True"
+        if isinstance(default, float):
+            try:
+                return float(raw)
+            except ValueError:
+                raise InputError(f"parameter {name} is not a number: {raw!r}") from None
+        return raw
+
+    def set_node(self, name, node):
+        """Reference ``node`` (or None) under role ``name``."""
+        self.node.SetParameter(name, "")
+        self.node.SetNodeReferenceID(name, node.GetID() if node is not None else None)
+
+    def get_node(self, name):
+        """The node referenced under role ``name`` (or None)."""
+        return self.node.GetNodeReference(name)
+
+    def set_node_list(self, name, nodes):
+        """Reference a list of nodes (``name.len`` and ``name.<i>``)."""
+        old = self._len(name)
+        for i, n in enumerate(nodes):
+            self.set_node(f"{name}.{i}", n)
+        for i in range(len(nodes), old):
+            self.node.SetNodeReferenceID(f"{name}.{i}", None)
+            self.node.UnsetParameter(f"{name}.{i}")
+        self.node.SetParameter(f"{name}.len", str(len(nodes)))
+
+    def get_node_list(self, name):
+        """The referenced nodes of a node list (missing entries skipped)."""
+        out = []
+        for i in range(self._len(name)):
+            n = self.get_node(f"{name}.{i}")
+            if n is not None:
+                out.append(n)
+        return out
+
+    def set_string_list(self, name, values):
+        """Store a list of strings (``name.len`` and ``name.<i>``)."""
+        old = self._len(name)
+        values = [str(v) for v in values]
+        for i, v in enumerate(values):
+            self.node.SetParameter(f"{name}.{i}", v)
+        for i in range(len(values), old):
+            self.node.UnsetParameter(f"{name}.{i}")
+        self.node.SetParameter(f"{name}.len", str(len(values)))
+
+    def get_string_list(self, name):
+        """A stored list of strings."""
+        return [self.node.GetParameter(f"{name}.{i}") for i in range(self._len(name))]
+
+    def _len(self, name):
+        raw = self.node.GetParameter(f"{name}.len")
+        return int(raw) if raw else 0
+
+    def isodose_levels(self):
+        """Isodose levels (% of prescription) from the comma-separated parameter."""
+        return parse_levels(self.get("isodoseLevelsPercent"))
+
+
+def parse_levels(text):
+    """'50, 90, 100' -> (50.0, 90.0, 100.0); InputError naming a bad entry."""
+    out = []
+    for part in str(text).replace(";", ",").split(","):
+        part = part.strip().rstrip("%")
+        if not part:
+            continue
+        try:
+            v = float(part)
+        except ValueError:
+            raise InputError(f"isodose level {part!r} is not a number (give percentages such as 50, 90, 100)") from None
+        if not math.isfinite(v) or v <= 0:
+            raise InputError(f"isodose level {part!r} must be a positive percentage")
+        out.append(v)
+    if not out:
+        raise InputError("no isodose level given (e.g. 50, 90, 100, 150, 200)")
+    return tuple(sorted(set(out)))
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation on the dose grid (composition of structures, dvh, metrics, goals)
+# ------------------------------------------------------------------------------------------------
+def structure_from_segment(segmentation_node, segment_id):
+    """A :class:`structures.Structure` from a segment (mask on its own labelmap grid)."""
+    from .structures import Structure
+    mask, geom = ma._segment_labelmap(segmentation_node, segment_id)
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    if mask is None:
+        raise InputError(f"segment '{segment.GetName()}' of '{segmentation_node.GetName()}' is empty")
+    return Structure(segment.GetName(), mask, geom, tuple(segment.GetColor()))
+
+
+class Evaluation:
+    """DVH curves and metric rows of a dose on its grid for a set of structures (with roles)."""
+
+    def __init__(self, structures, roles, prescription_Gy, goals=None, dvh_fraction=0.005, supersample="auto"):
+        self.structures = list(structures)
+        self.roles = list(roles)
+        self.prescription_Gy = float(prescription_Gy)
+        self.goals = goals
+        self.dvh_fraction = float(dvh_fraction)
+        self.supersample = supersample
+        self._target_mask = None
+        self._geometry = None
+
+    def evaluate(self, dose_Gy, geometry: ImageGeometry):
+        """(dose bins Gy, {name: cumulative %}, metric rows, n failed goals) for ``dose_Gy``."""
+        from . import dvh as _dvh
+        from . import metrics as _metrics
+        from .structures import mask_on_grid
+        from .structures import fraction_outside
+        rx = self.prescription_Gy
+        rows = []
+        inside, samples = [], []
+        for s, role in zip(self.structures, self.roles):
+            if role != "target" and fraction_outside(s, geometry) >= 1.0 - 1e-12:
+                rows.append({"structure": s.name, "metric": "-", "value": None, "unit": "",
+                             "goal": "outside the dose grid", "passed": None})
+                continue
+            inside.append((s, role))
+            samples.append(_dvh.structure_dose_samples(dose_Gy, geometry, s, self.supersample, role))
+        curves = {}
+        bins = np.zeros(1)
+        if samples:
+            dvhs = _dvh.compute_dvhs(samples, rx, self.dvh_fraction)
+            bins = dvhs[0].edges_Gy
+            curves = {d.name: d.cumulative_percent for d in dvhs}
+        for (s, role), smp in zip(inside, samples):
+            entry = self.goals.for_structure(s.name) if self.goals is not None else None
+            names = list(_metrics.default_metric_names(role, s.name))
+            goal_list = list(entry.goals) if entry is not None else []
+            if entry is not None:
+                names += [m for m in entry.metrics if m not in names]
+            names += [g.metric.name for g in goal_list if not g.metric.is_index and g.metric.name not in names]
+            values = _metrics.structure_metrics(smp, [n for n in names if not _metrics.parse_metric(n).is_index], rx)
+            if role == "target":
+                if self._geometry is None or not self._geometry.matches(geometry):
+                    self._target_mask = mask_on_grid(s, geometry)
+                    self._geometry = geometry
+                ci = _metrics.conformity_indices(dose_Gy, geometry.voxel_volume_cc, self._target_mask, rx)
+                for k in ("CI", "EI", "HI"):
+                    values[k] = {"value": ci[k]}
+            for name, value in values.items():
+                spec = _metrics.parse_metric(name)
+                goals_here = [g for g in goal_list if g.metric.name == spec.name]
+                if goals_here:
+                    for g in goals_here:
+                        v, passed = g.check(value, rx)
+                        rows.append({"structure": s.name, "metric": spec.name, "value": v, "unit": g.unit_label,
+                                     "goal": g.text, "passed": passed})
+                else:
+                    v, unit = _main_value(spec, value)
+                    rows.append({"structure": s.name, "metric": spec.name, "value": v, "unit": unit,
+                                 "goal": "", "passed": None})
+        failed = sum(1 for r in rows if r["passed"] is False)
+        return bins, curves, rows, failed
+
+
+def _main_value(spec, value):
+    if spec.is_index:
+        return value.get("value"), ""
+    if spec.is_volume:
+        return value["percent"], "%"
+    return value["Gy"], "Gy"
+
+
+# ------------------------------------------------------------------------------------------------
+# needles as nodes
+# ------------------------------------------------------------------------------------------------
+def needle_to_node(scene, needle, locked=False, node=None):
+    """Line node (straight) or curve node (curved catheter) of a :class:`needles.Needle` or (entry, tip)."""
+    curved = bool(getattr(needle, "curved", False))
+    number = int(getattr(needle, "number", 0) or 0)
+    if curved:
+        if node is None:
+            node = scene.AddNewNodeByClass("vtkMRMLMarkupsCurveNode", f"Needle {number}")
+            node.CreateDefaultDisplayNodes()
+            node.GetDisplayNode().SetPointLabelsVisibility(False)
+        import slicer  # noqa: PLC0415
+        slicer.util.updateMarkupsControlPointsFromArray(node, np.asarray(needle.control_points, float))
+        node.SetAttribute(ma.NEEDLE_NUMBER_ATTRIBUTE, str(number))
+        node.SetAttribute(ma.ROLE_ATTRIBUTE, "Needle")
+        node.SetLocked(bool(locked))
+    else:
+        entry, tip = ma.needle_endpoints(needle)
+        node = ma.needle_line_node(scene, entry, tip, number, locked, node)
+    if hasattr(needle, "to_dict"):
+        node.SetName(f"Needle {number}" + (f" ({needle.name})" if needle.name and needle.name != f"N{number}" else ""))
+        node.SetAttribute(NEEDLE_DATA_ATTRIBUTE, json.dumps(needle.to_dict()))
+    return node
+
+
+def node_to_needle(node):
+    """A :class:`needles.Needle` from a needle node (end points from the node, the rest from its data)."""
+    from .needles import Needle
+    import slicer  # noqa: PLC0415
+    data = json.loads(node.GetAttribute(NEEDLE_DATA_ATTRIBUTE) or "{}")
+    number = int(node.GetAttribute(ma.NEEDLE_NUMBER_ATTRIBUTE) or data.get("number", 0) or 0)
+    pts = slicer.util.arrayFromMarkupsControlPoints(node)
+    if len(pts) < 2:
+        raise InputError(f"needle '{node.GetName()}' needs an entry and a tip point (has {len(pts)})")
+    data["number"] = number
+    if node.IsA("vtkMRMLMarkupsCurveNode") and len(pts) > 2:
+        data["control_points_ras_mm"] = pts.tolist()
+    else:
+        data.pop("control_points_ras_mm", None)
+    data["entry_ras_mm"] = pts[0].tolist()
+    data["tip_ras_mm"] = pts[-1].tolist()
+    return Needle.from_dict(data, where=f"needle node '{node.GetName()}'")
+
+
+def _rotation_between(a, b):
+    """Rotation matrix turning unit vector ``a`` onto unit vector ``b``."""
+    a = a / np.linalg.norm(a)
+    b = b / np.linalg.norm(b)
+    v = np.cross(a, b)
+    c = float(np.dot(a, b))
+    if np.linalg.norm(v) < 1e-12:
+        if c > 0:
+            return np.eye(3)
+        axis = ma.axis_to_orientation(a)[:, 0]
+        return 2.0 * np.outer(axis, axis) - np.eye(3)
+    vx = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+    return np.eye(3) + vx + vx @ vx * (1.0 / (1.0 + c))
+
+
+# ------------------------------------------------------------------------------------------------
+# the plan scene
+# ------------------------------------------------------------------------------------------------
+class PlanScene:
+    """The nodes of one plan in a scene, with dose, isodose, DVH and metrics kept up to date."""
+
+    def __init__(self, ctx, parameter_node=None):
+        self.ctx = ctx
+        self.scene = ctx.scene
+        self.params = PlanParameters(parameter_node) if parameter_node is not None else PlanParameters.create(ctx.scene)
+        self.dose_grid = None
+        self.goals = None
+        self.model_dirs = ()
+        self._evaluation = None
+        self._observations = []
+        self._needle_state = {}
+        self._study = 0
+        self._static_dose = None
+        self._dirty_seeds = False
+        self._busy = False
+        self.schedule = None
+        self.on_updated = None
+        self.last_update = {}
+
+    # -- scene layout ------------------------------------------------------------------------------
+    def study_item(self):
+        """The plan's subject hierarchy study item (the one holding its nodes; created on first use)."""
+        for role in ("ctVolume", "doseVolume", "seedsNode", "segmentation"):
+            node = self.params.get_node(role)
+            item = ma.study_of(self.scene, node) if node is not None else 0
+            if item:
+                return item
+        if not self._study:
+            self._study = ma.ensure_study(self.scene)
+        return self._study
+
+    def _folder(self, name):
+        sh = ma.subject_hierarchy(self.scene)
+        study = self.study_item()
+        for child in _children(sh, study):
+            if sh.GetItemName(child) == name and sh.GetItemDataNode(child) is None:
+                return child
+        return sh.CreateFolderItem(study, name)
+
+    # -- inputs ------------------------------------------------------------------------------------
+    def set_ct(self, array, geometry: ImageGeometry, name="CT"):
+        """Add (or update) the CT volume node."""
+        node = ma.add_scalar_volume(self.scene, array, geometry, name, self.params.get_node("ctVolume"))
+        ma.set_ct_display(node)
+        self.params.set_node("ctVolume", node)
+        ma.place_in_study(self.scene, node, self.study_item())
+        return node
+
+    def set_segmentation(self, seg, name="Segmentation"):
+        """Use a segmentation node, or build one from a :class:`segio.Segmentation`."""
+        if hasattr(seg, "GetSegmentation"):
+            node = seg
+        else:
+            node = ma.segmentation_from_segio(self.scene, seg, name, self.params.get_node("ctVolume"))
+        self.params.set_node("segmentation", node)
+        ma.place_in_study(self.scene, node, self.study_item())
+        self._evaluation = None
+        return node
+
+    def set_roles(self, target, organs=(), forbidden=()):
+        """Target, organs at risk and forbidden structures, by segment name or ID."""
+        seg = self.params.get_node("segmentation")
+        if seg is None:
+            raise InputError("set a segmentation before choosing the target and organs")
+        ids = ma.segment_ids(seg)
+
+        def sid(x):
+            return x if x in ids else ma.segment_id_by_name(seg, x)
+        self.params.set("targetSegmentId", sid(target))
+        self.params.set_string_list("organSegmentIds", [sid(o) for o in organs])
+        self.params.set_string_list("forbiddenSegmentIds", [sid(o) for o in forbidden])
+        self._evaluation = None
+
+    def set_prescription(self, prescription_Gy):
+        """Prescription dose (Gy)."""
+        rx = float(prescription_Gy)
+        if not math.isfinite(rx) or rx <= 0:
+            raise InputError(f"prescription must be a positive dose in Gy, got {prescription_Gy!r}")
+        self.params.set("prescriptionDoseGy", rx)
+        self._evaluation = None
+
+    def set_goals(self, goals):
+        """Goal set (:class:`goals.GoalSet`) for pass/fail in the metrics table (None: no goals)."""
+        self.goals = goals
+        self._evaluation = None
+
+    # -- needles and seeds ---------------------------------------------------------------------------
+    def set_needles(self, needles, locked=None):
+        """One markups node per needle (numbered), in the "Needles" folder; returns the nodes."""
+        locked = self.params.get("needlesLocked") if locked is None else bool(locked)
+        old = self.params.get_node_list("needleNodes")
+        folder = self._folder("Needles")
+        sh = ma.subject_hierarchy(self.scene)
+        nodes = []
+        for i, needle in enumerate(needles):
+            if getattr(needle, "number", None) is None:
+                entry, tip = ma.needle_endpoints(needle)
+                needle = _Pair(i + 1, entry, tip)
+            reuse = old[i] if i < len(old) and old[i].IsA(
+                "vtkMRMLMarkupsCurveNode" if getattr(needle, "curved", False) else "vtkMRMLMarkupsLineNode") else None
+            node = needle_to_node(self.scene, needle, locked, reuse)
+            sh.SetItemParent(sh.GetItemByDataNode(node) or sh.CreateItem(folder, node), folder)
+            nodes.append(node)
+        for extra in old:
+            if extra not in nodes:
+                self.scene.RemoveNode(extra)
+        self.params.set_node_list("needleNodes", nodes)
+        self.params.set("needlesLocked", bool(locked))
+        self._remember_needles()
+        return nodes
+
+    def needles(self):
+        """The plan's needles (:class:`needles.Needle`) read back from their nodes."""
+        return [node_to_needle(n) for n in self.params.get_node_list("needleNodes")]
+
+    def set_needles_locked(self, locked):
+        """Lock or unlock every needle node."""
+        ma.set_needles_locked(self.params.get_node_list("needleNodes"), locked)
+        self.params.set("needlesLocked", bool(locked))
+
+    def set_seeds(self, seeds: SeedSet, needle_numbers=None):
+        """Write the seeds into the plan's fiducial node (created on first use)."""
+        node = ma.seeds_to_fiducial_node(self.scene, seeds, self.params.get_node("seedsNode"),
+                                         needle_numbers=needle_numbers)
+        self.params.set_node("seedsNode", node)
+        ma.place_in_study(self.scene, node, self.study_item())
+        return node
+
+    def seeds(self):
+        """(SeedSet, needle numbers) of the seeds node."""
+        node = self.params.get_node("seedsNode")
+        if node is None:
+            return SeedSet(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0), []), np.zeros(0, int)
+        return ma.fiducial_node_to_seeds(node)
+
+    # -- dose --------------------------------------------------------------------------------------
+    def dose_geometry(self, spacing_mm=None, margin_mm=None):
+        """Dose grid: the target's box plus a margin, at ``spacing_mm``, oriented as the CT."""
+        spacing = float(self.params.get("doseGridSpacingMm") if spacing_mm is None else spacing_mm)
+        margin = float(self.params.get("doseMarginMm") if margin_mm is None else margin_mm)
+        ct = self.params.get_node("ctVolume")
+        seg = self.params.get_node("segmentation")
+        target = self.params.get("targetSegmentId")
+        if seg is not None and target:
+            s = structure_from_segment(seg, target)
+            idx = np.argwhere(s.mask)[:, ::-1]
+            corners = s.geometry.ijk_to_ras(np.array([idx.min(axis=0), idx.max(axis=0)], float))
+            lo, hi = corners.min(axis=0), corners.max(axis=0)
+        else:
+            seeds, _ = self.seeds()
+            if not len(seeds):
+                raise InputError("no target and no seeds: cannot place the dose grid")
+            lo, hi = seeds.positions.min(axis=0), seeds.positions.max(axis=0)
+        if ct is not None:
+            ref = ma.geometry_from_volume(ct)
+            return ref.cropped_to_box(lo, hi, spacing=spacing, margin_mm=margin)
+        return ImageGeometry.from_bounds(lo - margin, hi + margin, spacing)
+
+    def compute_dose(self, geometry: ImageGeometry | None = None, method=None, progress=None):
+        """Full dose computation on ``geometry`` (default :meth:`dose_geometry`) and refresh of all outputs."""
+        from .dose import DoseGrid
+        seeds, _ = self.seeds()
+        if not len(seeds):
+            raise InputError("the plan has no seeds: nothing to compute")
+        geometry = geometry or self.dose_geometry()
+        method = method or self.params.get("doseEngine")
+        sub = _progress.scaled(progress, 0.0, 0.85)
+        self.dose_grid = DoseGrid(geometry, seeds, method=method, model_dirs=self.model_dirs, progress=sub)
+        self._evaluation = None
+        self.refresh_outputs(progress=_progress.scaled(progress, 0.85, 1.0))
+        return self.dose_grid
+
+    def use_dose(self, dose_Gy, geometry: ImageGeometry):
+        """Show a dose computed elsewhere (no live updates until :meth:`compute_dose`)."""
+        self.dose_grid = None
+        self._static_dose = (np.asarray(dose_Gy, float), geometry)
+        self.refresh_outputs()
+
+    def dose_array(self):
+        """(dose Gy array, geometry) currently shown."""
+        if self.dose_grid is not None:
+            return self.dose_grid.dose_Gy(), self.dose_grid.geometry
+        static = self._static_dose
+        if static is None:
+            raise InputError("no dose computed yet")
+        return static
+
+    # -- outputs -----------------------------------------------------------------------------------
+    def _evaluator(self):
+        if self._evaluation is None:
+            seg = self.params.get_node("segmentation")
+            structures, roles = [], []
+            if seg is not None:
+                target = self.params.get("targetSegmentId")
+                if target:
+                    structures.append(structure_from_segment(seg, target))
+                    roles.append("target")
+                for sid in self.params.get_string_list("organSegmentIds"):
+                    structures.append(structure_from_segment(seg, sid))
+                    roles.append("oar")
+            self._evaluation = Evaluation(structures, roles, self.params.get("prescriptionDoseGy"), self.goals)
+        return self._evaluation
+
+    def refresh_outputs(self, progress=None, isodoses=True, evaluation=True):
+        """Update dose volume, isodose models, DVH and metrics tables from the current dose."""
+        import time
+        t0 = time.perf_counter()
+        dose, geometry = self.dose_array()
+        rx = self.params.get("prescriptionDoseGy")
+        timing = {}
+        dose_node = ma.update_dose_volume(self.scene, dose, geometry, rx, self.params.get_node("doseVolume"),
+                                          study_item=self.study_item(), color_node=self.params.get_node("doseColorTable"))
+        if self.params.get_node("doseVolume") is None:
+            self.params.set_node("doseVolume", dose_node)
+            self.params.set_node("doseColorTable", self.scene.GetNodeByID(dose_node.GetDisplayNode().GetColorNodeID()))
+            ma.place_in_study(self.scene, dose_node, self.study_item())
+        timing["dose_volume_s"] = time.perf_counter() - t0
+        _progress.report(progress, 0.2, "dose volume")
+        if isodoses:
+            t = time.perf_counter()
+            old = self.params.get_node_list("isodoseModels")
+            folder = self._folder("Isodose surfaces") if not old else 0
+            models = ma.update_isodose_models(self.scene, dose, geometry, rx, self.params.isodose_levels(), old,
+                                              folder_item=folder)
+            self.params.set_node_list("isodoseModels", models)
+            timing["isodoses_s"] = time.perf_counter() - t
+        _progress.report(progress, 0.6, "isodose surfaces")
+        ev = self._evaluator()
+        if evaluation and ev.structures:
+            t = time.perf_counter()
+            bins, curves, rows, failed = ev.evaluate(dose, geometry)
+            colors = {s.name: s.color for s in ev.structures}
+            table, chart = ma.update_dvh_nodes(self.scene, bins, curves, self.params.get_node("dvhTable"),
+                                               self.params.get_node("dvhChart"), colors, rx)
+            metrics = ma.update_metrics_table(self.scene, rows, self.params.get_node("metricsTable"))
+            for role, n in (("dvhTable", table), ("dvhChart", chart), ("metricsTable", metrics)):
+                if self.params.get_node(role) is None:
+                    self.params.set_node(role, n)
+                    ma.place_in_study(self.scene, n, self.study_item())
+            timing["evaluation_s"] = time.perf_counter() - t
+            self.last_update["failed_goals"] = failed
+        _progress.report(progress, 1.0, "evaluation")
+        timing["total_s"] = time.perf_counter() - t0
+        self.last_update.update(timing)
+        if self.on_updated is not None:
+            self.on_updated(self)
+        return timing
+
+    # -- live updates ------------------------------------------------------------------------------
+    def start_live_updates(self, schedule=None):
+        """Observe the seeds and needle nodes; edits in the views update dose and outputs."""
+        self.stop_live_updates()
+        self.schedule = schedule
+        seeds = self.params.get_node("seedsNode")
+        if seeds is not None:
+            for ev in (seeds.PointModifiedEvent, seeds.PointAddedEvent, seeds.PointRemovedEvent):
+                self._observations.append((seeds, seeds.AddObserver(ev, self._on_seeds_event)))
+        for node in self.params.get_node_list("needleNodes"):
+            self._observations.append((node, node.AddObserver(node.PointModifiedEvent, self._on_needle_event)))
+        self._remember_needles()
+
+    def stop_live_updates(self):
+        """Remove the observers."""
+        for node, tag in self._observations:
+            node.RemoveObserver(tag)
+        self._observations = []
+
+    def _remember_needles(self):
+        self._needle_state = {}
+        for node in self.params.get_node_list("needleNodes"):
+            if node.GetNumberOfControlPoints() >= 2:
+                self._needle_state[node.GetID()] = (np.array(node.GetNthControlPointPosition(0)),
+                                                    np.array(node.GetNthControlPointPosition(
+                                                        node.GetNumberOfControlPoints() - 1)))
+
+    def _on_seeds_event(self, caller, event):
+        if self._busy:
+            self._dirty_seeds = True
+            return
+        self._request_update()
+
+    def _request_update(self):
+        self._dirty_seeds = True
+        if self.schedule is None:
+            self.update_from_seeds()
+        else:
+            self.schedule(self.update_from_seeds)
+
+    def _on_needle_event(self, caller, event):
+        if self._busy:
+            return
+        self.move_seeds_with_needle(caller)
+
+    def move_seeds_with_needle(self, needle_node):
+        """Move the seeds of ``needle_node`` with it (same distance from the tip, axis along it)."""
+        old = self._needle_state.get(needle_node.GetID())
+        n = needle_node.GetNumberOfControlPoints()
+        if old is None or n < 2:
+            self._remember_needles()
+            return
+        new_entry = np.array(needle_node.GetNthControlPointPosition(0))
+        new_tip = np.array(needle_node.GetNthControlPointPosition(n - 1))
+        old_entry, old_tip = old
+        if np.allclose(new_entry, old_entry) and np.allclose(new_tip, old_tip):
+            return
+        number = int(needle_node.GetAttribute(ma.NEEDLE_NUMBER_ATTRIBUTE) or 0)
+        seeds_node = self.params.get_node("seedsNode")
+        self._needle_state[needle_node.GetID()] = (new_entry, new_tip)
+        if seeds_node is None or number <= 0:
+            return
+        rot = _rotation_between(old_tip - old_entry, new_tip - new_entry)
+        self._busy = True
+        try:
+            import slicer  # noqa: PLC0415
+            with slicer.util.NodeModify(seeds_node):
+                for i in range(seeds_node.GetNumberOfControlPoints()):
+                    fields = ma.parse_seed_description(seeds_node.GetNthControlPointDescription(i))
+                    if int(fields.get("needle", "0") or 0) != number:
+                        continue
+                    p = np.array(seeds_node.GetNthControlPointPosition(i))
+                    seeds_node.SetNthControlPointPosition(i, *(new_tip + rot @ (p - old_tip)))
+                    m = np.array(seeds_node.GetNthControlPointOrientationMatrix(i)).reshape(3, 3)
+                    seeds_node.SetNthControlPointOrientationMatrix(i, (rot @ m).ravel().tolist())
+        finally:
+            self._busy = False
+        self._request_update()
+
+    def update_from_seeds(self):
+        """Bring the dose up to date with the seeds node (incremental where possible), then the outputs."""
+        if not self._dirty_seeds:
+            return None
+        self._dirty_seeds = False
+        if self.dose_grid is None:
+            return None
+        self._busy = True
+        try:
+            seeds, _ = self.seeds()
+            self.sync_dose_grid(seeds)
+        finally:
+            self._busy = False
+        return self.refresh_outputs()
+
+    def sync_dose_grid(self, seeds: SeedSet):
+        """Apply the difference between the dose grid's seeds and ``seeds`` (move/add/remove, else full)."""
+        import time
+        t = time.perf_counter()
+        grid = self.dose_grid
+        old = grid.seeds
+        n_old, n_new = len(old), len(seeds)
+        same_source = (n_old == n_new and np.allclose(old.strengths_U, seeds.strengths_U)
+                       and list(old.models) == list(seeds.models))
+        kind = "full"
+        if same_source:
+            moved = np.flatnonzero(np.any(np.abs(old.positions - seeds.positions) > 1e-9, axis=1)
+                                   | np.any(np.abs(old.axes - seeds.axes) > 1e-9, axis=1))
+            if len(moved) <= max(8, n_new // 10):
+                for i in moved:
+                    grid.move_seed(int(i), seeds.positions[i], seeds.axes[i])
+                kind = f"moved {len(moved)}"
+        elif n_new > n_old and _prefix_equal(old, seeds, n_old):
+            for i in range(n_old, n_new):
+                grid.add_seed(seeds.positions[i], seeds.axes[i], seeds.strengths_U[i], seeds.models[i])
+            kind = f"added {n_new - n_old}"
+        elif n_new == n_old - 1:
+            gone = _removed_index(old, seeds)
+            if gone is not None:
+                grid.remove_seed(gone)
+                kind = "removed 1"
+        if kind == "full":
+            if n_new:
+                grid.set_seeds(seeds)
+            else:
+                for i in range(n_old - 1, -1, -1):
+                    grid.remove_seed(i)
+        self.last_update = {"dose_edit": kind, "dose_s": time.perf_counter() - t}
+        return kind
+
+    # -- files ---------------------------------------------------------------------------------------
+    def save(self, path):
+        """Write the whole plan scene to a .mrb bundle; returns its path."""
+        return self.ctx.save_mrb(path)
+
+    def write_pictures(self, out_dir, prefix="plan", size=(512, 512), views=None):
+        """PNG pictures (axial, sagittal, coronal, 3d) of the plan; returns {view: path}."""
+        from . import mrml_render
+        return mrml_render.write_plan_pictures(
+            self.ctx, out_dir, ct_node=self.params.get_node("ctVolume"), dose_node=self.params.get_node("doseVolume"),
+            segmentation_node=self.params.get_node("segmentation"), seeds_node=self.params.get_node("seedsNode"),
+            needle_nodes=self.params.get_node_list("needleNodes"),
+            isodose_nodes=self.params.get_node_list("isodoseModels"), size=size,
+            views=views or mrml_render.VIEWS, prefix=prefix, segments_3d=self.segments_in_use())
+
+    def segments_in_use(self):
+        """IDs of the target, organ-at-risk and forbidden segments."""
+        target = self.params.get("targetSegmentId")
+        return ([target] if target else []) + self.params.get_string_list("organSegmentIds") + \
+            self.params.get_string_list("forbiddenSegmentIds")
+
+
+class _Pair:
+    """A straight needle given only by its end points."""
+
+    curved = False
+
+    def __init__(self, number, entry, tip):
+        self.number, self.entry, self.tip = number, entry, tip
+
+
+def _children(sh, item):
+    import vtk  # noqa: PLC0415
+    ids = vtk.vtkIdList()
+    sh.GetItemChildren(item, ids)
+    return [ids.GetId(i) for i in range(ids.GetNumberOfIds())]
+
+
+def _prefix_equal(a: SeedSet, b: SeedSet, n):
+    return (np.allclose(a.positions[:n], b.positions[:n]) and np.allclose(a.axes[:n], b.axes[:n])
+            and np.allclose(a.strengths_U[:n], b.strengths_U[:n]) and list(a.models[:n]) == list(b.models[:n]))
+
+
+def _removed_index(old: SeedSet, new: SeedSet):
+    """Index of the one seed of ``old`` missing from ``new`` (order kept), or None."""
+    n = len(new)
+    for i in range(len(old)):
+        if i == n or not np.allclose(old.positions[i], new.positions[i]):
+            keep = np.ones(len(old), bool)
+            keep[i] = False
+            rest = old.subset(keep)
+            if np.allclose(rest.positions, new.positions) and np.allclose(rest.strengths_U, new.strengths_U):
+                return i
+            return None
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+# one call for the command line
+# ------------------------------------------------------------------------------------------------
+def build_plan_scene(ctx, *, seeds: SeedSet, prescription_Gy, ct=None, segmentation=None, target=None, organs=(),
+                     forbidden=(), needles=(), seed_needle_numbers=None, dose=None, dose_geometry=None,
+                     dose_method="fast", isodose_levels_pct=ma.DEFAULT_ISODOSE_LEVELS_PCT, goals=None,
+                     parameters=None, needles_locked=True, progress=None) -> PlanScene:
+    """Build the whole plan in ``ctx``'s scene and compute or show its dose; returns the PlanScene.
+
+    ``ct`` is (array, ImageGeometry); ``segmentation`` a :class:`segio.Segmentation`; ``target``,
+    ``organs`` and ``forbidden`` segment names; ``needles`` :class:`needles.Needle` objects or
+    (entry, tip) pairs; ``seed_needle_numbers`` the needle number of each seed (0 = none);
+    ``dose`` an (array Gy, ImageGeometry) computed elsewhere, else the dose is computed on
+    ``dose_geometry`` (default: target box + margin) with ``dose_method``; ``goals`` a
+    :class:`goals.GoalSet`; ``parameters`` extra parameter-node values (see :data:`DEFAULTS`).
+    """
+    plan = PlanScene(ctx)
+    for k, v in (parameters or {}).items():
+        plan.params.set(k, v)
+    plan.params.set("isodoseLevelsPercent", ", ".join(f"{float(v):g}" for v in isodose_levels_pct))
+    plan.params.set("doseEngine", dose_method)
+    plan.set_prescription(prescription_Gy)
+    if ct is not None:
+        plan.set_ct(*ct)
+    if segmentation is not None:
+        plan.set_segmentation(segmentation)
+        if target is not None:
+            plan.set_roles(target, organs, forbidden)
+    if needles is not None and len(needles):
+        plan.set_needles(needles, locked=needles_locked)
+    plan.set_seeds(seeds, seed_needle_numbers)
+    plan.set_goals(goals)
+    if dose is not None:
+        plan.use_dose(*dose)
+    else:
+        plan.compute_dose(dose_geometry, dose_method, progress=progress)
+    return plan
+
+
+def save_plan_scene(path, *, seeds: SeedSet, prescription_Gy, ct=None, segmentation=None, target=None, organs=(),
+                    forbidden=(), needles=(), seed_needle_numbers=None, dose=None, dose_geometry=None,
+                    dose_method="fast", isodose_levels_pct=ma.DEFAULT_ISODOSE_LEVELS_PCT, goals=None,
+                    parameters=None, pictures_dir=None, picture_prefix="plan", progress=None) -> dict:
+    """Save a whole plan as a Slicer scene bundle (.mrb), optionally with its PNG pictures.
+
+    Arguments as :func:`build_plan_scene`. Returns ``{"mrb": Path, "pictures": {view: Path},
+    "timing": {...}}`` (pictures empty without ``pictures_dir``).
+    """
+    from .mrml_scene import create_scene
+    ctx = create_scene()
+    try:
+        plan = build_plan_scene(ctx, seeds=seeds, prescription_Gy=prescription_Gy, ct=ct, segmentation=segmentation,
+                                target=target, organs=organs, forbidden=forbidden, needles=needles,
+                                seed_needle_numbers=seed_needle_numbers, dose=dose, dose_geometry=dose_geometry,
+                                dose_method=dose_method, isodose_levels_pct=isodose_levels_pct, goals=goals,
+                                parameters=parameters, progress=_progress.scaled(progress, 0.0, 0.8))
+        pictures = {}
+        if pictures_dir is not None:
+            pictures = plan.write_pictures(pictures_dir, prefix=picture_prefix)
+        _progress.report(progress, 0.9, "saving the scene")
+        mrb = plan.save(Path(path))
+        _progress.report(progress, 1.0, "scene saved")
+        return {"mrb": mrb, "pictures": pictures, "timing": dict(plan.last_update)}
+    finally:
+        ctx.close()
