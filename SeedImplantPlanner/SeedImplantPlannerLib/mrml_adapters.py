@@ -280,63 +280,43 @@ def _segment_labelmap(segmentation_node, segment_id):
     return arr == segment.GetLabelValue(), geom
 
 
-def resample_mask(mask, mask_geometry: ImageGeometry, geometry: ImageGeometry) -> np.ndarray:
-    """Nearest-neighbour resampling of a bool mask onto ``geometry`` (any orientation of either grid)."""
-    out = np.zeros(geometry.shape, dtype=bool)
+def segment_structure(segmentation_node, segment_id):
+    """A :class:`structures.Structure` of a segment: its mask on its own labelmap grid, name and colour."""
+    from .structures import Structure  # noqa: PLC0415
+    mask, geom = _segment_labelmap(segmentation_node, segment_id)
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
     if mask is None or not mask.any():
-        return out
-    # Restrict the work to the target voxels inside the bounding box of the mask's true voxels.
-    nz = np.nonzero(mask)
-    lo = np.array([nz[2].min(), nz[1].min(), nz[0].min()], float) - 1
-    hi = np.array([nz[2].max(), nz[1].max(), nz[0].max()], float) + 1
-    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-    tij = geometry.ras_to_ijk(mask_geometry.ijk_to_ras(corners))
-    t_lo = np.clip(np.floor(tij.min(axis=0)).astype(int), 0, np.asarray(geometry.size) - 1)
-    t_hi = np.clip(np.ceil(tij.max(axis=0)).astype(int), 0, np.asarray(geometry.size) - 1)
-    if np.any(tij.max(axis=0) < -0.5) or np.any(tij.min(axis=0) > np.asarray(geometry.size) - 0.5):
-        return out
-    ii = np.arange(t_lo[0], t_hi[0] + 1)
-    jj = np.arange(t_lo[1], t_hi[1] + 1)
-    # target ijk -> source ijk is affine: src = A @ tgt + b
-    t2r = geometry.ijk_to_ras_matrix
-    r2s = np.linalg.inv(mask_geometry.ijk_to_ras_matrix)
-    a = (r2s @ t2r)[:3]
-    src_size = np.asarray(mask_geometry.size)
-    jgrid, igrid = np.meshgrid(jj, ii, indexing="ij")
-    base = a[:, 0, None, None] * igrid + a[:, 1, None, None] * jgrid + a[:, 3, None, None]
-    for k in range(t_lo[2], t_hi[2] + 1):
-        src = np.rint(base + a[:, 2, None, None] * k).astype(np.int64)
-        ok = np.all((src >= 0) & (src < src_size[:, None, None]), axis=0)
-        vals = np.zeros(ok.shape, dtype=bool)
-        vals[ok] = mask[src[2][ok], src[1][ok], src[0][ok]]
-        out[k, t_lo[1]:t_hi[1] + 1, t_lo[0]:t_hi[0] + 1] = vals
-    return out
+        raise InputError(f"segment '{segment.GetName()}' of '{segmentation_node.GetName()}' is empty")
+    return Structure(segment.GetName(), mask, geom, tuple(segment.GetColor()))
 
 
 def segment_mask(segmentation_node, segment_id, geometry: ImageGeometry) -> np.ndarray:
-    """Bool mask [k, j, i] of a segment on ``geometry`` (e.g. the dose grid; oblique grids work)."""
-    mask, mgeom = _segment_labelmap(segmentation_node, segment_id)
-    return resample_mask(mask, mgeom, geometry)
+    """Bool mask [k, j, i] of a segment on ``geometry`` (e.g. the dose grid; oblique grids work).
+
+    Voxel-centre sampling as :func:`structures.mask_on_grid` (the evaluation's definition).
+    """
+    from .structures import mask_on_grid  # noqa: PLC0415
+    return mask_on_grid(segment_structure(segmentation_node, segment_id), geometry)
 
 
 def expand_segment(segmentation_node, segment_id, margin_mm, name, color=None):
-    """Write a new segment = ``segment_id`` grown by ``margin_mm`` (Euclidean); returns the new ID."""
-    from scipy import ndimage  # noqa: PLC0415
-    margin = float(margin_mm)
-    if not math.isfinite(margin) or margin < 0:
-        raise InputError(f"margin must be a finite number of mm >= 0, got {margin_mm!r}")
-    mask, geom = _segment_labelmap(segmentation_node, segment_id)
-    if mask is None or not mask.any():
-        raise InputError(f"segment {segment_id!r} of '{segmentation_node.GetName()}' is empty: nothing to expand")
-    pad = np.ceil(margin / np.asarray(geom.spacing)).astype(int) + 1  # (i, j, k)
-    padded = np.pad(mask, [(pad[2], pad[2]), (pad[1], pad[1]), (pad[0], pad[0])])
-    dist = ndimage.distance_transform_edt(~padded, sampling=geom.spacing[::-1])
-    grown = dist <= margin + 1e-6
-    origin = geom.ijk_to_ras(-pad.astype(float))
-    pgeom = ImageGeometry(tuple(np.asarray(geom.size) + 2 * pad), geom.spacing, tuple(origin), geom.direction)
+    """Write a new segment = ``segment_id`` grown by ``margin_mm`` (see :func:`structures.expand_margin`).
+
+    The labelmap is padded first so the grown segment is not clipped at its extent; returns the new ID.
+    """
+    from .structures import expand_margin  # noqa: PLC0415
+    m = np.broadcast_to(np.asarray(margin_mm, float), (3,))
+    if not np.all(np.isfinite(m)) or np.any(m < 0):
+        raise InputError(f"margin must be finite and >= 0 mm, got {margin_mm!r}")
+    s = segment_structure(segmentation_node, segment_id)
+    geom = s.geometry
+    pad = np.ceil(float(m.max()) / np.asarray(geom.spacing)).astype(int) + 1  # (i, j, k)
+    padded = np.pad(s.mask, [(pad[2], pad[2]), (pad[1], pad[1]), (pad[0], pad[0])])
+    pgeom = ImageGeometry(tuple(np.asarray(geom.size) + 2 * pad), geom.spacing,
+                          tuple(geom.ijk_to_ras(-pad.astype(float))), geom.direction)
+    grown = expand_margin(padded, pgeom, margin_mm, name=s.name)
     if color is None:
-        src = segmentation_node.GetSegmentation().GetSegment(segment_id).GetColor()
-        color = tuple(min(1.0, c * 0.6 + 0.4) for c in src)
+        color = tuple(min(1.0, c * 0.6 + 0.4) for c in s.color)
     return add_segment_from_mask(segmentation_node, grown, pgeom, name, color)
 
 

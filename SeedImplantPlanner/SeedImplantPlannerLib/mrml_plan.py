@@ -178,16 +178,6 @@ def parse_levels(text):
 # ------------------------------------------------------------------------------------------------
 # evaluation on the dose grid (composition of structures, dvh, metrics, goals)
 # ------------------------------------------------------------------------------------------------
-def structure_from_segment(segmentation_node, segment_id):
-    """A :class:`structures.Structure` from a segment (mask on its own labelmap grid)."""
-    from .structures import Structure
-    mask, geom = ma._segment_labelmap(segmentation_node, segment_id)
-    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
-    if mask is None:
-        raise InputError(f"segment '{segment.GetName()}' of '{segmentation_node.GetName()}' is empty")
-    return Structure(segment.GetName(), mask, geom, tuple(segment.GetColor()))
-
-
 class Evaluation:
     """DVH curves and metric rows of a dose on its grid for a set of structures (with roles)."""
 
@@ -471,7 +461,7 @@ class PlanScene:
         seg = self.params.get_node("segmentation")
         target = self.params.get("targetSegmentId")
         if seg is not None and target:
-            s = structure_from_segment(seg, target)
+            s = ma.segment_structure(seg, target)
             idx = np.argwhere(s.mask)[:, ::-1]
             corners = s.geometry.ijk_to_ras(np.array([idx.min(axis=0), idx.max(axis=0)], float))
             lo, hi = corners.min(axis=0), corners.max(axis=0)
@@ -522,10 +512,10 @@ class PlanScene:
             if seg is not None:
                 target = self.params.get("targetSegmentId")
                 if target:
-                    structures.append(structure_from_segment(seg, target))
+                    structures.append(ma.segment_structure(seg, target))
                     roles.append("target")
                 for sid in self.params.get_string_list("organSegmentIds"):
-                    structures.append(structure_from_segment(seg, sid))
+                    structures.append(ma.segment_structure(seg, sid))
                     roles.append("oar")
             self._evaluation = Evaluation(structures, roles, self.params.get("prescriptionDoseGy"), self.goals)
         return self._evaluation
