@@ -652,10 +652,11 @@ def _set_table_columns(table_node, columns):
                 for v in values:
                     arr.InsertNextValue(v)
             else:
+                # 6 significant digits: what the table's .tsv file keeps, so a saved scene reloads equal
                 arr = vtk.vtkDoubleArray()
                 arr.SetNumberOfTuples(len(values))
                 for r, v in enumerate(values):
-                    arr.SetValue(r, float(v))
+                    arr.SetValue(r, float(f"{float(v):.6g}"))
             arr.SetName(name)
             table.AddColumn(arr)
         table.Modified()

@@ -576,6 +576,8 @@ class PlanScene:
                 self._observations.append((seeds, seeds.AddObserver(ev, self._on_seeds_event)))
         for node in self.params.get_node_list("needleNodes"):
             self._observations.append((node, node.AddObserver(node.PointModifiedEvent, self._on_needle_event)))
+        self._observations.append((self.scene, self.scene.AddObserver(self.scene.StartCloseEvent,
+                                                                      lambda *a: self.stop_live_updates())))
         self._remember_needles()
 
     def stop_live_updates(self):
@@ -654,13 +656,18 @@ class PlanScene:
         self._busy = True
         try:
             seeds, _ = self.seeds()
-            self.sync_dose_grid(seeds)
+            kind = self.sync_dose_grid(seeds)
         finally:
             self._busy = False
+        if kind is None:
+            return None
         return self.refresh_outputs()
 
     def sync_dose_grid(self, seeds: SeedSet):
-        """Apply the difference between the dose grid's seeds and ``seeds`` (move/add/remove, else full)."""
+        """Apply the difference between the dose grid's seeds and ``seeds`` (move/add/remove, else full).
+
+        Returns what was done ("moved 1", "added 2", "removed 1", "full") or None when nothing changed.
+        """
         import time
         t = time.perf_counter()
         grid = self.dose_grid
@@ -672,6 +679,8 @@ class PlanScene:
         if same_source:
             moved = np.flatnonzero(np.any(np.abs(old.positions - seeds.positions) > 1e-9, axis=1)
                                    | np.any(np.abs(old.axes - seeds.axes) > 1e-9, axis=1))
+            if len(moved) == 0:
+                return None
             if len(moved) <= max(8, n_new // 10):
                 for i in moved:
                     grid.move_seed(int(i), seeds.positions[i], seeds.axes[i])

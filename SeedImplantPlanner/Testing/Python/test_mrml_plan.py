@@ -1,0 +1,336 @@
+"""The plan in the scene: parameter node layout, live updates from seed and needle edits, .mrb round trip."""
+
+import os
+import unittest
+
+import numpy as np
+
+from test_mrml_fixture import MODEL, MRMLSceneTestCase, sphere_mask
+
+from SeedImplantPlannerLib import mrml_adapters as ma
+from SeedImplantPlannerLib import mrml_plan as mp
+from SeedImplantPlannerLib.dose import DoseGrid
+from SeedImplantPlannerLib.errors import InputError
+from SeedImplantPlannerLib.geometry import ImageGeometry
+from SeedImplantPlannerLib.needles import Needle
+from SeedImplantPlannerLib.segio import Segmentation
+from SeedImplantPlannerLib.seeds import SeedSet
+
+RX = 120.0
+
+
+def make_case():
+    """A small synthetic case: CT, segmentation (PTV, OAR, Bone), 3 needles along S with 2 seeds each."""
+    g = ImageGeometry((36, 36, 30), (1.5, 1.5, 1.5), (-26.0, -26.0, -22.0))
+    c = g.voxel_centers_ras()
+    ct = np.where(np.linalg.norm(c, axis=-1) < 24, 40, -1000).astype(np.int16)
+    masks = {"PTV": sphere_mask(g, (0, 0, 0), 9.0), "OAR": sphere_mask(g, (16, 0, 0), 4.0),
+             "Bone": sphere_mask(g, (-18, -14, 0), 4.0)}
+    seg = Segmentation.from_masks(g, masks, {"PTV": (0.9, 0.1, 0.1), "OAR": (0.1, 0.6, 0.9),
+                                             "Bone": (0.95, 0.9, 0.7)})
+    needles = [Needle(i + 1, entry=(x, y, -20.0), tip=(x, y, 8.0)) for i, (x, y) in enumerate([(-5, 0), (5, 0), (0, 6)])]
+    pos, axes, nums = [], [], []
+    for n in needles:
+        for s in (3.0, 11.0):
+            pos.append(n.tip - s * n.direction)
+            axes.append(n.direction)
+            nums.append(n.number)
+    seeds = SeedSet(np.array(pos), np.array(axes), 0.6, MODEL)
+    return g, ct, seg, needles, seeds, np.array(nums)
+
+
+class PlanSceneTestCase(MRMLSceneTestCase):
+
+    def build(self, **kw):
+        g, ct, seg, needles, seeds, nums = make_case()
+        self.g, self.seeds = g, seeds
+        args = dict(seeds=seeds, prescription_Gy=RX, ct=(ct, g), segmentation=seg, target="PTV", organs=["OAR"],
+                    forbidden=["Bone"], needles=needles, seed_needle_numbers=nums, dose_method="direct",
+                    parameters={"doseMarginMm": 12.0, "doseGridSpacingMm": 2.0})
+        args.update(kw)
+        return mp.build_plan_scene(self.ctx, **args)
+
+
+class ParameterNodeTest(MRMLSceneTestCase):
+
+    def test_layout_matches_parameter_node_wrapper(self):
+        p = mp.PlanParameters.create(self.scene)
+        node = p.node
+        self.assertEqual(node.GetAttribute("ModuleName"), "SeedImplantPlanner")
+        self.assertEqual(node.GetSingletonTag(), "SeedImplantPlanner")
+        self.assertIs(mp.PlanParameters.create(self.scene).node, node)  # singleton
+        p.set("prescriptionDoseGy", 145.0)
+        p.set("needlesLocked", True)
+        self.assertEqual(node.GetParameter("prescriptionDoseGy"), "145.0")
+        self.assertEqual(node.GetParameter("needlesLocked"), "True")
+        self.assertEqual(p.get("prescriptionDoseGy"), 145.0)
+        self.assertIs(p.get("needlesLocked"), True)
+        vol = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        p.set_node("ctVolume", vol)
+        self.assertEqual(node.GetParameter("ctVolume"), "")
+        self.assertEqual(node.GetNodeReferenceID("ctVolume"), vol.GetID())
+        lines = [self.scene.AddNewNodeByClass("vtkMRMLMarkupsLineNode") for _ in range(3)]
+        p.set_node_list("needleNodes", lines)
+        self.assertEqual(node.GetParameter("needleNodes.len"), "3")
+        self.assertEqual(node.GetNodeReferenceID("needleNodes.2"), lines[2].GetID())
+        p.set_node_list("needleNodes", lines[:1])
+        self.assertEqual(p.get_node_list("needleNodes"), lines[:1])
+        self.assertIsNone(node.GetNodeReferenceID("needleNodes.2"))
+        p.set_string_list("organSegmentIds", ["a", "b"])
+        self.assertEqual(node.GetParameter("organSegmentIds.1"), "b")
+        self.assertEqual(p.get_string_list("organSegmentIds"), ["a", "b"])
+
+    def test_isodose_levels_parse(self):
+        self.assertEqual(mp.parse_levels("100, 50%; 150"), (50.0, 100.0, 150.0))
+        for bad in ("", "abc", "-5"):
+            with self.assertRaises(InputError):
+                mp.parse_levels(bad)
+
+
+class PlanBuildTest(PlanSceneTestCase):
+
+    def test_whole_plan_is_in_the_scene(self):
+        plan = self.build()
+        p = plan.params
+        for role in ("ctVolume", "segmentation", "seedsNode", "doseVolume", "dvhTable", "dvhChart", "metricsTable"):
+            self.assertIsNotNone(p.get_node(role), role)
+        self.assertEqual(len(p.get_node_list("needleNodes")), 3)
+        self.assertEqual(len(p.get_node_list("isodoseModels")), 5)
+        seg = p.get_node("segmentation")
+        self.assertEqual(seg.GetSegmentation().GetSegment(p.get("targetSegmentId")).GetName(), "PTV")
+        self.assertEqual(len(p.get_string_list("forbiddenSegmentIds")), 1)
+        # dose equals the library's dose on the plan's grid
+        dose = ma.volume_array(p.get_node("doseVolume"))
+        ref = DoseGrid(plan.dose_grid.geometry, self.seeds, method="direct").dose_Gy()
+        np.testing.assert_allclose(dose, ref.astype(np.float32), rtol=1e-6)
+        cols = ma.table_columns(p.get_node("dvhTable"))
+        self.assertIn("PTV V (%)", cols)
+        self.assertAlmostEqual(cols["PTV V (%)"][0], 100.0)
+        metrics = ma.table_columns(p.get_node("metricsTable"))
+        self.assertIn("D90", metrics["Metric"])
+        self.assertIn("CI", metrics["Metric"])
+        # every plan node sits in the plan's study
+        study = plan.study_item()
+        for role in ("ctVolume", "doseVolume", "seedsNode", "segmentation", "metricsTable"):
+            self.assertEqual(ma.study_of(self.scene, p.get_node(role)), study, role)
+        # needles read back as Needle objects
+        back = plan.needles()
+        self.assertEqual([n.number for n in back], [1, 2, 3])
+        np.testing.assert_allclose(back[1].tip, (5.0, 0.0, 8.0))
+
+    def test_goals_give_pass_and_fail(self):
+        from SeedImplantPlannerLib.goals import goals_from_text
+        goals = goals_from_text("PTV: V100 >= 0%; D90 >= 10000 Gy\nOAR: Dmax <= 100000 Gy")
+        plan = self.build(goals=goals)
+        cols = ma.table_columns(plan.params.get_node("metricsTable"))
+        rows = list(zip(cols["Structure"], cols["Metric"], cols["Pass"]))
+        self.assertIn(("PTV", "V100", "pass"), rows)
+        self.assertIn(("PTV", "D90", "FAIL"), rows)
+        self.assertIn(("OAR", "Dmax", "pass"), rows)
+        self.assertEqual(plan.last_update["failed_goals"], 1)
+
+
+class LiveUpdateTest(PlanSceneTestCase):
+
+    def assert_dose_matches_full_recompute(self, plan):
+        seeds, _ = plan.seeds()
+        ref = DoseGrid(plan.dose_grid.geometry, seeds, method="direct").dose_Gy()
+        np.testing.assert_allclose(plan.dose_grid.dose_Gy(), ref, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(ma.volume_array(plan.params.get_node("doseVolume")), ref.astype(np.float32),
+                                   rtol=1e-5, atol=1e-4)
+
+    def test_moving_a_seed_updates_dose_isodoses_dvh_and_metrics(self):
+        plan = self.build()
+        plan.start_live_updates()
+        self.addCleanup(plan.stop_live_updates)
+        node = plan.params.get_node("seedsNode")
+        iso = plan.params.get_node_list("isodoseModels")[2].GetPolyData()
+        iso_points_before = iso.GetNumberOfPoints()
+        dvh_before = ma.table_columns(plan.params.get_node("dvhTable"))["PTV V (%)"].copy()
+        metrics_before = ma.table_columns(plan.params.get_node("metricsTable"))["Value"]
+        p = np.array(node.GetNthControlPointPosition(0))
+        node.SetNthControlPointPosition(0, *(p + (-6.0, 4.0, 0.0)))
+        self.assertEqual(plan.last_update["dose_edit"], "moved 1")
+        self.assert_dose_matches_full_recompute(plan)
+        new_iso = plan.params.get_node_list("isodoseModels")[2].GetPolyData()
+        self.assertNotEqual((new_iso.GetNumberOfPoints(), id(new_iso)), (iso_points_before, id(iso)))
+        dvh_after = ma.table_columns(plan.params.get_node("dvhTable"))["PTV V (%)"]
+        self.assertFalse(len(dvh_after) == len(dvh_before) and np.allclose(dvh_after, dvh_before))
+        self.assertNotEqual(ma.table_columns(plan.params.get_node("metricsTable"))["Value"], metrics_before)
+
+    def test_adding_and_removing_seeds_in_the_view(self):
+        plan = self.build()
+        plan.start_live_updates()
+        self.addCleanup(plan.stop_live_updates)
+        node = plan.params.get_node("seedsNode")
+        node.AddControlPoint(0.0, -3.0, 0.0)
+        self.assertEqual(plan.last_update["dose_edit"], "added 1")
+        self.assertEqual(len(plan.dose_grid.seeds), 7)
+        self.assert_dose_matches_full_recompute(plan)
+        node.RemoveNthControlPoint(2)
+        self.assertEqual(plan.last_update["dose_edit"], "removed 1")
+        self.assertEqual(len(plan.dose_grid.seeds), 6)
+        self.assert_dose_matches_full_recompute(plan)
+
+    def test_moving_a_needle_moves_its_seeds(self):
+        plan = self.build()
+        plan.start_live_updates()
+        self.addCleanup(plan.stop_live_updates)
+        needle = plan.params.get_node_list("needleNodes")[1]  # needle 2: seeds 2 and 3
+        before, nums = plan.seeds()
+        shift = np.array([2.0, -1.0, 1.5])
+        needle.SetLocked(False)
+        for i in range(2):
+            needle.SetNthControlPointPosition(i, *(np.array(needle.GetNthControlPointPosition(i)) + shift))
+        after, _ = plan.seeds()
+        moved = nums == 2
+        np.testing.assert_allclose(after.positions[moved], before.positions[moved] + shift, atol=1e-9)
+        np.testing.assert_allclose(after.positions[~moved], before.positions[~moved])
+        self.assert_dose_matches_full_recompute(plan)
+
+    def test_tilting_a_needle_turns_its_seed_axes(self):
+        plan = self.build()
+        plan.start_live_updates()
+        self.addCleanup(plan.stop_live_updates)
+        needle = plan.params.get_node_list("needleNodes")[0]
+        entry = np.array(needle.GetNthControlPointPosition(0))
+        needle.SetNthControlPointPosition(0, *(entry + (6.0, 0.0, 0.0)))
+        after, nums = plan.seeds()
+        tip = np.array(needle.GetNthControlPointPosition(1))
+        direction = (tip - needle.GetNthControlPointPosition(0))
+        direction /= np.linalg.norm(direction)
+        for i in np.flatnonzero(nums == 1):
+            np.testing.assert_allclose(np.abs(after.axes[i] @ direction), 1.0, atol=1e-9)
+            # the seed stays on the needle at its distance from the tip
+            d = after.positions[i] - tip
+            np.testing.assert_allclose(np.linalg.norm(np.cross(d, direction)), 0.0, atol=1e-9)
+        self.assert_dose_matches_full_recompute(plan)
+
+    def test_scheduler_coalesces_events(self):
+        plan = self.build()
+        pending = []
+        plan.start_live_updates(schedule=pending.append)
+        self.addCleanup(plan.stop_live_updates)
+        node = plan.params.get_node("seedsNode")
+        for k in range(3):
+            p = np.array(node.GetNthControlPointPosition(1))
+            node.SetNthControlPointPosition(1, *(p + (1.0, 0.0, 0.0)))
+        self.assertEqual(len(pending), 3)
+        pending[0]()
+        self.assertEqual(plan.last_update["dose_edit"], "moved 1")
+        self.assertIsNone(pending[1]())  # nothing left to do
+        self.assert_dose_matches_full_recompute(plan)
+
+
+class RoundTripTest(PlanSceneTestCase):
+
+    def test_plan_scene_survives_mrb_save_and_load(self):
+        from SeedImplantPlannerLib.goals import goals_from_text
+        plan = self.build(goals=goals_from_text("PTV: V100 >= 90%"))
+        p = plan.params
+        path = plan.save(os.path.join(self.tmp, "plan.mrb"))
+        other = self.fresh_scene()
+        other.load_mrb(path)
+        node = other.scene.GetSingletonNode("SeedImplantPlanner", "vtkMRMLScriptedModuleNode")
+        self.assertIsNotNone(node)
+        q = mp.PlanParameters(node)
+        # parameters
+        for name in mp.DEFAULTS:
+            self.assertEqual(q.get(name), p.get(name), name)
+        for name in mp.STRING_LIST_PARAMETERS:
+            self.assertEqual(q.get_string_list(name), p.get_string_list(name), name)
+        # volumes: arrays, geometry, attributes
+        for role in ("ctVolume", "doseVolume"):
+            a, b = p.get_node(role), q.get_node(role)
+            self.assertIsNotNone(b, role)
+            np.testing.assert_array_equal(ma.volume_array(b), ma.volume_array(a))
+            self.assertTrue(ma.geometry_from_volume(b).matches(ma.geometry_from_volume(a), 1e-6))
+        dose = q.get_node("doseVolume")
+        self.assertEqual(dose.GetAttribute("DicomRtImport.DoseVolume"), "1")
+        sh = ma.subject_hierarchy(other.scene)
+        study = ma.study_of(other.scene, dose)
+        self.assertEqual(sh.GetItemAttribute(study, "DicomRtImport.DoseUnitName"), "GY")
+        self.assertEqual(sh.GetItemAttribute(study, "DicomRtImport.DoseUnitValue"), "1")
+        self.assertEqual(dose.GetDisplayNode().GetColorNode().GetID(), q.get_node("doseColorTable").GetID())
+        self.assertAlmostEqual(dose.GetDisplayNode().GetWindow(), 2 * RX)
+        # segmentation
+        for sid in [p.get("targetSegmentId")] + p.get_string_list("organSegmentIds"):
+            np.testing.assert_array_equal(ma.segment_mask(q.get_node("segmentation"), sid, self.g),
+                                          ma.segment_mask(p.get_node("segmentation"), sid, self.g))
+        # seeds: positions, axes, strengths, models, needle numbers
+        s1, n1 = plan.seeds()
+        s2, n2 = ma.fiducial_node_to_seeds(q.get_node("seedsNode"))
+        np.testing.assert_allclose(s2.positions, s1.positions, atol=1e-6)
+        np.testing.assert_allclose(s2.axes, s1.axes, atol=1e-6)
+        np.testing.assert_allclose(s2.strengths_U, s1.strengths_U)
+        self.assertEqual(s2.models, s1.models)
+        np.testing.assert_array_equal(n2, n1)
+        # needles: points, lock state, numbers and their data
+        a_needles, b_needles = p.get_node_list("needleNodes"), q.get_node_list("needleNodes")
+        self.assertEqual(len(b_needles), len(a_needles))
+        for a, b in zip(a_needles, b_needles):
+            self.assertEqual(b.GetName(), a.GetName())
+            self.assertEqual(b.GetLocked(), a.GetLocked())
+            self.assertEqual(b.GetAttribute(ma.NEEDLE_NUMBER_ATTRIBUTE), a.GetAttribute(ma.NEEDLE_NUMBER_ATTRIBUTE))
+            self.assertEqual(b.GetAttribute(mp.NEEDLE_DATA_ATTRIBUTE), a.GetAttribute(mp.NEEDLE_DATA_ATTRIBUTE))
+            np.testing.assert_allclose(ma.line_nodes_to_needles([b])[0], ma.line_nodes_to_needles([a])[0], atol=1e-6)
+        # isodoses: polydata, colours, attributes
+        for a, b in zip(p.get_node_list("isodoseModels"), q.get_node_list("isodoseModels")):
+            self.assertEqual(b.GetAttribute(ma.ISODOSE_LEVEL_ATTRIBUTE), a.GetAttribute(ma.ISODOSE_LEVEL_ATTRIBUTE))
+            self.assertEqual(b.GetPolyData().GetNumberOfPoints(), a.GetPolyData().GetNumberOfPoints())
+            np.testing.assert_allclose(b.GetDisplayNode().GetColor(), a.GetDisplayNode().GetColor())
+            self.assertTrue(b.GetDisplayNode().GetVisibility2D())
+        # tables and chart
+        for role in ("dvhTable", "metricsTable"):
+            ta, tb = ma.table_columns(p.get_node(role)), ma.table_columns(q.get_node(role))
+            self.assertEqual(list(tb), list(ta), role)
+            for k in ta:
+                if isinstance(ta[k], list):
+                    self.assertEqual(tb[k], ta[k], (role, k))
+                else:
+                    np.testing.assert_allclose(tb[k], ta[k], rtol=1e-6, err_msg=f"{role} {k}")
+        chart = q.get_node("dvhChart")
+        self.assertEqual(chart.GetNumberOfPlotSeriesNodes(), p.get_node("dvhChart").GetNumberOfPlotSeriesNodes())
+        self.assertIs(chart.GetNthPlotSeriesNode(0).GetTableNode(), q.get_node("dvhTable"))
+
+    def test_loaded_plan_can_be_edited_live(self):
+        plan = self.build()
+        path = plan.save(os.path.join(self.tmp, "plan.mrb"))
+        other = self.fresh_scene()
+        other.load_mrb(path)
+        loaded = mp.PlanScene(other, other.scene.GetSingletonNode("SeedImplantPlanner", "vtkMRMLScriptedModuleNode"))
+        loaded.compute_dose(ma.geometry_from_volume(loaded.params.get_node("doseVolume")))
+        np.testing.assert_allclose(loaded.dose_grid.dose_Gy().astype(np.float32),
+                                   ma.volume_array(plan.params.get_node("doseVolume")), rtol=1e-5, atol=1e-4)
+        loaded.start_live_updates()
+        self.addCleanup(loaded.stop_live_updates)
+        node = loaded.params.get_node("seedsNode")
+        node.SetNthControlPointPosition(0, 1.0, 1.0, 1.0)
+        self.assertEqual(loaded.last_update["dose_edit"], "moved 1")
+        # the loaded scene reuses its nodes: no duplicates
+        self.assertEqual(other.scene.GetNumberOfNodesByClass("vtkMRMLTableNode"), 2)
+        self.assertEqual(other.scene.GetNumberOfNodesByClass("vtkMRMLModelNode"), 5)
+
+    def test_save_plan_scene_in_one_call(self):
+        g, ct, seg, needles, seeds, nums = make_case()
+        out = mp.save_plan_scene(os.path.join(self.tmp, "out", "demo.mrb"), seeds=seeds, prescription_Gy=RX,
+                                 ct=(ct, g), segmentation=seg, target="PTV", organs=["OAR"], needles=needles,
+                                 seed_needle_numbers=nums, dose_method="direct",
+                                 parameters={"doseMarginMm": 10.0, "doseGridSpacingMm": 2.0})
+        self.assertTrue(out["mrb"].is_file())
+        self.assertEqual(out["pictures"], {})
+        other = self.fresh_scene()
+        other.load_mrb(out["mrb"])
+        self.assertEqual(other.scene.GetNumberOfNodesByClass("vtkMRMLMarkupsLineNode"), 3)
+        self.assertEqual(other.scene.GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode"), 1)
+
+    def test_missing_inputs_are_named(self):
+        plan = mp.PlanScene(self.ctx)
+        with self.assertRaises(InputError):
+            plan.set_roles("PTV")
+        with self.assertRaises(InputError):
+            plan.compute_dose(ImageGeometry((4, 4, 4), (1, 1, 1), (0, 0, 0)), "direct")
+
+
+if __name__ == "__main__":
+    unittest.main()
