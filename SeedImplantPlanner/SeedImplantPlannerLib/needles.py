@@ -378,7 +378,7 @@ def curved_catheter(number, control_points, gauge=DEFAULT_GAUGE, usable_length_m
 
 
 def fan_candidates(target_mask, geometry, body_mask, approach_direction=None, entry_center=None,
-                   entry_radius_mm=40.0, spacing_mm=10.0, obstacle_map=None, usable_length_mm=DEFAULT_USABLE_LENGTH_MM,
+                   entry_radius_mm=60.0, spacing_mm=10.0, obstacle_map=None, usable_length_mm=DEFAULT_USABLE_LENGTH_MM,
                    gauge=DEFAULT_GAUGE, tip_beyond_mm=0.0, max_needles=60, n_entries=64, rng_seed=0,
                    min_target_path_mm=5.0):
     """Non-coplanar needles fanning from an entry region on the skin through the target.
@@ -471,3 +471,58 @@ def fan_candidates(target_mask, geometry, body_mask, approach_direction=None, en
         raise InputError(f"no feasible needle path: all {rejected_by_obstacle} candidate paths from the entry region "
                          "cross a forbidden structure or its margin")
     return chosen
+
+
+NEEDLE_CSV_COLUMNS = ("entry_x_mm", "entry_y_mm", "entry_z_mm", "tip_x_mm", "tip_y_mm", "tip_z_mm")
+
+
+def read_needles(path, gauge=DEFAULT_GAUGE, usable_length_mm=DEFAULT_USABLE_LENGTH_MM) -> list:
+    """Needles from a CSV (entry_x_mm .. tip_z_mm, optional name, gauge, usable_length_mm) or JSON file.
+
+    JSON: a list of needle objects as in the plan file (curved catheters through
+    ``control_points_ras_mm``), ``{"needles": [...]}``, or a plan file (its needles are taken).
+    """
+    import csv
+    import json
+    from pathlib import Path
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read needle file: {exc.strerror or exc}") from exc
+    if path.suffix.lower() == ".json":
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise InputError(f"{path}: needle file is not valid JSON: {exc}") from exc
+        items = doc.get("needles") if isinstance(doc, dict) else doc
+        if not isinstance(items, list) or not items:
+            raise InputError(f"{path}: no needles in the file (expected a list of needle objects)")
+        out = []
+        for k, d in enumerate(items, start=1):
+            if not isinstance(d, dict):
+                raise InputError(f"{path}: needle {k} is not an object")
+            d = {"number": k, "gauge": gauge, "usable_length_mm": usable_length_mm, **d}
+            if "control_points_ras_mm" in d:
+                d.setdefault("entry_ras_mm", d["control_points_ras_mm"][0])
+                d.setdefault("tip_ras_mm", d["control_points_ras_mm"][-1])
+                d.setdefault("kind", "curved")
+            out.append(Needle.from_dict(d, f"{path}: needle {k}"))
+        return renumber(out)
+    rows = list(csv.DictReader(text.splitlines()))
+    if not rows:
+        raise InputError(f"{path}: needle CSV has no rows")
+    missing = [c for c in NEEDLE_CSV_COLUMNS if c not in rows[0]]
+    if missing:
+        raise InputError(f"{path}: needle CSV is missing column(s): {', '.join(missing)}")
+    out = []
+    for line, r in enumerate(rows, start=2):
+        try:
+            e = [float(r[c]) for c in NEEDLE_CSV_COLUMNS[:3]]
+            t = [float(r[c]) for c in NEEDLE_CSV_COLUMNS[3:]]
+            g = int(r.get("gauge") or gauge)
+            ul = float(r.get("usable_length_mm") or usable_length_mm)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{path}: line {line}: not a number ({exc})") from None
+        out.append(Needle(line - 1, e, t, name=(r.get("name") or "").strip(), gauge=g, usable_length_mm=ul))
+    return out

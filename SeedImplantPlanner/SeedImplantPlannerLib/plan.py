@@ -301,7 +301,7 @@ def plan_from_masks(geometry, masks: dict, target: str, *, oars=(), forbidden=()
                     model_id=DEFAULT_MODEL, strength=0.5, strength_unit="U", reference_date=None, implant_date=None,
                     prescription_Gy=None, goals: Goals | None = None, needle_mode="template", direction="P",
                     template_spacing_mm=10.0, template_point=None, needles=None, approach=None, entry_center=None,
-                    entry_radius_mm=40.0, rules: LoadingRules | None = None, obstacle_margin_mm=5.0,
+                    entry_radius_mm=60.0, rules: LoadingRules | None = None, obstacle_margin_mm=5.0,
                     method="anneal", time_limit_s=8.0, rng_seed=0, fixed_seeds: SeedSet | None = None,
                     implanted_needles=None, allow_new_needles=True, formalism="2D", n_target_points=3000,
                     n_check_points=6000, usable_length_mm=200.0, gauge=18, image_geometry=None,
