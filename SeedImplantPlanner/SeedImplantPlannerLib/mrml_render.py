@@ -193,8 +193,12 @@ def render_slice_view(ctx, path, orientation, center_ras, fov_mm, ct_node=None, 
 
 
 def render_3d_view(ctx, path, center_ras, fov_mm, segmentation_node=None, size=(512, 512),
-                   azimuth=-30.0, elevation=20.0):
-    """Render a 3D view (isodose surfaces, structures, needles, seeds) around ``center_ras`` to PNG."""
+                   azimuth=-30.0, elevation=20.0, frame_bounds=None):
+    """Render a 3D view (isodose surfaces, structures, needles, seeds) around ``center_ras`` to PNG.
+
+    ``frame_bounds`` (xmin, xmax, ymin, ymax, zmin, zmax) is the box the camera frames (default:
+    the cube of side ``fov_mm`` around the centre).
+    """
     slicer = _slicer()
     scene, app_logic = ctx.scene, ctx.app_logic
     _ensure_view_logics(app_logic)
@@ -215,14 +219,18 @@ def render_3d_view(ctx, path, center_ras, fov_mm, segmentation_node=None, size=(
         view.group.SetMRMLDisplayableNode(view_node)
         cam = view.renderer.GetActiveCamera()
         c = np.asarray(center_ras, float)
-        dist = float(fov_mm) * 3.2
         cam.SetFocalPoint(*c)
-        cam.SetPosition(*(c + np.array([0.0, -dist, 0.0])))  # from anterior
+        cam.SetPosition(*(c + np.array([0.0, -float(fov_mm), 0.0])))  # from anterior
         cam.SetViewUp(0.0, 0.0, 1.0)
         cam.Azimuth(azimuth)
         cam.Elevation(elevation)
         cam.OrthogonalizeViewUp()
         cam.SetViewAngle(30.0)
+        if frame_bounds is None:
+            half = float(fov_mm) / 2.0
+            frame_bounds = [c[0] - half, c[0] + half, c[1] - half, c[1] + half, c[2] - half, c[2] + half]
+        view.renderer.ResetCamera(*[float(b) for b in frame_bounds])
+        cam.Zoom(0.9)
         view.renderer.ResetCameraClippingRange()
         view.render()
         return _capture_png(view.window, path)
@@ -290,8 +298,28 @@ def write_plan_pictures(ctx, out_dir, ct_node=None, dose_node=None, segmentation
     for v in views:
         path = out_dir / f"{prefix}_{v}.png"
         if v == "3d":
-            out[v] = render_3d_view(ctx, path, center, fov, segmentation_node, size)
+            out[v] = render_3d_view(ctx, path, center, fov, segmentation_node, size,
+                                    frame_bounds=_plan_bounds(seeds_node, isodose_nodes))
         else:
             out[v] = render_slice_view(ctx, path, SLICE_VIEWS[v], center, fov, ct_node, dose_node,
                                        dose_opacity, size)
     return out
+
+
+def _plan_bounds(seeds_node, isodose_nodes):
+    """Box around the seeds and the prescription isodose surface (None when there is neither)."""
+    boxes = []
+    if seeds_node is not None and seeds_node.GetNumberOfControlPoints():
+        pts = _slicer().util.arrayFromMarkupsControlPoints(seeds_node)
+        boxes.append((pts.min(axis=0), pts.max(axis=0)))
+    for node in isodose_nodes:
+        poly = node.GetPolyData()
+        if node.GetAttribute("SeedImplantPlanner.IsodoseLevelPercent") == "100" and poly is not None \
+                and poly.GetNumberOfPoints():
+            b = poly.GetBounds()
+            boxes.append((np.array(b[0::2]), np.array(b[1::2])))
+    if not boxes:
+        return None
+    lo = np.min([b[0] for b in boxes], axis=0) - 5.0
+    hi = np.max([b[1] for b in boxes], axis=0) + 5.0
+    return [lo[0], hi[0], lo[1], hi[1], lo[2], hi[2]]
