@@ -16,6 +16,16 @@ import numpy as np
 from .errors import InputError
 
 
+#: Notes for stderr, printed only once a command has succeeded (errors stay one line).
+_NOTES = []
+
+
+def _flush_notes():
+    for n in _NOTES:
+        print(f"seedplan: note: {n}", file=sys.stderr)
+    _NOTES.clear()
+
+
 def _read_dose(path, what="dose"):
     from .imageio import read_image
     arr, geometry = read_image(path)
@@ -38,11 +48,11 @@ def _goals(args):
 
 
 def _rx(args, goals):
+    _NOTES.clear()
     if args.rx is not None:
         return args.rx
     if goals is not None and goals.prescription_Gy:
-        print(f"seedplan: note: prescription {goals.prescription_Gy:g} Gy taken from goals '{goals.name}'",
-              file=sys.stderr)
+        _NOTES.append(f"prescription {goals.prescription_Gy:g} Gy taken from goals '{goals.name}'")
         return goals.prescription_Gy
     raise InputError("no prescription dose: give --rx GY (or goals with a prescription_Gy)")
 
@@ -79,10 +89,16 @@ def _evaluate(args, dose=None, geometry=None, structures=None, progress=None):
         dose, geometry = _read_dose(args.dose)
     if structures is None:
         structures = _structures(args)
+    point_dose = None
+    if getattr(args, "seeds", None):
+        from .cli_core import read_seed_input
+        from .evaluation import check_point_dose_matches, seed_point_dose
+        point_dose = seed_point_dose(read_seed_input(args.seeds), args.formalism)
+        check_point_dose_matches(dose, geometry, point_dose, rx, what=f"dose grid {getattr(args, 'dose', '')}")
     ev = evaluate_plan(dose, geometry, structures, rx, target=args.target, body=args.body, goals=goals,
                        metrics=args.metric or None, supersample=_supersample(args.supersample),
                        radiobiology=_radiobiology(args, goals), half_life_days=getattr(args, "half_life_days", 59.4),
-                       progress=progress)
+                       dose_at_points=point_dose, progress=progress)
     return ev, dose, geometry, structures
 
 
@@ -111,6 +127,7 @@ def _print_metrics(ev, stream=sys.stdout):
                   f"{g['goal']} (value {v})", file=stream)
     for w in ev.warnings:
         print(f"seedplan: warning: {w}", file=sys.stderr)
+    _flush_notes()
 
 
 def cmd_dvh(args):
@@ -126,6 +143,9 @@ def cmd_dvh(args):
     if args.png:
         save_png(dvh_figure([("plan", ev.dvhs)], ev.colors, ev.prescription_Gy), args.png)
         print(f"wrote {args.png}")
+    for w in ev.warnings:
+        print(f"seedplan: warning: {w}", file=sys.stderr)
+    _flush_notes()
     return 0
 
 
@@ -200,6 +220,7 @@ def cmd_compare(args):
     if args.json:
         write_json(args.json, cmp.to_dict())
         print(f"wrote {args.json}")
+    _flush_notes()
     return 0
 
 
@@ -225,7 +246,7 @@ def cmd_report(args):
     seeds = None
     if args.seeds:
         from .cli_core import read_seed_input
-        seeds = read_seed_input(args.seeds)
+        seeds = read_seed_input(args.seeds)  # also used for exact sub-voxel dose (see _evaluate)
     ct = None
     if args.ct:
         from .imageio import read_image
@@ -304,6 +325,10 @@ def _add_common(p, dose=True):
     p.add_argument("--metric", action="append", help="extra metric for every structure, e.g. D95 or V120 (repeatable)")
     p.add_argument("--supersample", default="auto",
                    help="sub-voxel sampling: auto (small/thin structures), on, off, or a factor (default auto)")
+    if dose:
+        p.add_argument("--seeds", help="seeds CSV or plan file that produced the dose (total dose): sub-voxel doses "
+                                       "are then computed exactly (TG-43) instead of interpolated")
+        p.add_argument("--formalism", choices=("2D", "1D"), default="2D", help="TG-43 formalism for --seeds")
 
 
 def _add_bed(p):
@@ -361,7 +386,6 @@ def register(sub):
     p.add_argument("--out", required=True, help="output HTML")
     p.add_argument("--pdf", help="also write a multi-page PDF")
     p.add_argument("--plan", help="plan JSON (plain dict: source_model, strength_U, implant_date, needles, ...)")
-    p.add_argument("--seeds", help="seeds CSV or plan file (seed count, strength, total activity)")
     p.add_argument("--ct", help="CT image drawn under the dose wash")
     p.add_argument("--title", default="Seed implant plan report")
     p.add_argument("--compare-dose", help="second dose grid to compare with (appended to the report)")

@@ -7,8 +7,11 @@ Sampling a structure on the dose grid (:func:`structure_dose_samples`):
 - *supersampled* mode, for small or thin structures (urethra, nerves, a rectal wall): every
   candidate dose voxel (touched by the structure, grown by one voxel) is split into n x n x n
   sub-voxels; a sub-voxel belongs to the structure if its centre lies in a structure voxel on the
-  segmentation's own grid, its dose is trilinearly interpolated from the dose grid, its volume is
-  voxel volume / n^3. Published DVH tools were off by up to ~10 Gy on 0.5 cc metrics when small
+  segmentation's own grid, its volume is voxel volume / n^3, and its dose is either computed
+  exactly at the sub-voxel centre (``dose_at_points``, e.g. the TG-43 point dose of the seeds) or
+  interpolated from the dose grid: trilinearly in log(dose) by default ("log"; seed dose falls
+  roughly as 1/r^2, which linear interpolation over-estimates near seeds: +2.8% on D0.1cc of a
+  urethra 3 mm from seeds on a 2 mm grid, +1.6% in log) or in dose ("linear"). Published DVH tools were off by up to ~10 Gy on 0.5 cc metrics when small
   structures were voxelised on the dose grid (see ../shared/DOMAIN.md); the sub-voxel size
   (default <= 0.5 mm) keeps D0.1cc and D2cc within 1% between a dose grid and one refined twice
   (test_dvh.py).
@@ -211,9 +214,25 @@ def supersample_factor(geometry: ImageGeometry, subvoxel_mm=SUBVOXEL_MM):
     return int(min(MAX_FACTOR, max(1, math.ceil(max(geometry.spacing) / subvoxel_mm - 1e-9))))
 
 
+def interpolate_dose(dose_Gy, ijk, interpolation="log"):
+    """Dose at continuous indices ``ijk`` (M, 3): trilinear in log(dose) ("log") or in dose ("linear")."""
+    from scipy import ndimage
+    coords = [ijk[:, 2], ijk[:, 1], ijk[:, 0]]
+    if interpolation == "linear":
+        return ndimage.map_coordinates(dose_Gy, coords, order=1, mode="nearest")
+    if interpolation != "log":
+        raise InputError(f"dose interpolation must be 'log' or 'linear', got {interpolation!r}")
+    d = np.asarray(dose_Gy, dtype=np.float64)
+    logd = np.log(np.maximum(d, max(float(d.max()), 1e-300) * 1e-9))
+    return np.exp(ndimage.map_coordinates(logd, coords, order=1, mode="nearest"))
+
+
 def supersampled_samples(dose_Gy, geometry: ImageGeometry, structure: Structure, factor, role="oar",
-                         progress=None, chunk=400_000):
-    """Sub-voxel samples of ``structure`` (on its own grid) in the dose grid (see module doc)."""
+                         progress=None, chunk=400_000, dose_at_points=None, interpolation="log"):
+    """Sub-voxel samples of ``structure`` (on its own grid) in the dose grid (see module doc).
+
+    ``dose_at_points``: optional callable (M, 3) RAS mm -> dose (Gy) used instead of interpolation.
+    """
     from scipy import ndimage
     touch = touch_mask_on_grid(structure, geometry)
     if not touch.any():
@@ -228,13 +247,25 @@ def supersampled_samples(dose_Gy, geometry: ImageGeometry, structure: Structure,
     off = np.stack(np.meshgrid(g, g, g, indexing="ij"), axis=-1).reshape(-1, 3)
     doses, per = [], max(1, chunk // off.shape[0])
     dose = np.asarray(dose_Gy, dtype=np.float64)
+    if dose_at_points is None and interpolation == "log":
+        top = float(dose.max())
+        dose = np.log(np.maximum(dose, max(top, 1e-300) * 1e-9))
     for start in range(0, base.shape[0], per):
         pts = (base[start:start + per, None, :] + off[None, :, :]).reshape(-1, 3)
         src = np.rint(structure.geometry.ras_to_ijk(geometry.ijk_to_ras(pts))).astype(np.int64)
         inside = lookup_mask(structure, src)
         if inside.any():
             p = pts[inside]
-            doses.append(ndimage.map_coordinates(dose, [p[:, 2], p[:, 1], p[:, 0]], order=1, mode="nearest"))
+            if dose_at_points is not None:
+                v = np.asarray(dose_at_points(geometry.ijk_to_ras(p)), dtype=np.float64).reshape(-1)
+                if v.shape[0] != p.shape[0] or not np.all(np.isfinite(v)):
+                    raise InputError(f"point dose for '{structure.name}' returned {v.shape[0]} values for "
+                                     f"{p.shape[0]} points or non-finite values")
+            elif interpolation == "log":
+                v = np.exp(ndimage.map_coordinates(dose, [p[:, 2], p[:, 1], p[:, 0]], order=1, mode="nearest"))
+            else:
+                v = interpolate_dose(dose, p, "linear")
+            doses.append(v)
         _progress.report(progress, min(1.0, (start + per) / base.shape[0]), f"DVH: sampling {structure.name}")
     d = np.concatenate(doses) if doses else np.zeros(0)
     if d.size == 0:
@@ -243,11 +274,13 @@ def supersampled_samples(dose_Gy, geometry: ImageGeometry, structure: Structure,
 
 
 def structure_dose_samples(dose_Gy, geometry: ImageGeometry, structure: Structure, supersample="auto",
-                           role="oar", subvoxel_mm=SUBVOXEL_MM, max_outside=None, progress=None):
+                           role="oar", subvoxel_mm=SUBVOXEL_MM, max_outside=None, progress=None,
+                           dose_at_points=None, interpolation="log"):
     """Dose samples of ``structure`` on the dose grid.
 
     ``supersample``: "auto" (small or thin structures only), "off" (voxel centres), "on" (always),
-    or an int factor. A structure entirely outside the grid raises GeometryError; one partly outside
+    or an int factor. ``dose_at_points`` / ``interpolation``: see :func:`supersampled_samples`.
+    A structure entirely outside the grid raises GeometryError; one partly outside
     raises GeometryError when ``max_outside`` (a fraction) is given and exceeded, else carries a warning.
     """
     structure.require_not_empty()
@@ -276,7 +309,8 @@ def structure_dose_samples(dose_Gy, geometry: ImageGeometry, structure: Structur
     if factor == 1:
         s = voxel_samples(dose_Gy, center, geometry.voxel_volume_cc, structure.name, role)
     else:
-        s = supersampled_samples(dose_Gy, geometry, structure, factor, role, progress)
+        s = supersampled_samples(dose_Gy, geometry, structure, factor, role, progress,
+                                 dose_at_points=dose_at_points, interpolation=interpolation)
     s.fraction_outside = f_out
     if f_out > 0:
         s.warnings.append(f"{100 * f_out:.1f}% of '{structure.name}' lies outside the dose grid; "

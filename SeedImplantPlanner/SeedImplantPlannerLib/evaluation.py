@@ -147,7 +147,8 @@ def assign_roles(structures, target=None, body=None, goal_set: GoalSet | None = 
 
 def evaluate_plan(dose_Gy, geometry: ImageGeometry, structures, prescription_Gy, *, target=None, body=None,
                   goals: GoalSet | None = None, metrics=None, supersample="auto", radiobiology=None,
-                  half_life_days=I125_HALF_LIFE_DAYS, dvh_max_dose_Gy=None, progress=None) -> Evaluation:
+                  half_life_days=I125_HALF_LIFE_DAYS, dvh_max_dose_Gy=None, dose_at_points=None,
+                  interpolation="log", progress=None) -> Evaluation:
     """Evaluate a dose grid: DVH, metrics, conformity indices, goals and (optionally) BED per structure.
 
     ``structures``: list of :class:`Structure` (any grid) or ``{name: mask on the dose grid}``.
@@ -155,6 +156,8 @@ def evaluate_plan(dose_Gy, geometry: ImageGeometry, structures, prescription_Gy,
     True (defaults: prostate/tumour parameters for the target by preset name, late-normal for the
     rest) or ``{"target": LQParams, "oar": LQParams}``. Missing goal structures marked ``required``
     raise InputError; other missing goal structures are listed as not evaluated.
+    ``dose_at_points``: optional callable (M, 3) RAS mm -> Gy giving the exact dose at sub-voxel
+    points (e.g. :func:`seed_point_dose`); otherwise sub-voxel doses are interpolated (``interpolation``).
     """
     rx = check_prescription(prescription_Gy)
     dose = check_dose(dose_Gy, geometry)
@@ -180,13 +183,14 @@ def evaluate_plan(dose_Gy, geometry: ImageGeometry, structures, prescription_Gy,
         _progress.report(sub, 0.0, f"evaluation: {s.name}")
         max_out = 0.0 if roles[s.name] == "target" else None
         samp = structure_dose_samples(dose, geometry, s, supersample, roles[s.name], max_outside=max_out,
-                                      progress=sub)
+                                      progress=sub, dose_at_points=dose_at_points, interpolation=interpolation)
         samples.append(samp)
         warnings.extend(samp.warnings)
     _progress.report(progress, 0.8, "evaluation: metrics")
     metric_values, indices = {}, {}
     for samp in samples:
-        names = default_metric_names(roles[samp.name], samp.name)
+        mrole = "target" if samp.name.lower() in TARGET_NAMES else roles[samp.name]
+        names = default_metric_names(mrole, samp.name)
         entry = goals.entry_for(samp.name, [x.name for x in samples]) if goals else None
         extra = list(metrics or []) + (entry.metrics if entry else []) + ([g.metric.name for g in entry.goals] if entry else [])
         for m in extra:
@@ -225,6 +229,36 @@ def evaluate_plan(dose_Gy, geometry: ImageGeometry, structures, prescription_Gy,
     colors = {s.name: tuple(s.color) for s in structs}
     return Evaluation(rx, geometry, target, body, samples, dvhs, metric_values, indices, goal_results, rb, roles,
                       colors, warnings, goals.name if goals else "")
+
+
+def seed_point_dose(seeds, formalism="2D", model_dirs=()):
+    """Callable (M, 3) RAS mm -> total dose (Gy) of ``seeds`` (TG-43), for exact sub-voxel sampling."""
+    from .dose import dose_at_points_Gy
+
+    def fn(points_ras):
+        return dose_at_points_Gy(points_ras, seeds, formalism, "total", None, model_dirs)[0]
+    return fn
+
+
+def check_point_dose_matches(dose_Gy, geometry: ImageGeometry, dose_at_points, prescription_Gy, tolerance=0.05,
+                             n_points=40, what="dose grid"):
+    """Raise InputError if ``dose_at_points`` disagrees with the dose grid at voxel centres (> tolerance).
+
+    Checks up to ``n_points`` voxels between 50% and 300% of the prescription, so seeds that did not
+    produce this dose grid (other plan, other quantity, LPS/RAS mix-up) are caught before use.
+    """
+    d = np.asarray(dose_Gy)
+    sel = np.flatnonzero(((d >= 0.5 * prescription_Gy) & (d <= 3.0 * prescription_Gy)).ravel())
+    if sel.size == 0:
+        return
+    pick = sel[np.linspace(0, sel.size - 1, min(n_points, sel.size)).astype(int)]
+    k, j, i = np.unravel_index(pick, d.shape)
+    pts = geometry.ijk_to_ras(np.stack([i, j, k], axis=-1).astype(float))
+    exact = np.asarray(dose_at_points(pts), dtype=float)
+    rel = np.abs(exact - d.ravel()[pick]) / np.maximum(d.ravel()[pick], 1e-12)
+    if float(rel.max()) > tolerance:
+        raise InputError(f"the seeds do not reproduce the {what}: point dose differs by up to {100 * rel.max():.1f}% "
+                         f"at voxel centres (is the grid the total dose of these seeds?)")
 
 
 def _check_goals(goals: GoalSet, samples, metric_values, rx):
