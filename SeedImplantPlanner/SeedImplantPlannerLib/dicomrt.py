@@ -748,6 +748,9 @@ def export_plan_dicom(out_dir, ct, seeds: SeedSet, prescription_Gy, *, ct_geomet
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not overwrite)):
         raise InputError(f"{out_dir}: folder exists and is not empty (choose a new folder or overwrite)")
     tmp = Path(tempfile.mkdtemp(prefix="." + out_dir.name + ".", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)
     result = {"folder": out_dir, "ct": [], "rtstruct": None, "rtplan": None, "rtdose": None}
     try:
         ct_paths = []
