@@ -451,14 +451,15 @@ def solve_anneal(prob: PlanningProblem, x0, time_limit_s=6.0, needle_weight=1.0,
     T0, T1 = 0.02, 0.0002
     it = 0
     on_list = lambda: np.flatnonzero(x)  # noqa: E731
+    stopped = False
     for it in range(n_iter):
         frac = it / n_iter
-        el = time.monotonic() - t0
-        if el > time_limit_s:
-            break
-        if it % 500 == 0:
-            _progress.report(progress, max(frac, el / time_limit_s), "plan: annealing")
-        T = T0 * (T1 / T0) ** max(frac, el / time_limit_s)
+        if it % 250 == 0:
+            if time.monotonic() - t0 > time_limit_s:
+                stopped = True
+                break
+            _progress.report(progress, frac, "plan: annealing")
+        T = T0 * (T1 / T0) ** frac
         move = rng.random()
         on = on_list()
         add, rem = -1, -1
@@ -502,7 +503,9 @@ def solve_anneal(prob: PlanningProblem, x0, time_limit_s=6.0, needle_weight=1.0,
             d, od, per_needle, cur = dn, odn, pn, new
             if cur < best:
                 best, best_x = cur, x.copy()
-    return best_x.astype(float), f"annealing: {it + 1} iterations in {time.monotonic() - t0:.1f} s, cost {best:.4f}"
+    note = f", stopped by the time limit after {it} of {n_iter} iterations" if stopped else ""
+    return best_x.astype(float), (f"annealing: {it + 1 if not stopped else it} iterations in "
+                                  f"{time.monotonic() - t0:.1f} s, cost {best:.4f}{note}")
 
 
 def optimize(prob: PlanningProblem, method="anneal", time_limit_s=8.0, rng_seed=0, needle_weight=1.0,
@@ -544,6 +547,8 @@ def optimize(prob: PlanningProblem, method="anneal", time_limit_s=8.0, rng_seed=
     s["n_needles"] = int(len(np.unique(prob.needle_index[x > 0.5])))
     msg = "all goals met on the sampled points" if ok else "goals not met: " + "; ".join(unmet) + \
         " (the best plan found is returned)"
+    if not ok and prob.oars and any(u.startswith("target coverage") for u in unmet):
+        msg += "; organ limits take precedence over coverage: relax them to raise the coverage"
     return OptimResult(x > 0.5, method, status, msg, ok, time.monotonic() - t0, s, unmet)
 
 

@@ -305,7 +305,7 @@ def plan_from_masks(geometry, masks: dict, target: str, *, oars=(), forbidden=()
                     method="anneal", time_limit_s=8.0, rng_seed=0, fixed_seeds: SeedSet | None = None,
                     implanted_needles=None, allow_new_needles=True, formalism="2D", n_target_points=3000,
                     n_check_points=6000, usable_length_mm=200.0, gauge=18, image_geometry=None,
-                    progress=None) -> Plan:
+                    optimizer_options=None, progress=None) -> Plan:
     """Plan a seed implant on segment masks (all on ``geometry``); the library entry point.
 
     ``masks``: {segment name: bool mask [k, j, i]}. ``target`` names the target; ``oars`` is a list
@@ -316,7 +316,8 @@ def plan_from_masks(geometry, masks: dict, target: str, *, oars=(), forbidden=()
     or ``entry_center``). Re-planning: ``fixed_seeds`` are already implanted (their dose counts,
     they are not moved) and ``implanted_needles`` are needles where the intra-operative CT shows
     them (loaded at no needle cost); with ``allow_new_needles=False`` only they are used.
-    Returns a :class:`Plan` with its optimiser report; goals that cannot be met are stated in
+    ``optimizer_options`` go to :func:`optimizer.optimize` (needle_weight, coverage_buffer,
+    mip_points, anneal_iterations). Returns a :class:`Plan` with its optimiser report; goals that cannot be met are stated in
     ``plan.optimizer['unmet']`` and the best plan found is returned.
     """
     from .dose import dose_factor_h
@@ -474,7 +475,8 @@ def plan_from_masks(geometry, masks: dict, target: str, *, oars=(), forbidden=()
     prob = build_problem(cands, len(usable), needle_cost, opt_pts, chk_pts, kernel, gy_per_U_h, strength_U, goals,
                          oar_samples, fixed_seeds, rules.min_distance_mm, fixed_kernels)
     t_matrix = time.monotonic() - t_start
-    res = optimize(prob, method, time_limit_s, rng_seed, progress=_progress.scaled(progress, 0.3, 0.95))
+    res = optimize(prob, method, time_limit_s, rng_seed, progress=_progress.scaled(progress, 0.3, 0.95),
+                   **(optimizer_options or {}))
     _progress.report(progress, 0.96, "plan: seeds")
 
     # -- result ------------------------------------------------------------------------------------

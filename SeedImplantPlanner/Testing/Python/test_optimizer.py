@@ -1,0 +1,153 @@
+"""Inverse planning: goals met and checked with the real dose engine, determinism, MIP, unmet goals, cancel, re-planning."""
+
+import unittest
+
+import numpy as np
+
+from SeedImplantPlannerLib.dose import dose_at_points_Gy
+from SeedImplantPlannerLib.errors import CancelledError, InputError
+from SeedImplantPlannerLib.geometry import ImageGeometry
+from SeedImplantPlannerLib.loading import LoadingRules
+from SeedImplantPlannerLib.needles import mask_points
+from SeedImplantPlannerLib.optimizer import Goals, OARConstraint, influence_matrix
+from SeedImplantPlannerLib.plan import plan_from_masks, uniform_plan
+from SeedImplantPlannerLib.sources import get_model
+from SeedImplantPlannerLib.tg43 import TG43Kernel
+
+GEOM = ImageGeometry((48, 48, 48), (1.5, 1.5, 1.5), (-35.25, -35.25, -35.25))
+RX = 120.0
+# a time limit far above the run time: the annealing schedule (by iteration) decides, so runs repeat exactly
+FAST = dict(n_target_points=1500, n_check_points=3000, time_limit_s=60.0, optimizer_options={"anneal_iterations": 15000})
+
+
+def case():
+    c = GEOM.voxel_centers_ras()
+    r = np.linalg.norm(c * np.array([1.0, 1.0, 1.2]), axis=-1)
+    target = r <= 13.0  # about 8 cc ellipsoid
+    oar = (c[..., 0] >= 19.0) & (c[..., 0] <= 30.0) & (np.abs(c[..., 2]) <= 20) & (np.abs(c[..., 1]) <= 20)
+    body = np.linalg.norm(c, axis=-1) <= 34.0
+    return {"GTV": target, "Rectum": oar, "Body": body}
+
+
+def exact_target_metrics(plan, masks):
+    pts = mask_points(masks["GTV"], GEOM)
+    d, _, _ = dose_at_points_Gy(pts, plan.seeds)
+    return float(np.mean(d >= RX)), float(np.sort(d)[::-1][int(np.ceil(0.9 * len(d))) - 1])
+
+
+class InversePlanningTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.masks = case()
+        cls.rules = LoadingRules(spacing_mm=5.0, min_distance_mm=4.0)
+        cls.plan = plan_from_masks(GEOM, cls.masks, "GTV", prescription_Gy=RX, strength=0.5, direction="P",
+                                   template_spacing_mm=5.0, rules=cls.rules, body="Body", method="anneal",
+                                   rng_seed=3, **FAST)
+
+    def test_goals_met_with_the_real_dose_engine_and_fewer_seeds_than_uniform(self):
+        p = self.plan
+        self.assertTrue(p.optimizer["goals_met"], p.optimizer["message"])
+        v100, d90 = exact_target_metrics(p, self.masks)
+        self.assertGreaterEqual(v100, 0.95)
+        self.assertGreaterEqual(d90, RX)
+        uni = uniform_plan(p, GEOM, self.masks["GTV"], spacing_mm=5.0)
+        self.assertLess(len(p.seeds), len(uni))
+        # every seed sits on a needle, with that needle's direction as its axis
+        for pos, ax, num, s in zip(p.seeds.positions, p.seeds.axes, p.seed_needle, p.seed_s_from_tip_mm):
+            n = p.needle_by_number(num)
+            np.testing.assert_allclose(pos, n.point_from_tip(s), atol=1e-6)
+            np.testing.assert_allclose(ax, n.direction, atol=1e-9)
+
+    def test_deterministic_for_a_random_seed(self):
+        again = plan_from_masks(GEOM, self.masks, "GTV", prescription_Gy=RX, strength=0.5, direction="P",
+                                template_spacing_mm=5.0, rules=self.rules, body="Body", method="anneal",
+                                rng_seed=3, **FAST)
+        np.testing.assert_array_equal(again.seeds.positions, self.plan.seeds.positions)
+
+    def test_mip_meets_the_goals(self):
+        p = plan_from_masks(GEOM, self.masks, "GTV", prescription_Gy=RX, strength=0.5, direction="P",
+                            template_spacing_mm=5.0, rules=self.rules, body="Body", method="mip", rng_seed=3,
+                            **{**FAST, "time_limit_s": 3.0})
+        self.assertTrue(p.optimizer["goals_met"], p.optimizer["message"])
+        self.assertIn("HiGHS", p.optimizer["status"])
+        v100, _ = exact_target_metrics(p, self.masks)
+        self.assertGreaterEqual(v100, 0.95)
+
+    def test_goals_that_cannot_be_met_return_the_best_plan_and_say_so(self):
+        # an organ limit of 1 Gy on an organ 6 mm from the target cannot hold with V100 >= 95 %
+        p = plan_from_masks(GEOM, self.masks, "GTV", oars=[OARConstraint("Rectum", dmax_Gy=1.0)], prescription_Gy=RX,
+                            strength=0.5, direction="P", template_spacing_mm=5.0, rules=self.rules, body="Body",
+                            rng_seed=3, **FAST)
+        self.assertFalse(p.optimizer["goals_met"])
+        # organ limits are hard: coverage is what gives, and the report says which goal failed and why
+        self.assertTrue(any(u.startswith("target coverage") for u in p.optimizer["unmet"]), p.optimizer["unmet"])
+        self.assertIn("best plan found", p.optimizer["message"])
+        self.assertIn("organ limits take precedence", p.optimizer["message"])
+        self.assertLessEqual(p.optimizer["sampled"]["Rectum_Dmax_Gy"], 1.0)
+
+    def test_organ_limit_is_respected_when_it_can_be(self):
+        # the free plan's organ dose, then a limit 15 % below it that coverage can live with
+        opts = mask_points(self.masks["Rectum"], GEOM)
+        d_free, _, _ = dose_at_points_Gy(opts, self.plan.seeds)
+        limit = 0.85 * float(d_free.max())
+        p = plan_from_masks(GEOM, self.masks, "GTV", oars=[OARConstraint("Rectum", dmax_Gy=limit)], prescription_Gy=RX,
+                            strength=0.5, direction="P", template_spacing_mm=5.0, rules=self.rules, body="Body",
+                            rng_seed=3, **FAST)
+        self.assertTrue(p.optimizer["goals_met"], p.optimizer["message"])
+        d, _, _ = dose_at_points_Gy(opts, p.seeds)
+        self.assertLessEqual(float(d.max()), limit * 1.03)  # sampled organ points: within 3 % on all voxels
+
+    def test_cancel(self):
+        with self.assertRaises(CancelledError):
+            plan_from_masks(GEOM, self.masks, "GTV", prescription_Gy=RX, strength=0.5, direction="P",
+                            template_spacing_mm=5.0, rules=self.rules, body="Body",
+                            progress=lambda f, t: f < 0.2, **FAST)
+
+    def test_replanning_keeps_fixed_seeds_and_adds_only_what_is_left(self):
+        p = self.plan
+        half = np.arange(len(p.seeds)) % 2 == 0
+        fixed = p.seeds.subset(half)
+        implanted = [n for n in p.used_needles()]
+        for n in implanted:  # the intra-operative CT shows each needle 3 mm off
+            n.entry = n.entry + np.array([3.0, 0.0, 0.0])
+            n.tip = n.tip + np.array([3.0, 0.0, 0.0])
+            n._table = None
+        re = plan_from_masks(GEOM, self.masks, "GTV", prescription_Gy=RX, strength=0.5, rules=self.rules, body="Body",
+                             fixed_seeds=fixed, implanted_needles=implanted, allow_new_needles=False, rng_seed=3, **FAST)
+        self.assertEqual(int(re.seed_fixed.sum()), len(fixed))
+        np.testing.assert_allclose(re.seeds.positions[re.seed_fixed], fixed.positions)
+        self.assertLess(int((~re.seed_fixed).sum()), len(p.seeds))
+        self.assertTrue(all(n.fixed for n in re.needles))
+        v100, _ = exact_target_metrics(re, self.masks)
+        self.assertGreaterEqual(v100, 0.95)
+
+
+class ProblemPiecesTest(unittest.TestCase):
+    def test_influence_matrix_equals_the_kernel(self):
+        model = get_model("I125_OncoSeed_6711")
+        k = TG43Kernel(model)
+        pts = np.array([[10.0, 0, 0], [0, 20.0, 0], [3.0, 4.0, 12.0]])
+        pos = np.array([[0.0, 0, 0], [1.0, 2.0, 3.0]])
+        ax = np.array([[0, 0, 1.0], [0, 1.0, 0]])
+        D = influence_matrix(pts, pos, ax, k, model.mean_life_h / 100.0, 0.5)
+        for j in range(2):
+            rate, _ = k.dose_rate_at_points(pts, pos[j], ax[j], 0.5)
+            np.testing.assert_allclose(D[:, j], rate * model.mean_life_h / 100.0, rtol=1e-6)
+        # 0.5 U at 1 cm on the transverse axis: Lambda * S_K * tau / 100 Gy
+        one = influence_matrix([[10.0, 0, 0]], [[0, 0, 0]], [[0, 0, 1.0]], k, model.mean_life_h / 100.0, 0.5)
+        self.assertAlmostEqual(float(one[0, 0]), 0.965 * 0.5 * model.mean_life_h / 100.0, places=3)
+
+    def test_goal_validation_and_levels(self):
+        with self.assertRaisesRegex(InputError, "prescription dose must be > 0"):
+            Goals(0.0)
+        with self.assertRaisesRegex(InputError, "v100_min"):
+            Goals(120.0, v100_min=95.0)
+        self.assertEqual(Goals(120.0).coverage_levels(), [(120.0, 0.95)])
+        self.assertEqual(Goals(120.0, v100_min=0.8).coverage_levels(), [(120.0, 0.9)])
+        self.assertEqual(Goals(120.0, v100_min=0.95, d90_min_frac=1.1).coverage_levels(), [(120.0, 0.95), (132.0, 0.9)])
+        with self.assertRaisesRegex(InputError, "D2cc limit must be > 0"):
+            Goals(120.0, oars=[OARConstraint("Bowel", d2cc_Gy=-1.0)])
+
+
+if __name__ == "__main__":
+    unittest.main()
