@@ -1,0 +1,161 @@
+"""Metrics (names, definitions, CI/EI/HI), goals (syntax, files, presets, pass/fail) and plan evaluation."""
+
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+
+from SeedImplantPlannerLib.dvh import DoseSamples
+from SeedImplantPlannerLib.errors import GeometryError, InputError
+from SeedImplantPlannerLib.evaluation import evaluate_plan
+from SeedImplantPlannerLib.geometry import ImageGeometry
+from SeedImplantPlannerLib.goals import goals_from_text, list_presets, load_goals, parse_goal
+from SeedImplantPlannerLib.metrics import conformity_indices, parse_metric, structure_metrics
+from SeedImplantPlannerLib.structures import Structure
+
+
+class TestMetricNames(unittest.TestCase):
+    def test_parse(self):
+        self.assertEqual(parse_metric("D90").kind, "D_pct")
+        self.assertEqual(parse_metric("d2cc").name, "D2cc")
+        self.assertEqual(parse_metric("D0.1cc").x, 0.1)
+        self.assertEqual(parse_metric("V150").kind, "V_rx")
+        self.assertEqual(parse_metric("V20Gy").name, "V20Gy")
+        self.assertEqual(parse_metric("dmean").name, "Dmean")
+        self.assertTrue(parse_metric("CI").is_index)
+        for bad in ("X90", "D150", "Dfoo", ""):
+            with self.assertRaises(InputError):
+                parse_metric(bad)
+
+    def test_definitions_on_known_samples(self):
+        # 100 voxels of 0.01 cc with doses 1..100 Gy, prescription 50 Gy
+        s = DoseSamples("T", np.arange(1.0, 101.0), 0.01)
+        m = structure_metrics(s, ["D90", "D100", "D50", "D0.1cc", "D2cc", "V100", "V150", "V200", "V40Gy",
+                                  "Dmean", "Dmin", "Dmax"], 50.0)
+        self.assertEqual(m["D90"]["Gy"], 11.0)      # hottest 90 voxels are 11..100
+        self.assertEqual(m["D100"]["Gy"], 1.0)
+        self.assertEqual(m["D50"]["Gy"], 51.0)
+        self.assertEqual(m["D0.1cc"]["Gy"], 91.0)   # hottest 10 voxels
+        self.assertTrue(np.isnan(m["D2cc"]["Gy"]))   # structure is 1 cc
+        self.assertAlmostEqual(m["V100"]["percent"], 51.0)   # >= 50 Gy: 50..100
+        self.assertAlmostEqual(m["V100"]["cc"], 0.51)
+        self.assertAlmostEqual(m["V150"]["percent"], 26.0)   # >= 75 Gy
+        self.assertAlmostEqual(m["V200"]["percent"], 1.0)    # >= 100 Gy
+        self.assertAlmostEqual(m["V40Gy"]["percent"], 61.0)
+        self.assertAlmostEqual(m["Dmean"]["Gy"], 50.5)
+        self.assertEqual((m["Dmin"]["Gy"], m["Dmax"]["Gy"]), (1.0, 100.0))
+
+    def test_conformity_indices(self):
+        # target 10 voxels, 8 covered; 4 covered voxels outside the target; 2 target voxels >= 1.5 Rx
+        dose = np.zeros((1, 1, 20))
+        target = np.zeros((1, 1, 20), bool)
+        target[0, 0, :10] = True
+        dose[0, 0, 2:10] = 100.0
+        dose[0, 0, 8:10] = 160.0
+        dose[0, 0, 10:14] = 120.0
+        ix = conformity_indices(dose, 0.5, target, 100.0)
+        self.assertAlmostEqual(ix["CI"], (8 / 10) * (8 / 12))
+        self.assertAlmostEqual(ix["EI"], 4 / 10)
+        self.assertAlmostEqual(ix["HI"], (8 - 2) / 8)
+        self.assertAlmostEqual(ix["V_ref_cc"], 6.0)
+        body = np.zeros_like(target)
+        body[0, 0, :12] = True
+        self.assertAlmostEqual(conformity_indices(dose, 0.5, target, 100.0, body)["EI"], 2 / 10)
+
+
+class TestGoals(unittest.TestCase):
+    def test_parse_and_check(self):
+        g = parse_goal("V100 >= 95%")
+        self.assertEqual((g.metric.name, g.op, g.limit, g.unit), ("V100", ">=", 95.0, "%"))
+        self.assertEqual(g.check({"percent": 96.0, "cc": 1.0}, 145), (96.0, True))
+        g = parse_goal("D2cc <= 100 Gy")
+        self.assertEqual(g.check({"Gy": 100.5}, 145), (100.5, False))
+        g = parse_goal("D90 >= 100%")
+        self.assertEqual(g.unit, "%rx")
+        v, ok = g.check({"Gy": 150.0}, 145.0)
+        self.assertAlmostEqual(v, 103.448, places=3)
+        self.assertTrue(ok)
+        self.assertEqual(parse_goal("V100 < 1 cc").check({"percent": 3, "cc": 0.99}, 145), (0.99, True))
+        self.assertEqual(parse_goal("CI >= 0.6").check({"value": 0.5}, 145), (0.5, False))
+        self.assertIsNone(parse_goal("D2cc <= 100 Gy").check({"Gy": float("nan")}, 145)[1])
+
+    def test_unknown_syntax_names_the_goal(self):
+        for bad, msg in (("V100 about 95%", "cannot read goal 'V100 about 95%'"),
+                         ("D2cc <= 100", "a dose goal needs a unit"),
+                         ("V100 >= 95 Gy", "a volume goal needs a unit"),
+                         ("Q5 >= 3 Gy", "unknown metric 'Q5'"),
+                         ("CI >= 0.6 %", "CI has no unit")):
+            with self.assertRaisesRegex(InputError, msg):
+                parse_goal(bad)
+
+    def test_text_file_and_errors_with_line_numbers(self):
+        gs = goals_from_text("# my goals\nPTV: V100 >= 95%; D90 >= 100%\nRectum: D2cc <= 145 Gy\n")
+        self.assertEqual([e.name for e in gs.structures], ["PTV", "Rectum"])
+        self.assertEqual(len(gs.structures[0].goals), 2)
+        with self.assertRaisesRegex(InputError, "line 2: cannot read goal"):
+            goals_from_text("PTV: V100 >= 95%\nRectum: D2cc is low\n", "g.txt")
+
+    def test_presets_load_with_sources(self):
+        presets = list_presets()
+        self.assertIn("prostate_I125", presets)
+        self.assertIn("ct_soft_tissue_I125", presets)
+        p = load_goals("prostate_I125")
+        self.assertEqual(p.prescription_Gy, 145.0)
+        urethra = p.for_structure("urethra")
+        self.assertEqual([g.text for g in urethra.goals], ["D5 <= 150%", "D10 <= 150%", "D30 <= 125%"])
+        self.assertTrue(all(g.source for e in p.structures for g in e.goals))
+        self.assertEqual(p.target_entry().name, "Prostate")
+        with self.assertRaisesRegex(InputError, "no such file or preset"):
+            load_goals("no_such_preset")
+
+    def test_json_file(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            f = Path(tmp) / "g.json"
+            f.write_text('{"structures": [{"name": "GTV", "role": "target", "goals": ["V100 >= 90%"]}]}')
+            self.assertEqual(load_goals(f).structures[0].goals[0].limit, 90.0)
+            f.write_text('{"structures": [{"name": "GTV", "goals": ["V100 >= lots"]}]}')
+            with self.assertRaisesRegex(InputError, "cannot read goal 'V100 >= lots'"):
+                load_goals(f)
+
+
+class TestEvaluatePlan(unittest.TestCase):
+    def setUp(self):
+        self.g = ImageGeometry((30, 30, 30), (1.0, 1.0, 1.0), (-15, -15, -15))
+        c = self.g.voxel_centers_ras()
+        r = np.linalg.norm(c, axis=-1)
+        self.dose = 145.0 * np.clip(12.0 / np.maximum(r, 1.0), 0, 3)  # 145 Gy at r = 12 mm
+        self.structs = [Structure("Body", np.ones(self.g.shape, bool), self.g),
+                        Structure("PTV", r <= 11.0, self.g),
+                        Structure("Rectum", (np.abs(c[..., 0]) <= 4) & (c[..., 1] <= -13) & (np.abs(c[..., 2]) <= 8), self.g)]
+
+    def test_goals_and_roles(self):
+        gs = goals_from_text("PTV: V100 >= 95%; D90 >= 100%; V150 <= 20%\nRectum: D2cc <= 100 Gy\nBladder: Dmax <= 200 Gy")
+        ev = evaluate_plan(self.dose, self.g, self.structs, 145.0, goals=gs)
+        self.assertEqual(ev.target, "PTV")
+        self.assertEqual(ev.body, "Body")
+        st = {(r["structure"], r["goal"]): r for r in ev.goal_results}
+        self.assertEqual(st[("PTV", "V100 >= 95%")]["status"], "pass")
+        self.assertEqual(st[("PTV", "V150 <= 20%")]["status"], "fail")
+        self.assertEqual(st[("Bladder", "Dmax <= 200 Gy")]["status"], "not evaluated (structure missing)")
+        self.assertIn("CI", ev.metrics["PTV"])
+        d = ev.to_dict()
+        self.assertEqual(d["structures"][1]["name"], "PTV")
+        self.assertIsNone(d["structures"][2]["metrics"]["D2cc"]["Gy"])  # rectum is below 2 cc: NaN -> None
+
+    def test_required_structure_missing_and_prescription(self):
+        with self.assertRaisesRegex(InputError, "required structure 'Prostate'"):
+            evaluate_plan(self.dose, self.g, self.structs[:1] + self.structs[2:], 145.0, goals=load_goals("prostate_I125"))
+        for rx in (0.0, -5.0, float("nan")):
+            with self.assertRaisesRegex(InputError, "prescription dose must be > 0 Gy"):
+                evaluate_plan(self.dose, self.g, self.structs, rx)
+
+    def test_target_partly_outside_the_grid_is_refused(self):
+        other = ImageGeometry((30, 30, 30), (1.0, 1.0, 1.0), (0, -15, -15))
+        ptv = Structure("PTV", np.ones(other.shape, bool), other)
+        with self.assertRaisesRegex(GeometryError, "'PTV': 50.0% of its volume lies outside"):
+            evaluate_plan(self.dose, self.g, [ptv], 145.0, target="PTV")
+
+
+if __name__ == "__main__":
+    unittest.main()
