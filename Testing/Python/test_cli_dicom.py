@@ -1,0 +1,193 @@
+"""End-to-end: `seedplan dose` -> `seedplan export-dicom` -> `seedplan dicom-seeds`, with real files."""
+
+import csv
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+
+from SeedImplantPlannerLib.geometry import ImageGeometry
+from SeedImplantPlannerLib.imageio import write_image
+from SeedImplantPlannerLib.segio import Segmentation, write_segmentation
+
+ROOT = Path(__file__).resolve().parents[2]
+
+M6711 = "I125_OncoSeed_6711"
+
+
+def seedplan(*args):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "SeedImplantPlanner") + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "SeedImplantPlannerLib.cli", "--quiet", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+class CliDicom(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.dir = Path(self.tmp.name)
+        a = np.radians(12.0)
+        rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+        self.g = ImageGeometry((36, 32, 16), (1.5, 1.5, 2.5), (-26.0, -23.0, -19.0), rot)
+        c = self.g.voxel_centers_ras()
+        body = np.linalg.norm(c / [24, 20, 40], axis=-1) <= 1
+        self.ct = self.dir / "ct.nrrd"
+        write_image(self.ct, np.where(body, 30, -1000).astype(np.int16), self.g)
+        gtv = np.linalg.norm(c / [9, 8, 9], axis=-1) <= 1
+        self.seg = self.dir / "case.seg.nrrd"
+        write_segmentation(self.seg, Segmentation.from_masks(self.g, {"GTV": gtv, "Body": body}))
+        self.seeds = self.dir / "seeds.csv"
+        rows = ["x_mm,y_mm,z_mm,axis_x,axis_y,axis_z,sk_U"]
+        for x in (-4.5, 4.5):
+            for z in (-6.0, 0.0, 6.0):
+                rows.append(f"{x},{1.25},{z},0.1,0.2,1,0.635")
+        self.seeds.write_text("\n".join(rows) + "\n")
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def dose(self):
+        out = self.dir / "dose.nrrd"
+        r = seedplan("dose", "--seeds", self.write_with_model(), "--reference", self.ct, "--crop-margin", "10",
+                     "--spacing", "2", "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return out
+
+    def write_with_model(self):
+        p = self.dir / "seeds_model.csv"
+        lines = self.seeds.read_text().splitlines()
+        p.write_text("\n".join([lines[0] + ",model"] + [ln + "," + M6711 for ln in lines[1:]]) + "\n")
+        return p
+
+    def test_export_and_read_back(self):
+        dose = self.dose()
+        out = self.dir / "dicom"
+        r = seedplan("export-dicom", "--ct", self.ct, "--seeds", self.seeds, "--model", M6711, "--segmentation", self.seg,
+                     "--dose", dose, "--prescription-Gy", "145", "--strength-date", "2026-11-27T08:00",
+                     "--patient-id", "PHANTOM01", "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("RTPLAN.dcm", r.stdout)
+        files = sorted(p.name for p in out.iterdir())
+        self.assertEqual(files, ["CT", "RTDOSE.dcm", "RTPLAN.dcm", "RTSTRUCT.dcm"])
+        self.assertEqual(len(list((out / "CT").glob("*.dcm"))), self.g.size[2])
+        plan = pydicom.dcmread(out / "RTPLAN.dcm")
+        rd = pydicom.dcmread(out / "RTDOSE.dcm")
+        rs = pydicom.dcmread(out / "RTSTRUCT.dcm")
+        self.assertEqual({d.PatientID for d in (plan, rd, rs)}, {"PHANTOM01"})
+        self.assertEqual(len({d.StudyInstanceUID for d in (plan, rd, rs)}), 1)
+        self.assertEqual(len({d.FrameOfReferenceUID for d in (plan, rd, rs)}), 1)
+        self.assertEqual(plan.BrachyTreatmentTechnique, "PERMANENT")
+        self.assertEqual(plan.SourceSequence[0].ReferenceAirKermaRate, 0.635)
+        self.assertEqual(plan.SourceSequence[0].SourceStrengthReferenceDate, "20261127")
+        self.assertEqual({o.RTROIInterpretedType for o in rs.RTROIObservationsSequence}, {"GTV", "EXTERNAL"})
+        # the RT Dose is the NRRD dose: same grid (SimpleITK), values within the scaling step
+        nrrd = sitk.ReadImage(str(dose))
+        dimg = sitk.ReadImage(str(out / "RTDOSE.dcm"))
+        np.testing.assert_allclose(dimg.GetOrigin(), nrrd.GetOrigin(), atol=1e-4)
+        np.testing.assert_allclose(dimg.GetSpacing(), nrrd.GetSpacing(), atol=1e-6)
+        np.testing.assert_allclose(dimg.GetDirection(), nrrd.GetDirection(), atol=1e-6)
+        scaling = float(rd.DoseGridScaling)
+        got = sitk.GetArrayFromImage(dimg).astype(float) * scaling
+        np.testing.assert_allclose(got, sitk.GetArrayFromImage(nrrd), rtol=1e-6, atol=scaling)
+        # RT Plan -> seeds CSV: the same seeds
+        back = self.dir / "back.csv"
+        r = seedplan("dicom-seeds", "--plan", out / "RTPLAN.dcm", "--out", back)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(back, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        with open(self.seeds, newline="") as fh:
+            orig = list(csv.DictReader(fh))
+        self.assertEqual(len(rows), len(orig))
+        for a, b in zip(rows, orig):
+            self.assertEqual(a["model"], M6711)
+            self.assertAlmostEqual(float(a["sk_U"]), float(b["sk_U"]), places=9)
+            for k in ("x_mm", "y_mm", "z_mm"):
+                self.assertAlmostEqual(float(a[k]), float(b[k]), places=4)
+        # the read-back CSV computes the same dose as the original through `seedplan dose`
+        redo = self.dir / "redo.nrrd"
+        r = seedplan("dose", "--seeds", back, "--reference", self.ct, "--crop-margin", "10", "--spacing", "2",
+                     "--out", redo)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        np.testing.assert_allclose(sitk.GetArrayFromImage(sitk.ReadImage(str(redo))),
+                                   sitk.GetArrayFromImage(nrrd), rtol=1e-5)
+
+    def test_plan_json_input(self):
+        from SeedImplantPlannerLib.loading import LoadingRules
+        from SeedImplantPlannerLib.needles import Needle
+        from SeedImplantPlannerLib.optimizer import Goals
+        from SeedImplantPlannerLib.plan import Plan, write_plan
+        from SeedImplantPlannerLib.seeds import read_seeds_csv
+        seeds = read_seeds_csv(self.write_with_model())
+        needles = [Needle(1, [-4.5, 1.25, -40.0], [-4.5, 1.25, 10.0], name="L1"),
+                   Needle(2, [4.5, 1.25, -40.0], [4.5, 1.25, 10.0], name="R1")]
+        source = {"model": M6711, "strength_U": 0.635, "implant_date": "2026-12-01"}
+        plan = Plan(source, 150.0, Goals(150.0), LoadingRules(), needles, seeds, [1, 1, 1, 2, 2, 2],
+                    [16.0, 10.0, 4.0, 16.0, 10.0, 4.0], [False] * 6)
+        plan_path = write_plan(self.dir / "plan.json", plan)
+        out = self.dir / "dicom"
+        r = seedplan("export-dicom", "--ct", self.ct, "--seeds", plan_path, "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertEqual(sorted(p.name for p in out.iterdir()), ["CT", "RTPLAN.dcm"])
+        ds = pydicom.dcmread(out / "RTPLAN.dcm")
+        self.assertEqual(float(ds.DoseReferenceSequence[0].TargetPrescriptionDose), 150.0)
+        self.assertEqual(ds.SourceSequence[0].SourceStrengthReferenceDate, "20261201")
+        self.assertEqual([c.SourceApplicatorID for c in ds.ApplicationSetupSequence[0].ChannelSequence],
+                         ["L1"] * 3 + ["R1"] * 3)
+        # the exported CT series is a DICOM input in its turn: same study, no new CT
+        again = self.dir / "again"
+        r = seedplan("export-dicom", "--ct", out / "CT", "--seeds", plan_path, "--out", again)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("CT reused", r.stdout)
+        self.assertEqual(pydicom.dcmread(again / "RTPLAN.dcm").StudyInstanceUID, ds.StudyInstanceUID)
+
+    def test_bad_inputs_exit_2_and_write_nothing(self):
+        dose = self.dose()
+        img = sitk.ReadImage(str(dose))
+        arr = sitk.GetArrayFromImage(img)
+        arr[0, 0, 0] = np.nan
+        nan_dose = self.dir / "nan.nrrd"
+        bad = sitk.GetImageFromArray(arr)
+        bad.CopyInformation(img)
+        sitk.WriteImage(bad, str(nan_dose))
+        far = self.dir / "far.nrrd"
+        moved = sitk.GetImageFromArray(sitk.GetArrayFromImage(img))
+        moved.CopyInformation(img)
+        moved.SetOrigin((400.0, 400.0, 400.0))
+        sitk.WriteImage(moved, str(far))
+        rate = self.dir / "rate.nrrd"
+        r = seedplan("dose", "--seeds", self.write_with_model(), "--reference", self.ct, "--crop-margin", "5",
+                     "--spacing", "3", "--time-h", "24", "--out", rate)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        empty = self.dir / "empty.csv"
+        empty.write_text("x_mm,y_mm,z_mm,axis_x,axis_y,axis_z,sk_U,model\n")
+        base = ["--ct", self.ct, "--seeds", self.seeds, "--model", M6711, "--prescription-Gy", "145"]
+        cases = [
+            (["--dose", nan_dose], "NaN"),
+            (["--dose", far], "does not overlap the CT"),
+            (["--dose", rate], "quantity 'to_time'"),
+            (["--prescription-Gy", "-5"], "prescription"),
+            (["--seeds", empty], "no rows"),
+            (["--segmentation", self.dir / "missing.seg.nrrd"], "not found"),
+        ]
+        out = self.dir / "out"
+        for extra, message in cases:
+            with self.subTest(message):
+                r = seedplan("export-dicom", *base, *extra, "--out", out)
+                self.assertEqual(r.returncode, 2, r.stderr)
+                self.assertRegex(r.stderr.strip(), f"^seedplan: error: .*{message}")
+                self.assertEqual(len(r.stderr.strip().splitlines()), 1)
+                self.assertFalse(out.exists())
+                self.assertEqual([p.name for p in self.dir.iterdir() if p.name.startswith(".")], [])
+        no_rx = seedplan("export-dicom", "--ct", self.ct, "--seeds", self.seeds, "--model", M6711, "--out", out)
+        self.assertEqual(no_rx.returncode, 2)
+        self.assertIn("--prescription-Gy", no_rx.stderr)
+
+
+if __name__ == "__main__":
+    unittest.main()
