@@ -568,10 +568,32 @@ def isodose_color(level_pct, index=0):
     return ISODOSE_COLORS.get(float(level_pct), _EXTRA_ISODOSE_COLORS[index % len(_EXTRA_ISODOSE_COLORS)])
 
 
-def isodose_polydata(dose_Gy, geometry: ImageGeometry, level_Gy):
-    """Isodose surface (vtkPolyData in RAS mm) of a dose array at ``level_Gy`` (flying edges)."""
+def hot_box(dose_Gy, level_Gy, pad=1):
+    """Index box (lo (i, j, k), hi (i, j, k)) of the voxels at or above ``level_Gy`` (+ ``pad``), or None."""
+    hot = np.asarray(dose_Gy) >= level_Gy
+    lo, hi = [], []
+    for axis in (2, 1, 0):
+        other = tuple(a for a in range(3) if a != axis)
+        nz = np.flatnonzero(np.any(hot, axis=other))
+        if nz.size == 0:
+            return None
+        lo.append(max(0, int(nz[0]) - pad))
+        hi.append(min(hot.shape[axis] - 1, int(nz[-1]) + pad))
+    return np.array(lo), np.array(hi)
+
+
+def isodose_polydata(dose_Gy, geometry: ImageGeometry, level_Gy, box=None):
+    """Isodose surface (vtkPolyData in RAS mm) of a dose array at ``level_Gy`` (flying edges).
+
+    ``box`` (lo, hi) limits the work to an index box that holds every voxel above the level.
+    """
     vtk = _vtk()
     from vtk.util import numpy_support  # noqa: PLC0415
+    if box is not None:
+        lo, hi = box
+        dose_Gy = np.asarray(dose_Gy)[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1]
+        geometry = ImageGeometry(tuple(hi - lo + 1), geometry.spacing, tuple(geometry.ijk_to_ras(lo.astype(float))),
+                                 geometry.direction)
     img = vtk.vtkImageData()
     img.SetDimensions(*geometry.size)
     arr = np.ascontiguousarray(dose_Gy, dtype=np.float32)
@@ -608,11 +630,15 @@ def update_isodose_models(scene, dose_Gy, geometry: ImageGeometry, prescription_
             by_level[float(lvl)] = node
     sh = subject_hierarchy(scene)
     out = []
-    for idx, level in enumerate(levels_pct):
-        level = float(level)
+    levels = [float(v) for v in levels_pct]
+    for level in levels:
         if not math.isfinite(level) or level <= 0:
             raise InputError(f"isodose level must be a positive percentage, got {level!r}")
-        poly = isodose_polydata(dose_Gy, geometry, rx * level / 100.0)
+    # one box for every level: the voxels above the lowest level (+1 voxel so surfaces close inside it)
+    box = hot_box(dose_Gy, rx * min(levels) / 100.0, pad=1)
+    for idx, level in enumerate(levels):
+        poly = isodose_polydata(dose_Gy, geometry, rx * level / 100.0, box) if box is not None else \
+            _vtk().vtkPolyData()
         node = by_level.pop(level, None)
         if node is None:
             node = scene.AddNewNodeByClass("vtkMRMLModelNode", f"Isodose {level:g}%")

@@ -179,77 +179,90 @@ def parse_levels(text):
 # evaluation on the dose grid (composition of structures, dvh, metrics, goals)
 # ------------------------------------------------------------------------------------------------
 class Evaluation:
-    """DVH curves and metric rows of a dose on its grid for a set of structures (with roles)."""
+    """Evaluates a dose for the plan's structures (:func:`evaluation.evaluate_plan`) and shapes the result
+    for the DVH and metrics table nodes.
 
-    def __init__(self, structures, roles, prescription_Gy, goals=None, dvh_fraction=0.005, supersample="auto"):
+    The dose is first cropped to the box holding every structure (as far as it lies on the grid) and
+    every voxel at or above the prescription, plus two voxels: every sample, DVH and index (V_ref
+    included) is the same as on the whole grid, at a fraction of the cost on large grids.
+    """
+
+    MAX_DVH_ROWS = 600
+    PAD_VOXELS = 2
+
+    def __init__(self, structures, roles, prescription_Gy, goals=None, supersample="auto"):
         self.structures = list(structures)
         self.roles = list(roles)
         self.prescription_Gy = float(prescription_Gy)
         self.goals = goals
-        self.dvh_fraction = float(dvh_fraction)
         self.supersample = supersample
-        self._target_mask = None
-        self._geometry = None
+        self.result = None
+
+    def _structure_boxes(self, structures, geometry):
+        key = (id(geometry), geometry.size, geometry.origin, tuple(id(s) for s in structures))
+        if getattr(self, "_box_key", None) != key:
+            lo = np.full(3, np.inf)
+            hi = np.full(3, -np.inf)
+            for s in structures:
+                idx = np.argwhere(s.mask)
+                if not len(idx):
+                    continue
+                a, b = idx.min(axis=0)[::-1] - 1, idx.max(axis=0)[::-1] + 1  # (i, j, k), one voxel out
+                corners = np.array([[x, y, z] for x in (a[0], b[0]) for y in (a[1], b[1]) for z in (a[2], b[2])], float)
+                ijk = geometry.ras_to_ijk(s.geometry.ijk_to_ras(corners))
+                lo = np.minimum(lo, ijk.min(axis=0))
+                hi = np.maximum(hi, ijk.max(axis=0))
+            self._box_key, self._box = key, (lo, hi)
+        return self._box
+
+    def crop(self, dose_Gy, geometry: ImageGeometry, structures):
+        """(dose, geometry) cropped to the structures' box and the prescription-dose box (see class doc)."""
+        lo, hi = self._structure_boxes(structures, geometry)
+        hot = np.asarray(dose_Gy) >= self.prescription_Gy
+        for axis, name in ((2, 0), (1, 1), (0, 2)):  # array axes k, j, i -> index i, j, k
+            other = tuple(a for a in range(3) if a != axis)
+            nz = np.flatnonzero(np.any(hot, axis=other))
+            if nz.size:
+                lo[name] = min(lo[name], nz[0])
+                hi[name] = max(hi[name], nz[-1])
+        size = np.asarray(geometry.size)
+        a = np.clip(np.floor(lo).astype(int) - self.PAD_VOXELS, 0, size - 1)
+        b = np.clip(np.ceil(hi).astype(int) + self.PAD_VOXELS, 0, size - 1)
+        if np.any(b < a) or (np.all(a == 0) and np.all(b == size - 1)):
+            return dose_Gy, geometry
+        sub = dose_Gy[a[2]:b[2] + 1, a[1]:b[1] + 1, a[0]:b[0] + 1]
+        g = ImageGeometry(tuple(b - a + 1), geometry.spacing, tuple(geometry.ijk_to_ras(a.astype(float))),
+                          geometry.direction)
+        return sub, g
 
     def evaluate(self, dose_Gy, geometry: ImageGeometry):
         """(dose bins Gy, {name: cumulative %}, metric rows, n failed goals) for ``dose_Gy``."""
-        from . import dvh as _dvh
-        from . import metrics as _metrics
-        from .structures import mask_on_grid
+        from .evaluation import evaluate_plan
         from .structures import fraction_outside
-        rx = self.prescription_Gy
-        rows = []
-        inside, samples = [], []
+        rows, inside = [], []
+        target = None
         for s, role in zip(self.structures, self.roles):
-            if role != "target" and fraction_outside(s, geometry) >= 1.0 - 1e-12:
+            if role == "target":
+                target = s.name
+            elif fraction_outside(s, geometry) >= 1.0 - 1e-12:
                 rows.append({"structure": s.name, "metric": "-", "value": None, "unit": "",
                              "goal": "outside the dose grid", "passed": None})
                 continue
-            inside.append((s, role))
-            samples.append(_dvh.structure_dose_samples(dose_Gy, geometry, s, self.supersample, role))
-        curves = {}
-        bins = np.zeros(1)
-        if samples:
-            dvhs = _dvh.compute_dvhs(samples, rx, self.dvh_fraction)
-            bins = dvhs[0].edges_Gy
-            curves = {d.name: d.cumulative_percent for d in dvhs}
-        for (s, role), smp in zip(inside, samples):
-            entry = self.goals.for_structure(s.name) if self.goals is not None else None
-            names = list(_metrics.default_metric_names(role, s.name))
-            goal_list = list(entry.goals) if entry is not None else []
-            if entry is not None:
-                names += [m for m in entry.metrics if m not in names]
-            names += [g.metric.name for g in goal_list if not g.metric.is_index and g.metric.name not in names]
-            values = _metrics.structure_metrics(smp, [n for n in names if not _metrics.parse_metric(n).is_index], rx)
-            if role == "target":
-                if self._geometry is None or not self._geometry.matches(geometry):
-                    self._target_mask = mask_on_grid(s, geometry)
-                    self._geometry = geometry
-                ci = _metrics.conformity_indices(dose_Gy, geometry.voxel_volume_cc, self._target_mask, rx)
-                for k in ("CI", "EI", "HI"):
-                    values[k] = {"value": ci[k]}
-            for name, value in values.items():
-                spec = _metrics.parse_metric(name)
-                goals_here = [g for g in goal_list if g.metric.name == spec.name]
-                if goals_here:
-                    for g in goals_here:
-                        v, passed = g.check(value, rx)
-                        rows.append({"structure": s.name, "metric": spec.name, "value": v, "unit": g.unit_label,
-                                     "goal": g.text, "passed": passed})
-                else:
-                    v, unit = _main_value(spec, value)
-                    rows.append({"structure": s.name, "metric": spec.name, "value": v, "unit": unit,
-                                 "goal": "", "passed": None})
-        failed = sum(1 for r in rows if r["passed"] is False)
-        return bins, curves, rows, failed
-
-
-def _main_value(spec, value):
-    if spec.is_index:
-        return value.get("value"), ""
-    if spec.is_volume:
-        return value["percent"], "%"
-    return value["Gy"], "Gy"
+            inside.append(s)
+        if not inside:
+            return np.zeros(1), {}, rows, 0
+        dose_Gy, geometry = self.crop(dose_Gy, geometry, inside)
+        ev = evaluate_plan(dose_Gy, geometry, inside, self.prescription_Gy, target=target, goals=self.goals,
+                           supersample=self.supersample)
+        self.result = ev
+        step = max(1, int(math.ceil(len(ev.dvhs[0].edges_Gy) / self.MAX_DVH_ROWS)))
+        bins = ev.dvhs[0].edges_Gy[::step]
+        curves = {d.name: d.cumulative_percent[::step] for d in ev.dvhs}
+        goal_rows = [{"structure": g["structure"], "metric": g["metric"], "value": g["value"], "unit": g["unit"],
+                      "goal": g["goal"], "passed": g["passed"]} for g in ev.goal_results]
+        metric_rows = [{"structure": r["structure"], "metric": r["metric"], "value": r["value"], "unit": r["unit"],
+                        "goal": "", "passed": None} for r in ev.metric_rows()]
+        return bins, curves, goal_rows + metric_rows + rows, ev.n_goals_failed
 
 
 # ------------------------------------------------------------------------------------------------

@@ -130,6 +130,27 @@ class PlanBuildTest(PlanSceneTestCase):
         self.assertEqual(plan.last_update["failed_goals"], 1)
 
 
+class EvaluationCropTest(PlanSceneTestCase):
+
+    def test_cropped_evaluation_equals_the_whole_grid(self):
+        from SeedImplantPlannerLib.evaluation import evaluate_plan
+        from SeedImplantPlannerLib.goals import goals_from_text
+        goals = goals_from_text("PTV: V100 >= 90%; D90 >= 100%\nOAR: D0.1cc <= 100%")
+        plan = self.build(goals=goals, parameters={"doseMarginMm": 20.0, "doseGridSpacingMm": 1.5})
+        dose, g = plan.dose_array()
+        ev = plan._evaluator()
+        sub, sg = ev.crop(dose, g, ev.structures)
+        self.assertLess(sub.size, dose.size)
+        bins, curves, rows, failed = ev.evaluate(dose, g)
+        ref = evaluate_plan(dose, g, ev.structures, RX, target="PTV", goals=goals)
+        self.assertEqual(failed, ref.n_goals_failed)
+        got = {(r["structure"], r["metric"]): r["value"] for r in rows if not r["goal"]}
+        for r in ref.metric_rows():
+            np.testing.assert_allclose(got[(r["structure"], r["metric"])], r["value"], rtol=1e-12, err_msg=str(r))
+        step = int(np.ceil(len(ref.dvhs[0].edges_Gy) / ev.MAX_DVH_ROWS))
+        np.testing.assert_allclose(curves["PTV"], ref.dvhs[0].cumulative_percent[::step])
+
+
 class LiveUpdateTest(PlanSceneTestCase):
 
     def assert_dose_matches_full_recompute(self, plan):
