@@ -65,7 +65,12 @@ MAX_PER_CLUSTER = 8
 #: A component counts as ambiguous (may be resolved by ``expected_count``) when its content is
 #: within this distance of a half-integer number of seeds.
 AMBIGUITY = 0.3
-#: Components with a physical volume above this many mm^3 per seed volume are too big for seeds.
+#: Bone: connected regions above background + BONE_HU that survive a one-voxel erosion and hold
+#: more than BONE_MIN_CC after the erosion; a metal component inside counts as a seed only if it peaks
+#: BONE_MARGIN_HU above the bone's own 95th percentile.
+BONE_HU = 200.0
+BONE_MIN_CC = 0.5
+BONE_MARGIN_HU = 600.0
 BODY_HU = -500.0
 
 SEED_CSV_EXTRA = ("confidence", "cluster_id", "seeds_in_cluster")
@@ -147,6 +152,30 @@ def body_mask(ct_hu, level_hu=BODY_HU):
     return body
 
 
+def bone_mask(ct_hu, background_hu, voxel_cc, level_hu=BONE_HU, min_cc=BONE_MIN_CC):
+    """Bone: thick connected regions above ``background + level_hu`` of more than ``min_cc`` (eroded).
+
+    A one-voxel erosion first removes thin structures (streak artefacts, seed halos) so that a
+    streak-connected seed cluster is not taken for bone; the surviving large regions are grown
+    back by two voxels and intersected with the dense voxels. Returns ``(mask, bone level HU)``,
+    the level being the 95th percentile of the bone's voxels (``-inf`` without bone).
+    """
+    from scipy import ndimage
+    dense = np.asarray(ct_hu) > background_hu + level_hu
+    core = ndimage.binary_erosion(dense, structure=ndimage.generate_binary_structure(3, 1), border_value=1)
+    lab, n = ndimage.label(core)
+    if n == 0:
+        return np.zeros(dense.shape, dtype=bool), -np.inf
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    big = np.flatnonzero(sizes * voxel_cc > min_cc)
+    if len(big) == 0:
+        return np.zeros(dense.shape, dtype=bool), -np.inf
+    bone = np.isin(lab, big)
+    bone = ndimage.binary_dilation(bone, iterations=2) & dense
+    return bone, float(np.percentile(np.asarray(ct_hu)[bone], 95))
+
+
 def _canonical_axis(a):
     a = np.asarray(a, float)
     a = a / np.linalg.norm(a)
@@ -170,41 +199,84 @@ def _seg_dist2(pts, c, a, h):
     return np.sum((d - t[:, None] * a) ** 2, axis=1)
 
 
-def split_cluster(pts, w, n, half_length_mm, box_cov, iterations=25):
-    """Cluster weighted points into ``n`` line segments of half length ``half_length_mm``.
+def _em_segments(pts, w, centers, axes, half_length_mm, s2, box_cov, iterations=40):
+    """EM of ``n`` blurred line segments (fixed half length and width ``s2``) on weighted points.
 
-    Returns ``(labels, cost)``; several deterministic starts (farthest-point and along the
-    principal axis), Lloyd k-means then segment-distance refinement; the lowest cost wins.
+    Each seed is modelled as ``pi_q * exp(-d_q(x)^2 / (2 s2))`` with ``d_q`` the distance to its
+    segment; voxels where two seeds overlap are shared by responsibility, so neither seed's
+    centroid is pulled towards the other (hard k-means biases touching pairs by ~1 mm).
+    Returns ``(centers, axes, responsibilities, log-likelihood)``.
+    """
+    n = len(centers)
+    centers = np.array(centers, float)
+    axes = np.array(axes, float)
+    pi = np.full(n, 1.0 / n)
+    wsum = float(w.sum())
+    ll_old = -np.inf
+    for _ in range(iterations):
+        d2 = np.stack([_seg_dist2(pts, centers[q], axes[q], half_length_mm) for q in range(n)], axis=1)
+        logp = np.log(np.maximum(pi, 1e-12))[None, :] - d2 / (2.0 * s2)
+        mx = logp.max(axis=1, keepdims=True)
+        p = np.exp(logp - mx)
+        tot = p.sum(axis=1, keepdims=True)
+        resp = p / tot
+        ll = float(np.sum(w * (mx[:, 0] + np.log(tot[:, 0]))))
+        for q in range(n):
+            wq = w * resp[:, q]
+            if wq.sum() <= 1e-9 * wsum:
+                continue
+            centers[q], axes[q], _ = _weighted_pose(pts, wq, box_cov)
+            pi[q] = wq.sum() / wsum
+        if abs(ll - ll_old) < 1e-7 * abs(ll) + 1e-9:
+            break
+        ll_old = ll
+    return centers, axes, resp, ll
+
+
+def split_cluster(pts, w, n, half_length_mm, box_cov, s2=None, iterations=25):
+    """Split weighted points into ``n`` seeds; returns ``(centers, axes, responsibilities)``.
+
+    Several deterministic starts (farthest point; weighted quantiles along the first and second
+    principal axes) are each refined by a hard segment k-means (distance to each cluster's
+    segment of the seed's length) and, when the seed width ``s2`` (mm^2) is known, by
+    :func:`_em_segments`; the start with the best fit wins (log-likelihood, else k-means cost).
     """
     npts = len(pts)
     if n <= 1 or npts <= n:
-        return np.zeros(npts, dtype=int) if n <= 1 else np.arange(npts) % n, 0.0
+        c, a, _ = _weighted_pose(pts, w, box_cov)
+        return c[None], a[None], np.ones((npts, 1))
     starts = []
-    # start 1: farthest-point (weighted) from the heaviest voxel
     centers = [pts[int(np.argmax(w))]]
     for _ in range(1, n):
         d2 = np.min([np.sum((pts - c) ** 2, axis=1) for c in centers], axis=0)
         centers.append(pts[int(np.argmax(d2 * w))])
     starts.append(np.array(centers))
-    # start 2: weighted quantiles along the principal axis
-    c0, a0, _ = _weighted_pose(pts, w, np.zeros((3, 3)))
-    proj = (pts - c0) @ a0
-    order = np.argsort(proj)
-    cw = np.cumsum(w[order]) / w.sum()
-    starts.append(np.array([pts[order[min(np.searchsorted(cw, (q + 0.5) / n), npts - 1)]] for q in range(n)]))
-    # start 3: quantiles along the second axis (side-by-side pairs)
+    c0, _, _ = _weighted_pose(pts, w, np.zeros((3, 3)))
     d = pts - c0
     cov = (w[:, None, None] * (d[:, :, None] * d[:, None, :])).sum(axis=0)
     evecs = np.linalg.eigh(cov)[1]
-    proj2 = d @ evecs[:, -2]
-    order = np.argsort(proj2)
-    cw = np.cumsum(w[order]) / w.sum()
-    starts.append(np.array([pts[order[min(np.searchsorted(cw, (q + 0.5) / n), npts - 1)]] for q in range(n)]))
+    for e in (evecs[:, -1], evecs[:, -2]):
+        proj = d @ e
+        order = np.argsort(proj)
+        cw = np.cumsum(w[order]) / w.sum()
+        starts.append(np.array([pts[order[min(np.searchsorted(cw, (q + 0.5) / n), npts - 1)]] for q in range(n)]))
 
-    best = (None, np.inf)
+    best = None
+    if s2 is not None:
+        # parallel hypotheses straight into EM: all seeds along the cluster's principal axis,
+        # spread along each principal direction by the spread of the weighted points
+        a1 = _canonical_axis(evecs[:, -1])
+        for e in (evecs[:, -1], evecs[:, -2], evecs[:, -3]):
+            proj = d @ e
+            spread = math.sqrt(max(float(np.sum(w * proj ** 2) / w.sum()), 1e-6))
+            offs = (np.arange(n) - (n - 1) / 2.0) * 2.0 * spread / max(n - 1, 1)
+            cs, ax, resp, ll = _em_segments(pts, w, c0 + offs[:, None] * e, np.tile(a1, (n, 1)),
+                                            half_length_mm, s2, box_cov)
+            if best is None or ll > best[0]:
+                best = (ll, cs, ax, resp)
     for centers in starts:
         labels = np.argmin(((pts[:, None, :] - centers[None]) ** 2).sum(-1), axis=1)
-        segs = None
+        segs = []
         for it in range(iterations):
             segs = []
             for q in range(n):
@@ -214,7 +286,7 @@ def split_cluster(pts, w, n, half_length_mm, box_cov, iterations=25):
                     continue
                 c, a, _ = _weighted_pose(pts[sel], w[sel], box_cov)
                 segs.append((c, a))
-            if it < 3:  # plain k-means first: stable start for the segment fit
+            if it < 3:  # plain k-means first: a stable start for the segment fit
                 dist = np.stack([np.sum((pts - c) ** 2, axis=1) for c, _ in segs], axis=1)
             else:
                 dist = np.stack([_seg_dist2(pts, c, a, half_length_mm) for c, a in segs], axis=1)
@@ -223,13 +295,18 @@ def split_cluster(pts, w, n, half_length_mm, box_cov, iterations=25):
             if np.array_equal(new, labels) and it >= 3:
                 break
             labels = new
-        cost = float(np.sum(w * np.min(np.stack([_seg_dist2(pts, c, a, half_length_mm) for c, a in segs], axis=1),
-                                       axis=1)))
-        if len(np.unique(labels)) == n and cost < best[1]:
-            best = (labels.copy(), cost)
-    if best[0] is None:
-        return np.arange(npts) % n, np.inf
-    return best
+        cs = np.array([c for c, _ in segs])
+        ax = np.array([a for _, a in segs])
+        if s2 is not None:
+            cs, ax, resp, ll = _em_segments(pts, w, cs, ax, half_length_mm, s2, box_cov)
+            score = ll
+        else:
+            dist = np.stack([_seg_dist2(pts, c, a, half_length_mm) for c, a in zip(cs, ax)], axis=1)
+            resp = np.eye(n)[np.argmin(dist, axis=1)]
+            score = -float(np.sum(w * dist.min(axis=1)))
+        if best is None or score > best[0]:
+            best = (score, cs, ax, resp)
+    return best[1], np.array([_canonical_axis(a) for a in best[2]]), best[3]
 
 
 # -- the finder ----------------------------------------------------------------------------------
@@ -300,6 +377,10 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
     box_cov = dmat @ np.diag(sp ** 2 / 12.0) @ dmat.T
     seed_vol_mm3 = math.pi * (SEED_DIAMETER_MM / 2) ** 2 * seed_length_mm
 
+    # -- bone ------------------------------------------------------------------------------------
+    _progress.report(progress, 0.05, "seed finder: bone")
+    bone, bone_level = bone_mask(ctc, background, geometry.voxel_volume_cc)
+
     # -- threshold ---------------------------------------------------------------------------------
     _progress.report(progress, 0.1, "seed finder: threshold")
     if threshold_hu is None:
@@ -308,7 +389,8 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
             raise InputError(f"no metal in the CT inside the {roi_name} (nothing above {floor:.0f} HU)")
         sizes = np.bincount(lab0.ravel())[1:]
         peaks = ndimage.maximum(ctc, lab0, index=np.arange(1, n0 + 1))
-        small = sizes * voxel_mm3 <= max(60.0 * seed_vol_mm3, 8 * voxel_mm3)
+        in_bone = ndimage.mean(bone.astype(np.float32), lab0, index=np.arange(1, n0 + 1)) > 0.5
+        small = (sizes * voxel_mm3 <= max(60.0 * seed_vol_mm3, 8 * voxel_mm3)) & ~in_bone
         ref = peaks[small] if small.any() else peaks
         peak = float(np.median(ref))
         threshold = max(floor, background + THRESHOLD_FRACTION * (peak - background))
@@ -339,10 +421,16 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
         content = float(excess[grown].sum() * voxel_mm3)
         kji = np.argwhere(grown) + np.array([s.start for s in big])
         comps.append({"id": idx, "kji": kji, "w": excess[grown].astype(float), "content": content,
-                      "peak": float(vals[own].max()), "n_vox": int(own.sum()), "bg": bg})
+                      "peak": float(vals[own].max()), "n_vox": int(own.sum()), "bg": bg,
+                      "bone": bool(np.any(bone[big][own]))})
         if idx % 50 == 0:
             _progress.report(progress, 0.2 + 0.3 * idx / ncomp, f"seed finder: component {idx} of {ncomp}")
-    contents = np.array([c["content"] for c in comps])
+    # metal components touching bone are seeds only if clearly denser than that bone
+    for c in comps:
+        if c["bone"] and c["peak"] < bone_level + BONE_MARGIN_HU:
+            c["reject"] = (f"bone (peak {c['peak']:.0f} HU, bone up to {bone_level:.0f} HU)")
+    seedlike = [c for c in comps if "reject" not in c]
+    contents = np.array([c["content"] for c in seedlike]) if seedlike else np.array([1.0])
     m0 = float(np.median(contents))
     near = contents[(contents > 0.6 * m0) & (contents < 1.4 * m0)]
     unit = float(np.median(near)) if len(near) else m0
@@ -358,6 +446,9 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
         ratio = c["content"] / unit
         centroid_ijk = (c["kji"][:, ::-1].astype(float) + off[::-1]).mean(axis=0)
         where = np.round(geometry.ijk_to_ras(centroid_ijk), 1).tolist()
+        if "reject" in c:
+            rejected.append({"position_mm": where, "reason": c["reject"], "seeds_equivalent": round(ratio, 2)})
+            continue
         if ratio < MIN_UNIT_FRACTION:
             rejected.append({"position_mm": where, "reason": "too little metal for a seed (noise or artefact)",
                              "seeds_equivalent": round(ratio, 2)})
@@ -392,25 +483,28 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
             total -= 1
 
     # -- split and pose ----------------------------------------------------------------------------
-    pos, axes, conf, cid, nin = [], [], [], [], []
     half = max(seed_length_mm / 2.0 - SEED_DIAMETER_MM / 2.0, 0.1)
+    for c in kept:
+        c["pts"] = geometry.ijk_to_ras((c["kji"] + off)[:, ::-1].astype(float))
+    # width of one seed's image (mm^2), learnt from the single seeds of this CT
+    widths = []
+    for c in kept:
+        if c["n"] == 1 and abs(c["ratio"] - 1.0) < 0.25:
+            p, a, _ = _weighted_pose(c["pts"], c["w"], box_cov)
+            widths.append(float(np.sum(c["w"] * _seg_dist2(c["pts"], p, a, half)) / c["w"].sum()) / 2.0)
+    s2 = float(np.median(widths)) if len(widths) >= 3 else 0.25 + float(np.mean(sp ** 2)) / 12.0
+    pos, axes, conf, cid, nin = [], [], [], [], []
     for q, c in enumerate(kept):
-        pts = geometry.ijk_to_ras((c["kji"] + off)[:, ::-1].astype(float))
-        w = c["w"]
-        n = c["n"]
-        if n == 1:
-            labels = np.zeros(len(pts), dtype=int)
-        else:
-            labels, _ = split_cluster(pts, w, n, half, box_cov)
-        for s in range(n):
-            sel = labels == s
-            if w[sel].sum() <= 0:
+        pts, w, n = c["pts"], c["w"], c["n"]
+        centers, axs, resp = split_cluster(pts, w, n, half, box_cov, s2)
+        for s in range(len(centers)):
+            ws = w * resp[:, s]
+            if ws.sum() <= 0:
                 continue
-            p, a, _ = _weighted_pose(pts[sel], w[sel], box_cov)
-            r = float(w[sel].sum() * voxel_mm3 / unit)
+            r = float(ws.sum() * voxel_mm3 / unit)
             cf = math.exp(-0.5 * ((r - 1.0) / 0.3) ** 2) * (1.0 if n == 1 else 0.85)
-            pos.append(p)
-            axes.append(a)
+            pos.append(centers[s])
+            axes.append(axs[s])
             conf.append(cf)
             cid.append(c["id"])
             nin.append(n)
