@@ -1,0 +1,84 @@
+"""Plan report: self-contained HTML (plan summary, needle table when needles exist, goals, pictures) and PDF."""
+
+import base64
+import re
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+
+from SeedImplantPlannerLib import dose as D
+from SeedImplantPlannerLib.charts import PLANES, distinct_colors
+from SeedImplantPlannerLib.evaluation import evaluate_plan
+from SeedImplantPlannerLib.geometry import ImageGeometry
+from SeedImplantPlannerLib.goals import goals_from_text
+from SeedImplantPlannerLib.report import needle_table, plan_summary, write_report
+from SeedImplantPlannerLib.seeds import SeedSet
+from SeedImplantPlannerLib.structures import Structure
+
+
+class TestReport(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.g = ImageGeometry((24, 24, 20), (1.5, 1.5, 2.0), (-17.25, -17.25, -19))
+        pos = np.array([[x, y, z] for x in (-4.0, 4.0) for y in (-4.0, 4.0) for z in (-5.0, 0.0, 5.0)])
+        cls.seeds = SeedSet(pos, np.tile([0, 0, 1.0], (len(pos), 1)), 0.5, "I125_OncoSeed_6711")
+        cls.dose = D.compute_dose_Gy(cls.g, cls.seeds, method="direct")[0]
+        c = cls.g.voxel_centers_ras()
+        cls.structs = [Structure("Body", np.ones(cls.g.shape, bool), cls.g, (0.8, 0.8, 0.6)),
+                       Structure("PTV", np.linalg.norm(c, axis=-1) <= 9.0, cls.g, (0.9, 0.1, 0.1)),
+                       Structure("Rectum", np.hypot(c[..., 0], c[..., 1] + 14) <= 3.0, cls.g, (0.9, 0.1, 0.1))]
+        goals = goals_from_text("PTV: V100 >= 90%; V150 <= 10%\nRectum: D2cc <= 145 Gy")
+        cls.ev = evaluate_plan(cls.dose, cls.g, cls.structs, 145.0, goals=goals, radiobiology=True)
+
+    def images(self, html):
+        return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)]
+
+    def test_html_and_pdf_with_needles(self):
+        plan = {"source_model": "I125_OncoSeed_6711", "implant_date": "2026-11-27",
+                "needles": [{"needle": 1, "entry_ras_mm": [4.0, 4.0, -40.0], "seeds": 3, "loading": "S-X-S-X-S"},
+                            {"needle": 2, "entry_ras_mm": [-4.0, 4.0, -40.0], "seeds": 3, "loading": "S-X-S-X-S"}]}
+        with tempfile.TemporaryDirectory() as tmp:
+            out = write_report(Path(tmp) / "r.html", self.ev, self.dose, structures=self.structs, plan=plan,
+                               seeds=self.seeds, pdf_path=Path(tmp) / "r.pdf")
+            html = Path(out["html"]).read_text()
+            pdf = Path(out["pdf"]).read_bytes()
+            self.assertEqual(sorted(p.name for p in Path(tmp).iterdir()), ["r.html", "r.pdf"])  # no temp files left
+        self.assertTrue(pdf.startswith(b"%PDF"))
+        self.assertGreaterEqual(pdf.count(b"/Type /Page\n") + pdf.count(b"/Type /Page "), 5)
+        self.assertNotIn("src=\"http", html)  # self-contained
+        imgs = self.images(html)
+        self.assertEqual(len(imgs), 3)  # DVH, slices, dose/BED against time
+        self.assertTrue(all(i.startswith(b"\x89PNG") for i in imgs))
+        self.assertIn("<td>Number of seeds</td><td>12</td>", html)
+        self.assertIn("<td>Number of needles</td><td>2</td>", html)
+        self.assertIn("<th>loading</th>", html)
+        self.assertIn("<td>S-X-S-X-S</td>", html)
+        self.assertIn("6 U", html)  # total air-kerma strength 12 x 0.5 U
+        self.assertRegex(html, r"<tr class=\"(pass|fail)\"><td>PTV</td><td>V100 &gt;= 90%</td>")
+        self.assertIn("Radiobiology", html)
+
+    def test_without_needles_the_table_says_so(self):
+        self.assertIsNone(needle_table({"needles": []}))
+        rows = dict(plan_summary(self.ev, None, None))
+        self.assertEqual(rows["Number of needles"], "- (no needles yet)")
+        self.assertEqual(rows["Prescription dose"], "145 Gy")
+        with tempfile.TemporaryDirectory() as tmp:
+            out = write_report(Path(tmp) / "r.html", self.ev, self.dose, structures=self.structs)
+            html = Path(out["html"]).read_text()
+        self.assertIn("No needles in this plan yet.", html)
+
+    def test_picture_conventions(self):
+        axial, coronal, sagittal = PLANES
+        np.testing.assert_array_equal(axial[1], [-1, 0, 0])   # patient right on the left (radiological)
+        self.assertEqual(axial[3][:2], ("R", "L"))
+        np.testing.assert_array_equal(sagittal[1], [0, -1, 0])  # anterior on the left
+        self.assertEqual(sagittal[3][:2], ("A", "P"))
+        # structures sharing a colour get distinct ones
+        cols = distinct_colors(["PTV", "Rectum"], {"PTV": (0.9, 0.1, 0.1), "Rectum": (0.9, 0.1, 0.1)})
+        self.assertNotEqual(cols["PTV"], cols["Rectum"])
+
+
+if __name__ == "__main__":
+    unittest.main()
