@@ -22,8 +22,8 @@ def _read_seeds(args):
         plan = read_plan(path)
         if not len(plan.seeds):
             raise InputError(f"{path}: the plan has no seeds")
-        names = {n.number: n.name for n in plan.needles}
-        needle_names = [names.get(int(v), "") if int(v) > 0 else "" for v in plan.seed_needle]
+        from .dicomrt import plan_needle_names
+        needle_names = plan_needle_names(plan)
         date = plan.source.get("implant_date") if isinstance(plan.source, dict) else None
         return plan.seeds, needle_names, plan.prescription_Gy, date
     from .seeds import read_seeds_csv
@@ -78,7 +78,7 @@ def cmd_export_dicom(args):
                             seed_needle_names=None if needles else needle_names,
                             strength_reference=args.strength_date or plan_date, dose_Gy=dose,
                             dose_geometry=dose_geometry, patient=patient, target_name=args.target,
-                            plan_label=args.label, overwrite=args.overwrite, progress=bar)
+                            plan_label=args.label, model_dirs=args.model_dir, overwrite=args.overwrite, progress=bar)
     written = [f"{len(res['ct'])} CT slices" if res["ct"] else "CT reused (DICOM series)"]
     for key in ("rtstruct", "rtplan", "rtdose"):
         if res[key] is not None:
@@ -92,7 +92,7 @@ def cmd_dicom_seeds(args):
     from .dicomrt import read_rtplan_seeds
     from .fileio import write_csv
     from .seeds import SEED_COLUMNS, seeds_to_rows
-    seeds, info = read_rtplan_seeds(args.plan, at=args.at)
+    seeds, info = read_rtplan_seeds(args.plan, at=args.at, model_dirs=args.model_dir)
     rows = seeds_to_rows(seeds)
     for r, name in zip(rows, info["needle_names"]):
         r["needle"] = name
@@ -125,6 +125,7 @@ def register(sub):
     p.add_argument("--patient-name", help="patient name (default: anonymous synthetic)")
     p.add_argument("--patient-id", help="patient id (default: synthetic SIP-...)")
     p.add_argument("--label", default="SeedPlan", help="RT Plan label (16 characters kept)")
+    p.add_argument("--model-dir", action="append", default=[], help="folder with extra seed model JSON files")
     p.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output folder")
     p.add_argument("--out", required=True, help="output folder (created; written atomically)")
     p.set_defaults(func=cmd_export_dicom)
@@ -132,5 +133,6 @@ def register(sub):
     p = sub.add_parser("dicom-seeds", help="seeds of a brachytherapy RT Plan (DICOM) to a seeds CSV")
     p.add_argument("--plan", required=True, help="RT Plan file (.dcm)")
     p.add_argument("--at", help="decay the strengths from the source reference date to this date/time")
+    p.add_argument("--model-dir", action="append", default=[], help="folder with extra seed model JSON files")
     p.add_argument("--out", required=True, help="output seeds CSV")
     p.set_defaults(func=cmd_dicom_seeds)

@@ -418,6 +418,12 @@ def _needle_paths(needles):
     return out
 
 
+def plan_needle_names(plan):
+    """Needle name of each seed of a :class:`plan.Plan` ('' for loose seeds), for ``seed_needle_names``."""
+    names = {int(n.number): str(n.name) for n in plan.needles}
+    return [names.get(int(v), "") if int(v) > 0 else "" for v in plan.seed_needle]
+
+
 def _distance_to_polyline(p, pts):
     a, b = pts[:-1], pts[1:]
     ab = b - a
@@ -593,7 +599,7 @@ def _write_rtdose(path, dose_Gy, g: ImageGeometry, study: _Study, now, plan_ds, 
 
 # -- checks ------------------------------------------------------------------------------------
 
-def _check_inputs(seeds, prescription_Gy, dose_Gy, dose_geometry, ct_geometry, segmentation, model):
+def _check_inputs(seeds, prescription_Gy, dose_Gy, dose_geometry, ct_geometry, segmentation, model, model_dirs=()):
     if seeds is None or len(seeds) == 0:
         raise InputError("no seeds: an RT Plan needs at least one seed")
     seeds.validate()
@@ -605,7 +611,7 @@ def _check_inputs(seeds, prescription_Gy, dose_Gy, dose_geometry, ct_geometry, s
         raise InputError(f"prescription dose must be a positive finite number of Gy, got {prescription_Gy!r}")
     models = {}
     for m in dict.fromkeys(seeds.models):
-        models[m] = get_model(m)
+        models[m] = get_model(m, model_dirs)
     if model is not None:
         mid = model.model_id if isinstance(model, SeedModel) else str(model)
         other = sorted(set(seeds.models) - {mid})
@@ -685,7 +691,7 @@ def _publish(tmp: Path, out_dir: Path, overwrite: bool):
 def export_plan_dicom(out_dir, ct, seeds: SeedSet, prescription_Gy, *, ct_geometry: ImageGeometry | None = None,
                       segmentation=None, needles=None, seed_needle_names=None, model=None, strength_reference=None,
                       dose_Gy=None, dose_geometry: ImageGeometry | None = None, patient: PatientInfo | None = None,
-                      target_name=None, plan_label="SeedPlan", dose_comment=None, overwrite=False,
+                      target_name=None, plan_label="SeedPlan", dose_comment=None, model_dirs=(), overwrite=False,
                       progress=None) -> dict:
     """Write a plan as DICOM RT into the new folder ``out_dir``; returns the written paths.
 
@@ -696,7 +702,8 @@ def export_plan_dicom(out_dir, ct, seeds: SeedSet, prescription_Gy, *, ct_geomet
     objects or their ``to_dict()`` form, used to name each seed's needle (``seed_needle_names``
     gives them directly). ``dose_Gy`` on ``dose_geometry``: total dose to full decay (RT Dose),
     or None. ``patient``: PatientInfo (defaults: anonymous synthetic ids; a DICOM CT's own patient
-    and study data always win). Returns ``{"folder", "ct": [paths], "rtstruct", "rtplan",
+    and study data always win). ``model_dirs``: extra seed model folders. ``overwrite`` replaces a
+    non-empty ``out_dir``; ``progress(fraction, text)`` returning False cancels (nothing is written). Returns ``{"folder", "ct": [paths], "rtstruct", "rtplan",
     "rtdose"}`` (absent objects are None).
     """
     out_dir = Path(out_dir)
@@ -734,7 +741,8 @@ def export_plan_dicom(out_dir, ct, seeds: SeedSet, prescription_Gy, *, ct_geomet
                  "ReferringPhysicianName": info.referring_physician, "StudyDescription": info.study_description}
         study = _Study(_new_uid(), _new_uid(), now.strftime("%Y%m%d"), now.strftime("%H%M%S"), attrs, ct_geometry,
                        _new_uid(), CT_STORAGE, [_new_uid() for _ in range(ct_geometry.size[2])], True)
-    rx, models = _check_inputs(seeds, prescription_Gy, dose_Gy, dose_geometry, ct_geometry, segmentation, model)
+    rx, models = _check_inputs(seeds, prescription_Gy, dose_Gy, dose_geometry, ct_geometry, segmentation, model,
+                               model_dirs)
     if seed_needle_names is not None:
         needle_names = [str(n or "") for n in seed_needle_names]
         if len(needle_names) != len(seeds):
@@ -790,5 +798,5 @@ def _parse_dt(value) -> _dt.datetime:
 
 from .dicomrt_read import read_rtdose, read_rtplan_seeds, read_rtstruct  # noqa: E402  (re-export)
 
-__all__ = ["PatientInfo", "export_plan_dicom", "read_rtplan_seeds", "read_rtdose", "read_rtstruct",
+__all__ = ["PatientInfo", "export_plan_dicom", "plan_needle_names", "read_rtplan_seeds", "read_rtdose", "read_rtstruct",
            "assign_seeds_to_needles", "interpreted_type", "dose_grid_scaling"]
