@@ -342,6 +342,7 @@ class PlanScene:
         self._observations = []
         self._needle_state = {}
         self._study = 0
+        self.plan = None
         self._static_dose = None
         self._dirty_seeds = False
         self._busy = False
@@ -715,6 +716,139 @@ class PlanScene:
                     grid.remove_seed(i)
         self.last_update = {"dose_edit": kind, "dose_s": time.perf_counter() - t}
         return kind
+
+    # -- planning (the library's pipeline on the scene's segments) ------------------------------------
+    def seed_strength_U(self):
+        """Air-kerma strength per seed (U) at the implant date, from the source parameters."""
+        from .sources import get_model
+        from .strength import strength_at
+        model = get_model(self.params.get("seedModel"), self.model_dirs)
+        ref = self.params.get("referenceDate") or None
+        implant = self.params.get("implantDate") or None
+        return strength_at(model, self.params.get("strengthValue"), self.params.get("strengthUnit"), ref, implant)
+
+    def reference_geometry(self):
+        """Grid the segments are sampled on for planning: the CT's, else the target segment's own."""
+        ct = self.params.get_node("ctVolume")
+        if ct is not None:
+            return ma.geometry_from_volume(ct)
+        seg, target = self.params.get_node("segmentation"), self.params.get("targetSegmentId")
+        if seg is None or not target:
+            raise InputError("choose a CT or a segmentation with a target segment first")
+        return ma.segment_structure(seg, target).geometry
+
+    def masks_on(self, geometry, segment_ids):
+        """``{segment name: mask on geometry}`` for ``segment_ids`` of the plan's segmentation."""
+        from .structures import mask_on_grid
+        seg = self.params.get_node("segmentation")
+        if seg is None:
+            raise InputError("no segmentation chosen")
+        out = {}
+        for sid in segment_ids:
+            s = ma.segment_structure(seg, sid)
+            out[s.name] = mask_on_grid(s, geometry)
+        return out
+
+    def _names(self, ids):
+        seg = self.params.get_node("segmentation")
+        return [seg.GetSegmentation().GetSegment(i).GetName() for i in ids]
+
+    def plan_implant(self, needle_mode="template", direction="P", template_spacing_mm=10.0, needles=None,
+                     approach=None, method="anneal", time_limit_s=8.0, goals=None, progress=None):
+        """Inverse planning (:func:`plan.plan_from_masks`): needles, seed loading, dose; returns the Plan.
+
+        ``needle_mode``: "template", "fan" or "freehand" (``needles``, default: the plan's needle nodes).
+        """
+        from .plan import plan_from_masks
+        target = self.params.get("targetSegmentId")
+        if not target:
+            raise InputError("choose the target segment first")
+        organs = self.params.get_string_list("organSegmentIds")
+        forbidden = self.params.get_string_list("forbiddenSegmentIds")
+        geometry = self.reference_geometry()
+        masks = self.masks_on(geometry, [target] + organs + forbidden)
+        if needle_mode == "freehand" and needles is None:
+            needles = self.needles()
+            if not needles:
+                raise InputError("free-hand planning needs needles: add needle lines first")
+        ref, implant = self.params.get("referenceDate") or None, self.params.get("implantDate") or None
+        plan = plan_from_masks(geometry, masks, self._names([target])[0], oars=self._names(organs),
+                               forbidden=self._names(forbidden), model_id=self.params.get("seedModel"),
+                               strength=self.params.get("strengthValue"), strength_unit=self.params.get("strengthUnit"),
+                               reference_date=ref, implant_date=implant,
+                               prescription_Gy=self.params.get("prescriptionDoseGy"), goals=goals,
+                               needle_mode=needle_mode, direction=direction, template_spacing_mm=template_spacing_mm,
+                               needles=needles, approach=approach, method=method, time_limit_s=time_limit_s,
+                               progress=_progress.scaled(progress, 0.0, 0.75))
+        self.plan = plan
+        used = {int(n) for n in plan.seed_needle if n > 0}
+        self.set_needles([n for n in plan.needles if n.number in used] or plan.needles)
+        self.set_seeds(plan.seeds, plan.seed_needle)
+        self.compute_dose(progress=_progress.scaled(progress, 0.75, 1.0))
+        return plan
+
+    def load_seeds_uniformly(self, spacing_mm=None, progress=None):
+        """Seeds every ``spacing_mm`` along the plan's needles inside the target (no optimisation)."""
+        from .loading import LoadingRules, TargetRegion, candidate_positions, uniform_loading
+        needles = self.needles()
+        if not needles:
+            raise InputError("no needles: add or generate needles before loading seeds")
+        target = self.params.get("targetSegmentId")
+        if not target:
+            raise InputError("choose the target segment first")
+        s = ma.segment_structure(self.params.get_node("segmentation"), target)
+        rules = LoadingRules(spacing_mm=float(spacing_mm or self.params.get("seedSpacingMm")))
+        cands = candidate_positions(needles, TargetRegion(s.mask, s.geometry), rules)
+        if not len(cands):
+            raise InputError("no seed position of the needles lies inside the target")
+        chosen = uniform_loading(cands, rules)
+        idx = np.flatnonzero(chosen) if chosen.dtype == bool else np.asarray(chosen, int)
+        seeds = SeedSet(cands.positions[idx], cands.axes[idx], self.seed_strength_U(), self.params.get("seedModel"))
+        numbers = np.array([needles[i].number for i in cands.needle_index[idx]])
+        self.set_seeds(seeds, numbers)
+        self.compute_dose(progress=progress)
+        return seeds
+
+    def needle_obstacles(self, margin_mm=5.0):
+        """Needle x forbidden-structure hits (:class:`obstacles.Hit`) of the plan's needles."""
+        from .obstacles import obstacle_map_for
+        forbidden = self.params.get_string_list("forbiddenSegmentIds")
+        needles = self.needles()
+        if not forbidden or not needles:
+            return []
+        geometry = self.reference_geometry()
+        omap = obstacle_map_for(geometry, self.masks_on(geometry, forbidden), margin_mm, needles)
+        return omap.check_all(needles)
+
+    def seed_summary(self):
+        """{'count', 'total_U', 'total_mCi' (None when no conversion)} of the seeds node."""
+        from .sources import get_model
+        seeds, _ = self.seeds()
+        total = float(seeds.strengths_U.sum()) if len(seeds) else 0.0
+        mci = 0.0
+        for m, idx in seeds.model_groups().items():
+            factor = get_model(m, self.model_dirs).u_per_mci
+            if factor is None:
+                mci = None
+                break
+            mci += float(seeds.strengths_U[idx].sum()) / factor
+        return {"count": len(seeds), "total_U": total, "total_mCi": mci}
+
+    def write_report(self, path, pdf_path=None):
+        """HTML report (and PDF) of the current dose and evaluation (:func:`report.write_report`)."""
+        from .report import write_report
+        ev = self._evaluator()
+        dose, geometry = self.dose_array()
+        ev.evaluate(dose, geometry)
+        if ev.result is None:
+            raise InputError("nothing to report: choose a target segment and compute the dose")
+        sub, _ = ev.crop(dose, geometry, ev.structures)
+        ct_node = self.params.get_node("ctVolume")
+        ct = (ma.volume_array(ct_node), ma.geometry_from_volume(ct_node)) if ct_node is not None else None
+        seeds, _ = self.seeds()
+        plan = self.plan.to_dict() if getattr(self, "plan", None) is not None else None
+        return write_report(path, ev.result, sub, structures=ev.structures, plan=plan, seeds=seeds, ct=ct,
+                            pdf_path=pdf_path)
 
     # -- files ---------------------------------------------------------------------------------------
     def save(self, path):

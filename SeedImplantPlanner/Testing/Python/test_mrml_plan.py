@@ -130,6 +130,55 @@ class PlanBuildTest(PlanSceneTestCase):
         self.assertEqual(plan.last_update["failed_goals"], 1)
 
 
+class PlanningWorkflowTest(PlanSceneTestCase):
+    """What the module's Needles, Seeds and Evaluation panels run, on the scene's segments."""
+
+    def test_uniform_loading_along_the_needles(self):
+        plan = self.build()
+        seeds = plan.load_seeds_uniformly(5.0)
+        got, numbers = plan.seeds()
+        self.assertEqual(len(got), len(seeds))
+        self.assertTrue(set(numbers) <= {1, 2, 3})
+        self.assertAlmostEqual(got.strengths_U[0], plan.seed_strength_U())
+        self.assertAlmostEqual(plan.seed_strength_U(), 0.5 * 1.27)  # default 0.5 mCi of I-125
+        summary = plan.seed_summary()
+        self.assertEqual(summary["count"], len(seeds))
+        self.assertAlmostEqual(summary["total_mCi"], 0.5 * len(seeds))
+        self.assertEqual(len(plan.dose_grid.seeds), len(seeds))
+
+    def test_strength_decays_between_reference_and_implant_dates(self):
+        plan = self.build()
+        plan.params.set("strengthUnit", "U")
+        plan.params.set("strengthValue", 0.8)
+        plan.params.set("referenceDate", "2026-01-01")
+        plan.params.set("implantDate", "2026-03-01")  # 59 days: about one I-125 half-life
+        self.assertAlmostEqual(plan.seed_strength_U(), 0.8 * 0.5 ** (59 / 59.4), places=2)
+
+    def test_needle_through_a_forbidden_structure_is_reported(self):
+        plan = self.build()
+        self.assertEqual(plan.needle_obstacles(), [])
+        bad = Needle(4, entry=(-18.0, -14.0, -20.0), tip=(-18.0, -14.0, 8.0))  # through "Bone"
+        plan.set_needles(plan.needles() + [bad])
+        hits = plan.needle_obstacles()
+        self.assertEqual([(h.needle_number, h.structure) for h in hits], [(4, "Bone")])
+
+    def test_inverse_planning_fills_needles_and_seeds(self):
+        plan = self.build()
+        result = plan.plan_implant("template", "S", 5.0, time_limit_s=0.5)
+        seeds, numbers = plan.seeds()
+        self.assertEqual(len(seeds), len(result.seeds))
+        self.assertTrue(np.all(numbers > 0))
+        self.assertTrue(set(numbers) <= {n.number for n in plan.needles()})
+        self.assertEqual(len(plan.dose_grid.seeds), len(seeds))
+
+    def test_report_export(self):
+        plan = self.build()
+        out = plan.write_report(os.path.join(self.tmp, "report.html"))
+        text = open(out["html"], encoding="utf-8").read()
+        self.assertIn("PTV", text)
+        self.assertIn("D90", text)
+
+
 class EvaluationCropTest(PlanSceneTestCase):
 
     def test_cropped_evaluation_equals_the_whole_grid(self):
