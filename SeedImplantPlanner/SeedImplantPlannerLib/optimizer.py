@@ -547,8 +547,14 @@ def optimize(prob: PlanningProblem, method="anneal", time_limit_s=8.0, rng_seed=
     s["n_needles"] = int(len(np.unique(prob.needle_index[x > 0.5])))
     msg = "all goals met on the sampled points" if ok else "goals not met: " + "; ".join(unmet) + \
         " (the best plan found is returned)"
-    if not ok and prob.oars and any(u.startswith("target coverage") for u in unmet):
-        msg += "; organ limits take precedence over coverage: relax them to raise the coverage"
+    if not ok and any(u.startswith("target coverage") for u in unmet):
+        nbrs = _conflict_lists(prob)
+        free = [j for j in np.flatnonzero(x < 0.5) if not any(x[k] > 0.5 for k in nbrs[j])]
+        if not free:
+            msg += (f"; every one of the {C} candidate positions that the spacing rules allow is loaded: add needles "
+                    "(smaller template spacing, another direction) or allow seeds in a margin around the target")
+        elif prob.oars:
+            msg += "; organ limits take precedence over coverage: relax them to raise the coverage"
     return OptimResult(x > 0.5, method, status, msg, ok, time.monotonic() - t0, s, unmet)
 
 

@@ -1,0 +1,163 @@
+"""End-to-end: `seedplan plan` and `seedplan nomogram` through the command line with real files."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "SeedImplantPlanner"))
+
+from SeedImplantPlannerLib.geometry import ImageGeometry  # noqa: E402
+from SeedImplantPlannerLib.imageio import read_image, write_image  # noqa: E402
+from SeedImplantPlannerLib.segio import Segmentation, write_segmentation  # noqa: E402
+
+GEOM = ImageGeometry((44, 44, 44), (1.5, 1.5, 1.5), (-32.25, -32.25, -32.25))
+
+
+def seedplan(*args, cwd=None):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "SeedImplantPlanner") + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "SeedImplantPlannerLib.cli", "--quiet", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def write_case(folder):
+    c = GEOM.voxel_centers_ras()
+    masks = {
+        "GTV": np.linalg.norm(c, axis=-1) <= 11.0,
+        "Bowel": (c[..., 0] >= 16.0) & (np.abs(c[..., 1]) <= 15) & (np.abs(c[..., 2]) <= 15),
+        "Bone": (c[..., 1] >= 15.0) & (c[..., 1] <= 19.0) & (np.abs(c[..., 0] - 9.5) <= 1.5) & (np.abs(c[..., 2]) <= 2),
+        "Body": np.linalg.norm(c, axis=-1) <= 31.0,
+    }
+    ct = np.where(masks["Body"], 40, -1000).astype(np.int16)
+    ct[masks["Bone"]] = 700
+    write_image(folder / "ct.nrrd", ct, GEOM)
+    write_segmentation(folder / "seg.seg.nrrd", Segmentation.from_masks(GEOM, masks))
+    return folder / "ct.nrrd", folder / "seg.seg.nrrd"
+
+
+class PlanCommandTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.dir = Path(cls.tmp.name)
+        cls.ct, cls.seg = write_case(cls.dir)
+        cls.base = ["plan", "--image", cls.ct, "--segmentation", cls.seg, "--target", "GTV", "--body", "Body",
+                    "--strength", "0.5", "--prescription", "120", "--direction", "P", "--template-spacing", "5",
+                    "--seed-spacing", "5", "--min-distance", "4", "--target-margin", "2", "--engine", "direct", "--time-limit", "30"]
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def assertOneLineError(self, result, text):
+        self.assertEqual(result.returncode, 2, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        self.assertEqual(len(lines), 1, result.stderr)
+        self.assertTrue(lines[0].startswith("seedplan: error: "), lines[0])
+        self.assertIn(text, lines[0])
+
+    def test_plan_folder_and_dose_from_the_plan_file(self):
+        out = self.dir / "plan1"
+        r = seedplan(*self.base, "--oar", "Bowel:D2cc=150,Dmax=400", "--forbidden", "Bone", "--stranded", "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr + r.stdout)
+        self.assertIn("goal target V100 >= % 95", r.stdout)
+        for f in ("plan.json", "needles.csv", "loading.csv", "seeds.csv", "obstacles.csv", "dose.nrrd", "metrics.csv"):
+            self.assertTrue((out / f).is_file(), f)
+        doc = json.loads((out / "plan.json").read_text())
+        self.assertEqual(doc["format"], "SeedImplantPlanner.plan")
+        self.assertEqual(doc["source"]["strength_U"], 0.5)
+        self.assertTrue(doc["optimizer"]["goals_met"])
+        self.assertTrue(doc["loading_rules"]["stranded"])
+        with open(out / "loading.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        self.assertEqual(sum(int(x["n_seeds"]) for x in rows), doc["summary"]["n_seeds"])
+        self.assertTrue(all(x["sequence_from_tip"].count("S") == int(x["n_seeds"]) for x in rows))
+        with open(out / "obstacles.csv") as fh:
+            hits = list(csv.DictReader(fh))
+        self.assertTrue(hits and all(h["structure"] == "Bone" for h in hits))
+        used = {x["needle"] for x in rows}
+        self.assertFalse(used & {h["needle"] for h in hits})
+        # the plan file feeds the core dose command
+        dose_out = self.dir / "dose_from_plan.nrrd"
+        r2 = seedplan("dose", "--seeds", out / "plan.json", "--reference", self.ct, "--engine", "direct",
+                      "--out", dose_out)
+        self.assertEqual(r2.returncode, 0, r2.stderr)
+        a, _ = read_image(dose_out)
+        self.assertGreater(float(a.max()), 120.0)
+
+    def test_same_random_seed_same_plan(self):
+        outs = []
+        for k in range(2):
+            out = self.dir / f"det{k}"
+            r = seedplan(*self.base, "--random-seed", "7", "--out", out)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            outs.append((out / "seeds.csv").read_text())
+        self.assertEqual(outs[0], outs[1])
+
+    def test_goals_that_cannot_be_met(self):
+        out = self.dir / "unmet"
+        r = seedplan(*self.base, "--oar", "Bowel:Dmax=1", "--out", out)
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertIn("seedplan: warning: goals not met", r.stderr)
+        self.assertTrue((out / "plan.json").is_file())
+
+    def test_bad_input_exits_with_one_line(self):
+        out = self.dir / "bad"
+        self.assertOneLineError(seedplan(*[a if a != "GTV" else "Tumour" for a in self.base], "--out", out),
+                                "no segment named 'Tumour'")
+        args = list(self.base)
+        args[args.index("--strength") + 1] = "0"
+        self.assertOneLineError(seedplan(*args, "--out", out), "seed strength must be > 0")
+        args = list(self.base)
+        args[args.index("--seed-spacing") + 1] = "-5"
+        self.assertOneLineError(seedplan(*args, "--out", out), "--seed-spacing must be > 0")
+        self.assertOneLineError(seedplan(*self.base, "--oar", "Bowel:D5cc=3", "--out", out), "must be Dmax=Gy")
+        self.assertOneLineError(seedplan(*self.base, "--needle-mode", "freehand", "--out", out), "needs --needles")
+        # a plate between skin and target: no needle can go through
+        c = GEOM.voxel_centers_ras()
+        masks = {"GTV": np.linalg.norm(c, axis=-1) <= 11.0, "Body": np.linalg.norm(c, axis=-1) <= 31.0,
+                 "Bone": (c[..., 1] >= 14.0) & (c[..., 1] <= 18.0)}
+        write_segmentation(self.dir / "wall.seg.nrrd", Segmentation.from_masks(GEOM, masks))
+        args = list(self.base)
+        args[args.index("--segmentation") + 1] = self.dir / "wall.seg.nrrd"
+        self.assertOneLineError(seedplan(*args, "--forbidden", "Bone", "--out", out), "no feasible needle path")
+        empty = {"GTV": np.zeros(GEOM.shape, bool), "Body": masks["Body"]}
+        write_segmentation(self.dir / "empty.seg.nrrd", Segmentation.from_masks(GEOM, empty))
+        args[args.index("--segmentation") + 1] = self.dir / "empty.seg.nrrd"
+        self.assertOneLineError(seedplan(*args, "--out", out), "is empty")
+        self.assertFalse(out.exists())
+
+    def test_freehand_needles_from_a_file(self):
+        needles = self.dir / "needles.csv"
+        rows = ["name,entry_x_mm,entry_y_mm,entry_z_mm,tip_x_mm,tip_y_mm,tip_z_mm"]
+        for x in (-6, 0, 6):
+            for z in (-6, 0, 6):
+                rows.append(f"F{x}{z},{x},30,{z},{x},-11,{z}")
+        needles.write_text("\n".join(rows) + "\n")
+        out = self.dir / "free"
+        args = [a for a in self.base]
+        r = seedplan(*args, "--needle-mode", "freehand", "--needles", needles, "--v100", "90", "--out", out)
+        self.assertIn(r.returncode, (0, 3), r.stderr)
+        with open(out / "needles.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        self.assertTrue(rows and all(x["name"].startswith("F") for x in rows))
+        self.assertTrue(all(x["angle_from_vertical_deg"] == "0.0" for x in rows))
+
+    def test_nomogram(self):
+        r = seedplan("nomogram", "--segmentation", self.seg, "--target", "GTV", "--strength", "0.4", "--unit", "mCi",
+                     "--prescription", "145")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("average dimension", r.stdout)
+        self.assertIn("Wu", r.stdout)
+
+
+if __name__ == "__main__":
+    unittest.main()
