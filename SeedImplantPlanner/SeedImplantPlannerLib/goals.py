@@ -73,7 +73,8 @@ class Goal:
 
 def parse_goal(text, source="") -> Goal:
     """Parse ``"V100 >= 95%"``-style goal text; InputError naming the text and the expected syntax."""
-    m = _GOAL_RE.match(str(text))
+    text = str(text).strip()
+    m = _GOAL_RE.match(text)
     if not m:
         raise InputError(f"cannot read goal '{text}': expected '<metric> <op> <number> [unit]' such as "
                          "'V100 >= 95%', 'D2cc <= 145 Gy' or 'CI >= 0.6' (op one of >=, >, <=, <)")
