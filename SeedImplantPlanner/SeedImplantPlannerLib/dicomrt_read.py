@@ -54,6 +54,18 @@ def _dicom_datetime(date, time):
         return d
 
 
+def _float_or_none(item, keyword):
+    """Float value of ``item.keyword``, None when absent, empty or not a number."""
+    value = getattr(item, keyword, None)
+    if value in (None, ""):
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) else None
+
+
 def _resolve_model(src, known):
     """Model id for a Source item: its description / model id if known, else by nuclide and length."""
     for key in ("SourceDescription", "SourceModelID"):
@@ -61,7 +73,7 @@ def _resolve_model(src, known):
         if v in known:
             return v, True
     iso = str(getattr(src, "SourceIsotopeName", "")).strip().upper().replace(" ", "")
-    length_mm = float(src.ActiveSourceLength) if "ActiveSourceLength" in src and src.ActiveSourceLength != "" else None
+    length_mm = _float_or_none(src, "ActiveSourceLength")
     cands = []
     for mid, m in known.items():
         if m.nuclide.upper().replace(" ", "") != iso:
@@ -97,21 +109,20 @@ def read_rtplan_seeds(path, at=None, model_dirs=()):
     sources = {}
     for src in getattr(ds, "SourceSequence", []):
         num = int(src.SourceNumber)
-        try:
-            akr = float(src.ReferenceAirKermaRate)
-        except (AttributeError, TypeError, ValueError):
-            raise InputError(f"{path}: source {num}: Reference Air Kerma Rate missing or not a number") from None
-        if not math.isfinite(akr) or akr <= 0:
+        akr = _float_or_none(src, "ReferenceAirKermaRate")
+        if akr is None:
+            raise InputError(f"{path}: source {num}: Reference Air Kerma Rate missing or not a number")
+        if akr <= 0:
             raise InputError(f"{path}: source {num}: Reference Air Kerma Rate is {akr:g}: nobody can compute a dose "
                              "from a source of zero strength")
         model_id, ok = _resolve_model(src, known)
-        half_life = float(src.SourceIsotopeHalfLife) if "SourceIsotopeHalfLife" in src else None
+        half_life = _float_or_none(src, "SourceIsotopeHalfLife")
         ref = _dicom_datetime(getattr(src, "SourceStrengthReferenceDate", ""),
                               getattr(src, "SourceStrengthReferenceTime", ""))
         sources[num] = {"number": num, "model": model_id, "resolved": ok, "air_kerma_rate_U": akr,
                         "isotope": str(getattr(src, "SourceIsotopeName", "")), "half_life_days": half_life,
                         "reference_datetime": ref,
-                        "active_length_mm": float(src.ActiveSourceLength) if "ActiveSourceLength" in src else None}
+                        "active_length_mm": _float_or_none(src, "ActiveSourceLength")}
     if not sources:
         raise InputError(f"{path}: RT Plan has no Source Sequence")
     when = None

@@ -315,6 +315,37 @@ class TestRtPlan(DicomCase):
         with self.assertRaisesRegex(InputError, "zero strength"):
             dicomrt.read_rtplan_seeds(bad)
 
+    def test_needle_channel_with_dwell_pairs_is_read_as_seeds(self):
+        # layout of other systems: one channel per needle, seeds as dwell pairs, no orientation
+        res, g, ct, seg, seeds, *_ = self.export()
+        plan = pydicom.dcmread(res["rtplan"])
+        channels = plan.ApplicationSetupSequence[0].ChannelSequence
+        first = channels[0]
+        cps = []
+        for n, ch in enumerate(channels[:3]):
+            for c in (0, 1):
+                cp = pydicom.Dataset()
+                cp.ControlPointIndex = len(cps)
+                cp.ControlPointRelativePosition = str(10 * n)
+                cp.ControlPoint3DPosition = ch.BrachyControlPointSequence[0].ControlPoint3DPosition
+                cp.CumulativeTimeWeight = str(n + c)
+                cps.append(cp)
+        first.BrachyControlPointSequence = cps
+        first.NumberOfControlPoints = len(cps)
+        first.FinalCumulativeTimeWeight = "3"
+        first.SourceMovementType = "STEPWISE"
+        plan.ApplicationSetupSequence[0].ChannelSequence = [first] + list(channels[3:])
+        path = self.dir / "needle_channels.dcm"
+        plan.save_as(path)
+        back, info = dicomrt.read_rtplan_seeds(path)
+        self.assertEqual(len(back), len(seeds))
+        np.testing.assert_allclose(back.positions, seeds.positions, atol=1e-9)
+        chord = seeds.positions[2] - seeds.positions[0]
+        np.testing.assert_allclose(back.axes[:3], np.tile(chord / np.linalg.norm(chord), (3, 1)), atol=1e-9)
+        np.testing.assert_allclose(back.axes[3:], seeds.axes[3:], atol=1e-6)
+        self.assertEqual(info["channel_numbers"][:4], [1, 1, 1, 4])
+        self.assertTrue(any("seed axis along the channel" in n for n in info["notes"]))
+
     def test_strengths_decay_to_a_later_date(self):
         res, g, ct, seg, seeds, *_ = self.export()
         back, info = dicomrt.read_rtplan_seeds(res["rtplan"], at="2027-01-19T09:30")
