@@ -159,15 +159,36 @@ PATIENT_STUDY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "Patie
 
 
 def _study_from_dicom_folder(folder: Path) -> tuple:
-    """Geometry and identifiers of the DICOM CT series that imageio reads from ``folder``."""
+    """Geometry and identifiers of the image series (CT, MR...) in a DICOM folder.
+
+    The first series that is not an RT object (RT Dose, Structure Set, Plan) is used, so a folder
+    holding a CT next to earlier RT exports still resolves to the CT.
+    """
     import SimpleITK as sitk
     import pydicom
-    from .imageio import geometry_of, read_sitk
-    image = read_sitk(folder)
-    geometry = geometry_of(image)
+    from .imageio import geometry_of
     reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
-    files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
+    files = None
+    for sid in reader.GetGDCMSeriesIDs(str(folder)):
+        names = reader.GetGDCMSeriesFileNames(str(folder), sid)
+        try:
+            head = pydicom.dcmread(names[0], stop_before_pixels=True)
+        except Exception as exc:  # pydicom raises several types for unreadable files
+            raise InputError(f"{names[0]}: unreadable DICOM file ({exc})") from exc
+        if str(getattr(head, "Modality", "")).upper() not in ("RTDOSE", "RTSTRUCT", "RTPLAN", "RTIMAGE"):
+            files = names
+            break
+    if not files:
+        raise InputError(f"{folder}: folder holds no DICOM image series (CT, MR...)")
+    reader.SetFileNames(files)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        first_line = str(exc).strip().splitlines()
+        raise InputError(f"{folder}: unreadable image series ({first_line[-1] if first_line else 'SimpleITK error'})") from exc
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{folder}: expected a 3D scalar image series")
+    geometry = geometry_of(image)
     uids = [None] * geometry.size[2]
     first = None
     for f in files:

@@ -225,6 +225,14 @@ class TestExportFiles(DicomCase):
         self.assertGreater(checked, 10)
         with self.assertRaisesRegex(InputError, "must not be the CT folder"):
             dicomrt.export_plan_dicom(ct_folder / "rt", ct_folder, seeds, 145.0)
+        # a folder holding the CT next to an earlier RT Dose still resolves to the CT series
+        mixed = self.dir / "mixed"
+        mixed.mkdir()
+        for p in list(res["ct"]) + [res["rtdose"]]:
+            (mixed / p.name).write_bytes(p.read_bytes())
+        third = dicomrt.export_plan_dicom(self.dir / "third", mixed, seeds, 145.0, segmentation=seg)
+        refs = pydicom.dcmread(third["rtstruct"]).ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0]
+        self.assertEqual(refs.RTReferencedSeriesSequence[0].SeriesInstanceUID, first_ct.SeriesInstanceUID)
 
 
 class TestRtPlan(DicomCase):
