@@ -42,6 +42,7 @@ neither create components (rejected by content if they do) nor bias the centroid
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -366,20 +367,22 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
         raise InputError(f"CT holds {int((~finite).sum())} non-finite voxel(s) inside the {roi_name}")
     inside = ctc[roic]
     background = float(np.clip(np.median(inside), -200.0, 200.0))
-    vmax = float(inside.max())
     floor = background + METAL_FLOOR_HU
-    if vmax < floor:
-        raise InputError(f"no metal in the CT inside the {roi_name}: brightest voxel {vmax:.0f} HU, below the "
-                         f"metal floor {floor:.0f} HU (not a post-implant CT, or the ROI misses the implant)")
+    _progress.report(progress, 0.05, "seed finder: bone")
+    bone, bone_level = bone_mask(ctc, background, geometry.voxel_volume_cc)
+    vmax = float(inside.max())
+    not_bone = roic & ~bone
+    vmax_soft = float(ctc[not_bone].max()) if not_bone.any() else -np.inf
+    if vmax < floor or (vmax_soft < floor and vmax < bone_level + BONE_MARGIN_HU):
+        what = f"brightest voxel {vmax:.0f} HU" if vmax < floor else \
+            f"only bone is dense (up to {vmax:.0f} HU; brightest voxel outside bone {vmax_soft:.0f} HU)"
+        raise InputError(f"no metal in the CT inside the {roi_name}: {what}, metal floor {floor:.0f} HU "
+                         "(not a post-implant CT, or the ROI misses the implant)")
     voxel_mm3 = float(np.prod(geometry.spacing))
     sp = np.asarray(geometry.spacing)
     dmat = geometry.direction_matrix
     box_cov = dmat @ np.diag(sp ** 2 / 12.0) @ dmat.T
     seed_vol_mm3 = math.pi * (SEED_DIAMETER_MM / 2) ** 2 * seed_length_mm
-
-    # -- bone ------------------------------------------------------------------------------------
-    _progress.report(progress, 0.05, "seed finder: bone")
-    bone, bone_level = bone_mask(ctc, background, geometry.voxel_volume_cc)
 
     # -- threshold ---------------------------------------------------------------------------------
     _progress.report(progress, 0.1, "seed finder: threshold")
@@ -463,7 +466,10 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
     if rejected:
         warnings.append(f"{len(rejected)} dense object(s) rejected (see 'rejected')")
     if not kept:
-        raise InputError(f"no seeds found: {len(comps)} dense object(s) above {threshold:.0f} HU, none seed-like")
+        reasons = Counter(r["reason"].split(" (")[0] for r in rejected)
+        raise InputError(f"no seeds found (no metal seed-like object in the {roi_name}): {len(comps)} dense "
+                         f"object(s) above {threshold:.0f} HU, rejected as: "
+                         + ", ".join(f"{k} x{v}" for k, v in reasons.items()))
 
     if expected_count is not None:
         total = sum(c["n"] for c in kept)
