@@ -15,7 +15,7 @@ import time
 from .errors import SeedPlanError
 
 #: Modules that register subcommands, in help order.
-SUBCOMMAND_MODULES = ["cli_core", "cli_evaluation", "cli_planning", "cli_dicom"]
+SUBCOMMAND_MODULES = ["cli_core", "cli_evaluation", "cli_planning", "cli_dicom", "cli_verify"]
 
 
 class ProgressBar:
