@@ -235,29 +235,40 @@ def supersampled_samples(dose_Gy, geometry: ImageGeometry, structure: Structure,
     """
     from scipy import ndimage
     touch = touch_mask_on_grid(structure, geometry)
-    if not touch.any():
+    box = _bbox(touch)
+    if box is None:
         raise GeometryError(f"structure '{structure.name}' does not overlap the dose grid")
-    cand = ndimage.binary_dilation(touch, iterations=1)
+    # work in a crop around the structure (2 voxels of margin: dilation and interpolation stay inside)
+    box = tuple(slice(max(b.start - 2, 0), min(b.stop + 2, n)) for b, n in zip(box, touch.shape))
+    lo = np.array([box[2].start, box[1].start, box[0].start], dtype=float)  # (i, j, k) of the crop origin
+    cand = ndimage.binary_dilation(touch[box], iterations=1)
     kk, jj, ii = np.nonzero(cand)
     n = int(factor)
     while kk.size * n ** 3 > MAX_SUBSAMPLES and n > 1:
         n -= 1
-    base = np.stack([ii, jj, kk], axis=-1).astype(float)
+    base = np.stack([ii, jj, kk], axis=-1).astype(float)  # crop indices
     g = (np.arange(n) + 0.5) / n - 0.5
     off = np.stack(np.meshgrid(g, g, g, indexing="ij"), axis=-1).reshape(-1, 3)
     doses, per = [], max(1, chunk // off.shape[0])
-    dose = np.asarray(dose_Gy, dtype=np.float64)
+    dose = np.asarray(dose_Gy, dtype=np.float64)[box]
+    # crop indices -> structure voxel indices as one affine map
+    m = np.linalg.inv(structure.geometry.ijk_to_ras_matrix) @ geometry.ijk_to_ras_matrix
+    m_lin, m_off = m[:3, :3], m[:3, :3] @ lo + m[:3, 3]
+    identity = np.allclose(m_lin, np.eye(3), atol=1e-9) and np.allclose(m_off, np.rint(m_off), atol=1e-6)
     if dose_at_points is None and interpolation == "log":
         top = float(dose.max())
         dose = np.log(np.maximum(dose, max(top, 1e-300) * 1e-9))
     for start in range(0, base.shape[0], per):
         pts = (base[start:start + per, None, :] + off[None, :, :]).reshape(-1, 3)
-        src = np.rint(structure.geometry.ras_to_ijk(geometry.ijk_to_ras(pts))).astype(np.int64)
+        if identity:
+            src = np.rint(pts).astype(np.int64) + np.rint(m_off).astype(np.int64)
+        else:
+            src = np.rint(pts @ m_lin.T + m_off).astype(np.int64)
         inside = lookup_mask(structure, src)
         if inside.any():
             p = pts[inside]
             if dose_at_points is not None:
-                v = np.asarray(dose_at_points(geometry.ijk_to_ras(p)), dtype=np.float64).reshape(-1)
+                v = np.asarray(dose_at_points(geometry.ijk_to_ras(p + lo)), dtype=np.float64).reshape(-1)
                 if v.shape[0] != p.shape[0] or not np.all(np.isfinite(v)):
                     raise InputError(f"point dose for '{structure.name}' returned {v.shape[0]} values for "
                                      f"{p.shape[0]} points or non-finite values")
@@ -373,10 +384,12 @@ def compute_dvh(samples: DoseSamples, bin_Gy, n_bins=None) -> DVH:
         n_bins = int(math.floor(samples.max() / bin_Gy)) + 2
     idx = bin_index(samples.dose_Gy, bin_Gy, n_bins)
     if samples.uniform:
-        diff = np.bincount(idx, minlength=n_bins).astype(np.float64) * samples.weight_cc
+        counts = np.bincount(idx, minlength=n_bins)
+        diff = counts * samples.weight_cc
+        cum = np.cumsum(counts[::-1])[::-1] * samples.weight_cc  # exact: voxel count x voxel volume
     else:
         diff = np.bincount(idx, weights=samples.weight_cc, minlength=n_bins)
-    cum = np.cumsum(diff[::-1])[::-1]
+        cum = np.cumsum(diff[::-1])[::-1]
     edges = np.arange(n_bins, dtype=np.float64) * bin_Gy
     return DVH(samples.name, float(bin_Gy), edges, diff, cum, samples.volume_cc)
 
