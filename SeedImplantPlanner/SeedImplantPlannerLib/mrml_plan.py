@@ -442,9 +442,32 @@ class PlanScene:
         self._remember_needles()
         return nodes
 
-    def needles(self):
-        """The plan's needles (:class:`needles.Needle`) read back from their nodes."""
-        return [node_to_needle(n) for n in self.params.get_node_list("needleNodes")]
+    def needles(self, skip_incomplete=False):
+        """The plan's needles (:class:`needles.Needle`) read back from their nodes.
+
+        With ``skip_incomplete`` a needle still being placed (fewer than 2 points) is left out.
+        """
+        nodes = self.params.get_node_list("needleNodes")
+        if skip_incomplete:
+            nodes = [n for n in nodes if n.GetNumberOfControlPoints() >= 2]
+        return [node_to_needle(n) for n in nodes]
+
+    def add_needle_node(self):
+        """A new, empty needle line node (next number) for placing a free-hand needle: entry, then tip."""
+        nodes = self.params.get_node_list("needleNodes")
+        number = 1 + max([int(n.GetAttribute(ma.NEEDLE_NUMBER_ATTRIBUTE) or 0) for n in nodes] + [0])
+        node = self.scene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", f"Needle {number}")
+        node.CreateDefaultDisplayNodes()
+        display = node.GetDisplayNode()
+        display.SetPropertiesLabelVisibility(False)
+        display.SetPointLabelsVisibility(False)
+        node.SetAttribute(ma.NEEDLE_NUMBER_ATTRIBUTE, str(number))
+        node.SetAttribute(ma.ROLE_ATTRIBUTE, "Needle")
+        sh = ma.subject_hierarchy(self.scene)
+        folder = self._folder("Needles")
+        sh.SetItemParent(sh.GetItemByDataNode(node) or sh.CreateItem(folder, node), folder)
+        self.params.set_node_list("needleNodes", nodes + [node])
+        return node
 
     def set_needles_locked(self, locked):
         """Lock or unlock every needle node."""

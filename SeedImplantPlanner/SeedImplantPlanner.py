@@ -1,0 +1,534 @@
+import logging
+import os
+from typing import Annotated
+
+import qt
+import vtk
+
+import slicer
+from slicer import (
+    vtkMRMLColorTableNode,
+    vtkMRMLMarkupsFiducialNode,
+    vtkMRMLMarkupsNode,
+    vtkMRMLModelNode,
+    vtkMRMLPlotChartNode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
+    vtkMRMLTableNode,
+)
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+from SeedImplantPlannerLib import mrml_adapters, mrml_plan
+from SeedImplantPlannerLib.errors import CancelledError
+from SeedImplantPlannerLib.mrml_scene import SlicerSceneContext
+
+#
+# SeedImplantPlanner
+#
+
+
+class SeedImplantPlanner(ScriptedLoadableModule):
+    """Planning of permanent I-125 seed implants (TG-43U1 dose, needles, loading, evaluation)."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Seed Implant Planner")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Radiotherapy")]
+        self.parent.dependencies = ["Markups", "Segmentations", "Plots", "Tables"]
+        self.parent.contributors = ["SeedImplantPlanner developers"]
+        self.parent.helpText = _("""
+Plans permanent radioactive seed implants (I-125, Pd-103) on CT: needles from a template grid or
+free-hand, seed loading along the needles, inverse planning against dose goals, TG-43U1 dose with
+isodose lines, DVH and plan metrics that follow seed and needle edits in the views.
+See the <a href="https://github.com/SeedImplantPlanner/SlicerSeedImplantPlanner">documentation</a>.
+""")
+        self.parent.acknowledgementText = _("""
+Dose calculation follows AAPM TG-43U1 (Rivard et al., Med Phys 31:633, 2004) with the consensus
+data of each seed model (see Resources/SeedModels/PROVENANCE.md).
+""")
+
+
+#
+# SeedImplantPlannerParameterNode
+#
+
+
+@parameterNodeWrapper
+class SeedImplantPlannerParameterNode:
+    """Parameters of the module; names and defaults are those of SeedImplantPlannerLib.mrml_plan.
+
+    The library reads and writes this node in the same layout (mrml_plan.PlanParameters), so a
+    scene saved by ``seedplan demo`` opens in the module with every selection restored.
+    """
+
+    ctVolume: vtkMRMLScalarVolumeNode
+    segmentation: vtkMRMLSegmentationNode
+    targetSegmentId: str = ""
+    organSegmentIds: list[str]
+    forbiddenSegmentIds: list[str]
+    seedModel: str = "I125_OncoSeed_6711"
+    strengthValue: Annotated[float, WithinRange(0.001, 100.0)] = 0.5
+    strengthUnit: Annotated[str, Choice(["U", "mCi"])] = "mCi"
+    referenceDate: str = ""
+    implantDate: str = ""
+    prescriptionDoseGy: Annotated[float, WithinRange(1.0, 1000.0)] = 145.0
+    doseGridSpacingMm: Annotated[float, WithinRange(0.25, 10.0)] = 2.0
+    doseMarginMm: Annotated[float, WithinRange(0.0, 100.0)] = 15.0
+    doseEngine: Annotated[str, Choice(["fast", "direct"])] = "fast"
+    isodoseLevelsPercent: str = "50, 90, 100, 150, 200"
+    needlesLocked: bool = False
+    needleSpacingMm: Annotated[float, WithinRange(2.0, 30.0)] = 10.0
+    seedSpacingMm: Annotated[float, WithinRange(2.0, 30.0)] = 10.0
+    goalPreset: str = ""
+    liveUpdate: bool = True
+    seedsNode: vtkMRMLMarkupsFiducialNode
+    needleNodes: list[vtkMRMLMarkupsNode]
+    doseVolume: vtkMRMLScalarVolumeNode
+    isodoseModels: list[vtkMRMLModelNode]
+    dvhTable: vtkMRMLTableNode
+    dvhChart: vtkMRMLPlotChartNode
+    metricsTable: vtkMRMLTableNode
+    doseColorTable: vtkMRMLColorTableNode
+
+
+#
+# SeedImplantPlannerWidget
+#
+
+
+class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Panels: Inputs, Source and prescription, Needles, Seeds, Dose, Evaluation."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._updatingGui = False
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/SeedImplantPlanner.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = SeedImplantPlannerLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        for modelId in self.logic.seedModelIds():
+            self.ui.seedModelComboBox.addItem(modelId)
+        self.ui.goalPresetComboBox.addItem(_("(no goals)"), "")
+        for name, title in self.logic.goalPresets().items():
+            self.ui.goalPresetComboBox.addItem(title or name, name)
+        for code, label in (("P", _("from posterior")), ("A", _("from anterior")), ("R", _("from right")),
+                            ("L", _("from left")), ("S", _("from superior")), ("I", _("from inferior"))):
+            self.ui.templateDirectionComboBox.addItem(label, code)
+
+        # Inputs
+        self.ui.segmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onSegmentationChanged)
+        self.ui.targetSegmentSelector.connect("currentSegmentChanged(QString)", self.onSegmentRolesChanged)
+        self.ui.organsSegmentSelector.connect("segmentSelectionChanged(QStringList)", self.onSegmentRolesChanged)
+        self.ui.forbiddenSegmentSelector.connect("segmentSelectionChanged(QStringList)", self.onSegmentRolesChanged)
+        # Source and prescription
+        self.ui.seedModelComboBox.connect("currentIndexChanged(int)", self.onSeedModelChanged)
+        self.ui.strengthValueSpinBox.connect("valueChanged(double)", self.updateStrengthLabel)
+        self.ui.strengthUnitComboBox.connect("currentIndexChanged(int)", self.updateStrengthLabel)
+        self.ui.referenceDateLineEdit.connect("editingFinished()", self.updateStrengthLabel)
+        self.ui.implantDateLineEdit.connect("editingFinished()", self.updateStrengthLabel)
+        # Needles
+        self.ui.generateNeedlesButton.connect("clicked(bool)", self.onGenerateNeedles)
+        self.ui.addNeedleButton.connect("clicked(bool)", self.onAddNeedle)
+        self.ui.checkNeedlesButton.connect("clicked(bool)", self.onCheckNeedles)
+        self.ui.lockNeedlesCheckBox.connect("toggled(bool)", self.onLockNeedles)
+        # Seeds
+        self.ui.loadSeedsButton.connect("clicked(bool)", self.onLoadSeeds)
+        self.ui.optimizeButton.connect("clicked(bool)", self.onOptimize)
+        self.ui.goalPresetComboBox.connect("currentIndexChanged(int)", self.onGoalPresetChanged)
+        # Dose
+        self.ui.computeDoseButton.connect("clicked(bool)", self.onComputeDose)
+        self.ui.liveUpdateCheckBox.connect("toggled(bool)", self.onLiveUpdateToggled)
+        # Evaluation
+        self.ui.showDvhButton.connect("clicked(bool)", self.onShowDvh)
+        self.ui.exportReportButton.connect("clicked(bool)", self.onExportReport)
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.logic.stopLiveUpdates()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGuiFromParameterNode)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.logic.stopLiveUpdates()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.ctVolume:
+            firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolume and firstVolume.GetAttribute(mrml_adapters.DOSE_VOLUME_ATTRIBUTE) is None:
+                self._parameterNode.ctVolume = firstVolume
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGuiFromParameterNode)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # widgets with a "SlicerParameterName" property in the .ui are connected automatically
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGuiFromParameterNode)
+            self.updateGuiFromParameterNode()
+
+    # -- GUI state ---------------------------------------------------------------------------------
+    def updateGuiFromParameterNode(self, caller=None, event=None) -> None:
+        if self._parameterNode is None or self._updatingGui:
+            return
+        self._updatingGui = True
+        try:
+            p = self._parameterNode
+            segmentation = p.segmentation
+            for selector in (self.ui.targetSegmentSelector, self.ui.organsSegmentSelector,
+                             self.ui.forbiddenSegmentSelector):
+                selector.setCurrentNode(segmentation)
+            self.ui.targetSegmentSelector.setCurrentSegmentID(p.targetSegmentId)
+            self.ui.organsSegmentSelector.setSelectedSegmentIDs(list(p.organSegmentIds))
+            self.ui.forbiddenSegmentSelector.setSelectedSegmentIDs(list(p.forbiddenSegmentIds))
+            index = self.ui.seedModelComboBox.findText(p.seedModel)
+            if index >= 0:
+                self.ui.seedModelComboBox.currentIndex = index
+            index = self.ui.goalPresetComboBox.findData(p.goalPreset)
+            self.ui.goalPresetComboBox.currentIndex = max(index, 0)
+            self.ui.seedsMarkupsWidget.setCurrentNode(p.seedsNode)
+            self.ui.metricsTableView.setMRMLTableNode(p.metricsTable)
+            hasTarget = bool(segmentation and p.targetSegmentId)
+            hasNeedles = len(p.needleNodes) > 0
+            hasSeeds = bool(p.seedsNode and p.seedsNode.GetNumberOfControlPoints())
+            self.ui.generateNeedlesButton.enabled = hasTarget
+            self.ui.loadSeedsButton.enabled = hasTarget and hasNeedles
+            self.ui.optimizeButton.enabled = hasTarget
+            self.ui.computeDoseButton.enabled = hasSeeds
+            self.ui.showDvhButton.enabled = p.dvhChart is not None
+            self.ui.exportReportButton.enabled = p.doseVolume is not None and hasTarget
+        finally:
+            self._updatingGui = False
+        self.updateStrengthLabel()
+        self.updateSeedSummary()
+        self.updateNeedleTable()
+
+    def onSegmentationChanged(self, node) -> None:
+        if self._parameterNode is None or self._updatingGui:
+            return
+        self._parameterNode.segmentation = node
+        self.updateGuiFromParameterNode()
+
+    def onSegmentRolesChanged(self, *args) -> None:
+        if self._parameterNode is None or self._updatingGui:
+            return
+        with slicer.util.NodeModify(self._parameterNode.parameterNode):
+            self._parameterNode.targetSegmentId = self.ui.targetSegmentSelector.currentSegmentID() or ""
+            self._parameterNode.organSegmentIds = list(self.ui.organsSegmentSelector.selectedSegmentIDs())
+            self._parameterNode.forbiddenSegmentIds = list(self.ui.forbiddenSegmentSelector.selectedSegmentIDs())
+        self.logic.invalidateEvaluation()
+
+    def onSeedModelChanged(self, index) -> None:
+        if self._parameterNode is None or self._updatingGui:
+            return
+        self._parameterNode.seedModel = self.ui.seedModelComboBox.currentText
+        self.updateStrengthLabel()
+
+    def onGoalPresetChanged(self, index) -> None:
+        if self._parameterNode is None or self._updatingGui:
+            return
+        self._parameterNode.goalPreset = self.ui.goalPresetComboBox.itemData(index) or ""
+        self.logic.invalidateEvaluation()
+
+    def updateStrengthLabel(self, *args) -> None:
+        if self._parameterNode is None:
+            return
+        try:
+            strengthU = self.logic.planScene().seed_strength_U()
+            self.ui.strengthAtImplantLabel.text = _("{0:.3f} U per seed at implant").format(strengthU)
+        except Exception as exc:  # noqa: BLE001 - shown in the label, not a popup, while typing
+            self.ui.strengthAtImplantLabel.text = str(exc)
+
+    def updateSeedSummary(self) -> None:
+        if self._parameterNode is None or self._parameterNode.seedsNode is None:
+            self.ui.seedSummaryLabel.text = _("no seeds")
+            return
+        try:
+            s = self.logic.planScene().seed_summary()
+        except Exception as exc:  # noqa: BLE001 - a half-edited seed shows its problem in the label
+            self.ui.seedSummaryLabel.text = str(exc)
+            return
+        activity = "" if s["total_mCi"] is None else _(", {0:.2f} mCi").format(s["total_mCi"])
+        self.ui.seedSummaryLabel.text = _("{0} seeds, total {1:.2f} U{2}").format(s["count"], s["total_U"], activity)
+
+    def updateNeedleTable(self) -> None:
+        rows = self.logic.needleTableRows() if self._parameterNode else []
+        columns = [("number", _("#")), ("depth_mm", _("depth (mm)")), ("angle_from_vertical_deg", _("angle (deg)")),
+                   ("tilt_deg", _("tilt (deg)")), ("too_long", _("too long"))]
+        table = self.ui.needleTable
+        table.clear()
+        table.setColumnCount(len(columns))
+        table.setHorizontalHeaderLabels([label for _key, label in columns])
+        table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            for c, (key, _label) in enumerate(columns):
+                value = row.get(key, "")
+                text = f"{value:.1f}" if isinstance(value, float) else str(value)
+                table.setItem(r, c, qt.QTableWidgetItem(text))
+
+    # -- long work with progress and cancel --------------------------------------------------------
+    def runWithProgress(self, title, function):
+        """Run ``function(progressCallback)`` with a cancellable progress dialog; errors shown the Slicer way."""
+        dialog = slicer.util.createProgressDialog(windowTitle=title, labelText=title, maximum=100)
+        self.ui.computeDoseButton.enabled = False
+
+        def progressCallback(fraction, text):
+            dialog.setValue(int(100 * fraction))
+            dialog.setLabelText(text or title)
+            slicer.app.processEvents()
+            return not dialog.wasCanceled
+
+        result = None
+        try:
+            with slicer.util.tryWithErrorDisplay(_("{0} failed.").format(title), waitCursor=True):
+                try:
+                    result = function(progressCallback)
+                except CancelledError:
+                    logging.info(f"{title}: cancelled by the user")
+        finally:
+            dialog.close()
+            self.updateGuiFromParameterNode()
+        return result
+
+    # -- Needles -----------------------------------------------------------------------------------
+    def onGenerateNeedles(self) -> None:
+        direction = self.ui.templateDirectionComboBox.currentData
+        seconds = self.ui.optimizerTimeSpinBox.value
+        self.runWithProgress(_("Needle and seed planning"),
+                             lambda progress: self.logic.planImplant("template", direction, timeLimitS=seconds,
+                                                                     progress=progress))
+        self.onCheckNeedles()
+
+    def onAddNeedle(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Cannot add a needle."), waitCursor=False):
+            node = self.logic.addNeedleNode()
+            selection = slicer.app.applicationLogic().GetSelectionNode()
+            selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsLineNode")
+            selection.SetActivePlaceNodeID(node.GetID())
+            slicer.app.applicationLogic().GetInteractionNode().SetCurrentInteractionMode(
+                slicer.vtkMRMLInteractionNode.Place)
+            self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onNeedlePointPlaced)
+
+    def onNeedlePointPlaced(self, caller, event) -> None:
+        if caller.GetNumberOfDefinedControlPoints() >= 2:
+            self.removeObserver(caller, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onNeedlePointPlaced)
+            self.logic.restartLiveUpdates()
+            self.updateNeedleTable()
+            self.onCheckNeedles()
+
+    def onCheckNeedles(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Needle check failed."), waitCursor=True):
+            hits = self.logic.needleObstacles()
+            self.ui.obstacleWarningsLabel.text = "\n".join(h.describe() for h in hits) if hits else \
+                _("No needle comes near a forbidden structure.")
+
+    def onLockNeedles(self, locked) -> None:
+        if self._parameterNode is not None and not self._updatingGui:
+            self.logic.planScene().set_needles_locked(locked)
+
+    # -- Seeds -------------------------------------------------------------------------------------
+    def onLoadSeeds(self) -> None:
+        self.runWithProgress(_("Seed loading"), lambda progress: self.logic.loadSeedsUniformly(progress=progress))
+
+    def onOptimize(self) -> None:
+        seconds = self.ui.optimizerTimeSpinBox.value
+        self.runWithProgress(_("Inverse planning"),
+                             lambda progress: self.logic.planImplant("freehand", None, timeLimitS=seconds,
+                                                                     progress=progress))
+
+    # -- Dose --------------------------------------------------------------------------------------
+    def onComputeDose(self) -> None:
+        self.runWithProgress(_("Dose calculation"), lambda progress: self.logic.computeDose(progress=progress))
+        self.onLiveUpdateToggled(self.ui.liveUpdateCheckBox.checked)
+
+    def onLiveUpdateToggled(self, enabled) -> None:
+        if enabled:
+            self.logic.startLiveUpdates()
+        else:
+            self.logic.stopLiveUpdates()
+
+    # -- Evaluation --------------------------------------------------------------------------------
+    def onShowDvh(self) -> None:
+        chart = self._parameterNode.dvhChart if self._parameterNode else None
+        if chart is not None:
+            slicer.modules.plots.logic().ShowChartInLayout(chart)
+
+    def onExportReport(self) -> None:
+        path = self.ui.reportPathLineEdit.currentPath
+        with slicer.util.tryWithErrorDisplay(_("Report export failed."), waitCursor=True):
+            if not path:
+                raise ValueError(_("Choose a file name for the report (.html)."))
+            out = self.logic.writeReport(path)
+            self.ui.reportPathLineEdit.addCurrentPathToHistory()
+            slicer.util.showStatusMessage(_("Report written to {0}").format(out["html"]), 5000)
+
+
+#
+# SeedImplantPlannerLogic
+#
+
+
+class SeedImplantPlannerLogic(ScriptedLoadableModuleLogic):
+    """Thin adapter from the parameter node to SeedImplantPlannerLib (mrml_plan.PlanScene)."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._planScene = None
+
+    def getParameterNode(self):
+        return SeedImplantPlannerParameterNode(super().getParameterNode())
+
+    def planScene(self) -> mrml_plan.PlanScene:
+        """The library's plan object on the application's scene and this module's parameter node."""
+        node = self.getParameterNode().parameterNode
+        if self._planScene is None or self._planScene.params.node is not node \
+                or self._planScene.scene is not slicer.mrmlScene:
+            self.stopLiveUpdates()
+            self._planScene = mrml_plan.PlanScene(SlicerSceneContext.from_running_slicer(), node)
+        preset = self.getParameterNode().goalPreset
+        if preset != getattr(self._planScene, "goalPresetName", None):
+            from SeedImplantPlannerLib.goals import load_goals
+            self._planScene.set_goals(load_goals(preset) if preset else None)
+            self._planScene.goalPresetName = preset
+        return self._planScene
+
+    @staticmethod
+    def seedModelIds():
+        from SeedImplantPlannerLib.sources import load_models
+        return sorted(load_models())
+
+    @staticmethod
+    def goalPresets():
+        from SeedImplantPlannerLib.goals import list_presets
+        return list_presets()
+
+    def invalidateEvaluation(self) -> None:
+        if self._planScene is not None:
+            self._planScene._evaluation = None
+
+    def needleTableRows(self):
+        from SeedImplantPlannerLib.needles import needle_table
+        return needle_table(self.planScene().needles(skip_incomplete=True))
+
+    def needleObstacles(self):
+        return self.planScene().needle_obstacles()
+
+    def addNeedleNode(self):
+        return self.planScene().add_needle_node()
+
+    def planImplant(self, needleMode, direction, timeLimitS=8.0, progress=None):
+        params = self.getParameterNode()
+        return self.planScene().plan_implant(needleMode, direction or "P", params.needleSpacingMm,
+                                             time_limit_s=timeLimitS, progress=progress)
+
+    def loadSeedsUniformly(self, progress=None):
+        return self.planScene().load_seeds_uniformly(progress=progress)
+
+    def computeDose(self, progress=None):
+        return self.planScene().compute_dose(progress=progress)
+
+    def startLiveUpdates(self) -> None:
+        plan = self.planScene()
+        if plan.dose_grid is not None:
+            plan.start_live_updates(schedule=lambda callback: qt.QTimer.singleShot(0, callback))
+
+    def restartLiveUpdates(self) -> None:
+        if self._planScene is not None and self._planScene._observations:
+            self.startLiveUpdates()
+
+    def stopLiveUpdates(self) -> None:
+        if self._planScene is not None:
+            self._planScene.stop_live_updates()
+
+    def writeReport(self, path):
+        return self.planScene().write_report(path)
+
+
+#
+# SeedImplantPlannerTest
+#
+
+
+class SeedImplantPlannerTest(ScriptedLoadableModuleTest):
+    """Smoke test of the module's GUI path on the application's scene."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_SeedImplantPlanner_plan_dose_and_live_edit()
+
+    def test_SeedImplantPlanner_plan_dose_and_live_edit(self):
+        import numpy as np
+
+        from SeedImplantPlannerLib.geometry import ImageGeometry
+        from SeedImplantPlannerLib.segio import Segmentation
+
+        self.delayDisplay("Building a synthetic case")
+        g = ImageGeometry((48, 48, 40), (1.5, 1.5, 1.5), (-35.0, -35.0, -29.0))
+        c = g.voxel_centers_ras()
+        ct = np.where(np.linalg.norm(c, axis=-1) < 32, 40, -1000).astype(np.int16)
+        masks = {"PTV": np.linalg.norm(c, axis=-1) <= 12.0,
+                 "OAR": np.linalg.norm(c - np.array([22.0, 0.0, 0.0]), axis=-1) <= 5.0}
+        logic = SeedImplantPlannerLogic()
+        plan = logic.planScene()
+        plan.set_ct(ct, g)
+        plan.set_segmentation(Segmentation.from_masks(g, masks))
+        plan.set_roles("PTV", ["OAR"])
+        params = logic.getParameterNode()
+        params.prescriptionDoseGy = 120.0
+        params.doseEngine = "direct"
+
+        self.delayDisplay("Planning needles and seeds")
+        logic.planImplant("template", "S", timeLimitS=1.0)
+        self.assertGreater(params.seedsNode.GetNumberOfControlPoints(), 0)
+        self.assertIsNotNone(params.doseVolume)
+        self.assertEqual(params.doseVolume.GetAttribute("DicomRtImport.DoseVolume"), "1")
+        self.assertEqual(len(params.isodoseModels), 5)
+
+        self.delayDisplay("Moving a seed")
+        plan.start_live_updates()  # immediate updates in the test
+        seeds = params.seedsNode
+        p = seeds.GetNthControlPointPosition(0)
+        seeds.SetNthControlPointPosition(0, p[0] + 2.0, p[1], p[2])
+        self.assertEqual(plan.last_update["dose_edit"], "moved 1")
+        plan.stop_live_updates()
+        self.delayDisplay("Test passed")
