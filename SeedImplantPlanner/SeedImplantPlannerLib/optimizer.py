@@ -406,7 +406,9 @@ def solve_mip(prob: PlanningProblem, time_limit_s=6.0, needle_weight=1.0, n_poin
     if res.x is None:
         return None, f"HiGHS found no solution within {time_limit_s:g} s ({res.message})"
     x = (res.x[:C] > 0.5).astype(float)
-    return x, f"HiGHS: {res.message.strip()} (objective {res.fun:.1f})"
+    bound = getattr(res, "mip_dual_bound", None)
+    bound_text = "" if bound is None or not np.isfinite(bound) else f", dual bound {bound:.1f}"
+    return x, f"HiGHS: {res.message.strip()} (objective {res.fun:.1f}{bound_text})"
 
 
 def solve_anneal(prob: PlanningProblem, x0, time_limit_s=6.0, needle_weight=1.0, rng_seed=0, n_iter=40000,

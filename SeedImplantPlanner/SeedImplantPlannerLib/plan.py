@@ -516,14 +516,25 @@ def plan_from_masks(geometry, masks: dict, target: str, *, oars=(), forbidden=()
     return plan
 
 
-def uniform_plan(plan: Plan, geometry, target_mask, spacing_mm=None) -> SeedSet:
-    """Seeds of plain uniform loading on the plan's usable needles (the benchmark baseline)."""
-    rules = plan.rules if spacing_mm is None else LoadingRules(**{**plan.rules.to_dict(), "spacing_mm": spacing_mm})
+def uniform_plan(plan: Plan, geometry, target_mask, spacing_mm=None, margin_mm=None):
+    """Plain uniform loading on the plan's usable needles (the benchmark baseline): (SeedSet, needles used).
+
+    Every candidate position at ``spacing_mm`` (default: the plan's) inside the target plus
+    ``margin_mm`` (default: the plan's) is loaded, except those closer than the minimum distance
+    to a seed already loaded on another needle.
+    """
+    base = plan.rules.to_dict()
+    if spacing_mm is not None:
+        base["spacing_mm"] = spacing_mm
+    if margin_mm is not None:
+        base["target_margin_mm"] = margin_mm
+    rules = LoadingRules(**base)
     blocked = {int(h["number"]) for h in plan.obstacles}
     usable = [n for n in plan.needles if n.number not in blocked and not n.too_long]
     cands = candidate_positions(usable, TargetRegion(target_mask, geometry, rules.target_margin_mm), rules)
     sel = np.flatnonzero(uniform_loading(cands, rules))
-    return SeedSet(cands.positions[sel], cands.axes[sel], np.full(len(sel), plan.strength_U), [plan.model_id] * len(sel))
+    seeds = SeedSet(cands.positions[sel], cands.axes[sel], np.full(len(sel), plan.strength_U), [plan.model_id] * len(sel))
+    return seeds, [usable[k] for k in sorted(set(cands.needle_index[sel].tolist()))]
 
 
 def dose_grid_geometry(plan: Plan, geometry, target_mask, spacing_mm=2.0, margin_mm=20.0):

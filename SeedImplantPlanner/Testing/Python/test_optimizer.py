@@ -50,7 +50,8 @@ class InversePlanningTest(unittest.TestCase):
         v100, d90 = exact_target_metrics(p, self.masks)
         self.assertGreaterEqual(v100, 0.95)
         self.assertGreaterEqual(d90, RX)
-        uni = uniform_plan(p, GEOM, self.masks["GTV"], spacing_mm=5.0)
+        uni, used = uniform_plan(p, GEOM, self.masks["GTV"], spacing_mm=5.0)
+        self.assertGreaterEqual(len(used), len(p.used_needles()))
         self.assertLess(len(p.seeds), len(uni))
         # every seed sits on a needle, with that needle's direction as its axis
         for pos, ax, num, s in zip(p.seeds.positions, p.seeds.axes, p.seed_needle, p.seed_s_from_tip_mm):
