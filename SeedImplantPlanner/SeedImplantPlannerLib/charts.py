@@ -131,23 +131,29 @@ PLANES = (
 
 
 def slice_figure(dose_Gy, geometry, prescription_Gy, structures=(), center_ras=None, ct=None, pixel_mm=None,
-                 title=None, wash_range_percent=(30, 300)):
+                 title=None, wash_range_percent=(30, 300), context_mm=15.0, colors=None):
     """Axial / coronal / sagittal pictures through ``center_ras`` (default: dose grid centre).
 
     ``structures``: :class:`structures.Structure` list (outlines in their colours); ``ct``: optional
-    (array, geometry) drawn in grey underneath.
+    (array, geometry) drawn in grey underneath, with ``context_mm`` of anatomy around the dose grid.
     """
     plt = _plt()
+    from matplotlib import patheffects
     from matplotlib.colors import Normalize
     lo, hi = geometry.bounds_ras()
     center = np.asarray(center_ras if center_ras is not None else (lo + hi) / 2.0, dtype=float)
+    if ct is not None:
+        # show some anatomy around the dose grid (the dose wash stops at the grid's edge)
+        clo, chi = ct[1].bounds_ras()
+        lo, hi = np.maximum(lo - context_mm, clo), np.minimum(hi + context_mm, chi)
+        lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
     half = (hi - lo) / 2.0 + np.asarray(geometry.spacing).max() / 2.0
     box_c = (lo + hi) / 2.0
     if pixel_mm is None:
         pixel_mm = max(0.4, min(1.0, float(np.max(hi - lo)) / 250.0))
     fig, axes = plt.subplots(1, 3, figsize=(13.5, 5.0), layout="constrained")
     norm = Normalize(wash_range_percent[0], wash_range_percent[1])
-    scol = distinct_colors([s.name for s in structures], {s.name: s.color for s in structures})
+    scol = colors or distinct_colors([s.name for s in structures], {s.name: s.color for s in structures})
     img = None
     for ax, (name, au, av, letters) in zip(axes, PLANES):
         iu, iv = int(np.argmax(np.abs(au))), int(np.argmax(np.abs(av)))
@@ -176,7 +182,8 @@ def slice_figure(dose_Gy, geometry, prescription_Gy, structures=(), center_ras=N
         ax.set_aspect("equal")
         ax.set_xticks([])
         ax.set_yticks([])
-        kw = dict(transform=ax.transAxes, color="w", fontsize=10, fontweight="bold")
+        halo = [patheffects.withStroke(linewidth=2.5, foreground="black")]
+        kw = dict(transform=ax.transAxes, color="w", fontsize=10, fontweight="bold", path_effects=halo)
         ax.text(0.02, 0.5, letters[0], ha="left", va="center", **kw)
         ax.text(0.98, 0.5, letters[1], ha="right", va="center", **kw)
         ax.text(0.5, 0.98, letters[2], ha="center", va="top", **kw)
@@ -184,8 +191,9 @@ def slice_figure(dose_Gy, geometry, prescription_Gy, structures=(), center_ras=N
         # scale bar 10 mm
         x0 = u[0] + 0.06 * (u[-1] - u[0])
         y0 = v[0] + 0.06 * (v[-1] - v[0])
-        ax.plot([x0, x0 + 10], [y0, y0], color="w", lw=2)
-        ax.text(x0 + 5, y0 + 0.02 * (v[-1] - v[0]), "10 mm", color="w", fontsize=7, ha="center", va="bottom")
+        ax.plot([x0, x0 + 10], [y0, y0], color="w", lw=2, path_effects=[patheffects.withStroke(linewidth=4, foreground="black")])
+        ax.text(x0 + 5, y0 + 0.02 * (v[-1] - v[0]), "10 mm", color="w", fontsize=7, ha="center", va="bottom",
+                path_effects=halo)
     from matplotlib.lines import Line2D
     handles = [Line2D([0], [0], color=ISODOSE_COLORS[p], lw=1.5, ls="--", label=f"{p}% ({p * prescription_Gy / 100:g} Gy)")
                for p in ISODOSE_PERCENT]

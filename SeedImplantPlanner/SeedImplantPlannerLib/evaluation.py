@@ -148,7 +148,7 @@ def assign_roles(structures, target=None, body=None, goal_set: GoalSet | None = 
 def evaluate_plan(dose_Gy, geometry: ImageGeometry, structures, prescription_Gy, *, target=None, body=None,
                   goals: GoalSet | None = None, metrics=None, supersample="auto", radiobiology=None,
                   half_life_days=I125_HALF_LIFE_DAYS, dvh_max_dose_Gy=None, dose_at_points=None,
-                  interpolation="log", progress=None) -> Evaluation:
+                  interpolation="log", on_outside="error", progress=None) -> Evaluation:
     """Evaluate a dose grid: DVH, metrics, conformity indices, goals and (optionally) BED per structure.
 
     ``structures``: list of :class:`Structure` (any grid) or ``{name: mask on the dose grid}``.
@@ -158,6 +158,9 @@ def evaluate_plan(dose_Gy, geometry: ImageGeometry, structures, prescription_Gy,
     raise InputError; other missing goal structures are listed as not evaluated.
     ``dose_at_points``: optional callable (M, 3) RAS mm -> Gy giving the exact dose at sub-voxel
     points (e.g. :func:`seed_point_dose`); otherwise sub-voxel doses are interpolated (``interpolation``).
+    ``on_outside``: "error" (default) raises GeometryError for a structure entirely outside the dose
+    grid; "skip" leaves such a non-target structure out with a warning (e.g. a cropped planning grid).
+    The target must always lie inside the grid.
     """
     rx = check_prescription(prescription_Gy)
     dose = check_dose(dose_Gy, geometry)
@@ -176,7 +179,20 @@ def evaluate_plan(dose_Gy, geometry: ImageGeometry, structures, prescription_Gy,
                 raise InputError(f"goals '{goals.name}': required structure '{entry.name}' (aliases: "
                                  f"{', '.join(entry.aliases) or 'none'}) is missing; structures: "
                                  f"{', '.join(s.name for s in structs)}")
+    if on_outside not in ("error", "skip"):
+        raise InputError(f"on_outside must be 'error' or 'skip', got {on_outside!r}")
     samples, warnings = [], []
+    if on_outside == "skip":
+        from .structures import fraction_outside
+        kept = []
+        for s in structs:
+            if roles[s.name] != "target" and s.n_voxels and fraction_outside(s, geometry) >= 1.0 - 1e-12:
+                warnings.append(f"'{s.name}' lies entirely outside the dose grid: not evaluated")
+                continue
+            kept.append(s)
+        structs = kept
+        if body is not None and body not in [s.name for s in structs]:
+            body = None
     n = len(structs)
     for i, s in enumerate(structs):
         sub = _progress.scaled(progress, 0.8 * i / n, 0.8 * (i + 1) / n)

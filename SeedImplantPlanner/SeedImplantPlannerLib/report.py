@@ -16,7 +16,10 @@ The plan is plain data so the planning module can hand it over without an import
 
 Every key is optional; missing values are derived from ``seeds`` (a :class:`seeds.SeedSet`) when
 given, else shown as "-". ``needles`` rows are shown with their own keys as columns (first row's
-order), so the table follows whatever the planning module reports.
+order), so the table follows whatever the planning module reports. A plan file dict of the
+planning module (``plan.Plan.to_dict()``, with ``format``/``source``/``summary``) or a ``plan.Plan``
+object is accepted too: its summary is mapped onto the keys above and its needle loading table
+comes from ``Plan.loading_rows()`` (:func:`normalize_plan`).
 """
 
 from __future__ import annotations
@@ -47,9 +50,39 @@ def _fmt(v, digits=4):
     return str(v)
 
 
+def normalize_plan(plan):
+    """Plain report dict from ``plan``: a report dict (returned as is), a plan-file dict or a ``plan.Plan``."""
+    if plan is None:
+        return None
+    obj = None
+    if hasattr(plan, "to_dict") and hasattr(plan, "loading_rows"):
+        obj, plan = plan, plan.to_dict()
+    if not isinstance(plan, dict):
+        raise InputError(f"plan must be a dict or a Plan object, got {type(plan).__name__}")
+    if "format" not in plan or "source" not in plan:
+        return plan
+    src = plan.get("source") or {}
+    summ = plan.get("summary") or {}
+    out = {"source_model": src.get("model"), "strength_U": src.get("strength_U"),
+           "reference_date": src.get("reference_date"), "implant_date": src.get("implant_date") or "-",
+           "n_seeds": summ.get("n_seeds"), "n_needles": summ.get("n_needles_used"),
+           "total_strength_U": summ.get("total_strength_U"), "total_activity_mCi": summ.get("total_activity_mCi")}
+    if obj is None:
+        try:
+            from .plan import Plan
+            obj = Plan.from_dict(plan)
+        except (ImportError, InputError):
+            obj = None
+    if obj is not None:
+        out["needles"] = obj.loading_rows()
+    else:
+        out["needles"] = [{k: v for k, v in n.items() if not isinstance(v, (list, dict))} for n in plan.get("needles", [])]
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def plan_summary(evaluation, plan=None, seeds=None) -> list:
     """Rows (label, value) of the plan summary from ``plan`` (dict) and/or ``seeds``."""
-    plan = dict(plan or {})
+    plan = dict(normalize_plan(plan) or {})
     rows = []
     models = plan.get("source_model")
     u_per_mci = None
@@ -102,7 +135,7 @@ def plan_summary(evaluation, plan=None, seeds=None) -> list:
 
 def needle_table(plan):
     """(columns, rows) of the needle loading table, or None when the plan has no needles."""
-    needles = (plan or {}).get("needles") or []
+    needles = (normalize_plan(plan) or {}).get("needles") or []
     if not needles:
         return None
     if not all(isinstance(r, dict) for r in needles):
@@ -192,14 +225,16 @@ def report_figures(evaluation, dose_Gy, structures=(), ct=None, center_ras=None,
     """Matplotlib figures of the report: {'dvh', 'slices', 'time' (if BED), 'gamma' (if compared)}."""
     from . import charts
     from .radiobiology import time_curve
+    colors = charts.distinct_colors([s.name for s in evaluation.samples], evaluation.colors)
     structures = [s for s in structures if evaluation.roles.get(s.name) != "body"] if structures else []
     figs = {}
     sets = [("plan", evaluation.dvhs)]
     if comparison is not None:
         sets = [(comparison.label_a, comparison.eval_a.dvhs), (comparison.label_b, comparison.eval_b.dvhs)]
-    figs["dvh"] = charts.dvh_figure(sets, evaluation.colors, evaluation.prescription_Gy)
+    figs["dvh"] = charts.dvh_figure(sets, colors, evaluation.prescription_Gy)
     center = center_ras if center_ras is not None else _center(evaluation, structures, dose_Gy, evaluation.geometry)
-    figs["slices"] = charts.slice_figure(dose_Gy, evaluation.geometry, evaluation.prescription_Gy, structures, center, ct)
+    figs["slices"] = charts.slice_figure(dose_Gy, evaluation.geometry, evaluation.prescription_Gy, structures, center, ct,
+                                         colors=colors)
     if evaluation.radiobiology:
         curves = {}
         from .radiobiology import LQParams
@@ -305,6 +340,7 @@ def write_report(path, evaluation, dose_Gy, *, structures=(), plan=None, seeds=N
     """
     from . import charts
     from .fileio import atomic_path, write_text
+    plan = normalize_plan(plan)
     dose = np.asarray(dose_Gy)
     if dose.shape != evaluation.geometry.shape:
         raise InputError(f"report: dose shape {dose.shape} does not match the evaluated grid {evaluation.geometry.shape}")
