@@ -150,6 +150,15 @@ class TestEvaluatePlan(unittest.TestCase):
             with self.assertRaisesRegex(InputError, "prescription dose must be > 0 Gy"):
                 evaluate_plan(self.dose, self.g, self.structs, rx)
 
+    def test_structure_outside_a_cropped_grid_error_or_skip(self):
+        far_g = ImageGeometry((5, 5, 5), (1.0, 1.0, 1.0), (100, 100, 100))
+        far = Structure("SpinalCanal", np.ones(far_g.shape, bool), far_g)
+        with self.assertRaisesRegex(GeometryError, "'SpinalCanal' lies entirely outside the dose grid"):
+            evaluate_plan(self.dose, self.g, self.structs + [far], 145.0)
+        ev = evaluate_plan(self.dose, self.g, self.structs + [far], 145.0, on_outside="skip")
+        self.assertNotIn("SpinalCanal", ev.metrics)
+        self.assertIn("'SpinalCanal' lies entirely outside the dose grid: not evaluated", ev.warnings)
+
     def test_target_partly_outside_the_grid_is_refused(self):
         other = ImageGeometry((30, 30, 30), (1.0, 1.0, 1.0), (0, -15, -15))
         ptv = Structure("PTV", np.ones(other.shape, bool), other)

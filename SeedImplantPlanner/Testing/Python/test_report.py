@@ -69,6 +69,18 @@ class TestReport(unittest.TestCase):
             html = Path(out["html"]).read_text()
         self.assertIn("No needles in this plan yet.", html)
 
+    def test_plan_file_dict_is_mapped(self):
+        from SeedImplantPlannerLib.report import normalize_plan
+        d = {"format": "not-a-real-plan", "source": {"model": "I125_OncoSeed_6711", "strength_U": 0.635,
+                                                     "implant_date": "2026-11-27"},
+             "summary": {"n_seeds": 12, "n_needles_used": 4, "total_strength_U": 7.62},
+             "needles": [{"number": 1, "name": "T1", "entry_ras_mm": [0, 0, 0]}]}
+        p = normalize_plan(d)
+        self.assertEqual((p["source_model"], p["n_needles"], p["implant_date"]), ("I125_OncoSeed_6711", 4, "2026-11-27"))
+        self.assertEqual(p["needles"], [{"number": 1, "name": "T1"}])  # geometry lists left out of the table
+        rows = dict(plan_summary(self.ev, d))
+        self.assertEqual(rows["Strength per seed at implant date"], "0.635 U")
+
     def test_picture_conventions(self):
         axial, coronal, sagittal = PLANES
         np.testing.assert_array_equal(axial[1], [-1, 0, 0])   # patient right on the left (radiological)
