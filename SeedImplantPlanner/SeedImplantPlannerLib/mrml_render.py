@@ -243,7 +243,8 @@ def style_for_pictures(segmentation_node=None, seeds_node=None, needle_nodes=(),
                        segments_3d=None):
     """Display settings that read well in still pictures (outlines, projected needles and seeds).
 
-    ``segments_3d``: IDs of the segments shown in 3D (default all; a body contour hides the rest).
+    ``segments_3d``: IDs of the segments shown (default all): a body contour would hide the rest in
+    3D and draw its outline along the picture's border in the slices.
     """
     if segmentation_node is not None:
         d = segmentation_node.GetDisplayNode()
@@ -256,7 +257,7 @@ def style_for_pictures(segmentation_node=None, seeds_node=None, needle_nodes=(),
                 seg = segmentation_node.GetSegmentation()
                 for i in range(seg.GetNumberOfSegments()):
                     sid = seg.GetNthSegmentID(i)
-                    d.SetSegmentVisibility3D(sid, sid in segments_3d)
+                    d.SetSegmentVisibility(sid, sid in segments_3d)
     for node in needle_nodes:
         d = node.GetDisplayNode()
         if d is not None:

@@ -1,0 +1,63 @@
+# Stub Slicer_DIR for checking the extension's CMake files without a Slicer build tree.
+#
+# It is a check, not a build: slicerMacroBuildScriptedModule and slicer_add_python_unittest verify
+# that every listed file exists (and is listed once), and write what was listed to
+# ${CMAKE_BINARY_DIR}/SlicerStubManifest.txt so a test can compare the lists with the source tree.
+# Used by SeedImplantPlanner/Testing/Python/test_cmake_lists.py:
+#   cmake -S <repo> -B <build> -DSlicer_DIR=<repo>/Testing/CMakeStub
+
+set(Slicer_FOUND TRUE)
+set(Slicer_USE_FILE "${CMAKE_CURRENT_LIST_DIR}/UseSlicer.cmake")
+set(Slicer_EXTENSION_GENERATE_CONFIG "${CMAKE_CURRENT_LIST_DIR}/SlicerExtensionNoop.cmake")
+set(Slicer_EXTENSION_CPACK "${CMAKE_CURRENT_LIST_DIR}/SlicerExtensionNoop.cmake")
+set(SLICER_STUB_MANIFEST "${CMAKE_BINARY_DIR}/SlicerStubManifest.txt")
+file(WRITE "${SLICER_STUB_MANIFEST}" "")
+
+function(_slicer_stub_check_files what)
+  set(missing)
+  set(seen)
+  foreach(f IN LISTS ARGN)
+    if(IS_ABSOLUTE "${f}")
+      set(path "${f}")
+    else()
+      set(path "${CMAKE_CURRENT_SOURCE_DIR}/${f}")
+    endif()
+    if(NOT EXISTS "${path}" OR IS_DIRECTORY "${path}")
+      list(APPEND missing "${f}")
+    endif()
+    if("${f}" IN_LIST seen)
+      message(FATAL_ERROR "${what}: '${f}' is listed twice in ${CMAKE_CURRENT_LIST_FILE}")
+    endif()
+    list(APPEND seen "${f}")
+    file(RELATIVE_PATH rel "${CMAKE_SOURCE_DIR}" "${path}")
+    file(APPEND "${SLICER_STUB_MANIFEST}" "${what} ${rel}\n")
+  endforeach()
+  if(missing)
+    string(REPLACE ";" ", " missing_text "${missing}")
+    message(FATAL_ERROR "${what}: listed in ${CMAKE_CURRENT_LIST_FILE} but not found: ${missing_text}")
+  endif()
+endfunction()
+
+macro(slicerMacroBuildScriptedModule)
+  cmake_parse_arguments(MY "WITH_GENERIC_TESTS;WITH_SUBDIR" "NAME" "SCRIPTS;RESOURCES" ${ARGN})
+  if(NOT MY_NAME)
+    message(FATAL_ERROR "slicerMacroBuildScriptedModule: NAME is required")
+  endif()
+  if(MY_UNPARSED_ARGUMENTS)
+    message(FATAL_ERROR "slicerMacroBuildScriptedModule: unknown arguments: ${MY_UNPARSED_ARGUMENTS}")
+  endif()
+  if(NOT "${MY_NAME}.py" IN_LIST MY_SCRIPTS)
+    message(FATAL_ERROR "slicerMacroBuildScriptedModule: the module file ${MY_NAME}.py is not in SCRIPTS")
+  endif()
+  _slicer_stub_check_files(SCRIPT ${MY_SCRIPTS})
+  _slicer_stub_check_files(RESOURCE ${MY_RESOURCES})
+  message(STATUS "Slicer stub: scripted module ${MY_NAME}: ${CMAKE_CURRENT_SOURCE_DIR}")
+endmacro()
+
+macro(slicer_add_python_unittest)
+  cmake_parse_arguments(MY "" "SCRIPT;SLICER_ARGS" "" ${ARGN})
+  if(NOT MY_SCRIPT)
+    message(FATAL_ERROR "slicer_add_python_unittest: SCRIPT is required")
+  endif()
+  _slicer_stub_check_files(UNITTEST ${MY_SCRIPT})
+endmacro()
