@@ -304,8 +304,24 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
                 table.setItem(r, c, qt.QTableWidgetItem(text))
 
     # -- long work with progress and cancel --------------------------------------------------------
+    def ensureRequirements(self) -> bool:
+        """Install scipy and matplotlib (not bundled with Slicer) after asking the user; True when present."""
+        import importlib.util
+
+        missing = [name for name in ("scipy", "matplotlib") if importlib.util.find_spec(name) is None]
+        if not missing:
+            return True
+        if not slicer.util.confirmOkCancelDisplay(
+                _("Seed Implant Planner needs the Python packages {0}. Install them now?").format(", ".join(missing))):
+            return False
+        with slicer.util.tryWithErrorDisplay(_("Installing {0} failed.").format(", ".join(missing)), waitCursor=True):
+            slicer.util.pip_install(" ".join(missing))
+        return all(importlib.util.find_spec(name) is not None for name in missing)
+
     def runWithProgress(self, title, function):
         """Run ``function(progressCallback)`` with a cancellable progress dialog; errors shown the Slicer way."""
+        if not self.ensureRequirements():
+            return None
         dialog = slicer.util.createProgressDialog(windowTitle=title, labelText=title, maximum=100)
         self.ui.computeDoseButton.enabled = False
 
@@ -354,6 +370,8 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.onCheckNeedles()
 
     def onCheckNeedles(self) -> None:
+        if not self.ensureRequirements():
+            return
         with slicer.util.tryWithErrorDisplay(_("Needle check failed."), waitCursor=True):
             hits = self.logic.needleObstacles()
             self.ui.obstacleWarningsLabel.text = "\n".join(h.describe() for h in hits) if hits else \
@@ -380,6 +398,7 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def onLiveUpdateToggled(self, enabled) -> None:
         if enabled:
+            self.logic.planScene().on_updated = lambda plan: self.updateSeedSummary()
             self.logic.startLiveUpdates()
         else:
             self.logic.stopLiveUpdates()
@@ -392,6 +411,8 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def onExportReport(self) -> None:
         path = self.ui.reportPathLineEdit.currentPath
+        if not self.ensureRequirements():
+            return
         with slicer.util.tryWithErrorDisplay(_("Report export failed."), waitCursor=True):
             if not path:
                 raise ValueError(_("Choose a file name for the report (.html)."))
