@@ -17,8 +17,8 @@ count-from-metal-content rule and a line-segment k-means described below):
    grown by one voxel (local background = median of a shell around it). Partial volume and blur
    move intensity between voxels but keep this sum (up to saturation at the 12-bit ceiling), so it
    counts seeds at 1 mm and at 2 x 2 x 2.5 mm alike. The content of one seed (``unit``) is learnt
-   from the image: the median content of the components, refined on those near the median
-   (most components of an implant are single seeds).
+   from the image: the median content of the components near the 20th percentile of all
+   (most components of an implant are single seeds, and singles are the smallest).
 5. **Seeds per component** ``n = round(content / unit)``; components below ``MIN_UNIT_FRACTION``
    of a seed are rejected as noise or streaks; components of more than ``max_per_cluster`` seeds
    (bone, a surgical clip cluster, contrast) are rejected and reported. With ``expected_count``
@@ -65,7 +65,7 @@ MIN_UNIT_FRACTION = 0.4
 MAX_PER_CLUSTER = 8
 #: A component counts as ambiguous (may be resolved by ``expected_count``) when its content is
 #: within this distance of a half-integer number of seeds.
-AMBIGUITY = 0.3
+AMBIGUITY = 0.15
 #: Bone: connected regions above background + BONE_HU that survive a one-voxel erosion and hold
 #: more than BONE_MIN_CC after the erosion; a metal component inside counts as a seed only if it peaks
 #: BONE_MARGIN_HU above the bone's own 95th percentile.
@@ -93,6 +93,7 @@ class FoundSeeds:
     warnings: list = field(default_factory=list)
     rejected: list = field(default_factory=list)   # dicts: position_mm, reason, seeds_equivalent
     n_components: int = 0
+    cluster_metal_seeds: np.ndarray | None = None  # (N,) metal content of the seed's cluster in seeds
 
     def __len__(self):
         return int(self.positions.shape[0])
@@ -434,12 +435,13 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
             c["reject"] = (f"bone (peak {c['peak']:.0f} HU, bone up to {bone_level:.0f} HU)")
     seedlike = [c for c in comps if "reject" not in c]
     contents = np.array([c["content"] for c in seedlike]) if seedlike else np.array([1.0])
-    m0 = float(np.median(contents))
-    near = contents[(contents > 0.6 * m0) & (contents < 1.4 * m0)]
-    unit = float(np.median(near)) if len(near) else m0
-    if len(comps) >= 3:
-        near = contents[(contents > 0.7 * unit) & (contents < 1.3 * unit)]
-        if len(near) >= 3:
+    # one seed's content: most components of an implant are single seeds, and singles are the
+    # smallest real components, so start from the 20th percentile of the non-trivial ones
+    valid = contents[contents > 0.3 * float(np.median(contents))]
+    unit = float(np.percentile(valid, 20))
+    for lo, hi in ((0.7, 1.3), (0.75, 1.25)):
+        near = valid[(valid > lo * unit) & (valid < hi * unit)]
+        if len(near):
             unit = float(np.median(near))
 
     # -- seeds per component -----------------------------------------------------------------------
@@ -499,7 +501,7 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
             p, a, _ = _weighted_pose(c["pts"], c["w"], box_cov)
             widths.append(float(np.sum(c["w"] * _seg_dist2(c["pts"], p, a, half)) / c["w"].sum()) / 2.0)
     s2 = float(np.median(widths)) if len(widths) >= 3 else 0.25 + float(np.mean(sp ** 2)) / 12.0
-    pos, axes, conf, cid, nin = [], [], [], [], []
+    pos, axes, conf, cid, nin, cms = [], [], [], [], [], []
     for q, c in enumerate(kept):
         pts, w, n = c["pts"], c["w"], c["n"]
         centers, axs, resp = split_cluster(pts, w, n, half, box_cov, s2)
@@ -514,11 +516,12 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
             conf.append(cf)
             cid.append(c["id"])
             nin.append(n)
+            cms.append(c["ratio"])
         if q % 20 == 0:
             _progress.report(progress, 0.5 + 0.5 * q / len(kept), f"seed finder: pose {q + 1} of {len(kept)}")
     found = FoundSeeds(np.array(pos).reshape(-1, 3), np.array(axes).reshape(-1, 3), np.array(conf),
                        np.array(cid, dtype=int), np.array(nin, dtype=int), threshold, background, unit,
-                       expected_count, warnings, rejected, len(comps))
+                       expected_count, warnings, rejected, len(comps), np.array(cms))
     if len(comps) < 3:
         warnings.append(f"only {len(comps)} component(s): the metal content of one seed could not be learnt "
                         "reliably; check the count of seeds in clusters")

@@ -1,0 +1,198 @@
+"""Seed finder on synthetic post-implant CTs (written to NRRD and read back): accuracy, splitting,
+bone rejection, expected-count reporting, bad input; and the post-implant CT maker itself."""
+
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+
+from SeedImplantPlannerLib import postimplant_phantom as pp
+from SeedImplantPlannerLib.errors import CancelledError, InputError
+from SeedImplantPlannerLib.geometry import ImageGeometry
+from SeedImplantPlannerLib.imageio import read_image, write_image
+from SeedImplantPlannerLib.samplecase import make_sample_case
+from SeedImplantPlannerLib.seedfinder import find_seeds
+from SeedImplantPlannerLib.seeds import SeedSet
+
+GTV_CENTRE = np.array([-72.0, -2.0, 0.0])
+M6711 = "I125_OncoSeed_6711"
+
+
+def tumour_grid(spacing):
+    """A 100 x 90 x 100 mm crop of the sample case around its tumour at ``spacing``."""
+    size = np.ceil(np.array([100.0, 90.0, 100.0]) / np.asarray(spacing)).astype(int)
+    return ImageGeometry(tuple(size), spacing, tuple(GTV_CENTRE - [50.0, 45.0, 50.0]))
+
+
+def post_implant_case(spacing, random_seed, n_touching=12, n_migrated=2, folder=None):
+    """Sample-case CT crop with an implant rendered in, round-tripped through NRRD."""
+    g = tumour_grid(spacing)
+    ct, masks, _ = make_sample_case(g)
+    plan = pp.plan_in_mask(masks["GTV"], g, spacing_mm=9.0, margin_mm=1.0)
+    truth = pp.simulate_implant(plan, random_seed, n_touching=n_touching, n_migrated=n_migrated)
+    post = pp.make_postimplant_ct(ct, g, truth.seeds, random_seed)
+    path = Path(folder) / f"post_{random_seed}.nrrd"
+    write_image(path, post, g)
+    post2, g2 = read_image(path)
+    return post2, g2, plan, truth, masks
+
+
+class TestFinderAccuracy(unittest.TestCase):
+    """The accuracy targets of docs/verification.md on one 1 mm and one 2 x 2 x 2.5 mm case."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.fine = post_implant_case((1.0, 1.0, 1.0), 11, folder=cls.tmp.name)
+        cls.coarse = post_implant_case((2.0, 2.0, 2.5), 12, folder=cls.tmp.name)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def test_1mm_ct_meets_targets(self):
+        ct, g, plan, truth, _ = self.fine
+        self.assertTrue(60 <= len(truth.seeds) <= 120, len(truth.seeds))
+        self.assertGreaterEqual(len(truth.touching_pairs), 10)
+        found = find_seeds(ct, g)
+        s = pp.score_detection(found.positions, found.axes, truth)
+        self.assertGreaterEqual(s["detection_rate"], 0.98, s)
+        self.assertLessEqual(s["false_positive_rate"], 0.01, s)
+        self.assertLess(s["position_error_median_mm"], 0.5, s)
+        self.assertLess(s["position_error_p95_mm"], 1.0, s)
+        self.assertLess(s["orientation_error_median_deg_isolated"], 10.0, s)
+        # split clusters were needed and used
+        self.assertGreaterEqual(int(np.count_nonzero(found.seeds_in_cluster > 1)), 2 * 8)
+
+    def test_coarse_ct_meets_detection_targets(self):
+        ct, g, plan, truth, _ = self.coarse
+        found = find_seeds(ct, g, expected_count=len(plan))
+        s = pp.score_detection(found.positions, found.axes, truth)
+        self.assertGreaterEqual(s["detection_rate"], 0.98, s)
+        self.assertLessEqual(s["false_positive_rate"], 0.01, s)
+        self.assertLess(s["position_error_median_mm"], 0.75, s)
+        self.assertLess(s["orientation_error_median_deg_isolated"], 10.0, s)
+        self.assertEqual(found.missing_count, 0)
+        # the iliac bone in this crop is denser than the threshold and must be rejected, not found
+        self.assertGreater(found.threshold_hu, 300)
+
+    def test_expected_count_reports_missing_seeds(self):
+        ct, g, plan, truth, _ = self.fine
+        found = find_seeds(ct, g, expected_count=len(truth.seeds) + 3)
+        self.assertEqual(found.missing_count, 3)
+        self.assertTrue(any("3 missing" in w for w in found.warnings), found.warnings)
+        found = find_seeds(ct, g, expected_count=len(truth.seeds) - 2)
+        self.assertEqual(found.extra_count, 2)
+
+    def test_roi_restricts_the_search(self):
+        ct, g, plan, truth, masks = self.fine
+        from scipy import ndimage
+        roi = ndimage.binary_dilation(masks["GTV"], iterations=3)
+        found = find_seeds(ct, g, roi_mask=roi)
+        ijk = np.rint(g.ras_to_ijk(found.positions)).astype(int)
+        self.assertTrue(np.all(roi[ijk[:, 2], ijk[:, 1], ijk[:, 0]]))
+        outside = ~roi[tuple(np.rint(g.ras_to_ijk(truth.seeds.positions)).astype(int)[:, ::-1].T)]
+        self.assertEqual(len(found), len(truth.seeds) - int(outside.sum()))
+
+    def test_cancel_through_progress(self):
+        ct, g, *_ = self.coarse
+        with self.assertRaises(CancelledError):
+            find_seeds(ct, g, progress=lambda f, t: f < 0.3)
+
+
+class TestFinderCases(unittest.TestCase):
+    """Small water phantoms with hand-placed seeds."""
+
+    def setUp(self):
+        self.g = ImageGeometry((60, 60, 50), (1.0, 1.0, 1.0), (-30.0, -30.0, -25.0))
+        self.ct, self.masks = pp.make_water_phantom(self.g, 3)
+
+    def render(self, positions, axes, seed=0):
+        n = len(positions)
+        seeds = SeedSet(positions, axes, np.full(n, 0.5), [M6711] * n)
+        return pp.make_postimplant_ct(self.ct, self.g, seeds, seed), seeds
+
+    def test_touching_pairs_are_split(self):
+        z = np.array([0.0, 0.0, 1.0])
+        x = np.array([1.0, 0.0, 0.0])
+        pos = [[-12, 5, 0], [-12 + 1.4, 5, 0.5],              # side by side, 0.6 mm gap
+               [0, 5, -3], [0, 5, 1.9],                         # end to end, 0.4 mm gap
+               [12, 5, 0], [12, 6.1, 0],                        # crossed
+               [-12, -15, 0], [0, -18, 0], [-15, 18, 0]]        # isolated (the bone rod is at x 18, y -13)
+        axes = [z, z, z, z, z, x, z, x, [0.6, 0.0, 0.8]]
+        ct, seeds = self.render(np.array(pos, float), np.array(axes, float))
+        found = find_seeds(ct, self.g)
+        self.assertEqual(len(found), 9, found.summary())
+        d = np.linalg.norm(seeds.positions[:, None] - found.positions[None], axis=-1)
+        from scipy.optimize import linear_sum_assignment
+        r, c = linear_sum_assignment(d)
+        self.assertLess(d[r, c].max(), 0.6, d[r, c])
+        self.assertEqual(sorted(found.seeds_in_cluster.tolist()), [1, 1, 1, 2, 2, 2, 2, 2, 2])
+        iso = c[6:]
+        ang = np.degrees(np.arccos(np.clip(np.abs(np.sum(found.axes[iso] * seeds.axes[6:], axis=1)), 0, 1)))
+        self.assertLess(ang.max(), 8.0, ang)
+        self.assertTrue(np.all(found.confidence > 0.5))
+
+    def test_bone_is_not_taken_for_seeds(self):
+        pos = np.array([[-10.0, 0.0, 0.0], [0.0, 5.0, 0.0], [5.0, 15.0, 5.0]])
+        ct, seeds = self.render(pos, np.tile([0.0, 0.0, 1.0], (3, 1)))
+        self.assertGreater(int(ct[self.masks["Bone"]].max()), 1100)
+        found = find_seeds(ct, self.g, threshold_hu=800.0)  # below the bone cortex on purpose
+        self.assertEqual(len(found), 3)
+        self.assertTrue(any(r["reason"].startswith("bone") for r in found.rejected), found.rejected)
+
+    def test_ct_without_metal_is_refused(self):
+        with self.assertRaisesRegex(InputError, "no metal|no seeds found"):
+            find_seeds(self.ct, self.g)
+
+    def test_bad_inputs_name_the_problem(self):
+        ct, _ = self.render(np.array([[0.0, 0.0, 0.0]]), np.array([[0.0, 0.0, 1.0]]))
+        with self.assertRaisesRegex(InputError, "ROI is empty"):
+            find_seeds(ct, self.g, roi_mask=np.zeros(self.g.shape, bool))
+        with self.assertRaisesRegex(InputError, "ROI mask shape"):
+            find_seeds(ct, self.g, roi_mask=np.ones((3, 3, 3), bool))
+        with self.assertRaisesRegex(InputError, "does not match its geometry"):
+            find_seeds(ct[:-1], self.g)
+        with self.assertRaisesRegex(InputError, "expected seed count"):
+            find_seeds(ct, self.g, expected_count=0)
+        with self.assertRaisesRegex(InputError, "not above the soft-tissue background"):
+            find_seeds(ct, self.g, threshold_hu=-50.0)
+
+
+class TestPhantom(unittest.TestCase):
+    def test_deterministic_and_realistic_intensity(self):
+        g = ImageGeometry((40, 40, 30), (1.0, 1.0, 1.0), (-20.0, -20.0, -15.0))
+        ct, _ = pp.make_water_phantom(g, 1, with_bone=False)
+        seeds = SeedSet([[0.3, -0.2, 0.1]], [[0.0, 0.0, 1.0]], [0.5], [M6711])
+        a = pp.make_postimplant_ct(ct, g, seeds, 5)
+        b = pp.make_postimplant_ct(ct, g, seeds, 5)
+        np.testing.assert_array_equal(a, b)
+        self.assertFalse(np.array_equal(a, pp.make_postimplant_ct(ct, g, seeds, 6)))
+        self.assertEqual(int(a.max()), 3071)  # saturates like a clinical 12-bit CT at 1 mm
+        # the bright core is about the capsule's length along its axis (4.5 mm + blur)
+        core = np.argwhere(a > 1500)
+        self.assertTrue(4 <= np.ptp(core[:, 0]) + 1 <= 7, np.ptp(core[:, 0]))
+        self.assertLessEqual(np.ptp(core[:, 1]) + 1, 3)
+        # thick slices: partial volume lowers the peak but a seed stays far above soft tissue
+        g2 = ImageGeometry((20, 20, 12), (2.0, 2.0, 2.5), (-19.0, -19.0, -13.75))
+        ct2, _ = pp.make_water_phantom(g2, 1, with_bone=False)
+        c2 = pp.make_postimplant_ct(ct2, g2, seeds, 5)
+        self.assertTrue(900 < int(c2.max()) <= 3071, int(c2.max()))
+
+    def test_simulated_implant_truth(self):
+        g = tumour_grid((2.0, 2.0, 2.5))
+        _, masks, _ = make_sample_case(g)
+        plan = pp.plan_in_mask(masks["GTV"], g, spacing_mm=9.0, margin_mm=1.0)
+        t = pp.simulate_implant(plan, 4, n_migrated=3, n_lost=2, n_touching=6)
+        self.assertEqual(len(t.seeds), len(plan) - 2)
+        self.assertEqual(len(t.migrated), 3)
+        self.assertEqual(len(t.touching_pairs), 6)
+        for a, b in t.touching_pairs:
+            self.assertLess(np.linalg.norm(t.seeds.positions[a] - t.seeds.positions[b]), 7.0)
+        moved = np.linalg.norm(t.seeds.positions[t.migrated] - plan.positions[t.planned_index[t.migrated]], axis=1)
+        self.assertTrue(np.all(moved > 10.0), moved)
+
+
+if __name__ == "__main__":
+    unittest.main()
