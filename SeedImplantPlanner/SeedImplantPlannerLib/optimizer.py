@@ -130,10 +130,55 @@ class Goals:
 
 
 # -- dose influence -------------------------------------------------------------------------------
-def influence_matrix(points, positions, axes, kernel, gy_per_U_h, strength_U, chunk=64):
+class KernelTable:
+    """Tabulated TG-43 dose rate per U of one kernel on (log r, theta) for fast influence matrices.
+
+    The kernel (:class:`tg43.TG43Kernel`, its rules at the cap radius included) is sampled on
+    ``n_r`` radii log-spaced from the cap radius to ``r_max_cm`` and on theta = 0..90 degrees every
+    ``dtheta_deg`` (the TG-43 2D and 1D functions are symmetric about the transverse plane), and
+    interpolated bilinearly. Points beyond ``r_max_cm`` use the kernel itself. With the defaults
+    the largest relative difference to the kernel is below 0.3 % (test_optimizer checks 0.5 %):
+    the optimiser's matrix only, every reported dose comes from the dose engine.
+    """
+
+    def __init__(self, kernel, r_max_cm=12.0, n_r=1500, dtheta_deg=0.5):
+        self.kernel = kernel
+        self.r_min = kernel.r_cap_cm
+        self.r_max = float(r_max_cm)
+        self.lr0 = math.log(self.r_min)
+        self.dlr = (math.log(self.r_max) - self.lr0) / (n_r - 1)
+        self.dth = float(dtheta_deg)
+        r = np.exp(self.lr0 + self.dlr * np.arange(n_r))
+        th = np.arange(0.0, 90.0 + 1e-9, self.dth)
+        rr, tt = np.meshgrid(r, th, indexing="ij")
+        rate, _ = kernel.dose_rate_per_U(rr.ravel(), np.cos(np.radians(tt.ravel())))
+        self.table = rate.reshape(rr.shape)
+
+    def rate_per_U(self, r_cm, cos_theta):
+        """Dose rate (cGy/h per U) at (r, cos theta), any shape."""
+        r = np.asarray(r_cm, dtype=float)
+        c = np.abs(np.clip(np.asarray(cos_theta, dtype=float), -1.0, 1.0))
+        fr = (np.log(np.maximum(r, self.r_min)) - self.lr0) / self.dlr
+        ft = np.degrees(np.arccos(c)) / self.dth
+        nr, nt = self.table.shape
+        ir = np.clip(fr.astype(np.int64), 0, nr - 2)
+        it = np.clip(ft.astype(np.int64), 0, nt - 2)
+        wr = np.clip(fr - ir, 0.0, 1.0)
+        wt = np.clip(ft - it, 0.0, 1.0)
+        t = self.table
+        out = ((1 - wr) * ((1 - wt) * t[ir, it] + wt * t[ir, it + 1])
+               + wr * ((1 - wt) * t[ir + 1, it] + wt * t[ir + 1, it + 1]))
+        far = r > self.r_max
+        if np.any(far):
+            out[far] = self.kernel.dose_rate_per_U(r[far], np.asarray(cos_theta, dtype=float)[far])[0]
+        return out
+
+
+def influence_matrix(points, positions, axes, kernel, gy_per_U_h, strength_U, chunk=64, table=None):
     """Dose (Gy) at ``points`` (N, 3) from one seed of ``strength_U`` at each candidate: (N, C) float32.
 
     ``gy_per_U_h`` converts cGy/h to the planned quantity: dose_factor_h / 100 (total dose).
+    With a :class:`KernelTable` the kernel is interpolated from its table (faster).
     """
     pts = np.asarray(points, dtype=float).reshape(-1, 3)
     pos = np.asarray(positions, dtype=float).reshape(-1, 3)
@@ -147,7 +192,7 @@ def influence_matrix(points, positions, axes, kernel, gy_per_U_h, strength_U, ch
         z = np.einsum("ijk,jk->ij", d, ax[a:b])
         with np.errstate(invalid="ignore", divide="ignore"):
             c = np.where(r > 0, z / np.where(r > 0, r, 1.0), 1.0)
-        rate, _ = kernel.dose_rate_per_U(r, c)
+        rate = table.rate_per_U(r, c) if table is not None else kernel.dose_rate_per_U(r, c)[0]
         out[:, a:b] = rate * scale
     return out
 
@@ -429,30 +474,41 @@ def solve_anneal(prob: PlanningProblem, x0, time_limit_s=6.0, needle_weight=1.0,
     w_seed = 1.0 / seed_ref
     w_needle = needle_weight / seed_ref
 
+    inv_levels = [(1.0 / lvl, frac) for lvl, frac in levels]
+    hot1, hot2 = 1.5 * rx, 2.0 * rx
+    inv_n = 1.0 / n_pts
+
     def cost(d, od, nseeds, nneedles):
         c = 0.0
-        for lvl, frac in levels:
-            cov = np.count_nonzero(d >= lvl) / n_pts
+        for inv, frac in inv_levels:
+            u = d * inv
+            cov = np.count_nonzero(u >= 1.0) * inv_n
             c += 200.0 * max(0.0, frac + 0.01 - cov)
-            c += 2.0 * float(np.mean(np.maximum(0.0, 1.0 - d / lvl)))
-        v150 = float(np.mean(d >= 1.5 * rx))
-        v200 = float(np.mean(d >= 2.0 * rx))
+            np.subtract(1.0, u, out=u)
+            np.maximum(u, 0.0, out=u)
+            c += 2.0 * float(u.sum()) * inv_n
+        v150 = np.count_nonzero(d >= hot1) * inv_n
+        v200 = np.count_nonzero(d >= hot2) * inv_n
         c += 0.1 * (v150 + v200) + 2.0 * (max(0.0, v150 - g.v150_max) + max(0.0, v200 - g.v200_max))
         for dd, lim in zip(od, oar_lim):
-            c += 20.0 * float(np.sum(np.maximum(0.0, dd - lim))) / lim
+            excess = dd - lim
+            c += 20.0 * float(excess[excess > 0].sum()) / lim
         return c + w_seed * nseeds + w_needle * nneedles
 
     x = np.asarray(x0, dtype=bool).copy()
-    per_needle = np.bincount(prob.needle_index[x], minlength=prob.n_needles)
+    nidx = prob.needle_index
+    ncost = prob.needle_cost
+    per_needle = np.bincount(nidx[x], minlength=prob.n_needles)
     d = prob.fixed_opt + Dt[x].sum(axis=0)
     od = [f + Dk[x].sum(axis=0) for f, Dk in zip(oar_f, oar_D)]
-    nneed = lambda pn: float(np.sum((pn > 0) * prob.needle_cost))  # noqa: E731
-    cur = cost(d, od, x.sum(), nneed(per_needle))
+    n_seeds = int(x.sum())
+    needle_total = float(np.sum((per_needle > 0) * ncost))
+    cur = cost(d, od, n_seeds, needle_total)
     best, best_x = cur, x.copy()
     t0 = time.monotonic()
     T0, T1 = 0.02, 0.0002
     it = 0
-    on_list = lambda: np.flatnonzero(x)  # noqa: E731
+    on = np.flatnonzero(x)
     stopped = False
     for it in range(n_iter):
         frac = it / n_iter
@@ -463,7 +519,6 @@ def solve_anneal(prob: PlanningProblem, x0, time_limit_s=6.0, needle_weight=1.0,
             _progress.report(progress, frac, "plan: annealing")
         T = T0 * (T1 / T0) ** frac
         move = rng.random()
-        on = on_list()
         add, rem = -1, -1
         if move < 0.35 or not len(on):
             add = int(rng.integers(C))
@@ -482,27 +537,30 @@ def solve_anneal(prob: PlanningProblem, x0, time_limit_s=6.0, needle_weight=1.0,
                 continue
         if add >= 0 and any(x[k] and k != rem for k in nbrs[add]):
             continue
-        dn = d.copy()
-        odn = [v.copy() for v in od]
-        pn = per_needle.copy()
+        dn, odn = d, od
+        dneedle = 0.0
         if rem >= 0:
-            dn -= Dt[rem]
-            for v, Dk in zip(odn, oar_D):
-                v -= Dk[rem]
-            pn[prob.needle_index[rem]] -= 1
+            dn = dn - Dt[rem]
+            odn = [v - Dk[rem] for v, Dk in zip(odn, oar_D)]
+            if per_needle[nidx[rem]] == 1 and not (add >= 0 and nidx[add] == nidx[rem]):
+                dneedle -= ncost[nidx[rem]]
         if add >= 0:
-            dn += Dt[add]
-            for v, Dk in zip(odn, oar_D):
-                v += Dk[add]
-            pn[prob.needle_index[add]] += 1
-        ns = x.sum() + (add >= 0) - (rem >= 0)
-        new = cost(dn, odn, ns, nneed(pn))
+            dn = dn + Dt[add]
+            odn = [v + Dk[add] for v, Dk in zip(odn, oar_D)]
+            if per_needle[nidx[add]] == 0:
+                dneedle += ncost[nidx[add]]
+        ns = n_seeds + (add >= 0) - (rem >= 0)
+        new = cost(dn, odn, ns, needle_total + dneedle)
         if new <= cur or rng.random() < math.exp(-(new - cur) / T):
             if rem >= 0:
                 x[rem] = False
+                per_needle[nidx[rem]] -= 1
             if add >= 0:
                 x[add] = True
-            d, od, per_needle, cur = dn, odn, pn, new
+                per_needle[nidx[add]] += 1
+            d, od, cur, n_seeds = dn, odn, new, ns
+            needle_total += dneedle
+            on = np.flatnonzero(x)
             if cur < best:
                 best, best_x = cur, x.copy()
     note = f", stopped by the time limit after {it} of {n_iter} iterations" if stopped else ""
@@ -591,14 +649,15 @@ def build_problem(cands, n_needles, needle_cost, target_opt_points, target_chk_p
             out += rate * f
         return out
 
-    D_opt = influence_matrix(target_opt_points, cands.positions, cands.axes, kernel, gy_per_U_h, strength_U)
-    D_chk = influence_matrix(target_chk_points, cands.positions, cands.axes, kernel, gy_per_U_h, strength_U)
+    table = KernelTable(kernel)
+    D_opt = influence_matrix(target_opt_points, cands.positions, cands.axes, kernel, gy_per_U_h, strength_U, table=table)
+    D_chk = influence_matrix(target_chk_points, cands.positions, cands.axes, kernel, gy_per_U_h, strength_U, table=table)
     oars = []
     for oc, pts, voxel_cc, rank in oar_samples:
         pts = np.asarray(pts, float).reshape(-1, 3)
         if not len(pts):
             continue
-        Do = influence_matrix(pts, cands.positions, cands.axes, kernel, gy_per_U_h, strength_U)
+        Do = influence_matrix(pts, cands.positions, cands.axes, kernel, gy_per_U_h, strength_U, table=table)
         fo = fixed_dose(pts)
         order = np.argsort(rank, kind="stable")
         for vol, lim, lab in oc.limits():

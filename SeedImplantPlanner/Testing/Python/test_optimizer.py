@@ -9,7 +9,7 @@ from SeedImplantPlannerLib.errors import CancelledError, InputError
 from SeedImplantPlannerLib.geometry import ImageGeometry
 from SeedImplantPlannerLib.loading import LoadingRules
 from SeedImplantPlannerLib.needles import mask_points
-from SeedImplantPlannerLib.optimizer import Goals, OARConstraint, influence_matrix
+from SeedImplantPlannerLib.optimizer import Goals, KernelTable, OARConstraint, influence_matrix
 from SeedImplantPlannerLib.plan import plan_from_masks, uniform_plan
 from SeedImplantPlannerLib.sources import get_model
 from SeedImplantPlannerLib.tg43 import TG43Kernel
@@ -137,6 +137,15 @@ class ProblemPiecesTest(unittest.TestCase):
         # 0.5 U at 1 cm on the transverse axis: Lambda * S_K * tau / 100 Gy
         one = influence_matrix([[10.0, 0, 0]], [[0, 0, 0]], [[0, 0, 1.0]], k, model.mean_life_h / 100.0, 0.5)
         self.assertAlmostEqual(float(one[0, 0]), 0.965 * 0.5 * model.mean_life_h / 100.0, places=3)
+
+    def test_kernel_table_matches_the_kernel(self):
+        rng = np.random.default_rng(5)
+        r = np.exp(rng.uniform(np.log(0.02), np.log(14.0), 200_000))
+        c = rng.uniform(-1.0, 1.0, r.size)
+        for model in ("I125_OncoSeed_6711", "Pd103_TheraSeed_200"):
+            k = TG43Kernel(get_model(model))
+            t = KernelTable(k)
+            np.testing.assert_allclose(t.rate_per_U(r, c), k.dose_rate_per_U(r, c)[0], rtol=5e-3)
 
     def test_goal_validation_and_levels(self):
         with self.assertRaisesRegex(InputError, "prescription dose must be > 0"):
