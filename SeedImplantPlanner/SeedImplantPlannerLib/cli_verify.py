@@ -24,7 +24,7 @@ FOUND_COLUMNS = SEED_COLUMNS + ("confidence", "cluster_id", "seeds_in_cluster")
 def roi_from_segmentation(path, segment, margin_mm, ct_geometry):
     """ROI mask on the CT grid: ``segment`` of the segmentation at ``path`` grown by ``margin_mm``."""
     from .structures import Structure, expand_margin, mask_on_grid, read_structures, find_structure
-    structures = read_structures(path)
+    structures = read_structures(path, allow_empty=True)
     if segment is None:
         from .structures import TARGET_NAMES, guess_role_structure
         st = guess_role_structure(structures, TARGET_NAMES)
@@ -125,7 +125,7 @@ def cmd_verify(args):
     target = None
     if args.structures:
         from .structures import find_structure, read_structures, guess_role_structure, TARGET_NAMES
-        structures = read_structures(args.structures)
+        structures = read_structures(args.structures, allow_empty=True)
         target = (find_structure(structures, args.target) if args.target
                   else guess_role_structure(structures, TARGET_NAMES))
         if target is None:
