@@ -193,11 +193,12 @@ def render_slice_view(ctx, path, orientation, center_ras, fov_mm, ct_node=None, 
 
 
 def render_3d_view(ctx, path, center_ras, fov_mm, segmentation_node=None, size=(512, 512),
-                   azimuth=-30.0, elevation=20.0, frame_bounds=None):
+                   azimuth=-30.0, elevation=20.0, frame_bounds=None, view_from=(0.0, 1.0, 0.0)):
     """Render a 3D view (isodose surfaces, structures, needles, seeds) around ``center_ras`` to PNG.
 
-    ``frame_bounds`` (xmin, xmax, ymin, ymax, zmin, zmax) is the box the camera frames (default:
-    the cube of side ``fov_mm`` around the centre).
+    The camera looks from ``view_from`` (a RAS direction, default anterior), turned by ``azimuth``
+    and ``elevation`` degrees. ``frame_bounds`` (xmin, xmax, ymin, ymax, zmin, zmax) is the box the
+    camera frames (default: the cube of side ``fov_mm`` around the centre).
     """
     slicer = _slicer()
     scene, app_logic = ctx.scene, ctx.app_logic
@@ -220,8 +221,11 @@ def render_3d_view(ctx, path, center_ras, fov_mm, segmentation_node=None, size=(
         cam = view.renderer.GetActiveCamera()
         c = np.asarray(center_ras, float)
         cam.SetFocalPoint(*c)
-        cam.SetPosition(*(c + np.array([0.0, -float(fov_mm), 0.0])))  # from anterior
-        cam.SetViewUp(0.0, 0.0, 1.0)
+        v = np.asarray(view_from, float)
+        v = v / np.linalg.norm(v)
+        cam.SetPosition(*(c + float(fov_mm) * v))
+        up = np.array([0.0, 0.0, 1.0]) if abs(v[2]) < 0.9 else np.array([0.0, 1.0, 0.0])
+        cam.SetViewUp(*up)
         cam.Azimuth(azimuth)
         cam.Elevation(elevation)
         cam.OrthogonalizeViewUp()
@@ -300,7 +304,9 @@ def write_plan_pictures(ctx, out_dir, ct_node=None, dose_node=None, segmentation
         path = out_dir / f"{prefix}_{v}.png"
         if v == "3d":
             out[v] = render_3d_view(ctx, path, center, fov, segmentation_node, size,
-                                    frame_bounds=_plan_bounds(seeds_node, isodose_nodes))
+                                    frame_bounds=_plan_bounds(seeds_node, isodose_nodes),
+                                    view_from=least_occluded_side(center, segmentation_node, segments_3d,
+                                                                  _entry_side(needle_nodes)))
         else:
             out[v] = render_slice_view(ctx, path, SLICE_VIEWS[v], center, fov, ct_node, dose_node,
                                        dose_opacity, size)
@@ -324,3 +330,66 @@ def _plan_bounds(seeds_node, isodose_nodes):
     lo = np.min([b[0] for b in boxes], axis=0) - 5.0
     hi = np.max([b[1] for b in boxes], axis=0) + 5.0
     return [lo[0], hi[0], lo[1], hi[1], lo[2], hi[2]]
+
+
+def _entry_side(needle_nodes):
+    """Direction the needles come from (mean tip -> entry), or anterior without needles.
+
+    Looking from the entry side shows the needles and the seeds with little anatomy in front.
+    """
+    dirs = []
+    for node in needle_nodes:
+        n = node.GetNumberOfControlPoints()
+        if n >= 2:
+            d = np.array(node.GetNthControlPointPosition(0)) - np.array(node.GetNthControlPointPosition(n - 1))
+            if np.linalg.norm(d) > 0:
+                dirs.append(d / np.linalg.norm(d))
+    if dirs:
+        m = np.mean(dirs, axis=0)
+        if np.linalg.norm(m) > 1e-6:
+            return tuple(m / np.linalg.norm(m))
+    return (0.0, 1.0, 0.0)
+
+
+def least_occluded_side(center_ras, segmentation_node=None, segment_ids=None, preferred=(0.0, 1.0, 0.0),
+                        reach_mm=150.0, spread_mm=15.0):
+    """Camera direction (one of the six RAS axes, or ``preferred``) with the least structure in front.
+
+    For each candidate, 9 parallel rays leave the centre (a 3 x 3 bundle ``spread_mm`` apart) and
+    are sampled every 2 mm up to ``reach_mm``; the score is the number of samples inside a shown
+    segment other than the first (the target). Ties keep ``preferred``, then the list order.
+    """
+    preferred = np.asarray(preferred, float)
+    candidates = [preferred] + [np.array(v, float) for v in
+                                ((0, 1, 0), (0, -1, 0), (1, 0, 0), (-1, 0, 0), (0, 0, 1), (0, 0, -1))]
+    if segmentation_node is None:
+        return tuple(preferred)
+    from . import mrml_adapters as ma  # noqa: PLC0415
+    ids = list(segment_ids) if segment_ids is not None else ma.segment_ids(segmentation_node)
+    blockers = []
+    for sid in ids[1:]:
+        try:
+            blockers.append(ma.segment_structure(segmentation_node, sid))
+        except InputError:
+            continue
+    if not blockers:
+        return tuple(preferred)
+    c = np.asarray(center_ras, float)
+    t = np.arange(20.0, reach_mm, 2.0)
+    best, best_score = preferred, None
+    for d in candidates:
+        d = d / np.linalg.norm(d)
+        helper = np.array([1.0, 0.0, 0.0]) if abs(d[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+        u = np.cross(d, helper)
+        u /= np.linalg.norm(u)
+        w = np.cross(d, u)
+        offsets = [a * u + b * w for a in (-spread_mm, 0.0, spread_mm) for b in (-spread_mm, 0.0, spread_mm)]
+        pts = np.concatenate([c + o + t[:, None] * d for o in offsets])
+        score = 0
+        for s in blockers:
+            ijk = np.rint(s.geometry.ras_to_ijk(pts)).astype(np.int64)
+            ok = np.all((ijk >= 0) & (ijk < np.asarray(s.geometry.size)), axis=1)
+            score += int(np.count_nonzero(s.mask[ijk[ok, 2], ijk[ok, 1], ijk[ok, 0]]))
+        if best_score is None or score < best_score:
+            best, best_score = d, score
+    return tuple(best)
