@@ -28,10 +28,13 @@ def _flush_notes():
 
 def _read_dose(path, what="dose"):
     from .imageio import read_image
+    from .dvh import check_dose
     arr, geometry = read_image(path)
     if not np.issubdtype(arr.dtype, np.number):
         raise InputError(f"{path}: {what} image is not numeric")
-    return arr.astype(np.float64), geometry
+    arr = arr.astype(np.float64)
+    check_dose(arr, geometry, f"{what} grid {path}")
+    return arr, geometry
 
 
 def _structures(args):
@@ -166,10 +169,32 @@ def cmd_metrics(args):
     if args.json:
         write_json(args.json, ev.to_dict())
         print(f"wrote {args.json}")
+    if args.time_curve_csv or args.time_curve_png:
+        _write_time_curve(args, ev)
     if args.fail_on_goals and ev.n_goals_failed:
         print(f"seedplan: {ev.n_goals_failed} goal(s) failed", file=sys.stderr)
         return 1
     return 0
+
+
+def _write_time_curve(args, ev):
+    """Dose (and BED) accumulated against time at the target's D90 (CSV and/or PNG)."""
+    from .radiobiology import LQParams, time_curve
+    if ev.target is None or not math.isfinite(ev.metrics[ev.target]["D90"]["Gy"]):
+        raise InputError("the dose/BED time curve needs a target (give --target)")
+    d90 = ev.metrics[ev.target]["D90"]["Gy"]
+    rb = ev.radiobiology.get(ev.target)
+    params = LQParams(**rb["parameters"]) if rb else None
+    c = time_curve(d90, args.half_life_days, params)
+    if args.time_curve_csv:
+        from .fileio import write_csv
+        cols = [k for k in ("t_days", "dose_Gy", "bed_Gy", "bed_repop_Gy") if k in c]
+        write_csv(args.time_curve_csv, [{k: f"{c[k][i]:.6g}" for k in cols} for i in range(len(c["t_days"]))], cols)
+        print(f"wrote {args.time_curve_csv}")
+    if args.time_curve_png:
+        from .charts import save_png, time_curve_figure
+        save_png(time_curve_figure({f"{ev.target} D90 ({d90:.0f} Gy)": c}), args.time_curve_png)
+        print(f"wrote {args.time_curve_png}")
 
 
 def cmd_compare(args):
@@ -359,6 +384,8 @@ def register(sub):
     p.add_argument("--goals-csv", help="goal results CSV")
     p.add_argument("--json", help="everything as JSON")
     p.add_argument("--fail-on-goals", action="store_true", help="exit 1 when a goal fails")
+    p.add_argument("--time-curve-csv", help="dose (and BED with --bed) accumulated against time at the target D90 (CSV)")
+    p.add_argument("--time-curve-png", help="the same curve as a PNG chart")
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("compare", help="compare two dose grids: metric deltas, DVH overlay, difference, gamma")

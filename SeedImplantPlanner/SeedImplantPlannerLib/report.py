@@ -32,7 +32,7 @@ import math
 import numpy as np
 
 from . import __version__
-from .errors import InputError
+from .errors import InputError, SeedPlanError
 from .metrics import format_value, parse_metric
 
 
@@ -92,7 +92,7 @@ def plan_summary(evaluation, plan=None, seeds=None) -> list:
             from .sources import get_model
             factors = {get_model(m).u_per_mci for m in dict.fromkeys(seeds.models)}
             u_per_mci = factors.pop() if len(factors) == 1 else None
-        except Exception:  # noqa: BLE001 -- unknown user model: mCi just not shown
+        except SeedPlanError:  # unknown user model: mCi just not shown
             u_per_mci = None
     rows.append(("Source model", models or "-"))
     strength = plan.get("strength_U")

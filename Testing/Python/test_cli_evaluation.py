@@ -81,7 +81,8 @@ class EvaluationCli(unittest.TestCase):
     # -- happy paths ------------------------------------------------------------------------
     def test_metrics_with_preset_goals_and_bed(self):
         r = self.run_ok("metrics", "--dose", "dose.nrrd", "--structures", "seg.seg.nrrd", "--names", "Body,GTV,Urethra,Rectum",
-                        "--goals", "prostate_I125", "--bed", "--csv", "m.csv", "--json", "m.json", "--goals-csv", "g.csv")
+                        "--goals", "prostate_I125", "--bed", "--csv", "m.csv", "--json", "m.json", "--goals-csv", "g.csv",
+                        "--time-curve-csv", "t.csv", "--time-curve-png", "t.png")
         self.assertIn("prescription 145 Gy taken from goals", r.stderr)
         self.assertRegex(r.stdout, r"\[(PASS|FAIL)\] GTV: V100 >= 95%")
         self.assertRegex(r.stdout, r"\[(PASS|FAIL)\] Urethra: D10 <= 150%")
@@ -93,6 +94,10 @@ class EvaluationCli(unittest.TestCase):
         self.assertEqual(by[("GTV", "V100cc")]["unit"], "cc")
         doc = json.loads((self.dir / "m.json").read_text())
         self.assertEqual(doc["target"], "GTV")
+        t = list(csv.DictReader(open(self.dir / "t.csv")))
+        self.assertEqual(list(t[0]), ["t_days", "dose_Gy", "bed_Gy"])
+        self.assertAlmostEqual(float(t[-1]["dose_Gy"]), doc["structures"][1]["metrics"]["D90"]["Gy"], delta=0.01 * float(t[-1]["dose_Gy"]))
+        self.assertTrue((self.dir / "t.png").read_bytes().startswith(b"\x89PNG"))
         self.assertIn("BED_D90_Gy", doc["radiobiology"]["GTV"])
         self.assertTrue(all(g["status"] in ("pass", "fail", "not evaluated (structure missing)", "undefined")
                             for g in doc["goals"]))
@@ -174,7 +179,7 @@ class EvaluationCli(unittest.TestCase):
         self.check_bad(base + ["--dose", "dose_far.nrrd", "--rx", "145", "--names", "GTV"],
                        "structure 'GTV' lies entirely outside the dose grid", "bad.csv")
         self.check_bad(base + ["--dose", "dose_nan.nrrd", "--rx", "145", "--names", "GTV"],
-                       r"dose grid holds 1 NaN/Inf voxel\(s\)", "bad.csv")
+                       r"dose grid dose_nan.nrrd holds 1 NaN/Inf voxel\(s\)", "bad.csv")
         self.check_bad(base + ["--dose", "dose.nrrd", "--rx", "0", "--names", "GTV"],
                        "prescription dose must be > 0 Gy", "bad.csv")
         self.check_bad(base + ["--dose", "dose.nrrd", "--rx", "-5", "--names", "GTV"],

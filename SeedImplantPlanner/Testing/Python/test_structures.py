@@ -119,6 +119,27 @@ class TestMargins(unittest.TestCase):
 
 
 class TestReadStructures(unittest.TestCase):
+    def test_nifti_labelmap_with_names_resampled_onto_an_oblique_grid(self):
+        from SeedImplantPlannerLib.imageio import write_image
+        g = ImageGeometry((30, 30, 30), (1.0, 1.0, 1.0), (-15, -15, -15))
+        lab = np.zeros(g.shape, np.uint8)
+        lab[sphere(g, (0, 0, 0), 6.0)] = 3
+        with tempfile.TemporaryDirectory() as tmp:
+            p = Path(tmp) / "labels.nii.gz"
+            write_image(p, lab, g)
+            Path(str(p) + ".labels.json").write_text('{"3": "GTV"}')
+            (gtv,) = read_structures(p)
+        self.assertEqual(gtv.name, "GTV")
+        np.testing.assert_array_equal(gtv.mask, lab == 3)
+        dst = ImageGeometry((12, 12, 12), (1.5, 1.5, 1.5), (-3.0, -12.0, -8.0), rotation_z(45.0))
+        out = mask_on_grid(gtv, dst)
+        ijk = np.rint(g.ras_to_ijk(dst.voxel_centers_ras())).astype(int)
+        ok = np.all((ijk >= 0) & (ijk < 30), axis=-1)
+        expected = np.zeros(dst.shape, bool)
+        expected[ok] = lab[ijk[ok][:, 2], ijk[ok][:, 1], ijk[ok][:, 0]] == 3
+        np.testing.assert_array_equal(out, expected)
+        self.assertGreater(out.sum(), 20)
+
     def test_reads_seg_nrrd_and_reports_missing_names(self):
         g = ImageGeometry((20, 20, 20), (1.0, 1.0, 1.0), (-10, -10, -10))
         with tempfile.TemporaryDirectory() as tmp:
