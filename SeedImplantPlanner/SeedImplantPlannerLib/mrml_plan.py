@@ -265,6 +265,41 @@ class Evaluation:
         return bins, curves, goal_rows + metric_rows + rows, ev.n_goals_failed
 
 
+def optimizer_goals(goal_set, prescription_Gy, target, organs):
+    """:class:`optimizer.Goals` from the goals of a :class:`goals.GoalSet` that the optimiser can aim at.
+
+    Target: ``V100 >= x%``, ``D90 >= x% | Gy``, ``V150 <= x%``, ``V200 <= x%``; organs: ``Dmax``,
+    ``D2cc``, ``D0.1cc <= x Gy | %``. Every other goal is still checked in the metrics table.
+    Without a goal set (or with nothing that maps) the optimiser's defaults apply.
+    """
+    from .optimizer import Goals, OARConstraint
+    rx = float(prescription_Gy)
+    kw = {}
+    oars = []
+    names = [target] + list(organs)
+    if goal_set is not None:
+        entry = goal_set.entry_for(target, names)
+        for g in (entry.goals if entry is not None else []):
+            m, up = g.metric.name, g.op in (">=", ">")
+            if m == "V100" and up and g.unit == "%":
+                kw["v100_min"] = g.limit / 100.0
+            elif m == "D90" and up and g.unit in ("%rx", "Gy"):
+                kw["d90_min_frac"] = g.limit / 100.0 if g.unit == "%rx" else g.limit / rx
+            elif m in ("V150", "V200") and not up and g.unit == "%":
+                kw["v150_max" if m == "V150" else "v200_max"] = g.limit / 100.0
+        for organ in organs:
+            entry = goal_set.entry_for(organ, names)
+            limits = {}
+            for g in (entry.goals if entry is not None else []):
+                key = {"Dmax": "dmax_Gy", "D2cc": "d2cc_Gy", "D0.1cc": "d0_1cc_Gy"}.get(g.metric.name)
+                if key and g.op in ("<=", "<") and g.unit in ("Gy", "%rx"):
+                    limits[key] = g.limit if g.unit == "Gy" else g.limit / 100.0 * rx
+            oars.append(OARConstraint(organ, **limits) if limits else organ)
+    else:
+        oars = list(organs)
+    return Goals(rx, oars=[o for o in oars if not isinstance(o, str)], **kw), oars
+
+
 # ------------------------------------------------------------------------------------------------
 # needles as nodes
 # ------------------------------------------------------------------------------------------------
@@ -781,6 +816,7 @@ class PlanScene:
         """Inverse planning (:func:`plan.plan_from_masks`): needles, seed loading, dose; returns the Plan.
 
         ``needle_mode``: "template", "fan" or "freehand" (``needles``, default: the plan's needle nodes).
+        ``goals`` (:class:`optimizer.Goals`) default to :func:`optimizer_goals` of the plan's goal set.
         """
         from .plan import plan_from_masks
         target = self.params.get("targetSegmentId")
@@ -795,11 +831,16 @@ class PlanScene:
             if not needles:
                 raise InputError("free-hand planning needs needles: add needle lines first")
         ref, implant = self.params.get("referenceDate") or None, self.params.get("implantDate") or None
-        plan = plan_from_masks(geometry, masks, self._names([target])[0], oars=self._names(organs),
+        target_name, organ_names = self._names([target])[0], self._names(organs)
+        rx = self.params.get("prescriptionDoseGy")
+        oars = organ_names
+        if goals is None and self.goals is not None:
+            goals, oars = optimizer_goals(self.goals, rx, target_name, organ_names)
+        plan = plan_from_masks(geometry, masks, target_name, oars=oars,
                                forbidden=self._names(forbidden), model_id=self.params.get("seedModel"),
                                strength=self.params.get("strengthValue"), strength_unit=self.params.get("strengthUnit"),
                                reference_date=ref, implant_date=implant,
-                               prescription_Gy=self.params.get("prescriptionDoseGy"), goals=goals,
+                               prescription_Gy=rx, goals=goals,
                                needle_mode=needle_mode, direction=direction, template_spacing_mm=template_spacing_mm,
                                needles=needles, approach=approach, method=method, time_limit_s=time_limit_s,
                                progress=_progress.scaled(progress, 0.0, 0.75))

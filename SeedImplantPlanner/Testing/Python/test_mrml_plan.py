@@ -163,13 +163,32 @@ class PlanningWorkflowTest(PlanSceneTestCase):
         self.assertEqual([(h.needle_number, h.structure) for h in hits], [(4, "Bone")])
 
     def test_inverse_planning_fills_needles_and_seeds(self):
-        plan = self.build()
+        from SeedImplantPlannerLib.goals import goals_from_text
+        plan = self.build(goals=goals_from_text("PTV: V100 >= 90%\nOAR: Dmax <= 200%"))
         result = plan.plan_implant("template", "S", 5.0, time_limit_s=0.5)
+        self.assertAlmostEqual(result.goals.v100_min, 0.90)
+        self.assertEqual(result.goals.oars[0].dmax_Gy, 2.0 * RX)
         seeds, numbers = plan.seeds()
         self.assertEqual(len(seeds), len(result.seeds))
         self.assertTrue(np.all(numbers > 0))
         self.assertTrue(set(numbers) <= {n.number for n in plan.needles()})
         self.assertEqual(len(plan.dose_grid.seeds), len(seeds))
+
+    def test_goal_set_becomes_optimizer_goals(self):
+        from SeedImplantPlannerLib.goals import goals_from_text
+        from SeedImplantPlannerLib.optimizer import OARConstraint
+        gs = goals_from_text("PTV: V100 >= 97%; D90 >= 110%; V150 <= 55%; CI >= 0.6\n"
+                             "OAR: D2cc <= 100 Gy; Dmax <= 150%; V100 < 1 cc")
+        goals, oars = mp.optimizer_goals(gs, RX, "PTV", ["OAR", "Other"])
+        self.assertAlmostEqual(goals.v100_min, 0.97)
+        self.assertAlmostEqual(goals.d90_min_frac, 1.10)
+        self.assertAlmostEqual(goals.v150_max, 0.55)
+        self.assertIsInstance(oars[0], OARConstraint)
+        self.assertEqual((oars[0].d2cc_Gy, oars[0].dmax_Gy), (100.0, 1.5 * RX))
+        self.assertEqual(oars[1], "Other")
+        default, names = mp.optimizer_goals(None, RX, "PTV", ["OAR"])
+        self.assertEqual(names, ["OAR"])
+        self.assertEqual(default.prescription_Gy, RX)
 
     def test_report_export(self):
         plan = self.build()
