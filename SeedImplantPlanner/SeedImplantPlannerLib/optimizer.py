@@ -2,7 +2,8 @@
 
 The planning problem is posed on a sampled dose-influence matrix: ``D[i, j]`` is the total dose
 (Gy, full decay) that candidate seed ``j`` (position, axis = needle tangent, strength S_K) gives to
-sample point ``i``, from the TG-43U1 kernel (:class:`tg43.TG43Kernel`). Points are a seeded random
+sample point ``i``, from the TG-43U1 kernel (:class:`tg43.TG43Kernel`, interpolated from a
+:class:`KernelTable`). Points are a seeded random
 sample of target voxels (each standing for an equal share of the target volume) and of the
 organ-at-risk voxels near the target. Goals (all user-set):
 
@@ -15,22 +16,23 @@ Methods (compared in ``benchmarks/bench_plan.py``):
 
 ``mip``
     A mixed-integer program solved by HiGHS (``scipy.optimize.milp``) in the spirit of the
-    integer-programming seed-placement models of Lee et al. (Annals of Operations Research 2003;
-    "Treatment planning for brachytherapy: an integer programming model...", Phys Med Biol 1999)
-    and the dose-volume MIP of Gorissen et al. (arXiv:1408.2746): binary ``x_j`` (seed loaded),
-    ``y_n`` (needle used), ``z_i`` (point i receives the coverage level), constraints
-    ``D_i x + f_i >= level * z_i`` and ``sum z >= fraction * N``, ``x_j <= y_n``, conflict pairs
-    ``x_a + x_b <= 1``, OAR points ``D_k x + f_k <= limit + s_k``; objective
-    ``sum x + w_needle * sum y + penalties(slack, coverage shortfall)``. Coverage shortfall and
-    OAR slack are penalised, not forbidden, so the model always has a solution and goals that
-    cannot be met are reported instead of making the solver search forever. Entries below
-    ``sparsify_frac`` x prescription are dropped (conservative for coverage); a time limit returns
-    the best incumbent.
+    integer-programming seed-placement models of E.K. Lee et al. ("Treatment planning for
+    brachytherapy: an integer programming model, two computational approaches and experiments
+    with permanent prostate implant planning"; Annals of Operations Research, DOI
+    10.1023/A:1022986523863) and the dose-volume MIP of Gorissen et al. (arXiv:1408.2746):
+    binary ``x_j`` (seed loaded), ``y_n`` (needle used), ``z_i`` (point i receives the coverage
+    level), constraints ``D_i x + f_i >= level * z_i`` and ``sum z >= fraction * N``,
+    ``x_j <= y_n``, conflict pairs ``x_a + x_b <= 1``, OAR points ``D_k x + f_k <= limit + s_k``;
+    objective ``sum x + w_needle * sum y + penalties(slack, coverage shortfall)``. Coverage
+    shortfall and OAR slack are penalised, not forbidden, so the model always has a solution and
+    goals that cannot be met are reported instead of making the solver search forever. Entries
+    below ``sparsify_frac`` x prescription are dropped (conservative for coverage); a time limit
+    returns the best incumbent.
 ``anneal`` (default: the benchmark shows it reaches the goals with fewer seeds within the time budget)
     Simulated annealing over the same matrix (flip / shift-along-needle / swap moves, incremental
     dose updates, geometric cooling, seeded ``numpy.random.Generator``), with a penalty objective
-    of the same goals (cf. the simulated-annealing inverse planning of Pouliot et al. 1996 and
-    Deist & Gorissen, arXiv:1703.09461).
+    of the same goals (cf. the dose-volume simulated annealing of Deist & Gorissen, Phys Med Biol,
+    DOI 10.1088/0031-9155/61/3/1155, arXiv:1703.09461).
 ``greedy``
     Start from uniform loading and prune, no global search (a reference, not a recommendation).
 
