@@ -148,7 +148,7 @@ def assign_roles(structures, target=None, body=None, goal_set: GoalSet | None = 
 def evaluate_plan(dose_Gy, geometry: ImageGeometry, structures, prescription_Gy, *, target=None, body=None,
                   goals: GoalSet | None = None, metrics=None, supersample="auto", radiobiology=None,
                   half_life_days=I125_HALF_LIFE_DAYS, dvh_max_dose_Gy=None, dose_at_points=None,
-                  interpolation="log", on_outside="error", progress=None) -> Evaluation:
+                  interpolation="log-cubic", on_outside="error", progress=None) -> Evaluation:
     """Evaluate a dose grid: DVH, metrics, conformity indices, goals and (optionally) BED per structure.
 
     ``structures``: list of :class:`Structure` (any grid) or ``{name: mask on the dose grid}``.

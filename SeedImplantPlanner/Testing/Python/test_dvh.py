@@ -124,11 +124,15 @@ class TestSmallStructureConvergence(unittest.TestCase):
             np.testing.assert_array_less(np.abs(a / b - 1), 0.01, err_msg=st.name)
 
     def test_interpolated_subvoxel_dose_converges_within_one_percent(self):
+        # from the dose grid alone (cubic spline of log dose): < 1% from 1 mm on, and from 2 mm for the wall;
+        # the urethra 3 mm from the needles keeps about 1% between 2 and 1 mm (docs/evaluation.md)
         for st in (self.urethra, self.wall):
             b, c = self.metrics(1.0, st), self.metrics(0.5, st)
-            np.testing.assert_array_less(np.abs(b / c - 1), 0.01, err_msg=st.name)
+            np.testing.assert_array_less(np.abs(b / c - 1), 0.005, err_msg=st.name)
         a, b = self.metrics(2.0, self.wall), self.metrics(1.0, self.wall)
-        np.testing.assert_array_less(np.abs(a / b - 1), 0.01)
+        np.testing.assert_array_less(np.abs(a / b - 1), 0.005)
+        a, b = self.metrics(2.0, self.urethra), self.metrics(1.0, self.urethra)
+        np.testing.assert_array_less(np.abs(a / b - 1), 0.0125)
 
     def test_voxel_centres_alone_are_not_enough_on_a_2_mm_grid(self):
         a, c = self.metrics(2.0, self.wall, mode="off"), self.metrics(0.5, self.wall, True)
