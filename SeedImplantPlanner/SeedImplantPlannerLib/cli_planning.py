@@ -48,6 +48,11 @@ def cmd_plan(args):
                              ("--template-spacing", args.template_spacing, 0.0), ("--seed-spacing", args.seed_spacing, 0.0)):
         if not value > low:
             raise InputError(f"{name} must be > 0, got {value:g}")
+    for name, value in (("--v100", args.v100), ("--v150", args.v150), ("--v200", args.v200)):
+        if not 0.0 <= value <= 100.0:
+            raise InputError(f"{name} is a percentage of the target volume between 0 and 100, got {value:g}")
+    if not 0.0 < args.d90 <= 300.0:
+        raise InputError(f"--d90 is a percentage of the prescription in (0, 300], got {args.d90:g}")
     if not args.margin >= 0:
         raise InputError(f"--margin must be >= 0 mm, got {args.margin:g}")
     if args.prescription is None or not args.prescription > 0:

@@ -365,6 +365,8 @@ def plan_from_masks(geometry, masks: dict, target: str, *, oars=(), forbidden=()
     for f in forbidden:
         k, m = get_mask(f, "forbidden structure")
         forb[k] = m
+    if not oars and goals.oars:
+        oars = goals.oars  # organ limits given through the goals only
     oar_cons = [o if isinstance(o, OARConstraint) else OARConstraint(str(o)) for o in oars]
     oar_masks = {}
     for o in oar_cons:

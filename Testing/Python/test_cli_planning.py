@@ -120,6 +120,7 @@ class PlanCommandTest(unittest.TestCase):
         args[args.index("--seed-spacing") + 1] = "-5"
         self.assertOneLineError(seedplan(*args, "--out", out), "--seed-spacing must be > 0")
         self.assertOneLineError(seedplan(*self.base, "--oar", "Bowel:D5cc=3", "--out", out), "must be Dmax=Gy")
+        self.assertOneLineError(seedplan(*self.base, "--v100", "950", "--out", out), "--v100 is a percentage")
         self.assertOneLineError(seedplan(*self.base, "--needle-mode", "freehand", "--out", out), "needs --needles")
         # a plate between skin and target: no needle can go through
         c = GEOM.voxel_centers_ras()

@@ -76,7 +76,9 @@ class InversePlanningTest(unittest.TestCase):
 
     def test_goals_that_cannot_be_met_return_the_best_plan_and_say_so(self):
         # an organ limit of 1 Gy on an organ 6 mm from the target cannot hold with V100 >= 95 %
-        p = plan_from_masks(GEOM, self.masks, "GTV", oars=[OARConstraint("Rectum", dmax_Gy=1.0)], prescription_Gy=RX,
+        # (the organ limit comes through the goals only)
+        goals = Goals(RX, oars=[OARConstraint("Rectum", dmax_Gy=1.0)])
+        p = plan_from_masks(GEOM, self.masks, "GTV", goals=goals, prescription_Gy=RX,
                             strength=0.5, direction="P", template_spacing_mm=5.0, rules=self.rules, body="Body",
                             rng_seed=3, **FAST)
         self.assertFalse(p.optimizer["goals_met"])
