@@ -101,7 +101,8 @@ def _evaluate(args, dose=None, geometry=None, structures=None, progress=None):
     ev = evaluate_plan(dose, geometry, structures, rx, target=args.target, body=args.body, goals=goals,
                        metrics=args.metric or None, supersample=_supersample(args.supersample),
                        radiobiology=_radiobiology(args, goals), half_life_days=getattr(args, "half_life_days", 59.4),
-                       dose_at_points=point_dose, progress=progress)
+                       dose_at_points=point_dose, progress=progress,
+                       dvh_max_dose_Gy=rx * args.dvh_max_percent / 100.0 if getattr(args, "dvh_max_percent", None) else None)
     return ev, dose, geometry, structures
 
 
@@ -375,6 +376,8 @@ def register(sub):
     _add_common(p)
     p.add_argument("--csv", help="output CSV (cumulative and differential, bins of 0.1%% of the prescription)")
     p.add_argument("--png", help="output DVH chart (PNG)")
+    p.add_argument("--dvh-max-percent", type=float, default=1000.0,
+                   help="last DVH bin at this %% of the prescription; it holds every higher dose (default 1000)")
     p.set_defaults(func=cmd_dvh)
 
     p = sub.add_parser("metrics", help="DVH metrics, conformity indices, goals, BED/EQD2")

@@ -412,9 +412,15 @@ def compute_dvh(samples: DoseSamples, bin_Gy, n_bins=None) -> DVH:
 
 
 def compute_dvhs(samples_list, prescription_Gy, fraction=0.001, max_dose_Gy=None):
-    """DVHs of several structures on one common set of bins (0.1% of the prescription by default)."""
+    """DVHs of several structures on one common set of bins (0.1% of the prescription by default).
+
+    ``max_dose_Gy`` caps the range: the last bin then holds every dose above it (the cumulative DVH
+    stays exact at every edge).
+    """
     top = max(s.max() for s in samples_list)
     if max_dose_Gy is not None:
+        if not math.isfinite(max_dose_Gy) or max_dose_Gy <= 0:
+            raise InputError(f"DVH maximum dose must be > 0 Gy, got {max_dose_Gy!r}")
         top = min(top, float(max_dose_Gy))
     bw = bin_width(prescription_Gy, max(top, 1e-12), fraction)
     n_bins = int(math.floor(top / bw)) + 2

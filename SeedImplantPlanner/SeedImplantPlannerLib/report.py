@@ -278,7 +278,7 @@ def render_html(evaluation, figures_png: dict, plan=None, seeds=None, title="See
     if evaluation.goal_results:
         rows, classes = _goal_rows(evaluation)
         parts.append("<h2>Goals</h2>" + _table(["Structure", "Goal", "Value", "Result", "Source"], rows, classes))
-    parts.append("<h2>Structures</h2>" + _table(["Structure", "Role", "Volume (cc)", "Sampling", "Outside grid"],
+    parts.append("<h2>Structures</h2>" + _table(["Structure", "Role", "Volume in dose grid (cc)", "Sampling", "Outside grid"],
                                                 _structure_rows(evaluation)))
     parts.append("<h2>Metrics</h2>" + _table(["Structure", "Metric", "Value"], _metric_table_rows(evaluation)))
     if evaluation.indices:
