@@ -93,6 +93,25 @@ class PlanCommandTest(unittest.TestCase):
         a, _ = read_image(dose_out)
         self.assertGreater(float(a.max()), 120.0)
 
+    def test_replanning_with_implanted_seeds_and_needles(self):
+        first = self.dir / "pre"
+        r = seedplan(*self.base, "--out", first)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        lines = (first / "seeds.csv").read_text().splitlines()
+        half = self.dir / "implanted.csv"
+        half.write_text("\n".join([lines[0]] + lines[1::2]) + "\n")
+        out = self.dir / "replan"
+        r = seedplan(*self.base, "--fixed-seeds", half, "--implanted-needles", first / "needles.csv",
+                     "--no-new-needles", "--out", out)
+        self.assertIn(r.returncode, (0, 3), r.stderr)
+        doc = json.loads((out / "plan.json").read_text())
+        n_fixed = len(lines[1::2])
+        self.assertEqual(doc["summary"]["n_fixed_seeds"], n_fixed)
+        self.assertTrue(all(n["fixed"] for n in doc["needles"]))
+        self.assertTrue(all(s["fixed"] for s in doc["seeds"][:n_fixed]))
+        self.assertFalse(any(s["fixed"] for s in doc["seeds"][n_fixed:]))
+        self.assertLess(doc["summary"]["n_seeds"] - n_fixed, len(lines) - 1)
+
     def test_same_random_seed_same_plan(self):
         outs = []
         for k in range(2):
