@@ -370,3 +370,26 @@ def write_report(path, evaluation, dose_Gy, *, structures=(), plan=None, seeds=N
         pngs[key] = charts.figure_png_bytes(fig)
     write_text(path, render_html(evaluation, pngs, plan, seeds, title, comparison))
     return {"html": str(path), "pdf": str(pdf_path) if pdf_path is not None else None}
+
+
+def evaluate_and_report(path, dose_Gy, geometry, structures, prescription_Gy, *, goals=None, target=None, body=None,
+                        plan=None, seeds=None, ct=None, radiobiology=True, pdf_path=None,
+                        title="Seed implant plan report", on_outside="skip", progress=None):
+    """Evaluate ``dose_Gy`` on ``structures`` and write the report in one call; returns (Evaluation, paths).
+
+    ``goals``: a :class:`goals.GoalSet`, a preset name or a goals file; ``seeds`` (a SeedSet that
+    produced the dose) also gives exact sub-voxel doses for small structures. Organs entirely
+    outside a cropped dose grid are skipped with a warning (``on_outside``).
+    """
+    from .evaluation import evaluate_plan, seed_point_dose
+    from .goals import GoalSet, load_goals
+    if goals is not None and not isinstance(goals, GoalSet):
+        goals = load_goals(goals)
+    ev = evaluate_plan(dose_Gy, geometry, structures, prescription_Gy, target=target, body=body, goals=goals,
+                       radiobiology=radiobiology, on_outside=on_outside,
+                       dose_at_points=seed_point_dose(seeds) if seeds is not None and len(seeds) else None,
+                       progress=progress)
+    structs = [s for s in structures if s.name in ev.metrics] if not isinstance(structures, dict) else []
+    paths = write_report(path, ev, dose_Gy, structures=structs, plan=plan, seeds=seeds, ct=ct, title=title,
+                         pdf_path=pdf_path)
+    return ev, paths

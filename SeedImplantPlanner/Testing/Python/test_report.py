@@ -81,6 +81,20 @@ class TestReport(unittest.TestCase):
         rows = dict(plan_summary(self.ev, d))
         self.assertEqual(rows["Strength per seed at implant date"], "0.635 U")
 
+    def test_evaluate_and_report_in_one_call(self):
+        from SeedImplantPlannerLib.report import evaluate_and_report
+        far_g = ImageGeometry((4, 4, 4), (1.0, 1.0, 1.0), (300, 300, 300))
+        far = Structure("Kidney", np.ones(far_g.shape, bool), far_g)
+        with tempfile.TemporaryDirectory() as tmp:
+            ev, paths = evaluate_and_report(Path(tmp) / "r.html", self.dose, self.g, self.structs + [far], 145.0,
+                                            goals="ct_soft_tissue_I125", target="PTV", seeds=self.seeds)
+            html = Path(paths["html"]).read_text()
+        self.assertIn("'Kidney' lies entirely outside the dose grid: not evaluated", ev.warnings)
+        self.assertIn("&#x27;Kidney&#x27; lies entirely outside the dose grid", html)
+        self.assertEqual(html.count("data:image/png;base64,"), 3)
+        self.assertIn("BED", html)
+        self.assertEqual(ev.target, "PTV")
+
     def test_picture_conventions(self):
         axial, coronal, sagittal = PLANES
         np.testing.assert_array_equal(axial[1], [-1, 0, 0])   # patient right on the left (radiological)
