@@ -103,12 +103,19 @@ class _View:
         self.interactor = vtk.vtkRenderWindowInteractor()
         self.interactor.SetRenderWindow(self.window)
         self.interactor.Initialize()
+        # The factory is a process-wide singleton: lend it this scene's application logic only while
+        # the managers are made, so a running Slicer's own views keep theirs.
+        previous = factory.GetMRMLApplicationLogic()
         factory.SetMRMLApplicationLogic(app_logic)
-        for m in managers:
-            if not factory.IsDisplayableManagerRegistered(m):
-                factory.RegisterDisplayableManager(m)
-        self.group = slicer.vtkMRMLDisplayableManagerGroup()
-        self.group.Initialize(factory, self.renderer)
+        try:
+            for m in managers:
+                if not factory.IsDisplayableManagerRegistered(m):
+                    factory.RegisterDisplayableManager(m)
+            self.group = slicer.vtkMRMLDisplayableManagerGroup()
+            self.group.Initialize(factory, self.renderer)
+        finally:
+            if previous is not None:
+                factory.SetMRMLApplicationLogic(previous)
 
     def render(self):
         self.window.Render()
