@@ -313,17 +313,19 @@ def render_html(evaluation, figures_png: dict, plan=None, seeds=None, title="See
 
 
 def _pdf_text_page(pdf, title, header, rows, plt):
-    per_page = 34
+    wide = len(header) > 4
+    per_page = 24 if wide else 34
     for start in range(0, max(len(rows), 1), per_page):
-        fig = plt.figure(figsize=(8.27, 11.69))
+        fig = plt.figure(figsize=(11.69, 8.27) if wide else (8.27, 11.69))
         fig.text(0.05, 0.96, title + (" (cont.)" if start else ""), fontsize=14, weight="bold")
         chunk = rows[start:start + per_page] or [["-"] * len(header)]
         ax = fig.add_axes((0.05, 0.05, 0.9, 0.88))
         ax.axis("off")
-        t = ax.table(cellText=[[str(c)[:60] for c in r] for r in chunk], colLabels=header, loc="upper left",
+        t = ax.table(cellText=[[str(c)[:70] for c in r] for r in chunk], colLabels=header, loc="upper left",
                      cellLoc="left")
         t.auto_set_font_size(False)
         t.set_fontsize(7.5)
+        t.auto_set_column_width(list(range(len(header))))
         t.scale(1, 1.25)
         pdf.savefig(fig)
         plt.close(fig)
