@@ -383,3 +383,15 @@ def score_detection(found_positions, found_axes, truth: PostImplantTruth, max_di
         out["orientation_error_p95_deg_isolated"] = float(np.percentile(ang[iso], 95)) if iso.any() else float("nan")
         out["n_isolated"] = int(iso.sum())
     return out
+
+
+def make_postimplant_case(ct_hu, geometry: ImageGeometry, planned: SeedSet, random_seed=0, render=None, **implant):
+    """One call for demos and tests: ``(post-implant CT int16 [k, j, i], PostImplantTruth)``.
+
+    The true seeds come from :func:`simulate_implant` (``planned`` + ``implant`` keyword
+    arguments, e.g. ``n_migrated=2, n_touching=10``); the CT from :func:`make_postimplant_ct`
+    (``render``: dict of its keyword arguments). Same ``random_seed``, same result.
+    """
+    truth = simulate_implant(planned, random_seed, **implant)
+    post = make_postimplant_ct(ct_hu, geometry, truth.seeds, random_seed, **(render or {}))
+    return post, truth

@@ -193,6 +193,17 @@ class TestPhantom(unittest.TestCase):
         moved = np.linalg.norm(t.seeds.positions[t.migrated] - plan.positions[t.planned_index[t.migrated]], axis=1)
         self.assertTrue(np.all(moved > 10.0), moved)
 
+    def test_one_call_case_is_reproducible(self):
+        g = tumour_grid((2.0, 2.0, 2.5))
+        ct, masks, _ = make_sample_case(g)
+        plan = pp.plan_in_mask(masks["GTV"], g, spacing_mm=10.0)
+        a, ta = pp.make_postimplant_case(ct, g, plan, 9, n_touching=3)
+        b, tb = pp.make_postimplant_case(ct, g, plan, 9, n_touching=3)
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(ta.seeds.positions, tb.seeds.positions)
+        self.assertEqual(a.dtype, np.int16)
+        self.assertGreater(int(np.count_nonzero(a > 1000)), len(plan))
+
 
 if __name__ == "__main__":
     unittest.main()
