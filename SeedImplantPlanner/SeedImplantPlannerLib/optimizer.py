@@ -305,7 +305,10 @@ def _oar_ok(prob, x):
 
 
 def polish(prob: PlanningProblem, x, buffer=0.01, deadline=None, progress=None):
-    """Repair coverage on the check sample, then remove seeds while every goal still holds."""
+    """Repair coverage on the check sample, then remove seeds while every goal still holds.
+
+    Returns (x, cut): ``cut`` is True when the deadline stopped the polish early.
+    """
     x = np.asarray(x, dtype=float).copy()
     g = prob.goals
     levels = g.coverage_levels()
@@ -319,6 +322,7 @@ def polish(prob: PlanningProblem, x, buffer=0.01, deadline=None, progress=None):
         return sum(max(0, need[lvl] - int(np.count_nonzero(dd >= lvl - 1e-6))) for lvl, _ in levels)
 
     # repair: greedy coverage gain, respecting conflicts and OAR limits
+    cut = False
     guard = 0
     while short(d) > 0 and guard < prob.n_candidates:
         guard += 1
@@ -345,6 +349,7 @@ def polish(prob: PlanningProblem, x, buffer=0.01, deadline=None, progress=None):
         if not added:
             break
         if deadline is not None and time.monotonic() > deadline:
+            cut = True
             break
     _progress.report(progress, 0.5, "plan: polishing")
     # prune: remove the least useful seed while the goals hold
@@ -366,8 +371,9 @@ def polish(prob: PlanningProblem, x, buffer=0.01, deadline=None, progress=None):
                     improved = True
                 if deadline is not None and time.monotonic() > deadline:
                     improved = False
+                    cut = True
                     break
-    return x
+    return x, cut
 
 
 # -- methods --------------------------------------------------------------------------------------
@@ -602,8 +608,10 @@ def optimize(prob: PlanningProblem, method="anneal", time_limit_s=8.0, rng_seed=
     else:
         x, status = start, "greedy prune of uniform loading"
     _progress.report(progress, 0.8, "plan: polishing")
-    x = polish(prob, x, buffer=coverage_buffer, deadline=deadline + 0.25 * time_limit_s,
-               progress=_progress.scaled(progress, 0.8, 0.98))
+    x, cut = polish(prob, x, buffer=coverage_buffer, deadline=deadline + 0.25 * time_limit_s,
+                    progress=_progress.scaled(progress, 0.8, 0.98))
+    if cut:
+        status += "; polish stopped by the time limit"
     ok, unmet, s = _check_goals(prob, x, 0.0)
     s["n_seeds"] = int(x.sum())
     s["n_needles"] = int(len(np.unique(prob.needle_index[x > 0.5])))

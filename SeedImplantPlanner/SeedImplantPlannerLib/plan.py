@@ -289,6 +289,17 @@ def _jittered_points(mask, geometry, n, rng):
     return geometry.ijk_to_ras(ijk)
 
 
+def _mask_points_near(mask, geometry, points, margin_mm):
+    """Voxel centres of ``mask`` inside the index box around ``points`` grown by ``margin_mm``."""
+    ijk = geometry.ras_to_ijk(points)
+    pad = np.ceil(margin_mm / np.asarray(geometry.spacing)).astype(int) + 1
+    lo = np.maximum(np.floor(ijk.min(axis=0)).astype(int) - pad, 0)
+    hi = np.minimum(np.ceil(ijk.max(axis=0)).astype(int) + pad, np.asarray(geometry.size) - 1)
+    sub = mask[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1]
+    k, j, i = np.nonzero(sub)
+    return geometry.ijk_to_ras(np.stack([i + lo[0], j + lo[1], k + lo[2]], axis=1).astype(float))
+
+
 def _source_dict(model, strength_U, strength_value, strength_unit, reference_date, implant_date):
     return {"model": model.model_id, "nuclide": model.nuclide, "strength_U": float(strength_U),
             "strength_entered": {"value": float(strength_value), "unit": strength_unit},
@@ -398,16 +409,21 @@ def plan_from_masks(geometry, masks: dict, target: str, *, oars=(), forbidden=()
         elif needle_mode == "fan":
             if bmask is None:
                 raise InputError("fan candidates need a body (skin) segment: give the body structure")
-            app = parse_direction(approach) if approach is not None else None
-            ext = [tpts_all]
-            if entry_center is not None:
-                ext.append(np.asarray(entry_center, float)[None, :])
+            from .needles import MaskSampler, skin_point
+            if entry_center is None:
+                app = parse_direction(approach if approach is not None else "A")
+                entry_center = skin_point(MaskSampler(bmask, geometry), tpts_all.mean(axis=0), app)
+                if entry_center is None:
+                    raise InputError("the target centroid is not inside the body segment: cannot find the skin "
+                                     "entry region")
+            entry_center = np.asarray(entry_center, float).reshape(3)
             omap = None
             if forb:
-                # crop around target and skin region: the box from the target out to the body surface
-                bb = mask_points(bmask, geometry)
-                omap = obstacle_map_for(geometry, forb, obstacle_margin_mm, (), np.vstack([tpts_all, bb[::50]]))
-            new = fan_candidates(tmask, geometry, bmask, app, entry_center, entry_radius_mm, template_spacing_mm, omap,
+                # distance maps only on the box around the target and the entry region
+                r = float(entry_radius_mm)
+                box = np.vstack([tpts_all, entry_center - r, entry_center + r])
+                omap = obstacle_map_for(geometry, forb, obstacle_margin_mm, (), box)
+            new = fan_candidates(tmask, geometry, bmask, None, entry_center, entry_radius_mm, template_spacing_mm, omap,
                                  usable_length_mm, gauge, rng_seed=rng_seed)
         else:
             raise InputError(f"unknown needle mode {needle_mode!r} (use template, freehand or fan)")
@@ -458,7 +474,9 @@ def plan_from_masks(geometry, masks: dict, target: str, *, oars=(), forbidden=()
             if not m.any():
                 warnings.append(f"organ at risk '{o.name}' is empty")
                 continue
-            opts = mask_points(m, geometry)
+            opts = _mask_points_near(m, geometry, tpts_all, 30.0)
+            if not len(opts):
+                continue
             dist = ttree.query(opts)[0]
             near = dist <= 30.0
             if not near.any():

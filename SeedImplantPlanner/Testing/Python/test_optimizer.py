@@ -1,5 +1,6 @@
 """Inverse planning: goals met and checked with the real dose engine, determinism, MIP, unmet goals, cancel, re-planning."""
 
+import copy
 import unittest
 
 import numpy as np
@@ -110,7 +111,7 @@ class InversePlanningTest(unittest.TestCase):
         p = self.plan
         half = np.arange(len(p.seeds)) % 2 == 0
         fixed = p.seeds.subset(half)
-        implanted = [n for n in p.used_needles()]
+        implanted = [copy.deepcopy(n) for n in p.used_needles()]
         for n in implanted:  # the intra-operative CT shows each needle 3 mm off
             n.entry = n.entry + np.array([3.0, 0.0, 0.0])
             n.tip = n.tip + np.array([3.0, 0.0, 0.0])
