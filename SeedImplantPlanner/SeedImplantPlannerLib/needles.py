@@ -413,8 +413,14 @@ def fan_candidates(target_mask, geometry, body_mask, approach_direction=None, en
         if entry_center is None:
             raise InputError("the target centroid is not inside the body segment: cannot find the skin entry region")
     entry_center = _vec3(entry_center, "entry centre")
-    skin = body_mask & ~binary_erosion(body_mask)
-    spts = mask_points(skin, geometry)
+    # skin voxels (body surface) inside the box around the entry region only
+    ijk = geometry.ras_to_ijk(np.vstack([entry_center - entry_radius_mm, entry_center + entry_radius_mm]))
+    lo = np.maximum(np.floor(ijk.min(axis=0)).astype(int) - 2, 0)
+    hi = np.minimum(np.ceil(ijk.max(axis=0)).astype(int) + 2, np.asarray(geometry.size) - 1)
+    sub = body_mask[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1]
+    skin = sub & ~binary_erosion(sub, border_value=1)
+    k, j, i = np.nonzero(skin)
+    spts = geometry.ijk_to_ras(np.stack([i + lo[0], j + lo[1], k + lo[2]], axis=1).astype(float))
     spts = spts[np.linalg.norm(spts - entry_center, axis=1) <= entry_radius_mm]
     if not len(spts):
         raise InputError(f"no skin voxel within {entry_radius_mm} mm of the entry centre {np.round(entry_center, 1).tolist()}")
