@@ -18,6 +18,7 @@ event-loop turn.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from . import mrml_adapters as ma
 from . import progress as _progress
-from .errors import InputError
+from .errors import InputError, SeedPlanError
 from .geometry import ImageGeometry
 from .seeds import SeedSet
 
@@ -675,9 +676,18 @@ class PlanScene:
     def _request_update(self):
         self._dirty_seeds = True
         if self.schedule is None:
-            self.update_from_seeds()
+            self._update_from_event()
         else:
-            self.schedule(self.update_from_seeds)
+            self.schedule(self._update_from_event)
+
+    def _update_from_event(self):
+        """update_from_seeds for an observer: bad input (a half-edited seed) is logged, not raised into VTK."""
+        try:
+            return self.update_from_seeds()
+        except SeedPlanError as exc:
+            self.last_update = {"error": str(exc)}
+            logging.getLogger(__name__).warning("plan not updated: %s", exc)
+            return None
 
     def _on_needle_event(self, caller, event):
         if self._busy:

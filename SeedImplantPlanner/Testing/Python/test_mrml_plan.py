@@ -295,6 +295,17 @@ class LiveUpdateTest(PlanSceneTestCase):
             np.testing.assert_allclose(np.linalg.norm(np.cross(d, direction)), 0.0, atol=1e-9)
         self.assert_dose_matches_full_recompute(plan)
 
+    def test_bad_seed_edit_is_reported_not_raised(self):
+        plan = self.build()
+        plan.start_live_updates()
+        self.addCleanup(plan.stop_live_updates)
+        node = plan.params.get_node("seedsNode")
+        with self.assertLogs("SeedImplantPlannerLib.mrml_plan", "WARNING"):
+            node.SetNthControlPointDescription(0, f"sk_U=-1; model={MODEL}")
+            node.SetNthControlPointPosition(0, 0.0, 0.0, 0.0)
+        self.assertIn("strength", plan.last_update["error"])
+        self.assertEqual(len(plan.dose_grid.seeds), 6)  # the dose grid kept its last good state
+
     def test_scheduler_coalesces_events(self):
         plan = self.build()
         pending = []
