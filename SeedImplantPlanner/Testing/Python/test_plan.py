@@ -12,6 +12,7 @@ from SeedImplantPlannerLib.errors import InputError
 from SeedImplantPlannerLib.geometry import ImageGeometry
 from SeedImplantPlannerLib.imageio import read_image, write_image
 from SeedImplantPlannerLib.loading import LoadingRules
+from SeedImplantPlannerLib.needles import curved_catheter
 from SeedImplantPlannerLib.optimizer import OARConstraint
 from SeedImplantPlannerLib.plan import (PLAN_VERSION, Plan, parse_direction, plan_case, plan_from_masks, read_plan,
                                         read_plan_seeds, write_plan, write_plan_folder)
@@ -116,6 +117,26 @@ class PlanFolderTest(unittest.TestCase):
             self.assertTrue(checks["Bowel D2cc <= Gy"]["passed"], checks)
             # the dose engine's own metrics on the dose grid
             self.assertGreaterEqual(plan.metrics["structures"][0]["metrics"]["V100"]["percent"], 95.0)
+
+
+class CurvedCatheterPlanTest(unittest.TestCase):
+    def test_seeds_along_curved_catheters_take_the_local_tangent(self):
+        m = masks()
+        cats = []
+        for k, x in enumerate((-6.0, 0.0, 6.0)):
+            for z in (-6.0, 0.0, 6.0):
+                # arcs bending in x on their way from the anterior skin through the target
+                cp = [[x - 8.0, 30.0, z], [x - 2.0, 12.0, z], [x + 2.0, 0.0, z], [x - 2.0, -12.0, z]]
+                cats.append(curved_catheter(len(cats) + 1, cp))
+        p = plan_from_masks(GEOM, m, "GTV", needle_mode="freehand", needles=cats,
+                            **{**OPTS, "rules": LoadingRules(spacing_mm=5.0, min_distance_mm=3.0, tip_offset_mm=1.0)})
+        self.assertGreater(len(p.seeds), 0)
+        for pos, ax, num, s in zip(p.seeds.positions, p.seeds.axes, p.seed_needle, p.seed_s_from_tip_mm):
+            n = p.needle_by_number(num)
+            self.assertTrue(n.curved)
+            np.testing.assert_allclose(pos, n.point_from_tip(s), atol=1e-6)
+            np.testing.assert_allclose(ax, n.tangent_from_tip(s), atol=1e-6)
+        self.assertGreater(len({tuple(np.round(a, 3)) for a in p.seeds.axes}), 3)  # not one global axis
 
 
 class BadInputTest(unittest.TestCase):
