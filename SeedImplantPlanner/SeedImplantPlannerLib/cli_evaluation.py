@@ -295,7 +295,7 @@ def cmd_report(args):
 def cmd_margin(args):
     """Add an expanded structure (e.g. PTV = GTV + margin, clipped to the body) to a segmentation."""
     from .segio import Segmentation, read_segmentation, write_segmentation
-    from .structures import Structure, expand_structure, find_structure, structures_from_segmentation
+    from .structures import expand_structure, find_structure, structures_from_segmentation
     seg = read_segmentation(args.structures)
     allst = structures_from_segmentation(seg, allow_empty=True)
     src = find_structure(allst, args.source)

@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import progress as _progress
-from .dvh import (DoseSamples, check_dose, check_prescription, compute_dvhs, structure_dose_samples)
+from .dvh import check_dose, check_prescription, compute_dvhs, structure_dose_samples
 from .errors import InputError
 from .geometry import ImageGeometry
 from .goals import GoalSet
 from .metrics import (INDEX_METRICS, conformity_indices, default_metric_names, format_value, parse_metric,
                       structure_metrics)
-from .radiobiology import I125_HALF_LIFE_DAYS, TISSUES, LQParams, structure_radiobiology
+from .radiobiology import I125_HALF_LIFE_DAYS, TISSUES, structure_radiobiology
 from .structures import (BODY_NAMES, TARGET_NAMES, Structure, guess_role_structure, mask_on_grid)
 
 

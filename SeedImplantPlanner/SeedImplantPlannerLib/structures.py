@@ -17,6 +17,7 @@ Arrays are [k, j, i]; coordinates RAS mm (see :mod:`geometry`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,12 +125,6 @@ def guess_role_structure(structures, candidates):
 
 # -- sampling onto another grid ----------------------------------------------------------------
 
-def _source_index(src: ImageGeometry, dst: ImageGeometry, ijk_dst):
-    """Rounded source voxel indices (..., 3) of destination continuous indices ``ijk_dst`` (..., 3)."""
-    ras = dst.ijk_to_ras(ijk_dst)
-    return np.rint(src.ras_to_ijk(ras)).astype(np.int64)
-
-
 def lookup_mask(structure: Structure, ijk_src):
     """Mask value at integer source indices (..., 3) (i, j, k); False outside the source grid."""
     ijk = np.asarray(ijk_src)
@@ -155,15 +150,6 @@ def _dst_box(structure: Structure, dst: ImageGeometry, pad=1):
     return np.maximum(dlo, 0), np.minimum(dhi, size - 1)
 
 
-def _box_indices(lo, hi):
-    """Integer (i, j, k) indices of every voxel in the inclusive box, shape (nk, nj, ni, 3)."""
-    ii = np.arange(lo[0], hi[0] + 1)
-    jj = np.arange(lo[1], hi[1] + 1)
-    kk = np.arange(lo[2], hi[2] + 1)
-    K, J, I = np.meshgrid(kk, jj, ii, indexing="ij")
-    return np.stack([I, J, K], axis=-1)
-
-
 def mask_on_grid(structure: Structure, dst: ImageGeometry, tol_mm=1e-3) -> np.ndarray:
     """Boolean mask [k, j, i] on ``dst``: dose voxels whose centre lies inside the structure."""
     if structure.geometry.matches(dst, tol_mm):
@@ -175,10 +161,57 @@ def mask_on_grid(structure: Structure, dst: ImageGeometry, tol_mm=1e-3) -> np.nd
     if box is None:
         return out
     lo, hi = box
-    idx = _box_indices(lo, hi)
-    src = _source_index(structure.geometry, dst, idx.astype(float))
-    out[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1] = lookup_mask(structure, src)
+    lin, off = _affine(dst, structure.geometry)  # dst indices -> structure indices
+    ii = np.arange(lo[0], hi[0] + 1, dtype=float)
+    jj = np.arange(lo[1], hi[1] + 1, dtype=float)
+    # one k-slice at a time: bounded memory for large grids
+    plane = (ii[None, :, None] * lin[:, 0] + jj[:, None, None] * lin[:, 1]) + off  # (nj, ni, 3)
+    for k in range(lo[2], hi[2] + 1):
+        src = np.rint(plane + k * lin[:, 2]).astype(np.int64)
+        out[k, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1] = lookup_mask(structure, src)
     return out
+
+
+def _affine(src: ImageGeometry, dst: ImageGeometry):
+    """(linear 3x3, offset 3) mapping continuous src indices (i, j, k) to dst indices."""
+    m = np.linalg.inv(dst.ijk_to_ras_matrix) @ src.ijk_to_ras_matrix
+    return m[:3, :3], m[:3, 3]
+
+
+def _src_box_inside(structure: Structure, dst: ImageGeometry):
+    """For grids with parallel axes: inclusive src index box (lo, hi) whose centres fall in dst's extent.
+
+    Returns None when the axes are not parallel (oblique relative orientation), () when empty.
+    """
+    lin, off = _affine(structure.geometry, dst)
+    if not np.allclose(np.count_nonzero(np.abs(lin) > 1e-9, axis=0), 1) or \
+            not np.allclose(np.count_nonzero(np.abs(lin) > 1e-9, axis=1), 1):
+        return None
+    lo, hi = np.zeros(3, int), np.zeros(3, int)
+    for a in range(3):  # src axis a maps onto dst axis p with d = s * i + b
+        p = int(np.argmax(np.abs(lin[:, a])))
+        s, b = lin[p, a], off[p]
+        n = dst.size[p]
+        x0, x1 = (-0.5 - b) / s, (n - 0.5 - b) / s
+        lo[a] = max(0, int(math.ceil(min(x0, x1) - 1e-9)))
+        hi[a] = min(structure.geometry.size[a] - 1, int(math.floor(max(x0, x1) + 1e-9)))
+        if hi[a] < lo[a]:
+            return ()
+    return lo, hi
+
+
+def _voxel_chunks(mask, box=None, chunk=2_000_000):
+    """Yield (i, j, k) integer index arrays (M, 3) of the True voxels of ``mask`` (within ``box``), in chunks."""
+    if box is None:
+        box = (np.zeros(3, int), np.asarray(mask.shape[::-1]) - 1)
+    lo, hi = box
+    sub = mask[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1]
+    per_slice = max(1, int(np.prod(sub.shape[1:])))
+    step = max(1, chunk // per_slice)
+    for k0 in range(0, sub.shape[0], step):
+        kk, jj, ii = np.nonzero(sub[k0:k0 + step])
+        if kk.size:
+            yield np.stack([ii + lo[0], jj + lo[1], kk + k0 + lo[2]], axis=-1)
 
 
 def touch_mask_on_grid(structure: Structure, dst: ImageGeometry, tol_mm=1e-3) -> np.ndarray:
@@ -186,24 +219,38 @@ def touch_mask_on_grid(structure: Structure, dst: ImageGeometry, tol_mm=1e-3) ->
     out = mask_on_grid(structure, dst, tol_mm)
     if structure.geometry.matches(dst, tol_mm) or structure.n_voxels == 0:
         return out
-    k, j, i = np.nonzero(structure.mask)
-    ijk = np.rint(dst.ras_to_ijk(structure.geometry.ijk_to_ras(np.stack([i, j, k], axis=-1).astype(float))))
-    ijk = ijk.astype(np.int64)
-    inside = np.all((ijk >= 0) & (ijk < np.asarray(dst.size)), axis=-1)
-    ijk = ijk[inside]
-    out[ijk[:, 2], ijk[:, 1], ijk[:, 0]] = True
+    box = _src_box_inside(structure, dst)
+    if box == ():
+        return out
+    lin, off = _affine(structure.geometry, dst)
+    size = np.asarray(dst.size)
+    for ijk in _voxel_chunks(structure.mask, box or None):
+        d = np.rint(ijk @ lin.T + off).astype(np.int64)
+        inside = np.all((d >= 0) & (d < size), axis=-1)
+        d = d[inside]
+        out[d[:, 2], d[:, 1], d[:, 0]] = True
     return out
 
 
 def fraction_outside(structure: Structure, dst: ImageGeometry) -> float:
     """Fraction of the structure's voxels whose centres lie outside ``dst``'s extent (voxel edges)."""
-    if structure.n_voxels == 0:
+    n = structure.n_voxels
+    if n == 0 or structure.geometry.matches(dst):
         return 0.0
-    if structure.geometry.matches(dst):
-        return 0.0
-    k, j, i = np.nonzero(structure.mask)
-    ras = structure.geometry.ijk_to_ras(np.stack([i, j, k], axis=-1).astype(float))
-    return float(1.0 - np.mean(dst.contains_ras(ras)))
+    box = _src_box_inside(structure, dst)
+    if box == ():
+        return 1.0
+    if box is not None:
+        lo, hi = box
+        inside = np.count_nonzero(structure.mask[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1])
+        return float(1.0 - inside / n)
+    lin, off = _affine(structure.geometry, dst)
+    hi_d = np.asarray(dst.size) - 0.5
+    inside = 0
+    for ijk in _voxel_chunks(structure.mask):
+        d = ijk @ lin.T + off
+        inside += int(np.count_nonzero(np.all((d >= -0.5) & (d <= hi_d), axis=-1)))
+    return float(1.0 - inside / n)
 
 
 def require_on_grid(structure: Structure, dst: ImageGeometry, what="dose grid", max_outside=0.0):

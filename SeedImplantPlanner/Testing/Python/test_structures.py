@@ -50,6 +50,20 @@ class TestMaskOnGrid(unittest.TestCase):
         vol = out.sum() * dst.voxel_volume_cc
         self.assertAlmostEqual(vol, 4 / 3 * math.pi * 0.8 ** 3, delta=0.12)
 
+    def test_fraction_outside_and_touch_mask_match_brute_force(self):
+        from SeedImplantPlannerLib.structures import fraction_outside
+        k, j, i = np.nonzero(self.ball.mask)
+        ras = self.fine.ijk_to_ras(np.stack([i, j, k], axis=-1).astype(float))
+        for dst in (ImageGeometry((12, 14, 10), (1.1, 1.3, 1.7), (-4.0, -9.0, -3.0)),  # parallel axes, partial
+                    ImageGeometry((12, 14, 10), (1.1, 1.3, 1.7), (-4.0, -9.0, -3.0), rotation_z(25.0))):  # oblique
+            expected = 1.0 - np.mean(dst.contains_ras(ras))
+            self.assertAlmostEqual(fraction_outside(self.ball, dst), expected, places=12)
+            d = np.rint(dst.ras_to_ijk(ras)).astype(int)
+            ok = np.all((d >= 0) & (d < np.asarray(dst.size)), axis=-1)
+            touch = mask_on_grid(self.ball, dst)
+            touch[d[ok][:, 2], d[ok][:, 1], d[ok][:, 0]] = True
+            np.testing.assert_array_equal(touch_mask_on_grid(self.ball, dst), touch)
+
     def test_touch_mask_catches_a_structure_smaller_than_a_voxel(self):
         tiny = Structure("Nerve", sphere(self.fine, (0.3, 0.3, 0.3), 0.6), self.fine)
         coarse = ImageGeometry((10, 10, 10), (3.0, 3.0, 3.0), (-13.5, -13.5, -13.5))
