@@ -296,6 +296,16 @@ def expand_margin(mask, geometry: ImageGeometry, margin_mm, clip_to=None, name="
         raise InputError(f"{name} is empty: nothing to expand")
     m = _margin_vector(margin_mm)
     sp = np.asarray(geometry.spacing)
+    full = mask
+    # work on the bounding box grown by the margin's reach (a CT-sized grid is mostly empty)
+    reach_ijk = np.ceil(np.abs(geometry.direction_matrix.T) @ m / sp).astype(int) + 1
+    bb = {}
+    for axis, r in zip((2, 1, 0), reach_ijk):  # reach is (i, j, k); array axes are (k, j, i)
+        other = tuple(a for a in range(3) if a != axis)
+        idx = np.flatnonzero(np.any(full, axis=other))
+        bb[axis] = slice(max(int(idx[0]) - r, 0), min(int(idx[-1]) + r + 1, full.shape[axis]))
+    box = (bb[0], bb[1], bb[2])
+    mask = full[box]
     if np.all(m == 0):
         out = mask.copy()
     else:
@@ -324,12 +334,14 @@ def expand_margin(mask, geometry: ImageGeometry, margin_mm, clip_to=None, name="
                 q = np.where(m > 0, (ras / np.where(m > 0, m, 1.0)) ** 2, np.where(np.abs(ras) < 1e-9, 0.0, np.inf))
             element = q.sum(axis=-1) <= 1.0 + 1e-9
             out = ndimage.binary_dilation(mask, structure=element)
+    result = np.zeros(full.shape, dtype=bool)
+    result[box] = out
     if clip_to is not None:
         clip = np.asarray(clip_to, dtype=bool)
-        if clip.shape != mask.shape:
+        if clip.shape != full.shape:
             raise InputError(f"clip mask shape {clip.shape} does not match grid {geometry.shape}")
-        out &= clip
-    return out
+        result &= clip
+    return result
 
 
 def expand_structure(structure: Structure, margin_mm, body: Structure | None = None, name=None,
