@@ -48,6 +48,11 @@ class Evaluation:
         """Number of goals evaluated and failed."""
         return sum(1 for g in self.goal_results if g["passed"] is False)
 
+    def dvh_arrays(self) -> dict:
+        """``{structure: {"dose_Gy", "cumulative_percent", "cumulative_cc", "differential_cc"}}`` (numpy arrays)."""
+        return {d.name: {"dose_Gy": d.edges_Gy, "cumulative_percent": d.cumulative_percent,
+                         "cumulative_cc": d.cumulative_cc, "differential_cc": d.differential_cc} for d in self.dvhs}
+
     def metric_rows(self):
         """Flat rows (structure, metric, value, unit, display) for tables and CSV."""
         rows = []

@@ -139,6 +139,9 @@ class TestEvaluatePlan(unittest.TestCase):
         self.assertEqual(st[("PTV", "V150 <= 20%")]["status"], "fail")
         self.assertEqual(st[("Bladder", "Dmax <= 200 Gy")]["status"], "not evaluated (structure missing)")
         self.assertIn("CI", ev.metrics["PTV"])
+        arr = ev.dvh_arrays()["PTV"]
+        self.assertEqual(arr["cumulative_percent"][0], 100.0)
+        self.assertAlmostEqual(arr["dose_Gy"][1], 0.145)
         d = ev.to_dict()
         self.assertEqual(d["structures"][1]["name"], "PTV")
         self.assertIsNone(d["structures"][2]["metrics"]["D2cc"]["Gy"])  # rectum is below 2 cc: NaN -> None
