@@ -3,7 +3,9 @@
 - :func:`match_seeds`: one-to-one assignment of found to planned seeds minimising the summed
   distance (Hungarian algorithm, ``scipy.optimize.linear_sum_assignment``; the assignment view
   of seed correspondence follows MARSHAL, Jain et al., Med Phys 32:3475, 2005), with a maximum
-  distance: pairs farther apart are not matched. Unmatched planned seeds are *missing* at their
+  distance: pairs farther apart are not matched, and leaving a seed unmatched costs half the
+  maximum distance, so the assignment prefers leaving a migrated seed and its planned site
+  unmatched to shifting a chain of matches by up to the limit each. Unmatched planned seeds are *missing* at their
   planned site; unmatched found seeds are *unexpected* (migrated there, or other metal). Missing
   and unexpected seeds are paired again without the distance limit as *migration candidates*.
 - :func:`align_to_plan`: optional registration of the found seeds onto the plan (translation or
@@ -76,8 +78,19 @@ def match_seeds(planned, found, max_distance_mm=DEFAULT_MAX_DISTANCE_MM) -> Seed
     if len(f) == 0:
         raise InputError("no found seeds to match")
     d = np.linalg.norm(p[:, None, :] - f[None, :, :], axis=-1)
-    big = 1e6 + d.max()
-    r, c = linear_sum_assignment(np.where(d <= max_distance_mm, d, big))
+    n_p, n_f = d.shape
+    big = 1e6 + float(d.max())
+    # leaving a seed unmatched costs half the limit (a planned + a found seed left over cost as much
+    # as one pair at the limit), so a chain of shifted matches never hides a migrated seed
+    tau = 0.5 * float(max_distance_mm)
+    cost = np.full((n_p + n_f, n_f + n_p), big)
+    cost[:n_p, :n_f] = np.where(d <= max_distance_mm, d, big)
+    cost[:n_p, n_f:][np.diag_indices(n_p)] = tau
+    cost[n_p:, :n_f][np.diag_indices(n_f)] = tau
+    cost[n_p:, n_f:] = 0.0
+    r, c = linear_sum_assignment(cost)
+    ok = (r < n_p) & (c < n_f)
+    r, c = r[ok], c[ok]
     ok = d[r, c] <= max_distance_mm
     r, c = r[ok], c[ok]
     missing = np.setdiff1d(np.arange(len(p)), r)

@@ -63,6 +63,18 @@ class TestMatching(unittest.TestCase):
         pairs = dict(zip(m.planned_index.tolist(), m.found_index.tolist()))
         self.assertEqual(pairs, {0: 1, 1: 0})
 
+    def test_migrated_seed_is_not_hidden_by_a_chain_of_shifted_matches(self):
+        # seeds every 9 mm on a needle; the first migrated 34 mm away, past the last one. Pairing
+        # every seed with its neighbour stays within the 10 mm limit, but the true answer is
+        # three seeds in place, one missing and one unexpected.
+        plan = np.array([[0.0, 0, 0], [9.0, 0, 0], [18.0, 0, 0], [27.0, 0, 0]])
+        found = np.array([[9.5, 0, 0], [18.5, 0, 0], [27.5, 0, 0], [34.0, 0, 0]])
+        m = match_seeds(plan, found, max_distance_mm=10.0)
+        self.assertEqual(m.missing.tolist(), [0])
+        self.assertEqual(m.unexpected.tolist(), [3])
+        self.assertLess(m.distance_mm.max(), 0.6)
+        self.assertEqual(m.migration_candidates, [(0, 3, 34.0)])
+
     def test_rigid_alignment_recovers_a_known_transform(self):
         plan = grid_plan(spacing=9.0)
         rot = rotation([0.3, -0.5, 0.8], 6.0)
