@@ -53,6 +53,8 @@ def cmd_plan(args):
             raise InputError(f"{name} is a percentage of the target volume between 0 and 100, got {value:g}")
     if not 0.0 < args.d90 <= 300.0:
         raise InputError(f"--d90 is a percentage of the prescription in (0, 300], got {args.d90:g}")
+    if not args.anneal_iterations >= 1:
+        raise InputError(f"--anneal-iterations must be >= 1, got {args.anneal_iterations}")
     if not args.needle_weight >= 0:
         raise InputError(f"--needle-weight must be >= 0, got {args.needle_weight:g}")
     if not args.margin >= 0:
@@ -89,7 +91,7 @@ def cmd_plan(args):
         obstacle_margin_mm=args.margin, method=args.method, time_limit_s=args.time_limit, rng_seed=args.random_seed,
         fixed_seeds=fixed, implanted_needles=implanted, allow_new_needles=not args.no_new_needles,
         usable_length_mm=args.usable_length, gauge=args.gauge, formalism=args.formalism,
-        optimizer_options={"needle_weight": args.needle_weight})
+        optimizer_options={"needle_weight": args.needle_weight, "anneal_iterations": args.anneal_iterations})
     written = write_plan_folder(args.out, plan, dose, g)
     from .plan import plan_report
     print(plan_report(plan))
@@ -175,6 +177,8 @@ def register(sub):
     p.add_argument("--method", choices=("anneal", "mip", "greedy"), default="anneal", help="optimiser (default anneal)")
     p.add_argument("--time-limit", type=float, default=8.0, help="optimiser time limit, s (best plan so far returned)")
     p.add_argument("--random-seed", type=int, default=0, help="random seed (same seed, same plan)")
+    p.add_argument("--anneal-iterations", type=int, default=40000,
+                   help="annealing iterations (default 40000; more can save a few seeds, see docs/planning.md)")
     p.add_argument("--needle-weight", type=float, default=1.0,
                    help="how many seeds one more needle is worth to the optimiser (default 1)")
     p.add_argument("--fixed-seeds", help="re-planning: seeds already implanted (seeds CSV or plan JSON)")
