@@ -183,13 +183,20 @@ class Evaluation:
     """Evaluates a dose for the plan's structures (:func:`evaluation.evaluate_plan`) and shapes the result
     for the DVH and metrics table nodes.
 
-    The dose is first cropped to the box holding every structure (as far as it lies on the grid) and
-    every voxel at or above the prescription, plus two voxels: every sample, DVH and index (V_ref
-    included) is the same as on the whole grid, at a fraction of the cost on large grids.
+    Two things keep repeated evaluations (live edits) cheap without changing any number:
+
+    - the dose is cropped to a box holding every structure (as far as it lies on the grid) and every
+      voxel at or above the prescription, plus two voxels, so samples, DVHs and indices (V_ref
+      included) are those of the whole grid. The box is grown by a few voxels and kept while the
+      needed box stays inside it, so successive evaluations share one crop grid;
+    - on that crop grid, a structure that the evaluation samples at voxel centres (not small or thin,
+      entirely on the grid) is replaced once by its voxel-centre mask on the crop grid: the same
+      voxels, so the same samples, without resampling it at every call.
     """
 
     MAX_DVH_ROWS = 600
     PAD_VOXELS = 2
+    STABLE_MARGIN_VOXELS = 6
 
     def __init__(self, structures, roles, prescription_Gy, goals=None, supersample="auto"):
         self.structures = list(structures)
@@ -198,10 +205,16 @@ class Evaluation:
         self.goals = goals
         self.supersample = supersample
         self.result = None
+        self._box_key = None
+        self._box = None
+        self._crop_key = None
+        self._crop_box = None
+        self._subst_key = None
+        self._subst = {}
 
     def _structure_boxes(self, structures, geometry):
-        key = (id(geometry), geometry.size, geometry.origin, tuple(id(s) for s in structures))
-        if getattr(self, "_box_key", None) != key:
+        key = (geometry, tuple(id(s) for s in structures))
+        if self._box_key != key:
             lo = np.full(3, np.inf)
             hi = np.full(3, -np.inf)
             for s in structures:
@@ -214,7 +227,7 @@ class Evaluation:
                 lo = np.minimum(lo, ijk.min(axis=0))
                 hi = np.maximum(hi, ijk.max(axis=0))
             self._box_key, self._box = key, (lo, hi)
-        return self._box
+        return self._box[0].copy(), self._box[1].copy()
 
     def crop(self, dose_Gy, geometry: ImageGeometry, structures):
         """(dose, geometry) cropped to the structures' box and the prescription-dose box (see class doc)."""
@@ -227,14 +240,45 @@ class Evaluation:
                 lo[name] = min(lo[name], nz[0])
                 hi[name] = max(hi[name], nz[-1])
         size = np.asarray(geometry.size)
-        a = np.clip(np.floor(lo).astype(int) - self.PAD_VOXELS, 0, size - 1)
-        b = np.clip(np.ceil(hi).astype(int) + self.PAD_VOXELS, 0, size - 1)
-        if np.any(b < a) or (np.all(a == 0) and np.all(b == size - 1)):
+        need_a = np.clip(np.floor(lo).astype(int) - self.PAD_VOXELS, 0, size - 1)
+        need_b = np.clip(np.ceil(hi).astype(int) + self.PAD_VOXELS, 0, size - 1)
+        if np.any(need_b < need_a):
+            return dose_Gy, geometry
+        key = (geometry, tuple(id(s) for s in structures))
+        if self._crop_key == key and np.all(self._crop_box[0] <= need_a) and np.all(self._crop_box[1] >= need_b):
+            a, b = self._crop_box
+        else:
+            a = np.clip(need_a - self.STABLE_MARGIN_VOXELS, 0, size - 1)
+            b = np.clip(need_b + self.STABLE_MARGIN_VOXELS, 0, size - 1)
+            self._crop_key, self._crop_box = key, (a, b)
+        if np.all(a == 0) and np.all(b == size - 1):
             return dose_Gy, geometry
         sub = dose_Gy[a[2]:b[2] + 1, a[1]:b[1] + 1, a[0]:b[0] + 1]
         g = ImageGeometry(tuple(b - a + 1), geometry.spacing, tuple(geometry.ijk_to_ras(a.astype(float))),
                           geometry.direction)
         return sub, g
+
+    def _on_grid(self, structures, geometry):
+        """Structures with the voxel-centre-sampled ones replaced by their masks on ``geometry`` (cached)."""
+        from .dvh import is_small_or_thin
+        from .structures import Structure, fraction_outside, mask_on_grid
+        if self.supersample not in ("auto", "off", 1):
+            return structures
+        key = (geometry, tuple(id(s) for s in structures))
+        if self._subst_key != key:
+            self._subst_key, self._subst = key, {}
+            for s in structures:
+                if fraction_outside(s, geometry) > 0.0:
+                    continue
+                center = mask_on_grid(s, geometry)
+                if not center.any():
+                    continue
+                sub = Structure(s.name, center, geometry, s.color)
+                if self.supersample == "auto" and (is_small_or_thin(center, s.volume_cc)
+                                                   or is_small_or_thin(center, sub.volume_cc)):
+                    continue  # sub-voxel sampling reads the structure's own grid: keep it
+                self._subst[id(s)] = sub
+        return [self._subst.get(id(s), s) for s in structures]
 
     def evaluate(self, dose_Gy, geometry: ImageGeometry):
         """(dose bins Gy, {name: cumulative %}, metric rows, n failed goals) for ``dose_Gy``."""
@@ -253,8 +297,8 @@ class Evaluation:
         if not inside:
             return np.zeros(1), {}, rows, 0
         dose_Gy, geometry = self.crop(dose_Gy, geometry, inside)
-        ev = evaluate_plan(dose_Gy, geometry, inside, self.prescription_Gy, target=target, goals=self.goals,
-                           supersample=self.supersample)
+        ev = evaluate_plan(dose_Gy, geometry, self._on_grid(inside, geometry), self.prescription_Gy, target=target,
+                           goals=self.goals, supersample=self.supersample)
         self.result = ev
         step = max(1, int(math.ceil(len(ev.dvhs[0].edges_Gy) / self.MAX_DVH_ROWS)))
         bins = ev.dvhs[0].edges_Gy[::step]

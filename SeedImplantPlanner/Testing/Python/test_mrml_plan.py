@@ -200,23 +200,49 @@ class PlanningWorkflowTest(PlanSceneTestCase):
 
 class EvaluationCropTest(PlanSceneTestCase):
 
-    def test_cropped_evaluation_equals_the_whole_grid(self):
+    def assert_same_as_whole_grid(self, ev, dose, g, goals):
         from SeedImplantPlannerLib.evaluation import evaluate_plan
-        from SeedImplantPlannerLib.goals import goals_from_text
-        goals = goals_from_text("PTV: V100 >= 90%; D90 >= 100%\nOAR: D0.1cc <= 100%")
-        plan = self.build(goals=goals, parameters={"doseMarginMm": 20.0, "doseGridSpacingMm": 1.5})
-        dose, g = plan.dose_array()
-        ev = plan._evaluator()
-        sub, sg = ev.crop(dose, g, ev.structures)
-        self.assertLess(sub.size, dose.size)
         bins, curves, rows, failed = ev.evaluate(dose, g)
         ref = evaluate_plan(dose, g, ev.structures, RX, target="PTV", goals=goals)
         self.assertEqual(failed, ref.n_goals_failed)
         got = {(r["structure"], r["metric"]): r["value"] for r in rows if not r["goal"]}
         for r in ref.metric_rows():
             np.testing.assert_allclose(got[(r["structure"], r["metric"])], r["value"], rtol=1e-12, err_msg=str(r))
+        self.assertEqual([(s.name, s.factor) for s in ev.result.samples], [(s.name, s.factor) for s in ref.samples])
         step = int(np.ceil(len(ref.dvhs[0].edges_Gy) / ev.MAX_DVH_ROWS))
-        np.testing.assert_allclose(curves["PTV"], ref.dvhs[0].cumulative_percent[::step])
+        for d in ref.dvhs:
+            np.testing.assert_array_equal(curves[d.name], d.cumulative_percent[::step])
+
+    def test_cropped_evaluation_equals_the_whole_grid(self):
+        from SeedImplantPlannerLib.goals import goals_from_text
+        goals = goals_from_text("PTV: V100 >= 90%; D90 >= 100%\nOAR: D0.1cc <= 100%")
+        # a target above the small-structure volume (sampled at voxel centres) and a small organ
+        g = ImageGeometry((44, 44, 44), (1.5, 1.5, 1.5), (-32.25, -32.25, -32.25))
+        seg = Segmentation.from_masks(g, {"PTV": sphere_mask(g, (0, 0, 0), 18.0),
+                                          "OAR": sphere_mask(g, (25, 0, 0), 4.0)})
+        off = np.array([-8.0, 0.0, 8.0])
+        pos = np.array([[x, y, z] for x in off for y in off for z in off])
+        seeds = SeedSet(pos, np.tile((0.0, 0.0, 1.0), (len(pos), 1)), 0.6, MODEL)
+        plan = mp.build_plan_scene(self.ctx, seeds=seeds, prescription_Gy=RX, segmentation=seg, target="PTV",
+                                   organs=["OAR"], goals=goals, dose_method="direct",
+                                   parameters={"doseMarginMm": 25.0, "doseGridSpacingMm": 1.5})
+        dose, g = plan.dose_array()
+        ev = plan._evaluator()
+        sub, sg = ev.crop(dose, g, ev.structures)
+        self.assertLess(sub.size, dose.size)
+        self.assert_same_as_whole_grid(ev, dose, g, goals)
+        # the large target is read from its cached mask on the crop grid; the small OAR keeps its own grid
+        self.assertEqual([s.name for s in ev.structures if id(s) in ev._subst], ["PTV"])
+        crop_before = ev._crop_box
+        # after a seed edit the same crop grid and cache serve, with the same numbers as the whole grid
+        node = plan.params.get_node("seedsNode")
+        plan.start_live_updates()
+        self.addCleanup(plan.stop_live_updates)
+        node.SetNthControlPointPosition(0, 2.0, -3.0, 1.0)
+        dose2, _ = plan.dose_array()
+        self.assertFalse(np.allclose(dose2, dose))
+        self.assert_same_as_whole_grid(ev, dose2, g, goals)
+        self.assertIs(ev._crop_box, crop_before)
 
 
 class LiveUpdateTest(PlanSceneTestCase):
