@@ -6,7 +6,7 @@ import unittest
 import numpy as np
 
 from test_mrml_fixture import MRMLSceneTestCase
-from test_mrml_plan import RX, PlanSceneTestCase
+from test_mrml_plan import PlanSceneTestCase
 
 from SeedImplantPlannerLib import mrml_render
 from SeedImplantPlannerLib.errors import InputError
