@@ -450,6 +450,20 @@ class RoundTripTest(PlanSceneTestCase):
         self.assertEqual(other.scene.GetNumberOfNodesByClass("vtkMRMLMarkupsLineNode"), 3)
         self.assertEqual(other.scene.GetNumberOfNodesByClass("vtkMRMLMarkupsFiducialNode"), 1)
 
+    def test_save_plan_scene_with_a_dose_computed_elsewhere(self):
+        g, ct, seg, needles, seeds, nums = make_case()
+        dg = ImageGeometry((20, 20, 18), (1.5, 1.5, 1.5), (-14.0, -14.0, -12.0))
+        dose = DoseGrid(dg, seeds, method="direct").dose_Gy()
+        out = mp.save_plan_scene(os.path.join(self.tmp, "given.mrb"), seeds=seeds, prescription_Gy=RX,
+                                 segmentation=seg, target="PTV", needles=needles, seed_needle_numbers=nums,
+                                 dose=(dose, dg))
+        other = self.fresh_scene()
+        other.load_mrb(out["mrb"])
+        q = mp.PlanParameters(other.scene.GetSingletonNode("SeedImplantPlanner", "vtkMRMLScriptedModuleNode"))
+        np.testing.assert_allclose(ma.volume_array(q.get_node("doseVolume")), dose.astype(np.float32))
+        self.assertTrue(ma.geometry_from_volume(q.get_node("doseVolume")).matches(dg, 1e-6))
+        self.assertIn("PTV V (%)", ma.table_columns(q.get_node("dvhTable")))
+
     def test_missing_inputs_are_named(self):
         plan = mp.PlanScene(self.ctx)
         with self.assertRaises(InputError):
