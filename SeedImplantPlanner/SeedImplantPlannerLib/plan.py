@@ -438,18 +438,14 @@ def plan_from_masks(geometry, masks: dict, target: str, *, oars=(), forbidden=()
         omap = obstacle_map_for(geometry, forb, obstacle_margin_mm, all_needles)
         hits = omap.check_all(all_needles)
     blocked = {h.needle_number for h in hits}
-    usable = []
+    usable, too_long = [], []
     for n in all_needles:
         if n.number in blocked and not n.fixed:
             continue
         if n.too_long and not n.fixed:
-            warnings.append(f"needle {n.name} ({n.depth_mm:.1f} mm) is longer than its usable length "
-                            f"{n.usable_length_mm:g} mm: not loaded")
+            too_long.append(n)
             continue
         usable.append(n)
-    for h in hits:
-        warnings.append(h.describe() + ("" if any(n.fixed and n.number == h.needle_number for n in all_needles)
-                                        else ": not loaded"))
     if not usable:
         raise InputError(f"no feasible needle path: all {len(all_needles)} needle(s) cross a forbidden structure "
                          f"(margin {obstacle_margin_mm:g} mm) or are longer than their usable length")
@@ -502,6 +498,26 @@ def plan_from_masks(geometry, masks: dict, target: str, *, oars=(), forbidden=()
     # -- result ------------------------------------------------------------------------------------
     sel = np.flatnonzero(res.selected)
     new_seeds = SeedSet(cands.positions[sel], cands.axes[sel], np.full(len(sel), strength_U), [model.model_id] * len(sel))
+    # number the loaded needles 1..U (in template / path order) and the unused ones after them, so the
+    # loading table reads needle 1, 2, 3 ... in the room; names (template hole labels) are kept
+    used_numbers = {usable[k].number for k in cands.needle_index[sel]}
+    order = [n for n in all_needles if n.number in used_numbers] + [n for n in all_needles if n.number not in used_numbers]
+    new_number = {n.number: i for i, n in enumerate(order, start=1)}
+    renamed = {}
+    for n in order:
+        if n.name == f"N{n.number}":  # automatic name follows the number
+            renamed[n.name] = f"N{new_number[n.number]}"
+            n.name = renamed[n.name]
+        n.number = new_number[n.number]
+    for h in hits:
+        h.needle_number = new_number[h.needle_number]
+        h.needle = renamed.get(h.needle, h.needle)
+        fixed_needle = any(n.fixed and n.number == h.needle_number for n in order)
+        warnings.append(h.describe() + ("" if fixed_needle else ": not loaded"))
+    for n in too_long:
+        warnings.append(f"needle {n.name} ({n.depth_mm:.1f} mm) is longer than its usable length "
+                        f"{n.usable_length_mm:g} mm: not loaded")
+    all_needles = order
     seed_needle = [usable[k].number for k in cands.needle_index[sel]]
     s_tip = list(cands.s_from_tip_mm[sel])
     fixed_flags = [False] * len(sel)

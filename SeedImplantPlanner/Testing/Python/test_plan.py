@@ -86,6 +86,14 @@ class PlanFileTest(unittest.TestCase):
         used = {n.name for n in self.plan.used_needles()}
         self.assertFalse(used & blocked)  # ... and none of them is loaded
         self.assertTrue(all(h["structure"] == "Bone" for h in self.plan.obstacles))
+        for h in self.plan.obstacles:  # hits name existing needles by number and name
+            self.assertEqual(self.plan.needle_by_number(h["number"]).name, h["needle"])
+
+    def test_loaded_needles_are_numbered_first(self):
+        used = self.plan.used_needles()
+        self.assertEqual([n.number for n in used], list(range(1, len(used) + 1)))
+        self.assertEqual(sorted(n.number for n in self.plan.needles), list(range(1, len(self.plan.needles) + 1)))
+        self.assertEqual([r["number"] for r in self.plan.loading_rows()], list(range(1, len(used) + 1)))
 
 
 class PlanFolderTest(unittest.TestCase):
@@ -161,6 +169,10 @@ class BadInputTest(unittest.TestCase):
         wall = dict(self.masks, Bone=(c[..., 1] >= 14.0) & (c[..., 1] <= 18.0))  # a plate between skin and target
         with self.assertRaisesRegex(InputError, "no feasible needle path"):
             plan_from_masks(GEOM, wall, "GTV", forbidden=["Bone"], **OPTS)
+
+    def test_needles_too_long_for_the_path(self):
+        with self.assertRaisesRegex(InputError, "no feasible needle path"):
+            plan_from_masks(GEOM, self.masks, "GTV", **{**OPTS, "usable_length_mm": 15.0})
 
     def test_bad_numbers(self):
         with self.assertRaisesRegex(InputError, "seed strength must be > 0"):
