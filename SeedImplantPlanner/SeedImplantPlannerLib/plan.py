@@ -21,6 +21,7 @@ computes the dose on a grid around the target with :mod:`dose` and the metrics w
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -391,7 +392,7 @@ def plan_from_masks(geometry, masks: dict, target: str, *, oars=(), forbidden=()
 
     # -- needles -------------------------------------------------------------------------------
     tpts_all = mask_points(tmask, geometry)
-    implanted = [n for n in (implanted_needles or [])]
+    implanted = [copy.deepcopy(n) for n in (implanted_needles or [])]  # the caller's needles stay untouched
     for n in implanted:
         n.fixed = True
         n.kind = "implanted" if n.kind == "freehand" else n.kind
@@ -403,7 +404,7 @@ def plan_from_masks(geometry, masks: dict, target: str, *, oars=(), forbidden=()
         elif needle_mode == "freehand":
             if not needles:
                 raise InputError("free-hand mode needs needle paths (entry and tip of each needle)")
-            new = [n if isinstance(n, Needle) else None for n in needles]
+            new = [copy.deepcopy(n) if isinstance(n, Needle) else None for n in needles]
             if any(n is None for n in new):
                 new = freehand_needles(needles, gauge=gauge, usable_length_mm=usable_length_mm)
         elif needle_mode == "fan":
