@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import tempfile
 import unittest
 from pathlib import Path
@@ -169,6 +170,15 @@ class BadInputTest(unittest.TestCase):
         wall = dict(self.masks, Bone=(c[..., 1] >= 14.0) & (c[..., 1] <= 18.0))  # a plate between skin and target
         with self.assertRaisesRegex(InputError, "no feasible needle path"):
             plan_from_masks(GEOM, wall, "GTV", forbidden=["Bone"], **OPTS)
+
+    def test_strength_in_mci_decayed_to_the_implant_date(self):
+        p = plan_from_masks(GEOM, self.masks, "GTV", **{**OPTS, "strength": 0.4, "strength_unit": "mCi",
+                                                         "reference_date": "2026-10-28", "implant_date": "2026-11-27"})
+        expected = 0.4 * 1.270 * math.exp(-math.log(2) * 30.0 / 59.4)
+        self.assertAlmostEqual(p.strength_U, expected, places=9)
+        np.testing.assert_allclose(p.seeds.strengths_U, expected)
+        self.assertEqual(p.source["strength_entered"], {"value": 0.4, "unit": "mCi"})
+        self.assertEqual(p.source["implant_date"], "2026-11-27")
 
     def test_needles_too_long_for_the_path(self):
         with self.assertRaisesRegex(InputError, "no feasible needle path"):
