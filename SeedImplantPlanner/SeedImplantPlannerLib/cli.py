@@ -15,7 +15,7 @@ import time
 from .errors import SeedPlanError
 
 #: Modules that register subcommands, in help order.
-SUBCOMMAND_MODULES = ["cli_core", "cli_evaluation", "cli_planning", "cli_dicom", "cli_verify"]
+SUBCOMMAND_MODULES = ["cli_core", "cli_planning", "cli_evaluation", "cli_verify", "cli_dicom", "cli_demo"]
 
 
 class ProgressBar:
