@@ -367,7 +367,11 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
     if not finite.all():
         raise InputError(f"CT holds {int((~finite).sum())} non-finite voxel(s) inside the {roi_name}")
     inside = ctc[roic]
-    background = float(np.clip(np.median(inside), -200.0, 200.0))
+    median = float(np.median(inside))
+    if median > 400.0:  # (no lower bound: a body ROI in a chest CT is mostly lung)
+        raise InputError(f"CT values inside the {roi_name} do not look like HU (median {median:.0f}; soft tissue is "
+                         "about -100 to 60 HU, lung lower): apply the rescale slope/intercept, or check the ROI")
+    background = float(np.clip(median, -200.0, 200.0))
     floor = background + METAL_FLOOR_HU
     _progress.report(progress, 0.05, "seed finder: bone")
     bone, bone_level = bone_mask(ctc, background, geometry.voxel_volume_cc)
@@ -391,9 +395,12 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
         lab0, n0 = ndimage.label((ctc > floor) & roic, structure=np.ones((3, 3, 3)))
         if n0 == 0:
             raise InputError(f"no metal in the CT inside the {roi_name} (nothing above {floor:.0f} HU)")
-        sizes = np.bincount(lab0.ravel())[1:]
-        peaks = ndimage.maximum(ctc, lab0, index=np.arange(1, n0 + 1))
-        in_bone = ndimage.mean(bone.astype(np.float32), lab0, index=np.arange(1, n0 + 1)) > 0.5
+        sel = lab0 > 0
+        ids = lab0[sel] - 1
+        sizes = np.bincount(ids, minlength=n0)
+        peaks = np.full(n0, -np.inf)
+        np.maximum.at(peaks, ids, ctc[sel])
+        in_bone = np.bincount(ids, weights=bone[sel], minlength=n0) > 0.5 * sizes
         small = (sizes * voxel_mm3 <= max(60.0 * seed_vol_mm3, 8 * voxel_mm3)) & ~in_bone
         ref = peaks[small] if small.any() else peaks
         peak = float(np.median(ref))

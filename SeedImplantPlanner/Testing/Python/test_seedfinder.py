@@ -158,6 +158,8 @@ class TestFinderCases(unittest.TestCase):
             find_seeds(ct, self.g, expected_count=0)
         with self.assertRaisesRegex(InputError, "not above the soft-tissue background"):
             find_seeds(ct, self.g, threshold_hu=-50.0)
+        with self.assertRaisesRegex(InputError, "do not look like HU"):
+            find_seeds(ct.astype(np.int32) + 1024, self.g)  # raw stored values, rescale not applied
 
 
 class TestPhantom(unittest.TestCase):
