@@ -163,17 +163,25 @@ class DoseGrid:
         _progress.report(progress, 1.0, "dose: done")
 
     # -- incremental edits ---------------------------------------------------------------------
-    def _apply(self, model_id, position, axis, strength, sign):
+    def _apply(self, model_id, position, axis, strength, sign, more=()):
+        """Add (sign +1) or subtract (-1) seeds of one model; ``more``: further (position, axis, strength, sign)."""
         kernel = self.kernel(model_id)
-        rate, capped = self.engine.seed_rate(kernel, position, axis, strength)
         if model_id not in self.rate_by_model:
             self.rate_by_model[model_id] = np.zeros(self.geometry.shape)
-        if sign > 0:
-            self.rate_by_model[model_id] += rate
-            self._capped_count += capped
-        else:
-            self.rate_by_model[model_id] -= rate
-            self._capped_count -= capped
+        changes = [(position, axis, strength, sign)] + list(more)
+        apply_seeds = getattr(self.engine, "apply_seeds", None)
+        if apply_seeds is not None:  # the engine updates both arrays in place, all changes at once
+            apply_seeds(self.rate_by_model[model_id], self._capped_count, kernel, [c[0] for c in changes],
+                        [c[1] for c in changes], [c[2] * c[3] for c in changes])
+            return
+        for position, axis, strength, sign in changes:
+            rate, capped = self.engine.seed_rate(kernel, position, axis, strength)
+            if sign > 0:
+                self.rate_by_model[model_id] += rate
+                self._capped_count += capped
+            else:
+                self.rate_by_model[model_id] -= rate
+                self._capped_count -= capped
 
     def add_seed(self, position, axis, strength_U, model_id) -> int:
         """Add one seed; returns its index."""
@@ -196,8 +204,8 @@ class DoseGrid:
         self._check_index(index)
         s = self.seeds
         new = SeedSet([position], [s.axes[index] if axis is None else axis], [s.strengths_U[index]], [s.models[index]])
-        self._apply(s.models[index], s.positions[index], s.axes[index], s.strengths_U[index], -1)
-        self._apply(s.models[index], new.positions[0], new.axes[0], new.strengths_U[0], +1)
+        self._apply(s.models[index], s.positions[index], s.axes[index], s.strengths_U[index], -1,
+                    more=[(new.positions[0], new.axes[0], new.strengths_U[0], +1)])
         s.positions[index] = new.positions[0]
         s.axes[index] = new.axes[0]
 

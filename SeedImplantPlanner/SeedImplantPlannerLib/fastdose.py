@@ -1,32 +1,32 @@
 """Fast grid engine: TG-43 dose of many seeds on a voxel grid by multilevel summation.
 
 Same physics as :class:`tg43.TG43Kernel` (same tables, interpolation, extrapolation and cap
-rule); only the way the sum over seeds is organised differs. See docs/dose-engine.md.
+rule); only the way the sum over seeds is organised differs. Method, error analysis and measured
+numbers: docs/dose-engine.md.
 
-Method (multilevel summation, as MSM / nested interpolation):
-- Work in the grid's own frame (positions and axes rotated by the direction matrix), so oblique
-  grids cost nothing extra; anisotropic spacing is handled per axis.
-- Level 0 is the voxel grid; level k+1 has twice the spacing of level k along every axis that is
-  coarsened (semi-coarsening keeps coarse cells close to cubes), plus ghost nodes at the border.
-- Level k values are obtained from level k+1 by tensor-product Lagrange interpolation at the
-  midpoints (``order`` points per axis), done as strided array operations.
+Method (multilevel summation with nested interpolation, as in MSM):
+- Work in the grid's own frame (seed positions and axes rotated by the direction matrix), so
+  oblique grids cost nothing extra; anisotropic spacing is handled per axis.
+- Level 0 is the voxel grid. Level k+1 doubles the spacing of level k along every axis whose
+  spacing is within 1.5x of the finest (semi-coarsening keeps coarse cells close to cubes) and
+  carries ghost nodes beyond the border, so interpolation stencils never leave the level.
+- Prolongation (level k+1 -> k) is tensor-product Lagrange interpolation with ``order`` points
+  per axis, evaluated at the midpoints as symmetric strided array operations.
 - Top level: every seed evaluated exactly at every node.
-- Every lower level k: for each seed, inside a box of half-width R_k = ``ratio`` * H_(k+1)
-  (H_(k+1): the largest coarsened spacing of level k+1), the exact kernel minus the interpolation
-  of the seed's own exact level-(k+1) samples is added. So a voxel closer than R_k to a seed gets
-  that seed's exact value; farther voxels get an interpolated value, made from samples at least
-  (ratio - order/2) * H from the seed, where the kernel is smooth apart from the kinks of the
-  piecewise-linear TG-43 tables.
-- The exact kernel on boxes is evaluated in float32 through :class:`KernelTable`: g(r) F(r, theta)
-  (2D) or r^2 * kernel (1D) tabulated on a uniform (r, theta) grid whose nodes include every
-  tabulated radius and angle, so that bilinear lookup reproduces the piecewise-linear TG-43
-  interpolation; the line-source geometry factor is computed analytically.
+- Every lower level k: for each seed, at the level-k nodes within R_k = ``ratio`` * H_(k+1) of the
+  seed (H_(k+1): the largest coarsened spacing of level k+1), the exact kernel minus the
+  interpolation of the seed's own exact level-(k+1) samples is added. A voxel closer than R_0 to a
+  seed therefore gets that seed's exact value; a farther voxel gets an interpolated value made
+  from samples at least (ratio - order/2) * H from the seed.
+- The exact kernel is evaluated in float32 through :class:`KernelTable` (g(r) F(r, theta) on a
+  uniform grid whose nodes include every tabulated radius and angle, so bilinear lookup
+  reproduces TG-43's piecewise-linear interpolation; line-source geometry computed
+  analytically). Level-(k+1) exact samples are reused as the coarse samples of level k.
 
-Accuracy (measured, docs/dose-engine.md): the interpolation is high order where the kernel is
-smooth; where an interpolation stencil straddles a kink of the piecewise-linear tables (a table
-radius, or a table angle of F), the error is first order in H/r. The defaults keep the error of
-the summed dose of an implant well below 0.5 %; the single-seed worst case is larger near the
-seed axis and is reported in the docs.
+Error: high order where the kernel is smooth; first order in H/r where an interpolation stencil
+straddles a kink of the piecewise-linear TG-43 tables (a tabulated radius of g or F, a tabulated
+angle of F, and the seed axis, where F(theta) has a nonzero slope). docs/dose-engine.md gives the
+bound, how ``ratio`` and ``order`` control it, and measured values.
 """
 
 from __future__ import annotations
@@ -38,11 +38,10 @@ import numpy as np
 from . import progress as _progress
 from .errors import InputError
 from .geometry import ImageGeometry
-from .tg43 import TG43Kernel, geometry_factor_line, interp_anisotropy, interp_clamped, interp_radial
+from .tg43 import TG43Kernel, interp_anisotropy, interp_clamped, interp_radial
 
 #: Lagrange weights for interpolation at the midpoint of the central interval, by stencil size.
 _MID_WEIGHTS = {
-    2: np.array([1.0, 1.0]) / 2.0,
     4: np.array([-1.0, 9.0, 9.0, -1.0]) / 16.0,
     6: np.array([3.0, -25.0, 150.0, 150.0, -25.0, 3.0]) / 256.0,
     8: np.array([-5.0, 49.0, -245.0, 1225.0, 1225.0, -245.0, 49.0, -5.0]) / 2048.0,
@@ -53,7 +52,18 @@ TABLE_R_MAX_CM = 60.0
 
 DEFAULT_ORDER = 6
 DEFAULT_RATIO = 6.0
+DEFAULT_STRETCH = 2.0
+#: Level-0 correction radius is at least this (mm): seeds' exact zone does not shrink on fine grids.
+MIN_EXACT_RADIUS_MM = 12.0
+#: Radial-table roughness (largest relative slope jump x r over ROUGHNESS_RANGE_CM) at which the
+#: default ratio applies (model 6711's g_L: 0.52). Rougher kernels get a ratio scaled up in
+#: proportion, at most by MAX_RATIO_SCALE, so that their first-order kink error stays comparable.
+ROUGHNESS_REF = 0.55
+ROUGHNESS_RANGE_CM = (1.0, 5.0)
+MAX_RATIO_SCALE = 2.0
 
+_F32 = np.float32
+_TINY = _F32(1e-30)
 
 def _common_step(values, candidates):
     """Largest candidate step of which every value is an integer multiple (None if none)."""
@@ -65,19 +75,35 @@ def _common_step(values, candidates):
     return None
 
 
-class KernelTable:
-    """Fast float32 evaluation of one :class:`TG43Kernel` at box-shaped point sets.
+def _roughness(r, f, r_lo=ROUGHNESS_RANGE_CM[0], r_hi=ROUGHNESS_RANGE_CM[1]):
+    """max |slope jump| * r / f over the interior table nodes r_lo <= r <= r_hi (0 if none)."""
+    r = np.asarray(r, dtype=float)
+    f = np.asarray(f, dtype=float)
+    if r.size < 3:
+        return 0.0
+    slope = np.diff(f) / np.diff(r)
+    ri, fi = r[1:-1], f[1:-1]
+    jump = np.abs(np.diff(slope)) * ri / np.where(fi > 0, fi, np.inf)
+    sel = (ri >= r_lo) & (ri <= r_hi)
+    return float(jump[sel].max()) if np.any(sel) else 0.0
 
-    2D: rate/U = (Lambda / G_L(r0, theta0)) * G_L(r, theta) * T(r, theta), T = g_L(r) F(r, theta)
-    tabulated on a uniform grid (step ``dr`` in r, ``dtheta`` in theta) whose nodes contain every
-    tabulated radius of g_L and F and every tabulated angle of F: bilinear lookup is then exact for
-    F and for g (both piecewise linear), up to the product term g' F_r dr^2 / 4 (< 1e-5).
-    1D: rate/U = T1(r) / r^2, T1 = r^2 * kernel tabulated in r (nodes at every table radius).
-    Radii are capped at the kernel's cap radius exactly as TG43Kernel does.
+
+class KernelTable:
+    """Fast float32 evaluation of one :class:`TG43Kernel`.
+
+    2D: rate/U = (Lambda / G_L(r0, theta0)) * G_L(r, theta) * g_L(r) * F(r, theta); the product
+    g_L F is tabulated on a uniform (r, theta) grid (steps ``dr``, ``dtheta_deg``) whose nodes
+    include every tabulated radius of g_L and F and every tabulated angle of F, so bilinear lookup
+    is exact for both factors (piecewise linear) up to the product term g' F_r dr^2 / 4 (< 1e-5);
+    G_L is computed analytically. 1D: the same with g(r) phi_an(r) tabulated in r and the
+    geometry factor G_L(r, theta0) (line) or 1 / r^2 (point) computed analytically.
+    Radii below the kernel's cap radius are evaluated at the cap radius along the same direction,
+    exactly as TG43Kernel does. Each table cell stores its four corners, so one lookup is one
+    gather. Points beyond ``r_table_max`` use the exact kernel.
     """
 
     R_STEPS = (0.01, 0.005, 0.0025, 0.002, 0.001)
-    THETA_STEPS = (1.0, 0.5, 0.25, 0.2, 0.1, 0.05)
+    THETA_STEPS = (5.0, 2.5, 2.0, 1.0, 0.5, 0.25, 0.2, 0.1, 0.05)
 
     def __init__(self, kernel: TG43Kernel):
         self.kernel = kernel
@@ -88,12 +114,12 @@ class KernelTable:
         if self.two_d:
             breaks = np.concatenate([m.g_r_cm, m.F_r_cm])
         else:
-            gr = m.g_r_cm
-            breaks = np.concatenate([gr, m.phi_r_cm])
+            breaks = np.concatenate([m.g_r_cm, m.phi_r_cm])
+        # a kink off the table nodes would cost at most 0.25 * slope jump * dr (dr = 0.001 cm)
         self.dr = _common_step(breaks, self.R_STEPS) or self.R_STEPS[-1]
         n_r = int(math.ceil(TABLE_R_MAX_CM / self.dr)) + 2
-        self.r_max = (n_r - 2) * self.dr
         r = np.arange(n_r) * self.dr
+        self.mirror = True
         if self.two_d:
             self.mirror = bool(m.F_theta_deg[-1] <= 90.0)
             t_max = 90.0 if self.mirror else 180.0
@@ -103,119 +129,140 @@ class KernelTable:
             g = interp_radial(r, m.g_r_cm, m.g_L)
             f = interp_anisotropy(r[:, None], theta[None, :], m.F_r_cm, m.F_theta_deg, m.F)
             table = (m.dose_rate_constant / kernel.g0) * g[:, None] * f
-            # one spare column so that lookups at theta = t_max stay in range
-            table = np.concatenate([table, table[:, -1:]], axis=1)
-            self.n_t = table.shape[1]
             self.inv_dtheta_rad = float(180.0 / math.pi / self.dtheta_deg)
         else:
-            rr = np.maximum(r, 1e-6)
-            if kernel.geometry_1d == "line":
-                geo = geometry_factor_line(rr, 0.0, self.L) / kernel.g0 * rr * rr
-                g = interp_radial(rr, m.g_r_cm, m.g_L)
+            self.line_1d = kernel.geometry_1d == "line"
+            if self.line_1d:
+                const = m.dose_rate_constant / kernel.g0
+                g = interp_radial(r, m.g_r_cm, m.g_L)
             else:
-                geo = np.ones_like(rr)
-                g = interp_radial(rr, m.g_r_cm, m.g_P)
-            table = (m.dose_rate_constant * geo * g * interp_clamped(rr, m.phi_r_cm, m.phi_an))[:, None]
-            table = np.concatenate([table, table], axis=1)
-            self.n_t = 2
-        self.table = np.ascontiguousarray(table, dtype=np.float32).ravel()
+                const = m.dose_rate_constant
+                g = interp_radial(r, m.g_r_cm, m.g_P)
+            table = (const * g * interp_clamped(r, m.phi_r_cm, m.phi_an))[:, None]
+            self.inv_dtheta_rad = 0.0
+        # one spare column (theta = theta_max falls in a valid cell), then four corners per cell
+        table = np.concatenate([table, table[:, -1:]], axis=1)
+        self.n_r = table.shape[0]
+        self.n_cells_t = table.shape[1] - 1
+        corners = np.stack([table[:-1, :-1], table[:-1, 1:], table[1:, :-1], table[1:, 1:]], axis=-1)
+        self.cells = np.ascontiguousarray(corners, dtype=np.float32).view(np.complex128).reshape(-1)
         self.inv_dr = float(1.0 / self.dr)
-
-    def evaluate(self, d0, d1, d2, axes, strengths, want_capped=False):
-        """Dose rate (cGy/h) of B seeds on B boxes given by separable offsets.
-
-        ``d0 (B, n0)``, ``d1 (B, n1)``, ``d2 (B, n2)``: node coordinate minus seed coordinate
-        along the three array axes, in cm (float64); ``axes (B, 3)`` unit seed axes in the same
-        array-axis frame; ``strengths (B,)`` in U. Returns float32 (B, n0, n1, n2) and, if asked,
-        the boolean mask of capped nodes.
-        """
-        f32 = np.float32
-        a = np.asarray(axes, dtype=float)
-        s0 = d0[:, :, None, None]
-        s1 = d1[:, None, :, None]
-        s2 = d2[:, None, None, :]
-        r2 = ((d0 * d0)[:, :, None] + (d1 * d1)[:, None, :]).astype(f32)[..., None] + (d2 * d2).astype(f32)[:, None, None, :]
-        r = np.sqrt(r2)
-        capped = (r < f32(self.r_cap)) if want_capped else None
-        r_e = np.maximum(r, f32(self.r_cap))
+        self.r_table_max = (self.n_r - 2) * self.dr
         if self.two_d:
-            # z = d . a and rho^2 = |d x a|^2, both from separable pieces (no cancellation near the axis)
-            z = ((d0 * a[:, 0:1])[:, :, None] + (d1 * a[:, 1:2])[:, None, :]).astype(f32)[..., None] \
-                + (d2 * a[:, 2:3]).astype(f32)[:, None, None, :]
-            c0 = (d1[:, :, None] * a[:, 2, None, None] - d2[:, None, :] * a[:, 1, None, None]).astype(f32)
-            c1 = (d2[:, None, :] * a[:, 0, None, None] - d0[:, :, None] * a[:, 2, None, None]).astype(f32)
-            c2 = (d0[:, :, None] * a[:, 1, None, None] - d1[:, None, :] * a[:, 0, None, None]).astype(f32)
-            rho2 = (c0 * c0)[:, None, :, :] + (c1 * c1)[:, :, None, :]
-            rho2 += (c2 * c2)[:, :, :, None]
+            rough = [_roughness(m.g_r_cm, m.g_L)] + [_roughness(m.F_r_cm, row) for row in m.F]
+        else:
+            rough = [_roughness(m.g_r_cm, m.g_L if self.line_1d else m.g_P), _roughness(m.phi_r_cm, m.phi_an)]
+        #: largest relative slope jump x r of the radial tables in [1, 5] cm (dimensionless)
+        self.roughness = float(max(rough))
+
+    # -- evaluation ------------------------------------------------------------------------------
+    def at_runs(self, counts, rows, within, h2_cm, axis, strength, check_far=True):
+        """Dose rate (cGy/h) of one seed at runs of consecutive nodes along array axis 2.
+
+        ``rows`` (6, R) float32 per run: [d0^2 + d1^2, a0 d0 + a1 d1, d1 a2, d0 a2,
+        (d0 a1 - d1 a0)^2, d2 of the run's first node] (cm, node minus seed); ``counts`` (R,)
+        nodes per run; ``within`` (N,) position of each node in its run; ``h2_cm`` node step
+        along axis 2. Returns float32 (N,).
+        """
+        per = np.repeat(rows, counts, axis=1)
+        d2 = within.astype(np.float32)
+        d2 *= _F32(h2_cm)
+        d2 += per[5]
+        r2 = d2 * d2
+        r2 += per[0]
+        if not self.two_d:
+            return self._finish(r2, None, None, strength, check_far)
+        a0, a1, a2 = (_F32(x) for x in axis)
+        z = d2 * a2
+        z += per[1]
+        c = d2 * a1
+        np.subtract(per[2], c, out=c)
+        rho2 = c * c
+        np.multiply(d2, a0, out=c)
+        c -= per[3]
+        c *= c
+        rho2 += c
+        rho2 += per[4]
+        return self._finish(r2, z, rho2, strength, check_far)
+
+    def on_grid(self, d0, d1, d2, axis, strength, check_far=True):
+        """Dose rate (cGy/h) of one seed on a separable grid: ``d0`` (n0,) etc. in cm (float64)."""
+        a = np.asarray(axis, dtype=float)
+        r2 = ((d0 * d0)[:, None] + (d1 * d1)[None, :]).astype(_F32)[..., None] + (d2 * d2).astype(_F32)
+        if not self.two_d:
+            return self._finish(r2, None, None, strength, check_far)
+        z = ((d0 * a[0])[:, None] + (d1 * a[1])[None, :]).astype(_F32)[..., None] + (d2 * a[2]).astype(_F32)
+        c0 = (d1[:, None] * a[2] - d2[None, :] * a[1]).astype(_F32)
+        c1 = (d2[None, :] * a[0] - d0[:, None] * a[2]).astype(_F32)
+        c2 = (d0[:, None] * a[1] - d1[None, :] * a[0]).astype(_F32)
+        rho2 = (c0 * c0)[None, :, :] + (c1 * c1)[:, None, :]
+        rho2 += (c2 * c2)[:, :, None]
+        return self._finish(r2, z, rho2, strength, check_far)
+
+    def _finish(self, r2, z, rho2, strength, check_far):
+        rc = _F32(self.r_cap)
+        r = np.sqrt(r2)
+        capped = (r < rc) if r2.min() < rc * rc else None
+        r_e = np.maximum(r, rc)
+        fr = r_e * _F32(self.inv_dr)
+        ir = fr.astype(np.int32)
+        far = None
+        if check_far and int(ir.max()) > self.n_r - 2:
+            far = ir > self.n_r - 2
+            np.minimum(ir, self.n_r - 2, out=ir)
+        wr = fr
+        wr -= ir
+        if self.two_d:
             rho = np.sqrt(rho2)
-            del rho2
-            if self.mirror:
-                np.abs(z, out=z)
-            theta = np.arctan2(rho, z)
-            # line-source geometry at the capped radius along the same direction
-            scale = r_e / np.maximum(r, f32(1e-30))
+            zz = np.abs(z) if self.mirror else z
+            ft = np.arctan2(rho, zz)
             lrho = rho
-            lrho *= scale
-            lrho *= f32(self.L)
-            np.maximum(lrho, f32(1e-30), out=lrho)
-            denom = r_e * r_e
-            denom -= f32(0.25 * self.L * self.L)
-            geo = np.arctan2(lrho, denom)
+            lrho *= _F32(self.L)
+            if capped is not None:
+                # capped points: line-source geometry at the cap radius along the same direction
+                lrho[capped] *= rc / np.maximum(r[capped], _TINY)
+            np.maximum(lrho, _TINY, out=lrho)
+            geo = r_e * r_e
+            geo -= _F32(0.25 * self.L * self.L)
+            np.arctan2(lrho, geo, out=geo)
             geo /= lrho
-            del lrho, denom, scale, z
-            ft = theta
-            ft *= f32(self.inv_dtheta_rad)
+            ft *= _F32(self.inv_dtheta_rad)
             it = ft.astype(np.int32)
             wt = ft
             wt -= it
+            ir *= np.int32(self.n_cells_t)
+            ir += it
+        q = self.cells.take(ir).view(np.float32).reshape(ir.shape + (4,))
+        if self.two_d:
+            lo = q[..., 1] - q[..., 0]
+            lo *= wt
+            lo += q[..., 0]
+            hi = q[..., 3] - q[..., 2]
+            hi *= wt
+            hi += q[..., 2]
+            hi -= lo
         else:
-            geo = None
-            it = None
-            wt = None
-        fr = r_e * f32(self.inv_dr)
-        ir = fr.astype(np.int32)
-        n_rows = self.table.size // self.n_t
-        far = ir >= n_rows - 1
-        if far.any():
-            np.minimum(ir, n_rows - 2, out=ir)
-        wr = fr
-        wr -= ir
-        idx = ir * np.int32(self.n_t)
-        if it is not None:
-            idx += it
-        v00 = self.table.take(idx)
-        v01 = self.table.take(idx + 1)
-        idx += np.int32(self.n_t)
-        v10 = self.table.take(idx)
-        v11 = self.table.take(idx + 1)
-        if wt is not None:
-            v01 -= v00
-            v01 *= wt
-            v00 += v01
-            v11 -= v10
-            v11 *= wt
-            v10 += v11
-        v10 -= v00
-        v10 *= wr
-        v00 += v10
-        out = v00
-        if geo is not None:
-            out *= geo
+            lo = q[..., 0].copy()
+            hi = q[..., 2] - lo
+        hi *= wr
+        lo += hi
+        if self.two_d:
+            lo *= geo
+        elif self.line_1d:
+            # G_L(r, 90 deg) = 2 atan(L / 2r) / (L r)
+            geo = np.arctan2(_F32(0.5 * self.L), r_e)
+            geo /= r_e
+            geo *= _F32(2.0 / self.L)
+            lo *= geo
         else:
-            out /= r_e * r_e
-        out *= np.asarray(strengths, dtype=f32)[:, None, None, None]
-        if far.any():
-            self._exact_far(out, far, s0, s1, s2, a, strengths)
-        return out, capped
-
-    def _exact_far(self, out, far, s0, s1, s2, a, strengths):
-        """Points beyond the table: the exact kernel (rare: seeds far from the grid)."""
-        b, i0, i1, i2 = np.nonzero(far)
-        d = np.stack([s0[b, i0, 0, 0], s1[b, 0, i1, 0], s2[b, 0, 0, i2]], axis=1)
-        r = np.sqrt(np.einsum("ij,ij->i", d, d))
-        c = np.einsum("ij,ij->i", d, a[b]) / np.maximum(r, 1e-30)
-        rate, _ = self.kernel.dose_rate_per_U(r, c)
-        out[b, i0, i1, i2] = (rate * np.asarray(strengths)[b]).astype(np.float32)
+            lo /= r_e * r_e
+        lo *= _F32(strength)
+        if far is not None:
+            rr = r[far].astype(float)
+            c = np.zeros_like(rr) if z is None else np.broadcast_to(z, r.shape)[far].astype(float) / np.maximum(rr, 1e-30)
+            rate, _ = self.kernel.dose_rate_per_U(rr, c)
+            lo[far] = (rate * strength).astype(np.float32)
+        return lo
 
 
 class _Level:
@@ -226,218 +273,401 @@ class _Level:
         self.spacing = np.asarray(spacing, dtype=float)
         self.shape = tuple(int(n) for n in shape)
         self.factor = None  # per-axis factor (1 or 2) to the next coarser level
-        self.half_box = None  # per-axis box half-width (nodes) of the seed corrections
-        self.box = None  # per-axis box size (nodes, even)
 
     @property
     def n_nodes(self):
         return int(np.prod(self.shape))
 
-    def coords(self, axis, start, count):
-        """Coordinates (mm) of nodes start..start+count-1 along ``axis`` (start may be an array)."""
-        return self.origin[axis] + (np.asarray(start)[..., None] + np.arange(count)) * self.spacing[axis]
+    def region(self, q, a, semi_axes):
+        """Nodes of this level inside a seed's correction spheroid (clipped to the level).
 
-
-def _prolong_axis(v, axis, n_out, weights):
-    """Interpolate ``v`` (coarse along ``axis``, ghosts included) to ``n_out`` fine nodes."""
-    p = len(weights)
-    g = p // 2 - 1
-    shape = list(v.shape)
-    shape[axis] = n_out
-    out = np.empty(shape, dtype=v.dtype)
-    n_even = (n_out + 1) // 2
-    n_odd = n_out // 2
-
-    def sl(start, stop, step=1):
-        idx = [slice(None)] * v.ndim
-        idx[axis] = slice(start, stop, step)
-        return tuple(idx)
-
-    out[sl(0, None, 2)] = v[sl(g, g + n_even)]
-    if n_odd:
-        acc = v[sl(0, n_odd)] * v.dtype.type(weights[0])
-        for j in range(1, p):
-            acc += v[sl(j, j + n_odd)] * v.dtype.type(weights[j])
-        out[sl(1, None, 2)] = acc
-    return out
+        ``q`` seed position (mm), ``a`` unit axis, both in array-axis order; ``semi_axes`` (across,
+        along the axis) in mm. Returns None if no
+        node is inside, else (start (3,), size (3,), flat indices of the nodes into the box, and
+        the runs along axis 2 as :meth:`KernelTable.at_runs` takes them: counts, rows, within).
+        """
+        A, B = semi_axes
+        h, o = self.spacing, self.origin
+        ext = np.sqrt(A * A * (1.0 - a * a) + B * B * a * a)
+        lo = np.ceil((q - ext - o) / h - 1e-9).astype(np.int64)
+        hi = np.floor((q + ext - o) / h + 1e-9).astype(np.int64)
+        shape = np.asarray(self.shape)
+        lo = np.maximum(lo, 0)
+        hi = np.minimum(hi, shape - 1)
+        if np.any(hi < lo):
+            return None
+        even = self.factor == 2
+        lo = np.where(even, lo - lo % 2, lo)
+        size = hi - lo + 1
+        size = np.where(even, size + size % 2, size)
+        # spheroid: x^T M x <= 1 with M = I / A^2 + a a^T (1 / B^2 - 1 / A^2)
+        m = np.eye(3) / (A * A) + np.outer(a, a) * (1.0 / (B * B) - 1.0 / (A * A))
+        x0 = o[0] + (lo[0] + np.arange(size[0])) * h[0] - q[0]
+        x1 = o[1] + (lo[1] + np.arange(size[1])) * h[1] - q[1]
+        X0 = np.repeat(x0, size[1])
+        X1 = np.tile(x1, size[0])
+        bq = m[2, 0] * X0 + m[2, 1] * X1
+        cq = m[0, 0] * X0 * X0 + 2.0 * m[0, 1] * X0 * X1 + m[1, 1] * X1 * X1 - 1.0
+        disc = bq * bq - m[2, 2] * cq
+        ok = disc >= 0.0
+        root = np.sqrt(np.where(ok, disc, 0.0))
+        base2 = o[2] + lo[2] * h[2] - q[2]
+        t_lo = np.ceil(((-bq - root) / m[2, 2] - base2) / h[2] - 1e-9).astype(np.int64)
+        t_hi = np.floor(((-bq + root) / m[2, 2] - base2) / h[2] + 1e-9).astype(np.int64)
+        t_lo = np.maximum(t_lo, 0)
+        t_hi = np.minimum(t_hi, hi[2] - lo[2])
+        counts = np.where(ok, np.maximum(t_hi - t_lo + 1, 0), 0)
+        runs = np.flatnonzero(counts)
+        if runs.size == 0:
+            return None
+        counts = counts[runs]
+        total = int(counts.sum())
+        run_start = np.cumsum(counts) - counts
+        within = np.arange(total, dtype=np.int64) - np.repeat(run_start, counts)
+        idx = within + np.repeat(runs * size[2] + t_lo[runs], counts)
+        x0c = X0[runs] * 0.1
+        x1c = X1[runs] * 0.1
+        rows = np.empty((6, runs.size), dtype=np.float32)
+        rows[0] = x0c * x0c + x1c * x1c
+        rows[1] = a[0] * x0c + a[1] * x1c
+        rows[2] = x1c * a[2]
+        rows[3] = x0c * a[2]
+        rows[4] = (x0c * a[1] - x1c * a[0]) ** 2
+        rows[5] = (base2 + t_lo[runs] * h[2]) * 0.1
+        return lo, size, idx, counts, rows, within
 
 
 class FastGridEngine:
     """Multilevel grid engine with the interface of :class:`dose.DirectGridEngine` (method "fast").
 
-    ``order``: points per axis of the Lagrange interpolation (4, 6 or 8); ``ratio``: near-zone
-    radius of a level in units of the next coarser spacing (R_k = ratio * H_(k+1)).
+    ``order``: points per axis of the Lagrange interpolation (4, 6 or 8). ``ratio``: correction
+    radius of level k in units of the next coarser spacing, R_k = ratio * H_(k+1). ``stretch``:
+    the correction region is a spheroid with semi-axes R_k across and stretch * R_k along the seed
+    axis (the kinks of F(theta) are strongest near the axis). The error falls about as
+    1 / ratio; the cost grows as stretch * ratio^3 (docs/dose-engine.md). ``top_level``: index
+    of the coarsest level (default: chosen by a cost estimate for ``typical_seeds`` seeds).
+
+    Besides ``seed_rate`` and ``seeds_rate`` it offers :meth:`apply_seeds`, an in-place update used
+    by :class:`dose.DoseGrid` for seed edits.
     """
 
     name = "fast"
-    BATCH = 8
 
     def __init__(self, geometry: ImageGeometry, order: int = DEFAULT_ORDER, ratio: float = DEFAULT_RATIO,
-                 typical_seeds: int = 100):
-        if order not in _MID_WEIGHTS or order < 4:
+                 stretch: float = DEFAULT_STRETCH, typical_seeds: int = 100, top_level: int | None = None):
+        if order not in _MID_WEIGHTS:
             raise InputError(f"interpolation order must be 4, 6 or 8, got {order!r}")
-        if not ratio >= order / 2 + 1:
-            raise InputError(f"near-zone ratio {ratio!r} too small for order {order} (need >= {order / 2 + 1})")
+        if not (math.isfinite(ratio) and ratio >= order / 2 + 1):
+            raise InputError(f"correction ratio {ratio!r} too small for order {order} (need >= {order / 2 + 1:g})")
+        if not (math.isfinite(stretch) and stretch >= 1.0):
+            raise InputError(f"stretch must be >= 1, got {stretch!r}")
         self.geometry = geometry
         self.order = int(order)
         self.ratio = float(ratio)
+        self.stretch = float(stretch)
         self.weights = _MID_WEIGHTS[self.order]
         self._rot = geometry.direction_matrix  # columns: i, j, k unit vectors in RAS
         self._origin = np.asarray(geometry.origin, dtype=float)
         self._tables = {}
-        self.levels = self._build_levels(typical_seeds)
+        self._buffers = {}
+        self._spheroid_cache = {}
+        self.levels = self._build_levels(typical_seeds, top_level)
 
     # -- level hierarchy -----------------------------------------------------------------------
-    def _build_levels(self, typical_seeds):
-        geo = self.geometry
-        sp = np.array(geo.spacing[::-1], dtype=float)  # array-axis order (k, j, i)
-        shape = np.array(geo.shape, dtype=int)
+    def _build_levels(self, typical_seeds, top_level=None):
+        sp = np.array(self.geometry.spacing[::-1], dtype=float)  # array-axis order (k, j, i)
         g = self.order // 2 - 1
-        levels = [_Level(np.zeros(3), sp, shape)]
-        while True:
+        levels = [_Level(np.zeros(3), sp, self.geometry.shape)]
+        while len(levels) < 12:
             lv = levels[-1]
-            if np.all(np.asarray(lv.shape) <= self.order + 2) or len(levels) > 12:
-                break
+            shape = np.asarray(lv.shape)
             h = lv.spacing
-            factor = np.where(h < 1.5 * h.min() * (1 + 1e-9), 2, 1)
-            factor = np.where(np.asarray(lv.shape) <= 2, 1, factor)
+            factor = np.where((h < 1.5 * h.min() * (1 + 1e-9)) & (shape > self.order), 2, 1)
             if not np.any(factor == 2):
                 break
             new_h = h * factor
-            new_shape = np.where(factor == 2, -(-(np.asarray(lv.shape) - 1) // 2) + 1 + 2 * g, lv.shape)
+            new_shape = np.where(factor == 2, -(-(shape - 1) // 2) + 1 + 2 * g, shape)
             new_origin = np.where(factor == 2, lv.origin - g * new_h, lv.origin)
             lv.factor = factor
-            radius = self.ratio * float(new_h[factor == 2].max())
-            lv.half_box = np.ceil(radius / h - 1e-9).astype(int) + 1
-            lv.box = np.minimum(2 * lv.half_box + 2, np.asarray(lv.shape) + np.asarray(lv.shape) % 2)
             levels.append(_Level(new_origin, new_h, new_shape))
-        # choose the top level minimising the per-seed cost
-        best, best_cost = 0, float(levels[0].n_nodes) * typical_seeds
-        acc = 0.0
+        axes = self._spheroids(levels, self.ratio)
+        # top level: minimise the estimated per-seed cost (corrections below + all top nodes)
+        best, best_cost, acc = 0, float(levels[0].n_nodes) * typical_seeds, 0.0
         for k in range(1, len(levels)):
             lv = levels[k - 1]
-            coarse = np.where(lv.factor == 2, lv.box // 2 + self.order - 1, lv.box)
-            acc += (float(np.prod(lv.box)) + float(np.prod(coarse))) * typical_seeds + 3.0 * lv.n_nodes
-            cost = acc + float(levels[k].n_nodes) * typical_seeds
+            A, B = axes[k - 1]
+            pts = min(4.0 / 3.0 * math.pi * A * A * B / float(np.prod(lv.spacing)), lv.n_nodes)
+            box = min(8.0 * A * A * B / float(np.prod(lv.spacing)) * 1.3, lv.n_nodes)
+            acc += (1.5 * pts + 0.4 * box + 2000.0) * typical_seeds + 3.0 * lv.n_nodes
+            cost = acc + 1.2 * float(levels[k].n_nodes) * typical_seeds
             if cost < best_cost:
                 best, best_cost = k, cost
+        if top_level is not None:
+            best = min(max(int(top_level), 0), len(levels) - 1)
         levels = levels[:best + 1]
         levels[-1].factor = None
-        levels[-1].half_box = None
-        levels[-1].box = None
         return levels
+
+    def _spheroids(self, levels, ratio):
+        """Correction spheroid semi-axes (across, along the seed axis; mm) of each level but the top.
+
+        Level k corrects every node closer than R_k = ratio * H_(k+1) (at least
+        MIN_EXACT_RADIUS_MM on level 0); its spheroid also holds the interpolation stencil nodes of
+        level k-1's spheroid, whose exact values it provides.
+        """
+        out = []
+        for k, lv in enumerate(levels):
+            if lv.factor is None:
+                break
+            coarse_h = lv.spacing * lv.factor
+            radius = ratio * float(coarse_h[lv.factor == 2].max())
+            if k == 0:
+                # the near field, where the tables' kinks are densest, stays exact on fine grids
+                radius = max(radius, MIN_EXACT_RADIUS_MM)
+            across, along = radius, self.stretch * radius
+            if k > 0:
+                fine = levels[k - 1]
+                reach = 0.5 * self.order * float(np.linalg.norm(lv.spacing * (fine.factor == 2))) + 1e-6
+                across = max(across, out[-1][0] + reach)
+                along = max(along, out[-1][1] + reach)
+            out.append((across, along))
+        return out
+
+    def kernel_ratio(self, kernel: TG43Kernel) -> float:
+        """Correction ratio used for ``kernel``: the engine's, scaled up for rough radial tables."""
+        rough = self._table(kernel).roughness
+        return self.ratio * min(max(rough / ROUGHNESS_REF, 1.0), MAX_RATIO_SCALE)
+
+    def _kernel_spheroids(self, kernel):
+        ratio = self.kernel_ratio(kernel)
+        hit = self._spheroid_cache.get(ratio)
+        if hit is None:
+            hit = self._spheroid_cache[ratio] = self._spheroids(self.levels, ratio)
+        return hit
 
     def describe(self) -> str:
         """Level shapes and spacings, for reports."""
         parts = [f"L{k} {lv.shape[::-1]} @ {np.round(lv.spacing[::-1], 3).tolist()} mm" for k, lv in enumerate(self.levels)]
-        return f"multilevel order {self.order}, ratio {self.ratio:g}: " + "; ".join(parts)
+        return (f"multilevel, order {self.order}, ratio {self.ratio:g}, stretch {self.stretch:g}: "
+                + "; ".join(parts))
 
     # -- helpers -------------------------------------------------------------------------------
     def _table(self, kernel: TG43Kernel) -> KernelTable:
-        key = id(kernel)
-        hit = self._tables.get(key)
+        hit = self._tables.get(id(kernel))
         if hit is None or hit.kernel is not kernel:
-            hit = KernelTable(kernel)
-            self._tables[key] = hit
+            hit = _shared_table(kernel)
+            self._tables[id(kernel)] = hit
         return hit
 
+    def _buffer(self, key, shape, dtype=np.float32):
+        k = (key, tuple(int(x) for x in shape), np.dtype(dtype).str)
+        b = self._buffers.get(k)
+        if b is None:
+            if len(self._buffers) > 256:
+                self._buffers.clear()
+            b = self._buffers[k] = np.empty(k[1], dtype=dtype)
+        return b
+
     def _to_local(self, positions, axes):
-        """Seed positions (mm) and axes in the grid frame, array-axis order (k, j, i)."""
+        """Seed positions (mm) and unit axes in the grid frame, array-axis order (k, j, i)."""
         p = (np.asarray(positions, dtype=float).reshape(-1, 3) - self._origin) @ self._rot
         a = np.asarray(axes, dtype=float).reshape(-1, 3) @ self._rot
-        a = a / np.linalg.norm(a, axis=1, keepdims=True)
-        return p[:, ::-1].copy(), a[:, ::-1].copy()
+        n = np.linalg.norm(a, axis=1, keepdims=True)
+        if np.any(~np.isfinite(n)) or np.any(n < 1e-12) or np.any(~np.isfinite(p)):
+            raise InputError("seed positions must be finite and seed axes non-zero")
+        return p[:, ::-1].copy(), (a / n)[:, ::-1].copy()
 
-    def _box_starts(self, lv, q):
-        """Even-aligned box start indices (B, 3) on level ``lv`` for local positions q (B, 3)."""
-        c = np.rint((q - lv.origin) / lv.spacing).astype(np.int64)
-        start = c - lv.half_box
-        start = np.where(lv.factor == 2, np.floor_divide(start, 2) * 2, start)
-        full = lv.box >= np.asarray(lv.shape)
-        start = np.where(full, 0, np.maximum(start, 0))
-        return start
+    def _prolong_axis(self, v, axis, n_out, out=None, add=False, tag=""):
+        """Midpoint Lagrange interpolation of ``v`` along ``axis`` (ghosts included) to ``n_out`` nodes."""
+        w = self.weights
+        p = len(w)
+        g = p // 2 - 1
+        n_even = (n_out + 1) // 2
+        n_odd = n_out // 2
+        nd = v.ndim
 
-    def _eval_box(self, table, lv, starts, sizes, q, a, s, want_capped=False):
-        d = [(lv.coords(ax, starts[:, ax], sizes[ax]) - q[:, ax, None]) * 0.1 for ax in range(3)]
-        return table.evaluate(d[0], d[1], d[2], a, s, want_capped)
+        def sl(start, stop, step=1):
+            idx = [slice(None)] * nd
+            idx[axis] = slice(start, stop, step)
+            return tuple(idx)
 
-    def _corrections(self, table, k, q, a, s, acc, capped):
-        """Add sum_s [K_s - I(K_s at level k+1)] on each seed's box into ``acc`` (level k)."""
-        lv = self.levels[k]
-        up = self.levels[k + 1]
-        starts = self._box_starts(lv, q)
-        box = lv.box
-        fine, cap = self._eval_box(table, lv, starts, box, q, a, s, want_capped=capped is not None)
-        f2 = lv.factor == 2
-        cstarts = np.where(f2, starts // 2, starts)
-        csizes = np.where(f2, box // 2 + self.order - 1, box)
-        coarse, _ = self._eval_box(table, up, cstarts, csizes, q, a, s)
-        for ax in (3, 2, 1):
-            if f2[ax - 1]:
-                coarse = _prolong_axis(coarse, ax, int(box[ax - 1]), self.weights)
-        fine -= coarse
-        shape = lv.shape
-        for b in range(len(q)):
-            lo = starts[b]
-            hi = np.minimum(lo + box, shape)
-            if np.any(hi <= lo):
-                continue
-            ext = hi - lo
-            acc[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] += fine[b, :ext[0], :ext[1], :ext[2]]
-            if capped is not None:
-                capped[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] |= cap[b, :ext[0], :ext[1], :ext[2]]
-
-    def _top(self, table, q, a, s, acc):
-        lv = self.levels[-1]
-        zero = np.zeros((len(q), 3), dtype=np.int64)
-        vals, _ = self._eval_box(table, lv, zero, lv.shape, q, a, s)
-        acc += vals.sum(axis=0)
-
-    def _prolong(self, coarse, k):
-        """Level k+1 array -> level k array."""
-        lv = self.levels[k]
-        out = coarse
-        for ax in (2, 1, 0):
-            if lv.factor[ax] == 2:
-                out = _prolong_axis(out, ax, lv.shape[ax], self.weights)
+        shape = list(v.shape)
+        shape[axis] = n_out
+        if out is None:
+            out = self._buffer(("prolong", tag, axis), shape, v.dtype)
+        shape[axis] = n_odd
+        if n_odd:
+            t1 = self._buffer(("t1", tag, axis), shape, v.dtype)
+            t2 = self._buffer(("t2", tag, axis), shape, v.dtype)
+            np.add(v[sl(0, n_odd)], v[sl(p - 1, p - 1 + n_odd)], out=t1)
+            t1 *= v.dtype.type(w[0])
+            for j in range(1, p // 2):
+                np.add(v[sl(j, j + n_odd)], v[sl(p - 1 - j, p - 1 - j + n_odd)], out=t2)
+                t2 *= v.dtype.type(w[j])
+                t1 += t2
+        if add:
+            out[sl(0, None, 2)] += v[sl(g, g + n_even)]
+            if n_odd:
+                out[sl(1, None, 2)] += t1
+        else:
+            out[sl(0, None, 2)] = v[sl(g, g + n_even)]
+            if n_odd:
+                out[sl(1, None, 2)] = t1
         return out
 
-    def _ensure_range(self, table, q):
-        """Nothing to do: points beyond the table fall back to the exact kernel."""
-        return table
+    def _prolong(self, coarse, factor, out_shape, out=None, add=False, tag="grid"):
+        """Interpolate ``coarse`` along the axes with ``factor`` 2 to ``out_shape`` (into ``out``)."""
+        axes = [ax for ax in (2, 1, 0) if factor[ax] == 2]
+        v = coarse
+        for n, ax in enumerate(axes):
+            last = n == len(axes) - 1
+            v = self._prolong_axis(v, ax, int(out_shape[ax]), out=out if last else None, add=add and last, tag=tag)
+        return v
 
-    # -- engine interface ----------------------------------------------------------------------
-    def _compute(self, kernel, positions, axes, strengths, progress=None):
+    # -- core ----------------------------------------------------------------------------------
+    def _accumulate(self, kernel, positions, axes, strengths, rate, capped=None, counts=None, progress=None):
+        """Add the dose rate of the seeds into ``rate`` (float64, grid shape), in place.
+
+        ``capped``: boolean array or None; capped voxels are OR-ed in. ``counts``: int32 array or
+        None; each seed adds sign(strength) at its capped voxels (DoseGrid's capped counter).
+        """
         table = self._table(kernel)
+        spheroids = self._kernel_spheroids(kernel)
         q, a = self._to_local(positions, axes)
         s = np.asarray(strengths, dtype=float).reshape(-1)
         n = len(q)
-        nl = len(self.levels)
-        accs = [np.zeros(lv.shape, dtype=np.float32) for lv in self.levels]
-        capped = np.zeros(self.levels[0].shape, dtype=bool)
-        batch = self.BATCH
-        n_batches = max(1, -(-n // batch))
-        for bi in range(n_batches):
-            sl = slice(bi * batch, min(n, (bi + 1) * batch))
-            if sl.start >= n:
-                break
-            for k in range(nl - 1):
-                self._corrections(table, k, q[sl], a[sl], s[sl], accs[k], capped if k == 0 else None)
-            self._top(table, q[sl], a[sl], s[sl], accs[-1])
-            _progress.report(progress, 0.95 * (bi + 1) / n_batches, f"dose: seed {sl.stop} of {n}")
-        v = accs[-1]
-        for k in range(nl - 2, -1, -1):
-            v = self._prolong(v, k)
-            v += accs[k]
-        return v, capped
+        levels = self.levels
+        top = len(levels) - 1
+        accs = [rate] + [self._buffer(("acc", k), lv.shape) for k, lv in enumerate(levels) if k > 0]
+        for acc in accs[1:]:
+            acc.fill(0.0)
+        lt = levels[top]
+        top_coords = [lt.origin[ax] + np.arange(lt.shape[ax]) * lt.spacing[ax] for ax in range(3)]
+        zero = np.zeros(3, dtype=np.int64)
+        step = max(1, n // 50)
+        corners = np.array([[top_coords[0][x], top_coords[1][y], top_coords[2][z]]
+                            for x in (0, -1) for y in (0, -1) for z in (0, -1)])
+        r_far = max(float(np.max(np.linalg.norm(corners[None, :, :] - q[:, None, :], axis=2))), 0.0) * 0.1
+        self._check_far = r_far >= table.r_table_max
+        for i in range(n):
+            d = [(top_coords[ax] - q[i, ax]) * 0.1 for ax in range(3)]
+            dense = table.on_grid(d[0], d[1], d[2], a[i], s[i], self._check_far)
+            accs[top] += dense
+            prev, prev_start = dense, zero
+            for k in range(top - 1, -1, -1):
+                res = self._correct(table, k, spheroids[k], q[i], a[i], s[i], prev, prev_start, accs[k])
+                if res is None:
+                    break
+                prev, prev_start = res
+            if capped is not None or counts is not None:
+                self._capped(kernel, q[i], s[i], capped, counts)
+            if progress is not None and ((i + 1) % step == 0 or i + 1 == n):
+                _progress.report(progress, 0.97 * (i + 1) / n, f"dose: seed {i + 1} of {n}")
+        if top > 0:
+            v = accs[top]
+            for k in range(top - 1, -1, -1):
+                v = self._prolong(v, levels[k].factor, levels[k].shape, out=accs[k], add=True)
+        return rate
 
+    def _correct(self, table, k, semi_axes, q, a, s, prev, prev_start, target):
+        """Level-k correction of one seed; returns its exact level-k box for level k-1 (None: no node)."""
+        lv = self.levels[k]
+        reg = lv.region(q, a, semi_axes)
+        if reg is None:
+            return None
+        start, size, idx, counts, rows, within = reg
+        exact = table.at_runs(counts, rows, within, 0.1 * lv.spacing[2], a, s, self._check_far)
+        n_box = int(np.prod(size))
+        box = np.zeros(n_box, dtype=np.float32)
+        box[idx] = exact
+        # interpolation of the seed's own exact level-(k+1) samples onto the box
+        f2 = lv.factor == 2
+        cstart = np.where(f2, start // 2, start)
+        csize = np.where(f2, size // 2 + self.order - 1, size)
+        block = _extract(prev, prev_start, cstart, csize)
+        interp = self._prolong(block, lv.factor, size, tag="box").reshape(-1)
+        corr = self._buffer(("corr",), (n_box,))
+        corr.fill(0.0)
+        corr[idx] = exact - interp[idx]
+        corr = corr.reshape(tuple(size))
+        end = np.minimum(start + size, lv.shape)
+        ext = end - start
+        target[start[0]:end[0], start[1]:end[1], start[2]:end[2]] += corr[:ext[0], :ext[1], :ext[2]]
+        return box.reshape(tuple(size)), start
+
+    def _capped(self, kernel, q, s, capped, counts):
+        """Voxels closer than the cap radius to the seed (float64, as TG43Kernel decides)."""
+        lv = self.levels[0]
+        rc_mm = kernel.r_cap_cm * 10.0
+        lo = np.maximum(np.floor((q - rc_mm - lv.origin) / lv.spacing).astype(np.int64), 0)
+        hi = np.minimum(np.ceil((q + rc_mm - lv.origin) / lv.spacing).astype(np.int64), np.asarray(lv.shape) - 1)
+        if np.any(hi < lo):
+            return
+        ax = [((lv.origin[i] + np.arange(lo[i], hi[i] + 1) * lv.spacing[i] - q[i]) * 0.1) for i in range(3)]
+        r = np.sqrt(ax[0][:, None, None] ** 2 + ax[1][None, :, None] ** 2 + ax[2][None, None, :] ** 2)
+        m = r < kernel.r_cap_cm
+        if not m.any():
+            return
+        sl = (slice(lo[0], hi[0] + 1), slice(lo[1], hi[1] + 1), slice(lo[2], hi[2] + 1))
+        if capped is not None:
+            capped[sl] |= m
+        if counts is not None:
+            counts[sl] += np.where(m, 1 if s > 0 else -1, 0).astype(counts.dtype)
+
+    # -- engine interface ----------------------------------------------------------------------
     def seed_rate(self, kernel: TG43Kernel, position, axis, strength_U):
         """Dose-rate array (cGy/h, grid shape) of one seed, and its capped-voxel mask."""
-        v, capped = self._compute(kernel, [position], [axis], [strength_U])
-        return v.astype(float), capped
+        rate = np.zeros(self.geometry.shape)
+        capped = np.zeros(self.geometry.shape, dtype=bool)
+        self._accumulate(kernel, [position], [axis], [strength_U], rate, capped=capped)
+        return rate, capped
 
     def seeds_rate(self, kernel: TG43Kernel, positions, axes, strengths, progress=None):
         """Summed dose rate of several seeds of one model, and the union of capped voxels."""
-        v, capped = self._compute(kernel, positions, axes, strengths, progress)
+        rate = np.zeros(self.geometry.shape)
+        capped = np.zeros(self.geometry.shape, dtype=bool)
+        if len(np.asarray(positions).reshape(-1, 3)):
+            self._accumulate(kernel, positions, axes, strengths, rate, capped=capped, progress=progress)
         _progress.report(progress, 1.0, "dose: done")
-        return v.astype(float), capped
+        return rate, capped
+
+    def apply_seeds(self, rate, capped_count, kernel: TG43Kernel, positions, axes, signed_strengths):
+        """In place: ``rate += sum_s rate_s`` and ``capped_count += sign_s`` at each seed's capped voxels.
+
+        A negative strength removes a seed (its capped voxels count -1): a move is one call with
+        the old seed at -S and the new one at +S. Used by :class:`dose.DoseGrid` for edits.
+        """
+        if rate.shape != self.geometry.shape or rate.dtype != np.float64:
+            raise InputError(f"rate array must be float64 of shape {self.geometry.shape}")
+        self._accumulate(kernel, positions, axes, signed_strengths, rate, counts=capped_count)
+
+
+def _extract(dense, start, cstart, csize):
+    """The block [cstart, cstart + csize) of ``dense`` (whose first node has index ``start``), zero-padded."""
+    full = np.asarray(dense.shape)
+    lo = cstart - start
+    src_lo = np.maximum(lo, 0)
+    src_hi = np.minimum(lo + csize, full)
+    if np.all(src_lo == lo) and np.all(src_hi == lo + csize):
+        return dense[lo[0]:src_hi[0], lo[1]:src_hi[1], lo[2]:src_hi[2]]
+    out = np.zeros(tuple(int(x) for x in csize), dtype=dense.dtype)
+    if np.any(src_hi <= src_lo):
+        return out
+    dst_lo = src_lo - lo
+    dst_hi = dst_lo + (src_hi - src_lo)
+    out[dst_lo[0]:dst_hi[0], dst_lo[1]:dst_hi[1], dst_lo[2]:dst_hi[2]] = \
+        dense[src_lo[0]:src_hi[0], src_lo[1]:src_hi[1], src_lo[2]:src_hi[2]]
+    return out
+
+
+_TABLE_CACHE = {}
+
+
+def _shared_table(kernel: TG43Kernel) -> KernelTable:
+    """One KernelTable per kernel object, shared between engines (kept while the kernel lives)."""
+    hit = _TABLE_CACHE.get(id(kernel))
+    if hit is None or hit.kernel is not kernel:
+        if len(_TABLE_CACHE) > 32:
+            _TABLE_CACHE.clear()
+        hit = _TABLE_CACHE[id(kernel)] = KernelTable(kernel)
+    return hit
