@@ -7,6 +7,7 @@ Exit codes: 0 plan written with every goal met; 2 bad input (one line ``seedplan
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from .errors import InputError
 
@@ -106,6 +107,47 @@ def cmd_plan(args):
     return 0
 
 
+def cmd_needles(args):
+    """Needle paths only: needle table and obstacle report (no seeds, no dose)."""
+    from .fileio import write_csv
+    from .needles import NEEDLE_TABLE_COLUMNS, needle_table, read_needles
+    from .obstacles import HIT_COLUMNS
+    from .plan import check_needles, make_needles
+    from .segio import read_segmentation
+    if not args.template_spacing > 0:
+        raise InputError(f"--template-spacing must be > 0, got {args.template_spacing:g}")
+    if not args.margin >= 0:
+        raise InputError(f"--margin must be >= 0 mm, got {args.margin:g}")
+    seg = read_segmentation(args.segmentation)
+    if not args.target:
+        raise InputError("no target structure given")
+    tmask = seg.mask(seg.find(args.target).segment_id)
+    if not tmask.any():
+        raise InputError(f"the target '{args.target}' is empty (no voxel)")
+    bmask = seg.mask(seg.find(args.body).segment_id) if args.body else None
+    forb = {seg.find(f).name: seg.mask(seg.find(f).segment_id) for f in args.forbidden}
+    given = read_needles(args.needles, args.gauge, args.usable_length) if args.needles else None
+    if args.needle_mode == "freehand" and not given:
+        raise InputError("--needle-mode freehand needs --needles FILE (entry and tip of each needle)")
+    needles = make_needles(seg.geometry, tmask, bmask, forb, needle_mode=args.needle_mode, direction=args.direction,
+                           template_spacing_mm=args.template_spacing, template_point=args.template_point,
+                           needles=given, approach=args.approach, entry_center=args.entry,
+                           entry_radius_mm=args.entry_radius, obstacle_margin_mm=args.margin,
+                           usable_length_mm=args.usable_length, gauge=args.gauge, rng_seed=args.random_seed)
+    hits, too_long = check_needles(seg.geometry, forb, needles, args.margin)
+    out = Path(args.out)
+    write_csv(out / "needles.csv", needle_table(needles), NEEDLE_TABLE_COLUMNS)
+    write_csv(out / "obstacles.csv", [h.to_row() for h in hits], HIT_COLUMNS)
+    blocked = {h.needle_number for h in hits}
+    print(f"{len(needles)} needle(s); {len(blocked)} meet a forbidden structure; {len(too_long)} too long")
+    for h in hits:
+        print(h.describe())
+    for t in too_long:
+        print(t)
+    print(f"wrote {out / 'needles.csv'}, {out / 'obstacles.csv'}")
+    return 0
+
+
 def cmd_nomogram(args):
     """Print the nomogram estimate (seeds, total strength) for a target."""
     from .nomogram import estimate
@@ -189,6 +231,26 @@ def register(sub):
     p.add_argument("--engine", choices=("fast", "direct"), default=None, help="dose grid engine (default: fast if installed)")
     p.add_argument("--out", required=True, help="output plan folder")
     p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("needles", help="needle paths only: needle table and forbidden-structure report")
+    p.add_argument("--segmentation", required=True, help="segmentation (.seg.nrrd or labelmap with names)")
+    p.add_argument("--target", required=True, help="target segment name")
+    p.add_argument("--forbidden", nargs="+", default=[], metavar="NAME", help="structures no needle may cross")
+    p.add_argument("--body", help="body (skin) segment")
+    p.add_argument("--margin", type=float, default=5.0, help="safety margin, mm (default 5)")
+    p.add_argument("--needle-mode", choices=("template", "freehand", "fan"), default="template")
+    p.add_argument("--direction", default="P", help="template insertion direction (R, L, A, P, S, I or x,y,z)")
+    p.add_argument("--template-spacing", type=float, default=10.0, help="template hole / fan needle spacing, mm")
+    p.add_argument("--template-point", type=float, nargs=3, metavar=("X", "Y", "Z"), help="a point of the template plane")
+    p.add_argument("--needles", help="free-hand needles: CSV or JSON")
+    p.add_argument("--approach", help="fan mode: side of the body the needles come from")
+    p.add_argument("--entry", type=float, nargs=3, metavar=("X", "Y", "Z"), help="fan mode: entry region centre")
+    p.add_argument("--entry-radius", type=float, default=60.0, help="fan mode: entry region radius, mm")
+    p.add_argument("--gauge", type=int, default=18, help="needle gauge (default 18)")
+    p.add_argument("--usable-length", type=float, default=200.0, help="needle usable length, mm (default 200)")
+    p.add_argument("--random-seed", type=int, default=0, help="random seed of the fan candidates")
+    p.add_argument("--out", required=True, help="output folder (needles.csv, obstacles.csv)")
+    p.set_defaults(func=cmd_needles)
 
     p = sub.add_parser("nomogram", help="quick estimate of seed count and total strength (Wu et al. power law)")
     p.add_argument("--segmentation", required=True, help="segmentation (.seg.nrrd or labelmap with names)")

@@ -329,11 +329,10 @@ def plan_from_masks(geometry, masks: dict, target: str, *, oars=(), forbidden=()
     they are not moved) and ``implanted_needles`` are needles where the intra-operative CT shows
     them (loaded at no needle cost); with ``allow_new_needles=False`` only they are used.
     ``optimizer_options`` go to :func:`optimizer.optimize` (needle_weight, coverage_buffer,
-    mip_points, anneal_iterations). Returns a :class:`Plan` with its optimiser report; goals that cannot be met are stated in
-    ``plan.optimizer['unmet']`` and the best plan found is returned.
+    mip_points, anneal_iterations). Returns a :class:`Plan` with its optimiser report; goals that
+    cannot be met are stated in ``plan.optimizer['unmet']`` and the best plan found is returned.
     """
     from .dose import dose_factor_h
-    from .needles import fan_candidates, freehand_needles, parallel_template, renumber
     from .nomogram import estimate
     from .obstacles import obstacle_map_for
     from .sources import get_model
@@ -392,45 +391,12 @@ def plan_from_masks(geometry, masks: dict, target: str, *, oars=(), forbidden=()
 
     # -- needles -------------------------------------------------------------------------------
     tpts_all = mask_points(tmask, geometry)
-    implanted = [copy.deepcopy(n) for n in (implanted_needles or [])]  # the caller's needles stay untouched
-    for n in implanted:
-        n.fixed = True
-        n.kind = "implanted" if n.kind == "freehand" else n.kind
-    new = []
-    if allow_new_needles:
-        if needle_mode == "template":
-            new = parallel_template(tmask, geometry, parse_direction(direction), template_spacing_mm, template_point,
-                                    bmask, gauge=gauge, usable_length_mm=usable_length_mm)
-        elif needle_mode == "freehand":
-            if not needles:
-                raise InputError("free-hand mode needs needle paths (entry and tip of each needle)")
-            new = [copy.deepcopy(n) if isinstance(n, Needle) else None for n in needles]
-            if any(n is None for n in new):
-                new = freehand_needles(needles, gauge=gauge, usable_length_mm=usable_length_mm)
-        elif needle_mode == "fan":
-            if bmask is None:
-                raise InputError("fan candidates need a body (skin) segment: give the body structure")
-            from .needles import MaskSampler, skin_point
-            if entry_center is None:
-                app = parse_direction(approach if approach is not None else "A")
-                entry_center = skin_point(MaskSampler(bmask, geometry), tpts_all.mean(axis=0), app)
-                if entry_center is None:
-                    raise InputError("the target centroid is not inside the body segment: cannot find the skin "
-                                     "entry region")
-            entry_center = np.asarray(entry_center, float).reshape(3)
-            omap = None
-            if forb:
-                # distance maps only on the box around the target and the entry region
-                r = float(entry_radius_mm)
-                box = np.vstack([tpts_all, entry_center - r, entry_center + r])
-                omap = obstacle_map_for(geometry, forb, obstacle_margin_mm, (), box)
-            new = fan_candidates(tmask, geometry, bmask, None, entry_center, entry_radius_mm, template_spacing_mm, omap,
-                                 usable_length_mm, gauge, rng_seed=rng_seed)
-        else:
-            raise InputError(f"unknown needle mode {needle_mode!r} (use template, freehand or fan)")
-    all_needles = renumber(implanted + list(new))
-    if not all_needles:
-        raise InputError("no needles: give implanted needles or allow new ones")
+    all_needles = make_needles(geometry, tmask, bmask, forb, needle_mode=needle_mode, direction=direction,
+                               template_spacing_mm=template_spacing_mm, template_point=template_point,
+                               needles=needles, approach=approach, entry_center=entry_center,
+                               entry_radius_mm=entry_radius_mm, obstacle_margin_mm=obstacle_margin_mm,
+                               usable_length_mm=usable_length_mm, gauge=gauge, rng_seed=rng_seed,
+                               implanted_needles=implanted_needles, allow_new_needles=allow_new_needles)
     _progress.report(progress, 0.08, "plan: obstacles")
 
     # -- obstacles and lengths ---------------------------------------------------------------------
@@ -551,6 +517,73 @@ def plan_from_masks(geometry, masks: dict, target: str, *, oars=(), forbidden=()
                 optimizer_info, nomo, [h.to_row() for h in hits], warnings)
     _progress.report(progress, 1.0, "plan: done")
     return plan
+
+
+def make_needles(geometry, tmask, bmask=None, forbidden_masks=None, *, needle_mode="template", direction="P",
+                 template_spacing_mm=10.0, template_point=None, needles=None, approach=None, entry_center=None,
+                 entry_radius_mm=60.0, obstacle_margin_mm=5.0, usable_length_mm=200.0, gauge=18, rng_seed=0,
+                 implanted_needles=None, allow_new_needles=True):
+    """Needles of a plan, numbered 1..N: implanted ones (fixed) first, then the new ones of ``needle_mode``.
+
+    Modes and arguments as in :func:`plan_from_masks`; ``forbidden_masks`` ({name: mask}) steer the
+    fan candidates (template and free-hand needles are checked afterwards, see :func:`check_needles`).
+    """
+    from .needles import fan_candidates, freehand_needles, parallel_template, renumber
+    from .obstacles import obstacle_map_for
+    forb = dict(forbidden_masks or {})
+    tmask = np.asarray(tmask, dtype=bool)
+    if not tmask.any():
+        raise InputError("the target is empty (no voxel)")
+    tpts_all = mask_points(tmask, geometry)
+    implanted = [copy.deepcopy(n) for n in (implanted_needles or [])]  # the caller's needles stay untouched
+    for n in implanted:
+        n.fixed = True
+        n.kind = "implanted" if n.kind == "freehand" else n.kind
+    new = []
+    if allow_new_needles:
+        if needle_mode == "template":
+            new = parallel_template(tmask, geometry, parse_direction(direction), template_spacing_mm, template_point,
+                                    bmask, gauge=gauge, usable_length_mm=usable_length_mm)
+        elif needle_mode == "freehand":
+            if not needles:
+                raise InputError("free-hand mode needs needle paths (entry and tip of each needle)")
+            new = [copy.deepcopy(n) if isinstance(n, Needle) else None for n in needles]
+            if any(n is None for n in new):
+                new = freehand_needles(needles, gauge=gauge, usable_length_mm=usable_length_mm)
+        elif needle_mode == "fan":
+            if bmask is None:
+                raise InputError("fan candidates need a body (skin) segment: give the body structure")
+            from .needles import MaskSampler, skin_point
+            if entry_center is None:
+                app = parse_direction(approach if approach is not None else "A")
+                entry_center = skin_point(MaskSampler(bmask, geometry), tpts_all.mean(axis=0), app)
+                if entry_center is None:
+                    raise InputError("the target centroid is not inside the body segment: cannot find the skin "
+                                     "entry region")
+            entry_center = np.asarray(entry_center, float).reshape(3)
+            omap = None
+            if forb:
+                # distance maps only on the box around the target and the entry region
+                r = float(entry_radius_mm)
+                box = np.vstack([tpts_all, entry_center - r, entry_center + r])
+                omap = obstacle_map_for(geometry, forb, obstacle_margin_mm, (), box)
+            new = fan_candidates(tmask, geometry, bmask, None, entry_center, entry_radius_mm, template_spacing_mm, omap,
+                                 usable_length_mm, gauge, rng_seed=rng_seed)
+        else:
+            raise InputError(f"unknown needle mode {needle_mode!r} (use template, freehand or fan)")
+    all_needles = renumber(implanted + list(new))
+    if not all_needles:
+        raise InputError("no needles: give implanted needles or allow new ones")
+    return all_needles
+
+
+def check_needles(geometry, forbidden_masks, needles, margin_mm=5.0):
+    """Hits (:class:`obstacles.Hit`) of ``needles`` against the forbidden structures, and length warnings."""
+    from .obstacles import length_flags, obstacle_map_for
+    hits = []
+    if forbidden_masks:
+        hits = obstacle_map_for(geometry, forbidden_masks, margin_mm, needles).check_all(needles)
+    return hits, length_flags(needles)
 
 
 def uniform_plan(plan: Plan, geometry, target_mask, spacing_mm=None, margin_mm=None):

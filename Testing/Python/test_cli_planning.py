@@ -171,6 +171,23 @@ class PlanCommandTest(unittest.TestCase):
         self.assertTrue(rows and all(x["name"].startswith("F") for x in rows))
         self.assertTrue(all(x["angle_from_vertical_deg"] == "0.0" for x in rows))
 
+    def test_needles_only(self):
+        out = self.dir / "needles_only"
+        r = seedplan("needles", "--segmentation", self.seg, "--target", "GTV", "--body", "Body", "--forbidden", "Bone",
+                     "--direction", "P", "--template-spacing", "5", "--usable-length", "35", "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("meet a forbidden structure", r.stdout)
+        with open(out / "needles.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        with open(out / "obstacles.csv") as fh:
+            hits = list(csv.DictReader(fh))
+        self.assertTrue(rows and hits)
+        names = {x["name"] for x in rows}
+        self.assertTrue(all(h["needle"] in names and h["structure"] == "Bone" for h in hits))
+        # depth from the entry: the bar lies 12-16 mm below the template plane on the skin (y = 31)
+        self.assertTrue(all(5.0 <= float(h["depth_mm"]) <= 16.0 for h in hits), hits)
+        self.assertTrue(any(x["too_long"] == "yes" for x in rows))
+
     def test_nomogram(self):
         r = seedplan("nomogram", "--segmentation", self.seg, "--target", "GTV", "--strength", "0.4", "--unit", "mCi",
                      "--prescription", "145")
