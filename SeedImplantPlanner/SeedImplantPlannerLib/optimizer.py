@@ -465,7 +465,7 @@ def solve_mip(prob: PlanningProblem, time_limit_s=6.0, needle_weight=1.0, n_poin
 
 
 def solve_anneal(prob: PlanningProblem, x0, time_limit_s=6.0, needle_weight=1.0, rng_seed=0, n_iter=40000,
-                 progress=None, seed_ref=None):
+                 progress=None, seed_ref=None, buffer=0.01):
     """Selection (C,) from simulated annealing started at ``x0``; returns (x, status text)."""
     g = prob.goals
     rng = np.random.default_rng(rng_seed)
@@ -491,7 +491,7 @@ def solve_anneal(prob: PlanningProblem, x0, time_limit_s=6.0, needle_weight=1.0,
         for inv, frac in inv_levels:
             u = d * inv
             cov = np.count_nonzero(u >= 1.0) * inv_n
-            c += 200.0 * max(0.0, frac + 0.01 - cov)
+            c += 200.0 * max(0.0, frac + buffer - cov)
             np.subtract(1.0, u, out=u)
             np.maximum(u, 0.0, out=u)
             c += 2.0 * float(u.sum()) * inv_n
@@ -604,6 +604,7 @@ def optimize(prob: PlanningProblem, method="anneal", time_limit_s=8.0, rng_seed=
     elif method == "anneal":
         x, status = solve_anneal(prob, start, time_limit_s=max(0.5, 0.7 * (deadline - time.monotonic())),
                                  needle_weight=needle_weight, rng_seed=rng_seed, n_iter=anneal_iterations,
+                                 buffer=coverage_buffer,
                                  progress=_progress.scaled(progress, 0.05, 0.8))
     else:
         x, status = start, "greedy prune of uniform loading"
