@@ -22,6 +22,8 @@ HI             (V_T,ref - V_T,1.5ref) / V_T,ref   (homogeneity index)           
 V_T = target volume, V_ref = volume (inside the body when one is given) receiving >= Rx,
 V_T,ref / V_T,1.5ref = target volume receiving >= Rx / >= 1.5 Rx. CI, EI and HI are evaluated at
 voxel resolution on the dose grid (voxel-centre masks), so the three volumes are consistent.
+CI equals Paddick's conformity index (TV n PIV)^2 / (TV x PIV) (same quantity, other notation;
+see e.g. medizinphysik.wiki/glossar/konformitaetsindex, which contrasts it with Knoos' PIV / TV).
 CI and EI as reported for CT-guided I-125 seed implants (e.g. 3D-printed-template glioma implants:
 J Contemp Brachytherapy 2019, PMC6701383: "D90, V100, V200, conformity index (CI), and external
 index (EI)"); formulas as given in ../shared/DOMAIN.md.
