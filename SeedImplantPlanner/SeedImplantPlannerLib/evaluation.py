@@ -157,6 +157,7 @@ def evaluate_plan(dose_Gy, geometry: ImageGeometry, structures, prescription_Gy,
     """Evaluate a dose grid: DVH, metrics, conformity indices, goals and (optionally) BED per structure.
 
     ``structures``: list of :class:`Structure` (any grid) or ``{name: mask on the dose grid}``.
+    ``goals``: a :class:`goals.GoalSet`, a preset name or a goals file.
     ``metrics``: extra metric names added to every structure's defaults. ``radiobiology``: None (off),
     True (defaults: prostate/tumour parameters for the target by preset name, late-normal for the
     rest) or ``{"target": LQParams, "oar": LQParams}``. Missing goal structures marked ``required``
@@ -169,6 +170,9 @@ def evaluate_plan(dose_Gy, geometry: ImageGeometry, structures, prescription_Gy,
     """
     rx = check_prescription(prescription_Gy)
     dose = check_dose(dose_Gy, geometry)
+    if goals is not None and not isinstance(goals, GoalSet):
+        from .goals import load_goals
+        goals = load_goals(goals)  # preset name or goals file
     structs = _as_structures(structures, geometry)
     if not structs:
         raise InputError("no structures to evaluate")
