@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -90,7 +91,7 @@ def cmd_find_seeds(args):
         msg += f", expected {expected}"
     print(msg + ")")
     for w in found.warnings:
-        print(f"seedplan: warning: {w}", file=__import__("sys").stderr)
+        print(f"seedplan: warning: {w}", file=sys.stderr)
     return 0
 
 
