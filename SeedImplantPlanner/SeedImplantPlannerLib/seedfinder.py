@@ -468,7 +468,7 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
         n = max(1, int(round(ratio)))
         if n > max_per_cluster:
             rejected.append({"position_mm": where, "reason": f"too large for a seed cluster ({ratio:.1f} seeds of "
-                             f"metal, > {max_per_cluster}): bone, clip or contrast?", "seeds_equivalent": round(ratio, 2)})
+                             f"metal, > {max_per_cluster}): bone, needle, clip or contrast?", "seeds_equivalent": round(ratio, 2)})
             continue
         c["ratio"], c["n"] = ratio, n
         kept.append(c)
