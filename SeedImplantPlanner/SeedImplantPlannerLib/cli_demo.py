@@ -68,6 +68,14 @@ def run_demo(out, *, strength_mCi=0.6, prescription_Gy=120.0, direction="R", tim
         needle_mode="template", direction=direction, template_spacing_mm=10.0, time_limit_s=time_limit_s,
         rng_seed=0, progress=_step(args, "plan"))
     timings["plan_s"] = time.monotonic() - t0
+    # Dose on the whole CT grid, so every organ's DVH covers the whole organ (the planner's own
+    # grid is cropped around the target); the plan keeps this grid for incremental edits.
+    t0 = time.monotonic()
+    from .dose import DoseGrid
+    grid = DoseGrid(ct_geometry, plan.seeds, plan.formalism, "fast", progress=_step(args, "dose"))
+    plan.attach_dose_grid(grid)
+    dose, dose_geometry = grid.dose_Gy("total"), ct_geometry
+    timings["dose_s"] = time.monotonic() - t0
     for p in write_plan_folder(out / "plan", plan, dose, dose_geometry):
         written[f"plan/{p.name}"] = p
 

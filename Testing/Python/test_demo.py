@@ -1,0 +1,88 @@
+"""End-to-end: `seedplan demo` plans the bundled sample case and writes every promised output."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class TestDemo(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.out = Path(cls.tmp.name) / "demo"
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT / "SeedImplantPlanner") + os.pathsep + env.get("PYTHONPATH", "")
+        cls.result = subprocess.run([sys.executable, "-m", "SeedImplantPlannerLib.cli", "--quiet", "demo",
+                                  "--out", str(cls.out)], capture_output=True, text=True, env=env, timeout=900)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def test_runs_and_reports(self):
+        self.assertEqual(self.result.returncode, 0, self.result.stderr[-3000:])
+        self.assertRegex(self.result.stdout, r"plan: \d+ seeds on \d+ needles")
+        summary = json.loads((self.out / "demo_summary.json").read_text())
+        for rel in summary["files"].values():
+            self.assertTrue(Path(rel).exists(), rel)
+        self.assertGreaterEqual(summary["target_metrics"]["V100"]["percent"], 95.0)
+        self.assertGreaterEqual(summary["target_metrics"]["D90"]["Gy"], 120.0)
+        self.assertEqual(summary["goals_failed"], 0)
+
+    def test_dose_is_on_the_ct_grid_and_matches_point_dose(self):
+        from SeedImplantPlannerLib.dose import dose_at_points_Gy
+        from SeedImplantPlannerLib.imageio import read_image
+        from SeedImplantPlannerLib.plan import read_plan_seeds
+        dose, g = read_image(self.out / "plan" / "dose.nrrd")
+        _, ct_g = read_image(ROOT / "Resources" / "SampleCase" / "SampleCT.nrrd")
+        self.assertTrue(g.matches(ct_g))
+        seeds = read_plan_seeds(self.out / "plan" / "plan.json")
+        rng = np.random.default_rng(3)
+        idx = np.argwhere(dose > 20.0)
+        idx = idx[rng.choice(len(idx), 200, replace=False)]
+        pts = g.ijk_to_ras(idx[:, ::-1])
+        near = np.min(np.linalg.norm(pts[:, None] - seeds.positions[None], axis=2), axis=1)
+        keep = near >= 2.0
+        want, _, _ = dose_at_points_Gy(pts[keep], seeds)
+        got = dose[tuple(idx[keep].T)]
+        self.assertLess(float(np.max(np.abs(got / want - 1))), 0.005)
+
+    def test_plan_folder_tables(self):
+        rows = list(csv.DictReader((self.out / "plan" / "loading.csv").open()))
+        self.assertGreater(len(rows), 3)
+        seeds = list(csv.DictReader((self.out / "plan" / "seeds.csv").open()))
+        self.assertEqual(len(seeds), json.loads((self.out / "demo_summary.json").read_text())["plan"]["n_seeds"])
+        dvh = list(csv.reader((self.out / "dvh.csv").open()))
+        self.assertIn("GTV", ",".join(dvh[0]))
+
+    def test_report_scene_pictures_dicom(self):
+        html = (self.out / "report.html").read_text()
+        for needle in ("GTV", "D90", "V100", "Needle", "<img"):
+            self.assertIn(needle, html)
+        self.assertTrue((self.out / "report.pdf").read_bytes().startswith(b"%PDF"))
+        with zipfile.ZipFile(self.out / "scene.mrb") as z:
+            names = z.namelist()
+        self.assertTrue(any(n.endswith(".mrml") for n in names), names)
+        from SeedImplantPlannerLib.mrml_render import png_to_array
+        for view in ("axial", "sagittal", "coronal", "3d"):
+            img = png_to_array(self.out / "pictures" / f"plan_{view}.png")
+            self.assertGreater(float(img[..., :3].std()), 10.0, view)
+        import pydicom
+        plan = pydicom.dcmread(self.out / "dicom" / "RTPLAN.dcm")
+        self.assertEqual(plan.BrachyTreatmentTechnique, "PERMANENT")
+        self.assertGreater(float(plan.SourceSequence[0].ReferenceAirKermaRate), 0.0)
+        self.assertTrue((self.out / "postimplant" / "verification.json").exists())
+
+
+if __name__ == "__main__":
+    unittest.main()
