@@ -131,16 +131,20 @@ PLANES = (
 
 
 def slice_figure(dose_Gy, geometry, prescription_Gy, structures=(), center_ras=None, ct=None, pixel_mm=None,
-                 title=None, wash_range_percent=(30, 300), context_mm=15.0, colors=None):
+                 title=None, wash_range_percent=(30, 300), context_mm=15.0, colors=None, focus_box_ras=None):
     """Axial / coronal / sagittal pictures through ``center_ras`` (default: dose grid centre).
 
     ``structures``: :class:`structures.Structure` list (outlines in their colours); ``ct``: optional
     (array, geometry) drawn in grey underneath, with ``context_mm`` of anatomy around the dose grid.
+    ``focus_box_ras``: optional (lo, hi) RAS box to show instead of the whole grid (see :func:`focus_box`).
     """
     plt = _plt()
     from matplotlib import patheffects
     from matplotlib.colors import Normalize
     lo, hi = geometry.bounds_ras()
+    if focus_box_ras is not None:
+        lo = np.maximum(np.asarray(focus_box_ras[0], float), lo - context_mm)
+        hi = np.minimum(np.asarray(focus_box_ras[1], float), hi + context_mm)
     center = np.asarray(center_ras if center_ras is not None else (lo + hi) / 2.0, dtype=float)
     if ct is not None:
         # show some anatomy around the dose grid (the dose wash stops at the grid's edge)
@@ -205,6 +209,35 @@ def slice_figure(dose_Gy, geometry, prescription_Gy, structures=(), center_ras=N
     if title:
         fig.suptitle(title)
     return fig
+
+
+def focus_box(dose_Gy, geometry, prescription_Gy, structures=(), level_percent=50.0, margin_mm=25.0,
+              min_size_mm=80.0):
+    """RAS box around the dose >= ``level_percent`` of Rx and ``structures`` (e.g. the target), plus a margin.
+
+    Used to zoom the pictures on the implant when the dose grid covers a whole CT.
+    """
+    d = np.asarray(dose_Gy)
+    pts = []
+    sel = d >= level_percent / 100.0 * prescription_Gy
+    if sel.any():
+        k, j, i = np.nonzero(sel)
+        corners = np.array([[i.min(), j.min(), k.min()], [i.max(), j.max(), k.max()]], float)
+        pts.append(geometry.ijk_to_ras(np.array([[a, b, c] for a in corners[:, 0] for b in corners[:, 1]
+                                                 for c in corners[:, 2]])))
+    for st in structures:
+        bb = st.bbox_ijk()
+        if bb is None:
+            continue
+        lo_i, hi_i = bb
+        pts.append(st.geometry.ijk_to_ras(np.array([[a, b, c] for a in (lo_i[0], hi_i[0]) for b in (lo_i[1], hi_i[1])
+                                                    for c in (lo_i[2], hi_i[2])], float)))
+    if not pts:
+        return None
+    p = np.concatenate(pts)
+    lo, hi = p.min(axis=0) - margin_mm, p.max(axis=0) + margin_mm
+    grow = np.maximum(min_size_mm - (hi - lo), 0.0) / 2.0
+    return lo - grow, hi + grow
 
 
 def time_curve_figure(curves, title="Dose and BED accumulated against time"):

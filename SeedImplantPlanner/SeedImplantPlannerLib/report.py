@@ -233,8 +233,10 @@ def report_figures(evaluation, dose_Gy, structures=(), ct=None, center_ras=None,
         sets = [(comparison.label_a, comparison.eval_a.dvhs), (comparison.label_b, comparison.eval_b.dvhs)]
     figs["dvh"] = charts.dvh_figure(sets, colors, evaluation.prescription_Gy)
     center = center_ras if center_ras is not None else _center(evaluation, structures, dose_Gy, evaluation.geometry)
+    targets = [s for s in structures if s.name == evaluation.target]
+    focus = charts.focus_box(dose_Gy, evaluation.geometry, evaluation.prescription_Gy, targets)
     figs["slices"] = charts.slice_figure(dose_Gy, evaluation.geometry, evaluation.prescription_Gy, structures, center, ct,
-                                         colors=colors)
+                                         colors=colors, focus_box_ras=focus)
     if evaluation.radiobiology:
         curves = {}
         from .radiobiology import LQParams
