@@ -61,11 +61,12 @@ def run_demo(out, *, strength_mCi=0.6, prescription_Gy=120.0, direction="R", tim
 
     # 1-2. plan
     t0 = time.monotonic()
-    from .plan import plan_case, write_plan_folder
+    from .optimizer import OARConstraint
+    from .plan import evaluate, plan_case, write_plan_folder
     plan, dose, dose_geometry = plan_case(
-        ct_path, seg_path, TARGET, oars=["Bowel", "Vessels"], forbidden=FORBIDDEN, body=BODY,
+        ct_path, seg_path, TARGET, oars=[OARConstraint("Bowel", d2cc_Gy=100.0), "Vessels"], forbidden=FORBIDDEN, body=BODY,
         model_id=MODEL, strength=strength_mCi, strength_unit="mCi", prescription_Gy=prescription_Gy,
-        needle_mode="template", direction=direction, template_spacing_mm=10.0, time_limit_s=time_limit_s,
+        needle_mode="template", direction=direction, template_spacing_mm=5.0, time_limit_s=time_limit_s,
         rng_seed=0, progress=_step(args, "plan"))
     timings["plan_s"] = time.monotonic() - t0
     # Dose on the whole CT grid, so every organ's DVH covers the whole organ (the planner's own
@@ -76,6 +77,8 @@ def run_demo(out, *, strength_mCi=0.6, prescription_Gy=120.0, direction="R", tim
     plan.attach_dose_grid(grid)
     dose, dose_geometry = grid.dose_Gy("total"), ct_geometry
     timings["dose_s"] = time.monotonic() - t0
+    from .structures import structures_from_segmentation
+    evaluate(plan, dose, dose_geometry, structures_from_segmentation(seg, [TARGET, "Bowel", "Vessels"]))
     for p in write_plan_folder(out / "plan", plan, dose, dose_geometry):
         written[f"plan/{p.name}"] = p
 
@@ -169,7 +172,7 @@ def _verification(out, plan, ct, ct_geometry, seg, dose, dose_geometry, prescrip
     from .seedfinder import find_seeds
     from .seeds import SEED_COLUMNS, seeds_to_rows
     from .structures import expand_margin
-    from .verification import verify_implant
+    from .verification import MATCH_COLUMNS, verify_implant
     folder = out / "postimplant"
     post, truth = make_postimplant_case(ct, ct_geometry, plan.seeds, random_seed=1, n_migrated=2)
     write_image(folder / "postimplant_ct.nrrd", post, ct_geometry)
@@ -183,7 +186,7 @@ def _verification(out, plan, ct, ct_geometry, seg, dose, dose_geometry, prescrip
     result = verify_implant(plan.seeds, found, dose_geometry, strength_U=plan.strength_U, model=plan.model_id,
                             target=target, prescription_Gy=prescription_Gy, progress=_step(args, "verify"))
     write_image(folder / "delivered_dose.nrrd", np.asarray(result["dose_found_Gy"], np.float32), dose_geometry)
-    write_csv(folder / "seed_matches.csv", result["rows"], list(result["rows"][0]) if result["rows"] else ["none"])
+    write_csv(folder / "seed_matches.csv", result["rows"], MATCH_COLUMNS)
     write_json(folder / "verification.json", json.loads(json.dumps(result["summary"], default=_json_default)))
     return {f"postimplant/{n}": folder / n for n in ("postimplant_ct.nrrd", "found_seeds.csv", "seed_matches.csv",
                                                       "delivered_dose.nrrd", "verification.json")}
