@@ -43,6 +43,14 @@ def distinct_colors(names, colors=None) -> dict:
     return out
 
 
+def _readable_on_white(color):
+    """The colour darkened (same hue) when it is too pale to read on a white chart."""
+    from matplotlib.colors import to_hex, to_rgb
+    rgb = np.asarray(to_rgb(color))
+    lum = float(rgb @ [0.299, 0.587, 0.114])
+    return to_hex(rgb * (0.55 / lum)) if lum > 0.7 else to_hex(rgb)
+
+
 def _plt():
     import matplotlib
     matplotlib.use("Agg", force=False)
@@ -71,7 +79,7 @@ def dvh_figure(dvh_sets, colors=None, prescription_Gy=None, title="Cumulative DV
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8.0, 5.0), layout="constrained")
     names = list(dict.fromkeys(d.name for _, dvhs in dvh_sets for d in dvhs))
-    colors = distinct_colors(names, colors)
+    colors = {n: _readable_on_white(c) for n, c in distinct_colors(names, colors).items()}
     top = 0.0
     for n, (label, dvhs) in enumerate(dvh_sets):
         for d in dvhs:
