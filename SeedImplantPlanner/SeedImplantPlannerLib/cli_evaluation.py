@@ -93,14 +93,20 @@ def _evaluate(args, dose=None, geometry=None, structures=None, progress=None):
     if structures is None:
         structures = _structures(args)
     point_dose = None
+    half_life = getattr(args, "half_life_days", None)
     if getattr(args, "seeds", None):
         from .cli_core import read_seed_input
-        from .evaluation import check_point_dose_matches, seed_point_dose
-        point_dose = seed_point_dose(read_seed_input(args.seeds), args.formalism)
+        from .evaluation import check_point_dose_matches, seed_point_dose, seeds_half_life_days
+        seeds = read_seed_input(args.seeds)
+        point_dose = seed_point_dose(seeds, args.formalism)
         check_point_dose_matches(dose, geometry, point_dose, rx, what=f"dose grid {getattr(args, 'dose', '')}")
+        if half_life is None and getattr(args, "bed", False):
+            half_life = seeds_half_life_days(seeds)
+    if half_life is None:
+        half_life = 59.4
     ev = evaluate_plan(dose, geometry, structures, rx, target=args.target, body=args.body, goals=goals,
                        metrics=args.metric or None, supersample=_supersample(args.supersample),
-                       radiobiology=_radiobiology(args, goals), half_life_days=getattr(args, "half_life_days", 59.4),
+                       radiobiology=_radiobiology(args, goals), half_life_days=half_life,
                        dose_at_points=point_dose, progress=progress,
                        dvh_max_dose_Gy=rx * args.dvh_max_percent / 100.0 if getattr(args, "dvh_max_percent", None) else None)
     return ev, dose, geometry, structures
@@ -186,7 +192,7 @@ def _write_time_curve(args, ev):
     d90 = ev.metrics[ev.target]["D90"]["Gy"]
     rb = ev.radiobiology.get(ev.target)
     params = LQParams(**rb["parameters"]) if rb else None
-    c = time_curve(d90, args.half_life_days, params)
+    c = time_curve(d90, rb["half_life_days"] if rb else (args.half_life_days or 59.4), params)
     if args.time_curve_csv:
         from .fileio import write_csv
         cols = [k for k in ("t_days", "dose_Gy", "bed_Gy", "bed_repop_Gy") if k in c]
@@ -367,7 +373,8 @@ def _add_bed(p):
     p.add_argument("--t-pot-days", type=float, help="potential doubling time in days (turns repopulation on)")
     p.add_argument("--kickoff-days", type=float, help="repopulation onset in days (default 0)")
     p.add_argument("--oar-alpha-beta", type=float, help="alpha/beta of organs at risk in Gy (default 3)")
-    p.add_argument("--half-life-days", type=float, default=59.4, help="source half-life in days (default I-125 59.4)")
+    p.add_argument("--half-life-days", type=float,
+                   help="source half-life in days (default: the --seeds model's, else I-125 59.4)")
 
 
 def register(sub):

@@ -265,6 +265,18 @@ def seed_point_dose(seeds, formalism="2D", model_dirs=()):
     return fn
 
 
+def seeds_half_life_days(seeds, default=I125_HALF_LIFE_DAYS, model_dirs=()):
+    """Half-life (days) of the seeds' nuclide; ``default`` without seeds; InputError for mixed nuclides."""
+    if seeds is None or not len(seeds):
+        return default
+    from .sources import get_model
+    values = {get_model(m, model_dirs).half_life_days for m in dict.fromkeys(seeds.models)}
+    if len(values) > 1:
+        raise InputError(f"seeds of several half-lives ({', '.join(f'{v:g} d' for v in sorted(values))}): "
+                         "give the half-life for the radiobiology explicitly")
+    return float(values.pop())
+
+
 def check_point_dose_matches(dose_Gy, geometry: ImageGeometry, dose_at_points, prescription_Gy, tolerance=0.05,
                              n_points=40, what="dose grid"):
     """Raise InputError if ``dose_at_points`` disagrees with the dose grid at voxel centres (> tolerance).

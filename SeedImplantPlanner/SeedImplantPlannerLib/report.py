@@ -385,12 +385,12 @@ def evaluate_and_report(path, dose_Gy, geometry, structures, prescription_Gy, *,
     produced the dose) also gives exact sub-voxel doses for small structures. Organs entirely
     outside a cropped dose grid are skipped with a warning (``on_outside``).
     """
-    from .evaluation import evaluate_plan, seed_point_dose
+    from .evaluation import evaluate_plan, seed_point_dose, seeds_half_life_days
     from .goals import GoalSet, load_goals
     if goals is not None and not isinstance(goals, GoalSet):
         goals = load_goals(goals)
     ev = evaluate_plan(dose_Gy, geometry, structures, prescription_Gy, target=target, body=body, goals=goals,
-                       radiobiology=radiobiology, on_outside=on_outside,
+                       radiobiology=radiobiology, on_outside=on_outside, half_life_days=seeds_half_life_days(seeds),
                        dose_at_points=seed_point_dose(seeds) if seeds is not None and len(seeds) else None,
                        progress=progress)
     structs = [s for s in structures if s.name in ev.metrics] if not isinstance(structures, dict) else []

@@ -90,6 +90,16 @@ class TestBED(unittest.TestCase):
             self.assertTrue(p.source, key)
         self.assertEqual((TISSUES["prostate_tumour"].alpha_beta_Gy, TISSUES["prostate_tumour"].repair_half_time_h), (3.1, 0.5))
 
+    def test_half_life_from_the_seed_model(self):
+        from SeedImplantPlannerLib.evaluation import seeds_half_life_days
+        from SeedImplantPlannerLib.seeds import SeedSet
+        pd = SeedSet([[0, 0, 0]], [[0, 0, 1]], [2.0], ["Pd103_TheraSeed_200"])
+        self.assertAlmostEqual(seeds_half_life_days(pd), 16.991)
+        self.assertEqual(seeds_half_life_days(None), 59.4)
+        mixed = SeedSet([[0, 0, 0], [0, 0, 5]], [[0, 0, 1]] * 2, [2.0, 0.5], ["Pd103_TheraSeed_200", "I125_OncoSeed_6711"])
+        with self.assertRaisesRegex(InputError, "several half-lives"):
+            seeds_half_life_days(mixed)
+
     def test_bad_parameters(self):
         with self.assertRaisesRegex(InputError, "alpha/beta must be a finite number > 0"):
             LQParams(0.0, 1.5)
