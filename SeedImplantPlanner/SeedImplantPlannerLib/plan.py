@@ -638,7 +638,8 @@ def evaluate(plan: Plan, dose_Gy, dose_geometry, structures, progress=None):
     """Evaluate the plan's dose on its structures (:func:`evaluation.evaluate_plan`); stores metrics."""
     from .evaluation import evaluate_plan
     ev = evaluate_plan(dose_Gy, dose_geometry, structures, plan.prescription_Gy, target=plan.structures.get("target"),
-                       body=None, metrics=["D90", "V100", "V150", "V200", "Dmax", "D2cc", "D0.1cc"], progress=progress)
+                       body=None, metrics=["D90", "V100", "V150", "V200", "Dmax", "D2cc", "D0.1cc"], on_outside="skip",
+                       progress=progress)
     plan.evaluation = ev
     plan.metrics = ev.to_dict()
     plan.metrics["goal_check"] = goal_check(plan, ev)

@@ -198,3 +198,42 @@ class PlanCommandTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class SampleCasePlanTest(unittest.TestCase):
+    """The bundled sample case through `seedplan plan`, with an organ far outside the planning grid."""
+
+    def test_sample_case_with_distant_organ(self):
+        case = ROOT / "Resources" / "SampleCase"
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "plan"
+            r = seedplan("plan", "--image", case / "SampleCT.nrrd", "--segmentation", case / "SampleSegmentation.seg.nrrd",
+                         "--target", "GTV", "--oar", "Bowel:D2cc=100", "--oar", "SpinalCanal",
+                         "--forbidden", "Bone", "Bowel", "Vessels", "Kidneys", "SpinalCanal", "--body", "Body",
+                         "--strength", "0.6", "--unit", "mCi", "--prescription", "120", "--direction", "R",
+                         "--template-spacing", "5", "--out", out)
+            self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+            metrics = json.loads((out / "metrics.json").read_text())
+            goals = {g["goal"]: g for g in metrics["goal_check"]}
+            self.assertTrue(goals["target V100 >= %"]["passed"])
+            self.assertTrue(goals["Bowel D2cc <= Gy"]["passed"])
+            # independent check: no loaded needle path comes within 5 mm of a forbidden voxel
+            from scipy import ndimage
+            from SeedImplantPlannerLib.segio import read_segmentation
+            seg = read_segmentation(case / "SampleSegmentation.seg.nrrd")
+            g = seg.geometry
+            forbidden = np.zeros(g.shape, bool)
+            for name in ("Bone", "Bowel", "Vessels", "Kidneys", "SpinalCanal"):
+                forbidden |= seg.mask(name)
+            dist = ndimage.distance_transform_edt(~forbidden, sampling=g.spacing[::-1])
+            needles = list(csv.DictReader((out / "needles.csv").open()))
+            self.assertGreater(len(needles), 5)
+            for n in needles:
+                entry = np.array([float(n[f"entry_{a}_mm"]) for a in "xyz"])
+                tip = np.array([float(n[f"tip_{a}_mm"]) for a in "xyz"])
+                pts = entry + np.linspace(0, 1, 200)[:, None] * (tip - entry)
+                ijk = np.round(g.ras_to_ijk(pts)).astype(int)
+                inside = np.all((ijk >= 0) & (ijk < np.array(g.size)), axis=1)
+                d = dist[ijk[inside, 2], ijk[inside, 1], ijk[inside, 0]]
+                self.assertGreaterEqual(float(d.min()), 5.0 - 1.5, f"needle {n['name']} passes {d.min():.1f} mm "
+                                        "from a forbidden structure")
