@@ -52,7 +52,7 @@ TABLE_R_MAX_CM = 60.0
 
 DEFAULT_ORDER = 6
 DEFAULT_RATIO = 6.0
-DEFAULT_STRETCH = 2.0
+DEFAULT_STRETCH = 3.0
 #: Level-0 correction radius is at least this (mm): seeds' exact zone does not shrink on fine grids.
 MIN_EXACT_RADIUS_MM = 12.0
 #: Radial-table roughness (largest relative slope jump x r over ROUGHNESS_RANGE_CM) at which the
@@ -60,6 +60,7 @@ MIN_EXACT_RADIUS_MM = 12.0
 #: proportion, at most by MAX_RATIO_SCALE, so that their first-order kink error stays comparable.
 ROUGHNESS_REF = 0.55
 ROUGHNESS_RANGE_CM = (1.0, 5.0)
+OFF_AXIS_DEG = 20.0
 MAX_RATIO_SCALE = 2.0
 
 _F32 = np.float32
@@ -98,8 +99,8 @@ class KernelTable:
     G_L is computed analytically. 1D: the same with g(r) phi_an(r) tabulated in r and the
     geometry factor G_L(r, theta0) (line) or 1 / r^2 (point) computed analytically.
     Radii below the kernel's cap radius are evaluated at the cap radius along the same direction,
-    exactly as TG43Kernel does. Each table cell stores its four corners, so one lookup is one
-    gather. Points beyond ``r_table_max`` use the exact kernel.
+    exactly as TG43Kernel does. Each table cell stores its corner values and theta-differences,
+    so one lookup is one gather. Points beyond ``r_table_max`` use the exact kernel.
     """
 
     R_STEPS = (0.01, 0.005, 0.0025, 0.002, 0.001)
@@ -144,15 +145,20 @@ class KernelTable:
         table = np.concatenate([table, table[:, -1:]], axis=1)
         self.n_r = table.shape[0]
         self.n_cells_t = table.shape[1] - 1
-        corners = np.stack([table[:-1, :-1], table[:-1, 1:], table[1:, :-1], table[1:, 1:]], axis=-1)
+        # per cell: value and theta-difference at the cell's two radii
+        corners = np.stack([table[:-1, :-1], table[:-1, 1:] - table[:-1, :-1],
+                            table[1:, :-1], table[1:, 1:] - table[1:, :-1]], axis=-1)
         self.cells = np.ascontiguousarray(corners, dtype=np.float32).view(np.complex128).reshape(-1)
         self.inv_dr = float(1.0 / self.dr)
         self.r_table_max = (self.n_r - 2) * self.dr
         if self.two_d:
-            rough = [_roughness(m.g_r_cm, m.g_L)] + [_roughness(m.F_r_cm, row) for row in m.F]
+            # F rows near the axis are left out: the zone stretched along the axis covers them
+            off_axis = (m.F_theta_deg >= OFF_AXIS_DEG) & (m.F_theta_deg <= 180.0 - OFF_AXIS_DEG)
+            rough = [_roughness(m.g_r_cm, m.g_L)] + [_roughness(m.F_r_cm, row) for row in m.F[off_axis]]
         else:
             rough = [_roughness(m.g_r_cm, m.g_L if self.line_1d else m.g_P), _roughness(m.phi_r_cm, m.phi_an)]
-        #: largest relative slope jump x r of the radial tables in [1, 5] cm (dimensionless)
+        #: largest relative slope jump x r of the radial tables in [1, 5] cm (dimensionless; F rows
+        #: at theta >= 20 deg)
         self.roughness = float(max(rough))
 
     # -- evaluation ------------------------------------------------------------------------------
@@ -221,7 +227,8 @@ class KernelTable:
             if capped is not None:
                 # capped points: line-source geometry at the cap radius along the same direction
                 lrho[capped] *= rc / np.maximum(r[capped], _TINY)
-            np.maximum(lrho, _TINY, out=lrho)
+            if not rho2.min() > 0.0:
+                np.maximum(lrho, _TINY, out=lrho)  # on the axis: G_L -> 1 / (r^2 - L^2 / 4)
             geo = r_e * r_e
             geo -= _F32(0.25 * self.L * self.L)
             np.arctan2(lrho, geo, out=geo)
@@ -234,11 +241,9 @@ class KernelTable:
             ir += it
         q = self.cells.take(ir).view(np.float32).reshape(ir.shape + (4,))
         if self.two_d:
-            lo = q[..., 1] - q[..., 0]
-            lo *= wt
+            lo = q[..., 1] * wt
             lo += q[..., 0]
-            hi = q[..., 3] - q[..., 2]
-            hi *= wt
+            hi = q[..., 3] * wt
             hi += q[..., 2]
             hi -= lo
         else:
