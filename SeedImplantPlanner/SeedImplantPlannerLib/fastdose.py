@@ -162,18 +162,19 @@ class KernelTable:
         self.roughness = float(max(rough))
 
     # -- evaluation ------------------------------------------------------------------------------
-    def at_runs(self, counts, rows, within, h2_cm, axis, strength, check_far=True):
+    def at_runs(self, counts, rows, first_mm, within, h2_mm, axis, strength, check_far=True):
         """Dose rate (cGy/h) of one seed at runs of consecutive nodes along array axis 2.
 
-        ``rows`` (6, R) float32 per run: [d0^2 + d1^2, a0 d0 + a1 d1, d1 a2, d0 a2,
-        (d0 a1 - d1 a0)^2, d2 of the run's first node] (cm, node minus seed); ``counts`` (R,)
-        nodes per run; ``within`` (N,) position of each node in its run; ``h2_cm`` node step
-        along axis 2. Returns float32 (N,).
+        ``rows`` (5, R) float32 per run: [d0^2 + d1^2, a0 d0 + a1 d1, d1 a2, d0 a2,
+        (d0 a1 - d1 a0)^2] (cm, node minus seed); ``first_mm`` (R,) float64: d2 of the run's first
+        node in mm; ``counts`` (R,) nodes per run; ``within`` (N,) position of each node in its
+        run; ``h2_mm`` node step along axis 2. Returns float32 (N,).
         """
         per = np.repeat(rows, counts, axis=1)
-        d2 = within.astype(np.float32)
-        d2 *= _F32(h2_cm)
-        d2 += per[5]
+        # d2 in float64 first: a node that coincides with the seed gets exactly r = 0 (theta = 0)
+        d2 = np.repeat(first_mm, counts)
+        d2 += within * h2_mm
+        d2 = (d2 * 0.1).astype(np.float32)
         r2 = d2 * d2
         r2 += per[0]
         if not self.two_d:
@@ -289,7 +290,8 @@ class _Level:
         ``q`` seed position (mm), ``a`` unit axis, both in array-axis order; ``semi_axes`` (across,
         along the axis) in mm. Returns None if no
         node is inside, else (start (3,), size (3,), flat indices of the nodes into the box, and
-        the runs along axis 2 as :meth:`KernelTable.at_runs` takes them: counts, rows, within).
+        the runs along axis 2 as :meth:`KernelTable.at_runs` takes them: counts, rows, first_mm,
+        within).
         """
         A, B = semi_axes
         h, o = self.spacing, self.origin
@@ -332,14 +334,14 @@ class _Level:
         idx = within + np.repeat(runs * size[2] + t_lo[runs], counts)
         x0c = X0[runs] * 0.1
         x1c = X1[runs] * 0.1
-        rows = np.empty((6, runs.size), dtype=np.float32)
+        rows = np.empty((5, runs.size), dtype=np.float32)
         rows[0] = x0c * x0c + x1c * x1c
         rows[1] = a[0] * x0c + a[1] * x1c
         rows[2] = x1c * a[2]
         rows[3] = x0c * a[2]
         rows[4] = (x0c * a[1] - x1c * a[0]) ** 2
-        rows[5] = (base2 + t_lo[runs] * h[2]) * 0.1
-        return lo, size, idx, counts, rows, within
+        first_mm = o[2] + (lo[2] + t_lo[runs]) * h[2] - q[2]
+        return lo, size, idx, counts, rows, first_mm, within
 
 
 class FastGridEngine:
@@ -580,8 +582,8 @@ class FastGridEngine:
         reg = lv.region(q, a, semi_axes)
         if reg is None:
             return None
-        start, size, idx, counts, rows, within = reg
-        exact = table.at_runs(counts, rows, within, 0.1 * lv.spacing[2], a, s, self._check_far)
+        start, size, idx, counts, rows, first_mm, within = reg
+        exact = table.at_runs(counts, rows, first_mm, within, lv.spacing[2], a, s, self._check_far)
         n_box = int(np.prod(size))
         box = np.zeros(n_box, dtype=np.float32)
         box[idx] = exact

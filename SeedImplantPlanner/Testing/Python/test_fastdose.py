@@ -164,6 +164,21 @@ class TestAccuracyOnImplants(unittest.TestCase):
         seeds = needle_implant((lo + hi) / 2.0, np.random.default_rng(7), models=(M6711, "I125_Best_2301"))
         self.check(g, seeds, formalism="1D", top_level=2)
 
+    def test_seed_exactly_on_a_voxel_centre(self):
+        """r = 0 follows the kernel's convention (theta = 0), also on coarse grids where the node is
+        reached through an interpolation zone, and never gives NaN."""
+        for spacing in (1.0, 3.0):
+            g = ImageGeometry((40, 40, 40), (spacing,) * 3, (0.0, 0.0, 0.0))
+            p = np.array([[20 * spacing, 20 * spacing, 20 * spacing], [11 * spacing, 25 * spacing, 20 * spacing]])
+            axes = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+            kernel = TG43Kernel(get_model(M6711))
+            fast, fast_capped = FastGridEngine(g, top_level=1).seeds_rate(kernel, p, axes, [0.5, 0.7])
+            ref, ref_capped = DirectGridEngine(g).seeds_rate(kernel, p, axes, [0.5, 0.7])
+            self.assertTrue(np.all(np.isfinite(fast)))
+            for i, j, k in ((20, 20, 20), (11, 25, 20)):
+                self.assertAlmostEqual(fast[k, j, i] / ref[k, j, i], 1.0, delta=1e-4, msg=f"spacing {spacing}")
+            np.testing.assert_array_equal(fast_capped, ref_capped)
+
     def test_mixed_models_in_dose_grid(self):
         g = ImageGeometry((44, 44, 44), (1.0, 1.0, 1.0), (-21.5, -21.5, -21.5), rotation(8))
         lo, hi = g.bounds_ras()
