@@ -13,20 +13,26 @@ Method (multilevel summation with nested interpolation, as in MSM):
 - Prolongation (level k+1 -> k) is tensor-product Lagrange interpolation with ``order`` points
   per axis, evaluated at the midpoints as symmetric strided array operations.
 - Top level: every seed evaluated exactly at every node.
-- Every lower level k: for each seed, at the level-k nodes within R_k = ``ratio`` * H_(k+1) of the
-  seed (H_(k+1): the largest coarsened spacing of level k+1), the exact kernel minus the
-  interpolation of the seed's own exact level-(k+1) samples is added. A voxel closer than R_0 to a
-  seed therefore gets that seed's exact value; a farther voxel gets an interpolated value made
-  from samples at least (ratio - order/2) * H from the seed.
+- Every lower level k: for each seed, at the level-k nodes inside a spheroid around the seed with
+  semi-axes R_k across and ``stretch`` * R_k along the seed axis, R_k = ``ratio`` * H_(k+1)
+  (H_(k+1): the largest coarsened spacing of level k+1; at least MIN_EXACT_RADIUS_MM on level 0),
+  the exact kernel minus the interpolation of the seed's own exact level-(k+1) samples is added.
+  A voxel inside a seed's level-0 spheroid therefore gets that seed's exact value; a voxel
+  outside gets an interpolated value made from samples at least (ratio - order/2) * H from the
+  seed. Level k's spheroid also holds the stencil nodes of level k-1's, so every exact value is
+  computed once and reused as a coarse sample.
 - The exact kernel is evaluated in float32 through :class:`KernelTable` (g(r) F(r, theta) on a
   uniform grid whose nodes include every tabulated radius and angle, so bilinear lookup
-  reproduces TG-43's piecewise-linear interpolation; line-source geometry computed
-  analytically). Level-(k+1) exact samples are reused as the coarse samples of level k.
+  reproduces TG-43's piecewise-linear interpolation; line-source geometry computed analytically).
+- Capped voxels are found in float64 with the kernel's own rule, so their count is the direct
+  engine's.
 
 Error: high order where the kernel is smooth; first order in H/r where an interpolation stencil
 straddles a kink of the piecewise-linear TG-43 tables (a tabulated radius of g or F, a tabulated
-angle of F, and the seed axis, where F(theta) has a nonzero slope). docs/dose-engine.md gives the
-bound, how ``ratio`` and ``order`` control it, and measured values.
+angle of F, and the seed axis, where F(theta) has a nonzero slope). The stretched spheroid covers
+the strongest kinks, near the axis; kernels with rough radial tables (Pd-103) get a larger ratio.
+docs/dose-engine.md gives the bound, how ``ratio``, ``stretch`` and ``order`` control it, and
+measured values.
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ MAX_RATIO_SCALE = 2.0
 
 _F32 = np.float32
 _TINY = _F32(1e-30)
+
 
 def _common_step(values, candidates):
     """Largest candidate step of which every value is an integer multiple (None if none)."""
