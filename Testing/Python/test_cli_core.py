@@ -2,14 +2,13 @@
 
 import csv
 import math
-import os
-import subprocess
-import sys
 import tempfile
 import unittest
 from pathlib import Path
 
 import numpy as np
+
+from seedplan_cli import seedplan  # noqa: E402
 import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,11 +16,6 @@ M6711 = "I125_OncoSeed_6711"
 HEADER = "x_mm,y_mm,z_mm,axis_x,axis_y,axis_z,sk_U,model\n"
 
 
-def seedplan(*args, cwd=None):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT / "SeedImplantPlanner") + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "SeedImplantPlannerLib.cli", "--quiet", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
 class CliCase(unittest.TestCase):

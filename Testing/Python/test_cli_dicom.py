@@ -1,14 +1,13 @@
 """End-to-end: `seedplan dose` -> `seedplan export-dicom` -> `seedplan dicom-seeds`, with real files."""
 
 import csv
-import os
-import subprocess
-import sys
 import tempfile
 import unittest
 from pathlib import Path
 
 import numpy as np
+
+from seedplan_cli import seedplan  # noqa: E402
 import pydicom
 import SimpleITK as sitk
 
@@ -21,11 +20,6 @@ ROOT = Path(__file__).resolve().parents[2]
 M6711 = "I125_OncoSeed_6711"
 
 
-def seedplan(*args):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT / "SeedImplantPlanner") + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "SeedImplantPlannerLib.cli", "--quiet", *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=300)
 
 
 class CliDicom(unittest.TestCase):

@@ -2,14 +2,14 @@
 
 import csv
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import unittest
 from pathlib import Path
 
 import numpy as np
+
+from seedplan_cli import seedplan  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "SeedImplantPlanner"))
@@ -21,11 +21,6 @@ from SeedImplantPlannerLib.segio import Segmentation, read_segmentation, write_s
 from SeedImplantPlannerLib.seeds import SeedSet  # noqa: E402
 
 
-def seedplan(*args, cwd=None):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT / "SeedImplantPlanner") + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, "-m", "SeedImplantPlannerLib.cli", "--quiet", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
 class EvaluationCli(unittest.TestCase):
