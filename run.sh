@@ -10,9 +10,10 @@ VENV=${SEEDPLAN_VENV:-.venv}
 PY=${PYTHON:-python3}
 
 apt_packages() {
-  # OpenGL/EGL runtime for VTK's offscreen rendering (slice and 3D pictures).
+  # OpenGL/EGL runtime for VTK's offscreen rendering (slice and 3D pictures); Chromium renders the
+  # HTML report in the tests (a real browser for the one web page the product writes).
   local need=()
-  for p in libegl1 libgl1 libosmesa6 libglu1-mesa libxrender1 libxt6; do
+  for p in libegl1 libgl1 libosmesa6 libglu1-mesa libxrender1 libxt6 chromium; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
   done
   if [ ${#need[@]} -gt 0 ]; then

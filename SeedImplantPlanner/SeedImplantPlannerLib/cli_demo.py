@@ -43,6 +43,7 @@ def _step(args, label):
 
 
 def run_demo(out, *, strength_mCi=0.6, prescription_Gy=120.0, direction="R", time_limit_s=8.0, quiet=False,
+             reference_date="2026-11-20", implant_date="2026-11-27",
              skip_scene=False, skip_dicom=False, skip_verification=False):
     """Run the whole demo into folder ``out``; returns {what: path} of everything written."""
     from types import SimpleNamespace
@@ -65,7 +66,8 @@ def run_demo(out, *, strength_mCi=0.6, prescription_Gy=120.0, direction="R", tim
     from .plan import evaluate, plan_case, write_plan_folder
     plan, dose, dose_geometry = plan_case(
         ct_path, seg_path, TARGET, oars=[OARConstraint("Bowel", d2cc_Gy=100.0), "Vessels"], forbidden=FORBIDDEN, body=BODY,
-        model_id=MODEL, strength=strength_mCi, strength_unit="mCi", prescription_Gy=prescription_Gy,
+        model_id=MODEL, strength=strength_mCi, strength_unit="mCi", reference_date=reference_date,
+        implant_date=implant_date, prescription_Gy=prescription_Gy,
         needle_mode="template", direction=direction, template_spacing_mm=5.0, time_limit_s=time_limit_s,
         rng_seed=0, progress=_step(args, "plan"))
     timings["plan_s"] = time.monotonic() - t0
@@ -198,13 +200,16 @@ def cmd_demo(args):
         raise InputError("--strength and --prescription must be > 0")
     written, plan, ev, summary = run_demo(args.out, strength_mCi=args.strength, prescription_Gy=args.prescription,
                                           direction=args.direction, time_limit_s=args.time_limit, quiet=args.quiet,
+                                          reference_date=args.reference_date, implant_date=args.implant_date,
                                           skip_scene=args.no_scene, skip_dicom=args.no_dicom,
                                           skip_verification=args.no_verification)
     s = summary["plan"]
     print(f"plan: {s['n_seeds']} seeds on {s['n_needles_used']} needles, total {s['total_strength_U']:.2f} U"
           + (f" ({s['total_activity_mCi']:.1f} mCi)" if "total_activity_mCi" in s else ""))
     for k, v in summary["target_metrics"].items():
-        print(f"  {TARGET} {k}: {v}")
+        text = f"{v['Gy']:.1f} Gy ({100 * v['Gy'] / args.prescription:.1f}% Rx)" if "Gy" in v else \
+            f"{v['percent']:.1f}% ({v['cc']:.1f} cc)"
+        print(f"  {TARGET} {k}: {text}")
     print(f"goals failed: {summary['goals_failed']} (see goals.csv)")
     print(f"wrote {len(written)} outputs into {args.out}/ (see demo_summary.json); open scene.mrb in 3D Slicer")
     return 0
@@ -214,7 +219,10 @@ def register(sub):
     """Add the ``demo`` subcommand."""
     p = sub.add_parser("demo", help="plan the bundled sample case end to end (plan, dose, report, scene, DICOM)")
     p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
-    p.add_argument("--strength", type=float, default=0.6, help="apparent activity per seed, mCi (default 0.6)")
+    p.add_argument("--strength", type=float, default=0.6,
+                   help="apparent activity per seed at the reference date, mCi (default 0.6)")
+    p.add_argument("--reference-date", default="2026-11-20", help="date of the seeds' calibration (default 2026-11-20)")
+    p.add_argument("--implant-date", default="2026-11-27", help="implant date (default 2026-11-27)")
     p.add_argument("--prescription", type=float, default=120.0, help="prescription dose, Gy (default 120)")
     p.add_argument("--direction", default="R", help="needle insertion direction (default R: from the left flank)")
     p.add_argument("--time-limit", type=float, default=8.0, help="optimiser time limit, s (default 8)")

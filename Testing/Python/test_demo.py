@@ -83,6 +83,29 @@ class TestDemo(unittest.TestCase):
         self.assertGreater(float(plan.SourceSequence[0].ReferenceAirKermaRate), 0.0)
         self.assertTrue((self.out / "postimplant" / "verification.json").exists())
 
+    def test_report_renders_in_a_real_browser(self):
+        import re
+        import shutil
+        browser = shutil.which("chromium") or shutil.which("chromium-browser")
+        if browser is None:
+            self.skipTest("chromium is not installed (./run.sh installs it)")
+        html = (self.out / "report.html").read_text()
+        self.assertIsNone(re.search(r'(src|href)="(https?:)?//', html), "the report must be self-contained")
+        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={self.out / 'chromium-profile'}"]
+        url = (self.out / "report.html").resolve().as_uri()
+        dom = subprocess.run([browser, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+        self.assertIn("Needle loading", dom.stdout)
+        self.assertIn("Cumulative DVH", dom.stdout)
+        shot = self.out / "report_screenshot.png"
+        subprocess.run([browser, *flags, "--window-size=1200,2400", f"--screenshot={shot}", url],
+                       capture_output=True, text=True, timeout=120)
+        from SeedImplantPlannerLib.mrml_render import png_to_array
+        img = png_to_array(shot)
+        self.assertEqual(img.shape[:2], (2400, 1200))
+        self.assertGreater(float(img[..., :3].std()), 20.0, "the rendered report looks blank")
+
 
 if __name__ == "__main__":
     unittest.main()
