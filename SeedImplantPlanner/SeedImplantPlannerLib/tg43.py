@@ -153,9 +153,13 @@ class TG43Kernel:
 
     def dose_rate_at_points(self, points_mm, position_mm, axis, strength_U=1.0):
         """Dose rate (cGy/h) of one seed at ``points_mm`` (M, 3), and the capped-point mask."""
+        a = np.asarray(axis, dtype=float).reshape(3)
+        norm = float(np.linalg.norm(a))
+        if not np.isfinite(norm) or norm < 1e-9:
+            raise InputError(f"seed axis has zero length or is not finite: {a.tolist()}")
         d = (np.asarray(points_mm, dtype=float) - np.asarray(position_mm, dtype=float)) * 0.1  # cm
         r = np.sqrt(np.einsum("ij,ij->i", d, d))
-        z = d @ np.asarray(axis, dtype=float)
+        z = d @ (a / norm)
         with np.errstate(invalid="ignore", divide="ignore"):
             c = np.where(r > 0, z / np.where(r > 0, r, 1.0), 1.0)
         rate, capped = self.dose_rate_per_U(r, c)

@@ -133,6 +133,15 @@ class TestSymmetryAndSuperposition(unittest.TestCase):
         b = dose_rate_at_points(pts, SeedSet([[0, 0, 0]], [[-0.2, -0.1, -1]], [0.5], [M6711]))[0]
         np.testing.assert_allclose(a, b, rtol=1e-12)
 
+    def test_kernel_normalises_the_axis_it_is_given(self):
+        k = TG43Kernel(MODELS[M6711])
+        pts = self.rng.uniform(-30, 30, (20, 3))
+        a, _ = k.dose_rate_at_points(pts, [1, 2, 3], [0.0, 0.0, 1.0], 0.5)
+        b, _ = k.dose_rate_at_points(pts, [1, 2, 3], [0.0, 0.0, 7.5], 0.5)
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+        with self.assertRaisesRegex(InputError, "zero length"):
+            k.dose_rate_at_points(pts, [1, 2, 3], [0.0, 0.0, 0.0], 0.5)
+
     def test_decay_by_date(self):
         m = MODELS[M6711]
         self.assertAlmostEqual(decay_factor(m, "2026-01-01", "2026-03-01T00:00"), 2 ** (-59 / 59.4), places=12)
