@@ -105,13 +105,17 @@ class DirectGridEngine:
         return out, capped
 
 
-def make_engine(geometry: ImageGeometry, method="fast"):
-    """Grid engine by name: 'fast' (multilevel, default) or 'direct' (reference)."""
+def make_engine(geometry: ImageGeometry, method="fast", n_seeds=None):
+    """Grid engine by name: 'fast' (multilevel, default) or 'direct' (reference).
+
+    ``n_seeds`` (the expected number of seeds) lets the fast engine size its levels and exact
+    zones: a few seeds are computed exactly or with larger exact zones.
+    """
     if method == "direct":
         return DirectGridEngine(geometry)
     if method == "fast":
         from .fastdose import FastGridEngine
-        return FastGridEngine(geometry)
+        return FastGridEngine(geometry, typical_seeds=int(n_seeds) if n_seeds else 100)
     raise InputError(f"unknown dose engine {method!r} (use fast or direct)")
 
 
@@ -127,7 +131,7 @@ class DoseGrid:
         self.geometry = geometry
         self.formalism = formalism
         self.model_dirs = tuple(model_dirs)
-        self.engine = make_engine(geometry, method)
+        self.engine = make_engine(geometry, method, len(seeds) if seeds is not None and len(seeds) else None)
         self.seeds = SeedSet(np.zeros((0, 3)), np.zeros((0, 3)), np.zeros(0), [])
         self.rate_by_model = {}
         self._kernels = {}

@@ -69,7 +69,19 @@ ROUGHNESS_RANGE_CM = (1.0, 5.0)
 OFF_AXIS_DEG = 20.0
 MAX_RATIO_SCALE = 2.0
 
+#: Implants of fewer seeds than this get a larger correction ratio (their errors average less,
+#: and the larger exact zones cost little when there are few seeds): ratio = DEFAULT_RATIO *
+#: (SMALL_IMPLANT_SEEDS / n)^(1/3), at most MAX_SMALL_IMPLANT_SCALE times the default.
+SMALL_IMPLANT_SEEDS = 100
+MAX_SMALL_IMPLANT_SCALE = 3.0
+
 _F32 = np.float32
+
+
+def auto_ratio(n_seeds: int) -> float:
+    """Default correction ratio for an implant of about ``n_seeds`` seeds (see SMALL_IMPLANT_SEEDS)."""
+    scale = (SMALL_IMPLANT_SEEDS / max(int(n_seeds), 1)) ** (1.0 / 3.0)
+    return DEFAULT_RATIO * min(max(scale, 1.0), MAX_SMALL_IMPLANT_SCALE)
 _TINY = _F32(1e-30)
 
 
@@ -367,8 +379,12 @@ class FastGridEngine:
 
     name = "fast"
 
-    def __init__(self, geometry: ImageGeometry, order: int = DEFAULT_ORDER, ratio: float = DEFAULT_RATIO,
+    def __init__(self, geometry: ImageGeometry, order: int = DEFAULT_ORDER, ratio: float | None = None,
                  stretch: float = DEFAULT_STRETCH, typical_seeds: int = 100, top_level: int | None = None):
+        if not (isinstance(typical_seeds, (int, np.integer)) and typical_seeds >= 1):
+            raise InputError(f"typical_seeds must be a positive integer, got {typical_seeds!r}")
+        if ratio is None:
+            ratio = auto_ratio(typical_seeds)
         if order not in _MID_WEIGHTS:
             raise InputError(f"interpolation order must be 4, 6 or 8, got {order!r}")
         if not (math.isfinite(ratio) and ratio >= order / 2 + 1):

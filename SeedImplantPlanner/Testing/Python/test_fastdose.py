@@ -208,6 +208,23 @@ class TestAccuracyOnImplants(unittest.TestCase):
             self.assertLess(max_rel(fast, ref, r >= 2.0), bound, mid)
 
 
+class TestFewSeeds(unittest.TestCase):
+    """A grid of a few seeds (a check phantom, a single-seed test) gets larger exact zones."""
+
+    def test_few_seeds_are_near_exact(self):
+        from SeedImplantPlannerLib.fastdose import DEFAULT_RATIO, auto_ratio
+        self.assertEqual(auto_ratio(200), DEFAULT_RATIO)
+        self.assertGreater(auto_ratio(3), 2.5 * DEFAULT_RATIO)
+        g = ImageGeometry((64, 60, 56), (1.25, 1.25, 1.5), (-40.0, -37.0, -41.0), rotation(5))
+        rng = np.random.default_rng(11)
+        for n, model in ((1, "I125_OncoSeed_6711"), (2, "Pd103_TheraSeed_200"), (5, "I125_Best_2301")):
+            pos = rng.uniform(-10, 10, (n, 3))
+            seeds = SeedSet(pos, rng.normal(size=(n, 3)), 0.5, model)
+            fast = DoseGrid(g, seeds, method="fast").dose_rate_cGy_h()
+            ref = DoseGrid(g, seeds, method="direct").dose_rate_cGy_h()
+            self.assertLess(max_rel(fast, ref, far_mask(g, pos)), 1e-3, f"{n} x {model}")
+
+
 class TestEdits(unittest.TestCase):
     """DoseGrid edits through FastGridEngine.apply_seeds stay consistent with a fresh computation."""
 
