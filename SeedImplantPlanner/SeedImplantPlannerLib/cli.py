@@ -67,6 +67,10 @@ def build_parser():
 
 def main(argv=None):
     """Entry point of the ``seedplan`` console command."""
+    for stream in (sys.stdout, sys.stderr):
+        # A C/POSIX locale (CI, cron, ssh without LANG) must not turn a "≥" in a message into a crash.
+        if hasattr(stream, "reconfigure") and (stream.encoding or "").lower().replace("-", "") != "utf8":
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -150,7 +150,7 @@ def run_demo(out, *, strength_mCi=0.6, prescription_Gy=120.0, direction="R", tim
                                   if k in ev.metrics.get(TARGET, {})},
                "goals_failed": ev.n_goals_failed,
                "timings_s": {k: round(v, 2) for k, v in timings.items()},
-               "files": {k: str(v) for k, v in written.items()}}
+               "files": sorted(written)}  # relative to the output folder
     from .fileio import write_text
     write_text(out / "demo_summary.json", json.dumps(summary, indent=1, default=_json_default) + "\n")
     written["demo_summary.json"] = out / "demo_summary.json"

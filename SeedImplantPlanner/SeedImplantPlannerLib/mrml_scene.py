@@ -109,7 +109,7 @@ class SlicerSceneContext:
 
     def save_mrb(self, path):
         """Write the whole scene (nodes and their data files) to a Medical Reality Bundle."""
-        path = Path(path)
+        path = Path(path).absolute()  # vtkMRMLScene::WriteToMRB refuses relative folders
         if path.suffix.lower() != ".mrb":
             raise InputError(f"{path}: a scene bundle must end in .mrb")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +127,7 @@ class SlicerSceneContext:
 
     def load_mrb(self, path, clear=True):
         """Load a Medical Reality Bundle into this scene (replacing its content by default)."""
-        path = Path(path)
+        path = Path(path).absolute()
         if not path.is_file():
             raise InputError(f"{path}: scene bundle not found")
         self._ensure_io()

@@ -13,4 +13,4 @@ def seedplan(*args, cwd=None, timeout=300):
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT / "SeedImplantPlanner") + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-m", "SeedImplantPlannerLib.cli", "--quiet", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", cwd=cwd, env=env, timeout=timeout)
