@@ -108,7 +108,12 @@ def run_demo(out, *, strength_mCi=0.6, prescription_Gy=120.0, direction="R", tim
                     "goals.csv": out / "goals.csv"})
     timings["evaluate_report_s"] = time.monotonic() - t0
 
-    # 4a. Slicer scene and pictures
+    # 4a. Slicer scene and pictures (need slicer-core: pip install "seedimplantplanner[mrml]")
+    if not skip_scene and not _slicer_available():
+        import sys
+        print("seedplan: warning: slicer-core is not installed: no Slicer scene or pictures "
+              "(pip install 'seedimplantplanner[mrml]', or use ./run.sh demo)", file=sys.stderr)
+        skip_scene = True
     if not skip_scene:
         t0 = time.monotonic()
         from .goals import load_goals
@@ -155,6 +160,11 @@ def run_demo(out, *, strength_mCi=0.6, prescription_Gy=120.0, direction="R", tim
     write_text(out / "demo_summary.json", json.dumps(summary, indent=1, default=_json_default) + "\n")
     written["demo_summary.json"] = out / "demo_summary.json"
     return written, plan, ev, summary
+
+
+def _slicer_available() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("slicer") is not None
 
 
 def _json_default(v):
@@ -211,7 +221,8 @@ def cmd_demo(args):
             f"{v['percent']:.1f}% ({v['cc']:.1f} cc)"
         print(f"  {TARGET} {k}: {text}")
     print(f"goals failed: {summary['goals_failed']} (see goals.csv)")
-    print(f"wrote {len(written)} outputs into {args.out}/ (see demo_summary.json); open scene.mrb in 3D Slicer")
+    scene = "; open scene.mrb in 3D Slicer" if "scene.mrb" in written else ""
+    print(f"wrote {len(written)} outputs into {args.out}/ (see demo_summary.json){scene}")
     return 0
 
 
