@@ -76,6 +76,10 @@ SMALL_IMPLANT_SEEDS = 100
 MAX_SMALL_IMPLANT_SCALE = 3.0
 
 _F32 = np.float32
+#: Points per pass of the kernel evaluation (work arrays and table rows stay in the CPU cache).
+EVAL_CHUNK = 131072
+#: Seeds whose correction zones are generated together (vectorised; bounds the work memory).
+_SEED_BATCH = 4
 
 
 def auto_ratio(n_seeds: int) -> float:
@@ -164,11 +168,12 @@ class KernelTable:
         table = np.concatenate([table, table[:, -1:]], axis=1)
         self.n_r = table.shape[0]
         self.n_cells_t = table.shape[1] - 1
-        # per cell: value and theta-difference at the cell's two radii
-        corners = np.stack([table[:-1, :-1], table[:-1, 1:] - table[:-1, :-1],
-                            table[1:, :-1], table[1:, 1:] - table[1:, :-1]], axis=-1)
+        # per cell [v, dt, dr, drt]: bilinear value v + wt dt + wr (dr + wt drt) (wt, wr in [0, 1])
+        v00, v01, v10, v11 = table[:-1, :-1], table[:-1, 1:], table[1:, :-1], table[1:, 1:]
+        corners = np.stack([v00, v01 - v00, v10 - v00, (v11 - v10) - (v01 - v00)], axis=-1)
         self.cells = np.ascontiguousarray(corners, dtype=np.float32).view(np.complex128).reshape(-1)
         self.inv_dr = float(1.0 / self.dr)
+        self._float_index = self.cells.size < 2 ** 24
         self.r_table_max = (self.n_r - 2) * self.dr
         if self.two_d:
             # F rows near the axis are left out: the zone stretched along the axis covers them
@@ -181,113 +186,215 @@ class KernelTable:
         self.roughness = float(max(rough))
 
     # -- evaluation ------------------------------------------------------------------------------
-    def at_runs(self, counts, rows, first_mm, within, h2_mm, axis, strength, check_far=True):
+    def at_runs(self, counts, rows, first_mm, within, h2_mm, axis, strength, check_far=True,
+                work=None, out=None):
         """Dose rate (cGy/h) of one seed at runs of consecutive nodes along array axis 2.
 
         ``rows`` (5, R) float32 per run: [d0^2 + d1^2, a0 d0 + a1 d1, d1 a2, d0 a2,
         (d0 a1 - d1 a0)^2] (cm, node minus seed); ``first_mm`` (R,) float64: d2 of the run's first
         node in mm; ``counts`` (R,) nodes per run; ``within`` (N,) position of each node in its
-        run; ``h2_mm`` node step along axis 2. Returns float32 (N,).
+        run; ``h2_mm`` node step along axis 2. Returns float32 (N,) (``out`` if given).
         """
-        per = np.repeat(rows, counts, axis=1)
+        work = work if work is not None else _Scratch()
+        n = int(within.shape[0])
+        per = work.get("runs_per", 5 * n).reshape(5, n)
+        for j in range(5):
+            per[j] = np.repeat(rows[j], counts)
         # d2 in float64 first: a node that coincides with the seed gets exactly r = 0 (theta = 0)
-        d2 = np.repeat(first_mm, counts)
-        d2 += within * h2_mm
-        d2 = (d2 * 0.1).astype(np.float32)
-        r2 = d2 * d2
+        d64 = work.get("runs_d64", n, np.float64)
+        np.multiply(within, h2_mm, out=d64)
+        d64 += np.repeat(first_mm, counts)
+        d64 *= 0.1
+        d2 = work.get("runs_d2", n)
+        np.copyto(d2, d64, casting="same_kind")
+        return self.eval_runs(d2, per, axis, strength, check_far, work, out)
+
+    def eval_runs(self, d2, per, axis, strength, check_far=True, work=None, out=None):
+        """Like :meth:`at_runs`, from the nodes' d2 (cm, float32 (N,)) and their runs' values
+        ``per`` (5, N) (the ``rows`` of :meth:`at_runs`, one column per node)."""
+        work = work if work is not None else _Scratch()
+        n = int(d2.shape[0])
+        r2 = work.get("r2", n)
+        np.multiply(d2, d2, out=r2)
         r2 += per[0]
         if not self.two_d:
-            return self._finish(r2, None, None, strength, check_far)
+            return self.evaluate(r2, None, None, strength, check_far, work, out)
         a0, a1, a2 = (_F32(x) for x in axis)
-        z = d2 * a2
+        z = work.get("z", n)
+        np.multiply(d2, a2, out=z)
         z += per[1]
-        c = d2 * a1
+        rho2 = work.get("rho2", n)
+        c = work.get("tmp", n)
+        np.multiply(d2, a1, out=c)
         np.subtract(per[2], c, out=c)
-        rho2 = c * c
+        np.multiply(c, c, out=rho2)
         np.multiply(d2, a0, out=c)
         c -= per[3]
         c *= c
         rho2 += c
         rho2 += per[4]
-        return self._finish(r2, z, rho2, strength, check_far)
+        return self.evaluate(r2, z, rho2, strength, check_far, work, out)
 
-    def on_grid(self, d0, d1, d2, axis, strength, check_far=True):
-        """Dose rate (cGy/h) of one seed on a separable grid: ``d0`` (n0,) etc. in cm (float64)."""
+    def on_grid(self, d0, d1, d2, axis, strength, check_far=True, work=None, out=None):
+        """Dose rate (cGy/h) of one seed on a separable grid: ``d0`` (n0,) etc. in cm (float64).
+
+        Returns float32 of shape (n0, n1, n2) (``out``, flat or shaped, if given).
+        """
+        work = work if work is not None else _Scratch()
+        d0, d1, d2 = (np.asarray(d, dtype=float).reshape(-1) for d in (d0, d1, d2))
+        shape = (d0.size, d1.size, d2.size)
+        n = shape[0] * shape[1] * shape[2]
         a = np.asarray(axis, dtype=float)
-        r2 = ((d0 * d0)[:, None] + (d1 * d1)[None, :]).astype(_F32)[..., None] + (d2 * d2).astype(_F32)
+        r2 = work.get("r2", n)
+        np.add(((d0 * d0)[:, None] + (d1 * d1)[None, :]).astype(_F32)[..., None], (d2 * d2).astype(_F32),
+               out=r2.reshape(shape))
         if not self.two_d:
-            return self._finish(r2, None, None, strength, check_far)
-        z = ((d0 * a[0])[:, None] + (d1 * a[1])[None, :]).astype(_F32)[..., None] + (d2 * a[2]).astype(_F32)
+            res = self.evaluate(r2, None, None, strength, check_far, work, out)
+            return res.reshape(shape)
+        z = work.get("z", n)
+        np.add(((d0 * a[0])[:, None] + (d1 * a[1])[None, :]).astype(_F32)[..., None], (d2 * a[2]).astype(_F32),
+               out=z.reshape(shape))
+        # rho^2 = |d x a|^2 from separable pieces (no cancellation near the axis)
         c0 = (d1[:, None] * a[2] - d2[None, :] * a[1]).astype(_F32)
         c1 = (d2[None, :] * a[0] - d0[:, None] * a[2]).astype(_F32)
         c2 = (d0[:, None] * a[1] - d1[None, :] * a[0]).astype(_F32)
-        rho2 = (c0 * c0)[None, :, :] + (c1 * c1)[:, None, :]
-        rho2 += (c2 * c2)[:, :, None]
-        return self._finish(r2, z, rho2, strength, check_far)
+        rho2 = work.get("rho2", n)
+        rho2_3 = rho2.reshape(shape)
+        np.add((c0 * c0)[None, :, :], (c1 * c1)[:, None, :], out=rho2_3)
+        rho2_3 += (c2 * c2)[:, :, None]
+        res = self.evaluate(r2, z, rho2, strength, check_far, work, out)
+        return res.reshape(shape)
 
-    def _finish(self, r2, z, rho2, strength, check_far):
-        rc = _F32(self.r_cap)
-        r = np.sqrt(r2)
-        capped = (r < rc) if r2.min() < rc * rc else None
-        r_e = np.maximum(r, rc)
-        fr = r_e * _F32(self.inv_dr)
-        ir = fr.astype(np.int32)
+    def evaluate(self, r2, z, rho2, strength, check_far=True, work=None, out=None):
+        """Dose rate (cGy/h) from r^2, z = d.a and rho^2 = |d x a|^2 (cm^2, cm; flat float32 (N,)).
+
+        ``r2``, ``z`` and ``rho2`` are work arrays: they are overwritten. Returns ``out`` (float32
+        (N,); a work array if not given). The cap rule is applied to the (few) capped points only,
+        by moving them to ``r_cap`` along their direction; the rest runs in chunks of
+        ``EVAL_CHUNK`` points through in-place passes over reused work arrays, so the lookup table
+        and the chunk's arrays stay in the CPU cache and nothing is allocated.
+        """
+        work = work if work is not None else _Scratch()
+        n = int(r2.shape[0])
+        if out is None:
+            out = work.get("out", n)
+        out = out.reshape(-1)
+        if n and float(r2.min()) < self.r_cap * self.r_cap:
+            self._apply_cap(r2, z, rho2)
+        for c0 in range(0, n, EVAL_CHUNK):
+            c1 = min(n, c0 + EVAL_CHUNK)
+            self._evaluate_chunk(r2[c0:c1], None if z is None else z[c0:c1], None if rho2 is None else rho2[c0:c1],
+                                 strength, check_far, work, out[c0:c1])
+        return out
+
+    def _evaluate_chunk(self, r2, z, rho2, strength, check_far, work, out):
+        n = int(r2.shape[0])
+        # radial cell and weight
+        fr = work.get("fr", n)
+        np.sqrt(r2, out=fr)
+        r_1d = None
+        if not self.two_d:
+            r_1d = work.get("r1d", n)
+            np.copyto(r_1d, fr)
+        fr *= _F32(self.inv_dr)
+        cell = work.get("cell_f", n)
+        np.floor(fr, out=cell)
+        fr -= cell  # radial weight
         far = None
-        if check_far and int(ir.max()) > self.n_r - 2:
-            far = ir > self.n_r - 2
-            np.minimum(ir, self.n_r - 2, out=ir)
-        wr = fr
-        wr -= ir
+        if check_far and float(cell.max()) > self.n_r - 2:
+            far = np.flatnonzero(cell > self.n_r - 2)
+            rr = np.sqrt(r2[far].astype(float))
+            cz = np.zeros_like(rr) if z is None else z[far].astype(float) / np.maximum(rr, 1e-30)
+            cell[far] = self.n_r - 2
+        idx = work.get("cell", n, np.intp)
         if self.two_d:
-            rho = np.sqrt(rho2)
-            zz = np.abs(z) if self.mirror else z
-            ft = np.arctan2(rho, zz)
+            rho = np.sqrt(rho2, out=rho2)
+            zz = np.abs(z, out=z) if self.mirror else z
+            ft = np.arctan2(rho, zz, out=z)
+            ft *= _F32(self.inv_dtheta_rad)
+            flo = work.get("floor_t", n)
+            np.floor(ft, out=flo)
+            ft -= flo  # angular weight
+            if self._float_index:
+                # cell index r_cell * n_t + theta_cell, exact in float32 (table below 2^24 cells)
+                cell *= _F32(self.n_cells_t)
+                cell += flo
+                np.copyto(idx, cell, casting="unsafe")
+            else:
+                np.copyto(idx, cell, casting="unsafe")
+                idx *= self.n_cells_t
+                it = work.get("cell_t", n, np.intp)
+                np.copyto(it, flo, casting="unsafe")
+                idx += it
+            # line-source geometry G_L = atan2(L rho, r^2 - L^2 / 4) / (L rho), into flo
             lrho = rho
             lrho *= _F32(self.L)
-            if capped is not None:
-                # capped points: line-source geometry at the cap radius along the same direction
-                lrho[capped] *= rc / np.maximum(r[capped], _TINY)
-            if not rho2.min() > 0.0:
+            if not float(lrho.min()) > 0.0:
                 np.maximum(lrho, _TINY, out=lrho)  # on the axis: G_L -> 1 / (r^2 - L^2 / 4)
-            geo = r_e * r_e
-            geo -= _F32(0.25 * self.L * self.L)
+            geo = flo
+            np.subtract(r2, _F32(0.25 * self.L * self.L), out=geo)
             np.arctan2(lrho, geo, out=geo)
             geo /= lrho
-            ft *= _F32(self.inv_dtheta_rad)
-            it = ft.astype(np.int32)
+        else:
+            np.copyto(idx, cell, casting="unsafe")
+        # one gather per point: the cell's [v, dt, dr, drt]; bilinear v + wt dt + wr (dr + wt drt)
+        cq = work.get("cells", n, np.complex128)
+        np.take(self.cells, idx, out=cq, mode="clip")
+        q = cq.view(np.float32).reshape(n, 4)
+        if self.two_d:
             wt = ft
-            wt -= it
-            ir *= np.int32(self.n_cells_t)
-            ir += it
-        q = self.cells.take(ir).view(np.float32).reshape(ir.shape + (4,))
-        if self.two_d:
-            lo = q[..., 1] * wt
-            lo += q[..., 0]
-            hi = q[..., 3] * wt
-            hi += q[..., 2]
-            hi -= lo
+            np.multiply(q[:, 1], wt, out=out)
+            out += q[:, 0]
+            wt *= q[:, 3]
+            wt += q[:, 2]
+            wt *= fr
+            out += wt
+            out *= geo
         else:
-            lo = q[..., 0].copy()
-            hi = q[..., 2] - lo
-        hi *= wr
-        lo += hi
-        if self.two_d:
-            lo *= geo
-        elif self.line_1d:
-            # G_L(r, 90 deg) = 2 atan(L / 2r) / (L r)
-            geo = np.arctan2(_F32(0.5 * self.L), r_e)
-            geo /= r_e
-            geo *= _F32(2.0 / self.L)
-            lo *= geo
-        else:
-            lo /= r_e * r_e
-        lo *= _F32(strength)
+            np.multiply(q[:, 2], fr, out=out)
+            out += q[:, 0]
+            if self.line_1d:
+                # G_L(r, 90 deg) = 2 atan(L / 2r) / (L r)
+                geo = cell
+                np.arctan2(_F32(0.5 * self.L), r_1d, out=geo)
+                geo /= r_1d
+                geo *= _F32(2.0 / self.L)
+                out *= geo
+            else:
+                out /= r2
+        out *= _F32(strength)
         if far is not None:
-            rr = r[far].astype(float)
-            c = np.zeros_like(rr) if z is None else np.broadcast_to(z, r.shape)[far].astype(float) / np.maximum(rr, 1e-30)
-            rate, _ = self.kernel.dose_rate_per_U(rr, c)
-            lo[far] = (rate * strength).astype(np.float32)
-        return lo
+            rate, _ = self.kernel.dose_rate_per_U(rr, cz)
+            out[far] = (rate * strength).astype(np.float32)
+        return out
+
+    def _apply_cap(self, r2, z, rho2):
+        """Move points closer than r_cap to r_cap along their direction (the kernel's cap rule;
+        r = 0: on the axis, theta = 0), in place; float64 for the (few) points concerned."""
+        rc = self.r_cap
+        cap = np.flatnonzero(r2 < _F32(rc * rc))
+        if cap.size == 0:
+            return
+        r = np.sqrt(r2[cap].astype(float))
+        f = rc / np.maximum(r, 1e-30)
+        r2[cap] = _F32(rc * rc)
+        if z is not None:
+            z[cap] = (z[cap] * f).astype(np.float32)
+            rho2[cap] = (rho2[cap] * (f * f)).astype(np.float32)
+
+
+class _Scratch:
+    """Named work arrays reused between calls (grown when needed): the hot loops allocate nothing."""
+
+    def __init__(self):
+        self._arrays = {}
+
+    def get(self, name, n, dtype=np.float32):
+        a = self._arrays.get(name)
+        if a is None or a.size < n or a.dtype != dtype:
+            size = max(int(n), 1024) if a is None or a.dtype != dtype else max(int(n), int(1.25 * a.size))
+            a = self._arrays[name] = np.empty(size, dtype=dtype)
+        return a[:n]
 
 
 class _Level:
@@ -303,64 +410,110 @@ class _Level:
     def n_nodes(self):
         return int(np.prod(self.shape))
 
-    def region(self, q, a, semi_axes):
+    def zone(self, q, a, semi_axes):
         """Nodes of this level inside a seed's correction spheroid (clipped to the level).
 
         ``q`` seed position (mm), ``a`` unit axis, both in array-axis order; ``semi_axes`` (across,
-        along the axis) in mm. Returns None if no
-        node is inside, else (start (3,), size (3,), flat indices of the nodes into the box, and
-        the runs along axis 2 as :meth:`KernelTable.at_runs` takes them: counts, rows, first_mm,
-        within).
+        along the axis) in mm. Returns None if no node is inside, else a :class:`_Zone`: the runs
+        of zone nodes along array axis 2, found per (axis 0, axis 1) row of the zone's bounding box
+        from the spheroid's quadratic (rows as 2D broadcasts: no per-node work here).
         """
         A, B = semi_axes
-        h, o = self.spacing, self.origin
-        ext = np.sqrt(A * A * (1.0 - a * a) + B * B * a * a)
-        lo = np.ceil((q - ext - o) / h - 1e-9).astype(np.int64)
-        hi = np.floor((q + ext - o) / h + 1e-9).astype(np.int64)
-        shape = np.asarray(self.shape)
-        lo = np.maximum(lo, 0)
-        hi = np.minimum(hi, shape - 1)
-        if np.any(hi < lo):
-            return None
-        even = self.factor == 2
-        lo = np.where(even, lo - lo % 2, lo)
-        size = hi - lo + 1
-        size = np.where(even, size + size % 2, size)
-        # spheroid: x^T M x <= 1 with M = I / A^2 + a a^T (1 / B^2 - 1 / A^2)
-        m = np.eye(3) / (A * A) + np.outer(a, a) * (1.0 / (B * B) - 1.0 / (A * A))
-        x0 = o[0] + (lo[0] + np.arange(size[0])) * h[0] - q[0]
-        x1 = o[1] + (lo[1] + np.arange(size[1])) * h[1] - q[1]
-        X0 = np.repeat(x0, size[1])
-        X1 = np.tile(x1, size[0])
-        bq = m[2, 0] * X0 + m[2, 1] * X1
-        cq = m[0, 0] * X0 * X0 + 2.0 * m[0, 1] * X0 * X1 + m[1, 1] * X1 * X1 - 1.0
-        disc = bq * bq - m[2, 2] * cq
-        ok = disc >= 0.0
-        root = np.sqrt(np.where(ok, disc, 0.0))
-        base2 = o[2] + lo[2] * h[2] - q[2]
-        t_lo = np.ceil(((-bq - root) / m[2, 2] - base2) / h[2] - 1e-9).astype(np.int64)
-        t_hi = np.floor(((-bq + root) / m[2, 2] - base2) / h[2] + 1e-9).astype(np.int64)
-        t_lo = np.maximum(t_lo, 0)
-        t_hi = np.minimum(t_hi, hi[2] - lo[2])
-        counts = np.where(ok, np.maximum(t_hi - t_lo + 1, 0), 0)
-        runs = np.flatnonzero(counts)
+        h, o, shape = self.spacing, self.origin, self.shape
+        q0, q1, q2 = (float(x) for x in q)
+        a0, a1, a2 = (float(x) for x in a)
+        lo, hi = [], []
+        for ax, (qa, aa) in enumerate(((q0, a0), (q1, a1), (q2, a2))):
+            ext = math.sqrt(A * A * (1.0 - aa * aa) + B * B * aa * aa)
+            lo.append(max(math.ceil((qa - ext - o[ax]) / h[ax] - 1e-9), 0))
+            hi.append(min(math.floor((qa + ext - o[ax]) / h[ax] + 1e-9), shape[ax] - 1))
+            if hi[ax] < lo[ax]:
+                return None
+        # box for the interpolation: even start and size along the axes that coarsen
+        box_lo, box_size = [], []
+        for ax in range(3):
+            even = self.factor is not None and self.factor[ax] == 2
+            b0 = lo[ax] - lo[ax] % 2 if even else lo[ax]
+            n = hi[ax] - b0 + 1
+            box_lo.append(b0)
+            box_size.append(n + n % 2 if even else n)
+        # spheroid: x^T M x <= 1 with M = I / A^2 + a a^T (1 / B^2 - 1 / A^2); per row a quadratic in x2
+        x0 = (o[0] - q0) + np.arange(lo[0], hi[0] + 1) * h[0]
+        x1 = (o[1] - q1) + np.arange(lo[1], hi[1] + 1) * h[1]
+        ia, ib = 1.0 / (A * A), 1.0 / (B * B) - 1.0 / (A * A)
+        m22 = ia + ib * a2 * a2
+        proj = (a0 * x0)[:, None] + (a1 * x1)[None, :]
+        bq = (ib * a2) * proj
+        cq = (ia * x0 * x0)[:, None] + (ia * x1 * x1)[None, :]
+        cq += ib * proj * proj
+        cq -= 1.0
+        disc = bq * bq
+        disc -= m22 * cq
+        np.maximum(disc, 0.0, out=cq)
+        root = np.sqrt(cq)
+        c2 = (q2 - o[2]) / h[2]
+        t_lo = np.ceil((-bq - root) / (m22 * h[2]) + c2 - 1e-9)
+        t_hi = np.floor((root - bq) / (m22 * h[2]) + c2 + 1e-9)
+        np.maximum(t_lo, lo[2], out=t_lo)
+        np.minimum(t_hi, hi[2], out=t_hi)
+        counts = t_hi - t_lo + 1
+        counts[disc < 0.0] = 0
+        runs = np.flatnonzero(counts > 0)
         if runs.size == 0:
             return None
-        counts = counts[runs]
-        total = int(counts.sum())
-        run_start = np.cumsum(counts) - counts
-        within = np.arange(total, dtype=np.int64) - np.repeat(run_start, counts)
-        idx = within + np.repeat(runs * size[2] + t_lo[runs], counts)
-        x0c = X0[runs] * 0.1
-        x1c = X1[runs] * 0.1
+        n1 = x1.size
+        i0, i1 = runs // n1, runs % n1
+        counts = counts.reshape(-1)[runs].astype(np.int64)
+        t_lo = t_lo.reshape(-1)[runs].astype(np.int64)
+        # per run: [d0^2 + d1^2, a0 d0 + a1 d1, d1 a2, d0 a2, (d0 a1 - d1 a0)^2] (cm), d2 of its first
+        # node (mm), flat index of its first node in the level and in the box
+        x0c, x1c = x0[i0] * 0.1, x1[i1] * 0.1
         rows = np.empty((5, runs.size), dtype=np.float32)
         rows[0] = x0c * x0c + x1c * x1c
-        rows[1] = a[0] * x0c + a[1] * x1c
-        rows[2] = x1c * a[2]
-        rows[3] = x0c * a[2]
-        rows[4] = (x0c * a[1] - x1c * a[0]) ** 2
-        first_mm = o[2] + (lo[2] + t_lo[runs]) * h[2] - q[2]
-        return lo, size, idx, counts, rows, first_mm, within
+        rows[1] = a0 * x0c + a1 * x1c
+        rows[2] = x1c * a2
+        rows[3] = x0c * a2
+        rows[4] = (x0c * a1 - x1c * a0) ** 2
+        first_mm = (o[2] - q2) + t_lo * h[2]
+        gbase = ((i0 + lo[0]) * shape[1] + (i1 + lo[1])) * shape[2] + t_lo
+        bbase = ((i0 + (lo[0] - box_lo[0])) * box_size[1] + (i1 + (lo[1] - box_lo[1]))) * box_size[2] + (t_lo - box_lo[2])
+        return _Zone(np.array(box_lo), np.array(box_size), counts, rows, first_mm, gbase, bbase, h[2])
+
+
+class _Zone:
+    """One seed's correction zone on one level: its interpolation box (start, size, even along
+    the axes that coarsen) and its runs of nodes along array axis 2 (``counts``, ``rows``,
+    ``first_mm`` as :meth:`KernelTable.at_runs` takes them; ``gbase`` / ``bbase``: flat index of
+    each run's first node in the level / in the box). The per-node arrays are made by :meth:`nodes` when the zone is
+    used, so they are still in the CPU cache when the kernel is evaluated."""
+
+    __slots__ = ("start", "size", "counts", "rows", "first_mm", "gbase", "bbase", "h2_mm")
+
+    def __init__(self, start, size, counts, rows, first_mm, gbase, bbase, h2_mm):
+        self.start, self.size, self.counts, self.rows = start, size, counts, rows
+        self.first_mm, self.gbase, self.bbase, self.h2_mm = first_mm, gbase, bbase, h2_mm
+
+    def nodes(self, work):
+        """Per node: flat index in the level and in the box, d2 (cm, float32), its run's ``rows`` (5, N)."""
+        counts = self.counts
+        n = int(counts.sum())
+        run_start = np.cumsum(counts)
+        run_start -= counts
+        within = np.arange(n, dtype=np.int64)
+        within -= np.repeat(run_start, counts)
+        gidx = np.repeat(self.gbase, counts)
+        gidx += within
+        bidx = np.repeat(self.bbase, counts)
+        bidx += within
+        # d2 in float64 first: a node that coincides with the seed gets exactly r = 0 (theta = 0)
+        d64 = work.get("d64", n, np.float64)
+        np.multiply(within, self.h2_mm, out=d64)
+        d64 += np.repeat(self.first_mm, counts)
+        d64 *= 0.1
+        d2 = work.get("d2", n)
+        np.copyto(d2, d64, casting="same_kind")
+        per = np.repeat(self.rows, counts, axis=1)
+        return gidx, bidx, d2, per
 
 
 class FastGridEngine:
@@ -401,6 +554,7 @@ class FastGridEngine:
         self._tables = {}
         self._buffers = {}
         self._spheroid_cache = {}
+        self._work = _Scratch()
         self.levels = self._build_levels(typical_seeds, top_level)
 
     # -- level hierarchy -----------------------------------------------------------------------
@@ -515,6 +669,7 @@ class FastGridEngine:
         n_even = (n_out + 1) // 2
         n_odd = n_out // 2
         nd = v.ndim
+        work = self._work
 
         def sl(start, stop, step=1):
             idx = [slice(None)] * nd
@@ -524,11 +679,13 @@ class FastGridEngine:
         shape = list(v.shape)
         shape[axis] = n_out
         if out is None:
-            out = self._buffer(("prolong", tag, axis), shape, v.dtype)
+            out = work.get(("prolong", tag, axis), int(np.prod(shape)), v.dtype).reshape(shape)
         shape[axis] = n_odd
         if n_odd:
-            t1 = self._buffer(("t1", tag, axis), shape, v.dtype)
-            t2 = self._buffer(("t2", tag, axis), shape, v.dtype)
+            n_half = int(np.prod(shape))
+            # odd nodes: symmetric weights, sum of the mirrored pairs of the stencil
+            t1 = work.get(("t1", tag), n_half, v.dtype).reshape(shape)
+            t2 = work.get(("t2", tag), n_half, v.dtype).reshape(shape)
             np.add(v[sl(0, n_odd)], v[sl(p - 1, p - 1 + n_odd)], out=t1)
             t1 *= v.dtype.type(w[0])
             for j in range(1, p // 2):
@@ -561,6 +718,11 @@ class FastGridEngine:
         ``capped``: boolean array or None; capped voxels are OR-ed in. ``counts``: int32 array or
         None; each seed adds sign(strength) at its capped voxels (DoseGrid's capped counter).
         """
+        if not rate.flags.c_contiguous:  # the corrections are added through flat indices
+            work_rate = np.ascontiguousarray(rate)
+            self._accumulate(kernel, positions, axes, strengths, work_rate, capped, counts, progress)
+            rate[...] = work_rate
+            return rate
         table = self._table(kernel)
         spheroids = self._kernel_spheroids(kernel)
         q, a = self._to_local(positions, axes)
@@ -568,12 +730,12 @@ class FastGridEngine:
         n = len(q)
         levels = self.levels
         top = len(levels) - 1
-        accs = [rate] + [self._buffer(("acc", k), lv.shape) for k, lv in enumerate(levels) if k > 0]
+        work = self._work
+        accs = [rate.reshape(-1)] + [self._buffer(("acc", k), (lv.n_nodes,)) for k, lv in enumerate(levels) if k > 0]
         for acc in accs[1:]:
             acc.fill(0.0)
         lt = levels[top]
         top_coords = [lt.origin[ax] + np.arange(lt.shape[ax]) * lt.spacing[ax] for ax in range(3)]
-        zero = np.zeros(3, dtype=np.int64)
         step = max(1, n // 50)
         corners = np.array([[top_coords[0][x], top_coords[1][y], top_coords[2][z]]
                             for x in (0, -1) for y in (0, -1) for z in (0, -1)])
@@ -581,49 +743,57 @@ class FastGridEngine:
         self._check_far = r_far >= table.r_table_max
         for i in range(n):
             d = [(top_coords[ax] - q[i, ax]) * 0.1 for ax in range(3)]
-            dense = table.on_grid(d[0], d[1], d[2], a[i], s[i], self._check_far)
-            accs[top] += dense
-            prev, prev_start = dense, zero
+            dense = table.on_grid(d[0], d[1], d[2], a[i], s[i], self._check_far, work,
+                                  out=work.get("top", lt.n_nodes))
+            accs[top] += dense.reshape(-1)
+            prev, prev_start = dense, np.zeros(3, dtype=np.int64)
             for k in range(top - 1, -1, -1):
-                res = self._correct(table, k, spheroids[k], q[i], a[i], s[i], prev, prev_start, accs[k])
-                if res is None:
+                zone = levels[k].zone(q[i], a[i], spheroids[k])
+                if zone is None:
                     break
-                prev, prev_start = res
+                prev = self._correct(table, k, zone, a[i], s[i], prev, prev_start, accs[k])
+                prev_start = zone.start
             if capped is not None or counts is not None:
                 self._capped(kernel, q[i], s[i], capped, counts)
             if progress is not None and ((i + 1) % step == 0 or i + 1 == n):
                 _progress.report(progress, 0.97 * (i + 1) / n, f"dose: seed {i + 1} of {n}")
         if top > 0:
-            v = accs[top]
+            v = accs[top].reshape(lt.shape)
             for k in range(top - 1, -1, -1):
-                v = self._prolong(v, levels[k].factor, levels[k].shape, out=accs[k], add=True)
+                target = rate if k == 0 else accs[k].reshape(levels[k].shape)
+                v = self._prolong(v, levels[k].factor, levels[k].shape, out=target, add=True)
         return rate
 
-    def _correct(self, table, k, semi_axes, q, a, s, prev, prev_start, target):
-        """Level-k correction of one seed; returns its exact level-k box for level k-1 (None: no node)."""
+    def _correct(self, table, k, zone, a, s, prev, prev_start, target):
+        """Level-k correction of one seed: at its zone's nodes, the exact kernel minus the
+        interpolation of its exact level-(k+1) samples ``prev`` (first node at ``prev_start``) is
+        added into ``target`` (flat). Returns the seed's exact level-k values on the zone's box
+        (zero elsewhere; the samples for level k-1, whose stencils stay inside this zone), or None
+        on level 0."""
         lv = self.levels[k]
-        reg = lv.region(q, a, semi_axes)
-        if reg is None:
-            return None
-        start, size, idx, counts, rows, first_mm, within = reg
-        exact = table.at_runs(counts, rows, first_mm, within, lv.spacing[2], a, s, self._check_far)
-        n_box = int(np.prod(size))
-        box = np.zeros(n_box, dtype=np.float32)
-        box[idx] = exact
-        # interpolation of the seed's own exact level-(k+1) samples onto the box
+        work = self._work
+        gidx, bidx, d2, per = zone.nodes(work)
+        n = gidx.size
+        exact = table.eval_runs(d2, per, a, s, self._check_far, work, out=work.get(("exact", k), n))
+        # interpolation of the seed's own level-(k+1) samples onto the zone's box
         f2 = lv.factor == 2
+        start, size = zone.start, zone.size
         cstart = np.where(f2, start // 2, start)
         csize = np.where(f2, size // 2 + self.order - 1, size)
         block = _extract(prev, prev_start, cstart, csize)
         interp = self._prolong(block, lv.factor, size, tag="box").reshape(-1)
-        corr = self._buffer(("corr",), (n_box,))
-        corr.fill(0.0)
-        corr[idx] = exact - interp[idx]
-        corr = corr.reshape(tuple(size))
-        end = np.minimum(start + size, lv.shape)
-        ext = end - start
-        target[start[0]:end[0], start[1]:end[1], start[2]:end[2]] += corr[:ext[0], :ext[1], :ext[2]]
-        return box.reshape(tuple(size)), start
+        interp_at = work.get("interp_at", n)
+        np.take(interp, bidx, out=interp_at, mode="clip")
+        corr = work.get(("corr", target.dtype.char), n, target.dtype)
+        np.subtract(exact, interp_at, out=corr)
+        np.add.at(target, gidx, corr)
+        if k == 0:
+            return None
+        n_box = int(size[0] * size[1] * size[2])
+        box = work.get(("box", k), n_box)
+        box.fill(0.0)
+        box[bidx] = exact
+        return box.reshape(tuple(int(x) for x in size))
 
     def _capped(self, kernel, q, s, capped, counts):
         """Voxels closer than the cap radius to the seed (float64, as TG43Kernel decides)."""
