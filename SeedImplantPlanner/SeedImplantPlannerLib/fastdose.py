@@ -26,6 +26,9 @@ Method (multilevel summation with nested interpolation, as in MSM):
   reproduces TG-43's piecewise-linear interpolation; line-source geometry computed analytically).
 - Capped voxels are found in float64 with the kernel's own rule, so their count is the direct
   engine's.
+- Per seed the work is numpy passes over the seed's top-level nodes and its zones' nodes: the
+  kernel in place over reused work arrays, the zones found row by row, the corrections added at
+  the zone nodes' flat indices (np.add.at); docs/dose-engine.md has the cost breakdown.
 
 Error: high order where the kernel is smooth; first order in H/r where an interpolation stencil
 straddles a kink of the piecewise-linear TG-43 tables (a tabulated radius of g or F, a tabulated
@@ -77,7 +80,7 @@ MAX_SMALL_IMPLANT_SCALE = 3.0
 
 _F32 = np.float32
 #: Points per pass of the kernel evaluation (work arrays and table rows stay in the CPU cache).
-EVAL_CHUNK = 131072
+EVAL_CHUNK = 65536
 #: Seeds whose correction zones are generated together (vectorised; bounds the work memory).
 _SEED_BATCH = 4
 
@@ -122,8 +125,12 @@ class KernelTable:
     G_L is computed analytically. 1D: the same with g(r) phi_an(r) tabulated in r and the
     geometry factor G_L(r, theta0) (line) or 1 / r^2 (point) computed analytically.
     Radii below the kernel's cap radius are evaluated at the cap radius along the same direction,
-    exactly as TG43Kernel does. Each table cell stores its corner values and theta-differences,
-    so one lookup is one gather. Points beyond ``r_table_max`` use the exact kernel.
+    exactly as TG43Kernel does. Each table cell stores [v, dt, dr, drt] (corner value and its
+    theta, radial and mixed differences), so one lookup is one 16-byte gather and the bilinear
+    value is v + wt dt + wr (dr + wt drt). Points beyond ``r_table_max`` use the exact kernel.
+
+    Evaluation (:meth:`evaluate`) runs as in-place passes over work arrays that the caller keeps
+    (:class:`_Scratch`), so the per-seed loops of the engine allocate almost nothing.
     """
 
     R_STEPS = (0.01, 0.005, 0.0025, 0.002, 0.001)
@@ -186,32 +193,14 @@ class KernelTable:
         self.roughness = float(max(rough))
 
     # -- evaluation ------------------------------------------------------------------------------
-    def at_runs(self, counts, rows, first_mm, within, h2_mm, axis, strength, check_far=True,
-                work=None, out=None):
-        """Dose rate (cGy/h) of one seed at runs of consecutive nodes along array axis 2.
-
-        ``rows`` (5, R) float32 per run: [d0^2 + d1^2, a0 d0 + a1 d1, d1 a2, d0 a2,
-        (d0 a1 - d1 a0)^2] (cm, node minus seed); ``first_mm`` (R,) float64: d2 of the run's first
-        node in mm; ``counts`` (R,) nodes per run; ``within`` (N,) position of each node in its
-        run; ``h2_mm`` node step along axis 2. Returns float32 (N,) (``out`` if given).
-        """
-        work = work if work is not None else _Scratch()
-        n = int(within.shape[0])
-        per = work.get("runs_per", 5 * n).reshape(5, n)
-        for j in range(5):
-            per[j] = np.repeat(rows[j], counts)
-        # d2 in float64 first: a node that coincides with the seed gets exactly r = 0 (theta = 0)
-        d64 = work.get("runs_d64", n, np.float64)
-        np.multiply(within, h2_mm, out=d64)
-        d64 += np.repeat(first_mm, counts)
-        d64 *= 0.1
-        d2 = work.get("runs_d2", n)
-        np.copyto(d2, d64, casting="same_kind")
-        return self.eval_runs(d2, per, axis, strength, check_far, work, out)
-
     def eval_runs(self, d2, per, axis, strength, check_far=True, work=None, out=None):
-        """Like :meth:`at_runs`, from the nodes' d2 (cm, float32 (N,)) and their runs' values
-        ``per`` (5, N) (the ``rows`` of :meth:`at_runs`, one column per node)."""
+        """Dose rate (cGy/h) of one seed at nodes given by runs along array axis 2.
+
+        ``d2`` (N,) float32: node minus seed along axis 2 (cm); ``per`` (5, N) float32: the values
+        of the node's run, [d0^2 + d1^2, a0 d0 + a1 d1, d1 a2, d0 a2, (d0 a1 - d1 a0)^2] (cm), so
+        that r^2, z = d.a and rho^2 = |d x a|^2 (from separable pieces, no cancellation near the
+        axis) take a few passes. Returns float32 (N,) (``out`` if given).
+        """
         work = work if work is not None else _Scratch()
         n = int(d2.shape[0])
         r2 = work.get("r2", n)
@@ -482,9 +471,10 @@ class _Level:
 
 class _Zone:
     """One seed's correction zone on one level: its interpolation box (start, size, even along
-    the axes that coarsen) and its runs of nodes along array axis 2 (``counts``, ``rows``,
-    ``first_mm`` as :meth:`KernelTable.at_runs` takes them; ``gbase`` / ``bbase``: flat index of
-    each run's first node in the level / in the box). The per-node arrays are made by :meth:`nodes` when the zone is
+    the axes that coarsen) and its runs of nodes along array axis 2: ``counts`` (nodes per run),
+    ``rows`` (5, R) (the run's values of :meth:`KernelTable.eval_runs`), ``first_mm`` (d2 of the
+    run's first node, mm, float64), ``gbase`` / ``bbase`` (flat index of the run's first node in
+    the level / in the box). The per-node arrays are made by :meth:`nodes` when the zone is
     used, so they are still in the CPU cache when the kernel is evaluated."""
 
     __slots__ = ("start", "size", "counts", "rows", "first_mm", "gbase", "bbase", "h2_mm")
@@ -753,10 +743,10 @@ class FastGridEngine:
                     break
                 prev = self._correct(table, k, zone, a[i], s[i], prev, prev_start, accs[k])
                 prev_start = zone.start
-            if capped is not None or counts is not None:
-                self._capped(kernel, q[i], s[i], capped, counts)
             if progress is not None and ((i + 1) % step == 0 or i + 1 == n):
                 _progress.report(progress, 0.97 * (i + 1) / n, f"dose: seed {i + 1} of {n}")
+        if capped is not None or counts is not None:
+            self._capped(kernel, q, s, capped, counts)
         if top > 0:
             v = accs[top].reshape(lt.shape)
             for k in range(top - 1, -1, -1):
@@ -796,23 +786,36 @@ class FastGridEngine:
         return box.reshape(tuple(int(x) for x in size))
 
     def _capped(self, kernel, q, s, capped, counts):
-        """Voxels closer than the cap radius to the seed (float64, as TG43Kernel decides)."""
+        """Voxels closer than the cap radius to each seed (float64, as TG43Kernel decides).
+
+        ``q`` (n, 3) seed positions in the grid frame, ``s`` (n,) strengths. All seeds at once:
+        every seed's small box around its cap sphere, as offsets from the box's first voxel.
+        """
         lv = self.levels[0]
         rc_mm = kernel.r_cap_cm * 10.0
+        shape = np.asarray(lv.shape)
         lo = np.maximum(np.floor((q - rc_mm - lv.origin) / lv.spacing).astype(np.int64), 0)
-        hi = np.minimum(np.ceil((q + rc_mm - lv.origin) / lv.spacing).astype(np.int64), np.asarray(lv.shape) - 1)
-        if np.any(hi < lo):
+        hi = np.minimum(np.ceil((q + rc_mm - lv.origin) / lv.spacing).astype(np.int64), shape - 1)
+        keep = np.all(hi >= lo, axis=1)
+        if not np.any(keep):
             return
-        ax = [((lv.origin[i] + np.arange(lo[i], hi[i] + 1) * lv.spacing[i] - q[i]) * 0.1) for i in range(3)]
-        r = np.sqrt(ax[0][:, None, None] ** 2 + ax[1][None, :, None] ** 2 + ax[2][None, None, :] ** 2)
-        m = r < kernel.r_cap_cm
-        if not m.any():
+        q, s, lo, hi = q[keep], s[keep], lo[keep], hi[keep]
+        m = int((hi - lo).max()) + 1
+        off = np.arange(m)
+        idx = lo[:, :, None] + off  # (n, 3, m) voxel index per axis
+        inside = idx <= hi[:, :, None]
+        d = (lv.origin[None, :, None] + idx * lv.spacing[None, :, None] - q[:, :, None]) * 0.1
+        r = np.sqrt(d[:, 0, :, None, None] ** 2 + d[:, 1, None, :, None] ** 2 + d[:, 2, None, None, :] ** 2)
+        hit = (r < kernel.r_cap_cm) & inside[:, 0, :, None, None] & inside[:, 1, None, :, None] & \
+            inside[:, 2, None, None, :]
+        seed, i0, i1, i2 = np.nonzero(hit)
+        if seed.size == 0:
             return
-        sl = (slice(lo[0], hi[0] + 1), slice(lo[1], hi[1] + 1), slice(lo[2], hi[2] + 1))
+        vox = (idx[seed, 0, i0], idx[seed, 1, i1], idx[seed, 2, i2])
         if capped is not None:
-            capped[sl] |= m
+            capped[vox] = True
         if counts is not None:
-            counts[sl] += np.where(m, 1 if s > 0 else -1, 0).astype(counts.dtype)
+            np.add.at(counts, vox, np.where(s[seed] > 0, 1, -1).astype(counts.dtype))
 
     # -- engine interface ----------------------------------------------------------------------
     def seed_rate(self, kernel: TG43Kernel, position, axis, strength_U):
