@@ -197,23 +197,27 @@ class KernelTable:
         """Dose rate (cGy/h) of one seed at nodes given by runs along array axis 2.
 
         ``d2`` (N,) float32: node minus seed along axis 2 (cm); ``per`` (5, N) float32: the values
-        of the node's run, [d0^2 + d1^2, a0 d0 + a1 d1, d1 a2, d0 a2, (d0 a1 - d1 a0)^2] (cm), so
-        that r^2, z = d.a and rho^2 = |d x a|^2 (from separable pieces, no cancellation near the
-        axis) take a few passes. Returns float32 (N,) (``out`` if given).
+        of the node's run, [d0^2 + d1^2, a0 d0 + a1 d1, d1 a2, d0 a2, (d0 a1 - d1 a0)^2] (cm).
+        Returns float32 (N,) (``out`` if given).
         """
         work = work if work is not None else _Scratch()
         n = int(d2.shape[0])
-        r2 = work.get("r2", n)
+        r2, z, rho2 = (work.get(name, n) for name in ("r2", "z", "rho2"))
+        self.runs_geometry(d2, per, axis, r2, z, rho2, work)
+        return self.evaluate(r2, z, rho2, strength, check_far, work, out)
+
+    def runs_geometry(self, d2, per, axis, r2, z, rho2, work):
+        """r^2, z = d.a and rho^2 = |d x a|^2 at run nodes (see :meth:`eval_runs`) into ``r2``,
+        ``z``, ``rho2`` (float32 (N,)); rho^2 from separable pieces (no cancellation near the axis).
+        z and rho^2 only for 2D kernels."""
         np.multiply(d2, d2, out=r2)
         r2 += per[0]
         if not self.two_d:
-            return self.evaluate(r2, None, None, strength, check_far, work, out)
+            return
         a0, a1, a2 = (_F32(x) for x in axis)
-        z = work.get("z", n)
         np.multiply(d2, a2, out=z)
         z += per[1]
-        rho2 = work.get("rho2", n)
-        c = work.get("tmp", n)
+        c = work.get("tmp", d2.shape[0])
         np.multiply(d2, a1, out=c)
         np.subtract(per[2], c, out=c)
         np.multiply(c, c, out=rho2)
@@ -222,7 +226,6 @@ class KernelTable:
         c *= c
         rho2 += c
         rho2 += per[4]
-        return self.evaluate(r2, z, rho2, strength, check_far, work, out)
 
     def on_grid(self, d0, d1, d2, axis, strength, check_far=True, work=None, out=None):
         """Dose rate (cGy/h) of one seed on a separable grid: ``d0`` (n0,) etc. in cm (float64).
@@ -233,26 +236,28 @@ class KernelTable:
         d0, d1, d2 = (np.asarray(d, dtype=float).reshape(-1) for d in (d0, d1, d2))
         shape = (d0.size, d1.size, d2.size)
         n = shape[0] * shape[1] * shape[2]
+        r2, z, rho2 = (work.get(name, n) for name in ("r2", "z", "rho2"))
+        self.grid_geometry(d0, d1, d2, axis, r2, z, rho2)
+        return self.evaluate(r2, z, rho2, strength, check_far, work, out).reshape(shape)
+
+    def grid_geometry(self, d0, d1, d2, axis, r2, z, rho2):
+        """r^2, z = d.a and rho^2 = |d x a|^2 on the separable grid ``d0`` x ``d1`` x ``d2`` (cm,
+        float64) into ``r2``, ``z``, ``rho2`` (float32, flat); z and rho^2 only for 2D kernels."""
+        shape = (d0.size, d1.size, d2.size)
         a = np.asarray(axis, dtype=float)
-        r2 = work.get("r2", n)
         np.add(((d0 * d0)[:, None] + (d1 * d1)[None, :]).astype(_F32)[..., None], (d2 * d2).astype(_F32),
                out=r2.reshape(shape))
         if not self.two_d:
-            res = self.evaluate(r2, None, None, strength, check_far, work, out)
-            return res.reshape(shape)
-        z = work.get("z", n)
+            return
         np.add(((d0 * a[0])[:, None] + (d1 * a[1])[None, :]).astype(_F32)[..., None], (d2 * a[2]).astype(_F32),
                out=z.reshape(shape))
         # rho^2 = |d x a|^2 from separable pieces (no cancellation near the axis)
         c0 = (d1[:, None] * a[2] - d2[None, :] * a[1]).astype(_F32)
         c1 = (d2[None, :] * a[0] - d0[:, None] * a[2]).astype(_F32)
         c2 = (d0[:, None] * a[1] - d1[None, :] * a[0]).astype(_F32)
-        rho2 = work.get("rho2", n)
         rho2_3 = rho2.reshape(shape)
         np.add((c0 * c0)[None, :, :], (c1 * c1)[:, None, :], out=rho2_3)
         rho2_3 += (c2 * c2)[:, :, None]
-        res = self.evaluate(r2, z, rho2, strength, check_far, work, out)
-        return res.reshape(shape)
 
     def evaluate(self, r2, z, rho2, strength, check_far=True, work=None, out=None):
         """Dose rate (cGy/h) from r^2, z = d.a and rho^2 = |d x a|^2 (cm^2, cm; flat float32 (N,)).
@@ -265,6 +270,8 @@ class KernelTable:
         """
         work = work if work is not None else _Scratch()
         n = int(r2.shape[0])
+        if not self.two_d:
+            z = rho2 = None  # 1D: r only
         if out is None:
             out = work.get("out", n)
         out = out.reshape(-1)
@@ -483,7 +490,7 @@ class _Zone:
         self.start, self.size, self.counts, self.rows = start, size, counts, rows
         self.first_mm, self.gbase, self.bbase, self.h2_mm = first_mm, gbase, bbase, h2_mm
 
-    def nodes(self, work):
+    def nodes(self, work, tag=0):
         """Per node: flat index in the level and in the box, d2 (cm, float32), its run's ``rows`` (5, N)."""
         counts = self.counts
         n = int(counts.sum())
@@ -500,7 +507,7 @@ class _Zone:
         np.multiply(within, self.h2_mm, out=d64)
         d64 += np.repeat(self.first_mm, counts)
         d64 *= 0.1
-        d2 = work.get("d2", n)
+        d2 = work.get(("d2", tag), n)
         np.copyto(d2, d64, casting="same_kind")
         per = np.repeat(self.rows, counts, axis=1)
         return gidx, bidx, d2, per
@@ -731,17 +738,31 @@ class FastGridEngine:
                             for x in (0, -1) for y in (0, -1) for z in (0, -1)])
         r_far = max(float(np.max(np.linalg.norm(corners[None, :, :] - q[:, None, :], axis=2))), 0.0) * 0.1
         self._check_far = r_far >= table.r_table_max
+        n_top = lt.n_nodes
         for i in range(n):
-            d = [(top_coords[ax] - q[i, ax]) * 0.1 for ax in range(3)]
-            dense = table.on_grid(d[0], d[1], d[2], a[i], s[i], self._check_far, work,
-                                  out=work.get("top", lt.n_nodes))
-            accs[top] += dense.reshape(-1)
-            prev, prev_start = dense, np.zeros(3, dtype=np.int64)
+            # the seed's zones (finest level last; none below a level without zone nodes)
+            zones = []
             for k in range(top - 1, -1, -1):
                 zone = levels[k].zone(q[i], a[i], spheroids[k])
                 if zone is None:
                     break
-                prev = self._correct(table, k, zone, a[i], s[i], prev, prev_start, accs[k])
+                zones.append((k, zone, zone.nodes(work, k)))
+            # the exact kernel at the top level's nodes and at every zone node, in one evaluation
+            n_all = n_top + sum(nodes[0].size for _, _, nodes in zones)
+            r2, z, rho2 = (work.get(name, n_all) for name in ("r2", "z", "rho2"))
+            d = [(top_coords[ax] - q[i, ax]) * 0.1 for ax in range(3)]
+            table.grid_geometry(d[0], d[1], d[2], a[i], r2[:n_top], z[:n_top], rho2[:n_top])
+            offsets = [n_top]
+            for k, zone, (gidx, bidx, d2, per) in zones:
+                o0, o1 = offsets[-1], offsets[-1] + gidx.size
+                table.runs_geometry(d2, per, a[i], r2[o0:o1], z[o0:o1], rho2[o0:o1], work)
+                offsets.append(o1)
+            exact = table.evaluate(r2, z, rho2, s[i], self._check_far, work, out=work.get("exact", n_all))
+            dense = exact[:n_top]
+            accs[top] += dense
+            prev, prev_start = dense.reshape(lt.shape), np.zeros(3, dtype=np.int64)
+            for j, (k, zone, (gidx, bidx, _, _)) in enumerate(zones):
+                prev = self._correct(k, zone, exact[offsets[j]:offsets[j + 1]], gidx, bidx, prev, prev_start, accs[k])
                 prev_start = zone.start
             if progress is not None and ((i + 1) % step == 0 or i + 1 == n):
                 _progress.report(progress, 0.97 * (i + 1) / n, f"dose: seed {i + 1} of {n}")
@@ -754,17 +775,15 @@ class FastGridEngine:
                 v = self._prolong(v, levels[k].factor, levels[k].shape, out=target, add=True)
         return rate
 
-    def _correct(self, table, k, zone, a, s, prev, prev_start, target):
-        """Level-k correction of one seed: at its zone's nodes, the exact kernel minus the
-        interpolation of its exact level-(k+1) samples ``prev`` (first node at ``prev_start``) is
-        added into ``target`` (flat). Returns the seed's exact level-k values on the zone's box
-        (zero elsewhere; the samples for level k-1, whose stencils stay inside this zone), or None
-        on level 0."""
+    def _correct(self, k, zone, exact, gidx, bidx, prev, prev_start, target):
+        """Level-k correction of one seed: at its zone's nodes (flat indices ``gidx`` in the level,
+        ``bidx`` in the zone's box), the exact kernel ``exact`` minus the interpolation of its
+        exact level-(k+1) samples ``prev`` (first node at ``prev_start``) is added into ``target``
+        (flat). Returns the seed's exact level-k values on the zone's box (zero elsewhere; the
+        samples for level k-1, whose stencils stay inside this zone), or None on level 0."""
         lv = self.levels[k]
         work = self._work
-        gidx, bidx, d2, per = zone.nodes(work)
         n = gidx.size
-        exact = table.eval_runs(d2, per, a, s, self._check_far, work, out=work.get(("exact", k), n))
         # interpolation of the seed's own level-(k+1) samples onto the zone's box
         f2 = lv.factor == 2
         start, size = zone.start, zone.size
