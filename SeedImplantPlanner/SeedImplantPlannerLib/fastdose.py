@@ -447,9 +447,17 @@ class _Level:
         disc -= m22 * cq
         np.maximum(disc, 0.0, out=cq)
         root = np.sqrt(cq)
+        # node index range along axis 2: c2 + (-bq -+ root) / (m22 h2), inward by 1e-9
         c2 = (q2 - o[2]) / h[2]
-        t_lo = np.ceil((-bq - root) / (m22 * h[2]) + c2 - 1e-9)
-        t_hi = np.floor((root - bq) / (m22 * h[2]) + c2 + 1e-9)
+        scale = 1.0 / (m22 * h[2])
+        bq *= scale
+        root *= scale
+        t_lo = np.subtract(c2 - 1e-9, bq)
+        t_lo -= root
+        np.ceil(t_lo, out=t_lo)
+        t_hi = np.add(root, c2 + 1e-9)
+        t_hi -= bq
+        np.floor(t_hi, out=t_hi)
         np.maximum(t_lo, lo[2], out=t_lo)
         np.minimum(t_hi, hi[2], out=t_hi)
         counts = t_hi - t_lo + 1
@@ -463,7 +471,7 @@ class _Level:
         t_lo = t_lo.reshape(-1)[runs].astype(np.int64)
         # per run: [d0^2 + d1^2, a0 d0 + a1 d1, d1 a2, d0 a2, (d0 a1 - d1 a0)^2] (cm), d2 of its first
         # node (mm), flat index of its first node in the level and in the box
-        x0c, x1c = x0[i0] * 0.1, x1[i1] * 0.1
+        x0c, x1c = (x0 * 0.1)[i0], (x1 * 0.1)[i1]
         rows = np.empty((5, runs.size), dtype=np.float32)
         rows[0] = x0c * x0c + x1c * x1c
         rows[1] = a0 * x0c + a1 * x1c
@@ -665,13 +673,11 @@ class FastGridEngine:
         g = p // 2 - 1
         n_even = (n_out + 1) // 2
         n_odd = n_out // 2
-        nd = v.ndim
         work = self._work
+        pre = (slice(None),) * axis
 
         def sl(start, stop, step=1):
-            idx = [slice(None)] * nd
-            idx[axis] = slice(start, stop, step)
-            return tuple(idx)
+            return pre + (slice(start, stop, step),)
 
         shape = list(v.shape)
         shape[axis] = n_out
@@ -785,10 +791,9 @@ class FastGridEngine:
         work = self._work
         n = gidx.size
         # interpolation of the seed's own level-(k+1) samples onto the zone's box
-        f2 = lv.factor == 2
         start, size = zone.start, zone.size
-        cstart = np.where(f2, start // 2, start)
-        csize = np.where(f2, size // 2 + self.order - 1, size)
+        cstart = [int(b) // 2 if f == 2 else int(b) for b, f in zip(start, lv.factor)]
+        csize = [int(n) // 2 + self.order - 1 if f == 2 else int(n) for n, f in zip(size, lv.factor)]
         block = _extract(prev, prev_start, cstart, csize)
         interp = self._prolong(block, lv.factor, size, tag="box").reshape(-1)
         interp_at = work.get("interp_at", n)
@@ -866,19 +871,17 @@ class FastGridEngine:
 
 def _extract(dense, start, cstart, csize):
     """The block [cstart, cstart + csize) of ``dense`` (whose first node has index ``start``), zero-padded."""
-    full = np.asarray(dense.shape)
-    lo = cstart - start
-    src_lo = np.maximum(lo, 0)
-    src_hi = np.minimum(lo + csize, full)
-    if np.all(src_lo == lo) and np.all(src_hi == lo + csize):
-        return dense[lo[0]:src_hi[0], lo[1]:src_hi[1], lo[2]:src_hi[2]]
-    out = np.zeros(tuple(int(x) for x in csize), dtype=dense.dtype)
-    if np.any(src_hi <= src_lo):
+    lo = [int(c) - int(s0) for c, s0 in zip(cstart, start)]
+    hi = [l0 + int(n) for l0, n in zip(lo, csize)]
+    if all(l0 >= 0 for l0 in lo) and all(h0 <= d for h0, d in zip(hi, dense.shape)):
+        return dense[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    out = np.zeros(tuple(int(n) for n in csize), dtype=dense.dtype)
+    src_lo = [max(l0, 0) for l0 in lo]
+    src_hi = [min(h0, d) for h0, d in zip(hi, dense.shape)]
+    if any(h0 <= l0 for l0, h0 in zip(src_lo, src_hi)):
         return out
-    dst_lo = src_lo - lo
-    dst_hi = dst_lo + (src_hi - src_lo)
-    out[dst_lo[0]:dst_hi[0], dst_lo[1]:dst_hi[1], dst_lo[2]:dst_hi[2]] = \
-        dense[src_lo[0]:src_hi[0], src_lo[1]:src_hi[1], src_lo[2]:src_hi[2]]
+    dst = tuple(slice(a0 - l0, a0 - l0 + (b0 - a0)) for a0, b0, l0 in zip(src_lo, src_hi, lo))
+    out[dst] = dense[tuple(slice(a0, b0) for a0, b0 in zip(src_lo, src_hi))]
     return out
 
 
