@@ -79,6 +79,8 @@ SMALL_IMPLANT_SEEDS = 100
 MAX_SMALL_IMPLANT_SCALE = 3.0
 
 _F32 = np.float32
+#: Work arrays larger than this are released after each computation (bytes).
+_KEEP_WORK_BYTES = 32 * 2 ** 20
 #: Points per pass of the kernel evaluation (work arrays and table rows stay in the CPU cache).
 EVAL_CHUNK = 65536
 #: Seeds whose correction zones are generated together (vectorised; bounds the work memory).
@@ -391,6 +393,11 @@ class _Scratch:
             size = max(int(n), 1024) if a is None or a.dtype != dtype else max(int(n), int(1.25 * a.size))
             a = self._arrays[name] = np.empty(size, dtype=dtype)
         return a[:n]
+
+    def trim(self, max_bytes):
+        """Drop the arrays larger than ``max_bytes`` (kept between calls otherwise)."""
+        for name in [k for k, a in self._arrays.items() if a.nbytes > max_bytes]:
+            del self._arrays[name]
 
 
 class _Level:
@@ -779,6 +786,8 @@ class FastGridEngine:
             for k in range(top - 1, -1, -1):
                 target = rate if k == 0 else accs[k].reshape(levels[k].shape)
                 v = self._prolong(v, levels[k].factor, levels[k].shape, out=target, add=True)
+        # keep the per-seed work arrays, not grid-sized ones (few seeds: the top level is the grid)
+        work.trim(_KEEP_WORK_BYTES)
         return rate
 
     def _correct(self, k, zone, exact, gidx, bidx, prev, prev_start, target):
