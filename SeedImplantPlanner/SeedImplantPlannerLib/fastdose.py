@@ -81,10 +81,8 @@ MAX_SMALL_IMPLANT_SCALE = 3.0
 _F32 = np.float32
 #: Work arrays larger than this are released after each computation (bytes).
 _KEEP_WORK_BYTES = 32 * 2 ** 20
-#: Points per pass of the kernel evaluation (work arrays and table rows stay in the CPU cache).
+#: Points per pass of the kernel evaluation (bounds the work arrays; smaller chunks were not faster).
 EVAL_CHUNK = 65536
-#: Seeds whose correction zones are generated together (vectorised; bounds the work memory).
-_SEED_BATCH = 4
 
 
 def auto_ratio(n_seeds: int) -> float:
@@ -266,9 +264,8 @@ class KernelTable:
 
         ``r2``, ``z`` and ``rho2`` are work arrays: they are overwritten. Returns ``out`` (float32
         (N,); a work array if not given). The cap rule is applied to the (few) capped points only,
-        by moving them to ``r_cap`` along their direction; the rest runs in chunks of
-        ``EVAL_CHUNK`` points through in-place passes over reused work arrays, so the lookup table
-        and the chunk's arrays stay in the CPU cache and nothing is allocated.
+        by moving them to ``r_cap`` along their direction; then chunks of at most ``EVAL_CHUNK``
+        points go through in-place passes over reused work arrays (nothing is allocated).
         """
         work = work if work is not None else _Scratch()
         n = int(r2.shape[0])
