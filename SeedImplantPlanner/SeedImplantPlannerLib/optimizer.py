@@ -133,47 +133,29 @@ class Goals:
 
 # -- dose influence -------------------------------------------------------------------------------
 class KernelTable:
-    """Tabulated TG-43 dose rate per U of one kernel on (log r, theta) for fast influence matrices.
+    """Fast dose rate per U of one kernel for influence matrices.
 
-    The kernel (:class:`tg43.TG43Kernel`, its rules at the cap radius included) is sampled on
-    ``n_r`` radii log-spaced from the cap radius to ``r_max_cm`` and on theta = 0..90 degrees every
-    ``dtheta_deg`` (the TG-43 2D and 1D functions are symmetric about the transverse plane), and
-    interpolated bilinearly. Points beyond ``r_max_cm`` use the kernel itself. With the defaults
-    the largest relative difference to the kernel is below 0.3 % (test_optimizer checks 0.5 %):
-    the optimiser's matrix only, every reported dose comes from the dose engine.
+    A view of the dose engine's own table (:class:`fastdose.KernelTable`: g and F tabulated on
+    nodes that contain every tabulated radius and angle, G_L analytic, the kernel's cap rule), so
+    the optimiser's matrix agrees with :class:`tg43.TG43Kernel` to about 1e-5 and with the doses
+    the engine reports.
     """
 
-    def __init__(self, kernel, r_max_cm=12.0, n_r=1500, dtheta_deg=0.5):
+    def __init__(self, kernel):
+        from .fastdose import _shared_table
         self.kernel = kernel
-        self.r_min = kernel.r_cap_cm
-        self.r_max = float(r_max_cm)
-        self.lr0 = math.log(self.r_min)
-        self.dlr = (math.log(self.r_max) - self.lr0) / (n_r - 1)
-        self.dth = float(dtheta_deg)
-        r = np.exp(self.lr0 + self.dlr * np.arange(n_r))
-        th = np.arange(0.0, 90.0 + 1e-9, self.dth)
-        rr, tt = np.meshgrid(r, th, indexing="ij")
-        rate, _ = kernel.dose_rate_per_U(rr.ravel(), np.cos(np.radians(tt.ravel())))
-        self.table = rate.reshape(rr.shape)
+        self._table = _shared_table(kernel)
 
     def rate_per_U(self, r_cm, cos_theta):
-        """Dose rate (cGy/h per U) at (r, cos theta), any shape."""
-        r = np.asarray(r_cm, dtype=float)
-        c = np.abs(np.clip(np.asarray(cos_theta, dtype=float), -1.0, 1.0))
-        fr = (np.log(np.maximum(r, self.r_min)) - self.lr0) / self.dlr
-        ft = np.degrees(np.arccos(c)) / self.dth
-        nr, nt = self.table.shape
-        ir = np.clip(fr.astype(np.int64), 0, nr - 2)
-        it = np.clip(ft.astype(np.int64), 0, nt - 2)
-        wr = np.clip(fr - ir, 0.0, 1.0)
-        wt = np.clip(ft - it, 0.0, 1.0)
-        t = self.table
-        out = ((1 - wr) * ((1 - wt) * t[ir, it] + wt * t[ir, it + 1])
-               + wr * ((1 - wt) * t[ir + 1, it] + wt * t[ir + 1, it + 1]))
-        far = r > self.r_max
-        if np.any(far):
-            out[far] = self.kernel.dose_rate_per_U(r[far], np.asarray(cos_theta, dtype=float)[far])[0]
-        return out
+        """Dose rate (cGy/h per U) at (r, cos theta), any (broadcastable) shapes."""
+        r, c = np.broadcast_arrays(np.asarray(r_cm, dtype=float), np.clip(np.asarray(cos_theta, dtype=float), -1, 1))
+        shape = r.shape
+        r = r.ravel()
+        c = c.ravel()
+        r2 = (r * r).astype(np.float32)
+        z = (r * c).astype(np.float32)
+        rho2 = (r * r * (1.0 - c * c)).astype(np.float32)
+        return self._table.evaluate(r2, z, rho2, 1.0).astype(float).reshape(shape)
 
 
 def influence_matrix(points, positions, axes, kernel, gy_per_U_h, strength_U, chunk=64, table=None):
