@@ -108,6 +108,9 @@ def _evaluate(args, dose=None, geometry=None, structures=None, progress=None):
                        metrics=args.metric or None, supersample=_supersample(args.supersample),
                        radiobiology=_radiobiology(args, goals), half_life_days=half_life,
                        dose_at_points=point_dose, progress=progress,
+                       # structures named with --names must lie on the grid; of "every structure in
+                       # the file", those entirely outside a cropped dose grid are skipped with a warning
+                       on_outside="error" if getattr(args, "names", None) else "skip",
                        dvh_max_dose_Gy=rx * args.dvh_max_percent / 100.0 if getattr(args, "dvh_max_percent", None) else None)
     return ev, dose, geometry, structures
 

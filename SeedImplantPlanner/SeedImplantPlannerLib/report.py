@@ -348,6 +348,8 @@ def write_report(path, evaluation, dose_Gy, *, structures=(), plan=None, seeds=N
     dose = np.asarray(dose_Gy)
     if dose.shape != evaluation.geometry.shape:
         raise InputError(f"report: dose shape {dose.shape} does not match the evaluated grid {evaluation.geometry.shape}")
+    # structures skipped by the evaluation (entirely outside the dose grid) have no colour or outline
+    structures = [s for s in structures if s.name in evaluation.metrics]
     figs = report_figures(evaluation, dose, structures, ct, center_ras, comparison)
     pngs = {}
     if pdf_path is not None:
@@ -393,7 +395,7 @@ def evaluate_and_report(path, dose_Gy, geometry, structures, prescription_Gy, *,
                        radiobiology=radiobiology, on_outside=on_outside, half_life_days=seeds_half_life_days(seeds),
                        dose_at_points=seed_point_dose(seeds) if seeds is not None and len(seeds) else None,
                        progress=progress)
-    structs = [s for s in structures if s.name in ev.metrics] if not isinstance(structures, dict) else []
-    paths = write_report(path, ev, dose_Gy, structures=structs, plan=plan, seeds=seeds, ct=ct, title=title,
+    paths = write_report(path, ev, dose_Gy, structures=[] if isinstance(structures, dict) else structures,
+                         plan=plan, seeds=seeds, ct=ct, title=title,
                          pdf_path=pdf_path)
     return ev, paths

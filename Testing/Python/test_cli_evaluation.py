@@ -193,3 +193,29 @@ class EvaluationCli(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class CroppedDoseReportTest(unittest.TestCase):
+    """A report on a dose grid cropped around the implant, from a segmentation with distant organs."""
+
+    def test_distant_organs_skipped_unless_named(self):
+        case = ROOT / "Resources" / "SampleCase"
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            seeds = tmp / "seeds.csv"
+            seeds.write_text("x_mm,y_mm,z_mm,axis_x,axis_y,axis_z,sk_U,model\n"
+                             "-72,-2,0,1,0,0,0.7,I125_OncoSeed_6711\n-62,-2,0,1,0,0,0.7,I125_OncoSeed_6711\n")
+            r = seedplan("dose", "--seeds", seeds, "--reference", case / "SampleCT.nrrd", "--crop-margin", 40,
+                         "--out", tmp / "dose.nrrd")
+            self.assertEqual(r.returncode, 0, r.stderr)
+            seg = case / "SampleSegmentation.seg.nrrd"
+            r = seedplan("report", "--dose", tmp / "dose.nrrd", "--structures", seg, "--rx", 120,
+                         "--out", tmp / "report.html")
+            self.assertEqual(r.returncode, 0, r.stderr[-2000:])
+            html = (tmp / "report.html").read_text()
+            self.assertIn("outside the dose grid", html)
+            r = seedplan("report", "--dose", tmp / "dose.nrrd", "--structures", seg, "--names", "GTV,SpinalCanal",
+                         "--rx", 120, "--out", tmp / "named.html")
+            self.assertNotEqual(r.returncode, 0)
+            self.assertRegex(r.stderr.strip(), "^seedplan: error: structure 'SpinalCanal' lies entirely outside")
+            self.assertFalse((tmp / "named.html").exists())
