@@ -19,7 +19,9 @@ apt_packages() {
   if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       echo "run.sh: installing Debian packages: ${need[*]}"
-      apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+      if ! { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; }; then
+        echo "run.sh: warning: could not install ${need[*]} (offscreen pictures or the browser test may fail or skip)" >&2
+      fi
     else
       echo "run.sh: warning: missing Debian packages ${need[*]} (offscreen pictures may fail)" >&2
     fi
