@@ -35,8 +35,13 @@ setup() {
   fi
   local stamp="$VENV/.installed-$(cat pyproject.toml Resources/requirements.txt 2>/dev/null | sha1sum | cut -c1-12)"
   if [ ! -f "$stamp" ]; then
-    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
-    "$VENV/bin/python" -m pip install -q -e ".[test]"
+    echo "run.sh: installing the library and its dependencies into $VENV (log: $VENV/pip-install.log)"
+    if ! { "$VENV/bin/python" -m pip install -q --upgrade pip && "$VENV/bin/python" -m pip install -q -e ".[test]"; } \
+        > "$VENV/pip-install.log" 2>&1; then
+      tail -n 40 "$VENV/pip-install.log" >&2
+      echo "run.sh: error: pip install failed (full log: $VENV/pip-install.log)" >&2
+      exit 1
+    fi
     touch "$stamp"
   fi
 }
