@@ -743,7 +743,7 @@ def plan_case(image_path, seg_path, target, oars=(), forbidden=(), body=None, *,
     if image_path is not None:
         from .imageio import geometry_of, read_sitk
         image_geometry = geometry_of(read_sitk(image_path))
-    seg = read_segmentation(seg_path)
+    seg = read_segmentation(seg_path, reference_geometry=image_geometry)  # the CT grid for an RT Structure Set
     wanted = [target] + [o.name if isinstance(o, OARConstraint) else o for o in oars] + list(forbidden) + \
         ([body] if body else [])
     masks = {}

@@ -5,7 +5,10 @@ segments go to separate layers), exactly as 3D Slicer's ``.seg.nrrd`` files do. 
 - ``.seg.nrrd`` written by Slicer or by this module (``SegmentN_*`` metadata, 3D single layer or
   multi-layer stored as vector components / a 4D list axis);
 - a plain labelmap (NRRD, NIfTI, MHA): segments named from a sidecar JSON
-  ``<file>.labels.json`` (``{"1": "GTV", ...}``) when present, else ``label_<value>``.
+  ``<file>.labels.json`` (``{"1": "GTV", ...}``) when present, else ``label_<value>``;
+- a DICOM RT Structure Set (``.dcm``): its contours are rasterised onto the CT series it
+  references, looked up in the structure set's folder and the folder above it (or onto
+  ``reference_geometry`` when given).
 """
 
 from __future__ import annotations
@@ -100,10 +103,69 @@ def _meta(image, key, default=None):
     return image.GetMetaData(key) if image.HasMetaDataKey(key) else default
 
 
-def read_segmentation(path) -> Segmentation:
-    """Read a ``.seg.nrrd`` or a labelmap image (see module doc)."""
+def _is_rtstruct(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    if len(head) < 132 or head[128:132] != b"DICM":
+        return False
+    import pydicom
+    ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["Modality"])
+    return str(getattr(ds, "Modality", "")) == "RTSTRUCT"
+
+
+def _referenced_ct_geometry(path: Path) -> ImageGeometry:
+    """Geometry of the CT series an RT Structure Set references (searched near the file)."""
+    import pydicom
+    import SimpleITK as sitk
+    ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    uids = [str(s.SeriesInstanceUID) for f in getattr(ds, "ReferencedFrameOfReferenceSequence", [])
+            for st in getattr(f, "RTReferencedStudySequence", []) for s in getattr(st, "RTReferencedSeriesSequence", [])]
+    if not uids:
+        raise InputError(f"{path}: the RT Structure Set names no referenced image series; give the CT as reference")
+    reader = sitk.ImageSeriesReader()
+    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM warns for every folder without a series
+    try:
+        geometry = _find_series(reader, path, uids[0])
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
+    if geometry is None:
+        raise InputError(f"{path}: the CT series it references ({uids[0]}) is not in its folder or the folder "
+                         "above; give the CT image as reference")
+    return geometry
+
+
+def _find_series(reader, path: Path, uid):
+    for folder in dict.fromkeys([path.parent, *path.parent.iterdir(), path.parent.parent,
+                                 *(p for p in path.parent.parent.iterdir() if p.is_dir())]):
+        if not Path(folder).is_dir():
+            continue
+        if uid in reader.GetGDCMSeriesIDs(str(folder)):
+            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), uid))
+            reader.MetaDataDictionaryArrayUpdateOff()
+            return geometry_of(reader.Execute())
+    return None
+
+
+def _read_rtstruct(path: Path, reference_geometry=None) -> Segmentation:
+    from .dicomrt_read import read_rtstruct
+    geometry = reference_geometry if reference_geometry is not None else _referenced_ct_geometry(path)
+    rois = read_rtstruct(path, geometry)
+    masks = {name: roi["mask"] for name, roi in rois.items()}
+    colors = {name: tuple(c / 255.0 for c in roi["color"]) for name, roi in rois.items()}
+    if not masks:
+        raise InputError(f"{path}: the RT Structure Set holds no ROI contours")
+    return Segmentation.from_masks(geometry, masks, colors)
+
+
+def read_segmentation(path, reference_geometry=None) -> Segmentation:
+    """Read a ``.seg.nrrd``, a labelmap image or a DICOM RT Structure Set (see module doc)."""
     import SimpleITK as sitk
     path = Path(path)
+    if _is_rtstruct(path):
+        return _read_rtstruct(path, reference_geometry)
     image = read_sitk(path) if not str(path).lower().endswith(".seg.nrrd") else None
     if image is None:
         if not path.exists():
