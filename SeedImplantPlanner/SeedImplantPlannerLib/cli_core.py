@@ -70,13 +70,10 @@ def cmd_point_dose(args):
 
 
 def read_seed_input(path, model_dirs=()):
-    """Seeds from a CSV or a plan JSON file (the plan format, once it exists, is read by plan.py)."""
+    """Seeds from a CSV or a plan JSON file (:func:`plan.read_plan_seeds`)."""
     path = str(path)
     if path.lower().endswith(".json"):
-        try:
-            from .plan import read_plan_seeds
-        except ImportError as exc:  # plan module not installed
-            raise InputError(f"{path}: plan files need the planning module ({exc})") from exc
+        from .plan import read_plan_seeds
         return read_plan_seeds(path)
     return read_seeds_csv(path)
 

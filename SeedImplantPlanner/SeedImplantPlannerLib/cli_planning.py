@@ -180,6 +180,23 @@ def _add_source_options(p):
     p.add_argument("--implant-date", help="implant date (ISO)")
 
 
+def _add_needle_options(p):
+    """Needle-path options shared by `seedplan plan` and `seedplan needles`."""
+    p.add_argument("--needle-mode", choices=("template", "freehand", "fan"), default="template",
+                   help="parallel template, free-hand needles from --needles, or automatic fan candidates")
+    p.add_argument("--direction", default="P",
+                   help="template insertion direction: R, L, A, P, S, I (the way the needle travels) or x,y,z")
+    p.add_argument("--template-spacing", type=float, default=10.0, help="template hole / fan needle spacing, mm")
+    p.add_argument("--template-point", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help="a point of the template plane (RAS mm); default on the skin (with --body)")
+    p.add_argument("--needles", help="free-hand needles: CSV (entry_x_mm..tip_z_mm) or JSON (curved catheters)")
+    p.add_argument("--approach", help="fan mode: side of the body the needles come from (R, L, A, P, S, I or x,y,z)")
+    p.add_argument("--entry", type=float, nargs=3, metavar=("X", "Y", "Z"), help="fan mode: centre of the entry region")
+    p.add_argument("--entry-radius", type=float, default=60.0, help="fan mode: entry region radius, mm (default 60)")
+    p.add_argument("--gauge", type=int, default=18, help="needle gauge (default 18)")
+    p.add_argument("--usable-length", type=float, default=200.0, help="needle usable length, mm (default 200)")
+
+
 def register(sub):
     """Add the planning subcommands."""
     p = sub.add_parser("plan", help="plan needles and seeds (inverse planning) and write a plan folder")
@@ -198,19 +215,7 @@ def register(sub):
     p.add_argument("--d90", type=float, default=100.0, help="goal: D90 >= this %% of prescription (default 100)")
     p.add_argument("--v150", type=float, default=60.0, help="soft goal: V150 <= this %% (default 60)")
     p.add_argument("--v200", type=float, default=20.0, help="soft goal: V200 <= this %% (default 20)")
-    p.add_argument("--needle-mode", choices=("template", "freehand", "fan"), default="template",
-                   help="parallel template, free-hand needles from --needles, or automatic fan candidates")
-    p.add_argument("--direction", default="P",
-                   help="template insertion direction: R, L, A, P, S, I (the way the needle travels) or x,y,z")
-    p.add_argument("--template-spacing", type=float, default=10.0, help="template hole / fan needle spacing, mm")
-    p.add_argument("--template-point", type=float, nargs=3, metavar=("X", "Y", "Z"),
-                   help="a point of the template plane (RAS mm); default on the skin (with --body)")
-    p.add_argument("--needles", help="free-hand needles: CSV (entry_x_mm..tip_z_mm) or JSON (curved catheters)")
-    p.add_argument("--approach", help="fan mode: side of the body the needles come from (R, L, A, P, S, I or x,y,z)")
-    p.add_argument("--entry", type=float, nargs=3, metavar=("X", "Y", "Z"), help="fan mode: centre of the entry region")
-    p.add_argument("--entry-radius", type=float, default=60.0, help="fan mode: entry region radius, mm (default 60)")
-    p.add_argument("--gauge", type=int, default=18, help="needle gauge (default 18)")
-    p.add_argument("--usable-length", type=float, default=200.0, help="needle usable length, mm (default 200)")
+    _add_needle_options(p)
     p.add_argument("--seed-spacing", type=float, default=10.0, help="seed spacing along a needle, mm (10 or 5)")
     p.add_argument("--tip-offset", type=float, default=5.0, help="first seed centre from the needle tip, mm")
     p.add_argument("--target-margin", type=float, default=0.0, help="seeds allowed this far outside the target, mm")
@@ -228,7 +233,7 @@ def register(sub):
     p.add_argument("--no-new-needles", action="store_true", help="re-planning: load only the implanted needles")
     p.add_argument("--formalism", choices=("2D", "1D"), default="2D", help="TG-43U1 formalism (default 2D)")
     p.add_argument("--dose-spacing", type=float, default=2.0, help="dose grid spacing, mm (default 2)")
-    p.add_argument("--engine", choices=("fast", "direct"), default=None, help="dose grid engine (default: fast if installed)")
+    p.add_argument("--engine", choices=("fast", "direct"), default=None, help="dose grid engine (default fast)")
     p.add_argument("--out", required=True, help="output plan folder")
     p.set_defaults(func=cmd_plan)
 
@@ -238,16 +243,7 @@ def register(sub):
     p.add_argument("--forbidden", nargs="+", default=[], metavar="NAME", help="structures no needle may cross")
     p.add_argument("--body", help="body (skin) segment")
     p.add_argument("--margin", type=float, default=5.0, help="safety margin, mm (default 5)")
-    p.add_argument("--needle-mode", choices=("template", "freehand", "fan"), default="template")
-    p.add_argument("--direction", default="P", help="template insertion direction (R, L, A, P, S, I or x,y,z)")
-    p.add_argument("--template-spacing", type=float, default=10.0, help="template hole / fan needle spacing, mm")
-    p.add_argument("--template-point", type=float, nargs=3, metavar=("X", "Y", "Z"), help="a point of the template plane")
-    p.add_argument("--needles", help="free-hand needles: CSV or JSON")
-    p.add_argument("--approach", help="fan mode: side of the body the needles come from")
-    p.add_argument("--entry", type=float, nargs=3, metavar=("X", "Y", "Z"), help="fan mode: entry region centre")
-    p.add_argument("--entry-radius", type=float, default=60.0, help="fan mode: entry region radius, mm")
-    p.add_argument("--gauge", type=int, default=18, help="needle gauge (default 18)")
-    p.add_argument("--usable-length", type=float, default=200.0, help="needle usable length, mm (default 200)")
+    _add_needle_options(p)
     p.add_argument("--random-seed", type=int, default=0, help="random seed of the fan candidates")
     p.add_argument("--out", required=True, help="output folder (needles.csv, obstacles.csv)")
     p.set_defaults(func=cmd_needles)

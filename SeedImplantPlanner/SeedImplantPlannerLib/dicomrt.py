@@ -228,6 +228,22 @@ def _grid_box(g: ImageGeometry):
 
 # -- common modules ----------------------------------------------------------------------------
 
+def _set_image_plane(ds, g: ImageGeometry, ipp, row, col, bits, signed):
+    """Image Plane and Image Pixel attributes of a grayscale slice or frame set on grid ``g`` (LPS)."""
+    ds.ImagePositionPatient = _ds_list(ipp)
+    ds.ImageOrientationPatient = _ds_list(np.concatenate([row, col]))
+    ds.PixelSpacing = _ds_list([g.spacing[1], g.spacing[0]])
+    ds.SliceThickness = _ds(g.spacing[2])
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = g.size[1]
+    ds.Columns = g.size[0]
+    ds.BitsAllocated = bits
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 1 if signed else 0
+
+
 def _base(sop_class, modality, series_uid, series_number, series_description, study: _Study, now, for_uid=True):
     from pydicom.dataset import Dataset
     ds = Dataset()
@@ -310,19 +326,8 @@ def _write_ct(folder: Path, array, g: ImageGeometry, study: _Study, now, progres
         ds.InstanceNumber = k + 1
         ds.PatientOrientation = ""
         ipp = ras_to_lps(g.ijk_to_ras([0.0, 0.0, float(k)]))
-        ds.ImagePositionPatient = _ds_list(ipp)
-        ds.ImageOrientationPatient = _ds_list(np.concatenate([row, col]))
-        ds.PixelSpacing = _ds_list([g.spacing[1], g.spacing[0]])
-        ds.SliceThickness = _ds(g.spacing[2])
+        _set_image_plane(ds, g, ipp, row, col, bits=16, signed=True)
         ds.SliceLocation = _ds(float(ipp @ normal))
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows = g.size[1]
-        ds.Columns = g.size[0]
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
         ds.RescaleIntercept = intercept
         ds.RescaleSlope = slope
         ds.RescaleType = "HU"
@@ -588,18 +593,7 @@ def _write_rtdose(path, dose_Gy, g: ImageGeometry, study: _Study, now, plan_ds, 
     ds.ContentDate = now.strftime("%Y%m%d")
     ds.ContentTime = now.strftime("%H%M%S")
     order, ipp, row, col, offsets = dose_frame_layout(g)
-    ds.ImagePositionPatient = _ds_list(ipp)
-    ds.ImageOrientationPatient = _ds_list(np.concatenate([row, col]))
-    ds.PixelSpacing = _ds_list([g.spacing[1], g.spacing[0]])
-    ds.SliceThickness = _ds(g.spacing[2])
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = g.size[1]
-    ds.Columns = g.size[0]
-    ds.BitsAllocated = 32
-    ds.BitsStored = 32
-    ds.HighBit = 31
-    ds.PixelRepresentation = 0
+    _set_image_plane(ds, g, ipp, row, col, bits=32, signed=False)
     ds.NumberOfFrames = g.size[2]
     ds.FrameIncrementPointer = Tag(0x3004, 0x000C)
     ds.DoseUnits = "GY"

@@ -126,20 +126,19 @@ def assign_roles(structures, target=None, body=None, goal_set: GoalSet | None = 
     for s in structures:
         entry = goal_set.entry_for(s.name, names) if goal_set else None
         roles[s.name] = entry.role if entry else "oar"
+
+    def first_with_role(role, usual_names):
+        """The first structure the goals give ``role``, else one with a usual name for it."""
+        cands = [n for n in names if roles[n] == role]
+        if cands:
+            return cands[0]
+        g = guess_role_structure(structures, usual_names)
+        return g.name if g else None
+
     if t is None:
-        cands = [n for n in names if roles[n] == "target"]
-        if cands:
-            t = cands[0]
-        else:
-            g = guess_role_structure(structures, TARGET_NAMES)
-            t = g.name if g else None
+        t = first_with_role("target", TARGET_NAMES)
     if b is None:
-        cands = [n for n in names if roles[n] == "body"]
-        if cands:
-            b = cands[0]
-        else:
-            g = guess_role_structure(structures, BODY_NAMES)
-            b = g.name if g else None
+        b = first_with_role("body", BODY_NAMES)
     for n in names:
         if roles[n] == "target" and n != t:
             roles[n] = "oar"

@@ -177,3 +177,14 @@ class ImageGeometry:
     def from_dict(cls, d):
         """Inverse of :meth:`to_dict`."""
         return cls(tuple(d["size"]), tuple(d["spacing_mm"]), tuple(d["origin_ras_mm"]), d["direction_ras"])
+
+
+def mask_at_indices(mask, ijk):
+    """Values of a boolean ``mask[k, j, i]`` at integer indices ``ijk`` (..., 3) in (i, j, k) order;
+    False outside the grid."""
+    ijk = np.asarray(ijk)
+    inside = np.all((ijk >= 0) & (ijk < np.asarray(mask.shape[::-1])), axis=-1)
+    out = np.zeros(ijk.shape[:-1], dtype=bool)
+    sel = ijk[inside]
+    out[inside] = mask[sel[:, 2], sel[:, 1], sel[:, 0]]
+    return out

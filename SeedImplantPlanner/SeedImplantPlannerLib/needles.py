@@ -255,14 +255,9 @@ class MaskSampler:
             raise InputError(f"mask shape {self.mask.shape} does not match its grid {geometry.shape}")
 
     def __call__(self, points):
-        pts = np.asarray(points, dtype=float)
-        ijk = np.rint(self.geometry.ras_to_ijk(pts)).astype(np.int64)
-        size = np.asarray(self.geometry.size)
-        ok = np.all((ijk >= 0) & (ijk < size), axis=-1)
-        out = np.zeros(pts.shape[:-1], dtype=bool)
-        idx = ijk[ok]
-        out[ok] = self.mask[idx[:, 2], idx[:, 1], idx[:, 0]]
-        return out
+        from .geometry import mask_at_indices
+        ijk = np.rint(self.geometry.ras_to_ijk(np.asarray(points, dtype=float))).astype(np.int64)
+        return mask_at_indices(self.mask, ijk)
 
 
 def mask_points(mask, geometry):

@@ -614,22 +614,13 @@ def dose_grid_geometry(plan: Plan, geometry, target_mask, spacing_mm=2.0, margin
     return geometry.cropped_to_box(allp.min(axis=0), allp.max(axis=0), spacing_mm, margin_mm)
 
 
-def default_engine():
-    """'fast' when the fast grid engine is installed, else 'direct'."""
-    try:
-        from . import fastdose  # noqa: F401
-        return "fast"
-    except ImportError:
-        return "direct"
-
-
 def compute_dose(plan: Plan, geometry, target_mask, spacing_mm=2.0, margin_mm=20.0, engine=None, progress=None):
     """Attach a :class:`dose.DoseGrid` of the plan's seeds and return (dose Gy array, dose geometry)."""
     from .dose import DoseGrid
     if not len(plan.seeds):
         raise InputError("the plan has no seeds: no dose to compute")
     g = dose_grid_geometry(plan, geometry, target_mask, spacing_mm, margin_mm)
-    grid = DoseGrid(g, plan.seeds, plan.formalism, engine or default_engine(), progress=progress)
+    grid = DoseGrid(g, plan.seeds, plan.formalism, engine or "fast", progress=progress)
     plan.attach_dose_grid(grid)
     return grid.dose_Gy("total"), g
 

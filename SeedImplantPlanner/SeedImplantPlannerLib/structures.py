@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import GeometryError, InputError
-from .geometry import ImageGeometry
+from .geometry import ImageGeometry, mask_at_indices
 
 #: Names recognised as the body outline (case-insensitive), in order of preference.
 BODY_NAMES = ("body", "external", "outer contour", "skin")
@@ -127,13 +127,7 @@ def guess_role_structure(structures, candidates):
 
 def lookup_mask(structure: Structure, ijk_src):
     """Mask value at integer source indices (..., 3) (i, j, k); False outside the source grid."""
-    ijk = np.asarray(ijk_src)
-    size = np.asarray(structure.geometry.size)
-    inside = np.all((ijk >= 0) & (ijk < size), axis=-1)
-    out = np.zeros(ijk.shape[:-1], dtype=bool)
-    sel = ijk[inside]
-    out[inside] = structure.mask[sel[:, 2], sel[:, 1], sel[:, 0]]
-    return out
+    return mask_at_indices(structure.mask, ijk_src)
 
 
 def _dst_box(structure: Structure, dst: ImageGeometry, pad=1):
