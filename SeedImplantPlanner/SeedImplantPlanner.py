@@ -26,9 +26,10 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from SeedImplantPlannerLib import mrml_adapters, mrml_plan
-from SeedImplantPlannerLib.errors import CancelledError
-from SeedImplantPlannerLib.mrml_scene import SlicerSceneContext
+from SeedImplantPlannerLib.mrml import adapters
+from SeedImplantPlannerLib.mrml import plan_scene
+from SeedImplantPlannerLib.core.errors import CancelledError
+from SeedImplantPlannerLib.mrml.scene import SlicerSceneContext
 
 #
 # SeedImplantPlanner
@@ -63,9 +64,9 @@ data of each seed model (see Resources/SeedModels/PROVENANCE.md).
 
 @parameterNodeWrapper
 class SeedImplantPlannerParameterNode:
-    """Parameters of the module; names and defaults are those of SeedImplantPlannerLib.mrml_plan.
+    """Parameters of the module; names and defaults are those of SeedImplantPlannerLib.mrml.plan_scene.
 
-    The library reads and writes this node in the same layout (mrml_plan.PlanParameters), so a
+    The library reads and writes this node in the same layout (plan_scene.PlanParameters), so a
     scene saved by ``seedplan demo`` opens in the module with every selection restored.
     """
 
@@ -189,7 +190,7 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.ctVolume:
             firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolume and firstVolume.GetAttribute(mrml_adapters.DOSE_VOLUME_ATTRIBUTE) is None:
+            if firstVolume and firstVolume.GetAttribute(adapters.DOSE_VOLUME_ATTRIBUTE) is None:
                 self._parameterNode.ctVolume = firstVolume
 
     def setParameterNode(self, inputParameterNode) -> None:
@@ -426,7 +427,7 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
 
 class SeedImplantPlannerLogic(ScriptedLoadableModuleLogic):
-    """Thin adapter from the parameter node to SeedImplantPlannerLib (mrml_plan.PlanScene)."""
+    """Thin adapter from the parameter node to SeedImplantPlannerLib (plan_scene.PlanScene)."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -435,28 +436,28 @@ class SeedImplantPlannerLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return SeedImplantPlannerParameterNode(super().getParameterNode())
 
-    def planScene(self) -> mrml_plan.PlanScene:
+    def planScene(self) -> plan_scene.PlanScene:
         """The library's plan object on the application's scene and this module's parameter node."""
         node = self.getParameterNode().parameterNode
         if self._planScene is None or self._planScene.params.node is not node \
                 or self._planScene.scene is not slicer.mrmlScene:
             self.stopLiveUpdates()
-            self._planScene = mrml_plan.PlanScene(SlicerSceneContext.from_running_slicer(), node)
+            self._planScene = plan_scene.PlanScene(SlicerSceneContext.from_running_slicer(), node)
         preset = self.getParameterNode().goalPreset
         if preset != getattr(self._planScene, "goalPresetName", None):
-            from SeedImplantPlannerLib.goals import load_goals
+            from SeedImplantPlannerLib.evaluation.goals import load_goals
             self._planScene.set_goals(load_goals(preset) if preset else None)
             self._planScene.goalPresetName = preset
         return self._planScene
 
     @staticmethod
     def seedModelIds():
-        from SeedImplantPlannerLib.sources import load_models
+        from SeedImplantPlannerLib.physics.sources import load_models
         return sorted(load_models())
 
     @staticmethod
     def goalPresets():
-        from SeedImplantPlannerLib.goals import list_presets
+        from SeedImplantPlannerLib.evaluation.goals import list_presets
         return list_presets()
 
     def invalidateEvaluation(self) -> None:
@@ -464,7 +465,7 @@ class SeedImplantPlannerLogic(ScriptedLoadableModuleLogic):
             self._planScene._evaluation = None
 
     def needleTableRows(self):
-        from SeedImplantPlannerLib.needles import needle_table
+        from SeedImplantPlannerLib.planning.needles import needle_table
         return needle_table(self.planScene().needles(skip_incomplete=True))
 
     def needleObstacles(self):
@@ -519,8 +520,8 @@ class SeedImplantPlannerTest(ScriptedLoadableModuleTest):
     def test_SeedImplantPlanner_plan_dose_and_live_edit(self):
         import numpy as np
 
-        from SeedImplantPlannerLib.geometry import ImageGeometry
-        from SeedImplantPlannerLib.segio import Segmentation
+        from SeedImplantPlannerLib.core.geometry import ImageGeometry
+        from SeedImplantPlannerLib.imaging.segio import Segmentation
 
         self.delayDisplay("Building a synthetic case")
         g = ImageGeometry((48, 48, 40), (1.5, 1.5, 1.5), (-35.0, -35.0, -29.0))

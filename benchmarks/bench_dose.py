@@ -24,12 +24,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SeedImplantPlanner"))
 
-from SeedImplantPlannerLib.dose import DirectGridEngine, DoseGrid  # noqa: E402
-from SeedImplantPlannerLib.fastdose import FastGridEngine  # noqa: E402
-from SeedImplantPlannerLib.geometry import ImageGeometry  # noqa: E402
-from SeedImplantPlannerLib.seeds import SeedSet  # noqa: E402
-from SeedImplantPlannerLib.sources import get_model  # noqa: E402
-from SeedImplantPlannerLib.tg43 import TG43Kernel  # noqa: E402
+from SeedImplantPlannerLib.physics.dose import DirectGridEngine, DoseGrid  # noqa: E402
+from SeedImplantPlannerLib.physics.fastdose import FastGridEngine  # noqa: E402
+from SeedImplantPlannerLib.core.geometry import ImageGeometry  # noqa: E402
+from SeedImplantPlannerLib.physics.seeds import SeedSet  # noqa: E402
+from SeedImplantPlannerLib.physics.sources import get_model  # noqa: E402
+from SeedImplantPlannerLib.physics.tg43 import TG43Kernel  # noqa: E402
 
 MODEL = "I125_OncoSeed_6711"
 

@@ -20,10 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SeedImplantPlanner"))
 
-from SeedImplantPlannerLib.evaluation import evaluate_plan  # noqa: E402
-from SeedImplantPlannerLib.geometry import ImageGeometry  # noqa: E402
-from SeedImplantPlannerLib.metrics import OAR_METRICS, TARGET_METRICS  # noqa: E402
-from SeedImplantPlannerLib.structures import TARGET_NAMES  # noqa: E402
+from SeedImplantPlannerLib.evaluation.evaluate import evaluate_plan  # noqa: E402
+from SeedImplantPlannerLib.core.geometry import ImageGeometry  # noqa: E402
+from SeedImplantPlannerLib.evaluation.metrics import OAR_METRICS, TARGET_METRICS  # noqa: E402
+from SeedImplantPlannerLib.evaluation.structures import TARGET_NAMES  # noqa: E402
 
 TARGET_S = 0.3
 RX = 145.0

@@ -25,12 +25,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SeedImplantPlanner"))
 
-from SeedImplantPlannerLib import mrml_plan  # noqa: E402
-from SeedImplantPlannerLib.geometry import ImageGeometry  # noqa: E402
-from SeedImplantPlannerLib.mrml_scene import create_scene  # noqa: E402
-from SeedImplantPlannerLib.needles import Needle  # noqa: E402
-from SeedImplantPlannerLib.segio import Segmentation  # noqa: E402
-from SeedImplantPlannerLib.seeds import SeedSet  # noqa: E402
+from SeedImplantPlannerLib.mrml import plan_scene  # noqa: E402
+from SeedImplantPlannerLib.core.geometry import ImageGeometry  # noqa: E402
+from SeedImplantPlannerLib.mrml.scene import create_scene  # noqa: E402
+from SeedImplantPlannerLib.planning.needles import Needle  # noqa: E402
+from SeedImplantPlannerLib.imaging.segio import Segmentation  # noqa: E402
+from SeedImplantPlannerLib.physics.seeds import SeedSet  # noqa: E402
 
 MODEL = "I125_OncoSeed_6711"
 TARGET_S = 0.3
@@ -83,7 +83,7 @@ def main(argv=None):
     ctx = create_scene()
     try:
         t = time.perf_counter()
-        plan = mrml_plan.build_plan_scene(ctx, seeds=seeds, prescription_Gy=RX, segmentation=seg, target="PTV",
+        plan = plan_scene.build_plan_scene(ctx, seeds=seeds, prescription_Gy=RX, segmentation=seg, target="PTV",
                                           organs=["Rectum", "Urethra"], needles=needles, seed_needle_numbers=nums,
                                           dose_geometry=g, dose_method="fast")
         print(f"build scene + first dose and outputs: {time.perf_counter() - t:.2f} s")

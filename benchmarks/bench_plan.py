@@ -37,16 +37,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SeedImplantPlanner"))
 
-from SeedImplantPlannerLib.dose import dose_at_points_Gy  # noqa: E402
-from SeedImplantPlannerLib.dvh import DoseSamples  # noqa: E402
-from SeedImplantPlannerLib.geometry import ImageGeometry  # noqa: E402
-from SeedImplantPlannerLib.loading import LoadingRules  # noqa: E402
-from SeedImplantPlannerLib.metrics import structure_metrics  # noqa: E402
-from SeedImplantPlannerLib.needles import mask_points  # noqa: E402
-from SeedImplantPlannerLib.nomogram import estimate  # noqa: E402
-from SeedImplantPlannerLib.obstacles import ObstacleMap  # noqa: E402
-from SeedImplantPlannerLib.optimizer import OARConstraint  # noqa: E402
-from SeedImplantPlannerLib.plan import plan_from_masks, uniform_plan  # noqa: E402
+from SeedImplantPlannerLib.physics.dose import dose_at_points_Gy  # noqa: E402
+from SeedImplantPlannerLib.evaluation.dvh import DoseSamples  # noqa: E402
+from SeedImplantPlannerLib.core.geometry import ImageGeometry  # noqa: E402
+from SeedImplantPlannerLib.planning.loading import LoadingRules  # noqa: E402
+from SeedImplantPlannerLib.evaluation.metrics import structure_metrics  # noqa: E402
+from SeedImplantPlannerLib.planning.needles import mask_points  # noqa: E402
+from SeedImplantPlannerLib.planning.nomogram import estimate  # noqa: E402
+from SeedImplantPlannerLib.planning.obstacles import ObstacleMap  # noqa: E402
+from SeedImplantPlannerLib.planning.optimizer import OARConstraint  # noqa: E402
+from SeedImplantPlannerLib.planning.plan import plan_from_masks, uniform_plan  # noqa: E402
 
 MODEL = "I125_OncoSeed_6711"
 STRENGTH_U = 0.5

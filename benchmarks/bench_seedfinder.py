@@ -33,11 +33,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SeedImplantPlanner"))
 
-from SeedImplantPlannerLib import postimplant_phantom as pp  # noqa: E402
-from SeedImplantPlannerLib.geometry import ImageGeometry  # noqa: E402
-from SeedImplantPlannerLib.imageio import read_image, write_image  # noqa: E402
-from SeedImplantPlannerLib.samplecase import make_sample_case  # noqa: E402
-from SeedImplantPlannerLib.seedfinder import find_seeds, naive_find_seeds  # noqa: E402
+from SeedImplantPlannerLib.imaging import phantoms as pp  # noqa: E402
+from SeedImplantPlannerLib.core.geometry import ImageGeometry  # noqa: E402
+from SeedImplantPlannerLib.core.imageio import read_image, write_image  # noqa: E402
+from SeedImplantPlannerLib.samplecase.generator import make_sample_case  # noqa: E402
+from SeedImplantPlannerLib.imaging.seedfinder import find_seeds, naive_find_seeds  # noqa: E402
 
 GTV_CENTRE = np.array([-72.0, -2.0, 0.0])
 RESOLUTIONS = {"1 mm": (1.0, 1.0, 1.0), "2x2x2.5 mm": (2.0, 2.0, 2.5)}

@@ -119,8 +119,8 @@ class TestDoseGrid(CliCase):
         np.testing.assert_allclose(img.GetDirection(), ref.GetDirection(), atol=1e-9)
         dose = sitk.GetArrayFromImage(img)
         # spot check against the point engine at a voxel 6 mm from the first seed
-        from SeedImplantPlannerLib.dose import dose_at_points_Gy
-        from SeedImplantPlannerLib.seeds import read_seeds_csv
+        from SeedImplantPlannerLib.physics.dose import dose_at_points_Gy
+        from SeedImplantPlannerLib.physics.seeds import read_seeds_csv
         idx = (20, 11, 9)
         p = np.array(ref.TransformIndexToPhysicalPoint(idx)) * [-1, -1, 1]
         want, _, _ = dose_at_points_Gy([p], read_seeds_csv(seeds))
@@ -140,8 +140,8 @@ class TestDoseGrid(CliCase):
         np.testing.assert_allclose(img.GetDirection(), ref.GetDirection(), atol=1e-9)
         dose = sitk.GetArrayFromImage(img)
         corner = np.array(img.TransformIndexToPhysicalPoint((0, 0, 0))) * [-1, -1, 1]
-        from SeedImplantPlannerLib.dose import dose_at_points_Gy
-        from SeedImplantPlannerLib.seeds import read_seeds_csv
+        from SeedImplantPlannerLib.physics.dose import dose_at_points_Gy
+        from SeedImplantPlannerLib.physics.seeds import read_seeds_csv
         want, _, _ = dose_at_points_Gy([corner], read_seeds_csv(seeds))
         self.assertAlmostEqual(float(dose[0, 0, 0]) / want[0], 1.0, places=5)
 

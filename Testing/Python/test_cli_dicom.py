@@ -11,9 +11,9 @@ from seedplan_cli import seedplan  # noqa: E402
 import pydicom
 import SimpleITK as sitk
 
-from SeedImplantPlannerLib.geometry import ImageGeometry
-from SeedImplantPlannerLib.imageio import write_image
-from SeedImplantPlannerLib.segio import Segmentation, write_segmentation
+from SeedImplantPlannerLib.core.geometry import ImageGeometry
+from SeedImplantPlannerLib.core.imageio import write_image
+from SeedImplantPlannerLib.imaging.segio import Segmentation, write_segmentation
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,11 +112,11 @@ class CliDicom(unittest.TestCase):
                                    sitk.GetArrayFromImage(nrrd), rtol=1e-5)
 
     def test_plan_json_input(self):
-        from SeedImplantPlannerLib.loading import LoadingRules
-        from SeedImplantPlannerLib.needles import Needle
-        from SeedImplantPlannerLib.optimizer import Goals
-        from SeedImplantPlannerLib.plan import Plan, write_plan
-        from SeedImplantPlannerLib.seeds import read_seeds_csv
+        from SeedImplantPlannerLib.planning.loading import LoadingRules
+        from SeedImplantPlannerLib.planning.needles import Needle
+        from SeedImplantPlannerLib.planning.optimizer import Goals
+        from SeedImplantPlannerLib.planning.plan import Plan, write_plan
+        from SeedImplantPlannerLib.physics.seeds import read_seeds_csv
         seeds = read_seeds_csv(self.write_with_model())
         needles = [Needle(1, [-4.5, 1.25, -40.0], [-4.5, 1.25, 10.0], name="L1"),
                    Needle(2, [4.5, 1.25, -40.0], [4.5, 1.25, 10.0], name="R1")]

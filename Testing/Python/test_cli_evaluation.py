@@ -14,11 +14,11 @@ from seedplan_cli import seedplan  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "SeedImplantPlanner"))
 
-from SeedImplantPlannerLib import dose as D  # noqa: E402
-from SeedImplantPlannerLib.geometry import ImageGeometry  # noqa: E402
-from SeedImplantPlannerLib.imageio import read_image, write_image  # noqa: E402
-from SeedImplantPlannerLib.segio import Segmentation, read_segmentation, write_segmentation  # noqa: E402
-from SeedImplantPlannerLib.seeds import SeedSet  # noqa: E402
+from SeedImplantPlannerLib.physics import dose as D  # noqa: E402
+from SeedImplantPlannerLib.core.geometry import ImageGeometry  # noqa: E402
+from SeedImplantPlannerLib.core.imageio import read_image, write_image  # noqa: E402
+from SeedImplantPlannerLib.imaging.segio import Segmentation, read_segmentation, write_segmentation  # noqa: E402
+from SeedImplantPlannerLib.physics.seeds import SeedSet  # noqa: E402
 
 
 

@@ -14,9 +14,9 @@ from seedplan_cli import seedplan  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "SeedImplantPlanner"))
 
-from SeedImplantPlannerLib.geometry import ImageGeometry  # noqa: E402
-from SeedImplantPlannerLib.imageio import read_image, write_image  # noqa: E402
-from SeedImplantPlannerLib.segio import Segmentation, write_segmentation  # noqa: E402
+from SeedImplantPlannerLib.core.geometry import ImageGeometry  # noqa: E402
+from SeedImplantPlannerLib.core.imageio import read_image, write_image  # noqa: E402
+from SeedImplantPlannerLib.imaging.segio import Segmentation, write_segmentation  # noqa: E402
 
 GEOM = ImageGeometry((44, 44, 44), (1.5, 1.5, 1.5), (-32.25, -32.25, -32.25))
 
@@ -214,7 +214,7 @@ class SampleCasePlanTest(unittest.TestCase):
             self.assertTrue(goals["Bowel D2cc <= Gy"]["passed"])
             # independent check: no loaded needle path comes within 5 mm of a forbidden voxel
             from scipy import ndimage
-            from SeedImplantPlannerLib.segio import read_segmentation
+            from SeedImplantPlannerLib.imaging.segio import read_segmentation
             seg = read_segmentation(case / "SampleSegmentation.seg.nrrd")
             g = seg.geometry
             forbidden = np.zeros(g.shape, bool)

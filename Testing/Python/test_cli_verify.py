@@ -14,12 +14,12 @@ from seedplan_cli import seedplan  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "SeedImplantPlanner"))
 
-from SeedImplantPlannerLib import postimplant_phantom as pp  # noqa: E402
-from SeedImplantPlannerLib.fileio import write_csv  # noqa: E402
-from SeedImplantPlannerLib.geometry import ImageGeometry  # noqa: E402
-from SeedImplantPlannerLib.imageio import write_image  # noqa: E402
-from SeedImplantPlannerLib.seeds import SEED_COLUMNS, SeedSet, read_seeds_csv, seeds_to_rows  # noqa: E402
-from SeedImplantPlannerLib.segio import Segmentation, write_segmentation  # noqa: E402
+from SeedImplantPlannerLib.imaging import phantoms as pp  # noqa: E402
+from SeedImplantPlannerLib.core.fileio import write_csv  # noqa: E402
+from SeedImplantPlannerLib.core.geometry import ImageGeometry  # noqa: E402
+from SeedImplantPlannerLib.core.imageio import write_image  # noqa: E402
+from SeedImplantPlannerLib.physics.seeds import SEED_COLUMNS, SeedSet, read_seeds_csv, seeds_to_rows  # noqa: E402
+from SeedImplantPlannerLib.imaging.segio import Segmentation, write_segmentation  # noqa: E402
 
 M6711 = "I125_OncoSeed_6711"
 
@@ -99,7 +99,7 @@ class TestFindAndVerify(unittest.TestCase):
             rows = list(csv.DictReader(fh))
         self.assertEqual(len(rows), s["matched"] + s["missing"] + s["unexpected"])
         self.assertEqual(sum(r_["status"] == "matched" for r_ in rows), s["matched"])
-        from SeedImplantPlannerLib.imageio import read_image
+        from SeedImplantPlannerLib.core.imageio import read_image
         dp, gp = read_image(out / "dose_planned.nrrd")
         df, gf = read_image(out / "dose_found.nrrd")
         da, _ = read_image(out / "dose_found_after_ct.nrrd")

@@ -44,9 +44,9 @@ class TestDemo(unittest.TestCase):
         self.assertEqual(summary["goals_failed"], 0)
 
     def test_dose_is_on_the_ct_grid_and_matches_point_dose(self):
-        from SeedImplantPlannerLib.dose import dose_at_points_Gy
-        from SeedImplantPlannerLib.imageio import read_image
-        from SeedImplantPlannerLib.plan import read_plan_seeds
+        from SeedImplantPlannerLib.physics.dose import dose_at_points_Gy
+        from SeedImplantPlannerLib.core.imageio import read_image
+        from SeedImplantPlannerLib.planning.plan import read_plan_seeds
         dose, g = read_image(self.out / "plan" / "dose.nrrd")
         _, ct_g = read_image(ROOT / "Resources" / "SampleCase" / "SampleCT.nrrd")
         self.assertTrue(g.matches(ct_g))
@@ -77,7 +77,7 @@ class TestDemo(unittest.TestCase):
         with zipfile.ZipFile(self.out / "scene.mrb") as z:
             names = z.namelist()
         self.assertTrue(any(n.endswith(".mrml") for n in names), names)
-        from SeedImplantPlannerLib.mrml_render import png_to_array
+        from SeedImplantPlannerLib.mrml.render import png_to_array
         for view in ("axial", "sagittal", "coronal", "3d"):
             img = png_to_array(self.out / "pictures" / f"plan_{view}.png")
             self.assertGreater(float(img[..., :3].std()), 10.0, view)
@@ -106,7 +106,7 @@ class TestDemo(unittest.TestCase):
         shot = self.out / "report_screenshot.png"
         subprocess.run([browser, *flags, "--window-size=1200,2400", f"--screenshot={shot}", url],
                        capture_output=True, timeout=120)
-        from SeedImplantPlannerLib.mrml_render import png_to_array
+        from SeedImplantPlannerLib.mrml.render import png_to_array
         img = png_to_array(shot)
         self.assertEqual(img.shape[:2], (2400, 1200))
         self.assertGreater(float(img[..., :3].std()), 20.0, "the rendered report looks blank")

@@ -5,12 +5,12 @@ import unittest
 
 import numpy as np
 
-from SeedImplantPlannerLib import dose as D
-from SeedImplantPlannerLib.compare import compare_plans, gamma_index, resample_dose
-from SeedImplantPlannerLib.errors import GeometryError, InputError
-from SeedImplantPlannerLib.geometry import ImageGeometry
-from SeedImplantPlannerLib.seeds import SeedSet
-from SeedImplantPlannerLib.structures import Structure
+from SeedImplantPlannerLib.physics import dose as D
+from SeedImplantPlannerLib.evaluation.compare import compare_plans, gamma_index, resample_dose
+from SeedImplantPlannerLib.core.errors import GeometryError, InputError
+from SeedImplantPlannerLib.core.geometry import ImageGeometry
+from SeedImplantPlannerLib.physics.seeds import SeedSet
+from SeedImplantPlannerLib.evaluation.structures import Structure
 
 
 class TestGamma(unittest.TestCase):

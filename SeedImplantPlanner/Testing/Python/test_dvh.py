@@ -4,14 +4,14 @@ import unittest
 
 import numpy as np
 
-from SeedImplantPlannerLib import dose as D
-from SeedImplantPlannerLib.dvh import (DoseSamples, bin_width, check_dose, compute_dvh, structure_dose_samples,
+from SeedImplantPlannerLib.physics import dose as D
+from SeedImplantPlannerLib.evaluation.dvh import (DoseSamples, bin_width, check_dose, compute_dvh, structure_dose_samples,
                                        write_dvh_csv)
-from SeedImplantPlannerLib.errors import GeometryError, InputError
-from SeedImplantPlannerLib.evaluation import seed_point_dose
-from SeedImplantPlannerLib.geometry import ImageGeometry
-from SeedImplantPlannerLib.seeds import SeedSet
-from SeedImplantPlannerLib.structures import Structure
+from SeedImplantPlannerLib.core.errors import GeometryError, InputError
+from SeedImplantPlannerLib.evaluation.evaluate import seed_point_dose
+from SeedImplantPlannerLib.core.geometry import ImageGeometry
+from SeedImplantPlannerLib.physics.seeds import SeedSet
+from SeedImplantPlannerLib.evaluation.structures import Structure
 
 
 class TestSampleMetrics(unittest.TestCase):

@@ -10,13 +10,13 @@ import unittest
 
 import numpy as np
 
-from SeedImplantPlannerLib.dose import DirectGridEngine, DoseGrid, compute_dose_Gy, make_engine
-from SeedImplantPlannerLib.errors import CancelledError, InputError
-from SeedImplantPlannerLib.fastdose import TABLE_R_MAX_CM, FastGridEngine, KernelTable
-from SeedImplantPlannerLib.geometry import ImageGeometry
-from SeedImplantPlannerLib.seeds import SeedSet
-from SeedImplantPlannerLib.sources import get_model, load_models
-from SeedImplantPlannerLib.tg43 import TG43Kernel
+from SeedImplantPlannerLib.physics.dose import DirectGridEngine, DoseGrid, compute_dose_Gy, make_engine
+from SeedImplantPlannerLib.core.errors import CancelledError, InputError
+from SeedImplantPlannerLib.physics.fastdose import TABLE_R_MAX_CM, FastGridEngine, KernelTable
+from SeedImplantPlannerLib.core.geometry import ImageGeometry
+from SeedImplantPlannerLib.physics.seeds import SeedSet
+from SeedImplantPlannerLib.physics.sources import get_model, load_models
+from SeedImplantPlannerLib.physics.tg43 import TG43Kernel
 
 M6711 = "I125_OncoSeed_6711"
 PD103 = "Pd103_TheraSeed_200"
@@ -212,7 +212,7 @@ class TestFewSeeds(unittest.TestCase):
     """A grid of a few seeds (a check phantom, a single-seed test) gets larger exact zones."""
 
     def test_few_seeds_are_near_exact(self):
-        from SeedImplantPlannerLib.fastdose import DEFAULT_RATIO, auto_ratio
+        from SeedImplantPlannerLib.physics.fastdose import DEFAULT_RATIO, auto_ratio
         self.assertEqual(auto_ratio(200), DEFAULT_RATIO)
         self.assertGreater(auto_ratio(3), 2.5 * DEFAULT_RATIO)
         g = ImageGeometry((64, 60, 56), (1.25, 1.25, 1.5), (-40.0, -37.0, -41.0), rotation(5))

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from SeedImplantPlannerLib.errors import GeometryError, InputError
-from SeedImplantPlannerLib.fileio import write_text
-from SeedImplantPlannerLib.geometry import ImageGeometry
-from SeedImplantPlannerLib.imageio import read_image, write_image
-from SeedImplantPlannerLib.seeds import read_points_csv, read_seeds_csv
+from SeedImplantPlannerLib.core.errors import GeometryError, InputError
+from SeedImplantPlannerLib.core.fileio import write_text
+from SeedImplantPlannerLib.core.geometry import ImageGeometry
+from SeedImplantPlannerLib.core.imageio import read_image, write_image
+from SeedImplantPlannerLib.physics.seeds import read_points_csv, read_seeds_csv
 
 
 def oblique_geometry():
@@ -112,7 +112,7 @@ class TestImageFiles(unittest.TestCase):
         class Boom(Exception):
             pass
 
-        from SeedImplantPlannerLib.fileio import atomic_path
+        from SeedImplantPlannerLib.core.fileio import atomic_path
         with self.assertRaises(Boom):
             with atomic_path(target) as tmp:
                 tmp.write_text("half")

@@ -5,16 +5,16 @@ import unittest
 
 import numpy as np
 
-from SeedImplantPlannerLib.dose import DoseGrid
-from SeedImplantPlannerLib.errors import InputError
-from SeedImplantPlannerLib.geometry import ImageGeometry
-from SeedImplantPlannerLib.loading import (LoadingRules, TargetRegion, candidate_positions, loading_row,
+from SeedImplantPlannerLib.physics.dose import DoseGrid
+from SeedImplantPlannerLib.core.errors import InputError
+from SeedImplantPlannerLib.core.geometry import ImageGeometry
+from SeedImplantPlannerLib.planning.loading import (LoadingRules, TargetRegion, candidate_positions, loading_row,
                                            uniform_loading)
-from SeedImplantPlannerLib.needles import Needle, curved_catheter
-from SeedImplantPlannerLib.nomogram import WU_COEFF_U, estimate, principal_dimensions_cm
-from SeedImplantPlannerLib.optimizer import Goals
-from SeedImplantPlannerLib.plan import Plan
-from SeedImplantPlannerLib.seeds import SeedSet
+from SeedImplantPlannerLib.planning.needles import Needle, curved_catheter
+from SeedImplantPlannerLib.planning.nomogram import WU_COEFF_U, estimate, principal_dimensions_cm
+from SeedImplantPlannerLib.planning.optimizer import Goals
+from SeedImplantPlannerLib.planning.plan import Plan
+from SeedImplantPlannerLib.physics.seeds import SeedSet
 
 GEOM = ImageGeometry((40, 40, 40), (1.0, 1.0, 1.0), (-19.5, -19.5, -19.5))
 M6711 = "I125_OncoSeed_6711"

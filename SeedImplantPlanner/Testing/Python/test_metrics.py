@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from SeedImplantPlannerLib.dvh import DoseSamples
-from SeedImplantPlannerLib.errors import GeometryError, InputError
-from SeedImplantPlannerLib.evaluation import evaluate_plan
-from SeedImplantPlannerLib.geometry import ImageGeometry
-from SeedImplantPlannerLib.goals import goals_from_text, list_presets, load_goals, parse_goal
-from SeedImplantPlannerLib.metrics import conformity_indices, parse_metric, structure_metrics
-from SeedImplantPlannerLib.structures import Structure
+from SeedImplantPlannerLib.evaluation.dvh import DoseSamples
+from SeedImplantPlannerLib.core.errors import GeometryError, InputError
+from SeedImplantPlannerLib.evaluation.evaluate import evaluate_plan
+from SeedImplantPlannerLib.core.geometry import ImageGeometry
+from SeedImplantPlannerLib.evaluation.goals import goals_from_text, list_presets, load_goals, parse_goal
+from SeedImplantPlannerLib.evaluation.metrics import conformity_indices, parse_metric, structure_metrics
+from SeedImplantPlannerLib.evaluation.structures import Structure
 
 
 class TestMetricNames(unittest.TestCase):

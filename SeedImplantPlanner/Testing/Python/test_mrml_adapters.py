@@ -6,11 +6,11 @@ import numpy as np
 
 from test_mrml_fixture import MODEL, MRMLSceneTestCase, oblique_direction, small_seed_set, sphere_mask
 
-from SeedImplantPlannerLib import mrml_adapters as ma
-from SeedImplantPlannerLib.dose import DoseGrid
-from SeedImplantPlannerLib.errors import GeometryError, InputError
-from SeedImplantPlannerLib.geometry import ImageGeometry
-from SeedImplantPlannerLib.seeds import SeedSet
+from SeedImplantPlannerLib.mrml import adapters as ma
+from SeedImplantPlannerLib.physics.dose import DoseGrid
+from SeedImplantPlannerLib.core.errors import GeometryError, InputError
+from SeedImplantPlannerLib.core.geometry import ImageGeometry
+from SeedImplantPlannerLib.physics.seeds import SeedSet
 
 
 class VolumeAdapterTest(MRMLSceneTestCase):
@@ -72,7 +72,7 @@ class SegmentAdapterTest(MRMLSceneTestCase):
             ma.expand_segment(self.seg, self.ptv, -1.0, "bad")
 
     def test_segmentation_from_segio_keeps_names_and_colours(self):
-        from SeedImplantPlannerLib.segio import Segmentation
+        from SeedImplantPlannerLib.imaging.segio import Segmentation
         masks = {"GTV": sphere_mask(self.g, (0, 0, 0), 6.0), "OAR": sphere_mask(self.g, (12, 0, 0), 4.0)}
         s = Segmentation.from_masks(self.g, masks, {"GTV": (0.9, 0.1, 0.1), "OAR": (0.1, 0.6, 0.9)})
         node = ma.segmentation_from_segio(self.scene, s, "from file")
@@ -110,7 +110,7 @@ class NeedleAdapterTest(MRMLSceneTestCase):
             ma.needles_to_line_nodes(self.scene, [((1, 1, 1), (1, 1, 1))])
 
     def test_needle_objects_with_entry_and_tip(self):
-        from SeedImplantPlannerLib.needles import Needle
+        from SeedImplantPlannerLib.planning.needles import Needle
         n = Needle(3, entry=(0, 0, -30), tip=(0, 0, 5))
         node = ma.needles_to_line_nodes(self.scene, [n])[0]
         np.testing.assert_allclose(ma.line_nodes_to_needles([node])[0][1], (0, 0, 5))

@@ -12,13 +12,13 @@ import numpy as np
 
 try:
     import slicer  # noqa: F401
-    from SeedImplantPlannerLib.mrml_scene import create_scene
+    from SeedImplantPlannerLib.mrml.scene import create_scene
     HAVE_SLICER = hasattr(slicer, "vtkMRMLScene")
 except ImportError:  # pragma: no cover - slicer-core is a test dependency
     HAVE_SLICER = False
 
-from SeedImplantPlannerLib.geometry import ImageGeometry  # noqa: E402
-from SeedImplantPlannerLib.seeds import SeedSet  # noqa: E402
+from SeedImplantPlannerLib.core.geometry import ImageGeometry  # noqa: E402
+from SeedImplantPlannerLib.physics.seeds import SeedSet  # noqa: E402
 
 MODEL = "I125_OncoSeed_6711"
 
@@ -103,7 +103,7 @@ class SceneFixtureTest(MRMLSceneTestCase):
         self.assertEqual(other.scene.GetNumberOfNodesByClass("vtkMRMLTableNode"), 1)
 
     def test_bad_bundle_names_are_refused(self):
-        from SeedImplantPlannerLib.errors import InputError
+        from SeedImplantPlannerLib.core.errors import InputError
         with self.assertRaises(InputError):
             self.ctx.save_mrb(os.path.join(self.tmp, "scene.mrml"))
         with self.assertRaises(InputError):

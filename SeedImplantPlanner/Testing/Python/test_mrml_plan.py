@@ -7,14 +7,14 @@ import numpy as np
 
 from test_mrml_fixture import MODEL, MRMLSceneTestCase, sphere_mask
 
-from SeedImplantPlannerLib import mrml_adapters as ma
-from SeedImplantPlannerLib import mrml_plan as mp
-from SeedImplantPlannerLib.dose import DoseGrid
-from SeedImplantPlannerLib.errors import InputError
-from SeedImplantPlannerLib.geometry import ImageGeometry
-from SeedImplantPlannerLib.needles import Needle
-from SeedImplantPlannerLib.segio import Segmentation
-from SeedImplantPlannerLib.seeds import SeedSet
+from SeedImplantPlannerLib.mrml import adapters as ma
+from SeedImplantPlannerLib.mrml import plan_scene as mp
+from SeedImplantPlannerLib.physics.dose import DoseGrid
+from SeedImplantPlannerLib.core.errors import InputError
+from SeedImplantPlannerLib.core.geometry import ImageGeometry
+from SeedImplantPlannerLib.planning.needles import Needle
+from SeedImplantPlannerLib.imaging.segio import Segmentation
+from SeedImplantPlannerLib.physics.seeds import SeedSet
 
 RX = 120.0
 
@@ -119,7 +119,7 @@ class PlanBuildTest(PlanSceneTestCase):
         np.testing.assert_allclose(back[1].tip, (5.0, 0.0, 8.0))
 
     def test_goals_give_pass_and_fail(self):
-        from SeedImplantPlannerLib.goals import goals_from_text
+        from SeedImplantPlannerLib.evaluation.goals import goals_from_text
         goals = goals_from_text("PTV: V100 >= 0%; D90 >= 10000 Gy\nOAR: Dmax <= 100000 Gy")
         plan = self.build(goals=goals)
         cols = ma.table_columns(plan.params.get_node("metricsTable"))
@@ -163,7 +163,7 @@ class PlanningWorkflowTest(PlanSceneTestCase):
         self.assertEqual([(h.needle_number, h.structure) for h in hits], [(4, "Bone")])
 
     def test_inverse_planning_fills_needles_and_seeds(self):
-        from SeedImplantPlannerLib.goals import goals_from_text
+        from SeedImplantPlannerLib.evaluation.goals import goals_from_text
         plan = self.build(goals=goals_from_text("PTV: V100 >= 90%\nOAR: Dmax <= 200%"))
         result = plan.plan_implant("template", "S", 5.0, time_limit_s=0.5)
         self.assertAlmostEqual(result.goals.v100_min, 0.90)
@@ -175,8 +175,8 @@ class PlanningWorkflowTest(PlanSceneTestCase):
         self.assertEqual(len(plan.dose_grid.seeds), len(seeds))
 
     def test_goal_set_becomes_optimizer_goals(self):
-        from SeedImplantPlannerLib.goals import goals_from_text
-        from SeedImplantPlannerLib.optimizer import OARConstraint
+        from SeedImplantPlannerLib.evaluation.goals import goals_from_text
+        from SeedImplantPlannerLib.planning.optimizer import OARConstraint
         gs = goals_from_text("PTV: V100 >= 97%; D90 >= 110%; V150 <= 55%; CI >= 0.6\n"
                              "OAR: D2cc <= 100 Gy; Dmax <= 150%; V100 < 1 cc")
         goals, oars = mp.optimizer_goals(gs, RX, "PTV", ["OAR", "Other"])
@@ -201,7 +201,7 @@ class PlanningWorkflowTest(PlanSceneTestCase):
 class EvaluationCropTest(PlanSceneTestCase):
 
     def assert_same_as_whole_grid(self, ev, dose, g, goals):
-        from SeedImplantPlannerLib.evaluation import evaluate_plan
+        from SeedImplantPlannerLib.evaluation.evaluate import evaluate_plan
         bins, curves, rows, failed = ev.evaluate(dose, g)
         ref = evaluate_plan(dose, g, ev.structures, RX, target="PTV", goals=goals)
         self.assertEqual(failed, ref.n_goals_failed)
@@ -214,7 +214,7 @@ class EvaluationCropTest(PlanSceneTestCase):
             np.testing.assert_array_equal(curves[d.name], d.cumulative_percent[::step])
 
     def test_cropped_evaluation_equals_the_whole_grid(self):
-        from SeedImplantPlannerLib.goals import goals_from_text
+        from SeedImplantPlannerLib.evaluation.goals import goals_from_text
         goals = goals_from_text("PTV: V100 >= 90%; D90 >= 100%\nOAR: D0.1cc <= 100%")
         # a target above the small-structure volume (sampled at voxel centres) and a small organ
         g = ImageGeometry((44, 44, 44), (1.5, 1.5, 1.5), (-32.25, -32.25, -32.25))
@@ -326,7 +326,7 @@ class LiveUpdateTest(PlanSceneTestCase):
         plan.start_live_updates()
         self.addCleanup(plan.stop_live_updates)
         node = plan.params.get_node("seedsNode")
-        with self.assertLogs("SeedImplantPlannerLib.mrml_plan", "WARNING"):
+        with self.assertLogs("SeedImplantPlannerLib.mrml.plan_scene", "WARNING"):
             node.SetNthControlPointDescription(0, f"sk_U=-1; model={MODEL}")
             node.SetNthControlPointPosition(0, 0.0, 0.0, 0.0)
         self.assertIn("strength", plan.last_update["error"])
@@ -351,7 +351,7 @@ class LiveUpdateTest(PlanSceneTestCase):
 class RoundTripTest(PlanSceneTestCase):
 
     def test_plan_scene_survives_mrb_save_and_load(self):
-        from SeedImplantPlannerLib.goals import goals_from_text
+        from SeedImplantPlannerLib.evaluation.goals import goals_from_text
         plan = self.build(goals=goals_from_text("PTV: V100 >= 90%"))
         p = plan.params
         path = plan.save(os.path.join(self.tmp, "plan.mrb"))

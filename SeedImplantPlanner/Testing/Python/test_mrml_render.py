@@ -8,14 +8,14 @@ import numpy as np
 from test_mrml_fixture import MRMLSceneTestCase
 from test_mrml_plan import PlanSceneTestCase
 
-from SeedImplantPlannerLib import mrml_render
-from SeedImplantPlannerLib.errors import InputError
+from SeedImplantPlannerLib.mrml import render
+from SeedImplantPlannerLib.core.errors import InputError
 
 
 def _offscreen_available():
     try:
         import slicer  # noqa: F401
-        rw = mrml_render.offscreen_render_window(8, 8)
+        rw = render.offscreen_render_window(8, 8)
         rw.Finalize()
         return True
     except Exception:  # noqa: BLE001 - any failure means no offscreen OpenGL here
@@ -41,16 +41,16 @@ class PlanPicturesTest(PlanSceneTestCase):
         self.pics = self.plan.write_pictures(os.path.join(self.tmp, "pics"), size=self.size)
 
     def test_all_views_are_written(self):
-        self.assertEqual(set(self.pics), set(mrml_render.VIEWS))
+        self.assertEqual(set(self.pics), set(render.VIEWS))
         for path in self.pics.values():
             self.assertTrue(path.is_file())
-            img = mrml_render.png_to_array(path)
+            img = render.png_to_array(path)
             self.assertEqual(img.shape, (self.size[1], self.size[0], 3))
             self.assertGreater(img.std(), 10.0, path.name)  # not blank
 
     def test_slices_show_dose_colours_at_the_seeds_and_grey_ct_away_from_them(self):
         for view in ("axial", "sagittal", "coronal"):
-            img = mrml_render.png_to_array(self.pics[view]).astype(int)
+            img = render.png_to_array(self.pics[view]).astype(int)
             h, w, _ = img.shape
             centre = img[h // 2 - 6:h // 2 + 6, w // 2 - 6:w // 2 + 6].reshape(-1, 3)
             # the seeds' centre gets far more than the prescription: warm colour wash (red dominates blue)
@@ -64,14 +64,14 @@ class PlanPicturesTest(PlanSceneTestCase):
 
     def test_isodose_lines_have_their_colours(self):
         for view in ("axial", "sagittal", "coronal"):
-            img = mrml_render.png_to_array(self.pics[view])
+            img = render.png_to_array(self.pics[view])
             yellow = colour_fraction(img, (200, 200, 0), (255, 255, 90))  # 100 % isodose line
             blue = colour_fraction(img, (0, 150, 200), (60, 220, 255))  # 50 % isodose line
             self.assertGreater(yellow, 0.002, view)
             self.assertGreater(blue, 0.002, view)
 
     def test_3d_view_draws_the_plan(self):
-        img = mrml_render.png_to_array(self.pics["3d"]).astype(int)
+        img = render.png_to_array(self.pics["3d"]).astype(int)
         background = img[0, 0]
         differs = np.any(np.abs(img - background) > 30, axis=-1)
         self.assertGreater(differs.mean(), 0.05)
@@ -88,8 +88,8 @@ class ViewDirectionTest(MRMLSceneTestCase):
 
     def test_3d_camera_avoids_the_structure_in_front(self):
         from test_mrml_fixture import sphere_mask
-        from SeedImplantPlannerLib import mrml_adapters as ma
-        from SeedImplantPlannerLib.geometry import ImageGeometry
+        from SeedImplantPlannerLib.mrml import adapters as ma
+        from SeedImplantPlannerLib.core.geometry import ImageGeometry
         g = ImageGeometry((50, 50, 50), (2.0, 2.0, 2.0), (-49.0, -49.0, -49.0))
         seg = ma.add_segmentation(self.scene)
         target = ma.add_segment_from_mask(seg, sphere_mask(g, (0, 0, 0), 10.0), g, "PTV")
@@ -99,10 +99,10 @@ class ViewDirectionTest(MRMLSceneTestCase):
         slab |= (c[..., 1] > 25) & (c[..., 1] < 40)
         slab |= (c[..., 0] > 25) & (c[..., 0] < 40)
         other = ma.add_segment_from_mask(seg, slab, g, "Bowel")
-        side = mrml_render.least_occluded_side((0, 0, 0), seg, [target, other], preferred=(0, 1, 0))
+        side = render.least_occluded_side((0, 0, 0), seg, [target, other], preferred=(0, 1, 0))
         self.assertNotIn(tuple(np.round(side, 6)), [(0.0, 1.0, 0.0), (1.0, 0.0, 0.0)])
         # nothing in the way: the preferred side is kept
-        self.assertEqual(mrml_render.least_occluded_side((0, 0, 0), seg, [target], preferred=(0, 1, 0)),
+        self.assertEqual(render.least_occluded_side((0, 0, 0), seg, [target], preferred=(0, 1, 0)),
                          (0.0, 1.0, 0.0))
 
 
@@ -111,9 +111,9 @@ class PictureArgumentsTest(MRMLSceneTestCase):
 
     def test_unknown_view_and_nothing_to_frame_are_refused(self):
         with self.assertRaises(InputError):
-            mrml_render.write_plan_pictures(self.ctx, self.tmp, views=("oblique",))
+            render.write_plan_pictures(self.ctx, self.tmp, views=("oblique",))
         with self.assertRaises(InputError):
-            mrml_render.write_plan_pictures(self.ctx, self.tmp)
+            render.write_plan_pictures(self.ctx, self.tmp)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from SeedImplantPlannerLib.errors import InputError
-from SeedImplantPlannerLib.geometry import ImageGeometry
-from SeedImplantPlannerLib.needles import (Needle, curved_catheter, fan_candidates, needle_table, parallel_template,
+from SeedImplantPlannerLib.core.errors import InputError
+from SeedImplantPlannerLib.core.geometry import ImageGeometry
+from SeedImplantPlannerLib.planning.needles import (Needle, curved_catheter, fan_candidates, needle_table, parallel_template,
                                            read_needles)
-from SeedImplantPlannerLib.obstacles import ObstacleMap, length_flags, obstacle_map_for
+from SeedImplantPlannerLib.planning.obstacles import ObstacleMap, length_flags, obstacle_map_for
 
 GEOM = ImageGeometry((50, 50, 50), (2.0, 2.0, 2.0), (-49.0, -49.0, -49.0))
 

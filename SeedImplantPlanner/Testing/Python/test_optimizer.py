@@ -5,15 +5,15 @@ import unittest
 
 import numpy as np
 
-from SeedImplantPlannerLib.dose import dose_at_points_Gy
-from SeedImplantPlannerLib.errors import CancelledError, InputError
-from SeedImplantPlannerLib.geometry import ImageGeometry
-from SeedImplantPlannerLib.loading import LoadingRules
-from SeedImplantPlannerLib.needles import mask_points
-from SeedImplantPlannerLib.optimizer import Goals, KernelTable, OARConstraint, influence_matrix
-from SeedImplantPlannerLib.plan import plan_from_masks, uniform_plan
-from SeedImplantPlannerLib.sources import get_model
-from SeedImplantPlannerLib.tg43 import TG43Kernel
+from SeedImplantPlannerLib.physics.dose import dose_at_points_Gy
+from SeedImplantPlannerLib.core.errors import CancelledError, InputError
+from SeedImplantPlannerLib.core.geometry import ImageGeometry
+from SeedImplantPlannerLib.planning.loading import LoadingRules
+from SeedImplantPlannerLib.planning.needles import mask_points
+from SeedImplantPlannerLib.planning.optimizer import Goals, KernelTable, OARConstraint, influence_matrix
+from SeedImplantPlannerLib.planning.plan import plan_from_masks, uniform_plan
+from SeedImplantPlannerLib.physics.sources import get_model
+from SeedImplantPlannerLib.physics.tg43 import TG43Kernel
 
 GEOM = ImageGeometry((48, 48, 48), (1.5, 1.5, 1.5), (-35.25, -35.25, -35.25))
 RX = 120.0

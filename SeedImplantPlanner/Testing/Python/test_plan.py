@@ -9,15 +9,15 @@ from pathlib import Path
 
 import numpy as np
 
-from SeedImplantPlannerLib.errors import InputError
-from SeedImplantPlannerLib.geometry import ImageGeometry
-from SeedImplantPlannerLib.imageio import read_image, write_image
-from SeedImplantPlannerLib.loading import LoadingRules
-from SeedImplantPlannerLib.needles import curved_catheter
-from SeedImplantPlannerLib.optimizer import OARConstraint
-from SeedImplantPlannerLib.plan import (PLAN_VERSION, Plan, parse_direction, plan_case, plan_from_masks, read_plan,
+from SeedImplantPlannerLib.core.errors import InputError
+from SeedImplantPlannerLib.core.geometry import ImageGeometry
+from SeedImplantPlannerLib.core.imageio import read_image, write_image
+from SeedImplantPlannerLib.planning.loading import LoadingRules
+from SeedImplantPlannerLib.planning.needles import curved_catheter
+from SeedImplantPlannerLib.planning.optimizer import OARConstraint
+from SeedImplantPlannerLib.planning.plan import (PLAN_VERSION, Plan, parse_direction, plan_case, plan_from_masks, read_plan,
                                         read_plan_seeds, write_plan, write_plan_folder)
-from SeedImplantPlannerLib.segio import Segmentation, write_segmentation
+from SeedImplantPlannerLib.imaging.segio import Segmentation, write_segmentation
 
 GEOM = ImageGeometry((44, 44, 44), (1.5, 1.5, 1.5), (-32.25, -32.25, -32.25))
 OPTS = dict(prescription_Gy=120.0, strength=0.5, direction="P", template_spacing_mm=5.0, body="Body",

@@ -5,9 +5,9 @@ import unittest
 
 import numpy as np
 
-from SeedImplantPlannerLib.dvh import DoseSamples
-from SeedImplantPlannerLib.errors import InputError
-from SeedImplantPlannerLib.radiobiology import (I125_HALF_LIFE_DAYS, TISSUES, LQParams, bed_Gy, bed_to_time_Gy,
+from SeedImplantPlannerLib.evaluation.dvh import DoseSamples
+from SeedImplantPlannerLib.core.errors import InputError
+from SeedImplantPlannerLib.physics.radiobiology import (I125_HALF_LIFE_DAYS, TISSUES, LQParams, bed_Gy, bed_to_time_Gy,
                                                 decay_constant_per_h, dose_to_time_Gy, effective_treatment_time_h,
                                                 eqd2_Gy, structure_radiobiology, time_curve)
 
@@ -91,8 +91,8 @@ class TestBED(unittest.TestCase):
         self.assertEqual((TISSUES["prostate_tumour"].alpha_beta_Gy, TISSUES["prostate_tumour"].repair_half_time_h), (3.1, 0.5))
 
     def test_half_life_from_the_seed_model(self):
-        from SeedImplantPlannerLib.evaluation import seeds_half_life_days
-        from SeedImplantPlannerLib.seeds import SeedSet
+        from SeedImplantPlannerLib.evaluation.evaluate import seeds_half_life_days
+        from SeedImplantPlannerLib.physics.seeds import SeedSet
         pd = SeedSet([[0, 0, 0]], [[0, 0, 1]], [2.0], ["Pd103_TheraSeed_200"])
         self.assertAlmostEqual(seeds_half_life_days(pd), 16.991)
         self.assertEqual(seeds_half_life_days(None), 59.4)

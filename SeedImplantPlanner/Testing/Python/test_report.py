@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from SeedImplantPlannerLib import dose as D
-from SeedImplantPlannerLib.charts import PLANES, distinct_colors
-from SeedImplantPlannerLib.evaluation import evaluate_plan
-from SeedImplantPlannerLib.geometry import ImageGeometry
-from SeedImplantPlannerLib.goals import goals_from_text
-from SeedImplantPlannerLib.report import needle_table, plan_summary, write_report
-from SeedImplantPlannerLib.seeds import SeedSet
-from SeedImplantPlannerLib.structures import Structure
+from SeedImplantPlannerLib.physics import dose as D
+from SeedImplantPlannerLib.reporting.charts import PLANES, distinct_colors
+from SeedImplantPlannerLib.evaluation.evaluate import evaluate_plan
+from SeedImplantPlannerLib.core.geometry import ImageGeometry
+from SeedImplantPlannerLib.evaluation.goals import goals_from_text
+from SeedImplantPlannerLib.reporting.report import needle_table, plan_summary, write_report
+from SeedImplantPlannerLib.physics.seeds import SeedSet
+from SeedImplantPlannerLib.evaluation.structures import Structure
 
 
 class TestReport(unittest.TestCase):
@@ -70,7 +70,7 @@ class TestReport(unittest.TestCase):
         self.assertIn("No needles in this plan yet.", html)
 
     def test_plan_file_dict_is_mapped(self):
-        from SeedImplantPlannerLib.report import normalize_plan
+        from SeedImplantPlannerLib.reporting.report import normalize_plan
         d = {"format": "not-a-real-plan", "source": {"model": "I125_OncoSeed_6711", "strength_U": 0.635,
                                                      "implant_date": "2026-11-27"},
              "summary": {"n_seeds": 12, "n_needles_used": 4, "total_strength_U": 7.62},
@@ -82,7 +82,7 @@ class TestReport(unittest.TestCase):
         self.assertEqual(rows["Strength per seed at implant date"], "0.635 U")
 
     def test_evaluate_and_report_in_one_call(self):
-        from SeedImplantPlannerLib.report import evaluate_and_report
+        from SeedImplantPlannerLib.reporting.report import evaluate_and_report
         far_g = ImageGeometry((4, 4, 4), (1.0, 1.0, 1.0), (300, 300, 300))
         far = Structure("Kidney", np.ones(far_g.shape, bool), far_g)
         with tempfile.TemporaryDirectory() as tmp:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from SeedImplantPlannerLib.imageio import read_image
-from SeedImplantPlannerLib.samplecase import CT_NAME, SEG_NAME, bundled_sample_case_dir, make_sample_case, write_sample_case
-from SeedImplantPlannerLib.segio import read_segmentation
+from SeedImplantPlannerLib.core.imageio import read_image
+from SeedImplantPlannerLib.samplecase.generator import CT_NAME, SEG_NAME, bundled_sample_case_dir, make_sample_case, write_sample_case
+from SeedImplantPlannerLib.imaging.segio import read_segmentation
 
 
 class TestSampleCase(unittest.TestCase):

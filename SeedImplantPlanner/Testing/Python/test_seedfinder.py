@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from SeedImplantPlannerLib import postimplant_phantom as pp
-from SeedImplantPlannerLib.errors import CancelledError, InputError
-from SeedImplantPlannerLib.geometry import ImageGeometry
-from SeedImplantPlannerLib.imageio import read_image, write_image
-from SeedImplantPlannerLib.samplecase import make_sample_case
-from SeedImplantPlannerLib.seedfinder import find_seeds
-from SeedImplantPlannerLib.seeds import SeedSet
+from SeedImplantPlannerLib.imaging import phantoms as pp
+from SeedImplantPlannerLib.core.errors import CancelledError, InputError
+from SeedImplantPlannerLib.core.geometry import ImageGeometry
+from SeedImplantPlannerLib.core.imageio import read_image, write_image
+from SeedImplantPlannerLib.samplecase.generator import make_sample_case
+from SeedImplantPlannerLib.imaging.seedfinder import find_seeds
+from SeedImplantPlannerLib.physics.seeds import SeedSet
 
 GTV_CENTRE = np.array([-72.0, -2.0, 0.0])
 M6711 = "I125_OncoSeed_6711"

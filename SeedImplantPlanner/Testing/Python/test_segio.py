@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from SeedImplantPlannerLib.errors import InputError
-from SeedImplantPlannerLib.geometry import ImageGeometry
-from SeedImplantPlannerLib.imageio import write_image
-from SeedImplantPlannerLib.segio import Segmentation, read_segmentation, write_segmentation
+from SeedImplantPlannerLib.core.errors import InputError
+from SeedImplantPlannerLib.core.geometry import ImageGeometry
+from SeedImplantPlannerLib.core.imageio import write_image
+from SeedImplantPlannerLib.imaging.segio import Segmentation, read_segmentation, write_segmentation
 
 
 def ball(g, centre, radius):
@@ -54,8 +54,8 @@ class TestSegmentationFiles(unittest.TestCase):
         np.testing.assert_array_equal(seg.mask("Ring"), self.masks["PTV"] & ~self.masks["GTV"])
 
     def test_dicom_rt_structure_set(self):
-        from SeedImplantPlannerLib.dicomrt import export_plan_dicom
-        from SeedImplantPlannerLib.seeds import SeedSet
+        from SeedImplantPlannerLib.dicom.export import export_plan_dicom
+        from SeedImplantPlannerLib.physics.seeds import SeedSet
         ct = np.full(self.g.shape, 20, np.int16)
         seg = Segmentation.from_masks(self.g, self.masks)
         seeds = SeedSet([[0, 0, 0]], [[0, 0, 1]], [0.6], ["I125_OncoSeed_6711"])

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from SeedImplantPlannerLib.errors import InputError, SeedModelError
-from SeedImplantPlannerLib.sources import builtin_models_dir, get_model, load_model_file, load_models
-from SeedImplantPlannerLib.strength import strength_at, to_air_kerma_strength_U
+from SeedImplantPlannerLib.core.errors import InputError, SeedModelError
+from SeedImplantPlannerLib.physics.sources import builtin_models_dir, get_model, load_model_file, load_models
+from SeedImplantPlannerLib.physics.strength import strength_at, to_air_kerma_strength_U
 
 #: (Lambda cGy/h/U, L cm, T1/2 d, table digest): a change to any shipped number fails here.
 PINNED = {

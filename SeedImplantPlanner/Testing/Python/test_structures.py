@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from SeedImplantPlannerLib.errors import GeometryError, InputError
-from SeedImplantPlannerLib.geometry import ImageGeometry
-from SeedImplantPlannerLib.segio import Segmentation, write_segmentation
-from SeedImplantPlannerLib.structures import (Structure, expand_margin, expand_structure, mask_on_grid,
+from SeedImplantPlannerLib.core.errors import GeometryError, InputError
+from SeedImplantPlannerLib.core.geometry import ImageGeometry
+from SeedImplantPlannerLib.imaging.segio import Segmentation, write_segmentation
+from SeedImplantPlannerLib.evaluation.structures import (Structure, expand_margin, expand_structure, mask_on_grid,
                                               read_structures, require_on_grid, touch_mask_on_grid)
 
 
@@ -51,7 +51,7 @@ class TestMaskOnGrid(unittest.TestCase):
         self.assertAlmostEqual(vol, 4 / 3 * math.pi * 0.8 ** 3, delta=0.12)
 
     def test_fraction_outside_and_touch_mask_match_brute_force(self):
-        from SeedImplantPlannerLib.structures import fraction_outside
+        from SeedImplantPlannerLib.evaluation.structures import fraction_outside
         k, j, i = np.nonzero(self.ball.mask)
         ras = self.fine.ijk_to_ras(np.stack([i, j, k], axis=-1).astype(float))
         for dst in (ImageGeometry((12, 14, 10), (1.1, 1.3, 1.7), (-4.0, -9.0, -3.0)),  # parallel axes, partial
@@ -134,7 +134,7 @@ class TestMargins(unittest.TestCase):
 
 class TestReadStructures(unittest.TestCase):
     def test_nifti_labelmap_with_names_resampled_onto_an_oblique_grid(self):
-        from SeedImplantPlannerLib.imageio import write_image
+        from SeedImplantPlannerLib.core.imageio import write_image
         g = ImageGeometry((30, 30, 30), (1.0, 1.0, 1.0), (-15, -15, -15))
         lab = np.zeros(g.shape, np.uint8)
         lab[sphere(g, (0, 0, 0), 6.0)] = 3

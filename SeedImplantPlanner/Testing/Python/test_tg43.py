@@ -5,12 +5,12 @@ import unittest
 
 import numpy as np
 
-from SeedImplantPlannerLib.dose import dose_at_points_Gy, dose_factor_h, dose_rate_at_points
-from SeedImplantPlannerLib.errors import InputError
-from SeedImplantPlannerLib.seeds import SeedSet
-from SeedImplantPlannerLib.sources import load_models
-from SeedImplantPlannerLib.strength import decay_factor
-from SeedImplantPlannerLib.tg43 import (TG43Kernel, geometry_factor_line, geometry_factor_line_reference,
+from SeedImplantPlannerLib.physics.dose import dose_at_points_Gy, dose_factor_h, dose_rate_at_points
+from SeedImplantPlannerLib.core.errors import InputError
+from SeedImplantPlannerLib.physics.seeds import SeedSet
+from SeedImplantPlannerLib.physics.sources import load_models
+from SeedImplantPlannerLib.physics.strength import decay_factor
+from SeedImplantPlannerLib.physics.tg43 import (TG43Kernel, geometry_factor_line, geometry_factor_line_reference,
                                         interp_anisotropy, interp_radial)
 
 MODELS = load_models()

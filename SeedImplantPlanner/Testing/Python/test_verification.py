@@ -6,15 +6,15 @@ import unittest
 
 import numpy as np
 
-from SeedImplantPlannerLib import postimplant_phantom as pp
-from SeedImplantPlannerLib.dose import compute_dose_Gy
-from SeedImplantPlannerLib.errors import InputError
-from SeedImplantPlannerLib.geometry import ImageGeometry
-from SeedImplantPlannerLib.seedfinder import find_seeds
-from SeedImplantPlannerLib.seeds import SeedSet
-from SeedImplantPlannerLib.sources import get_model
-from SeedImplantPlannerLib.structures import Structure
-from SeedImplantPlannerLib.verification import align_to_plan, match_seeds, verify_implant
+from SeedImplantPlannerLib.imaging import phantoms as pp
+from SeedImplantPlannerLib.physics.dose import compute_dose_Gy
+from SeedImplantPlannerLib.core.errors import InputError
+from SeedImplantPlannerLib.core.geometry import ImageGeometry
+from SeedImplantPlannerLib.imaging.seedfinder import find_seeds
+from SeedImplantPlannerLib.physics.seeds import SeedSet
+from SeedImplantPlannerLib.physics.sources import get_model
+from SeedImplantPlannerLib.evaluation.structures import Structure
+from SeedImplantPlannerLib.evaluation.verification import align_to_plan, match_seeds, verify_implant
 
 M6711 = "I125_OncoSeed_6711"
 

@@ -1,0 +1,256 @@
+"""Planning subcommands: ``plan`` (needles, loading, inverse planning -> plan folder) and ``nomogram``.
+
+Exit codes: 0 plan written with every goal met; 2 bad input (one line ``seedplan: error: ...``);
+3 plan written but goals not met (one line ``seedplan: warning: ...`` naming them).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..core.errors import InputError
+
+EXIT_GOALS_NOT_MET = 3
+
+
+def parse_oar(text):
+    """``NAME[:LIMIT=Gy,...]`` with limits Dmax, D2cc, D0.1cc -> OARConstraint."""
+    from ..planning.optimizer import OARConstraint
+    name, _, spec = str(text).partition(":")
+    name = name.strip()
+    if not name:
+        raise InputError(f"organ at risk {text!r}: empty name (use NAME or NAME:D2cc=100,Dmax=200)")
+    keys = {"dmax": "dmax_Gy", "d2cc": "d2cc_Gy", "d0.1cc": "d0_1cc_Gy"}
+    kw = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        k, eq, v = part.partition("=")
+        if not eq or k.strip().lower() not in keys:
+            raise InputError(f"organ at risk {text!r}: limit {part!r} must be Dmax=Gy, D2cc=Gy or D0.1cc=Gy")
+        try:
+            val = float(v)
+        except ValueError:
+            raise InputError(f"organ at risk {text!r}: limit {part!r} is not a number") from None
+        kw[keys[k.strip().lower()]] = val
+    oc = OARConstraint(name, **kw)
+    oc.limits()
+    return oc
+
+
+def cmd_plan(args):
+    """Plan a seed implant from an image and a segmentation; write the plan folder."""
+    from .main import ProgressBar
+    from ..planning.loading import LoadingRules
+    from ..planning.optimizer import Goals
+    from ..planning.plan import plan_case, write_plan_folder
+    from ..physics.strength import check_strength_value
+    check_strength_value(args.strength, "seed strength")
+    for name, value, low in (("--time-limit", args.time_limit, 0.0), ("--dose-spacing", args.dose_spacing, 0.0),
+                             ("--template-spacing", args.template_spacing, 0.0), ("--seed-spacing", args.seed_spacing, 0.0)):
+        if not value > low:
+            raise InputError(f"{name} must be > 0, got {value:g}")
+    for name, value in (("--v100", args.v100), ("--v150", args.v150), ("--v200", args.v200)):
+        if not 0.0 <= value <= 100.0:
+            raise InputError(f"{name} is a percentage of the target volume between 0 and 100, got {value:g}")
+    if not 0.0 < args.d90 <= 300.0:
+        raise InputError(f"--d90 is a percentage of the prescription in (0, 300], got {args.d90:g}")
+    if not args.anneal_iterations >= 1:
+        raise InputError(f"--anneal-iterations must be >= 1, got {args.anneal_iterations}")
+    if not args.needle_weight >= 0:
+        raise InputError(f"--needle-weight must be >= 0, got {args.needle_weight:g}")
+    if not args.margin >= 0:
+        raise InputError(f"--margin must be >= 0 mm, got {args.margin:g}")
+    if args.prescription is None or not args.prescription > 0:
+        raise InputError(f"prescription dose must be > 0 Gy, got {args.prescription}")
+    rules = LoadingRules(spacing_mm=args.seed_spacing, tip_offset_mm=args.tip_offset, target_margin_mm=args.target_margin,
+                         min_distance_mm=args.min_distance, stranded=args.stranded)
+    goals = Goals(args.prescription, args.v100 / 100.0, args.d90 / 100.0, args.v150 / 100.0, args.v200 / 100.0)
+    oars = [parse_oar(o) for o in args.oar]
+    needles = None
+    if args.needles:
+        from ..planning.needles import read_needles
+        needles = read_needles(args.needles, args.gauge, args.usable_length)
+    implanted = None
+    if args.implanted_needles:
+        from ..planning.needles import read_needles
+        implanted = read_needles(args.implanted_needles, args.gauge, args.usable_length)
+    fixed = None
+    if args.fixed_seeds:
+        from .common import read_seed_input
+        fixed = read_seed_input(args.fixed_seeds)
+    mode = args.needle_mode
+    if mode == "freehand" and not needles:
+        raise InputError("--needle-mode freehand needs --needles FILE (entry and tip of each needle)")
+    bar = ProgressBar("plan", enabled=not args.quiet)
+    plan, dose, g = plan_case(
+        args.image, args.segmentation, args.target, oars=oars, forbidden=args.forbidden, body=args.body,
+        dose_spacing_mm=args.dose_spacing, dose_engine=args.engine, progress=bar,
+        model_id=args.model, strength=args.strength, strength_unit=args.unit, reference_date=args.reference_date,
+        implant_date=args.implant_date, goals=goals, needle_mode=mode, direction=args.direction,
+        template_spacing_mm=args.template_spacing, template_point=args.template_point, needles=needles,
+        approach=args.approach, entry_center=args.entry, entry_radius_mm=args.entry_radius, rules=rules,
+        obstacle_margin_mm=args.margin, method=args.method, time_limit_s=args.time_limit, rng_seed=args.random_seed,
+        fixed_seeds=fixed, implanted_needles=implanted, allow_new_needles=not args.no_new_needles,
+        usable_length_mm=args.usable_length, gauge=args.gauge, formalism=args.formalism,
+        optimizer_options={"needle_weight": args.needle_weight, "anneal_iterations": args.anneal_iterations})
+    written = write_plan_folder(args.out, plan, dose, g)
+    from ..planning.plan import plan_report
+    print(plan_report(plan))
+    print(f"wrote {args.out}: " + ", ".join(p.name for p in written))
+    failed = [r for r in plan.metrics.get("goal_check", []) if not r["passed"] and "soft" not in r["goal"]]
+    if failed or not plan.optimizer.get("goals_met", False):
+        what = "; ".join(f"{r['goal']} {r['limit']:g}: got {('n/a' if r['value'] is None else format(r['value'], '.2f'))}"
+                         for r in failed) or plan.optimizer.get("message", "")
+        print(f"seedplan: warning: goals not met ({what}); the best plan found was written to {args.out}",
+              file=sys.stderr)
+        return EXIT_GOALS_NOT_MET
+    return 0
+
+
+def cmd_needles(args):
+    """Needle paths only: needle table and obstacle report (no seeds, no dose)."""
+    from ..core.fileio import write_csv
+    from ..planning.needles import NEEDLE_TABLE_COLUMNS, needle_table, read_needles
+    from ..planning.obstacles import HIT_COLUMNS
+    from ..planning.plan import check_needles, make_needles
+    from ..imaging.segio import read_segmentation
+    if not args.template_spacing > 0:
+        raise InputError(f"--template-spacing must be > 0, got {args.template_spacing:g}")
+    if not args.margin >= 0:
+        raise InputError(f"--margin must be >= 0 mm, got {args.margin:g}")
+    seg = read_segmentation(args.segmentation)
+    if not args.target:
+        raise InputError("no target structure given")
+    tmask = seg.mask(seg.find(args.target).segment_id)
+    if not tmask.any():
+        raise InputError(f"the target '{args.target}' is empty (no voxel)")
+    bmask = seg.mask(seg.find(args.body).segment_id) if args.body else None
+    forb = {seg.find(f).name: seg.mask(seg.find(f).segment_id) for f in args.forbidden}
+    given = read_needles(args.needles, args.gauge, args.usable_length) if args.needles else None
+    if args.needle_mode == "freehand" and not given:
+        raise InputError("--needle-mode freehand needs --needles FILE (entry and tip of each needle)")
+    needles = make_needles(seg.geometry, tmask, bmask, forb, needle_mode=args.needle_mode, direction=args.direction,
+                           template_spacing_mm=args.template_spacing, template_point=args.template_point,
+                           needles=given, approach=args.approach, entry_center=args.entry,
+                           entry_radius_mm=args.entry_radius, obstacle_margin_mm=args.margin,
+                           usable_length_mm=args.usable_length, gauge=args.gauge, rng_seed=args.random_seed)
+    hits, too_long = check_needles(seg.geometry, forb, needles, args.margin)
+    out = Path(args.out)
+    write_csv(out / "needles.csv", needle_table(needles), NEEDLE_TABLE_COLUMNS)
+    write_csv(out / "obstacles.csv", [h.to_row() for h in hits], HIT_COLUMNS)
+    blocked = {h.needle_number for h in hits}
+    print(f"{len(needles)} needle(s); {len(blocked)} meet a forbidden structure; {len(too_long)} too long")
+    for h in hits:
+        print(h.describe())
+    for t in too_long:
+        print(t)
+    print(f"wrote {out / 'needles.csv'}, {out / 'obstacles.csv'}")
+    return 0
+
+
+def cmd_nomogram(args):
+    """Print the nomogram estimate (seeds, total strength) for a target."""
+    from ..planning.nomogram import estimate
+    from ..imaging.segio import read_segmentation
+    from ..physics.sources import get_model
+    from ..physics.strength import strength_at
+    seg = read_segmentation(args.segmentation)
+    if not args.target:
+        raise InputError("no target structure given")
+    s = seg.find(args.target)
+    mask = seg.mask(s.segment_id)
+    if not mask.any():
+        raise InputError(f"the target '{s.name}' is empty (no voxel)")
+    model = get_model(args.model)
+    sk = strength_at(model, args.strength, args.unit, args.reference_date, args.implant_date)
+    est = estimate(mask, seg.geometry, args.prescription, sk, model)
+    print(est.describe())
+    print(f"dimensions (principal axes): {', '.join(f'{d:.2f}' for d in est.dimensions_cm)} cm")
+    for n in est.notes:
+        print(f"note: {n}")
+    print(f"source: {est.source}")
+    return 0
+
+
+def _add_source_options(p):
+    p.add_argument("--model", default="I125_OncoSeed_6711", help="seed model id (see `seedplan sources`)")
+    p.add_argument("--strength", type=float, required=True, help="strength per seed (see --unit)")
+    p.add_argument("--unit", choices=("U", "mCi"), default="U", help="strength unit (default U = air-kerma strength)")
+    p.add_argument("--reference-date", help="date the strength refers to (ISO), decayed to --implant-date")
+    p.add_argument("--implant-date", help="implant date (ISO)")
+
+
+def _add_needle_options(p):
+    """Needle-path options shared by `seedplan plan` and `seedplan needles`."""
+    p.add_argument("--needle-mode", choices=("template", "freehand", "fan"), default="template",
+                   help="parallel template, free-hand needles from --needles, or automatic fan candidates")
+    p.add_argument("--direction", default="P",
+                   help="template insertion direction: R, L, A, P, S, I (the way the needle travels) or x,y,z")
+    p.add_argument("--template-spacing", type=float, default=10.0, help="template hole / fan needle spacing, mm")
+    p.add_argument("--template-point", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help="a point of the template plane (RAS mm); default on the skin (with --body)")
+    p.add_argument("--needles", help="free-hand needles: CSV (entry_x_mm..tip_z_mm) or JSON (curved catheters)")
+    p.add_argument("--approach", help="fan mode: side of the body the needles come from (R, L, A, P, S, I or x,y,z)")
+    p.add_argument("--entry", type=float, nargs=3, metavar=("X", "Y", "Z"), help="fan mode: centre of the entry region")
+    p.add_argument("--entry-radius", type=float, default=60.0, help="fan mode: entry region radius, mm (default 60)")
+    p.add_argument("--gauge", type=int, default=18, help="needle gauge (default 18)")
+    p.add_argument("--usable-length", type=float, default=200.0, help="needle usable length, mm (default 200)")
+
+
+def register(sub):
+    """Add the planning subcommands."""
+    p = sub.add_parser("plan", help="plan needles and seeds (inverse planning) and write a plan folder")
+    p.add_argument("--image", help="planning CT (NRRD, NIfTI, MHA or DICOM folder): checks the target lies inside it")
+    p.add_argument("--segmentation", required=True, help="segmentation (.seg.nrrd or labelmap with names)")
+    p.add_argument("--target", required=True, help="target segment name")
+    p.add_argument("--oar", action="append", default=[], metavar="NAME[:LIMITS]",
+                   help="organ at risk with optional limits, e.g. Bowel:D2cc=100,Dmax=200 (repeatable)")
+    p.add_argument("--forbidden", nargs="+", default=[], metavar="NAME",
+                   help="structures no needle may cross (bone, vessels, bowel, nerves, ...)")
+    p.add_argument("--body", help="body (skin) segment: template placement on the skin, fan entries")
+    p.add_argument("--margin", type=float, default=5.0, help="safety margin around forbidden structures, mm (default 5)")
+    _add_source_options(p)
+    p.add_argument("--prescription", type=float, required=True, help="prescription dose, Gy (full decay)")
+    p.add_argument("--v100", type=float, default=95.0, help="goal: V100 >= this %% of the target (default 95)")
+    p.add_argument("--d90", type=float, default=100.0, help="goal: D90 >= this %% of prescription (default 100)")
+    p.add_argument("--v150", type=float, default=60.0, help="soft goal: V150 <= this %% (default 60)")
+    p.add_argument("--v200", type=float, default=20.0, help="soft goal: V200 <= this %% (default 20)")
+    _add_needle_options(p)
+    p.add_argument("--seed-spacing", type=float, default=10.0, help="seed spacing along a needle, mm (10 or 5)")
+    p.add_argument("--tip-offset", type=float, default=5.0, help="first seed centre from the needle tip, mm")
+    p.add_argument("--target-margin", type=float, default=0.0, help="seeds allowed this far outside the target, mm")
+    p.add_argument("--min-distance", type=float, default=5.0, help="minimum distance to seeds of other needles, mm")
+    p.add_argument("--stranded", action="store_true", help="stranded seeds with spacers (else loose seeds)")
+    p.add_argument("--method", choices=("anneal", "mip", "greedy"), default="anneal", help="optimiser (default anneal)")
+    p.add_argument("--time-limit", type=float, default=8.0, help="optimiser time limit, s (best plan so far returned)")
+    p.add_argument("--random-seed", type=int, default=0, help="random seed (same seed, same plan)")
+    p.add_argument("--anneal-iterations", type=int, default=40000,
+                   help="annealing iterations (default 40000; more can save a few seeds, see docs/planning.md)")
+    p.add_argument("--needle-weight", type=float, default=1.0,
+                   help="how many seeds one more needle is worth to the optimiser (default 1)")
+    p.add_argument("--fixed-seeds", help="re-planning: seeds already implanted (seeds CSV or plan JSON)")
+    p.add_argument("--implanted-needles", help="re-planning: needles as the intra-operative CT shows them (CSV/JSON)")
+    p.add_argument("--no-new-needles", action="store_true", help="re-planning: load only the implanted needles")
+    p.add_argument("--formalism", choices=("2D", "1D"), default="2D", help="TG-43U1 formalism (default 2D)")
+    p.add_argument("--dose-spacing", type=float, default=2.0, help="dose grid spacing, mm (default 2)")
+    p.add_argument("--engine", choices=("fast", "direct"), default=None, help="dose grid engine (default fast)")
+    p.add_argument("--out", required=True, help="output plan folder")
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("needles", help="needle paths only: needle table and forbidden-structure report")
+    p.add_argument("--segmentation", required=True, help="segmentation (.seg.nrrd or labelmap with names)")
+    p.add_argument("--target", required=True, help="target segment name")
+    p.add_argument("--forbidden", nargs="+", default=[], metavar="NAME", help="structures no needle may cross")
+    p.add_argument("--body", help="body (skin) segment")
+    p.add_argument("--margin", type=float, default=5.0, help="safety margin, mm (default 5)")
+    _add_needle_options(p)
+    p.add_argument("--random-seed", type=int, default=0, help="random seed of the fan candidates")
+    p.add_argument("--out", required=True, help="output folder (needles.csv, obstacles.csv)")
+    p.set_defaults(func=cmd_needles)
+
+    p = sub.add_parser("nomogram", help="quick estimate of seed count and total strength (Wu et al. power law)")
+    p.add_argument("--segmentation", required=True, help="segmentation (.seg.nrrd or labelmap with names)")
+    p.add_argument("--target", required=True, help="target segment name")
+    _add_source_options(p)
+    p.add_argument("--prescription", type=float, required=True, help="prescription dose, Gy")
+    p.set_defaults(func=cmd_nomogram)

@@ -1,0 +1,212 @@
+"""Post-implant subcommands: ``find-seeds`` (seeds in a CT) and ``verify`` (found vs planned).
+
+    seedplan find-seeds --ct post.nrrd [--roi seg.seg.nrrd --roi-segment GTV --margin 10]
+                        [--expected N] (--sk U --model ID | --planned plan.csv) --out found.csv
+    seedplan verify --planned plan.csv --found found.csv --out-dir DIR
+                    [--reference CT | --spacing MM] [--structures seg --target GTV --rx Gy]
+                    [--implant-date D --ct-date D] [--register rigid]
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from ..core.errors import GeometryError, InputError
+from ..core.fileio import write_csv, write_json
+from ..physics.seeds import SEED_COLUMNS
+
+FOUND_COLUMNS = SEED_COLUMNS + ("confidence", "cluster_id", "seeds_in_cluster")
+
+
+def roi_from_segmentation(path, segment, margin_mm, ct_geometry):
+    """ROI mask on the CT grid: ``segment`` of the segmentation at ``path`` grown by ``margin_mm``."""
+    from ..evaluation.structures import Structure, expand_margin, mask_on_grid, read_structures, find_structure
+    structures = read_structures(path, allow_empty=True)
+    if segment is None:
+        from ..evaluation.structures import TARGET_NAMES, guess_role_structure
+        st = guess_role_structure(structures, TARGET_NAMES)
+        if st is None:
+            raise InputError(f"{path}: give --roi-segment (no segment named {'/'.join(TARGET_NAMES)}; segments: "
+                             f"{', '.join(s.name for s in structures)})")
+    else:
+        st = find_structure(structures, segment)
+    if st.n_voxels == 0:
+        raise InputError(f"{path}: ROI segment '{st.name}' is empty")
+    if margin_mm and margin_mm > 0:
+        st = Structure(st.name, expand_margin(st.mask, st.geometry, margin_mm, name=st.name), st.geometry)
+    elif margin_mm is not None and margin_mm < 0:
+        raise InputError(f"--margin must be >= 0 mm, got {margin_mm:g}")
+    mask = mask_on_grid(st, ct_geometry)
+    if not mask.any():
+        lo, hi = ct_geometry.bounds_ras()
+        raise GeometryError(f"ROI segment '{st.name}' of {path} does not overlap the CT (CT spans RAS "
+                            f"{np.round(lo, 1).tolist()} to {np.round(hi, 1).tolist()} mm, segment centre "
+                            f"{np.round(st.centroid_ras(), 1).tolist()} mm): mismatched geometry")
+    return mask, st.name
+
+
+def cmd_find_seeds(args):
+    """Find the seeds in a post-implant CT and write them as a seeds CSV."""
+    from .main import ProgressBar
+    from ..core.imageio import read_image
+    from ..imaging.seedfinder import find_seeds
+    from ..physics.sources import get_model
+    ct, geometry = read_image(args.ct)
+    planned = None
+    if args.planned:
+        from .common import read_seed_input
+        planned = read_seed_input(args.planned, args.model_dir)
+    sk, model = args.sk, args.model
+    if sk is None and planned is not None:
+        sk = float(np.median(planned.strengths_U))
+    if model is None and planned is not None:
+        model = Counter(planned.models).most_common(1)[0][0]
+    if sk is None or model is None:
+        raise InputError("the seeds CSV needs a strength and a model: give --sk (U) and --model, or --planned PLAN")
+    if not np.isfinite(sk) or sk <= 0:
+        raise InputError(f"--sk must be a strength > 0 U, got {sk:g}")
+    get_model(model, args.model_dir)  # unknown model ids fail here, before the search
+    expected = args.expected if args.expected is not None else (len(planned) if planned is not None else None)
+    roi = None
+    roi_name = "body"
+    if args.roi:
+        roi, roi_name = roi_from_segmentation(args.roi, args.roi_segment, args.margin, geometry)
+    elif args.roi_segment:
+        raise InputError("--roi-segment needs --roi SEGMENTATION")
+    bar = ProgressBar("find-seeds", enabled=not args.quiet)
+    found = find_seeds(ct, geometry, expected_count=expected, roi_mask=roi, threshold_hu=args.threshold, progress=bar)
+    write_csv(args.out, found.rows(sk, model), FOUND_COLUMNS)
+    if args.report:
+        rep = found.summary()
+        rep.update({"ct": str(args.ct), "roi": roi_name, "margin_mm": args.margin if args.roi else None,
+                    "sk_U": sk, "model": model})
+        write_json(args.report, rep)
+    msg = (f"wrote {args.out}: {len(found)} seeds (threshold {found.threshold_hu:.0f} HU, ROI {roi_name}, "
+           f"{int(np.count_nonzero(found.seeds_in_cluster > 1))} from split clusters")
+    if expected is not None:
+        msg += f", expected {expected}"
+    print(msg + ")")
+    for w in found.warnings:
+        print(f"seedplan: warning: {w}", file=sys.stderr)
+    return 0
+
+
+def _dose_geometry(args, planned, found):
+    from ..core.geometry import ImageGeometry
+    if args.reference:
+        from ..core.imageio import geometry_of, read_sitk
+        g = geometry_of(read_sitk(args.reference))
+        if args.spacing:
+            pos = np.vstack([planned.positions, found.positions])
+            g = g.cropped_to_box(pos.min(axis=0), pos.max(axis=0), args.spacing, args.dose_margin)
+        return g
+    pos = np.vstack([planned.positions, found.positions])
+    return ImageGeometry.from_bounds(pos.min(axis=0) - args.dose_margin, pos.max(axis=0) + args.dose_margin,
+                                     args.spacing or 2.0)
+
+
+def cmd_verify(args):
+    """Match found seeds to the plan; displacements, missing/unexpected seeds, both doses, summary."""
+    from .main import ProgressBar
+    from .common import read_seed_input
+    from ..core.imageio import write_image
+    from ..physics.seeds import read_seeds_csv
+    from ..evaluation.verification import MATCH_COLUMNS, verify_implant
+    planned = read_seed_input(args.planned, args.model_dir)
+    found = read_seeds_csv(args.found)
+    out_dir = Path(args.out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{out_dir}: --out-dir exists and is not a folder")
+    if args.max_distance <= 0:
+        raise InputError(f"--max-distance must be > 0 mm, got {args.max_distance:g}")
+    target = None
+    if args.structures:
+        from ..evaluation.structures import find_structure, read_structures, guess_role_structure, TARGET_NAMES
+        structures = read_structures(args.structures, allow_empty=True)
+        target = (find_structure(structures, args.target) if args.target
+                  else guess_role_structure(structures, TARGET_NAMES))
+        if target is None:
+            raise InputError(f"{args.structures}: give --target (segments: {', '.join(s.name for s in structures)})")
+        if args.rx is None:
+            raise InputError("--structures needs --rx (prescription dose in Gy) for the target metrics")
+    elif args.target:
+        raise InputError("--target needs --structures SEGMENTATION")
+    dose_geometry = None if args.no_dose else _dose_geometry(args, planned, found)
+    bar = ProgressBar("verify", enabled=not args.quiet)
+    res = verify_implant(planned, found, dose_geometry, max_distance_mm=args.max_distance, register=args.register,
+                         implant_date=args.implant_date, ct_date=args.ct_date, formalism=args.formalism,
+                         method=args.engine, model_dirs=args.model_dir, target=target, prescription_Gy=args.rx,
+                         compute_dose=not args.no_dose, progress=bar)
+    summary = res["summary"]
+    summary["inputs"] = {"planned": str(args.planned), "found": str(args.found)}
+    files = {"matches": str(out_dir / "matches.csv"), "summary": str(out_dir / "summary.json")}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(out_dir / "matches.csv", res["rows"], MATCH_COLUMNS)
+    if not args.no_dose:
+        meta = {"SeedPlan_Unit": "Gy", "SeedPlan_Formalism": args.formalism}
+        write_image(out_dir / "dose_planned.nrrd", res["dose_planned_Gy"].astype(np.float32), dose_geometry,
+                    dict(meta, SeedPlan_Quantity="total", SeedPlan_Seeds="planned"))
+        write_image(out_dir / "dose_found.nrrd", res["dose_found_Gy"].astype(np.float32), dose_geometry,
+                    dict(meta, SeedPlan_Quantity="total", SeedPlan_Seeds="found"))
+        files.update({"dose_planned": str(out_dir / "dose_planned.nrrd"), "dose_found": str(out_dir / "dose_found.nrrd")})
+        if "dose_found_after_ct_Gy" in res:
+            write_image(out_dir / "dose_found_after_ct.nrrd", res["dose_found_after_ct_Gy"].astype(np.float32),
+                        dose_geometry, dict(meta, SeedPlan_Quantity="total after CT date", SeedPlan_Seeds="found"))
+            files["dose_found_after_ct"] = str(out_dir / "dose_found_after_ct.nrrd")
+    summary["files"] = files
+    write_json(out_dir / "summary.json", summary)
+    d = summary["displacement"]
+    line = (f"verify: {summary['matched']} of {summary['planned']} planned seeds matched "
+            f"({summary['found']} found), {summary['missing']} missing, {summary['unexpected']} unexpected")
+    if d.get("matched"):
+        line += f"; displacement median {d['median_mm']:.1f} mm, 95th percentile {d['p95_mm']:.1f} mm"
+    print(line)
+    if "target" in summary:
+        t = summary["target"]
+        print("target " + t["name"] + ": " + ", ".join(
+            f"{k} {v['planned']:.1f} -> {v['found']:.1f} {v['unit']} ({v['delta']:+.1f})" for k, v in t["metrics"].items()))
+    print(f"wrote {out_dir}/")
+    return 0
+
+
+def register(sub):
+    """Add ``find-seeds`` and ``verify``."""
+    p = sub.add_parser("find-seeds", help="find the seeds in a post-implant or intra-operative CT")
+    p.add_argument("--ct", required=True, help="CT image (NRRD, NIfTI, MHA or a DICOM series folder)")
+    p.add_argument("--roi", help="segmentation (.seg.nrrd or labelmap) holding the search region")
+    p.add_argument("--roi-segment", help="segment of --roi to search in (default PTV/CTV/GTV/Prostate/Target)")
+    p.add_argument("--margin", type=float, default=10.0, help="margin around the ROI segment in mm (default 10)")
+    p.add_argument("--expected", type=int, help="number of seeds implanted (default: the --planned count)")
+    p.add_argument("--threshold", type=float, help="metal threshold in HU (default automatic)")
+    p.add_argument("--sk", type=float, help="air-kerma strength written for every seed (U)")
+    p.add_argument("--model", help="seed model id written for every seed (see 'seedplan sources')")
+    p.add_argument("--planned", help="planned seeds (CSV or plan): default strength, model and expected count")
+    p.add_argument("--model-dir", action="append", default=[], help="folder with extra seed model JSON files")
+    p.add_argument("--report", help="also write a JSON report (threshold, clusters, rejected objects, warnings)")
+    p.add_argument("--out", required=True, help="output seeds CSV (x_mm,...,sk_U,model + confidence, cluster)")
+    p.set_defaults(func=cmd_find_seeds)
+
+    p = sub.add_parser("verify", help="compare found seeds with the plan: displacements, missing seeds, dose")
+    p.add_argument("--planned", required=True, help="planned seeds CSV or plan file")
+    p.add_argument("--found", required=True, help="found seeds CSV (e.g. from find-seeds)")
+    p.add_argument("--out-dir", required=True, help="output folder: matches.csv, summary.json, dose NRRDs")
+    p.add_argument("--max-distance", type=float, default=10.0, help="largest planned-to-found match distance, mm")
+    p.add_argument("--register", choices=("none", "translation", "rigid"), default="none",
+                   help="align the found seeds onto the plan first (when the CTs are not in one frame)")
+    p.add_argument("--reference", help="image whose grid carries the dose (default: a box around the seeds)")
+    p.add_argument("--spacing", type=float, nargs="+", help="dose grid spacing in mm (default 2 for the box)")
+    p.add_argument("--dose-margin", type=float, default=15.0, help="dose box margin around the seeds, mm")
+    p.add_argument("--no-dose", action="store_true", help="only match; no dose")
+    p.add_argument("--structures", help="segmentation with the target, for D90 / V100 / V150 deltas")
+    p.add_argument("--target", help="target segment (default PTV/CTV/GTV/Prostate/Target)")
+    p.add_argument("--rx", type=float, help="prescription dose in Gy (needed with --structures)")
+    p.add_argument("--implant-date", help="implant date (ISO), with --ct-date: dose remaining after the CT")
+    p.add_argument("--ct-date", help="post-implant CT date (ISO)")
+    p.add_argument("--engine", choices=("fast", "direct"), default="fast", help="dose grid engine (default fast)")
+    p.add_argument("--formalism", choices=("2D", "1D"), default="2D", help="TG-43U1 formalism")
+    p.add_argument("--model-dir", action="append", default=[], help="folder with extra seed model JSON files")
+    p.set_defaults(func=cmd_verify)

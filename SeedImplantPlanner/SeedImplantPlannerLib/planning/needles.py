@@ -1,0 +1,529 @@
+"""Needle paths: straight needles (entry -> tip), curved catheters, parallel templates, fan candidates.
+
+Coordinates are RAS millimetres. A needle runs from its ``entry`` (the template hole or the skin
+point where it goes in) to its ``tip``; seeds are loaded measured *from the tip* back towards the
+entry (as the person loading the needle counts them). Derived quantities:
+
+- ``direction``: unit vector entry -> tip (for a curved catheter: of the chord);
+- ``depth_mm``: path length entry -> tip (arc length for a curved catheter);
+- ``angle_from_vertical_deg``: angle between the needle's projection on the axial plane and the
+  anterior-posterior axis, 0..90 degrees (0 = straight anterior/posterior approach, 90 = lateral);
+- ``tilt_deg``: signed cranio-caudal tilt out of the axial plane, asin(d_S), positive when the
+  needle points superiorly (towards +S) from entry to tip;
+- ``angle_to_reference_deg``: angle to a reference axis (the template normal for template needles).
+
+Curved catheters are an interpolating cubic spline through control points (chord-length
+parameterisation, scipy ``make_interp_spline``); positions along them are found by arc length
+(dense polyline table) and each seed's axis is the local tangent.
+
+Needle outer diameters by gauge are the nominal values of ISO 9626 (thin-wall / regular-wall
+stainless needle tubing), used to add the needle radius to obstacle margins.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..core.errors import InputError
+
+#: Nominal needle outer diameter (mm) by gauge, ISO 9626 (regular wall).
+GAUGE_OUTER_DIAMETER_MM = {14: 2.11, 15: 1.83, 16: 1.65, 17: 1.47, 18: 1.27, 19: 1.07, 20: 0.91, 21: 0.82, 22: 0.72}
+DEFAULT_GAUGE = 18
+DEFAULT_USABLE_LENGTH_MM = 200.0
+KINDS = ("template", "freehand", "auto", "curved", "implanted")
+
+
+def _vec3(v, what):
+    a = np.asarray(v, dtype=float).reshape(-1)
+    if a.shape != (3,) or not np.all(np.isfinite(a)):
+        raise InputError(f"{what} must be three finite RAS coordinates in mm, got {v!r}")
+    return a
+
+
+def _unit(v, what):
+    v = _vec3(v, what)
+    n = float(np.linalg.norm(v))
+    if n < 1e-9:
+        raise InputError(f"{what} has zero length")
+    return v / n
+
+
+@dataclass
+class Needle:
+    """One needle or catheter: entry and tip (RAS mm), gauge, usable length, optional curve."""
+
+    number: int
+    entry: np.ndarray
+    tip: np.ndarray
+    name: str = ""
+    gauge: int = DEFAULT_GAUGE
+    usable_length_mm: float = DEFAULT_USABLE_LENGTH_MM
+    kind: str = "freehand"
+    control_points: np.ndarray | None = None  # curved catheters: (M, 3) from entry to tip
+    reference_axis: np.ndarray | None = None  # e.g. template normal
+    fixed: bool = False  # re-planning: needle already in the patient
+    _table: tuple = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        self.number = int(self.number)
+        if not self.name:
+            self.name = f"N{self.number}"
+        if self.kind not in KINDS:
+            raise InputError(f"needle {self.name}: unknown kind {self.kind!r} (use one of {', '.join(KINDS)})")
+        if self.control_points is not None:
+            cp = np.asarray(self.control_points, dtype=float).reshape(-1, 3)
+            if len(cp) < 2 or not np.all(np.isfinite(cp)):
+                raise InputError(f"needle {self.name}: a curved path needs at least 2 finite control points")
+            self.control_points = cp
+            self.entry = cp[0].copy()
+            self.tip = cp[-1].copy()
+        self.entry = _vec3(self.entry, f"needle {self.name} entry")
+        self.tip = _vec3(self.tip, f"needle {self.name} tip")
+        if np.linalg.norm(self.tip - self.entry) < 1e-6:
+            raise InputError(f"needle {self.name}: entry and tip coincide ({self.entry.tolist()})")
+        if self.gauge not in GAUGE_OUTER_DIAMETER_MM:
+            raise InputError(f"needle {self.name}: unknown gauge {self.gauge} "
+                             f"(known: {', '.join(str(g) for g in sorted(GAUGE_OUTER_DIAMETER_MM))})")
+        if not (math.isfinite(self.usable_length_mm) and self.usable_length_mm > 0):
+            raise InputError(f"needle {self.name}: usable length must be > 0 mm, got {self.usable_length_mm}")
+        if self.reference_axis is not None:
+            self.reference_axis = _unit(self.reference_axis, f"needle {self.name} reference axis")
+
+    # -- path ----------------------------------------------------------------------------------
+    @property
+    def curved(self) -> bool:
+        """True for a catheter through more than two control points."""
+        return self.control_points is not None and len(self.control_points) > 2
+
+    def _polyline(self):
+        """Dense polyline (P, 3) from entry to tip and its cumulative arc length (P,)."""
+        if self._table is None:
+            if self.curved:
+                from scipy.interpolate import make_interp_spline
+                cp = self.control_points
+                seg = np.linalg.norm(np.diff(cp, axis=0), axis=1)
+                if np.any(seg < 1e-6):
+                    raise InputError(f"needle {self.name}: two consecutive control points coincide")
+                t = np.concatenate([[0.0], np.cumsum(seg)])
+                spline = make_interp_spline(t, cp, k=min(3, len(cp) - 1))
+                n = max(200, int(t[-1] / 0.25))
+                pts = spline(np.linspace(0.0, t[-1], n))
+            else:
+                pts = np.vstack([self.entry, self.tip])
+            s = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(pts, axis=0), axis=1))])
+            self._table = (pts, s)
+        return self._table
+
+    @property
+    def depth_mm(self) -> float:
+        """Path length from entry to tip (mm)."""
+        return float(self._polyline()[1][-1])
+
+    @property
+    def direction(self) -> np.ndarray:
+        """Unit vector from entry to tip (the chord for a curved catheter)."""
+        d = self.tip - self.entry
+        return d / np.linalg.norm(d)
+
+    @property
+    def too_long(self) -> bool:
+        """True if the path is longer than the needle's usable length."""
+        return self.depth_mm > self.usable_length_mm + 1e-6
+
+    @property
+    def outer_radius_mm(self) -> float:
+        """Half the nominal outer diameter of the needle's gauge (ISO 9626)."""
+        return 0.5 * GAUGE_OUTER_DIAMETER_MM[self.gauge]
+
+    def point_from_tip(self, s_mm):
+        """Points (..., 3) at path distance ``s_mm`` back from the tip (0 = tip)."""
+        pts, s = self._polyline()
+        u = self.depth_mm - np.asarray(s_mm, dtype=float)
+        return np.stack([np.interp(u, s, pts[:, k]) for k in range(3)], axis=-1)
+
+    def tangent_from_tip(self, s_mm):
+        """Unit tangents (..., 3), pointing entry -> tip, at distance ``s_mm`` from the tip."""
+        s_mm = np.asarray(s_mm, dtype=float)
+        if not self.curved:
+            return np.broadcast_to(self.direction, s_mm.shape + (3,)).copy()
+        h = 0.5
+        a = self.point_from_tip(np.clip(s_mm + h, 0.0, self.depth_mm))
+        b = self.point_from_tip(np.clip(s_mm - h, 0.0, self.depth_mm))
+        d = b - a
+        return d / np.linalg.norm(d, axis=-1, keepdims=True)
+
+    def sample_path(self, step_mm=0.5):
+        """Points along the path every ``step_mm`` and their depth from the entry: (P, 3), (P,)."""
+        if not step_mm > 0:
+            raise InputError(f"path sampling step must be > 0 mm, got {step_mm}")
+        depth = self.depth_mm
+        d = np.linspace(0.0, depth, max(2, int(math.ceil(depth / step_mm)) + 1))
+        return self.point_from_tip(depth - d), d
+
+    # -- angles and table ---------------------------------------------------------------------
+    @property
+    def angle_from_vertical_deg(self) -> float:
+        """Angle (0..90 deg) of the axial-plane projection from the anterior-posterior axis."""
+        d = self.direction
+        if math.hypot(d[0], d[1]) < 1e-9:
+            return 0.0
+        return math.degrees(math.atan2(abs(d[0]), abs(d[1])))
+
+    @property
+    def tilt_deg(self) -> float:
+        """Signed cranio-caudal tilt out of the axial plane (deg, + = towards superior)."""
+        return math.degrees(math.asin(max(-1.0, min(1.0, float(self.direction[2])))))
+
+    @property
+    def angle_to_reference_deg(self) -> float | None:
+        """Angle (deg) between the needle and its reference axis (template normal), if any."""
+        if self.reference_axis is None:
+            return None
+        return math.degrees(math.acos(max(-1.0, min(1.0, float(self.direction @ self.reference_axis)))))
+
+    def table_row(self) -> dict:
+        """One row of the needle table (entry, tip, direction, angles, depth, length check)."""
+        d = self.direction
+        ref = self.angle_to_reference_deg
+        return {
+            "number": self.number, "name": self.name, "kind": self.kind, "gauge": self.gauge,
+            "entry_x_mm": f"{self.entry[0]:.2f}", "entry_y_mm": f"{self.entry[1]:.2f}", "entry_z_mm": f"{self.entry[2]:.2f}",
+            "tip_x_mm": f"{self.tip[0]:.2f}", "tip_y_mm": f"{self.tip[1]:.2f}", "tip_z_mm": f"{self.tip[2]:.2f}",
+            "dir_x": f"{d[0]:.4f}", "dir_y": f"{d[1]:.4f}", "dir_z": f"{d[2]:.4f}",
+            "angle_from_vertical_deg": f"{self.angle_from_vertical_deg:.1f}", "tilt_deg": f"{self.tilt_deg:.1f}",
+            "angle_to_template_deg": "" if ref is None else f"{ref:.1f}",
+            "depth_mm": f"{self.depth_mm:.1f}", "usable_length_mm": f"{self.usable_length_mm:.0f}",
+            "too_long": "yes" if self.too_long else "no", "fixed": "yes" if self.fixed else "no",
+        }
+
+    # -- serialisation ------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """Plain-JSON form."""
+        out = {"number": self.number, "name": self.name, "kind": self.kind, "gauge": self.gauge,
+               "usable_length_mm": self.usable_length_mm, "entry_ras_mm": self.entry.tolist(),
+               "tip_ras_mm": self.tip.tolist(), "fixed": bool(self.fixed)}
+        if self.control_points is not None:
+            out["control_points_ras_mm"] = self.control_points.tolist()
+        if self.reference_axis is not None:
+            out["reference_axis"] = self.reference_axis.tolist()
+        return out
+
+    @classmethod
+    def from_dict(cls, d, where="needle"):
+        """Inverse of :meth:`to_dict`; missing or malformed fields raise InputError."""
+        try:
+            return cls(number=int(d["number"]), entry=d["entry_ras_mm"], tip=d["tip_ras_mm"], name=str(d.get("name", "")),
+                       gauge=int(d.get("gauge", DEFAULT_GAUGE)),
+                       usable_length_mm=float(d.get("usable_length_mm", DEFAULT_USABLE_LENGTH_MM)),
+                       kind=str(d.get("kind", "freehand")), control_points=d.get("control_points_ras_mm"),
+                       reference_axis=d.get("reference_axis"), fixed=bool(d.get("fixed", False)))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{where}: malformed needle entry ({exc.__class__.__name__}: {exc})") from exc
+
+
+NEEDLE_TABLE_COLUMNS = ("number", "name", "kind", "gauge", "entry_x_mm", "entry_y_mm", "entry_z_mm",
+                        "tip_x_mm", "tip_y_mm", "tip_z_mm", "dir_x", "dir_y", "dir_z", "angle_from_vertical_deg",
+                        "tilt_deg", "angle_to_template_deg", "depth_mm", "usable_length_mm", "too_long", "fixed")
+
+
+def needle_table(needles) -> list:
+    """Rows of the needle table, one per needle (see :data:`NEEDLE_TABLE_COLUMNS`)."""
+    return [n.table_row() for n in needles]
+
+
+def renumber(needles, prefix="N"):
+    """Number needles 1..N in order and name the unnamed ones ``<prefix><number>``."""
+    for i, n in enumerate(needles, start=1):
+        auto = n.name == f"N{n.number}" or not n.name
+        n.number = i
+        if auto:
+            n.name = f"{prefix}{i}"
+    return needles
+
+
+# -- target sampling helpers ----------------------------------------------------------------------
+class MaskSampler:
+    """Nearest-voxel lookup of a boolean mask at RAS points (outside the grid = False)."""
+
+    def __init__(self, mask, geometry):
+        self.mask = np.asarray(mask, dtype=bool)
+        self.geometry = geometry
+        if self.mask.shape != geometry.shape:
+            raise InputError(f"mask shape {self.mask.shape} does not match its grid {geometry.shape}")
+
+    def __call__(self, points):
+        from ..core.geometry import mask_at_indices
+        ijk = np.rint(self.geometry.ras_to_ijk(np.asarray(points, dtype=float))).astype(np.int64)
+        return mask_at_indices(self.mask, ijk)
+
+
+def mask_points(mask, geometry):
+    """RAS centres (M, 3) of the voxels set in ``mask``."""
+    k, j, i = np.nonzero(mask)
+    return geometry.ijk_to_ras(np.stack([i, j, k], axis=1).astype(float))
+
+
+def _orthonormal_frame(normal):
+    n = normal / np.linalg.norm(normal)
+    helper = np.array([0.0, 0.0, 1.0]) if abs(n[2]) < 0.9 else np.array([1.0, 0.0, 0.0])
+    u = np.cross(helper, n)
+    u /= np.linalg.norm(u)
+    v = np.cross(n, u)
+    return u, v
+
+
+def _ray_extent(sampler, origin, direction, t_max, step):
+    """(t_first, t_last) of ``sampler`` along origin + t * direction for t in [0, t_max], or None."""
+    t = np.arange(0.0, t_max + step, step)
+    inside = sampler(origin[None, :] + t[:, None] * direction[None, :])
+    if not inside.any():
+        return None
+    idx = np.flatnonzero(inside)
+    return float(t[idx[0]]), float(t[idx[-1]])
+
+
+def skin_point(body_sampler, start, direction, t_max=600.0, step=0.5):
+    """Where the ray from ``start`` (inside the body) along ``direction`` leaves the body (RAS mm)."""
+    t = np.arange(0.0, t_max, step)
+    inside = body_sampler(start[None, :] + t[:, None] * direction[None, :])
+    if not inside[0]:
+        return None
+    out = np.flatnonzero(~inside)
+    if not out.size:
+        return None
+    return start + t[out[0] - 1] * direction
+
+
+def parallel_template(target_mask, geometry, insertion_direction, spacing_mm=10.0, template_point=None,
+                      body_mask=None, tip_beyond_mm=0.0, min_target_path_mm=2.0, gauge=DEFAULT_GAUGE,
+                      usable_length_mm=DEFAULT_USABLE_LENGTH_MM, standoff_mm=0.0):
+    """Parallel needles on a square grid of template holes, keeping the holes whose path crosses the target.
+
+    The template is the plane through ``template_point`` perpendicular to ``insertion_direction``
+    (any direction, not only axial). Without ``template_point`` the plane is placed where the ray
+    from the target centroid against the insertion direction leaves ``body_mask`` (the skin), plus
+    ``standoff_mm``; without a body mask, at the target's near side plus 20 mm. The grid is aligned
+    to the target centroid. Each kept needle's entry is its template hole, its tip the far end of
+    the target along the hole's path plus ``tip_beyond_mm``.
+    """
+    if not (math.isfinite(spacing_mm) and spacing_mm > 0):
+        raise InputError(f"template spacing must be > 0 mm, got {spacing_mm}")
+    d = _unit(insertion_direction, "insertion direction")
+    target_mask = np.asarray(target_mask, dtype=bool)
+    if not target_mask.any():
+        raise InputError("the target is empty: no template needle can cross it")
+    sampler = MaskSampler(target_mask, geometry)
+    pts = mask_points(target_mask, geometry)
+    centroid = pts.mean(axis=0)
+    along = (pts - centroid) @ d
+    if template_point is None:
+        p0 = None
+        if body_mask is not None:
+            p0 = skin_point(MaskSampler(body_mask, geometry), centroid, -d)
+        if p0 is None:
+            p0 = centroid + (along.min() - 20.0) * d
+        p0 = p0 - standoff_mm * d
+    else:
+        p0 = _vec3(template_point, "template point")
+    u, v = _orthonormal_frame(d)
+    rel = pts - p0
+    pu, pv = rel @ u, rel @ v
+    c_u, c_v = (centroid - p0) @ u, (centroid - p0) @ v
+    iu = np.arange(math.floor((pu.min() - c_u) / spacing_mm) - 1, math.ceil((pu.max() - c_u) / spacing_mm) + 2)
+    iv = np.arange(math.floor((pv.min() - c_v) / spacing_mm) - 1, math.ceil((pv.max() - c_v) / spacing_mm) + 2)
+    depth_max = float((rel @ d).max()) + 5.0
+    if depth_max <= 0:
+        raise InputError("the template plane lies beyond the target along the insertion direction")
+    step = 0.5 * min(geometry.spacing)
+    needles = []
+    for a in iu:
+        for b in iv:
+            hole = p0 + (c_u + a * spacing_mm) * u + (c_v + b * spacing_mm) * v
+            ext = _ray_extent(sampler, hole, d, depth_max, step)
+            if ext is None or ext[1] - ext[0] < min_target_path_mm:
+                continue
+            tip = hole + (ext[1] + tip_beyond_mm) * d
+            needles.append(Needle(len(needles) + 1, hole, tip, gauge=gauge, usable_length_mm=usable_length_mm,
+                                  kind="template", reference_axis=d,
+                                  name=f"T{int(a):+d}{int(b):+d}".replace("+", "p").replace("-", "m")))
+    if not needles:
+        raise InputError("no template hole has a path that crosses the target (check the insertion direction "
+                         "and the template position)")
+    for i, n in enumerate(needles, start=1):
+        n.number = i
+    return needles
+
+
+def freehand_needles(pairs, gauge=DEFAULT_GAUGE, usable_length_mm=DEFAULT_USABLE_LENGTH_MM, kind="freehand"):
+    """Needles from (entry, tip) pairs in RAS mm, numbered 1..N."""
+    pairs = list(pairs)
+    if not pairs:
+        raise InputError("no needle paths given")
+    return [Needle(i, e, t, gauge=gauge, usable_length_mm=usable_length_mm, kind=kind)
+            for i, (e, t) in enumerate(pairs, start=1)]
+
+
+def curved_catheter(number, control_points, gauge=DEFAULT_GAUGE, usable_length_mm=DEFAULT_USABLE_LENGTH_MM, name=""):
+    """A curved catheter through control points ordered from entry to tip."""
+    return Needle(number, np.zeros(3), np.ones(3), name=name, gauge=gauge, usable_length_mm=usable_length_mm,
+                  kind="curved", control_points=control_points)
+
+
+def fan_candidates(target_mask, geometry, body_mask, approach_direction=None, entry_center=None,
+                   entry_radius_mm=60.0, spacing_mm=10.0, obstacle_map=None, usable_length_mm=DEFAULT_USABLE_LENGTH_MM,
+                   gauge=DEFAULT_GAUGE, tip_beyond_mm=0.0, max_needles=60, n_entries=64, rng_seed=0,
+                   min_target_path_mm=5.0):
+    """Non-coplanar needles fanning from an entry region on the skin through the target.
+
+    Entry points are skin voxels (surface of ``body_mask``) within ``entry_radius_mm`` of
+    ``entry_center`` (default: where the ray from the target centroid along ``approach_direction``
+    leaves the body). Aim points are a ``spacing_mm`` grid inside the target. Each (entry, aim)
+    line is extended to the far end of the target; lines that cross a forbidden structure of
+    ``obstacle_map`` (with its margin), are longer than the usable length, or cross the target for
+    less than ``min_target_path_mm`` are dropped. From the rest, needles are chosen greedily
+    (longest path in the target first) so that their in-target segments stay at least
+    ``0.8 * spacing_mm`` apart, as a 3D-printed non-coplanar template would hold them.
+    Deterministic for a given ``rng_seed``.
+    """
+    from scipy.ndimage import binary_erosion
+    from scipy.spatial import cKDTree
+    if not (math.isfinite(spacing_mm) and spacing_mm > 0):
+        raise InputError(f"needle spacing must be > 0 mm, got {spacing_mm}")
+    target_mask = np.asarray(target_mask, dtype=bool)
+    if not target_mask.any():
+        raise InputError("the target is empty: no candidate needle can reach it")
+    if body_mask is None or not np.asarray(body_mask).any():
+        raise InputError("automatic fan candidates need a body (skin) segment to place their entries on")
+    body_mask = np.asarray(body_mask, dtype=bool)
+    rng = np.random.default_rng(rng_seed)
+    sampler = MaskSampler(target_mask, geometry)
+    tpts = mask_points(target_mask, geometry)
+    centroid = tpts.mean(axis=0)
+    if entry_center is None:
+        a = _unit(approach_direction if approach_direction is not None else (0.0, 1.0, 0.0), "approach direction")
+        entry_center = skin_point(MaskSampler(body_mask, geometry), centroid, a)
+        if entry_center is None:
+            raise InputError("the target centroid is not inside the body segment: cannot find the skin entry region")
+    entry_center = _vec3(entry_center, "entry centre")
+    # skin voxels (body surface) inside the box around the entry region only
+    ijk = geometry.ras_to_ijk(np.vstack([entry_center - entry_radius_mm, entry_center + entry_radius_mm]))
+    lo = np.maximum(np.floor(ijk.min(axis=0)).astype(int) - 2, 0)
+    hi = np.minimum(np.ceil(ijk.max(axis=0)).astype(int) + 2, np.asarray(geometry.size) - 1)
+    sub = body_mask[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1]
+    skin = sub & ~binary_erosion(sub, border_value=1)
+    k, j, i = np.nonzero(skin)
+    spts = geometry.ijk_to_ras(np.stack([i + lo[0], j + lo[1], k + lo[2]], axis=1).astype(float))
+    spts = spts[np.linalg.norm(spts - entry_center, axis=1) <= entry_radius_mm]
+    if not len(spts):
+        raise InputError(f"no skin voxel within {entry_radius_mm} mm of the entry centre {np.round(entry_center, 1).tolist()}")
+    if len(spts) > n_entries:
+        spts = spts[np.sort(rng.choice(len(spts), n_entries, replace=False))]
+    # aim points: a grid inside the target
+    lo, hi = tpts.min(axis=0), tpts.max(axis=0)
+    axes = [np.arange(lo[k] + 0.5 * ((hi[k] - lo[k]) % spacing_mm), hi[k] + 1e-6, spacing_mm) for k in range(3)]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    aims = grid[sampler(grid)]
+    if not len(aims):
+        aims = centroid[None, :]
+    step = 0.5 * min(geometry.spacing)
+    cands = []
+    for e in spts:
+        for a in aims:
+            d = a - e
+            n = np.linalg.norm(d)
+            if n < 1e-6:
+                continue
+            d = d / n
+            ext = _ray_extent(sampler, e, d, n + 200.0, step)
+            if ext is None or ext[1] - ext[0] < min_target_path_mm:
+                continue
+            depth = ext[1] + tip_beyond_mm
+            if depth > usable_length_mm:
+                continue
+            cands.append((ext[1] - ext[0], e, e + depth * d, e + ext[0] * d))
+    if not cands:
+        raise InputError("no feasible needle path: no line from the entry region reaches the target within "
+                         f"the usable length ({usable_length_mm:g} mm)")
+    order = sorted(range(len(cands)), key=lambda i: -cands[i][0])
+    chosen, seg_pts = [], []
+    tree = None
+    min_sep = 0.8 * spacing_mm
+    rejected_by_obstacle = 0
+    for i in order:
+        length, e, tip, t_in = cands[i]
+        m = max(2, int(math.ceil(np.linalg.norm(tip - t_in) / 2.0)) + 1)
+        pts = t_in + np.linspace(0.0, 1.0, m)[:, None] * (tip - t_in)[None, :]
+        if tree is not None and np.any(tree.query(pts)[0] < min_sep):
+            continue
+        needle = Needle(len(chosen) + 1, e, tip, gauge=gauge, usable_length_mm=usable_length_mm, kind="auto",
+                        name=f"A{len(chosen) + 1}")
+        if obstacle_map is not None and obstacle_map.check(needle):
+            rejected_by_obstacle += 1
+            continue
+        chosen.append(needle)
+        seg_pts.append(pts)
+        tree = cKDTree(np.vstack(seg_pts))
+        if len(chosen) >= max_needles:
+            break
+    if not chosen:
+        raise InputError(f"no feasible needle path: all {rejected_by_obstacle} candidate paths from the entry region "
+                         "cross a forbidden structure or its margin")
+    return chosen
+
+
+NEEDLE_CSV_COLUMNS = ("entry_x_mm", "entry_y_mm", "entry_z_mm", "tip_x_mm", "tip_y_mm", "tip_z_mm")
+
+
+def read_needles(path, gauge=DEFAULT_GAUGE, usable_length_mm=DEFAULT_USABLE_LENGTH_MM) -> list:
+    """Needles from a CSV (entry_x_mm .. tip_z_mm, optional name, gauge, usable_length_mm) or JSON file.
+
+    JSON: a list of needle objects as in the plan file (curved catheters through
+    ``control_points_ras_mm``), ``{"needles": [...]}``, or a plan file (its needles are taken).
+    """
+    import csv
+    import json
+    from pathlib import Path
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read needle file: {exc.strerror or exc}") from exc
+    if path.suffix.lower() == ".json":
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise InputError(f"{path}: needle file is not valid JSON: {exc}") from exc
+        items = doc.get("needles") if isinstance(doc, dict) else doc
+        if not isinstance(items, list) or not items:
+            raise InputError(f"{path}: no needles in the file (expected a list of needle objects)")
+        out = []
+        for k, d in enumerate(items, start=1):
+            if not isinstance(d, dict):
+                raise InputError(f"{path}: needle {k} is not an object")
+            d = {"number": k, "gauge": gauge, "usable_length_mm": usable_length_mm, **d}
+            if "control_points_ras_mm" in d:
+                d.setdefault("entry_ras_mm", d["control_points_ras_mm"][0])
+                d.setdefault("tip_ras_mm", d["control_points_ras_mm"][-1])
+                d.setdefault("kind", "curved")
+            out.append(Needle.from_dict(d, f"{path}: needle {k}"))
+        return renumber(out)
+    rows = list(csv.DictReader(text.splitlines()))
+    if not rows:
+        raise InputError(f"{path}: needle CSV has no rows")
+    missing = [c for c in NEEDLE_CSV_COLUMNS if c not in rows[0]]
+    if missing:
+        raise InputError(f"{path}: needle CSV is missing column(s): {', '.join(missing)}")
+    out = []
+    for line, r in enumerate(rows, start=2):
+        try:
+            e = [float(r[c]) for c in NEEDLE_CSV_COLUMNS[:3]]
+            t = [float(r[c]) for c in NEEDLE_CSV_COLUMNS[3:]]
+            g = int(r.get("gauge") or gauge)
+            ul = float(r.get("usable_length_mm") or usable_length_mm)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{path}: line {line}: not a number ({exc})") from None
+        out.append(Needle(line - 1, e, t, name=(r.get("name") or "").strip(), gauge=g, usable_length_mm=ul))
+    return out

@@ -1,0 +1,1 @@
+"""Charts and the HTML/PDF report; imports core to planning."""
