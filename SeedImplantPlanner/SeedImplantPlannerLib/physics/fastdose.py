@@ -47,29 +47,19 @@ import numpy as np
 from ..core import progress as _progress
 from ..core.errors import InputError
 from ..core.geometry import ImageGeometry
-from .tg43 import TG43Kernel, interp_anisotropy, interp_clamped, interp_radial
-
-#: Lagrange weights for interpolation at the midpoint of the central interval, by stencil size.
-_MID_WEIGHTS = {
-    4: np.array([-1.0, 9.0, 9.0, -1.0]) / 16.0,
-    6: np.array([3.0, -25.0, 150.0, 150.0, -25.0, 3.0]) / 256.0,
-    8: np.array([-5.0, 49.0, -245.0, 1225.0, 1225.0, -245.0, 49.0, -5.0]) / 2048.0,
-}
-
-#: Radius (cm) covered by the lookup table; farther points use the exact kernel directly.
-TABLE_R_MAX_CM = 60.0
+from .kernel_table import KernelTable, Scratch, shared_table
+from .multilevel import MID_WEIGHTS, Level, extract_block
+from .tg43 import TG43Kernel
 
 DEFAULT_ORDER = 6
 DEFAULT_RATIO = 6.0
 DEFAULT_STRETCH = 3.0
 #: Level-0 correction radius is at least this (mm): seeds' exact zone does not shrink on fine grids.
 MIN_EXACT_RADIUS_MM = 12.0
-#: Radial-table roughness (largest relative slope jump x r over ROUGHNESS_RANGE_CM) at which the
+#: Radial-table roughness (largest relative slope jump x r over kernel_table.ROUGHNESS_RANGE_CM) at which the
 #: default ratio applies (model 6711's g_L: 0.52). Rougher kernels get a ratio scaled up in
 #: proportion, at most by MAX_RATIO_SCALE, so that their first-order kink error stays comparable.
 ROUGHNESS_REF = 0.55
-ROUGHNESS_RANGE_CM = (1.0, 5.0)
-OFF_AXIS_DEG = 20.0
 MAX_RATIO_SCALE = 2.0
 
 #: Implants of fewer seeds than this get a larger correction ratio (their errors average less,
@@ -78,454 +68,17 @@ MAX_RATIO_SCALE = 2.0
 SMALL_IMPLANT_SEEDS = 100
 MAX_SMALL_IMPLANT_SCALE = 3.0
 
-_F32 = np.float32
 #: np.add.at has a fast path from numpy 1.25 on; before, it was about 30x slower than a fancy-index
 #: addition, which is equivalent for indices without repeats (one zone's nodes).
 _FAST_ADD_AT = np.lib.NumpyVersion(np.__version__) >= "1.25.0"
 #: Work arrays larger than this are released after each computation (bytes).
 _KEEP_WORK_BYTES = 32 * 2 ** 20
-#: Points per pass of the kernel evaluation (bounds the work arrays; smaller chunks were not faster).
-EVAL_CHUNK = 65536
 
 
 def auto_ratio(n_seeds: int) -> float:
     """Default correction ratio for an implant of about ``n_seeds`` seeds (see SMALL_IMPLANT_SEEDS)."""
     scale = (SMALL_IMPLANT_SEEDS / max(int(n_seeds), 1)) ** (1.0 / 3.0)
     return DEFAULT_RATIO * min(max(scale, 1.0), MAX_SMALL_IMPLANT_SCALE)
-_TINY = _F32(1e-30)
-
-
-def _common_step(values, candidates):
-    """Largest candidate step of which every value is an integer multiple (None if none)."""
-    v = np.asarray(values, dtype=float)
-    for step in candidates:
-        q = v / step
-        if np.all(np.abs(q - np.round(q)) < 1e-6):
-            return step
-    return None
-
-
-def _roughness(r, f, r_lo=ROUGHNESS_RANGE_CM[0], r_hi=ROUGHNESS_RANGE_CM[1]):
-    """max |slope jump| * r / f over the interior table nodes r_lo <= r <= r_hi (0 if none)."""
-    r = np.asarray(r, dtype=float)
-    f = np.asarray(f, dtype=float)
-    if r.size < 3:
-        return 0.0
-    slope = np.diff(f) / np.diff(r)
-    ri, fi = r[1:-1], f[1:-1]
-    jump = np.abs(np.diff(slope)) * ri / np.where(fi > 0, fi, np.inf)
-    sel = (ri >= r_lo) & (ri <= r_hi)
-    return float(jump[sel].max()) if np.any(sel) else 0.0
-
-
-class KernelTable:
-    """Fast float32 evaluation of one :class:`TG43Kernel`.
-
-    2D: rate/U = (Lambda / G_L(r0, theta0)) * G_L(r, theta) * g_L(r) * F(r, theta); the product
-    g_L F is tabulated on a uniform (r, theta) grid (steps ``dr``, ``dtheta_deg``) whose nodes
-    include every tabulated radius of g_L and F and every tabulated angle of F, so bilinear lookup
-    is exact for both factors (piecewise linear) up to the product term g' F_r dr^2 / 4 (< 1e-5);
-    G_L is computed analytically. 1D: the same with g(r) phi_an(r) tabulated in r and the
-    geometry factor G_L(r, theta0) (line) or 1 / r^2 (point) computed analytically.
-    Radii below the kernel's cap radius are evaluated at the cap radius along the same direction,
-    exactly as TG43Kernel does. Each table cell stores [v, dt, dr, drt] (corner value and its
-    theta, radial and mixed differences), so one lookup is one 16-byte gather and the bilinear
-    value is v + wt dt + wr (dr + wt drt). Points beyond ``r_table_max`` use the exact kernel.
-
-    Evaluation (:meth:`evaluate`) runs as in-place passes over work arrays that the caller keeps
-    (:class:`_Scratch`), so the per-seed loops of the engine allocate almost nothing.
-    """
-
-    R_STEPS = (0.01, 0.005, 0.0025, 0.002, 0.001)
-    THETA_STEPS = (5.0, 2.5, 2.0, 1.0, 0.5, 0.25, 0.2, 0.1, 0.05)
-
-    def __init__(self, kernel: TG43Kernel):
-        self.kernel = kernel
-        m = kernel.model
-        self.two_d = kernel.formalism == "2D"
-        self.L = float(m.active_length_cm)
-        self.r_cap = float(kernel.r_cap_cm)
-        if self.two_d:
-            breaks = np.concatenate([m.g_r_cm, m.F_r_cm])
-        else:
-            breaks = np.concatenate([m.g_r_cm, m.phi_r_cm])
-        # a kink off the table nodes would cost at most 0.25 * slope jump * dr (dr = 0.001 cm)
-        self.dr = _common_step(breaks, self.R_STEPS) or self.R_STEPS[-1]
-        n_r = int(math.ceil(TABLE_R_MAX_CM / self.dr)) + 2
-        r = np.arange(n_r) * self.dr
-        self.mirror = True
-        if self.two_d:
-            self.mirror = bool(m.F_theta_deg[-1] <= 90.0)
-            t_max = 90.0 if self.mirror else 180.0
-            self.dtheta_deg = _common_step(m.F_theta_deg, self.THETA_STEPS) or self.THETA_STEPS[-1]
-            n_t = int(round(t_max / self.dtheta_deg)) + 1
-            theta = np.arange(n_t) * self.dtheta_deg
-            g = interp_radial(r, m.g_r_cm, m.g_L)
-            f = interp_anisotropy(r[:, None], theta[None, :], m.F_r_cm, m.F_theta_deg, m.F)
-            table = (m.dose_rate_constant / kernel.g0) * g[:, None] * f
-            self.inv_dtheta_rad = float(180.0 / math.pi / self.dtheta_deg)
-        else:
-            self.line_1d = kernel.geometry_1d == "line"
-            if self.line_1d:
-                const = m.dose_rate_constant / kernel.g0
-                g = interp_radial(r, m.g_r_cm, m.g_L)
-            else:
-                const = m.dose_rate_constant
-                g = interp_radial(r, m.g_r_cm, m.g_P)
-            table = (const * g * interp_clamped(r, m.phi_r_cm, m.phi_an))[:, None]
-            self.inv_dtheta_rad = 0.0
-        # one spare column (theta = theta_max falls in a valid cell), then four corners per cell
-        table = np.concatenate([table, table[:, -1:]], axis=1)
-        self.n_r = table.shape[0]
-        self.n_cells_t = table.shape[1] - 1
-        # per cell [v, dt, dr, drt]: bilinear value v + wt dt + wr (dr + wt drt) (wt, wr in [0, 1])
-        v00, v01, v10, v11 = table[:-1, :-1], table[:-1, 1:], table[1:, :-1], table[1:, 1:]
-        corners = np.stack([v00, v01 - v00, v10 - v00, (v11 - v10) - (v01 - v00)], axis=-1)
-        self.cells = np.ascontiguousarray(corners, dtype=np.float32).view(np.complex128).reshape(-1)
-        self.inv_dr = float(1.0 / self.dr)
-        self._float_index = self.cells.size < 2 ** 24
-        self.r_table_max = (self.n_r - 2) * self.dr
-        if self.two_d:
-            # F rows near the axis are left out: the zone stretched along the axis covers them
-            off_axis = (m.F_theta_deg >= OFF_AXIS_DEG) & (m.F_theta_deg <= 180.0 - OFF_AXIS_DEG)
-            rough = [_roughness(m.g_r_cm, m.g_L)] + [_roughness(m.F_r_cm, row) for row in m.F[off_axis]]
-        else:
-            rough = [_roughness(m.g_r_cm, m.g_L if self.line_1d else m.g_P), _roughness(m.phi_r_cm, m.phi_an)]
-        #: largest relative slope jump x r of the radial tables in [1, 5] cm (dimensionless; F rows
-        #: at theta >= 20 deg)
-        self.roughness = float(max(rough))
-
-    # -- evaluation ------------------------------------------------------------------------------
-    def eval_runs(self, d2, per, axis, strength, check_far=True, work=None, out=None):
-        """Dose rate (cGy/h) of one seed at nodes given by runs along array axis 2.
-
-        ``d2`` (N,) float32: node minus seed along axis 2 (cm); ``per`` (5, N) float32: the values
-        of the node's run, [d0^2 + d1^2, a0 d0 + a1 d1, d1 a2, d0 a2, (d0 a1 - d1 a0)^2] (cm).
-        Returns float32 (N,) (``out`` if given).
-        """
-        work = work if work is not None else _Scratch()
-        n = int(d2.shape[0])
-        r2, z, rho2 = (work.get(name, n) for name in ("r2", "z", "rho2"))
-        self.runs_geometry(d2, per, axis, r2, z, rho2, work)
-        return self.evaluate(r2, z, rho2, strength, check_far, work, out)
-
-    def runs_geometry(self, d2, per, axis, r2, z, rho2, work):
-        """r^2, z = d.a and rho^2 = |d x a|^2 at run nodes (see :meth:`eval_runs`) into ``r2``,
-        ``z``, ``rho2`` (float32 (N,)); rho^2 from separable pieces (no cancellation near the axis).
-        z and rho^2 only for 2D kernels."""
-        np.multiply(d2, d2, out=r2)
-        r2 += per[0]
-        if not self.two_d:
-            return
-        a0, a1, a2 = (_F32(x) for x in axis)
-        np.multiply(d2, a2, out=z)
-        z += per[1]
-        c = work.get("tmp", d2.shape[0])
-        np.multiply(d2, a1, out=c)
-        np.subtract(per[2], c, out=c)
-        np.multiply(c, c, out=rho2)
-        np.multiply(d2, a0, out=c)
-        c -= per[3]
-        c *= c
-        rho2 += c
-        rho2 += per[4]
-
-    def on_grid(self, d0, d1, d2, axis, strength, check_far=True, work=None, out=None):
-        """Dose rate (cGy/h) of one seed on a separable grid: ``d0`` (n0,) etc. in cm (float64).
-
-        Returns float32 of shape (n0, n1, n2) (``out``, flat or shaped, if given).
-        """
-        work = work if work is not None else _Scratch()
-        d0, d1, d2 = (np.asarray(d, dtype=float).reshape(-1) for d in (d0, d1, d2))
-        shape = (d0.size, d1.size, d2.size)
-        n = shape[0] * shape[1] * shape[2]
-        r2, z, rho2 = (work.get(name, n) for name in ("r2", "z", "rho2"))
-        self.grid_geometry(d0, d1, d2, axis, r2, z, rho2)
-        return self.evaluate(r2, z, rho2, strength, check_far, work, out).reshape(shape)
-
-    def grid_geometry(self, d0, d1, d2, axis, r2, z, rho2):
-        """r^2, z = d.a and rho^2 = |d x a|^2 on the separable grid ``d0`` x ``d1`` x ``d2`` (cm,
-        float64) into ``r2``, ``z``, ``rho2`` (float32, flat); z and rho^2 only for 2D kernels."""
-        shape = (d0.size, d1.size, d2.size)
-        a = np.asarray(axis, dtype=float)
-        np.add(((d0 * d0)[:, None] + (d1 * d1)[None, :]).astype(_F32)[..., None], (d2 * d2).astype(_F32),
-               out=r2.reshape(shape))
-        if not self.two_d:
-            return
-        np.add(((d0 * a[0])[:, None] + (d1 * a[1])[None, :]).astype(_F32)[..., None], (d2 * a[2]).astype(_F32),
-               out=z.reshape(shape))
-        # rho^2 = |d x a|^2 from separable pieces (no cancellation near the axis)
-        c0 = (d1[:, None] * a[2] - d2[None, :] * a[1]).astype(_F32)
-        c1 = (d2[None, :] * a[0] - d0[:, None] * a[2]).astype(_F32)
-        c2 = (d0[:, None] * a[1] - d1[None, :] * a[0]).astype(_F32)
-        rho2_3 = rho2.reshape(shape)
-        np.add((c0 * c0)[None, :, :], (c1 * c1)[:, None, :], out=rho2_3)
-        rho2_3 += (c2 * c2)[:, :, None]
-
-    def evaluate(self, r2, z, rho2, strength, check_far=True, work=None, out=None):
-        """Dose rate (cGy/h) from r^2, z = d.a and rho^2 = |d x a|^2 (cm^2, cm; flat float32 (N,)).
-
-        ``r2``, ``z`` and ``rho2`` are work arrays: they are overwritten. Returns ``out`` (float32
-        (N,); a work array if not given). The cap rule is applied to the (few) capped points only,
-        by moving them to ``r_cap`` along their direction; then chunks of at most ``EVAL_CHUNK``
-        points go through in-place passes over reused work arrays (nothing is allocated).
-        """
-        work = work if work is not None else _Scratch()
-        n = int(r2.shape[0])
-        if not self.two_d:
-            z = rho2 = None  # 1D: r only
-        if out is None:
-            out = work.get("out", n)
-        out = out.reshape(-1)
-        if n and float(r2.min()) < self.r_cap * self.r_cap:
-            self._apply_cap(r2, z, rho2)
-        for c0 in range(0, n, EVAL_CHUNK):
-            c1 = min(n, c0 + EVAL_CHUNK)
-            self._evaluate_chunk(r2[c0:c1], None if z is None else z[c0:c1], None if rho2 is None else rho2[c0:c1],
-                                 strength, check_far, work, out[c0:c1])
-        return out
-
-    def _evaluate_chunk(self, r2, z, rho2, strength, check_far, work, out):
-        n = int(r2.shape[0])
-        # radial cell and weight
-        fr = work.get("fr", n)
-        np.sqrt(r2, out=fr)
-        r_1d = None
-        if not self.two_d:
-            r_1d = work.get("r1d", n)
-            np.copyto(r_1d, fr)
-        fr *= _F32(self.inv_dr)
-        cell = work.get("cell_f", n)
-        np.floor(fr, out=cell)
-        fr -= cell  # radial weight
-        far = None
-        if check_far and float(cell.max()) > self.n_r - 2:
-            far = np.flatnonzero(cell > self.n_r - 2)
-            rr = np.sqrt(r2[far].astype(float))
-            cz = np.zeros_like(rr) if z is None else z[far].astype(float) / np.maximum(rr, 1e-30)
-            cell[far] = self.n_r - 2
-        idx = work.get("cell", n, np.intp)
-        if self.two_d:
-            rho = np.sqrt(rho2, out=rho2)
-            zz = np.abs(z, out=z) if self.mirror else z
-            ft = np.arctan2(rho, zz, out=z)
-            ft *= _F32(self.inv_dtheta_rad)
-            flo = work.get("floor_t", n)
-            np.floor(ft, out=flo)
-            ft -= flo  # angular weight
-            if self._float_index:
-                # cell index r_cell * n_t + theta_cell, exact in float32 (table below 2^24 cells)
-                cell *= _F32(self.n_cells_t)
-                cell += flo
-                np.copyto(idx, cell, casting="unsafe")
-            else:
-                np.copyto(idx, cell, casting="unsafe")
-                idx *= self.n_cells_t
-                it = work.get("cell_t", n, np.intp)
-                np.copyto(it, flo, casting="unsafe")
-                idx += it
-            # line-source geometry G_L = atan2(L rho, r^2 - L^2 / 4) / (L rho), into flo
-            lrho = rho
-            lrho *= _F32(self.L)
-            if not float(lrho.min()) > 0.0:
-                np.maximum(lrho, _TINY, out=lrho)  # on the axis: G_L -> 1 / (r^2 - L^2 / 4)
-            geo = flo
-            np.subtract(r2, _F32(0.25 * self.L * self.L), out=geo)
-            np.arctan2(lrho, geo, out=geo)
-            geo /= lrho
-        else:
-            np.copyto(idx, cell, casting="unsafe")
-        # one gather per point: the cell's [v, dt, dr, drt]; bilinear v + wt dt + wr (dr + wt drt)
-        cq = work.get("cells", n, np.complex128)
-        np.take(self.cells, idx, out=cq, mode="clip")
-        q = cq.view(np.float32).reshape(n, 4)
-        if self.two_d:
-            wt = ft
-            np.multiply(q[:, 1], wt, out=out)
-            out += q[:, 0]
-            wt *= q[:, 3]
-            wt += q[:, 2]
-            wt *= fr
-            out += wt
-            out *= geo
-        else:
-            np.multiply(q[:, 2], fr, out=out)
-            out += q[:, 0]
-            if self.line_1d:
-                # G_L(r, 90 deg) = 2 atan(L / 2r) / (L r)
-                geo = cell
-                np.arctan2(_F32(0.5 * self.L), r_1d, out=geo)
-                geo /= r_1d
-                geo *= _F32(2.0 / self.L)
-                out *= geo
-            else:
-                out /= r2
-        out *= _F32(strength)
-        if far is not None:
-            rate, _ = self.kernel.dose_rate_per_U(rr, cz)
-            out[far] = (rate * strength).astype(np.float32)
-        return out
-
-    def _apply_cap(self, r2, z, rho2):
-        """Move points closer than r_cap to r_cap along their direction (the kernel's cap rule;
-        r = 0: on the axis, theta = 0), in place; float64 for the (few) points concerned."""
-        rc = self.r_cap
-        cap = np.flatnonzero(r2 < _F32(rc * rc))
-        if cap.size == 0:
-            return
-        r = np.sqrt(r2[cap].astype(float))
-        f = rc / np.maximum(r, 1e-30)
-        r2[cap] = _F32(rc * rc)
-        if z is not None:
-            z[cap] = (z[cap] * f).astype(np.float32)
-            rho2[cap] = (rho2[cap] * (f * f)).astype(np.float32)
-
-
-class _Scratch:
-    """Named work arrays reused between calls (grown when needed): the hot loops allocate nothing."""
-
-    def __init__(self):
-        self._arrays = {}
-
-    def get(self, name, n, dtype=np.float32):
-        a = self._arrays.get(name)
-        if a is None or a.size < n or a.dtype != dtype:
-            size = max(int(n), 1024) if a is None or a.dtype != dtype else max(int(n), int(1.25 * a.size))
-            a = self._arrays[name] = np.empty(size, dtype=dtype)
-        return a[:n]
-
-    def trim(self, max_bytes):
-        """Drop the arrays larger than ``max_bytes`` (kept between calls otherwise)."""
-        for name in [k for k, a in self._arrays.items() if a.nbytes > max_bytes]:
-            del self._arrays[name]
-
-
-class _Level:
-    """One grid level in the grid's own frame, array-axis order (k, j, i)."""
-
-    def __init__(self, origin, spacing, shape):
-        self.origin = np.asarray(origin, dtype=float)
-        self.spacing = np.asarray(spacing, dtype=float)
-        self.shape = tuple(int(n) for n in shape)
-        self.factor = None  # per-axis factor (1 or 2) to the next coarser level
-
-    @property
-    def n_nodes(self):
-        return int(np.prod(self.shape))
-
-    def zone(self, q, a, semi_axes):
-        """Nodes of this level inside a seed's correction spheroid (clipped to the level).
-
-        ``q`` seed position (mm), ``a`` unit axis, both in array-axis order; ``semi_axes`` (across,
-        along the axis) in mm. Returns None if no node is inside, else a :class:`_Zone`: the runs
-        of zone nodes along array axis 2, found per (axis 0, axis 1) row of the zone's bounding box
-        from the spheroid's quadratic (rows as 2D broadcasts: no per-node work here).
-        """
-        A, B = semi_axes
-        h, o, shape = self.spacing, self.origin, self.shape
-        q0, q1, q2 = (float(x) for x in q)
-        a0, a1, a2 = (float(x) for x in a)
-        lo, hi = [], []
-        for ax, (qa, aa) in enumerate(((q0, a0), (q1, a1), (q2, a2))):
-            ext = math.sqrt(A * A * (1.0 - aa * aa) + B * B * aa * aa)
-            lo.append(max(math.ceil((qa - ext - o[ax]) / h[ax] - 1e-9), 0))
-            hi.append(min(math.floor((qa + ext - o[ax]) / h[ax] + 1e-9), shape[ax] - 1))
-            if hi[ax] < lo[ax]:
-                return None
-        # box for the interpolation: even start and size along the axes that coarsen
-        box_lo, box_size = [], []
-        for ax in range(3):
-            even = self.factor is not None and self.factor[ax] == 2
-            b0 = lo[ax] - lo[ax] % 2 if even else lo[ax]
-            n = hi[ax] - b0 + 1
-            box_lo.append(b0)
-            box_size.append(n + n % 2 if even else n)
-        # spheroid: x^T M x <= 1 with M = I / A^2 + a a^T (1 / B^2 - 1 / A^2); per row a quadratic in x2
-        x0 = (o[0] - q0) + np.arange(lo[0], hi[0] + 1) * h[0]
-        x1 = (o[1] - q1) + np.arange(lo[1], hi[1] + 1) * h[1]
-        ia, ib = 1.0 / (A * A), 1.0 / (B * B) - 1.0 / (A * A)
-        m22 = ia + ib * a2 * a2
-        proj = (a0 * x0)[:, None] + (a1 * x1)[None, :]
-        bq = (ib * a2) * proj
-        cq = (ia * x0 * x0)[:, None] + (ia * x1 * x1)[None, :]
-        cq += ib * proj * proj
-        cq -= 1.0
-        disc = bq * bq
-        disc -= m22 * cq
-        np.maximum(disc, 0.0, out=cq)
-        root = np.sqrt(cq)
-        # node index range along axis 2: c2 + (-bq -+ root) / (m22 h2), inward by 1e-9
-        c2 = (q2 - o[2]) / h[2]
-        scale = 1.0 / (m22 * h[2])
-        bq *= scale
-        root *= scale
-        t_lo = np.subtract(c2 - 1e-9, bq)
-        t_lo -= root
-        np.ceil(t_lo, out=t_lo)
-        t_hi = np.add(root, c2 + 1e-9)
-        t_hi -= bq
-        np.floor(t_hi, out=t_hi)
-        np.maximum(t_lo, lo[2], out=t_lo)
-        np.minimum(t_hi, hi[2], out=t_hi)
-        counts = t_hi - t_lo + 1
-        counts[disc < 0.0] = 0
-        runs = np.flatnonzero(counts > 0)
-        if runs.size == 0:
-            return None
-        n1 = x1.size
-        i0, i1 = runs // n1, runs % n1
-        counts = counts.reshape(-1)[runs].astype(np.int64)
-        t_lo = t_lo.reshape(-1)[runs].astype(np.int64)
-        # per run: [d0^2 + d1^2, a0 d0 + a1 d1, d1 a2, d0 a2, (d0 a1 - d1 a0)^2] (cm), d2 of its first
-        # node (mm), flat index of its first node in the level and in the box
-        x0c, x1c = (x0 * 0.1)[i0], (x1 * 0.1)[i1]
-        rows = np.empty((5, runs.size), dtype=np.float32)
-        rows[0] = x0c * x0c + x1c * x1c
-        rows[1] = a0 * x0c + a1 * x1c
-        rows[2] = x1c * a2
-        rows[3] = x0c * a2
-        rows[4] = (x0c * a1 - x1c * a0) ** 2
-        first_mm = (o[2] - q2) + t_lo * h[2]
-        gbase = ((i0 + lo[0]) * shape[1] + (i1 + lo[1])) * shape[2] + t_lo
-        bbase = ((i0 + (lo[0] - box_lo[0])) * box_size[1] + (i1 + (lo[1] - box_lo[1]))) * box_size[2] + (t_lo - box_lo[2])
-        return _Zone(np.array(box_lo), np.array(box_size), counts, rows, first_mm, gbase, bbase, h[2])
-
-
-class _Zone:
-    """One seed's correction zone on one level: its interpolation box (start, size, even along
-    the axes that coarsen) and its runs of nodes along array axis 2: ``counts`` (nodes per run),
-    ``rows`` (5, R) (the run's values of :meth:`KernelTable.eval_runs`), ``first_mm`` (d2 of the
-    run's first node, mm, float64), ``gbase`` / ``bbase`` (flat index of the run's first node in
-    the level / in the box). The per-node arrays are made by :meth:`nodes` when the zone is
-    used, so they are still in the CPU cache when the kernel is evaluated."""
-
-    __slots__ = ("start", "size", "counts", "rows", "first_mm", "gbase", "bbase", "h2_mm")
-
-    def __init__(self, start, size, counts, rows, first_mm, gbase, bbase, h2_mm):
-        self.start, self.size, self.counts, self.rows = start, size, counts, rows
-        self.first_mm, self.gbase, self.bbase, self.h2_mm = first_mm, gbase, bbase, h2_mm
-
-    def nodes(self, work, tag=0):
-        """Per node: flat index in the level and in the box, d2 (cm, float32), its run's ``rows`` (5, N)."""
-        counts = self.counts
-        n = int(counts.sum())
-        run_start = np.cumsum(counts)
-        run_start -= counts
-        within = np.arange(n, dtype=np.int64)
-        within -= np.repeat(run_start, counts)
-        gidx = np.repeat(self.gbase, counts)
-        gidx += within
-        bidx = np.repeat(self.bbase, counts)
-        bidx += within
-        # d2 in float64 first: a node that coincides with the seed gets exactly r = 0 (theta = 0)
-        d64 = work.get("d64", n, np.float64)
-        np.multiply(within, self.h2_mm, out=d64)
-        d64 += np.repeat(self.first_mm, counts)
-        d64 *= 0.1
-        d2 = work.get(("d2", tag), n)
-        np.copyto(d2, d64, casting="same_kind")
-        per = np.repeat(self.rows, counts, axis=1)
-        return gidx, bidx, d2, per
 
 
 class FastGridEngine:
@@ -550,7 +103,7 @@ class FastGridEngine:
             raise InputError(f"typical_seeds must be a positive integer, got {typical_seeds!r}")
         if ratio is None:
             ratio = auto_ratio(typical_seeds)
-        if order not in _MID_WEIGHTS:
+        if order not in MID_WEIGHTS:
             raise InputError(f"interpolation order must be 4, 6 or 8, got {order!r}")
         if not (math.isfinite(ratio) and ratio >= order / 2 + 1):
             raise InputError(f"correction ratio {ratio!r} too small for order {order} (need >= {order / 2 + 1:g})")
@@ -560,20 +113,20 @@ class FastGridEngine:
         self.order = int(order)
         self.ratio = float(ratio)
         self.stretch = float(stretch)
-        self.weights = _MID_WEIGHTS[self.order]
+        self.weights = MID_WEIGHTS[self.order]
         self._rot = geometry.direction_matrix  # columns: i, j, k unit vectors in RAS
         self._origin = np.asarray(geometry.origin, dtype=float)
         self._tables = {}
         self._buffers = {}
         self._spheroid_cache = {}
-        self._work = _Scratch()
+        self._work = Scratch()
         self.levels = self._build_levels(typical_seeds, top_level)
 
     # -- level hierarchy -----------------------------------------------------------------------
     def _build_levels(self, typical_seeds, top_level=None):
         sp = np.array(self.geometry.spacing[::-1], dtype=float)  # array-axis order (k, j, i)
         g = self.order // 2 - 1
-        levels = [_Level(np.zeros(3), sp, self.geometry.shape)]
+        levels = [Level(np.zeros(3), sp, self.geometry.shape)]
         while len(levels) < 12:
             lv = levels[-1]
             shape = np.asarray(lv.shape)
@@ -585,7 +138,7 @@ class FastGridEngine:
             new_shape = np.where(factor == 2, -(-(shape - 1) // 2) + 1 + 2 * g, shape)
             new_origin = np.where(factor == 2, lv.origin - g * new_h, lv.origin)
             lv.factor = factor
-            levels.append(_Level(new_origin, new_h, new_shape))
+            levels.append(Level(new_origin, new_h, new_shape))
         axes = self._spheroids(levels, self.ratio)
         # top level: minimise the estimated per-seed cost (corrections below + all top nodes)
         best, best_cost, acc = 0, float(levels[0].n_nodes) * typical_seeds, 0.0
@@ -651,7 +204,7 @@ class FastGridEngine:
     def _table(self, kernel: TG43Kernel) -> KernelTable:
         hit = self._tables.get(id(kernel))
         if hit is None or hit.kernel is not kernel:
-            hit = _shared_table(kernel)
+            hit = shared_table(kernel)
             self._tables[id(kernel)] = hit
         return hit
 
@@ -803,7 +356,7 @@ class FastGridEngine:
         start, size = zone.start, zone.size
         cstart = [int(b) // 2 if f == 2 else int(b) for b, f in zip(start, lv.factor)]
         csize = [int(n) // 2 + self.order - 1 if f == 2 else int(n) for n, f in zip(size, lv.factor)]
-        block = _extract(prev, prev_start, cstart, csize)
+        block = extract_block(prev, prev_start, cstart, csize)
         interp = self._prolong(block, lv.factor, size, tag="box").reshape(-1)
         interp_at = work.get("interp_at", n)
         np.take(interp, bidx, out=interp_at, mode="clip")
@@ -879,32 +432,3 @@ class FastGridEngine:
         if rate.shape != self.geometry.shape or rate.dtype != np.float64:
             raise InputError(f"rate array must be float64 of shape {self.geometry.shape}")
         self._accumulate(kernel, positions, axes, signed_strengths, rate, counts=capped_count)
-
-
-def _extract(dense, start, cstart, csize):
-    """The block [cstart, cstart + csize) of ``dense`` (whose first node has index ``start``), zero-padded."""
-    lo = [int(c) - int(s0) for c, s0 in zip(cstart, start)]
-    hi = [l0 + int(n) for l0, n in zip(lo, csize)]
-    if all(l0 >= 0 for l0 in lo) and all(h0 <= d for h0, d in zip(hi, dense.shape)):
-        return dense[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    out = np.zeros(tuple(int(n) for n in csize), dtype=dense.dtype)
-    src_lo = [max(l0, 0) for l0 in lo]
-    src_hi = [min(h0, d) for h0, d in zip(hi, dense.shape)]
-    if any(h0 <= l0 for l0, h0 in zip(src_lo, src_hi)):
-        return out
-    dst = tuple(slice(a0 - l0, a0 - l0 + (b0 - a0)) for a0, b0, l0 in zip(src_lo, src_hi, lo))
-    out[dst] = dense[tuple(slice(a0, b0) for a0, b0 in zip(src_lo, src_hi))]
-    return out
-
-
-_TABLE_CACHE = {}
-
-
-def _shared_table(kernel: TG43Kernel) -> KernelTable:
-    """One KernelTable per kernel object, shared between engines (kept while the kernel lives)."""
-    hit = _TABLE_CACHE.get(id(kernel))
-    if hit is None or hit.kernel is not kernel:
-        if len(_TABLE_CACHE) > 32:
-            _TABLE_CACHE.clear()
-        hit = _TABLE_CACHE[id(kernel)] = KernelTable(kernel)
-    return hit

@@ -135,16 +135,16 @@ class Goals:
 class KernelTable:
     """Fast dose rate per U of one kernel for influence matrices.
 
-    A view of the dose engine's own table (:class:`fastdose.KernelTable`: g and F tabulated on
+    A view of the dose engine's own table (:class:`kernel_table.KernelTable`: g and F tabulated on
     nodes that contain every tabulated radius and angle, G_L analytic, the kernel's cap rule), so
     the optimiser's matrix agrees with :class:`tg43.TG43Kernel` to about 1e-5 and with the doses
     the engine reports.
     """
 
     def __init__(self, kernel):
-        from ..physics.fastdose import _shared_table
+        from ..physics.kernel_table import shared_table
         self.kernel = kernel
-        self._table = _shared_table(kernel)
+        self._table = shared_table(kernel)
 
     def rate_per_U(self, r_cm, cos_theta):
         """Dose rate (cGy/h per U) at (r, cos theta), any (broadcastable) shapes."""

@@ -12,7 +12,8 @@ import numpy as np
 
 from SeedImplantPlannerLib.physics.dose import DirectGridEngine, DoseGrid, compute_dose_Gy, make_engine
 from SeedImplantPlannerLib.core.errors import CancelledError, InputError
-from SeedImplantPlannerLib.physics.fastdose import TABLE_R_MAX_CM, FastGridEngine, KernelTable
+from SeedImplantPlannerLib.physics.fastdose import FastGridEngine
+from SeedImplantPlannerLib.physics.kernel_table import TABLE_R_MAX_CM, KernelTable
 from SeedImplantPlannerLib.core.geometry import ImageGeometry
 from SeedImplantPlannerLib.physics.seeds import SeedSet
 from SeedImplantPlannerLib.physics.sources import get_model, load_models
