@@ -2,16 +2,20 @@
 # One entry point for newcomers and CI.
 #   ./run.sh demo [seedplan demo options]   set up, then plan the bundled sample case (output: demo-output/)
 #   ./run.sh test [pytest options]          set up, then run the whole test suite
-#   ./run.sh setup                          only set up (.venv with the library, slicer-core and pytest)
+#   ./run.sh setup                          only set up (.venv with the library, slicer-core, trame-slicer, pytest, playwright)
 #   ./run.sh bench                          set up, then run every benchmark in benchmarks/
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${SEEDPLAN_VENV:-.venv}
 PY=${PYTHON:-python3}
+# Playwright drives Debian's Chromium, never a browser build of its own.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1
+export SEEDPLAN_CHROMIUM=${SEEDPLAN_CHROMIUM:-/usr/bin/chromium}
 
 apt_packages() {
-  # OpenGL/EGL runtime for VTK's offscreen rendering (slice and 3D pictures); Chromium renders the
-  # HTML report in the tests (a real browser for the one web page the product writes).
+  # OpenGL/EGL runtime for VTK's offscreen rendering (slice and 3D pictures); Debian's Chromium renders
+  # the HTML report and drives `seedplan serve` in the browser tests (playwright, from pyproject's
+  # test extra, is pointed at /usr/bin/chromium: no browser is ever downloaded).
   local need=()
   for p in libegl1 libgl1 libosmesa6 libglu1-mesa libxrender1 libxt6 chromium; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
