@@ -114,8 +114,8 @@ class CliDicom(unittest.TestCase):
     def test_plan_json_input(self):
         from SeedImplantPlannerLib.planning.loading import LoadingRules
         from SeedImplantPlannerLib.planning.needles import Needle
-        from SeedImplantPlannerLib.planning.optimizer import Goals
-        from SeedImplantPlannerLib.planning.plan import Plan, write_plan
+        from SeedImplantPlannerLib.planning.problem import Goals
+        from SeedImplantPlannerLib.planning.planfile import Plan, write_plan
         from SeedImplantPlannerLib.physics.seeds import read_seeds_csv
         seeds = read_seeds_csv(self.write_with_model())
         needles = [Needle(1, [-4.5, 1.25, -40.0], [-4.5, 1.25, 10.0], name="L1"),

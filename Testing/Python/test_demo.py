@@ -46,7 +46,7 @@ class TestDemo(unittest.TestCase):
     def test_dose_is_on_the_ct_grid_and_matches_point_dose(self):
         from SeedImplantPlannerLib.physics.dose import dose_at_points_Gy
         from SeedImplantPlannerLib.core.imageio import read_image
-        from SeedImplantPlannerLib.planning.plan import read_plan_seeds
+        from SeedImplantPlannerLib.planning.planfile import read_plan_seeds
         dose, g = read_image(self.out / "plan" / "dose.nrrd")
         _, ct_g = read_image(ROOT / "Resources" / "SampleCase" / "SampleCT.nrrd")
         self.assertTrue(g.matches(ct_g))

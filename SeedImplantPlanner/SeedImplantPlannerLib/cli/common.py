@@ -70,10 +70,10 @@ def cmd_point_dose(args):
 
 
 def read_seed_input(path, model_dirs=()):
-    """Seeds from a CSV or a plan JSON file (:func:`plan.read_plan_seeds`)."""
+    """Seeds from a CSV or a plan JSON file (:func:`planfile.read_plan_seeds`)."""
     path = str(path)
     if path.lower().endswith(".json"):
-        from ..planning.plan import read_plan_seeds
+        from ..planning.planfile import read_plan_seeds
         return read_plan_seeds(path)
     return read_seeds_csv(path)
 

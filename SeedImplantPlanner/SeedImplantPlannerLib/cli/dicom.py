@@ -16,7 +16,7 @@ def _read_seeds(args):
     path = Path(args.seeds)
     if path.suffix.lower() == ".json":
         try:
-            from ..planning.plan import read_plan
+            from ..planning.planfile import read_plan
         except ImportError as exc:
             raise InputError(f"{path}: plan files need the planning module ({exc})") from exc
         plan = read_plan(path)

@@ -16,7 +16,7 @@ EXIT_GOALS_NOT_MET = 3
 
 def parse_oar(text):
     """``NAME[:LIMIT=Gy,...]`` with limits Dmax, D2cc, D0.1cc -> OARConstraint."""
-    from ..planning.optimizer import OARConstraint
+    from ..planning.problem import OARConstraint
     name, _, spec = str(text).partition(":")
     name = name.strip()
     if not name:
@@ -41,8 +41,9 @@ def cmd_plan(args):
     """Plan a seed implant from an image and a segmentation; write the plan folder."""
     from .main import ProgressBar
     from ..planning.loading import LoadingRules
-    from ..planning.optimizer import Goals
-    from ..planning.plan import plan_case, write_plan_folder
+    from ..planning.problem import Goals
+    from ..planning.pipeline import plan_case
+    from ..planning.planfile import write_plan_folder
     from ..physics.strength import check_strength_value
     check_strength_value(args.strength, "seed strength")
     for name, value, low in (("--time-limit", args.time_limit, 0.0), ("--dose-spacing", args.dose_spacing, 0.0),
@@ -94,7 +95,7 @@ def cmd_plan(args):
         usable_length_mm=args.usable_length, gauge=args.gauge, formalism=args.formalism,
         optimizer_options={"needle_weight": args.needle_weight, "anneal_iterations": args.anneal_iterations})
     written = write_plan_folder(args.out, plan, dose, g)
-    from ..planning.plan import plan_report
+    from ..planning.planfile import plan_report
     print(plan_report(plan))
     print(f"wrote {args.out}: " + ", ".join(p.name for p in written))
     failed = [r for r in plan.metrics.get("goal_check", []) if not r["passed"] and "soft" not in r["goal"]]
@@ -112,7 +113,7 @@ def cmd_needles(args):
     from ..core.fileio import write_csv
     from ..planning.needles import NEEDLE_TABLE_COLUMNS, needle_table, read_needles
     from ..planning.obstacles import HIT_COLUMNS
-    from ..planning.plan import check_needles, make_needles
+    from ..planning.pipeline import check_needles, make_needles
     from ..imaging.segio import read_segmentation
     if not args.template_spacing > 0:
         raise InputError(f"--template-spacing must be > 0, got {args.template_spacing:g}")

@@ -445,7 +445,7 @@ def _needle_paths(needles):
 
 
 def plan_needle_names(plan):
-    """Needle name of each seed of a :class:`plan.Plan` ('' for loose seeds), for ``seed_needle_names``."""
+    """Needle name of each seed of a :class:`planfile.Plan` ('' for loose seeds), for ``seed_needle_names``."""
     names = {int(n.number): str(n.name) for n in plan.needles}
     return [names.get(int(v), "") if int(v) > 0 else "" for v in plan.seed_needle]
 

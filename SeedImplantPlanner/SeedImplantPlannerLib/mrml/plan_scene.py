@@ -317,7 +317,7 @@ def optimizer_goals(goal_set, prescription_Gy, target, organs):
     ``D2cc``, ``D0.1cc <= x Gy | %``. Every other goal is still checked in the metrics table.
     Without a goal set (or with nothing that maps) the optimiser's defaults apply.
     """
-    from ..planning.optimizer import Goals, OARConstraint
+    from ..planning.problem import Goals, OARConstraint
     rx = float(prescription_Gy)
     kw = {}
     oars = []
@@ -867,12 +867,12 @@ class PlanScene:
 
     def plan_implant(self, needle_mode="template", direction="P", template_spacing_mm=10.0, needles=None,
                      approach=None, method="anneal", time_limit_s=8.0, goals=None, progress=None):
-        """Inverse planning (:func:`plan.plan_from_masks`): needles, seed loading, dose; returns the Plan.
+        """Inverse planning (:func:`pipeline.plan_from_masks`): needles, seed loading, dose; returns the Plan.
 
         ``needle_mode``: "template", "fan" or "freehand" (``needles``, default: the plan's needle nodes).
         ``goals`` (:class:`optimizer.Goals`) default to :func:`optimizer_goals` of the plan's goal set.
         """
-        from ..planning.plan import plan_from_masks
+        from ..planning.pipeline import plan_from_masks
         target = self.params.get("targetSegmentId")
         if not target:
             raise InputError("choose the target segment first")

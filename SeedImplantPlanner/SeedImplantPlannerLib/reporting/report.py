@@ -17,7 +17,7 @@ The plan is plain data so the planning module can hand it over without an import
 Every key is optional; missing values are derived from ``seeds`` (a :class:`seeds.SeedSet`) when
 given, else shown as "-". ``needles`` rows are shown with their own keys as columns (first row's
 order), so the table follows whatever the planning module reports. A plan file dict of the
-planning module (``plan.Plan.to_dict()``, with ``format``/``source``/``summary``) or a ``plan.Plan``
+planning module (``plan.Plan.to_dict()``, with ``format``/``source``/``summary``) or a ``planfile.Plan``
 object is accepted too: its summary is mapped onto the keys above and its needle loading table
 comes from ``Plan.loading_rows()`` (:func:`normalize_plan`).
 """
@@ -51,7 +51,7 @@ def _fmt(v, digits=4):
 
 
 def normalize_plan(plan):
-    """Plain report dict from ``plan``: a report dict (returned as is), a plan-file dict or a ``plan.Plan``."""
+    """Plain report dict from ``plan``: a report dict (returned as is), a plan-file dict or a ``planfile.Plan``."""
     if plan is None:
         return None
     obj = None
@@ -69,7 +69,7 @@ def normalize_plan(plan):
            "total_strength_U": summ.get("total_strength_U"), "total_activity_mCi": summ.get("total_activity_mCi")}
     if obj is None:
         try:
-            from ..planning.plan import Plan
+            from ..planning.planfile import Plan
             obj = Plan.from_dict(plan)
         except (ImportError, InputError):
             obj = None

@@ -92,7 +92,7 @@ class LayeringTest(unittest.TestCase):
                 self.assertTrue(doc and "import" in doc.lower(), f"{rel}: the docstring must say what the package may import")
 
     def test_the_check_sees_a_violation(self):
-        tree = ast.parse("from ..planning.plan import Plan\nimport vtk\n")
+        tree = ast.parse("from ..planning.planfile import Plan\nimport vtk\n")
         found = list(imported_packages("physics", "physics/x.py", tree))
         self.assertIn((1, "planning", True), found)
         self.assertIn((2, "vtk", False), found)

@@ -12,8 +12,8 @@ from SeedImplantPlannerLib.planning.loading import (LoadingRules, TargetRegion, 
                                            uniform_loading)
 from SeedImplantPlannerLib.planning.needles import Needle, curved_catheter
 from SeedImplantPlannerLib.planning.nomogram import WU_COEFF_U, estimate, principal_dimensions_cm
-from SeedImplantPlannerLib.planning.optimizer import Goals
-from SeedImplantPlannerLib.planning.plan import Plan
+from SeedImplantPlannerLib.planning.planfile import Plan
+from SeedImplantPlannerLib.planning.problem import Goals
 from SeedImplantPlannerLib.physics.seeds import SeedSet
 
 GEOM = ImageGeometry((40, 40, 40), (1.0, 1.0, 1.0), (-19.5, -19.5, -19.5))

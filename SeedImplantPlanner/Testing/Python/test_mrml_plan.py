@@ -176,7 +176,7 @@ class PlanningWorkflowTest(PlanSceneTestCase):
 
     def test_goal_set_becomes_optimizer_goals(self):
         from SeedImplantPlannerLib.evaluation.goals import goals_from_text
-        from SeedImplantPlannerLib.planning.optimizer import OARConstraint
+        from SeedImplantPlannerLib.planning.problem import OARConstraint
         gs = goals_from_text("PTV: V100 >= 97%; D90 >= 110%; V150 <= 55%; CI >= 0.6\n"
                              "OAR: D2cc <= 100 Gy; Dmax <= 150%; V100 < 1 cc")
         goals, oars = mp.optimizer_goals(gs, RX, "PTV", ["OAR", "Other"])

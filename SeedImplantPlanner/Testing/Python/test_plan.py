@@ -14,9 +14,10 @@ from SeedImplantPlannerLib.core.geometry import ImageGeometry
 from SeedImplantPlannerLib.core.imageio import read_image, write_image
 from SeedImplantPlannerLib.planning.loading import LoadingRules
 from SeedImplantPlannerLib.planning.needles import curved_catheter
-from SeedImplantPlannerLib.planning.optimizer import OARConstraint
-from SeedImplantPlannerLib.planning.plan import (PLAN_VERSION, Plan, parse_direction, plan_case, plan_from_masks, read_plan,
-                                        read_plan_seeds, write_plan, write_plan_folder)
+from SeedImplantPlannerLib.planning.pipeline import parse_direction, plan_case, plan_from_masks
+from SeedImplantPlannerLib.planning.planfile import (PLAN_VERSION, Plan, read_plan, read_plan_seeds, write_plan,
+                                                    write_plan_folder)
+from SeedImplantPlannerLib.planning.problem import OARConstraint
 from SeedImplantPlannerLib.imaging.segio import Segmentation, write_segmentation
 
 GEOM = ImageGeometry((44, 44, 44), (1.5, 1.5, 1.5), (-32.25, -32.25, -32.25))
