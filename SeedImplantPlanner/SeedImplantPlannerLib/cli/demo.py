@@ -133,7 +133,8 @@ def run_demo(out, *, strength_mCi=0.6, prescription_Gy=120.0, direction="R", tim
     # 4b. DICOM RT
     if not skip_dicom:
         t0 = time.monotonic()
-        from ..dicom.export import export_plan_dicom, plan_needle_names
+        from ..dicom.export import export_plan_dicom
+        from ..dicom.rtplan import plan_needle_names
         d = export_plan_dicom(out / "dicom", ct_path, plan.seeds, prescription_Gy, segmentation=seg,
                               seed_needle_names=plan_needle_names(plan), model=MODEL,
                               strength_reference=plan.source.get("implant_date"), dose_Gy=dose,

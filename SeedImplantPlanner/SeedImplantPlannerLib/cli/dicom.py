@@ -22,7 +22,7 @@ def _read_seeds(args):
         plan = read_plan(path)
         if not len(plan.seeds):
             raise InputError(f"{path}: the plan has no seeds")
-        from ..dicom.export import plan_needle_names
+        from ..dicom.rtplan import plan_needle_names
         needle_names = plan_needle_names(plan)
         date = plan.source.get("implant_date") if isinstance(plan.source, dict) else None
         return plan.seeds, needle_names, plan.prescription_Gy, date
@@ -49,7 +49,8 @@ def _read_dose(path):
 def cmd_export_dicom(args):
     """Write the plan as DICOM RT files into a new folder."""
     from .main import ProgressBar
-    from ..dicom.export import PatientInfo, export_plan_dicom
+    from ..dicom.common import PatientInfo
+    from ..dicom.export import export_plan_dicom
     seeds, needle_names, plan_rx, plan_date = _read_seeds(args)
     rx = args.prescription_Gy if args.prescription_Gy is not None else plan_rx
     if rx is None:
@@ -89,7 +90,7 @@ def cmd_export_dicom(args):
 
 def cmd_dicom_seeds(args):
     """Seeds of a brachytherapy RT Plan to a seeds CSV (RAS mm, U)."""
-    from ..dicom.export import read_rtplan_seeds
+    from ..dicom.rtimport import read_rtplan_seeds
     from ..core.fileio import write_csv
     from ..physics.seeds import SEED_COLUMNS, seeds_to_rows
     seeds, info = read_rtplan_seeds(args.plan, at=args.at, model_dirs=args.model_dir)

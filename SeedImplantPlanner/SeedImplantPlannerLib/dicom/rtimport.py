@@ -14,10 +14,7 @@ import numpy as np
 from ..core.errors import InputError
 from ..core.geometry import ImageGeometry, LPS_TO_RAS
 from ..physics.seeds import SeedSet
-
-RTDOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
-RTSTRUCT_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
-RTPLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
+from .common import RTDOSE_STORAGE, RTPLAN_STORAGE, RTSTRUCT_STORAGE
 
 
 def _read(path, sop_class, what):

@@ -18,7 +18,7 @@ from pydicom import config as dcm_config
 from pydicom.uid import UID
 from pydicom.valuerep import validate_value
 
-from SeedImplantPlannerLib.dicom import export
+from SeedImplantPlannerLib.dicom import export, rtimport
 from SeedImplantPlannerLib.dicom.contours import contours_to_mask, mask_to_contours
 from SeedImplantPlannerLib.physics.dose import compute_dose_Gy, dose_at_points_Gy
 from SeedImplantPlannerLib.core.errors import CancelledError, InputError
@@ -239,7 +239,7 @@ class TestRtPlan(DicomCase):
     def test_seeds_round_trip_and_dose_recomputes(self):
         needles = [{"number": 1, "name": "A1", "entry_ras_mm": [-5.0, -4.25, -60.0], "tip_ras_mm": [-5.0, -4.25, 20.0]}]
         res, g, ct, seg, seeds, dose, dose_g = self.export(needles=needles)
-        back, info = export.read_rtplan_seeds(res["rtplan"])
+        back, info = rtimport.read_rtplan_seeds(res["rtplan"])
         self.assertEqual(len(back), len(seeds))
         np.testing.assert_allclose(back.positions, seeds.positions, rtol=0, atol=1e-9)
         np.testing.assert_allclose(back.strengths_U, seeds.strengths_U, rtol=1e-12, atol=0)
@@ -260,7 +260,7 @@ class TestRtPlan(DicomCase):
         d1 = dose_at_points_Gy(pts, back)[0]
         np.testing.assert_allclose(d1, d0, rtol=1e-6)
         redo, _ = compute_dose_Gy(dose_g, back)
-        file_dose, file_g, _ = export.read_rtdose(res["rtdose"])
+        file_dose, file_g, _ = rtimport.read_rtdose(res["rtdose"])
         self.assertTrue(file_g.matches(dose_g))
         np.testing.assert_allclose(file_dose, redo, rtol=0, atol=1e-6 * dose.max())
 
@@ -321,7 +321,7 @@ class TestRtPlan(DicomCase):
         bad = self.dir / "zero.dcm"
         plan.save_as(bad)
         with self.assertRaisesRegex(InputError, "zero strength"):
-            export.read_rtplan_seeds(bad)
+            rtimport.read_rtplan_seeds(bad)
 
     def test_needle_channel_with_dwell_pairs_is_read_as_seeds(self):
         # layout of other systems: one channel per needle, seeds as dwell pairs, no orientation
@@ -345,7 +345,7 @@ class TestRtPlan(DicomCase):
         plan.ApplicationSetupSequence[0].ChannelSequence = [first] + list(channels[3:])
         path = self.dir / "needle_channels.dcm"
         plan.save_as(path)
-        back, info = export.read_rtplan_seeds(path)
+        back, info = rtimport.read_rtplan_seeds(path)
         self.assertEqual(len(back), len(seeds))
         np.testing.assert_allclose(back.positions, seeds.positions, atol=1e-9)
         chord = seeds.positions[2] - seeds.positions[0]
@@ -356,7 +356,7 @@ class TestRtPlan(DicomCase):
 
     def test_strengths_decay_to_a_later_date(self):
         res, g, ct, seg, seeds, *_ = self.export()
-        back, info = export.read_rtplan_seeds(res["rtplan"], at="2027-01-19T09:30")
+        back, info = rtimport.read_rtplan_seeds(res["rtplan"], at="2027-01-19T09:30")
         i125 = np.array([m == M6711 for m in seeds.models])
         np.testing.assert_allclose(back.strengths_U[i125], seeds.strengths_U[i125] * 0.5 ** (60 / 59.4), rtol=1e-12)
 
@@ -373,7 +373,7 @@ class TestRtDose(DicomCase):
         self.assertEqual(offsets[0], 0.0)
         self.assertTrue(np.all(np.diff(offsets) > 0))
         # pydicom read-back: exact geometry, values within half a scaling step
-        back, g, info = export.read_rtdose(res["rtdose"])
+        back, g, info = rtimport.read_rtdose(res["rtdose"])
         self.assertEqual(info["units"], "GY")
         ok = np.abs(back - dose) <= 0.5 * scaling + 1e-12 * dose.max()
         self.assertTrue(ok.all(), f"max error {np.abs(back - dose).max()} > {0.5 * scaling}")
@@ -411,7 +411,7 @@ class TestRtDose(DicomCase):
         # the dose NRRD a user exports from `seedplan dose` and the RT Dose hold the same grid
         res, g, ct, seg, seeds, dose, dose_g = self.export()
         nrrd = write_image(self.dir / "dose.nrrd", dose.astype(np.float32), dose_g)
-        back, bg, _ = export.read_rtdose(res["rtdose"])
+        back, bg, _ = rtimport.read_rtdose(res["rtdose"])
         image = sitk.ReadImage(str(nrrd))
         np.testing.assert_allclose(image.GetOrigin(), dose_g.to_lps()[0], atol=1e-6)
         self.assertTrue(bg.matches(dose_g))
@@ -420,7 +420,7 @@ class TestRtDose(DicomCase):
 class TestRtStruct(DicomCase):
     def test_contours_rasterise_back_to_the_masks(self):
         res, g, ct, seg, *_ = self.export()
-        rois = export.read_rtstruct(res["rtstruct"], g)
+        rois = rtimport.read_rtstruct(res["rtstruct"], g)
         self.assertEqual(set(rois), {"GTV", "PTV", "Rectum"})
         self.assertEqual({n: r["type"] for n, r in rois.items()}, {"GTV": "GTV", "PTV": "PTV", "Rectum": "ORGAN"})
         for name, roi in rois.items():
@@ -445,7 +445,7 @@ class TestRtStruct(DicomCase):
         sphere_fine = ellipsoid(fine, (2, 1, 0), (9, 9, 9))
         seg = Segmentation.from_masks(fine, {"GTV": sphere_fine})
         res, *_ = self.export(segmentation=seg)
-        rois = export.read_rtstruct(res["rtstruct"], g)
+        rois = rtimport.read_rtstruct(res["rtstruct"], g)
         expected = ellipsoid(g, (2, 1, 0), (9, 9, 9))
         got = rois["GTV"]["mask"]
         dice = 2 * np.count_nonzero(expected & got) / (expected.sum() + got.sum())

@@ -1,0 +1,137 @@
+"""Image series: the CT series written for an image-file CT, the shared image-plane writer (CT and RT Dose),
+and the study context of an existing DICOM CT series folder (reused, never rewritten)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..core import progress as _progress
+from ..core.errors import InputError
+from ..core.geometry import ImageGeometry
+from .common import (CT_STORAGE, PATIENT_STUDY_KEYWORDS, StudyContext, base_dataset, ds_list, ds_string, lps_to_ras,
+                     ras_to_lps, save_dataset)
+
+
+def study_from_dicom_folder(folder: Path) -> tuple:
+    """Geometry and identifiers of the image series (CT, MR...) in a DICOM folder.
+
+    The first series that is not an RT object (RT Dose, Structure Set, Plan) is used, so a folder
+    holding a CT next to earlier RT exports still resolves to the CT.
+    """
+    import SimpleITK as sitk
+    import pydicom
+    from ..core.imageio import geometry_of
+    reader = sitk.ImageSeriesReader()
+    files = None
+    for sid in reader.GetGDCMSeriesIDs(str(folder)):
+        names = reader.GetGDCMSeriesFileNames(str(folder), sid)
+        try:
+            head = pydicom.dcmread(names[0], stop_before_pixels=True)
+        except Exception as exc:  # pydicom raises several types for unreadable files
+            raise InputError(f"{names[0]}: unreadable DICOM file ({exc})") from exc
+        if str(getattr(head, "Modality", "")).upper() not in ("RTDOSE", "RTSTRUCT", "RTPLAN", "RTIMAGE"):
+            files = names
+            break
+    if not files:
+        raise InputError(f"{folder}: folder holds no DICOM image series (CT, MR...)")
+    reader.SetFileNames(files)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        first_line = str(exc).strip().splitlines()
+        raise InputError(f"{folder}: unreadable image series ({first_line[-1] if first_line else 'SimpleITK error'})") from exc
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{folder}: expected a 3D scalar image series")
+    geometry = geometry_of(image)
+    uids = [None] * geometry.size[2]
+    first = None
+    for f in files:
+        try:
+            d = pydicom.dcmread(f, stop_before_pixels=True)
+        except Exception as exc:  # pydicom raises several types for unreadable files
+            raise InputError(f"{f}: unreadable DICOM file ({exc})") from exc
+        first = first or d
+        ipp = getattr(d, "ImagePositionPatient", None)
+        if ipp is None:
+            raise InputError(f"{f}: CT slice has no Image Position (Patient)")
+        k = geometry.ras_to_ijk(lps_to_ras(np.asarray([float(v) for v in ipp])))[2]
+        kk = int(round(k))
+        if abs(k - kk) > 0.05 or not 0 <= kk < len(uids):
+            raise InputError(f"{f}: slice position does not fall on the series grid (k = {k:.3f})")
+        uids[kk] = str(d.SOPInstanceUID)
+    missing = [k for k, u in enumerate(uids) if u is None]
+    if missing:
+        raise InputError(f"{folder}: DICOM series has no file for slice(s) {missing[:5]}")
+    for key in ("StudyInstanceUID", "FrameOfReferenceUID", "SeriesInstanceUID", "SOPClassUID"):
+        if not str(getattr(first, key, "") or ""):
+            raise InputError(f"{folder}: CT series lacks {key}; cannot reference it from RT objects")
+    attrs = {k: getattr(first, k) for k in PATIENT_STUDY_KEYWORDS if k in first}
+    return geometry, first, uids, attrs
+
+
+def set_image_plane(ds, g: ImageGeometry, ipp, row, col, bits, signed):
+    """Image Plane and Image Pixel attributes of a grayscale slice or frame set on grid ``g`` (LPS)."""
+    ds.ImagePositionPatient = ds_list(ipp)
+    ds.ImageOrientationPatient = ds_list(np.concatenate([row, col]))
+    ds.PixelSpacing = ds_list([g.spacing[1], g.spacing[0]])
+    ds.SliceThickness = ds_string(g.spacing[2])
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows = g.size[1]
+    ds.Columns = g.size[0]
+    ds.BitsAllocated = bits
+    ds.BitsStored = bits
+    ds.HighBit = bits - 1
+    ds.PixelRepresentation = 1 if signed else 0
+
+
+def _ct_storage(array):
+    """int16 stored values, rescale slope and intercept (DS strings) for a CT array."""
+    a = np.asarray(array)
+    if not np.all(np.isfinite(a)):
+        raise InputError("CT image has NaN or infinite voxels")
+    lo, hi = float(a.min()), float(a.max())
+    integral = np.issubdtype(a.dtype, np.integer) or bool(np.all(a == np.round(a)))
+    if integral and lo >= -32768 and hi <= 32767:
+        return a.astype(np.int16), "1", "0"
+    intercept = ds_string(0.5 * (lo + hi))
+    slope = ds_string(max((hi - lo) / 65000.0, 1e-6))
+    stored = np.rint((a - float(intercept)) / float(slope))
+    return np.clip(stored, -32768, 32767).astype(np.int16), slope, intercept
+
+
+def write_ct_series(folder: Path, array, g: ImageGeometry, study: StudyContext, now, progress):
+    """Write ``array`` [k, j, i] on ``g`` as a CT Image Storage series, one file per slice, into ``folder``."""
+    origin_lps, dir_lps = g.to_lps()
+    row, col = dir_lps[:, 0], dir_lps[:, 1]
+    normal = np.cross(row, col)
+    stored, slope, intercept = _ct_storage(array)
+    paths = []
+    folder.mkdir()
+    nk = g.size[2]
+    for k in range(nk):
+        ds = base_dataset(CT_STORAGE, "CT", study.ct_series_uid, 1, "CT for seed implant planning", study, now)
+        ds.SOPInstanceUID = study.ct_sop_uids[k]
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+        ds.ContentDate = now.strftime("%Y%m%d")
+        ds.ContentTime = now.strftime("%H%M%S")
+        ds.PatientPosition = "HFS"
+        ds.Laterality = ""
+        ds.KVP = ""
+        ds.AcquisitionNumber = ""
+        ds.InstanceNumber = k + 1
+        ds.PatientOrientation = ""
+        ipp = ras_to_lps(g.ijk_to_ras([0.0, 0.0, float(k)]))
+        set_image_plane(ds, g, ipp, row, col, bits=16, signed=True)
+        ds.SliceLocation = ds_string(float(ipp @ normal))
+        ds.RescaleIntercept = intercept
+        ds.RescaleSlope = slope
+        ds.RescaleType = "HU"
+        ds.WindowCenter = "40"
+        ds.WindowWidth = "400"
+        ds.PixelData = np.ascontiguousarray(stored[k]).astype("<i2").tobytes()
+        paths.append(save_dataset(ds, folder / f"CT_{k + 1:04d}.dcm"))
+        _progress.report(progress, (k + 1) / nk, f"DICOM: CT slice {k + 1} of {nk}")
+    return paths
