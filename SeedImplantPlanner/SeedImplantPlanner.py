@@ -26,8 +26,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from SeedImplantPlannerLib.mrml import adapters
 from SeedImplantPlannerLib.mrml import plan_scene
+from SeedImplantPlannerLib.mrml.volumes import DOSE_VOLUME_ATTRIBUTE
 from SeedImplantPlannerLib.core.errors import CancelledError
 from SeedImplantPlannerLib.mrml.scene import SlicerSceneContext
 
@@ -64,9 +64,9 @@ data of each seed model (see Resources/SeedModels/PROVENANCE.md).
 
 @parameterNodeWrapper
 class SeedImplantPlannerParameterNode:
-    """Parameters of the module; names and defaults are those of SeedImplantPlannerLib.mrml.plan_scene.
+    """Parameters of the module; names and defaults are those of SeedImplantPlannerLib.mrml.parameters.
 
-    The library reads and writes this node in the same layout (plan_scene.PlanParameters), so a
+    The library reads and writes this node in the same layout (parameters.PlanParameters), so a
     scene saved by ``seedplan demo`` opens in the module with every selection restored.
     """
 
@@ -190,7 +190,7 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.ctVolume:
             firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolume and firstVolume.GetAttribute(adapters.DOSE_VOLUME_ATTRIBUTE) is None:
+            if firstVolume and firstVolume.GetAttribute(DOSE_VOLUME_ATTRIBUTE) is None:
                 self._parameterNode.ctVolume = firstVolume
 
     def setParameterNode(self, inputParameterNode) -> None:

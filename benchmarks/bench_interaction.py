@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "SeedImplantPlanner"))
 
-from SeedImplantPlannerLib.mrml import plan_scene  # noqa: E402
+from SeedImplantPlannerLib.mrml import scene_io  # noqa: E402
 from SeedImplantPlannerLib.core.geometry import ImageGeometry  # noqa: E402
 from SeedImplantPlannerLib.mrml.scene import create_scene  # noqa: E402
 from SeedImplantPlannerLib.planning.needles import Needle  # noqa: E402
@@ -83,9 +83,9 @@ def main(argv=None):
     ctx = create_scene()
     try:
         t = time.perf_counter()
-        plan = plan_scene.build_plan_scene(ctx, seeds=seeds, prescription_Gy=RX, segmentation=seg, target="PTV",
-                                          organs=["Rectum", "Urethra"], needles=needles, seed_needle_numbers=nums,
-                                          dose_geometry=g, dose_method="fast")
+        plan = scene_io.build_plan_scene(ctx, seeds=seeds, prescription_Gy=RX, segmentation=seg, target="PTV",
+                                         organs=["Rectum", "Urethra"], needles=needles, seed_needle_numbers=nums,
+                                         dose_geometry=g, dose_method="fast")
         print(f"build scene + first dose and outputs: {time.perf_counter() - t:.2f} s")
         plan.start_live_updates()
         node = plan.params.get_node("seedsNode")

@@ -118,7 +118,7 @@ def run_demo(out, *, strength_mCi=0.6, prescription_Gy=120.0, direction="R", tim
     if not skip_scene:
         t0 = time.monotonic()
         from ..evaluation.goals import load_goals
-        from ..mrml.plan_scene import save_plan_scene
+        from ..mrml.scene_io import save_plan_scene
         used = plan.used_needles()
         res = save_plan_scene(
             out / "scene.mrb", seeds=plan.seeds, prescription_Gy=prescription_Gy, ct=(ct, ct_geometry),

@@ -375,12 +375,12 @@ def least_occluded_side(center_ras, segmentation_node=None, segment_ids=None, pr
                                 ((0, 1, 0), (0, -1, 0), (1, 0, 0), (-1, 0, 0), (0, 0, 1), (0, 0, -1))]
     if segmentation_node is None:
         return tuple(preferred)
-    from . import adapters as ma  # noqa: PLC0415
-    ids = list(segment_ids) if segment_ids is not None else ma.segment_ids(segmentation_node)
+    from .segmentations import segment_ids as _segment_ids, segment_structure  # noqa: PLC0415
+    ids = list(segment_ids) if segment_ids is not None else _segment_ids(segmentation_node)
     blockers = []
     for sid in ids[1:]:
         try:
-            blockers.append(ma.segment_structure(segmentation_node, sid))
+            blockers.append(segment_structure(segmentation_node, sid))
         except InputError:
             continue
     if not blockers:

@@ -7,7 +7,7 @@ import re
 import unittest
 import xml.etree.ElementTree as ET
 
-from SeedImplantPlannerLib.mrml import plan_scene
+from SeedImplantPlannerLib.mrml import parameters
 
 MODULE_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 MODULE_FILE = os.path.join(MODULE_DIR, "SeedImplantPlanner.py")
@@ -82,14 +82,14 @@ class ModuleFileTest(unittest.TestCase):
 
     def test_wrapper_matches_the_library_parameters(self):
         _name, fields = wrapper_fields()
-        lib = set(plan_scene.DEFAULTS) | set(plan_scene.NODE_PARAMETERS) | set(plan_scene.NODE_LIST_PARAMETERS) \
-            | set(plan_scene.STRING_LIST_PARAMETERS)
+        lib = set(parameters.DEFAULTS) | set(parameters.NODE_PARAMETERS) | set(parameters.NODE_LIST_PARAMETERS) \
+            | set(parameters.STRING_LIST_PARAMETERS)
         self.assertEqual(set(fields), lib)
-        for name, default in plan_scene.DEFAULTS.items():
+        for name, default in parameters.DEFAULTS.items():
             self.assertEqual(fields[name][1], default, name)
-        for name in plan_scene.NODE_LIST_PARAMETERS:
+        for name in parameters.NODE_LIST_PARAMETERS:
             self.assertTrue(fields[name][0].startswith("list["), name)
-        for name in plan_scene.STRING_LIST_PARAMETERS:
+        for name in parameters.STRING_LIST_PARAMETERS:
             self.assertEqual(fields[name][0], "list[str]", name)
 
     def test_panels(self):

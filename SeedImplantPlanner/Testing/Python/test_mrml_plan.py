@@ -7,8 +7,9 @@ import numpy as np
 
 from test_mrml_fixture import MODEL, MRMLSceneTestCase, sphere_mask
 
-from SeedImplantPlannerLib.mrml import adapters as ma
-from SeedImplantPlannerLib.mrml import plan_scene as mp
+from SeedImplantPlannerLib.mrml import (isodose, markups, parameters, plan_scene, planning_actions, scene_io,
+                                        segmentations, tables, volumes)
+from SeedImplantPlannerLib.mrml.nodes import study_of, subject_hierarchy
 from SeedImplantPlannerLib.physics.dose import DoseGrid
 from SeedImplantPlannerLib.core.errors import InputError
 from SeedImplantPlannerLib.core.geometry import ImageGeometry
@@ -48,17 +49,17 @@ class PlanSceneTestCase(MRMLSceneTestCase):
                     forbidden=["Bone"], needles=needles, seed_needle_numbers=nums, dose_method="direct",
                     parameters={"doseMarginMm": 12.0, "doseGridSpacingMm": 2.0})
         args.update(kw)
-        return mp.build_plan_scene(self.ctx, **args)
+        return scene_io.build_plan_scene(self.ctx, **args)
 
 
 class ParameterNodeTest(MRMLSceneTestCase):
 
     def test_layout_matches_parameter_node_wrapper(self):
-        p = mp.PlanParameters.create(self.scene)
+        p = parameters.PlanParameters.create(self.scene)
         node = p.node
         self.assertEqual(node.GetAttribute("ModuleName"), "SeedImplantPlanner")
         self.assertEqual(node.GetSingletonTag(), "SeedImplantPlanner")
-        self.assertIs(mp.PlanParameters.create(self.scene).node, node)  # singleton
+        self.assertIs(parameters.PlanParameters.create(self.scene).node, node)  # singleton
         p.set("prescriptionDoseGy", 145.0)
         p.set("needlesLocked", True)
         self.assertEqual(node.GetParameter("prescriptionDoseGy"), "145.0")
@@ -81,10 +82,10 @@ class ParameterNodeTest(MRMLSceneTestCase):
         self.assertEqual(p.get_string_list("organSegmentIds"), ["a", "b"])
 
     def test_isodose_levels_parse(self):
-        self.assertEqual(mp.parse_levels("100, 50%; 150"), (50.0, 100.0, 150.0))
+        self.assertEqual(parameters.parse_levels("100, 50%; 150"), (50.0, 100.0, 150.0))
         for bad in ("", "abc", "-5"):
             with self.assertRaises(InputError):
-                mp.parse_levels(bad)
+                parameters.parse_levels(bad)
 
 
 class PlanBuildTest(PlanSceneTestCase):
@@ -100,19 +101,19 @@ class PlanBuildTest(PlanSceneTestCase):
         self.assertEqual(seg.GetSegmentation().GetSegment(p.get("targetSegmentId")).GetName(), "PTV")
         self.assertEqual(len(p.get_string_list("forbiddenSegmentIds")), 1)
         # dose equals the library's dose on the plan's grid
-        dose = ma.volume_array(p.get_node("doseVolume"))
+        dose = volumes.volume_array(p.get_node("doseVolume"))
         ref = DoseGrid(plan.dose_grid.geometry, self.seeds, method="direct").dose_Gy()
         np.testing.assert_allclose(dose, ref.astype(np.float32), rtol=1e-6)
-        cols = ma.table_columns(p.get_node("dvhTable"))
+        cols = tables.table_columns(p.get_node("dvhTable"))
         self.assertIn("PTV V (%)", cols)
         self.assertAlmostEqual(cols["PTV V (%)"][0], 100.0)
-        metrics = ma.table_columns(p.get_node("metricsTable"))
+        metrics = tables.table_columns(p.get_node("metricsTable"))
         self.assertIn("D90", metrics["Metric"])
         self.assertIn("CI", metrics["Metric"])
         # every plan node sits in the plan's study
         study = plan.study_item()
         for role in ("ctVolume", "doseVolume", "seedsNode", "segmentation", "metricsTable"):
-            self.assertEqual(ma.study_of(self.scene, p.get_node(role)), study, role)
+            self.assertEqual(study_of(self.scene, p.get_node(role)), study, role)
         # needles read back as Needle objects
         back = plan.needles()
         self.assertEqual([n.number for n in back], [1, 2, 3])
@@ -122,7 +123,7 @@ class PlanBuildTest(PlanSceneTestCase):
         from SeedImplantPlannerLib.evaluation.goals import goals_from_text
         goals = goals_from_text("PTV: V100 >= 0%; D90 >= 10000 Gy\nOAR: Dmax <= 100000 Gy")
         plan = self.build(goals=goals)
-        cols = ma.table_columns(plan.params.get_node("metricsTable"))
+        cols = tables.table_columns(plan.params.get_node("metricsTable"))
         rows = list(zip(cols["Structure"], cols["Metric"], cols["Pass"]))
         self.assertIn(("PTV", "V100", "pass"), rows)
         self.assertIn(("PTV", "D90", "FAIL"), rows)
@@ -179,14 +180,14 @@ class PlanningWorkflowTest(PlanSceneTestCase):
         from SeedImplantPlannerLib.planning.problem import OARConstraint
         gs = goals_from_text("PTV: V100 >= 97%; D90 >= 110%; V150 <= 55%; CI >= 0.6\n"
                              "OAR: D2cc <= 100 Gy; Dmax <= 150%; V100 < 1 cc")
-        goals, oars = mp.optimizer_goals(gs, RX, "PTV", ["OAR", "Other"])
+        goals, oars = planning_actions.optimizer_goals(gs, RX, "PTV", ["OAR", "Other"])
         self.assertAlmostEqual(goals.v100_min, 0.97)
         self.assertAlmostEqual(goals.d90_min_frac, 1.10)
         self.assertAlmostEqual(goals.v150_max, 0.55)
         self.assertIsInstance(oars[0], OARConstraint)
         self.assertEqual((oars[0].d2cc_Gy, oars[0].dmax_Gy), (100.0, 1.5 * RX))
         self.assertEqual(oars[1], "Other")
-        default, names = mp.optimizer_goals(None, RX, "PTV", ["OAR"])
+        default, names = planning_actions.optimizer_goals(None, RX, "PTV", ["OAR"])
         self.assertEqual(names, ["OAR"])
         self.assertEqual(default.prescription_Gy, RX)
 
@@ -223,9 +224,9 @@ class EvaluationCropTest(PlanSceneTestCase):
         off = np.array([-8.0, 0.0, 8.0])
         pos = np.array([[x, y, z] for x in off for y in off for z in off])
         seeds = SeedSet(pos, np.tile((0.0, 0.0, 1.0), (len(pos), 1)), 0.6, MODEL)
-        plan = mp.build_plan_scene(self.ctx, seeds=seeds, prescription_Gy=RX, segmentation=seg, target="PTV",
-                                   organs=["OAR"], goals=goals, dose_method="direct",
-                                   parameters={"doseMarginMm": 25.0, "doseGridSpacingMm": 1.5})
+        plan = scene_io.build_plan_scene(self.ctx, seeds=seeds, prescription_Gy=RX, segmentation=seg, target="PTV",
+                                         organs=["OAR"], goals=goals, dose_method="direct",
+                                         parameters={"doseMarginMm": 25.0, "doseGridSpacingMm": 1.5})
         dose, g = plan.dose_array()
         ev = plan._evaluator()
         sub, sg = ev.crop(dose, g, ev.structures)
@@ -251,7 +252,7 @@ class LiveUpdateTest(PlanSceneTestCase):
         seeds, _ = plan.seeds()
         ref = DoseGrid(plan.dose_grid.geometry, seeds, method="direct").dose_Gy()
         np.testing.assert_allclose(plan.dose_grid.dose_Gy(), ref, rtol=1e-9, atol=1e-9)
-        np.testing.assert_allclose(ma.volume_array(plan.params.get_node("doseVolume")), ref.astype(np.float32),
+        np.testing.assert_allclose(volumes.volume_array(plan.params.get_node("doseVolume")), ref.astype(np.float32),
                                    rtol=1e-5, atol=1e-4)
 
     def test_moving_a_seed_updates_dose_isodoses_dvh_and_metrics(self):
@@ -261,17 +262,17 @@ class LiveUpdateTest(PlanSceneTestCase):
         node = plan.params.get_node("seedsNode")
         iso = plan.params.get_node_list("isodoseModels")[2].GetPolyData()
         iso_points_before = iso.GetNumberOfPoints()
-        dvh_before = ma.table_columns(plan.params.get_node("dvhTable"))["PTV V (%)"].copy()
-        metrics_before = ma.table_columns(plan.params.get_node("metricsTable"))["Value"]
+        dvh_before = tables.table_columns(plan.params.get_node("dvhTable"))["PTV V (%)"].copy()
+        metrics_before = tables.table_columns(plan.params.get_node("metricsTable"))["Value"]
         p = np.array(node.GetNthControlPointPosition(0))
         node.SetNthControlPointPosition(0, *(p + (-6.0, 4.0, 0.0)))
         self.assertEqual(plan.last_update["dose_edit"], "moved 1")
         self.assert_dose_matches_full_recompute(plan)
         new_iso = plan.params.get_node_list("isodoseModels")[2].GetPolyData()
         self.assertNotEqual((new_iso.GetNumberOfPoints(), id(new_iso)), (iso_points_before, id(iso)))
-        dvh_after = ma.table_columns(plan.params.get_node("dvhTable"))["PTV V (%)"]
+        dvh_after = tables.table_columns(plan.params.get_node("dvhTable"))["PTV V (%)"]
         self.assertFalse(len(dvh_after) == len(dvh_before) and np.allclose(dvh_after, dvh_before))
-        self.assertNotEqual(ma.table_columns(plan.params.get_node("metricsTable"))["Value"], metrics_before)
+        self.assertNotEqual(tables.table_columns(plan.params.get_node("metricsTable"))["Value"], metrics_before)
 
     def test_adding_and_removing_seeds_in_the_view(self):
         plan = self.build()
@@ -326,7 +327,7 @@ class LiveUpdateTest(PlanSceneTestCase):
         plan.start_live_updates()
         self.addCleanup(plan.stop_live_updates)
         node = plan.params.get_node("seedsNode")
-        with self.assertLogs("SeedImplantPlannerLib.mrml.plan_scene", "WARNING"):
+        with self.assertLogs("SeedImplantPlannerLib.mrml.live_update", "WARNING"):
             node.SetNthControlPointDescription(0, f"sk_U=-1; model={MODEL}")
             node.SetNthControlPointPosition(0, 0.0, 0.0, 0.0)
         self.assertIn("strength", plan.last_update["error"])
@@ -359,33 +360,33 @@ class RoundTripTest(PlanSceneTestCase):
         other.load_mrb(path)
         node = other.scene.GetSingletonNode("SeedImplantPlanner", "vtkMRMLScriptedModuleNode")
         self.assertIsNotNone(node)
-        q = mp.PlanParameters(node)
+        q = parameters.PlanParameters(node)
         # parameters
-        for name in mp.DEFAULTS:
+        for name in parameters.DEFAULTS:
             self.assertEqual(q.get(name), p.get(name), name)
-        for name in mp.STRING_LIST_PARAMETERS:
+        for name in parameters.STRING_LIST_PARAMETERS:
             self.assertEqual(q.get_string_list(name), p.get_string_list(name), name)
         # volumes: arrays, geometry, attributes
         for role in ("ctVolume", "doseVolume"):
             a, b = p.get_node(role), q.get_node(role)
             self.assertIsNotNone(b, role)
-            np.testing.assert_array_equal(ma.volume_array(b), ma.volume_array(a))
-            self.assertTrue(ma.geometry_from_volume(b).matches(ma.geometry_from_volume(a), 1e-6))
+            np.testing.assert_array_equal(volumes.volume_array(b), volumes.volume_array(a))
+            self.assertTrue(volumes.geometry_from_volume(b).matches(volumes.geometry_from_volume(a), 1e-6))
         dose = q.get_node("doseVolume")
         self.assertEqual(dose.GetAttribute("DicomRtImport.DoseVolume"), "1")
-        sh = ma.subject_hierarchy(other.scene)
-        study = ma.study_of(other.scene, dose)
+        sh = subject_hierarchy(other.scene)
+        study = study_of(other.scene, dose)
         self.assertEqual(sh.GetItemAttribute(study, "DicomRtImport.DoseUnitName"), "GY")
         self.assertEqual(sh.GetItemAttribute(study, "DicomRtImport.DoseUnitValue"), "1")
         self.assertEqual(dose.GetDisplayNode().GetColorNode().GetID(), q.get_node("doseColorTable").GetID())
         self.assertAlmostEqual(dose.GetDisplayNode().GetWindow(), 2 * RX)
         # segmentation
         for sid in [p.get("targetSegmentId")] + p.get_string_list("organSegmentIds"):
-            np.testing.assert_array_equal(ma.segment_mask(q.get_node("segmentation"), sid, self.g),
-                                          ma.segment_mask(p.get_node("segmentation"), sid, self.g))
+            np.testing.assert_array_equal(segmentations.segment_mask(q.get_node("segmentation"), sid, self.g),
+                                          segmentations.segment_mask(p.get_node("segmentation"), sid, self.g))
         # seeds: positions, axes, strengths, models, needle numbers
         s1, n1 = plan.seeds()
-        s2, n2 = ma.fiducial_node_to_seeds(q.get_node("seedsNode"))
+        s2, n2 = markups.fiducial_node_to_seeds(q.get_node("seedsNode"))
         np.testing.assert_allclose(s2.positions, s1.positions, atol=1e-6)
         np.testing.assert_allclose(s2.axes, s1.axes, atol=1e-6)
         np.testing.assert_allclose(s2.strengths_U, s1.strengths_U)
@@ -397,18 +398,18 @@ class RoundTripTest(PlanSceneTestCase):
         for a, b in zip(a_needles, b_needles):
             self.assertEqual(b.GetName(), a.GetName())
             self.assertEqual(b.GetLocked(), a.GetLocked())
-            self.assertEqual(b.GetAttribute(ma.NEEDLE_NUMBER_ATTRIBUTE), a.GetAttribute(ma.NEEDLE_NUMBER_ATTRIBUTE))
-            self.assertEqual(b.GetAttribute(mp.NEEDLE_DATA_ATTRIBUTE), a.GetAttribute(mp.NEEDLE_DATA_ATTRIBUTE))
-            np.testing.assert_allclose(ma.line_nodes_to_needles([b])[0], ma.line_nodes_to_needles([a])[0], atol=1e-6)
+            self.assertEqual(b.GetAttribute(markups.NEEDLE_NUMBER_ATTRIBUTE), a.GetAttribute(markups.NEEDLE_NUMBER_ATTRIBUTE))
+            self.assertEqual(b.GetAttribute(markups.NEEDLE_DATA_ATTRIBUTE), a.GetAttribute(markups.NEEDLE_DATA_ATTRIBUTE))
+            np.testing.assert_allclose(markups.line_nodes_to_needles([b])[0], markups.line_nodes_to_needles([a])[0], atol=1e-6)
         # isodoses: polydata, colours, attributes
         for a, b in zip(p.get_node_list("isodoseModels"), q.get_node_list("isodoseModels")):
-            self.assertEqual(b.GetAttribute(ma.ISODOSE_LEVEL_ATTRIBUTE), a.GetAttribute(ma.ISODOSE_LEVEL_ATTRIBUTE))
+            self.assertEqual(b.GetAttribute(isodose.ISODOSE_LEVEL_ATTRIBUTE), a.GetAttribute(isodose.ISODOSE_LEVEL_ATTRIBUTE))
             self.assertEqual(b.GetPolyData().GetNumberOfPoints(), a.GetPolyData().GetNumberOfPoints())
             np.testing.assert_allclose(b.GetDisplayNode().GetColor(), a.GetDisplayNode().GetColor())
             self.assertTrue(b.GetDisplayNode().GetVisibility2D())
         # tables and chart
         for role in ("dvhTable", "metricsTable"):
-            ta, tb = ma.table_columns(p.get_node(role)), ma.table_columns(q.get_node(role))
+            ta, tb = tables.table_columns(p.get_node(role)), tables.table_columns(q.get_node(role))
             self.assertEqual(list(tb), list(ta), role)
             for k in ta:
                 if isinstance(ta[k], list):
@@ -424,10 +425,10 @@ class RoundTripTest(PlanSceneTestCase):
         path = plan.save(os.path.join(self.tmp, "plan.mrb"))
         other = self.fresh_scene()
         other.load_mrb(path)
-        loaded = mp.PlanScene(other, other.scene.GetSingletonNode("SeedImplantPlanner", "vtkMRMLScriptedModuleNode"))
-        loaded.compute_dose(ma.geometry_from_volume(loaded.params.get_node("doseVolume")))
+        loaded = plan_scene.PlanScene(other, other.scene.GetSingletonNode("SeedImplantPlanner", "vtkMRMLScriptedModuleNode"))
+        loaded.compute_dose(volumes.geometry_from_volume(loaded.params.get_node("doseVolume")))
         np.testing.assert_allclose(loaded.dose_grid.dose_Gy().astype(np.float32),
-                                   ma.volume_array(plan.params.get_node("doseVolume")), rtol=1e-5, atol=1e-4)
+                                   volumes.volume_array(plan.params.get_node("doseVolume")), rtol=1e-5, atol=1e-4)
         loaded.start_live_updates()
         self.addCleanup(loaded.stop_live_updates)
         node = loaded.params.get_node("seedsNode")
@@ -439,10 +440,10 @@ class RoundTripTest(PlanSceneTestCase):
 
     def test_save_plan_scene_in_one_call(self):
         g, ct, seg, needles, seeds, nums = make_case()
-        out = mp.save_plan_scene(os.path.join(self.tmp, "out", "demo.mrb"), seeds=seeds, prescription_Gy=RX,
-                                 ct=(ct, g), segmentation=seg, target="PTV", organs=["OAR"], needles=needles,
-                                 seed_needle_numbers=nums, dose_method="direct",
-                                 parameters={"doseMarginMm": 10.0, "doseGridSpacingMm": 2.0})
+        out = scene_io.save_plan_scene(os.path.join(self.tmp, "out", "demo.mrb"), seeds=seeds, prescription_Gy=RX,
+                                       ct=(ct, g), segmentation=seg, target="PTV", organs=["OAR"], needles=needles,
+                                       seed_needle_numbers=nums, dose_method="direct",
+                                       parameters={"doseMarginMm": 10.0, "doseGridSpacingMm": 2.0})
         self.assertTrue(out["mrb"].is_file())
         self.assertEqual(out["pictures"], {})
         other = self.fresh_scene()
@@ -454,18 +455,18 @@ class RoundTripTest(PlanSceneTestCase):
         g, ct, seg, needles, seeds, nums = make_case()
         dg = ImageGeometry((20, 20, 18), (1.5, 1.5, 1.5), (-14.0, -14.0, -12.0))
         dose = DoseGrid(dg, seeds, method="direct").dose_Gy()
-        out = mp.save_plan_scene(os.path.join(self.tmp, "given.mrb"), seeds=seeds, prescription_Gy=RX,
-                                 segmentation=seg, target="PTV", needles=needles, seed_needle_numbers=nums,
-                                 dose=(dose, dg))
+        out = scene_io.save_plan_scene(os.path.join(self.tmp, "given.mrb"), seeds=seeds, prescription_Gy=RX,
+                                       segmentation=seg, target="PTV", needles=needles, seed_needle_numbers=nums,
+                                       dose=(dose, dg))
         other = self.fresh_scene()
         other.load_mrb(out["mrb"])
-        q = mp.PlanParameters(other.scene.GetSingletonNode("SeedImplantPlanner", "vtkMRMLScriptedModuleNode"))
-        np.testing.assert_allclose(ma.volume_array(q.get_node("doseVolume")), dose.astype(np.float32))
-        self.assertTrue(ma.geometry_from_volume(q.get_node("doseVolume")).matches(dg, 1e-6))
-        self.assertIn("PTV V (%)", ma.table_columns(q.get_node("dvhTable")))
+        q = parameters.PlanParameters(other.scene.GetSingletonNode("SeedImplantPlanner", "vtkMRMLScriptedModuleNode"))
+        np.testing.assert_allclose(volumes.volume_array(q.get_node("doseVolume")), dose.astype(np.float32))
+        self.assertTrue(volumes.geometry_from_volume(q.get_node("doseVolume")).matches(dg, 1e-6))
+        self.assertIn("PTV V (%)", tables.table_columns(q.get_node("dvhTable")))
 
     def test_missing_inputs_are_named(self):
-        plan = mp.PlanScene(self.ctx)
+        plan = plan_scene.PlanScene(self.ctx)
         with self.assertRaises(InputError):
             plan.set_roles("PTV")
         with self.assertRaises(InputError):

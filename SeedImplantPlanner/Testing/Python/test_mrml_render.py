@@ -88,17 +88,17 @@ class ViewDirectionTest(MRMLSceneTestCase):
 
     def test_3d_camera_avoids_the_structure_in_front(self):
         from test_mrml_fixture import sphere_mask
-        from SeedImplantPlannerLib.mrml import adapters as ma
+        from SeedImplantPlannerLib.mrml import segmentations
         from SeedImplantPlannerLib.core.geometry import ImageGeometry
         g = ImageGeometry((50, 50, 50), (2.0, 2.0, 2.0), (-49.0, -49.0, -49.0))
-        seg = ma.add_segmentation(self.scene)
-        target = ma.add_segment_from_mask(seg, sphere_mask(g, (0, 0, 0), 10.0), g, "PTV")
+        seg = segmentations.add_segmentation(self.scene)
+        target = segmentations.add_segment_from_mask(seg, sphere_mask(g, (0, 0, 0), 10.0), g, "PTV")
         # a slab anterior of the target, and one on the right: the preferred anterior view is blocked
         slab = np.zeros(g.shape, bool)
         c = g.voxel_centers_ras()
         slab |= (c[..., 1] > 25) & (c[..., 1] < 40)
         slab |= (c[..., 0] > 25) & (c[..., 0] < 40)
-        other = ma.add_segment_from_mask(seg, slab, g, "Bowel")
+        other = segmentations.add_segment_from_mask(seg, slab, g, "Bowel")
         side = render.least_occluded_side((0, 0, 0), seg, [target, other], preferred=(0, 1, 0))
         self.assertNotIn(tuple(np.round(side, 6)), [(0.0, 1.0, 0.0), (1.0, 0.0, 0.0)])
         # nothing in the way: the preferred side is kept
