@@ -15,16 +15,17 @@ export SEEDPLAN_CHROMIUM=${SEEDPLAN_CHROMIUM:-/usr/bin/chromium}
 apt_packages() {
   # OpenGL/EGL runtime for VTK's offscreen rendering (slice and 3D pictures); Debian's Chromium renders
   # the HTML report and drives `seedplan serve` in the browser tests (playwright, from pyproject's
-  # test extra, is pointed at /usr/bin/chromium: no browser is ever downloaded).
+  # test extra, is pointed at /usr/bin/chromium: no browser is ever downloaded); dicom3tools' dciodvfy
+  # validates every exported DICOM object in the tests.
   local need=()
-  for p in libegl1 libgl1 libosmesa6 libglu1-mesa libxrender1 libxt6 chromium; do
+  for p in libegl1 libgl1 libosmesa6 libglu1-mesa libxrender1 libxt6 chromium dicom3tools; do
     dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
   done
   if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       echo "run.sh: installing Debian packages: ${need[*]}"
       if ! { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null; }; then
-        echo "run.sh: warning: could not install ${need[*]} (offscreen pictures or the browser test may fail or skip)" >&2
+        echo "run.sh: warning: could not install ${need[*]} (offscreen pictures, the browser tests or the DICOM validation may fail or skip)" >&2
       fi
     else
       echo "run.sh: warning: missing Debian packages ${need[*]} (offscreen pictures may fail)" >&2

@@ -87,6 +87,35 @@ class TestDemo(unittest.TestCase):
         self.assertGreater(float(plan.SourceSequence[0].ReferenceAirKermaRate), 0.0)
         self.assertTrue((self.out / "postimplant" / "verification.json").exists())
 
+    def test_dicom_objects_pass_dciodvfy(self):
+        # dicom3tools' IOD validator on every object the demo wrote (./run.sh installs the Debian package);
+        # dciodvfy 2022 aborts on 32-bit RT Dose pixels: the RT Dose goes through as a 16-bit copy
+        import shutil
+        import pydicom
+        if shutil.which("dciodvfy") is None:
+            self.skipTest("dciodvfy (Debian package dicom3tools, installed by ./run.sh setup) is not on PATH")
+        folder = self.out / "dicom"
+        rd = pydicom.dcmread(folder / "RTDOSE.dcm")
+        self.assertEqual((rd.BitsAllocated, rd.PixelRepresentation), (32, 0))
+        dose = rd.pixel_array.astype(float) * float(rd.DoseGridScaling)
+        scaling = float(f"{dose.max() / 65535 * (1 + 1e-7):.8e}")
+        rd.BitsAllocated, rd.BitsStored, rd.HighBit, rd.DoseGridScaling = 16, 16, 15, f"{scaling:.8e}"
+        rd.PixelData = np.rint(dose / scaling).astype("<u2").tobytes()
+        copy = self.out / "RTDOSE_16bit.dcm"
+        rd.save_as(copy)
+        files = sorted((folder / "CT").glob("*.dcm")) + [folder / "RTSTRUCT.dcm", folder / "RTPLAN.dcm", copy]
+        findings = {}
+        for f in files:
+            r = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True, timeout=120)
+            lines = [l for l in (r.stdout + r.stderr).splitlines() if l.startswith(("Error", "Warning"))]
+            if lines:
+                findings[f.name] = lines
+        self.assertEqual(findings, {})
+        ct = pydicom.dcmread(files[0], stop_before_pixels=True)
+        self.assertEqual([float(v) for v in ct.ImageOrientationPatient], [1, 0, 0, 0, 1, 0])
+        channels = pydicom.dcmread(folder / "RTPLAN.dcm").ApplicationSetupSequence[0].ChannelSequence
+        self.assertTrue(all("SourceApplicatorNumber" in c and c.SourceApplicatorType == "RIGID" for c in channels))
+
     def test_report_renders_in_a_real_browser(self):
         import re
         import shutil

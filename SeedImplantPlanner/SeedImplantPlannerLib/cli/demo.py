@@ -136,7 +136,7 @@ def run_demo(out, *, strength_mCi=0.6, prescription_Gy=120.0, direction="R", tim
         from ..dicom.export import export_plan_dicom
         from ..dicom.rtplan import plan_needle_names
         d = export_plan_dicom(out / "dicom", ct_path, plan.seeds, prescription_Gy, segmentation=seg,
-                              seed_needle_names=plan_needle_names(plan), model=MODEL,
+                              needles=list(plan.needles), seed_needle_names=plan_needle_names(plan), model=MODEL,
                               strength_reference=plan.source.get("implant_date"), dose_Gy=dose,
                               dose_geometry=dose_geometry, target_name=TARGET, overwrite=True,
                               progress=_step(args, "dicom"))

@@ -12,7 +12,8 @@ from ..core.errors import InputError
 
 
 def _read_seeds(args):
-    """(SeedSet, needle name per seed or None, prescription Gy or None, strength date or None) from --seeds."""
+    """(SeedSet, needle name per seed or None, the plan's needles or None, prescription Gy or None, strength date
+    or None) from --seeds."""
     path = Path(args.seeds)
     if path.suffix.lower() == ".json":
         try:
@@ -25,9 +26,9 @@ def _read_seeds(args):
         from ..dicom.rtplan import plan_needle_names
         needle_names = plan_needle_names(plan)
         date = plan.source.get("implant_date") if isinstance(plan.source, dict) else None
-        return plan.seeds, needle_names, plan.prescription_Gy, date
+        return plan.seeds, needle_names, list(plan.needles), plan.prescription_Gy, date
     from ..physics.seeds import read_seeds_csv
-    return read_seeds_csv(path, default_model=args.model), None, None, None
+    return read_seeds_csv(path, default_model=args.model), None, None, None, None
 
 
 def _read_dose(path):
@@ -51,7 +52,7 @@ def cmd_export_dicom(args):
     from .main import ProgressBar
     from ..dicom.common import PatientInfo
     from ..dicom.export import export_plan_dicom
-    seeds, needle_names, plan_rx, plan_date = _read_seeds(args)
+    seeds, needle_names, plan_needles, plan_rx, plan_date = _read_seeds(args)
     rx = args.prescription_Gy if args.prescription_Gy is not None else plan_rx
     if rx is None:
         raise InputError("no prescription: give --prescription-Gy (a seeds CSV carries none)")
@@ -62,7 +63,7 @@ def cmd_export_dicom(args):
     dose = dose_geometry = None
     if args.dose:
         dose, dose_geometry = _read_dose(args.dose)
-    needles = None
+    needles = plan_needles
     if args.needles:
         try:
             doc = json.loads(Path(args.needles).read_text(encoding="utf-8"))
@@ -76,7 +77,8 @@ def cmd_export_dicom(args):
     patient = PatientInfo(name=args.patient_name or "", patient_id=args.patient_id or "")
     bar = ProgressBar("dicom", enabled=not args.quiet)
     res = export_plan_dicom(args.out, args.ct, seeds, rx, segmentation=segmentation, needles=needles,
-                            seed_needle_names=None if needles else needle_names,
+                            seed_needle_names=None if args.needles else needle_names,
+                            setup_type=args.setup_type, laterality=args.laterality,
                             strength_reference=args.strength_date or plan_date, dose_Gy=dose,
                             dose_geometry=dose_geometry, patient=patient, target_name=args.target,
                             plan_label=args.label, model_dirs=args.model_dir, overwrite=args.overwrite, progress=bar)
@@ -111,6 +113,8 @@ def cmd_dicom_seeds(args):
 
 def register(sub):
     """Add the DICOM subcommands."""
+    from ..dicom.image_series import LATERALITIES
+    from ..dicom.rtplan import APPLICATION_SETUP_TYPES, DEFAULT_SETUP_TYPE
     p = sub.add_parser("export-dicom", help="write CT, RT Structure Set, RT Plan and RT Dose (DICOM) of a plan")
     p.add_argument("--ct", required=True, help="planning CT: image file (written as a CT series) or DICOM series folder "
                                                 "(reused: same study and frame of reference)")
@@ -119,13 +123,20 @@ def register(sub):
     p.add_argument("--prescription-Gy", type=float, help="prescription dose (Gy); default: the plan file's")
     p.add_argument("--segmentation", help=".seg.nrrd or labelmap: written as an RT Structure Set on the CT slices")
     p.add_argument("--dose", help="total dose image (Gy, e.g. from seedplan dose): written as RT Dose")
-    p.add_argument("--needles", help="needle JSON (a list, or an object with 'needles') to name each seed's needle")
+    p.add_argument("--needles", help="needle JSON (a list, or an object with 'needles'): each seed's needle (the path "
+                                     "it lies on) becomes its channel's Source Applicator; default: the plan's needles")
     p.add_argument("--target", help="structure the prescription refers to (default: PTV, CTV or GTV)")
     p.add_argument("--strength-date", help="date/time at which the seed strengths apply (default: the plan's "
                                            "implant date, else now)")
     p.add_argument("--patient-name", help="patient name (default: anonymous synthetic)")
     p.add_argument("--patient-id", help="patient id (default: synthetic SIP-...)")
     p.add_argument("--label", default="SeedPlan", help="RT Plan label (16 characters kept)")
+    p.add_argument("--setup-type", default=DEFAULT_SETUP_TYPE, choices=APPLICATION_SETUP_TYPES,
+                   help="RT Plan Application Setup Type, a defined term of the standard (default %(default)s: "
+                        "template-guided interstitial implant)")
+    p.add_argument("--laterality", default="U", choices=LATERALITIES,
+                   help="Image Laterality of a written CT series: U unpaired body part (default), B both sides, "
+                        "R or L for a paired one (breast)")
     p.add_argument("--model-dir", action="append", default=[], help="folder with extra seed model JSON files")
     p.add_argument("--overwrite", action="store_true", help="replace an existing, non-empty output folder")
     p.add_argument("--out", required=True, help="output folder (created; written atomically)")

@@ -29,9 +29,9 @@ from ..core.geometry import ImageGeometry
 from ..physics.seeds import SeedSet
 from ..physics.sources import SeedModel, get_model
 from .common import CT_STORAGE, PatientInfo, StudyContext, boxes_overlap, grid_box, new_uid, parse_datetime
-from .image_series import study_from_dicom_folder, write_ct_series
+from .image_series import LATERALITIES, axis_aligned, study_from_dicom_folder, write_ct_series
 from .rtdose import write_rtdose
-from .rtplan import assign_seeds_to_needles, write_rtplan
+from .rtplan import DEFAULT_SETUP_TYPE, check_setup_type, seed_applicators, write_rtplan
 from .rtstruct import write_rtstruct
 
 # -- checks ------------------------------------------------------------------------------------
@@ -129,19 +129,24 @@ def export_plan_dicom(out_dir, ct, seeds: SeedSet, prescription_Gy, *, ct_geomet
                       segmentation=None, needles=None, seed_needle_names=None, model=None, strength_reference=None,
                       dose_Gy=None, dose_geometry: ImageGeometry | None = None, patient: PatientInfo | None = None,
                       target_name=None, plan_label="SeedPlan", dose_comment=None, model_dirs=(), overwrite=False,
-                      progress=None) -> dict:
+                      setup_type=DEFAULT_SETUP_TYPE, laterality="U", progress=None) -> dict:
     """Write a plan as DICOM RT into the new folder ``out_dir``; returns the written paths.
 
     ``ct``: path of a CT image (NRRD, NIfTI, MHA: written as a new CT series) or of a DICOM CT
     series folder (reused, not rewritten), or an array [k, j, i] with ``ct_geometry``.
     ``seeds``: SeedSet (RAS mm, strengths in U at ``strength_reference``, default now).
     ``segmentation``: segio.Segmentation or None (no RT Structure Set then). ``needles``: Needle
-    objects or their ``to_dict()`` form, used to name each seed's needle (``seed_needle_names``
-    gives them directly). ``dose_Gy`` on ``dose_geometry``: total dose to full decay (RT Dose),
-    or None. ``patient``: PatientInfo (defaults: anonymous synthetic ids; a DICOM CT's own patient
-    and study data always win). ``model_dirs``: extra seed model folders. ``overwrite`` replaces a
-    non-empty ``out_dir``; ``progress(fraction, text)`` returning False cancels (nothing is written). Returns ``{"folder", "ct": [paths], "rtstruct", "rtplan",
-    "rtdose"}`` (absent objects are None).
+    objects or their ``to_dict()`` form: each seed's channel gets its needle as Source Applicator
+    (``seed_needle_names`` names each seed's needle among them; without names, the needle path a
+    seed lies on). ``dose_Gy`` on ``dose_geometry``: total dose to full decay (RT Dose), or None.
+    Axis-aligned CT and dose grids are written along +x, +y, +z (Image Orientation 1\\0\\0\\0\\1\\0),
+    oblique ones as they are. ``patient``: PatientInfo (defaults: anonymous synthetic ids; a DICOM
+    CT's own patient and study data always win). ``setup_type``: Application Setup Type, one of
+    :data:`rtplan.APPLICATION_SETUP_TYPES`. ``laterality``: Image Laterality of a written CT series
+    (U unpaired body part, the default; B, R, L). ``model_dirs``: extra seed model folders. ``overwrite``
+    replaces a non-empty ``out_dir``; ``progress(fraction, text)`` returning False cancels (nothing
+    is written). Returns ``{"folder", "ct": [paths], "rtstruct", "rtplan", "rtdose"}`` (absent
+    objects are None).
     """
     out_dir = Path(out_dir)
     now = _dt.datetime.now().replace(microsecond=0)
@@ -172,6 +177,7 @@ def export_plan_dicom(out_dir, ct, seeds: SeedSet, prescription_Gy, *, ct_geomet
             ct_array = np.asarray(ct)
             if ct_array.shape != ct_geometry.shape:
                 raise InputError(f"CT array shape {ct_array.shape} does not match its grid {ct_geometry.shape}")
+        ct_array, ct_geometry = axis_aligned(ct_array, ct_geometry)
         info = (patient or PatientInfo()).filled()
         attrs = {"PatientName": info.name, "PatientID": info.patient_id, "PatientBirthDate": info.birth_date,
                  "PatientSex": info.sex, "StudyID": info.study_id, "AccessionNumber": info.accession_number,
@@ -180,14 +186,12 @@ def export_plan_dicom(out_dir, ct, seeds: SeedSet, prescription_Gy, *, ct_geomet
                        new_uid(), CT_STORAGE, [new_uid() for _ in range(ct_geometry.size[2])], True)
     rx, models = _check_inputs(seeds, prescription_Gy, dose_Gy, dose_geometry, ct_geometry, segmentation, model,
                                model_dirs)
-    if seed_needle_names is not None:
-        needle_names = [str(n or "") for n in seed_needle_names]
-        if len(needle_names) != len(seeds):
-            raise InputError(f"{len(needle_names)} needle names for {len(seeds)} seeds")
-    elif needles:
-        needle_names = assign_seeds_to_needles(seeds, needles)
-    else:
-        needle_names = None
+    applicators = seed_applicators(seeds, needles, seed_needle_names)
+    check_setup_type(setup_type)
+    if laterality not in LATERALITIES:
+        raise InputError(f"laterality {laterality!r}: use one of {', '.join(LATERALITIES)}")
+    if dose_Gy is not None:
+        dose_Gy, dose_geometry = axis_aligned(np.asarray(dose_Gy, dtype=float), dose_geometry)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not overwrite)):
@@ -200,7 +204,8 @@ def export_plan_dicom(out_dir, ct, seeds: SeedSet, prescription_Gy, *, ct_geomet
     try:
         ct_paths = []
         if study.ct_written:
-            ct_paths = write_ct_series(tmp / "CT", ct_array, ct_geometry, study, now, _progress.scaled(progress, 0.0, 0.4))
+            ct_paths = write_ct_series(tmp / "CT", ct_array, ct_geometry, study, now,
+                                       _progress.scaled(progress, 0.0, 0.4), laterality)
         rtstruct_ds, roi_numbers = None, {}
         if segmentation is not None:
             rtstruct_ds, roi_numbers = write_rtstruct(tmp / "RTSTRUCT.dcm", segmentation, study, now,
@@ -208,7 +213,7 @@ def export_plan_dicom(out_dir, ct, seeds: SeedSet, prescription_Gy, *, ct_geomet
         target = _target_roi(roi_numbers, target_name)
         _progress.report(progress, 0.85, "DICOM: RT Plan")
         plan_ds = write_rtplan(tmp / "RTPLAN.dcm", seeds, models, rx, strength_ref, study, now, rtstruct_ds, target,
-                                needle_names, plan_label)
+                               applicators, plan_label, setup_type)
         if dose_Gy is not None:
             _progress.report(progress, 0.9, "DICOM: RT Dose")
             comment = dose_comment or f"TG-43U1 total dose to full decay, {len(seeds)} seeds"

@@ -71,6 +71,39 @@ def study_from_dicom_folder(folder: Path) -> tuple:
     return geometry, first, uids, attrs
 
 
+def axis_aligned(array, g: ImageGeometry, tol=1e-6):
+    """``(array, grid)`` with the voxels reordered so that i runs along +x (L), j along +y (P), k along +z (S).
+
+    For a grid whose axes lie along the patient axes (in any order and sense), the same voxels
+    are returned on a grid whose LPS direction is the identity, so a writer gives Image
+    Orientation (Patient) 1\\0\\0\\0\\1\\0 with slices along +z, the orientation viewers and tools
+    expect for an axial head-first-supine series (a grid from an RAS image file runs along -x, -y).
+    Voxel centres and values are unchanged. Oblique grids are returned as they are.
+    """
+    _, dir_lps = g.to_lps()
+    axis_of = np.argmax(np.abs(dir_lps), axis=0)  # LPS axis of grid axes i, j, k
+    if sorted(axis_of.tolist()) != [0, 1, 2] or np.any(np.abs(np.abs(dir_lps[axis_of, [0, 1, 2]]) - 1.0) > tol):
+        return array, g
+    sign = np.sign(dir_lps[axis_of, [0, 1, 2]])
+    grid_axis = [int(np.flatnonzero(axis_of == a)[0]) for a in range(3)]  # grid axis along LPS x, y, z
+    if grid_axis == [0, 1, 2] and np.all(sign > 0):
+        return array, g
+    first = [0.0 if sign[c] > 0 else g.size[c] - 1.0 for c in range(3)]  # old index of the new first voxel
+    origin_lps = ras_to_lps(g.ijk_to_ras(first))
+    size = [g.size[c] for c in grid_axis]
+    spacing = [g.spacing[c] for c in grid_axis]
+    new_g = ImageGeometry.from_lps(size, spacing, origin_lps, np.eye(3))
+    if array is None:
+        return None, new_g
+    a = np.asarray(array)
+    # array axes are [k, j, i] = grid axes 2, 1, 0; the new array is [z, y, x]
+    a = a.transpose([2 - grid_axis[2], 2 - grid_axis[1], 2 - grid_axis[0]])
+    flips = tuple(ax for ax, c in zip((0, 1, 2), (grid_axis[2], grid_axis[1], grid_axis[0])) if sign[c] < 0)
+    if flips:
+        a = np.flip(a, axis=flips)
+    return np.ascontiguousarray(a), new_g
+
+
 def set_image_plane(ds, g: ImageGeometry, ipp, row, col, bits, signed):
     """Image Plane and Image Pixel attributes of a grayscale slice or frame set on grid ``g`` (LPS)."""
     ds.ImagePositionPatient = ds_list(ipp)
@@ -102,8 +135,18 @@ def _ct_storage(array):
     return np.clip(stored, -32768, 32767).astype(np.int16), slope, intercept
 
 
-def write_ct_series(folder: Path, array, g: ImageGeometry, study: StudyContext, now, progress):
-    """Write ``array`` [k, j, i] on ``g`` as a CT Image Storage series, one file per slice, into ``folder``."""
+#: Image Laterality (0020,0062) enumerated values: right, left, unpaired body part, both sides of a paired one.
+LATERALITIES = ("R", "L", "U", "B")
+
+
+def write_ct_series(folder: Path, array, g: ImageGeometry, study: StudyContext, now, progress, laterality="U"):
+    """Write ``array`` [k, j, i] on ``g`` as a CT Image Storage series, one file per slice, into ``folder``.
+
+    ``laterality``: Image Laterality of the slices (:data:`LATERALITIES`; U for the unpaired body
+    parts of seed implants: prostate, pelvis, abdomen, chest).
+    """
+    if laterality not in LATERALITIES:
+        raise InputError(f"laterality {laterality!r}: use one of {', '.join(LATERALITIES)}")
     origin_lps, dir_lps = g.to_lps()
     row, col = dir_lps[:, 0], dir_lps[:, 1]
     normal = np.cross(row, col)
@@ -117,8 +160,10 @@ def write_ct_series(folder: Path, array, g: ImageGeometry, study: StudyContext, 
         ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
         ds.ContentDate = now.strftime("%Y%m%d")
         ds.ContentTime = now.strftime("%H%M%S")
-        ds.PatientPosition = "HFS"
-        ds.Laterality = ""
+        ds.PatientPosition = "HFS"  # an image file carries no patient position
+        # Image Laterality (General Image, Type 3) instead of the series' Laterality (0020,0060), which is
+        # Type 2C: required for a paired body part only when Image Laterality is not sent
+        ds.ImageLaterality = laterality
         ds.KVP = ""
         ds.AcquisitionNumber = ""
         ds.InstanceNumber = k + 1

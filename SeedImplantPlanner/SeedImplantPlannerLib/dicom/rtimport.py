@@ -173,7 +173,8 @@ def read_rtplan_seeds(path, at=None, model_dirs=()):
                 axes.append(a)
                 sk.append(strength)
                 models.append(src["model"])
-                needle_names.append(str(getattr(ch, "SourceApplicatorID", "") or ""))
+                needle_names.append(str(getattr(ch, "SourceApplicatorID", "") or getattr(ch, "SourceApplicatorName", "")
+                                        or ""))
                 channel_numbers.append(cnum)
     if not pos:
         raise InputError(f"{path}: RT Plan has no channels, hence no seeds")
