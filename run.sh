@@ -38,7 +38,7 @@ setup() {
   if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
   fi
-  local stamp="$VENV/.installed-$(cat pyproject.toml Resources/requirements.txt 2>/dev/null | sha1sum | cut -c1-12)"
+  local stamp="$VENV/.installed-$(cat pyproject.toml SeedImplantPlanner/Resources/requirements.txt 2>/dev/null | sha1sum | cut -c1-12)"
   if [ ! -f "$stamp" ]; then
     echo "run.sh: installing the library and its dependencies into $VENV (log: $VENV/pip-install.log)"
     if ! { "$VENV/bin/python" -m pip install -q --upgrade pip && "$VENV/bin/python" -m pip install -q -e ".[test]"; } \

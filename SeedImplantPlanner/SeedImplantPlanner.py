@@ -29,6 +29,7 @@ from slicer.util import VTKObservationMixin
 from SeedImplantPlannerLib.mrml import plan_scene
 from SeedImplantPlannerLib.mrml.volumes import DOSE_VOLUME_ATTRIBUTE
 from SeedImplantPlannerLib.core.errors import CancelledError
+from SeedImplantPlannerLib.core.requirements import missing_requirements
 from SeedImplantPlannerLib.mrml.scene import SlicerSceneContext
 
 #
@@ -49,7 +50,7 @@ class SeedImplantPlanner(ScriptedLoadableModule):
 Plans permanent radioactive seed implants (I-125, Pd-103) on CT: needles from a template grid or
 free-hand, seed loading along the needles, inverse planning against dose goals, TG-43U1 dose with
 isodose lines, DVH and plan metrics that follow seed and needle edits in the views.
-See the <a href="https://github.com/SeedImplantPlanner/SlicerSeedImplantPlanner">documentation</a>.
+Documentation: docs/slicer.md and the other pages of the docs folder in the SeedImplantPlanner sources.
 """)
         self.parent.acknowledgementText = _("""
 Dose calculation follows AAPM TG-43U1 (Rivard et al., Med Phys 31:633, 2004) with the consensus
@@ -115,6 +116,7 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._updatingGui = False
+        self._placingNeedle = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -166,6 +168,7 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        self.stopObservingNeedlePlacement()
         self.logic.stopLiveUpdates()
         self.removeObservers()
 
@@ -179,6 +182,7 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGuiFromParameterNode)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self.stopObservingNeedlePlacement()
         self.logic.stopLiveUpdates()
         self.setParameterNode(None)
 
@@ -305,18 +309,40 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     # -- long work with progress and cancel --------------------------------------------------------
     def ensureRequirements(self) -> bool:
-        """Install scipy and matplotlib (not bundled with Slicer) after asking the user; True when present."""
-        import importlib.util
+        """Install the packages of Resources/requirements.txt that Slicer does not bundle, after asking; True when all are there.
 
-        missing = [name for name in ("scipy", "matplotlib") if importlib.util.find_spec(name) is None]
+        Uses ``slicer.packaging.pip_ensure`` where the running Slicer has it (it asks, installs and offers a
+        restart when an updated package was already imported), else asks here and calls ``slicer.util.pip_install``.
+        """
+        path = self.resourcePath("requirements.txt")
+        try:
+            import slicer.packaging as packaging
+        except ImportError:
+            packaging = None
+        if packaging is not None and hasattr(packaging, "pip_ensure"):
+            requirements = packaging.load_requirements(path)
+            if packaging.pip_check(requirements):
+                return True
+            try:
+                packaging.pip_ensure(requirements, requester=_("Seed Implant Planner"))
+            except RuntimeError:  # the user declined the installation
+                return False
+            except Exception as exc:  # noqa: BLE001 - pip failed: say so and let the user retry
+                slicer.util.errorDisplay(_("Installing the Python packages failed."), detailedText=str(exc))
+                return False
+            return packaging.pip_check(requirements)
+        missing = missing_requirements(path)
         if not missing:
             return True
         if not slicer.util.confirmOkCancelDisplay(
                 _("Seed Implant Planner needs the Python packages {0}. Install them now?").format(", ".join(missing))):
             return False
-        with slicer.util.tryWithErrorDisplay(_("Installing {0} failed.").format(", ".join(missing)), waitCursor=True):
-            slicer.util.pip_install(" ".join(missing))
-        return all(importlib.util.find_spec(name) is not None for name in missing)
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Installing {0} failed.").format(", ".join(missing)), waitCursor=True):
+                slicer.util.pip_install(missing)
+        except Exception:  # noqa: BLE001 - already shown by tryWithErrorDisplay
+            return False
+        return not missing_requirements(path)
 
     def runWithProgress(self, title, function):
         """Run ``function(progressCallback)`` with a cancellable progress dialog; errors shown the Slicer way."""
@@ -354,20 +380,50 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
     def onAddNeedle(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Cannot add a needle."), waitCursor=False):
+            self.finishNeedlePlacement()  # a placement still under way ends before a new one starts
             node = self.logic.addNeedleNode()
             selection = slicer.app.applicationLogic().GetSelectionNode()
             selection.SetReferenceActivePlaceNodeClassName("vtkMRMLMarkupsLineNode")
             selection.SetActivePlaceNodeID(node.GetID())
-            slicer.app.applicationLogic().GetInteractionNode().SetCurrentInteractionMode(
-                slicer.vtkMRMLInteractionNode.Place)
+            interaction = slicer.app.applicationLogic().GetInteractionNode()
+            self._placingNeedle = node
             self.addObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onNeedlePointPlaced)
+            interaction.SetCurrentInteractionMode(slicer.vtkMRMLInteractionNode.Place)
+            self.addObserver(interaction, slicer.vtkMRMLInteractionNode.InteractionModeChangedEvent,
+                             self.onNeedlePlacementModeChanged)
 
     def onNeedlePointPlaced(self, caller, event) -> None:
         if caller.GetNumberOfDefinedControlPoints() >= 2:
-            self.removeObserver(caller, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onNeedlePointPlaced)
+            self.finishNeedlePlacement()
+
+    def onNeedlePlacementModeChanged(self, caller, event) -> None:
+        """Placement mode left (finished, or cancelled with Esc or another tool): stop observing the needle."""
+        if caller.GetCurrentInteractionMode() != slicer.vtkMRMLInteractionNode.Place:
+            self.finishNeedlePlacement()
+
+    def finishNeedlePlacement(self) -> None:
+        """End the needle placement under way: a complete needle joins the plan, an incomplete one is removed."""
+        node = self.stopObservingNeedlePlacement()
+        if node is None or node.GetScene() is None:
+            return
+        if node.GetNumberOfDefinedControlPoints() >= 2:
             self.logic.restartLiveUpdates()
             self.updateNeedleTable()
             self.onCheckNeedles()
+        else:
+            self.logic.removeNeedleNode(node)
+            self.updateGuiFromParameterNode()
+
+    def stopObservingNeedlePlacement(self):
+        """Remove the observers of a needle placement; returns the needle node being placed (or None)."""
+        node, self._placingNeedle = self._placingNeedle, None
+        if node is not None:
+            self.removeObserver(node, slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, self.onNeedlePointPlaced)
+        interaction = slicer.app.applicationLogic().GetInteractionNode()
+        if interaction is not None:
+            self.removeObserver(interaction, slicer.vtkMRMLInteractionNode.InteractionModeChangedEvent,
+                                self.onNeedlePlacementModeChanged)
+        return node
 
     def onCheckNeedles(self) -> None:
         if not self.ensureRequirements():
@@ -473,6 +529,9 @@ class SeedImplantPlannerLogic(ScriptedLoadableModuleLogic):
 
     def addNeedleNode(self):
         return self.planScene().add_needle_node()
+
+    def removeNeedleNode(self, node) -> None:
+        self.planScene().remove_needle_node(node)
 
     def planImplant(self, needleMode, direction, timeLimitS=8.0, progress=None):
         params = self.getParameterNode()

@@ -167,6 +167,23 @@ class PlanScene(LiveUpdates, PlanOutputs, PlanningActions):
         self.params.set_node_list("needleNodes", nodes + [node])
         return node
 
+    def remove_needle_node(self, node):
+        """Take ``node`` out of the plan's needles and the scene (e.g. a free-hand placement that was cancelled)."""
+        nodes = self.params.get_node_list("needleNodes")
+        if node not in nodes:
+            raise InputError(f"'{node.GetName()}' is not one of the plan's needles")
+        self.params.set_node_list("needleNodes", [n for n in nodes if n is not node])
+        kept = []
+        for observed, tag in self._observations:
+            if observed is node:
+                observed.RemoveObserver(tag)
+            else:
+                kept.append((observed, tag))
+        self._observations = kept
+        self._needle_state.pop(node.GetID(), None)
+        if node.GetScene() is not None:
+            self.scene.RemoveNode(node)
+
     def set_needles_locked(self, locked):
         """Lock or unlock every needle node."""
         markups.set_needles_locked(self.params.get_node_list("needleNodes"), locked)

@@ -18,7 +18,6 @@ MODULE = os.path.join(REPO, "SeedImplantPlanner")
 STUB = os.path.join(REPO, "Testing", "CMakeStub")
 CMAKE = shutil.which("cmake")
 COMPILER = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-RAW_PREFIX = "https://raw.githubusercontent.com/SeedImplantPlanner/SlicerSeedImplantPlanner/main/"
 
 
 def project_files(subdir):
@@ -90,16 +89,15 @@ class ExtensionCMakeTest(unittest.TestCase):
 
     def test_extension_metadata(self):
         self.assertEqual(self.manifest.get("CATEGORY"), ["Radiotherapy"])
-        urls = self.manifest.get("URL", [])
-        self.assertGreaterEqual(len(urls), 2)
-        for url in urls:
-            self.assertTrue(url.startswith(RAW_PREFIX), url)
-            self.assertTrue(os.path.isfile(os.path.join(REPO, url[len(RAW_PREFIX):])), f"{url}: no such file in the repo")
+        # the project has no public repository: no homepage, icon or screenshot URL may name an invented one
+        self.assertEqual(self.manifest.get("URL", []), [])
         self.assertTrue(os.path.isfile(os.path.join(REPO, "LICENSE.txt")))
+        self.assertTrue(os.path.isfile(os.path.join(REPO, "Resources", "Icons", "SeedImplantPlanner.png")))
         with open(os.path.join(REPO, "CMakeLists.txt"), encoding="utf-8") as fh:
             top = fh.read()
-        for var in ("EXTENSION_HOMEPAGE", "EXTENSION_DESCRIPTION", "EXTENSION_CONTRIBUTORS", "EXTENSION_ICONURL"):
-            self.assertIn(var, top)
+        for var in ("EXTENSION_DESCRIPTION", "EXTENSION_CONTRIBUTORS", "EXTENSION_CATEGORY", "EXTENSION_LICENSE_FILE"):
+            self.assertIn(f"set({var} ", top)
+        self.assertNotIn("http", top)
         self.assertNotIn(".s4ext", " ".join(os.listdir(REPO)))
 
     def test_a_missing_file_fails_the_configure(self):

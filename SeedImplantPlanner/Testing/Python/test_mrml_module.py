@@ -102,6 +102,20 @@ class ModuleFileTest(unittest.TestCase):
         with open(ICON_FILE, "rb") as fh:
             self.assertEqual(fh.read(8), b"\x89PNG\r\n\x1a\n")
 
+    def test_help_text_links_to_no_invented_site(self):
+        help_text = re.search(r'helpText = _\("""(.*?)"""\)', module_source(), re.S)
+        self.assertIsNotNone(help_text)
+        self.assertIn("docs/slicer.md", help_text.group(1))
+        self.assertNotIn("http", help_text.group(1))  # the project has no public repository yet
+
+    def test_dependency_install_reads_the_shipped_requirements_file(self):
+        text = module_source()
+        self.assertIn('self.resourcePath("requirements.txt")', text)
+        self.assertTrue(os.path.isfile(os.path.join(MODULE_DIR, "Resources", "requirements.txt")))
+        # slicer.packaging where the running Slicer has it, slicer.util.pip_install otherwise
+        self.assertIn("packaging.pip_ensure(", text)
+        self.assertIn("slicer.util.pip_install(", text)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -349,6 +349,55 @@ class LiveUpdateTest(PlanSceneTestCase):
         self.assert_dose_matches_full_recompute(plan)
 
 
+class FreeHandNeedleTest(PlanSceneTestCase):
+    """A free-hand needle node added for placement, kept when placed, taken out when the placement is cancelled."""
+
+    def test_added_needle_is_numbered_next_and_kept_when_placed(self):
+        plan = self.build()
+        node = plan.add_needle_node()
+        self.assertEqual(node.GetAttribute(markups.NEEDLE_NUMBER_ATTRIBUTE), "4")
+        self.assertEqual(plan.params.get_node_list("needleNodes")[-1], node)
+        self.assertEqual(len(plan.needles(skip_incomplete=True)), 3)  # not placed yet
+        node.AddControlPoint(-8.0, 4.0, -20.0)
+        node.AddControlPoint(-8.0, 4.0, 6.0)
+        needles = plan.needles()
+        self.assertEqual([n.number for n in needles], [1, 2, 3, 4])
+        np.testing.assert_allclose(needles[-1].tip, (-8.0, 4.0, 6.0))
+
+    def test_cancelled_placement_leaves_no_needle_and_no_observer(self):
+        plan = self.build()
+        plan.start_live_updates()
+        self.addCleanup(plan.stop_live_updates)
+        node = plan.add_needle_node()
+        node.AddControlPoint(-8.0, 4.0, -20.0)  # entry placed, then the placement is cancelled
+        plan.start_live_updates()  # the module restarts live updates: the new node is observed too
+        n_observed = len(plan._observations)
+        self.assertIn(node, [observed for observed, _tag in plan._observations])
+        plan.remove_needle_node(node)
+        self.assertIsNone(node.GetScene())
+        self.assertEqual(len(plan.params.get_node_list("needleNodes")), 3)
+        self.assertEqual(plan.params.node.GetParameter("needleNodes.len"), "3")
+        self.assertEqual(len(plan._observations), n_observed - 1)
+        self.assertNotIn(node, [observed for observed, _tag in plan._observations])
+        self.assertEqual([n.number for n in plan.needles()], [1, 2, 3])
+        # the other needles still drive their seeds
+        needle = plan.params.get_node_list("needleNodes")[1]
+        before, nums = plan.seeds()
+        needle.SetLocked(False)
+        for i in range(2):
+            needle.SetNthControlPointPosition(i, *(np.array(needle.GetNthControlPointPosition(i)) + (1.0, 0.0, 0.0)))
+        after, _ = plan.seeds()
+        np.testing.assert_allclose(after.positions[nums == 2], before.positions[nums == 2] + (1.0, 0.0, 0.0),
+                                   atol=1e-9)
+
+    def test_removing_a_node_that_is_not_a_needle_of_the_plan_is_refused(self):
+        plan = self.build()
+        other = self.scene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", "Ruler")
+        with self.assertRaisesRegex(InputError, "'Ruler' is not one of the plan's needles"):
+            plan.remove_needle_node(other)
+        self.assertIsNotNone(other.GetScene())
+
+
 class RoundTripTest(PlanSceneTestCase):
 
     def test_plan_scene_survives_mrb_save_and_load(self):
