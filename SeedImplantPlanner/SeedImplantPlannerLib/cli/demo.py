@@ -208,8 +208,9 @@ def _verification(out, plan, ct, ct_geometry, seg, dose, dose_geometry, prescrip
 
 def cmd_demo(args):
     """Run the demo and print where everything went."""
-    if args.strength <= 0 or args.prescription <= 0:
-        raise InputError("--strength and --prescription must be > 0")
+    if not (args.strength > 0 and args.prescription > 0) or not np.isfinite([args.strength, args.prescription]).all():
+        raise InputError(f"--strength and --prescription must be finite and > 0, got {args.strength:g} mCi and "
+                         f"{args.prescription:g} Gy")
     written, plan, ev, summary = run_demo(args.out, strength_mCi=args.strength, prescription_Gy=args.prescription,
                                           direction=args.direction, time_limit_s=args.time_limit, quiet=args.quiet,
                                           reference_date=args.reference_date, implant_date=args.implant_date,

@@ -166,14 +166,19 @@ def cmd_metrics(args):
     """Metrics, goals and (optionally) BED; table on stdout, CSV/JSON files on request."""
     from ..evaluation.evaluate import write_goals_csv, write_metrics_csv
     from ..core.fileio import write_json
+    if args.goals_csv and not args.goals:
+        raise InputError("--goals-csv needs --goals")
     ev, *_ = _evaluate(args, progress=_bar(args, "metrics"))
+    # option checks that need the evaluation, before any file is written
+    if args.goals_csv and not ev.goal_results:
+        raise InputError("--goals-csv needs --goals with goals for the evaluated structures")
+    if args.time_curve_csv or args.time_curve_png:
+        _time_curve_target_d90(ev)
     _print_metrics(ev)
     if args.csv:
         write_metrics_csv(args.csv, ev)
         print(f"wrote {args.csv}")
     if args.goals_csv:
-        if not ev.goal_results:
-            raise InputError("--goals-csv needs --goals")
         write_goals_csv(args.goals_csv, ev)
         print(f"wrote {args.goals_csv}")
     if args.json:
@@ -187,12 +192,18 @@ def cmd_metrics(args):
     return 0
 
 
+def _time_curve_target_d90(ev):
+    """D90 of the target (Gy) for the time curve; InputError without a target."""
+    if ev.target is None or "D90" not in ev.metrics.get(ev.target, {}) \
+            or not math.isfinite(ev.metrics[ev.target]["D90"]["Gy"]):
+        raise InputError("the dose/BED time curve needs a target (give --target)")
+    return ev.metrics[ev.target]["D90"]["Gy"]
+
+
 def _write_time_curve(args, ev):
     """Dose (and BED) accumulated against time at the target's D90 (CSV and/or PNG)."""
     from ..physics.radiobiology import LQParams, time_curve
-    if ev.target is None or not math.isfinite(ev.metrics[ev.target]["D90"]["Gy"]):
-        raise InputError("the dose/BED time curve needs a target (give --target)")
-    d90 = ev.metrics[ev.target]["D90"]["Gy"]
+    d90 = _time_curve_target_d90(ev)
     rb = ev.radiobiology.get(ev.target)
     params = LQParams(**rb["parameters"]) if rb else None
     c = time_curve(d90, rb["half_life_days"] if rb else (args.half_life_days or 59.4), params)
@@ -213,6 +224,8 @@ def cmd_compare(args):
     from ..evaluation.compare import compare_plans, write_deltas_csv
     from ..core.fileio import write_json
     from ..core.imageio import write_image
+    if args.gamma_map and args.no_gamma:
+        raise InputError("--gamma-map needs the gamma index (remove --no-gamma)")
     goals = _goals(args)
     rx = _rx(args, goals)
     a, ga = _read_dose(args.dose_a, "dose A")

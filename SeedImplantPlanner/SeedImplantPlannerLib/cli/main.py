@@ -2,13 +2,17 @@
 
 Subcommands live in ``cli_*.py`` modules, each with ``register(subparsers)`` that adds its
 parsers and sets ``func`` (a callable taking the parsed args and returning an exit code).
-Every bad input exits non-zero with one line ``seedplan: error: <what is wrong>``.
+Every bad input exits with status 2 and one line ``seedplan: error: <what is wrong>``; nothing
+is written then. Output paths are checked before any work (:data:`OUTPUT_OPTIONS`), outputs are
+written atomically (``core.fileio``), and Ctrl-C (SIGINT, status 130) and SIGTERM (status 143) end
+a run with one line, through the same exception path, removing temporary files.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 import time
 
@@ -16,6 +20,45 @@ from ..core.errors import SeedPlanError
 
 #: Modules that register subcommands, in help order.
 SUBCOMMAND_MODULES = ["common", "planning", "evaluation", "verify", "dicom", "demo"]
+
+
+#: Output options checked before a command runs: ``{dest: "file" | "folder"}`` for every command,
+#: and per command ``{command: {dest: kind}}`` (wins over the first). A command may also declare its
+#: own with ``parser.set_defaults(output_options={"dest": "folder"})``. See docs/DEVELOPING.md.
+OUTPUT_OPTIONS = {"out": "file", "csv": "file", "png": "file", "pdf": "file", "diff": "file", "gamma_map": "file",
+                  "gamma_png": "file", "goals_csv": "file", "time_curve_csv": "file", "time_curve_png": "file",
+                  "out_dir": "folder"}
+COMMAND_OUTPUT_OPTIONS = {"plan": {"out": "folder"}, "needles": {"out": "folder"}, "export-dicom": {"out": "folder"},
+                          "demo": {"out": "folder"}, "metrics": {"json": "file"}, "compare": {"json": "file"},
+                          "find-seeds": {"report": "file"}}
+
+#: Exit statuses.
+EXIT_BAD_INPUT = 2
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM as an exception: unwinds like Ctrl-C, so every ``finally`` removes its temporary files."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def output_options(args) -> dict:
+    """``{dest: kind}`` of the output options of the parsed command ``args``."""
+    kinds = dict(OUTPUT_OPTIONS)
+    kinds.update(COMMAND_OUTPUT_OPTIONS.get(getattr(args, "command", None), {}))
+    kinds.update(getattr(args, "output_options", None) or {})
+    return {dest: kind for dest, kind in kinds.items() if isinstance(getattr(args, dest, None), str)}
+
+
+def check_outputs(args):
+    """Refuse (OutputError) output paths that cannot be written, before the command does any work."""
+    from ..core.fileio import check_output_path
+    for dest, kind in output_options(args).items():
+        check_output_path(getattr(args, dest), kind)
 
 
 class ProgressBar:
@@ -52,9 +95,19 @@ class ProgressBar:
         return True
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse parser whose usage errors are one ``seedplan: error:`` line (status 2), as every bad input."""
+
+    def error(self, message):
+        command = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        where = f"{command}: " if command else ""
+        hint = f"seedplan {command} --help" if command else "seedplan --help"
+        self.exit(EXIT_BAD_INPUT, f"seedplan: error: {where}{' '.join(message.split())} (see {hint})\n")
+
+
 def build_parser():
     """The argparse parser with every registered subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="seedplan",
         description="TG-43U1 planning and verification of permanent seed implants (SeedImplantPlanner).")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -71,17 +124,46 @@ def main(argv=None):
         # A C/POSIX locale (CI, cron, ssh without LANG) must not turn a "≥" in a message into a crash.
         if hasattr(stream, "reconfigure") and (stream.encoding or "").lower().replace("-", "") != "utf8":
             stream.reconfigure(errors="backslashreplace")
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    previous = {}
     try:
+        # SIGINT raises KeyboardInterrupt even when the parent started us with SIGINT ignored;
+        # SIGTERM raises Terminated (a KeyboardInterrupt): one cleanup path for both.
+        previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+                    signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_terminated)}
+    except ValueError:  # not the main thread (main() called from a thread): keep the handlers
+        pass
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        check_outputs(args)
         return int(args.func(args) or 0)
     except SeedPlanError as exc:
-        msg = " ".join(str(exc).split())
-        print(f"seedplan: error: {msg}", file=sys.stderr)
-        return 2
+        return _error(str(exc), EXIT_BAD_INPUT)
+    except Terminated:
+        return _error("terminated (SIGTERM); no output written", EXIT_SIGTERM)
     except KeyboardInterrupt:
-        print("seedplan: error: interrupted", file=sys.stderr)
-        return 130
+        return _error("interrupted (Ctrl-C); no output written", EXIT_SIGINT)
+    except MemoryError as exc:
+        detail = f" ({exc})" if str(exc) else ""
+        return _error(f"out of memory{detail}: use a coarser spacing or a smaller region", EXIT_BAD_INPUT)
+    except OSError as exc:
+        # Last net for a file error the library did not name; the message keeps the file name.
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _error(f"{where}{exc.strerror or exc}", EXIT_BAD_INPUT)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _error(message, status):
+    """Print ``message`` as the one ``seedplan: error:`` line; return ``status``."""
+    msg = " ".join(str(message).split())
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    print(f"seedplan: error: {msg}", file=sys.stderr)
+    return status
 
 
 if __name__ == "__main__":

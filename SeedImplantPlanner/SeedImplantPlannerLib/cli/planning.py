@@ -137,8 +137,10 @@ def cmd_needles(args):
                            usable_length_mm=args.usable_length, gauge=args.gauge, rng_seed=args.random_seed)
     hits, too_long = check_needles(seg.geometry, forb, needles, args.margin)
     out = Path(args.out)
-    write_csv(out / "needles.csv", needle_table(needles), NEEDLE_TABLE_COLUMNS)
-    write_csv(out / "obstacles.csv", [h.to_row() for h in hits], HIT_COLUMNS)
+    from ..core.fileio import atomic_folder
+    with atomic_folder(out) as tmp:
+        write_csv(tmp / "needles.csv", needle_table(needles), NEEDLE_TABLE_COLUMNS)
+        write_csv(tmp / "obstacles.csv", [h.to_row() for h in hits], HIT_COLUMNS)
     blocked = {h.needle_number for h in hits}
     print(f"{len(needles)} needle(s); {len(blocked)} meet a forbidden structure; {len(too_long)} too long")
     for h in hits:

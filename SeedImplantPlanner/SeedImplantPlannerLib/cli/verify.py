@@ -56,6 +56,9 @@ def cmd_find_seeds(args):
     from ..imaging.seedfinder import find_seeds
     from ..physics.sources import get_model
     ct, geometry = read_image(args.ct)
+    if np.issubdtype(ct.dtype, np.floating) and not np.all(np.isfinite(ct)):
+        raise InputError(f"{args.ct}: CT holds {int(np.count_nonzero(~np.isfinite(ct)))} non-finite voxel(s) "
+                         "(NaN or Inf)")
     planned = None
     if args.planned:
         from .common import read_seed_input
@@ -119,8 +122,6 @@ def cmd_verify(args):
     planned = read_seed_input(args.planned, args.model_dir)
     found = read_seeds_csv(args.found)
     out_dir = Path(args.out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"{out_dir}: --out-dir exists and is not a folder")
     if args.max_distance <= 0:
         raise InputError(f"--max-distance must be > 0 mm, got {args.max_distance:g}")
     target = None
@@ -144,21 +145,22 @@ def cmd_verify(args):
     summary = res["summary"]
     summary["inputs"] = {"planned": str(args.planned), "found": str(args.found)}
     files = {"matches": str(out_dir / "matches.csv"), "summary": str(out_dir / "summary.json")}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(out_dir / "matches.csv", res["rows"], MATCH_COLUMNS)
-    if not args.no_dose:
-        meta = {"SeedPlan_Unit": "Gy", "SeedPlan_Formalism": args.formalism}
-        write_image(out_dir / "dose_planned.nrrd", res["dose_planned_Gy"].astype(np.float32), dose_geometry,
-                    dict(meta, SeedPlan_Quantity="total", SeedPlan_Seeds="planned"))
-        write_image(out_dir / "dose_found.nrrd", res["dose_found_Gy"].astype(np.float32), dose_geometry,
-                    dict(meta, SeedPlan_Quantity="total", SeedPlan_Seeds="found"))
-        files.update({"dose_planned": str(out_dir / "dose_planned.nrrd"), "dose_found": str(out_dir / "dose_found.nrrd")})
-        if "dose_found_after_ct_Gy" in res:
-            write_image(out_dir / "dose_found_after_ct.nrrd", res["dose_found_after_ct_Gy"].astype(np.float32),
-                        dose_geometry, dict(meta, SeedPlan_Quantity="total after CT date", SeedPlan_Seeds="found"))
-            files["dose_found_after_ct"] = str(out_dir / "dose_found_after_ct.nrrd")
-    summary["files"] = files
-    write_json(out_dir / "summary.json", summary)
+    from ..core.fileio import atomic_folder
+    with atomic_folder(out_dir) as tmp:  # all files appear together, or none
+        write_csv(tmp / "matches.csv", res["rows"], MATCH_COLUMNS)
+        if not args.no_dose:
+            meta = {"SeedPlan_Unit": "Gy", "SeedPlan_Formalism": args.formalism}
+            write_image(tmp / "dose_planned.nrrd", res["dose_planned_Gy"].astype(np.float32), dose_geometry,
+                        dict(meta, SeedPlan_Quantity="total", SeedPlan_Seeds="planned"))
+            write_image(tmp / "dose_found.nrrd", res["dose_found_Gy"].astype(np.float32), dose_geometry,
+                        dict(meta, SeedPlan_Quantity="total", SeedPlan_Seeds="found"))
+            files.update({"dose_planned": str(out_dir / "dose_planned.nrrd"), "dose_found": str(out_dir / "dose_found.nrrd")})
+            if "dose_found_after_ct_Gy" in res:
+                write_image(tmp / "dose_found_after_ct.nrrd", res["dose_found_after_ct_Gy"].astype(np.float32),
+                            dose_geometry, dict(meta, SeedPlan_Quantity="total after CT date", SeedPlan_Seeds="found"))
+                files["dose_found_after_ct"] = str(out_dir / "dose_found_after_ct.nrrd")
+        summary["files"] = files
+        write_json(tmp / "summary.json", summary)
     d = summary["displacement"]
     line = (f"verify: {summary['matched']} of {summary['planned']} planned seeds matched "
             f"({summary['found']} found), {summary['missing']} missing, {summary['unexpected']} unexpected")

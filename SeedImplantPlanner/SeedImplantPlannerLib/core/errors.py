@@ -19,3 +19,11 @@ class GeometryError(SeedPlanError):
 
 class CancelledError(SeedPlanError):
     """A long computation was cancelled through its progress callback."""
+
+
+class OutputError(InputError):
+    """An output path cannot be written: its folder cannot be created, is not writable or is a file."""
+
+
+class ResourceError(SeedPlanError):
+    """A computation would need more memory than the machine (or its cgroup limit) has available."""

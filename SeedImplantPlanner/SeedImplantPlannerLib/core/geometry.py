@@ -9,6 +9,7 @@ conversion flips the sign of the first two coordinates (:data:`LPS_TO_RAS`). Arr
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -131,9 +132,9 @@ class ImageGeometry:
         """Axis-aligned RAS grid covering [min_ras, max_ras] (voxel centres) at ``spacing`` mm."""
         lo = np.asarray(min_ras, float)
         hi = np.asarray(max_ras, float)
-        sp = np.broadcast_to(np.asarray(spacing, float), (3,))
-        if np.any(sp <= 0) or not np.all(np.isfinite(sp)):
-            raise GeometryError(f"grid spacing must be positive and finite, got {sp.tolist()}")
+        sp = _check_spacing(spacing)
+        if not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
+            raise GeometryError(f"grid box corners must be finite, got {lo.tolist()} and {hi.tolist()}")
         if np.any(hi < lo):
             raise GeometryError(f"empty grid: max corner {hi.tolist()} below min corner {lo.tolist()}")
         size = np.floor((hi - lo) / sp + 1e-9).astype(int) + 1
@@ -141,14 +142,18 @@ class ImageGeometry:
 
     def resampled(self, spacing):
         """Same extent and orientation, new spacing (mm); the voxel-centre box is kept or slightly grown."""
-        sp = np.broadcast_to(np.asarray(spacing, float), (3,))
+        sp = _check_spacing(spacing)
         extent = (np.asarray(self.size) - 1) * np.asarray(self.spacing)
         size = np.ceil(extent / sp - 1e-9).astype(int) + 1
         return ImageGeometry(tuple(size), tuple(sp), self.origin, self.direction)
 
     def cropped_to_box(self, min_ras, max_ras, spacing=None, margin_mm=0.0):
         """Grid with this orientation covering the RAS box [min, max] (+ margin), at ``spacing``."""
-        sp = np.asarray(self.spacing if spacing is None else np.broadcast_to(spacing, (3,)), float)
+        sp = np.asarray(self.spacing, float) if spacing is None else _check_spacing(spacing)
+        if not (math.isfinite(margin_mm) and margin_mm >= 0):
+            raise GeometryError(f"grid margin must be a finite number of mm >= 0, got {margin_mm}")
+        if not (np.all(np.isfinite(min_ras)) and np.all(np.isfinite(max_ras))):
+            raise GeometryError("grid box corners must be finite")
         corners = np.array([[x, y, z] for x in (min_ras[0], max_ras[0]) for y in (min_ras[1], max_ras[1])
                             for z in (min_ras[2], max_ras[2])], float)
         local = (corners - np.asarray(self.origin)) @ self.direction_matrix
@@ -177,6 +182,20 @@ class ImageGeometry:
     def from_dict(cls, d):
         """Inverse of :meth:`to_dict`."""
         return cls(tuple(d["size"]), tuple(d["spacing_mm"]), tuple(d["origin_ras_mm"]), d["direction_ras"])
+
+
+def _check_spacing(spacing):
+    """Spacing as 3 positive finite floats (1 value applies to all axes); GeometryError otherwise."""
+    try:
+        sp = np.asarray(spacing, float).ravel()
+    except (TypeError, ValueError):
+        raise GeometryError(f"grid spacing must be numbers in mm, got {spacing!r}") from None
+    if sp.size not in (1, 3):
+        raise GeometryError(f"grid spacing takes 1 or 3 values in mm, got {sp.size}")
+    sp = np.broadcast_to(sp, (3,)).copy()
+    if not np.all(np.isfinite(sp)) or np.any(sp <= 0):
+        raise GeometryError(f"grid spacing must be positive and finite, got {sp.tolist()} mm")
+    return sp
 
 
 def mask_at_indices(mask, ijk):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
-from .fileio import atomic_path
+from .fileio import atomic_path, require_complete
 from .geometry import ImageGeometry
 
 READABLE = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -35,6 +35,7 @@ def read_sitk(path):
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: image not found")
+    require_complete(path, "image")
     try:
         if path.is_dir():
             reader = sitk.ImageSeriesReader()

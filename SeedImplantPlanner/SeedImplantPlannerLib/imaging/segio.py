@@ -48,6 +48,8 @@ class Segmentation:
     geometry: ImageGeometry
     layers: np.ndarray
     segments: list = field(default_factory=list)
+    #: File it was read from ("" if built in memory): named in error messages.
+    source: str = field(default="", compare=False)
 
     def names(self):
         """Segment names in order."""
@@ -63,8 +65,12 @@ class Segmentation:
         if len(hits) == 1:
             return hits[0]
         if len(hits) > 1:
-            raise InputError(f"segment name '{name_or_id}' is ambiguous ({len(hits)} segments share it)")
-        raise InputError(f"no segment named '{name_or_id}' (segments: {', '.join(self.names()) or 'none'})")
+            raise InputError(f"{self._where}segment name '{name_or_id}' is ambiguous ({len(hits)} segments share it)")
+        raise InputError(f"{self._where}no segment named '{name_or_id}' (segments: {', '.join(self.names()) or 'none'})")
+
+    @property
+    def _where(self):
+        return f"{self.source}: " if self.source else ""
 
     def mask(self, name_or_id) -> np.ndarray:
         """Boolean mask [k, j, i] of one segment on this segmentation's own grid."""
@@ -165,7 +171,9 @@ def read_segmentation(path, reference_geometry=None) -> Segmentation:
     import SimpleITK as sitk
     path = Path(path)
     if _is_rtstruct(path):
-        return _read_rtstruct(path, reference_geometry)
+        seg = _read_rtstruct(path, reference_geometry)
+        seg.source = str(path)
+        return seg
     image = read_sitk(path) if not str(path).lower().endswith(".seg.nrrd") else None
     if image is None:
         if not path.exists():
@@ -218,7 +226,7 @@ def read_segmentation(path, reference_geometry=None) -> Segmentation:
     for s in segments:
         if s.layer >= layers.shape[0]:
             raise InputError(f"{path}: segment '{s.name}' refers to layer {s.layer}, file has {layers.shape[0]}")
-    return Segmentation(geometry, layers, segments)
+    return Segmentation(geometry, layers, segments, source=str(path))
 
 
 def write_segmentation(path, seg: Segmentation):

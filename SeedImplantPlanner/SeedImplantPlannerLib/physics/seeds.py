@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import InputError
+from ..core.fileio import require_complete
 
 SEED_COLUMNS = ("x_mm", "y_mm", "z_mm", "axis_x", "axis_y", "axis_z", "sk_U", "model")
 POINT_COLUMNS = ("x_mm", "y_mm", "z_mm")
@@ -92,7 +93,7 @@ class SeedSet:
 
 
 def _read_rows(path, required, what):
-    path = Path(path)
+    path = require_complete(Path(path), f"{what} CSV")
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
@@ -106,6 +107,9 @@ def _read_rows(path, required, what):
         raise InputError(f"{path}: cannot read {what} CSV: {exc.strerror or exc}") from exc
     except csv.Error as exc:
         raise InputError(f"{path}: malformed {what} CSV: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: {what} CSV is not UTF-8 text (byte {exc.start}: {exc.reason}); "
+                         "is it a binary file?") from exc
     rows = [r for r in rows if any(r.values())]
     if not rows:
         raise InputError(f"{path}: {what} CSV has no rows")

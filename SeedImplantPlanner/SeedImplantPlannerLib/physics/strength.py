@@ -70,7 +70,11 @@ def strength_at(model: SeedModel, value, unit: str, reference_date=None, implant
     sk = to_air_kerma_strength_U(value, unit, model)
     if reference_date is None or implant_date is None:
         return sk
-    return sk * decay_factor(model, reference_date, implant_date)
+    ref, when = parse_datetime(reference_date), parse_datetime(implant_date)
+    if when < ref:
+        raise InputError(f"implant date {implant_date} is before the strength reference date {reference_date}: "
+                         "decaying backwards would raise the strength; check the dates")
+    return sk * decay_factor(model, ref, when)
 
 
 def hours_between(start, stop) -> float:

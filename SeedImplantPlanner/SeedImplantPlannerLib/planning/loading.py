@@ -48,9 +48,9 @@ class LoadingRules:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise InputError(f"{name.replace('_mm', '').replace('_', ' ')} must be >= 0 mm, got {v!r}")
-        if self.stranded and self.spacing_mm < self.seed_length_mm:
-            raise InputError(f"stranded seeds need a spacing >= the seed length {self.seed_length_mm:g} mm, "
-                             f"got {self.spacing_mm:g} mm")
+        if self.spacing_mm < self.seed_length_mm:  # seeds in one needle cannot overlap
+            raise InputError(f"{'stranded' if self.stranded else 'loose'} seeds need a spacing >= the seed length "
+                             f"{self.seed_length_mm:g} mm, got {self.spacing_mm:g} mm")
 
     def to_dict(self):
         """Plain-JSON form."""

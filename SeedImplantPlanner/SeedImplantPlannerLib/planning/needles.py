@@ -32,6 +32,8 @@ from ..core.errors import InputError
 #: Nominal needle outer diameter (mm) by gauge, ISO 9626 (regular wall).
 GAUGE_OUTER_DIAMETER_MM = {14: 2.11, 15: 1.83, 16: 1.65, 17: 1.47, 18: 1.27, 19: 1.07, 20: 0.91, 21: 0.82, 22: 0.72}
 DEFAULT_GAUGE = 18
+#: Most template holes tried (a 1.3 mm template over a 20 cm target has about 24 000).
+MAX_TEMPLATE_HOLES = 40000
 DEFAULT_USABLE_LENGTH_MM = 200.0
 KINDS = ("template", "freehand", "auto", "curved", "implanted")
 
@@ -311,6 +313,10 @@ def parallel_template(target_mask, geometry, insertion_direction, spacing_mm=10.
     """
     if not (math.isfinite(spacing_mm) and spacing_mm > 0):
         raise InputError(f"template spacing must be > 0 mm, got {spacing_mm}")
+    outer_mm = GAUGE_OUTER_DIAMETER_MM.get(gauge)
+    if outer_mm is not None and spacing_mm < outer_mm:
+        raise InputError(f"template spacing {spacing_mm:g} mm is below the outer diameter of a {gauge} G needle "
+                         f"({outer_mm:g} mm): template holes cannot be that close")
     d = _unit(insertion_direction, "insertion direction")
     target_mask = np.asarray(target_mask, dtype=bool)
     if not target_mask.any():
@@ -334,6 +340,9 @@ def parallel_template(target_mask, geometry, insertion_direction, spacing_mm=10.
     c_u, c_v = (centroid - p0) @ u, (centroid - p0) @ v
     iu = np.arange(math.floor((pu.min() - c_u) / spacing_mm) - 1, math.ceil((pu.max() - c_u) / spacing_mm) + 2)
     iv = np.arange(math.floor((pv.min() - c_v) / spacing_mm) - 1, math.ceil((pv.max() - c_v) / spacing_mm) + 2)
+    if len(iu) * len(iv) > MAX_TEMPLATE_HOLES:
+        raise InputError(f"a {spacing_mm:g} mm template over this target has {len(iu) * len(iv)} holes (more than "
+                         f"{MAX_TEMPLATE_HOLES}): use a larger template spacing")
     depth_max = float((rel @ d).max()) + 5.0
     if depth_max <= 0:
         raise InputError("the template plane lies beyond the target along the insertion direction")
@@ -486,11 +495,14 @@ def read_needles(path, gauge=DEFAULT_GAUGE, usable_length_mm=DEFAULT_USABLE_LENG
     import csv
     import json
     from pathlib import Path
-    path = Path(path)
+    from ..core.fileio import require_complete
+    path = require_complete(Path(path), "needle file")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except OSError as exc:
         raise InputError(f"{path}: cannot read needle file: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: needle file is not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
     if path.suffix.lower() == ".json":
         try:
             doc = json.loads(text)

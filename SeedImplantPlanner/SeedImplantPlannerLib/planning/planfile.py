@@ -231,7 +231,8 @@ class Plan:
 
 def read_plan(path) -> Plan:
     """Read a plan file; errors name the file."""
-    path = Path(path)
+    from ..core.fileio import require_complete
+    path = require_complete(Path(path), "plan file")
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -257,11 +258,21 @@ def write_plan(path, plan: Plan):
 
 
 def write_plan_folder(folder, plan: Plan, dose_Gy=None, dose_geometry=None):
-    """Write the plan folder: plan.json, needles.csv, loading.csv, seeds.csv, obstacles.csv, dose.nrrd, metrics."""
+    """Write the plan folder: plan.json, needles.csv, loading.csv, seeds.csv, obstacles.csv, dose.nrrd, metrics.
+
+    The files are written into a temporary folder and moved into place together
+    (:func:`core.fileio.atomic_folder`): an interrupted run leaves no partial plan folder.
+    """
+    from ..core.fileio import atomic_folder
+    folder = Path(folder)
+    with atomic_folder(folder) as tmp:
+        written = _write_plan_files(tmp, plan, dose_Gy, dose_geometry)
+    return [folder / p.name for p in written]
+
+
+def _write_plan_files(folder, plan: Plan, dose_Gy=None, dose_geometry=None):
     from ..core.fileio import write_csv, write_json, write_text
     from .obstacles import HIT_COLUMNS
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     write_plan(folder / "plan.json", plan)
     write_csv(folder / "needles.csv", needle_table(plan.used_needles() or plan.needles), NEEDLE_TABLE_COLUMNS)
     write_csv(folder / "needles_all.csv", needle_table(plan.needles), NEEDLE_TABLE_COLUMNS)
