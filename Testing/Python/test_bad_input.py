@@ -168,6 +168,8 @@ KINDS = _rows(
      r"plan_other\.json: not a SeedImplantPlanner plan file", ("found.csv",), _plan("{d}/plan_other.json")),
     ("plan JSON that is binary", REPORT + " --plan {d}/binary.json --out {o}/report.html",
      r"binary\.json: plan is not valid JSON", ("report.html",)),
+    ("plan JSON whose source lacks the model", REPORT + " --seeds {d}/plan_nomodel.json --out {o}/r.html",
+     r"plan_nomodel\.json: malformed plan file \(source\.model missing", ("r.html",), _plan("{d}/plan_nomodel.json")),
     ("plan with a negative seed strength", "dose --seeds {d}/plan_negsk.json --reference {d}/ct.nrrd --out {o}/o.nrrd",
      r"plan_negsk\.json: .*strength must be > 0", ("o.nrrd",), _plan("{d}/plan_negsk.json")),
     ("missing needle file", NEEDLES + " --needle-mode freehand --needles {d}/nope.csv --out {o}/needles/",
@@ -332,6 +334,48 @@ KINDS = _rows(
      ("r.html", "pdfdir/")),
     ("existing non-empty DICOM folder", EXPORT + " --out {o}/dicom/", r"folder exists and is not empty", ("dicom/",)),
     ("margin output not a .seg.nrrd", MARGIN + " --out {o}/ptv.nrrd", r"ptv\.nrrd: .*\.seg\.nrrd", ("ptv.nrrd",)),
+    # -- more files and options (rows added as defects were found) ------------------------------
+    ("plan JSON that is a list", "dose --seeds {d}/plan_list.json --reference {d}/ct.nrrd --out {o}/o.nrrd",
+     r"plan_list\.json: not a SeedImplantPlanner plan file", ("o.nrrd",), _plan("{d}/plan_list.json")),
+    ("empty plan JSON", EXPORT.replace("seeds.csv", "empty.json") + " --out {o}/dicom/",
+     r"empty\.json: plan file is not valid JSON", ("dicom/",), _plan("{d}/empty.json")),
+    ("labelmap with non-integer values", NOMO.replace("seg.seg.nrrd", "float_labels.nrrd"),
+     r"float_labels\.nrrd: labelmap has non-integer values", (), _seg("{d}/float_labels.nrrd")),
+    ("labelmap names sidecar broken", NOMO.replace("seg.seg.nrrd", "labels.nrrd"),
+     r"labels\.nrrd\.labels\.json: label names must be a JSON object", (), _seg("{d}/labels.nrrd")),
+    ("2D image as reference", DOSE.replace("ct.nrrd", "slice2d.nrrd") + " --out {o}/out.nrrd",
+     r"slice2d\.nrrd: expected a 3D image", ("out.nrrd",), _image("{d}/slice2d.nrrd")),
+    ("binary found-seeds file", VERIFY.replace("--found {d}/seeds.csv", "--found {d}/binary.bin") + " --out-dir {o}/v/",
+     r"binary\.bin: seeds CSV is not UTF-8 text", ("v/",)),
+    ("binary needle JSON", EXPORT + " --needles {d}/binary.json --out {o}/dicom/", r"binary\.json: .*needle file",
+     ("dicom/",)),
+    ("broken segmentation for DICOM", EXPORT + " --segmentation {d}/broken.seg.nrrd --out {o}/dicom/",
+     r"broken\.seg\.nrrd: unreadable segmentation", ("dicom/",)),
+    ("missing CT under the report", REPORT + " --ct {d}/nope_ct.nrrd --out {o}/r.html", r"nope_ct\.nrrd: image not found",
+     ("r.html",)),
+    ("empty fixed-seeds file", PLAN + " --fixed-seeds {d}/empty.csv --out {o}/plan/", r"empty\.csv: seeds CSV",
+     ("plan/",)),
+    ("binary implanted-needles file", PLAN + " --implanted-needles {d}/binary.bin --out {o}/plan/",
+     r"binary\.bin: needle file is not UTF-8", ("plan/",)),
+    ("folder given as an RT Plan", DSEEDS + " --plan {d}/afolder --out {o}/seeds.csv", r"afolder", ("seeds.csv",),
+     _rtplan("{d}/afolder")),
+    ("binary goals file", "goals --show {d}/binary.bin", r"binary\.bin: cannot read goals file", (),
+     _goals("{d}/binary.bin")),
+    ("seed model id defined twice", "sources --model-dir {d}/models_twice", r"defined twice", (),
+     _models("{d}/models_twice")),
+    ("seed model with a shipped id", "sources --model-dir {d}/models_shipped", r"is a shipped model", (),
+     _models("{d}/models_shipped")),
+    ("template holes closer than a needle", NEEDLES + " --template-spacing 0.001 --out {o}/needles/",
+     r"template spacing 0\.001 mm is below the outer diameter", ("needles/",)),
+    ("seeds closer than their length", PLAN.replace("--seed-spacing 5", "--seed-spacing 0.5") + " --out {o}/plan/",
+     r"loose seeds need a spacing >= the seed length", ("plan/",)),
+    ("NaN prescription (demo, no folder made)", "demo --prescription nan --out {o}/newdemo",
+     r"--strength and --prescription must be finite and > 0", ()),
+    ("ROI segment without ROI", FIND + " --roi-segment GTV --out {o}/found.csv", r"--roi-segment needs --roi",
+     ("found.csv",)),
+    ("target without structures (verify)", VERIFY + " --target GTV --out-dir {o}/v/", r"--target needs --structures",
+     ("v/",)),
+    ("unknown gauge", NEEDLES + " --gauge 99 --out {o}/needles/", r"gauge", ("needles/",)),
     # -- option combinations found late (defects: output was written before the check) ----------
     ("goals CSV without goals", METRICS + " --csv {o}/m.csv --goals-csv {o}/g.csv", r"--goals-csv needs --goals",
      ("m.csv", "g.csv")),
@@ -420,6 +464,14 @@ def make_inputs(d: Path):
     (d / "plan_v99.json").write_text(json.dumps(dict(plan, version=99)))
     (d / "plan_nokeys.json").write_text(json.dumps({k: v for k, v in plan.items() if k != "seeds"}))
     (d / "plan_other.json").write_text(json.dumps(dict(plan, format="SomethingElse.plan")))
+    (d / "plan_list.json").write_text(json.dumps([plan]))
+    (d / "empty.json").write_bytes(b"")
+    write_image(d / "float_labels.nrrd", np.where(masks["GTV"], 1.5, 0.0).astype(np.float32), GEOM)
+    write_image(d / "labels.nrrd", masks["GTV"].astype(np.uint8), GEOM)
+    (d / "labels.nrrd.labels.json").write_text('["GTV"]')
+    import SimpleITK as sitk
+    sitk.WriteImage(sitk.GetImageFromArray(ct[0]), str(d / "slice2d.nrrd"))  # a 2D image
+    (d / "plan_nomodel.json").write_text(json.dumps(dict(plan, source={"strength_U": 0.5})))
     bad = json.loads(json.dumps(plan))
     bad["seeds"][0]["strength_U"] = -1.0
     (d / "plan_negsk.json").write_text(json.dumps(bad))
@@ -439,7 +491,7 @@ def _plan_doc(seeds):
     from SeedImplantPlannerLib.planning.loading import LoadingRules
     from SeedImplantPlannerLib.planning.optimizer import Goals
     from SeedImplantPlannerLib.planning.plan import Plan
-    source = {"model_id": M6711, "nuclide": "I-125", "strength_U": 0.5, "strength_value": 0.5, "strength_unit": "U",
+    source = {"model": M6711, "nuclide": "I-125", "strength_U": 0.5, "strength_value": 0.5, "strength_unit": "U",
               "reference_date": None, "implant_date": "2026-11-27"}
     plan = Plan(source, 120.0, Goals(120.0), LoadingRules(), [], seeds, [0] * len(seeds), [np.nan] * len(seeds),
                 [False] * len(seeds))
@@ -469,6 +521,9 @@ def _models_folders(d: Path):
     r[2], r[3] = r[3], r[2]
     folder("models_mono", doc)
     folder("models_binary", text="\x00\x01 not json {")
+    folder("models_twice", src)
+    (d / "models_twice" / "again.json").write_text(json.dumps(src))
+    folder("models_shipped", dict(src, model_id=M6711))
 
 
 def _dicom_files(d: Path, seeds):

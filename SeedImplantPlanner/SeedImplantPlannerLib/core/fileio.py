@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
 import shutil
@@ -25,6 +26,11 @@ import tempfile
 from pathlib import Path
 
 from .errors import InputError, OutputError
+
+try:  # POSIX: serialise two runs moving files into one existing folder
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 #: File left in a folder while :func:`atomic_folder` moves files into it; readers refuse such a folder.
 INCOMPLETE_MARKER = ".seedplan-incomplete"
@@ -149,26 +155,41 @@ def atomic_folder(folder):
         yield tmp
         try:
             try:
-                os.rmdir(folder)  # an empty existing folder is simply replaced
-            except FileNotFoundError:
-                pass
-            except OSError:
-                pass  # not empty: move the files in below
-            if not folder.exists():
-                os.rename(tmp, folder)
+                os.rename(tmp, folder)  # a missing (or empty) folder: one atomic rename
                 return
-            marker = folder / INCOMPLETE_MARKER
-            marker.write_text("written by an unfinished seedplan run\n", encoding="utf-8")
-            for item in sorted(tmp.iterdir()):
-                dest = folder / item.name
-                if dest.is_dir() and not dest.is_symlink():
-                    shutil.rmtree(dest)
-                os.replace(item, dest)
-            marker.unlink()
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EACCES, errno.EPERM) or not folder.is_dir():
+                    raise
+            _move_into(tmp, folder)
         except OSError as exc:
             raise OutputError(f"{folder}: cannot write output folder: {_reason(exc)}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_into(tmp: Path, folder: Path):
+    """Move the files of ``tmp`` into the existing ``folder`` under the incomplete marker.
+
+    An exclusive lock on the folder (POSIX ``flock``; none on Windows) keeps two runs from
+    interleaving their files: the folder ends with one run's complete set.
+    """
+    fd = None
+    if fcntl is not None:
+        fd = os.open(folder, os.O_RDONLY)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        marker = folder / INCOMPLETE_MARKER
+        marker.write_text("written by an unfinished seedplan run\n", encoding="utf-8")
+        for item in sorted(tmp.iterdir()):
+            dest = folder / item.name
+            if dest.is_dir() and not dest.is_symlink():
+                shutil.rmtree(dest)
+            os.replace(item, dest)
+        marker.unlink()
+    finally:
+        if fd is not None:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 def write_text(path, text: str):

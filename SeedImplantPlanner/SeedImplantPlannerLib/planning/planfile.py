@@ -209,6 +209,14 @@ class Plan:
         if not isinstance(version, int) or version < 1 or version > PLAN_VERSION:
             raise InputError(f"{where}: plan file version {version!r} is not supported (this program reads "
                              f"versions 1 to {PLAN_VERSION})")
+        source = d.get("source")
+        if not isinstance(source, dict):
+            raise InputError(f"{where}: malformed plan file (key 'source' missing or not an object)")
+        if not isinstance(source.get("model"), str) or not source["model"]:
+            raise InputError(f"{where}: malformed plan file (source.model missing: the seed model id)")
+        sk = source.get("strength_U")
+        if isinstance(sk, bool) or not isinstance(sk, (int, float)) or not math.isfinite(sk) or sk <= 0:
+            raise InputError(f"{where}: malformed plan file (source.strength_U must be a number > 0, got {sk!r})")
         try:
             needles = [Needle.from_dict(n, f"{where}: needle {k + 1}") for k, n in enumerate(d.get("needles", []))]
             rows = d["seeds"]
