@@ -88,7 +88,7 @@ def _seg(path):
 
 
 def _plan(path):
-    from SeedImplantPlannerLib.planning.plan import read_plan_seeds
+    from SeedImplantPlannerLib.planning.planfile import read_plan_seeds
     return lambda d: read_plan_seeds(Path(path.format(d=d)))
 
 
@@ -103,7 +103,7 @@ def _models(folder):
 
 
 def _rtplan(path):
-    from SeedImplantPlannerLib.dicom.export import read_rtplan_seeds
+    from SeedImplantPlannerLib.dicom.rtimport import read_rtplan_seeds
     return lambda d: read_rtplan_seeds(Path(path.format(d=d)))
 
 
@@ -489,8 +489,8 @@ def make_inputs(d: Path):
 def _plan_doc(seeds):
     """A valid plan file (version 1) holding ``seeds`` on one needle, written by the library."""
     from SeedImplantPlannerLib.planning.loading import LoadingRules
-    from SeedImplantPlannerLib.planning.optimizer import Goals
-    from SeedImplantPlannerLib.planning.plan import Plan
+    from SeedImplantPlannerLib.planning.problem import Goals
+    from SeedImplantPlannerLib.planning.planfile import Plan
     source = {"model": M6711, "nuclide": "I-125", "strength_U": 0.5, "strength_value": 0.5, "strength_unit": "U",
               "reference_date": None, "implant_date": "2026-11-27"}
     plan = Plan(source, 120.0, Goals(120.0), LoadingRules(), [], seeds, [0] * len(seeds), [np.nan] * len(seeds),

@@ -38,8 +38,8 @@ def _env():
 
 def _plan(strength_U):
     from SeedImplantPlannerLib.planning.loading import LoadingRules
-    from SeedImplantPlannerLib.planning.optimizer import Goals
-    from SeedImplantPlannerLib.planning.plan import Plan
+    from SeedImplantPlannerLib.planning.problem import Goals
+    from SeedImplantPlannerLib.planning.planfile import Plan
     seeds = SeedSet([[-5.0, 0, 0], [0, 0, 0], [5.0, 0, 0]], [[0, 0, 1.0]] * 3, strength_U, M6711)
     source = {"model": M6711, "nuclide": "I-125", "strength_U": strength_U, "strength_value": strength_U,
               "strength_unit": "U", "reference_date": None, "implant_date": "2026-11-27"}
@@ -80,7 +80,7 @@ class ConcurrentWritesTest(unittest.TestCase):
         print(f"\ntwo concurrent `seedplan dose` runs: the file holds the S_K {matches[0]} U run's dose, complete")
 
     def test_two_writers_one_plan_folder(self):
-        from SeedImplantPlannerLib.planning.plan import read_plan, write_plan_folder
+        from SeedImplantPlannerLib.planning.planfile import read_plan, write_plan_folder
         folder = self.dir / "plan"
         plans = {s: _plan(s) for s in (0.4, 0.8)}
         errors = []
@@ -108,7 +108,7 @@ class ConcurrentWritesTest(unittest.TestCase):
         self.assertEqual([p.name for p in self.dir.iterdir() if p.name.startswith(".")], [], "temporary folders left")
 
     def test_incomplete_folder_refused_by_readers(self):
-        from SeedImplantPlannerLib.planning.plan import read_plan, write_plan_folder
+        from SeedImplantPlannerLib.planning.planfile import read_plan, write_plan_folder
         from SeedImplantPlannerLib.core.imageio import write_image, read_image as read_img
         folder = self.dir / "plan"
         write_plan_folder(folder, _plan(0.5))
