@@ -99,6 +99,8 @@ class SeedImplantPlannerParameterNode:
     dvhChart: vtkMRMLPlotChartNode
     metricsTable: vtkMRMLTableNode
     doseColorTable: vtkMRMLColorTableNode
+    slicerRtDvhTables: list[vtkMRMLTableNode]
+    slicerRtDvhMetricsTable: vtkMRMLTableNode
 
 
 #

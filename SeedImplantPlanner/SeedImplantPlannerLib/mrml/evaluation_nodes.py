@@ -1,5 +1,5 @@
 """The plan's evaluation on the dose grid and the nodes that show it: dose volume, isodose models,
-DVH table and chart, metrics table.
+DVH table and chart, metrics table, and the per-structure DVH tables in SlicerRT's layout.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from ..core.geometry import ImageGeometry
 from .isodose import update_isodose_models
 from .nodes import place_in_study
 from .segmentations import segment_structure
+from .slicerrt_dvh import update_slicerrt_dvh_tables
 from .tables import update_dvh_nodes, update_metrics_table
 from .volumes import update_dose_volume
 
@@ -36,9 +37,10 @@ class Evaluation:
     PAD_VOXELS = 2
     STABLE_MARGIN_VOXELS = 6
 
-    def __init__(self, structures, roles, prescription_Gy, goals=None, supersample="auto"):
+    def __init__(self, structures, roles, prescription_Gy, goals=None, supersample="auto", segment_ids=None):
         self.structures = list(structures)
         self.roles = list(roles)
+        self.segment_ids = list(segment_ids) if segment_ids is not None else None
         self.prescription_Gy = float(prescription_Gy)
         self.goals = goals
         self.supersample = supersample
@@ -148,6 +150,25 @@ class Evaluation:
         return bins, curves, goal_rows + metric_rows + rows, ev.n_goals_failed
 
 
+def slicerrt_structures(evaluation: Evaluation, curves):
+    """The structures of ``curves`` (name -> cumulative %, from :meth:`Evaluation.evaluate`) for
+    :func:`slicerrt_dvh.update_slicerrt_dvh_tables`: segment ID, volume and dose statistics."""
+    if not curves or evaluation.result is None or evaluation.segment_ids is None:
+        return []
+    ids = {s.name: sid for s, sid in zip(evaluation.structures, evaluation.segment_ids)}
+    samples = {s.name: s for s in evaluation.result.samples}
+    dvhs = {d.name: d for d in evaluation.result.dvhs}
+    out = []
+    for name, percent in curves.items():
+        if name not in ids or name not in samples:
+            continue
+        s = samples[name]
+        out.append({"segment_id": ids[name], "name": name, "volume_percent": percent,
+                    "volume_cc": dvhs[name].volume_cc, "mean_Gy": s.mean(), "min_Gy": s.min(), "max_Gy": s.max(),
+                    "oversampling": s.factor})
+    return out
+
+
 class PlanOutputs:
     """The output nodes of a :class:`plan_scene.PlanScene` (mixed into it): dose volume, isodose models,
     DVH and metrics tables, refreshed from the current dose.
@@ -159,16 +180,19 @@ class PlanOutputs:
     def _evaluator(self):
         if self._evaluation is None:
             seg = self.params.get_node("segmentation")
-            structures, roles = [], []
+            structures, roles, ids = [], [], []
             if seg is not None:
                 target = self.params.get("targetSegmentId")
                 if target:
                     structures.append(segment_structure(seg, target))
                     roles.append("target")
+                    ids.append(target)
                 for sid in self.params.get_string_list("organSegmentIds"):
                     structures.append(segment_structure(seg, sid))
                     roles.append("oar")
-            self._evaluation = Evaluation(structures, roles, self.params.get("prescriptionDoseGy"), self.goals)
+                    ids.append(sid)
+            self._evaluation = Evaluation(structures, roles, self.params.get("prescriptionDoseGy"), self.goals,
+                                          segment_ids=ids)
         return self._evaluation
 
     def refresh_outputs(self, progress=None, isodoses=True, evaluation=True):
@@ -207,6 +231,15 @@ class PlanOutputs:
                 if self.params.get_node(role) is None:
                     self.params.set_node(role, n)
                     place_in_study(self.scene, n, self.study_item())
+            seg = self.params.get_node("segmentation")
+            if seg is not None:
+                rt_tables, rt_metrics = update_slicerrt_dvh_tables(
+                    self.scene, self.params.get_node("doseVolume"), seg, slicerrt_structures(ev, curves), bins,
+                    self.params.get_node_list("slicerRtDvhTables"), self.params.get_node("slicerRtDvhMetricsTable"),
+                    parent_item=self.study_item())
+                self.params.set_node_list("slicerRtDvhTables", rt_tables)
+                if self.params.get_node("slicerRtDvhMetricsTable") is None:
+                    self.params.set_node("slicerRtDvhMetricsTable", rt_metrics)
             timing["evaluation_s"] = time.perf_counter() - t
             self.last_update["failed_goals"] = failed
         _progress.report(progress, 1.0, "evaluation")

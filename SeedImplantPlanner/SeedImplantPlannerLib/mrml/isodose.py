@@ -1,5 +1,9 @@
 """MRML adapters for isodose surfaces: one model node per level (% of the prescription), visible in 3D
 and as lines in the slice views.
+
+Each model carries SlicerRT's isodose marker ``DicomRtImport.IsodoseModel = "1"`` (SlicerRT's
+``vtkSlicerRtCommon::IsIsodoseModelNode`` tests for the attribute on a model node; its Isodose
+logic writes "1"), so SlicerRT's subject hierarchy shows them as isodose surfaces.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from ..core.geometry import ImageGeometry
 from .nodes import PRESCRIPTION_ATTRIBUTE, ROLE_ATTRIBUTE, _vtk, subject_hierarchy, vtk_matrix
 
 ISODOSE_LEVEL_ATTRIBUTE = "SeedImplantPlanner.IsodoseLevelPercent"
+ISODOSE_MODEL_ATTRIBUTE = "DicomRtImport.IsodoseModel"
 
 DEFAULT_ISODOSE_LEVELS_PCT = (50.0, 90.0, 100.0, 150.0, 200.0)
 
@@ -119,6 +124,7 @@ def update_isodose_models(scene, dose_Gy, geometry: ImageGeometry, prescription_
             if folder_item:
                 sh.SetItemParent(sh.GetItemByDataNode(node) or sh.CreateItem(folder_item, node), folder_item)
         node.SetAttribute(PRESCRIPTION_ATTRIBUTE, f"{rx:g}")
+        node.SetAttribute(ISODOSE_MODEL_ATTRIBUTE, "1")  # also on models of scenes saved before it was written
         node.SetAndObservePolyData(poly)
         out.append(node)
     for stale in by_level.values():

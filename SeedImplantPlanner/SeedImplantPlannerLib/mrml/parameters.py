@@ -33,8 +33,8 @@ DEFAULTS = {
     "liveUpdate": True,
 }
 NODE_PARAMETERS = ("ctVolume", "segmentation", "seedsNode", "doseVolume", "dvhTable", "dvhChart", "metricsTable",
-                   "doseColorTable")
-NODE_LIST_PARAMETERS = ("needleNodes", "isodoseModels")
+                   "doseColorTable", "slicerRtDvhMetricsTable")
+NODE_LIST_PARAMETERS = ("needleNodes", "isodoseModels", "slicerRtDvhTables")
 STRING_LIST_PARAMETERS = ("organSegmentIds", "forbiddenSegmentIds")
 
 

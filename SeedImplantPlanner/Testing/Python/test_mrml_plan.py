@@ -484,7 +484,8 @@ class RoundTripTest(PlanSceneTestCase):
         node.SetNthControlPointPosition(0, 1.0, 1.0, 1.0)
         self.assertEqual(loaded.last_update["dose_edit"], "moved 1")
         # the loaded scene reuses its nodes: no duplicates
-        self.assertEqual(other.scene.GetNumberOfNodesByClass("vtkMRMLTableNode"), 2)
+        # DVH and metrics tables, and SlicerRT's metrics table with one DVH table per structure (PTV, OAR)
+        self.assertEqual(other.scene.GetNumberOfNodesByClass("vtkMRMLTableNode"), 5)
         self.assertEqual(other.scene.GetNumberOfNodesByClass("vtkMRMLModelNode"), 5)
 
     def test_save_plan_scene_in_one_call(self):
