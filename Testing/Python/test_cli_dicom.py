@@ -182,6 +182,62 @@ class CliDicom(unittest.TestCase):
         self.assertEqual(no_rx.returncode, 2)
         self.assertIn("--prescription-Gy", no_rx.stderr)
 
+    def test_rt_plans_of_other_layouts_on_the_command_line(self):
+        out = self.dir / "dicom"
+        r = seedplan("export-dicom", "--ct", self.ct, "--seeds", self.seeds, "--model", M6711, "--prescription-Gy",
+                     "145", "--out", out)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        plan = pydicom.dcmread(out / "RTPLAN.dcm")
+        # a plan whose sources carry no strength: refused with the attribute named, read with --strength
+        for src in plan.SourceSequence:
+            del src.ReferenceAirKermaRate
+            del src.SourceStrength
+            del src.SourceStrengthUnits
+        nostrength = self.dir / "nostrength.dcm"
+        plan.save_as(nostrength)
+        seeds_csv = self.dir / "back.csv"
+        r = seedplan("dicom-seeds", "--plan", nostrength, "--out", seeds_csv)
+        self.assertEqual(r.returncode, 2)
+        self.assertRegex(r.stderr.strip(), r"^seedplan: error: .*nostrength.dcm: source 1: Reference Air Kerma Rate "
+                                           r"\(300A,022A\) is missing.*--strength")
+        self.assertFalse(seeds_csv.exists())
+        r = seedplan("dicom-seeds", "--plan", nostrength, "--strength", "0.5", "--unit", "mCi", "--ct", out / "CT",
+                     "--out", seeds_csv)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        with open(seeds_csv) as fh:
+            rows = list(csv.DictReader(fh))
+        self.assertEqual(len(rows), 6)
+        self.assertTrue(all(abs(float(row["sk_U"]) - 0.635) < 1e-12 for row in rows))
+        # a temporary LDR implant: the dwell time of each seed goes into the CSV
+        plan.BrachyTreatmentTechnique = "INTERSTITIAL"
+        temporary = self.dir / "temporary.dcm"
+        plan.save_as(temporary)
+        r = seedplan("dicom-seeds", "--plan", temporary, "--strength", "0.635", "--out", seeds_csv)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("temporary implant", r.stdout)
+        with open(seeds_csv) as fh:
+            rows = list(csv.DictReader(fh))
+        self.assertIn("dwell_time_s", rows[0])
+        self.assertAlmostEqual(float(rows[0]["dwell_time_s"]), 59.4 * 86400 / np.log(2), delta=1.0)
+        # an RT Plan as seeds input of `seedplan dose`, checked against the CT's frame of reference
+        dose = self.dir / "plan_dose.nrrd"
+        r = seedplan("dose", "--seeds", out / "RTPLAN.dcm", "--reference", out / "CT", "--crop-margin", "10",
+                     "--spacing", "2", "--out", dose)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        moved = pydicom.dcmread(out / "RTPLAN.dcm")
+        moved.FrameOfReferenceUID = pydicom.uid.generate_uid()
+        other = self.dir / "other_frame.dcm"
+        moved.save_as(other)
+        r = seedplan("dose", "--seeds", other, "--reference", out / "CT", "--out", self.dir / "never.nrrd")
+        self.assertEqual(r.returncode, 2)
+        self.assertRegex(r.stderr.strip(), r"^seedplan: error: .*other_frame.dcm: RT Plan frame of reference .* is not "
+                                           r"the CT's")
+        self.assertFalse((self.dir / "never.nrrd").exists())
+        # the CT given as FOLDER::SERIES_UID
+        uid = pydicom.dcmread(next((out / "CT").iterdir()), stop_before_pixels=True).SeriesInstanceUID
+        r = seedplan("dicom-seeds", "--plan", out / "RTPLAN.dcm", "--ct", f"{out / 'CT'}::{uid}", "--out", seeds_csv)
+        self.assertEqual(r.returncode, 0, r.stderr)
+
 
 if __name__ == "__main__":
     unittest.main()

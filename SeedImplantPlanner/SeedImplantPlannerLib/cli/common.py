@@ -69,12 +69,27 @@ def cmd_point_dose(args):
     return 0
 
 
-def read_seed_input(path, model_dirs=()):
-    """Seeds from a CSV or a plan JSON file (:func:`planfile.read_plan_seeds`)."""
+def read_seed_input(path, model_dirs=(), ct=None, require_inside=True):
+    """Seeds from a CSV, a plan JSON file (:func:`planfile.read_plan_seeds`) or a brachy RT Plan (``.dcm``).
+
+    An RT Plan's seeds are checked against ``ct`` when given (same frame of reference, and with
+    ``require_inside`` inside the CT).
+    """
     path = str(path)
     if path.lower().endswith(".json"):
         from ..planning.planfile import read_plan_seeds
         return read_plan_seeds(path)
+    if path.lower().endswith(".dcm"):
+        from ..dicom.rtplan_read import check_plan_on_ct, read_rtplan_seeds
+        seeds, info = read_rtplan_seeds(path, model_dirs=model_dirs)
+        if info["unresolved_models"]:
+            raise InputError(f"{path}: unknown seed model(s) {', '.join(info['unresolved_models'])}: add their TG-43 "
+                             "data (--model-dir) or convert with seedplan dicom-seeds")
+        if ct is not None:
+            check_plan_on_ct(seeds, info, ct, require_inside)
+        for note in info["notes"]:
+            print(f"seedplan: note: {path}: {note}", file=sys.stderr)
+        return seeds
     return read_seeds_csv(path)
 
 
@@ -102,7 +117,7 @@ def cmd_dose(args):
     """Dose grid (Gy) from seeds on a reference image's geometry or an explicit box; writes NRRD."""
     from .main import ProgressBar
     from ..core.imageio import write_image
-    seeds = read_seed_input(args.seeds, args.model_dir)
+    seeds = read_seed_input(args.seeds, args.model_dir, ct=args.reference, require_inside=False)
     geometry = grid_from_args(args, seeds)
     if geometry.n_voxels == 0:
         raise InputError("empty dose grid")
@@ -134,7 +149,7 @@ def register(sub):
     p.set_defaults(func=cmd_point_dose)
 
     p = sub.add_parser("dose", help="dose grid (Gy, NRRD) from seeds")
-    p.add_argument("--seeds", required=True, help="seeds CSV or plan JSON")
+    p.add_argument("--seeds", required=True, help="seeds CSV, plan JSON or brachy RT Plan (.dcm)")
     p.add_argument("--reference", help="reference image (NRRD, NIfTI, MHA or a DICOM series folder)")
     p.add_argument("--box", nargs=6, type=float, metavar=("XMIN", "YMIN", "ZMIN", "XMAX", "YMAX", "ZMAX"),
                    help="explicit RAS box (mm) instead of a reference image")

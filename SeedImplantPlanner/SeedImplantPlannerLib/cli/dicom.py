@@ -92,14 +92,23 @@ def cmd_export_dicom(args):
 
 def cmd_dicom_seeds(args):
     """Seeds of a brachytherapy RT Plan to a seeds CSV (RAS mm, U)."""
-    from ..dicom.rtimport import read_rtplan_seeds
+    from ..dicom.rtplan_read import read_rtplan_seeds
     from ..core.fileio import write_csv
     from ..physics.seeds import SEED_COLUMNS, seeds_to_rows
-    seeds, info = read_rtplan_seeds(args.plan, at=args.at, model_dirs=args.model_dir)
+    strength = None if args.strength is None else (args.strength, args.unit)
+    seeds, info = read_rtplan_seeds(args.plan, at=args.at, model_dirs=args.model_dir, strength=strength)
+    if args.ct:
+        from ..dicom.rtplan_read import check_plan_on_ct
+        check_plan_on_ct(seeds, info, args.ct)
     rows = seeds_to_rows(seeds)
+    columns = list(SEED_COLUMNS) + ["needle"]
     for r, name in zip(rows, info["needle_names"]):
         r["needle"] = name
-    write_csv(args.out, rows, list(SEED_COLUMNS) + ["needle"])
+    if not info["permanent"]:  # a temporary implant: each seed's dwell time matters for its dose
+        columns.append("dwell_time_s")
+        for r, t in zip(rows, info["dwell_times_s"]):
+            r["dwell_time_s"] = "" if t is None else f"{t:.10g}"
+    write_csv(args.out, rows, columns)
     when = info["strengths_decayed_to"] or info["strength_reference"]
     print(f"wrote {args.out}: {len(seeds)} seeds ({', '.join(sorted(set(seeds.models)))}), technique "
           f"{info['technique'] or '-'}, strengths at {when or 'the source reference date'}")
@@ -117,7 +126,8 @@ def register(sub):
     from ..dicom.rtplan import APPLICATION_SETUP_TYPES, DEFAULT_SETUP_TYPE
     p = sub.add_parser("export-dicom", help="write CT, RT Structure Set, RT Plan and RT Dose (DICOM) of a plan")
     p.add_argument("--ct", required=True, help="planning CT: image file (written as a CT series) or DICOM series folder "
-                                                "(reused: same study and frame of reference)")
+                                                "(reused: same study and frame of reference; FOLDER::SERIES_UID "
+                                                "picks one of several series)")
     p.add_argument("--seeds", required=True, help="seeds CSV (RAS mm, U) or plan JSON")
     p.add_argument("--model", help="seed model id for a seeds CSV without a model column")
     p.add_argument("--prescription-Gy", type=float, help="prescription dose (Gy); default: the plan file's")
@@ -145,6 +155,11 @@ def register(sub):
     p = sub.add_parser("dicom-seeds", help="seeds of a brachytherapy RT Plan (DICOM) to a seeds CSV")
     p.add_argument("--plan", required=True, help="RT Plan file (.dcm)")
     p.add_argument("--at", help="decay the strengths from the source reference date to this date/time")
+    p.add_argument("--strength", type=float, help="seed strength for sources without a Reference Air Kerma Rate "
+                                                  "(at the source's reference date)")
+    p.add_argument("--unit", choices=("U", "mCi"), default="U", help="unit of --strength (default U)")
+    p.add_argument("--ct", help="CT the plan belongs to (DICOM folder, FOLDER::SERIES_UID or image): refuses another "
+                                "frame of reference or seeds outside it")
     p.add_argument("--model-dir", action="append", default=[], help="folder with extra seed model JSON files")
     p.add_argument("--out", required=True, help="output seeds CSV")
     p.set_defaults(func=cmd_dicom_seeds)

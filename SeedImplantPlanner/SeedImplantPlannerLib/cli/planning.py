@@ -78,7 +78,7 @@ def cmd_plan(args):
     fixed = None
     if args.fixed_seeds:
         from .common import read_seed_input
-        fixed = read_seed_input(args.fixed_seeds)
+        fixed = read_seed_input(args.fixed_seeds, ct=args.image)
     mode = args.needle_mode
     if mode == "freehand" and not needles:
         raise InputError("--needle-mode freehand needs --needles FILE (entry and tip of each needle)")
@@ -231,7 +231,7 @@ def register(sub):
                    help="annealing iterations (default 40000; more can save a few seeds, see docs/planning.md)")
     p.add_argument("--needle-weight", type=float, default=1.0,
                    help="how many seeds one more needle is worth to the optimiser (default 1)")
-    p.add_argument("--fixed-seeds", help="re-planning: seeds already implanted (seeds CSV or plan JSON)")
+    p.add_argument("--fixed-seeds", help="re-planning: seeds already implanted (seeds CSV, plan JSON or brachy RT Plan .dcm)")
     p.add_argument("--implanted-needles", help="re-planning: needles as the intra-operative CT shows them (CSV/JSON)")
     p.add_argument("--no-new-needles", action="store_true", help="re-planning: load only the implanted needles")
     p.add_argument("--formalism", choices=("2D", "1D"), default="2D", help="TG-43U1 formalism (default 2D)")

@@ -30,26 +30,31 @@ def geometry_of(image) -> ImageGeometry:
 
 
 def read_sitk(path):
-    """Read ``path`` (image file or DICOM series folder) as a SimpleITK image."""
+    """Read ``path`` (image file, DICOM series folder or ``FOLDER::SERIES_UID``) as a SimpleITK image.
+
+    DICOM folders go through :func:`dicomseries.read_dicom_series`: one series chosen by UID,
+    slices sorted along the normal, missing slices and gantry tilt refused.
+    """
+    from .dicomseries import read_dicom_series, split_series_path
     sitk = _sitk()
+    folder, uid = split_series_path(path)
+    if uid is not None or folder.is_dir():
+        if not folder.is_dir():
+            raise InputError(f"{folder}: DICOM series folder not found")
+        return _checked(read_dicom_series(folder, uid)[0], path)
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: image not found")
     require_complete(path, "image")
     try:
-        if path.is_dir():
-            reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(path))
-            if not series:
-                raise InputError(f"{path}: folder holds no DICOM image series")
-            files = reader.GetGDCMSeriesFileNames(str(path), series[0])
-            reader.SetFileNames(files)
-            image = reader.Execute()
-        else:
-            image = sitk.ReadImage(str(path))
+        image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         raise InputError(f"{path}: unreadable image ({first[-1] if first else 'SimpleITK error'})") from exc
+    return _checked(image, path)
+
+
+def _checked(image, path):
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path}: expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components")
     if image.GetDimension() != 3:

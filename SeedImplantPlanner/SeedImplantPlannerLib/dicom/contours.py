@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.errors import InputError
 from ..core.geometry import ImageGeometry
 
 
@@ -97,18 +98,25 @@ def polygons_to_mask2d(polygons_ij, shape_ji):
 def contours_to_mask(contours_ras, geometry: ImageGeometry, plane_tol_mm=None):
     """Rasterise planar contours (list of (n, 3) RAS mm arrays) onto ``geometry`` (even-odd per slice).
 
-    Each contour is assigned to the grid slice its points lie on (within ``plane_tol_mm``, default
-    a quarter of the slice spacing); contours off every slice are ignored. Returns a bool [k, j, i].
+    Each contour must lie on a slice of the grid (every point within ``plane_tol_mm`` of it, default
+    a quarter of the slice spacing): a contour between slices, beyond the first or last slice, or
+    not planar is an InputError naming the contour (1-based) and where it lies. Returns a bool [k, j, i].
     """
     tol = 0.25 * geometry.spacing[2] if plane_tol_mm is None else plane_tol_mm
     by_slice = {}
-    for pts in contours_ras:
+    for n, pts in enumerate(contours_ras, start=1):
         ijk = geometry.ras_to_ijk(np.asarray(pts, dtype=float).reshape(-1, 3))
         k = int(np.rint(ijk[:, 2].mean()))
+        off_mm = np.abs(ijk[:, 2] - k) * geometry.spacing[2]
+        if np.ptp(ijk[:, 2]) * geometry.spacing[2] > 2 * tol:
+            raise InputError(f"contour {n} is not planar on the image grid (spans {np.ptp(ijk[:, 2]) * geometry.spacing[2]:.2f} "
+                             "mm along the slice normal): contour planes do not match the image slices")
         if not 0 <= k < geometry.size[2]:
-            continue
-        if np.max(np.abs(ijk[:, 2] - k)) * geometry.spacing[2] > tol:
-            continue
+            raise InputError(f"contour {n} lies {ijk[:, 2].mean() * geometry.spacing[2]:.2f} mm along the slice normal "
+                             f"from the first slice, outside the image's {geometry.size[2]} slices: a plane not in the image")
+        if np.max(off_mm) > tol:
+            raise InputError(f"contour {n} lies {np.max(off_mm):.2f} mm from slice {k} (slice spacing "
+                             f"{geometry.spacing[2]:g} mm): a plane not in the image")
         by_slice.setdefault(k, []).append(ijk[:, :2])
     out = np.zeros(geometry.shape, dtype=bool)
     for k, polys in by_slice.items():

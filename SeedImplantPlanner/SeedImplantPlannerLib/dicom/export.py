@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core import progress as _progress
+from ..core.dicomseries import split_series_path
 from ..core.errors import InputError
 from ..core.geometry import ImageGeometry
 from ..physics.seeds import SeedSet
@@ -154,11 +155,11 @@ def export_plan_dicom(out_dir, ct, seeds: SeedSet, prescription_Gy, *, ct_geomet
     _progress.report(progress, 0.0, "DICOM: checking inputs")
     ct_path = None
     if isinstance(ct, (str, os.PathLike)):
-        ct_path = Path(ct)
+        ct_path, _ = split_series_path(ct)
         if not ct_path.exists():
             raise InputError(f"{ct_path}: CT not found")
     if ct_path is not None and ct_path.is_dir():
-        ct_geometry, first, uids, attrs = study_from_dicom_folder(ct_path)
+        ct_geometry, first, uids, attrs = study_from_dicom_folder(ct)
         ct_array = None
         study = StudyContext(str(first.StudyInstanceUID), str(first.FrameOfReferenceUID), now.strftime("%Y%m%d"),
                        now.strftime("%H%M%S"), attrs, ct_geometry, str(first.SeriesInstanceUID), str(first.SOPClassUID),

@@ -14,56 +14,26 @@ from .common import (CT_STORAGE, PATIENT_STUDY_KEYWORDS, StudyContext, base_data
                      ras_to_lps, save_dataset)
 
 
-def study_from_dicom_folder(folder: Path) -> tuple:
-    """Geometry and identifiers of the image series (CT, MR...) in a DICOM folder.
+def study_from_dicom_folder(folder) -> tuple:
+    """Geometry and identifiers of the image series (CT, MR...) in a DICOM folder (``FOLDER::SERIES_UID`` picks one).
 
-    The first series that is not an RT object (RT Dose, Structure Set, Plan) is used, so a folder
-    holding a CT next to earlier RT exports still resolves to the CT.
+    The series is chosen and checked by :mod:`core.dicomseries` (RT objects next to the CT are
+    skipped; several image series need the UID; out-of-order slices are sorted, missing slices and
+    gantry tilt refused). Returns ``(geometry, first header, SOP Instance UID of slice k, patient
+    and study attributes)``.
     """
-    import SimpleITK as sitk
-    import pydicom
+    from ..core.dicomseries import read_dicom_series
     from ..core.imageio import geometry_of
-    reader = sitk.ImageSeriesReader()
-    files = None
-    for sid in reader.GetGDCMSeriesIDs(str(folder)):
-        names = reader.GetGDCMSeriesFileNames(str(folder), sid)
-        try:
-            head = pydicom.dcmread(names[0], stop_before_pixels=True)
-        except Exception as exc:  # pydicom raises several types for unreadable files
-            raise InputError(f"{names[0]}: unreadable DICOM file ({exc})") from exc
-        if str(getattr(head, "Modality", "")).upper() not in ("RTDOSE", "RTSTRUCT", "RTPLAN", "RTIMAGE"):
-            files = names
-            break
-    if not files:
-        raise InputError(f"{folder}: folder holds no DICOM image series (CT, MR...)")
-    reader.SetFileNames(files)
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()
-        raise InputError(f"{folder}: unreadable image series ({first_line[-1] if first_line else 'SimpleITK error'})") from exc
+    image, series, files, headers = read_dicom_series(folder)
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{folder}: expected a 3D scalar image series")
     geometry = geometry_of(image)
-    uids = [None] * geometry.size[2]
-    first = None
-    for f in files:
-        try:
-            d = pydicom.dcmread(f, stop_before_pixels=True)
-        except Exception as exc:  # pydicom raises several types for unreadable files
-            raise InputError(f"{f}: unreadable DICOM file ({exc})") from exc
-        first = first or d
-        ipp = getattr(d, "ImagePositionPatient", None)
-        if ipp is None:
-            raise InputError(f"{f}: CT slice has no Image Position (Patient)")
-        k = geometry.ras_to_ijk(lps_to_ras(np.asarray([float(v) for v in ipp])))[2]
-        kk = int(round(k))
-        if abs(k - kk) > 0.05 or not 0 <= kk < len(uids):
+    first = headers[0]
+    for f, d in zip(files, headers):  # the grid SimpleITK built must put slice k at file k's position
+        k = geometry.ras_to_ijk(lps_to_ras(np.asarray([float(v) for v in d.ImagePositionPatient])))[2]
+        if abs(k - round(k)) > 0.05:
             raise InputError(f"{f}: slice position does not fall on the series grid (k = {k:.3f})")
-        uids[kk] = str(d.SOPInstanceUID)
-    missing = [k for k, u in enumerate(uids) if u is None]
-    if missing:
-        raise InputError(f"{folder}: DICOM series has no file for slice(s) {missing[:5]}")
+    uids = [str(d.SOPInstanceUID) for d in headers]
     for key in ("StudyInstanceUID", "FrameOfReferenceUID", "SeriesInstanceUID", "SOPClassUID"):
         if not str(getattr(first, key, "") or ""):
             raise InputError(f"{folder}: CT series lacks {key}; cannot reference it from RT objects")

@@ -122,37 +122,34 @@ def _is_rtstruct(path: Path) -> bool:
 
 
 def _referenced_ct_geometry(path: Path) -> ImageGeometry:
-    """Geometry of the CT series an RT Structure Set references (searched near the file)."""
+    """Geometry of the CT series an RT Structure Set references (searched in its folder, the folders
+    beside it and the folder above), read and checked by :mod:`core.dicomseries`."""
     import pydicom
-    import SimpleITK as sitk
-    ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    from ..core.dicomseries import image_series, read_dicom_series
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception as exc:  # pydicom raises several types for damaged files
+        raise InputError(f"{path}: corrupt DICOM file ({type(exc).__name__}: {exc})") from exc
     uids = [str(s.SeriesInstanceUID) for f in getattr(ds, "ReferencedFrameOfReferenceSequence", [])
             for st in getattr(f, "RTReferencedStudySequence", []) for s in getattr(st, "RTReferencedSeriesSequence", [])]
     if not uids:
         raise InputError(f"{path}: the RT Structure Set names no referenced image series; give the CT as reference")
-    reader = sitk.ImageSeriesReader()
-    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM warns for every folder without a series
-    try:
-        geometry = _find_series(reader, path, uids[0])
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
-    if geometry is None:
-        raise InputError(f"{path}: the CT series it references ({uids[0]}) is not in its folder or the folder "
-                         "above; give the CT image as reference")
-    return geometry
-
-
-def _find_series(reader, path: Path, uid):
+    unreadable = []
     for folder in dict.fromkeys([path.parent, *path.parent.iterdir(), path.parent.parent,
                                  *(p for p in path.parent.parent.iterdir() if p.is_dir())]):
         if not Path(folder).is_dir():
             continue
-        if uid in reader.GetGDCMSeriesIDs(str(folder)):
-            reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), uid))
-            reader.MetaDataDictionaryArrayUpdateOff()
-            return geometry_of(reader.Execute())
-    return None
+        try:
+            found = image_series(folder)
+        except InputError as exc:
+            unreadable.append(str(exc))
+            continue
+        if uids[0] in found:
+            image = read_dicom_series(folder, uids[0])[0]
+            return geometry_of(image)
+    raise InputError(f"{path}: the CT series it references ({uids[0]}) is not in its folder, the folders beside it "
+                     "or the folder above; give the CT image as reference"
+                     + (f" (unreadable there: {unreadable[0]})" if unreadable else ""))
 
 
 def _read_rtstruct(path: Path, reference_geometry=None) -> Segmentation:

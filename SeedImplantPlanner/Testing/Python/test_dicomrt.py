@@ -20,7 +20,7 @@ from pydicom import config as dcm_config
 from pydicom.uid import UID
 from pydicom.valuerep import validate_value
 
-from SeedImplantPlannerLib.dicom import export, rtimport
+from SeedImplantPlannerLib.dicom import export, rtimport, rtplan_read
 from SeedImplantPlannerLib.dicom.contours import contours_to_mask, mask_to_contours
 from SeedImplantPlannerLib.physics.dose import compute_dose_Gy, dose_at_points_Gy
 from SeedImplantPlannerLib.core.errors import CancelledError, InputError
@@ -284,7 +284,7 @@ class TestRtPlan(DicomCase):
     def test_seeds_round_trip_and_dose_recomputes(self):
         needles = [{"number": 1, "name": "A1", "entry_ras_mm": [-5.0, -4.25, -60.0], "tip_ras_mm": [-5.0, -4.25, 20.0]}]
         res, g, ct, seg, seeds, dose, dose_g = self.export(needles=needles)
-        back, info = rtimport.read_rtplan_seeds(res["rtplan"])
+        back, info = rtplan_read.read_rtplan_seeds(res["rtplan"])
         self.assertEqual(len(back), len(seeds))
         np.testing.assert_allclose(back.positions, seeds.positions, rtol=0, atol=1e-9)
         np.testing.assert_allclose(back.strengths_U, seeds.strengths_U, rtol=1e-12, atol=0)
@@ -366,7 +366,7 @@ class TestRtPlan(DicomCase):
         bad = self.dir / "zero.dcm"
         plan.save_as(bad)
         with self.assertRaisesRegex(InputError, "zero strength"):
-            rtimport.read_rtplan_seeds(bad)
+            rtplan_read.read_rtplan_seeds(bad)
 
     def test_needle_channel_with_dwell_pairs_is_read_as_seeds(self):
         # layout of other systems: one channel per needle, seeds as dwell pairs, no orientation
@@ -390,7 +390,7 @@ class TestRtPlan(DicomCase):
         plan.ApplicationSetupSequence[0].ChannelSequence = [first] + list(channels[3:])
         path = self.dir / "needle_channels.dcm"
         plan.save_as(path)
-        back, info = rtimport.read_rtplan_seeds(path)
+        back, info = rtplan_read.read_rtplan_seeds(path)
         self.assertEqual(len(back), len(seeds))
         np.testing.assert_allclose(back.positions, seeds.positions, atol=1e-9)
         chord = seeds.positions[2] - seeds.positions[0]
@@ -401,7 +401,7 @@ class TestRtPlan(DicomCase):
 
     def test_strengths_decay_to_a_later_date(self):
         res, g, ct, seg, seeds, *_ = self.export()
-        back, info = rtimport.read_rtplan_seeds(res["rtplan"], at="2027-01-19T09:30")
+        back, info = rtplan_read.read_rtplan_seeds(res["rtplan"], at="2027-01-19T09:30")
         i125 = np.array([m == M6711 for m in seeds.models])
         np.testing.assert_allclose(back.strengths_U[i125], seeds.strengths_U[i125] * 0.5 ** (60 / 59.4), rtol=1e-12)
 
@@ -636,7 +636,7 @@ class TestNeedleApplicators(DicomCase):
                 self.assertIn("ReferencedROINumber", ch)
         self.assertEqual(sorted(on), [(4, "A1", 150.0), (7, "B2", 80.0)])  # B2: its path length, 80 mm
         self.assertEqual([len(v) for _, v in sorted(on.items())], [3, 3])
-        back, info = rtimport.read_rtplan_seeds(res["rtplan"])
+        back, info = rtplan_read.read_rtplan_seeds(res["rtplan"])
         self.assertEqual(sum(n == "A1" for n in info["needle_names"]), 3)
         self.assertEqual(sum(n == "B2" for n in info["needle_names"]), 3)
 
