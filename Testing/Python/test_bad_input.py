@@ -103,7 +103,7 @@ def _models(folder):
 
 
 def _rtplan(path):
-    from SeedImplantPlannerLib.dicom.rtimport import read_rtplan_seeds
+    from SeedImplantPlannerLib.dicom.rtplan_read import read_rtplan_seeds
     return lambda d: read_rtplan_seeds(Path(path.format(d=d)))
 
 
