@@ -71,10 +71,26 @@ def _is_dicom_file(f: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def _headerless_image(f: Path):
+    """Header of ``f`` when it is a DICOM image data set without the Part 10 preamble, else None (not DICOM)."""
+    import warnings
+    import pydicom
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            d = pydicom.dcmread(str(f), stop_before_pixels=True, force=True)
+            ok = bool(str(getattr(d, "SOPClassUID", "") or "")) and "ImagePositionPatient" in d
+    except Exception:  # not DICOM at all: text, images of other formats
+        return None
+    return d if ok else None
+
+
 def image_series(folder) -> dict:
     """``{Series Instance UID: Series}`` of the image series in ``folder`` (RT objects and non-DICOM files skipped).
 
-    A file that starts like DICOM but cannot be read is an error naming it.
+    A file that starts like DICOM (Part 10 preamble) but cannot be read is an error naming it; a
+    file without the preamble counts when it parses as an image data set with a SOP Class UID and
+    an Image Position (Patient).
     """
     import pydicom
     folder = Path(folder)
@@ -82,10 +98,13 @@ def image_series(folder) -> dict:
         raise InputError(f"{folder}: not a folder")
     out = {}
     for f in sorted(p for p in folder.iterdir() if p.is_file()):
-        if not _is_dicom_file(f):
+        part10 = _is_dicom_file(f)
+        d = None if part10 else _headerless_image(f)  # a data set without the Part 10 preamble (older exports)
+        if not part10 and d is None:
             continue
         try:
-            d = pydicom.dcmread(str(f), stop_before_pixels=True)
+            if part10:
+                d = pydicom.dcmread(str(f), stop_before_pixels=True)
             modality = str(getattr(d, "Modality", "") or "").upper()
             has_geometry = "ImagePositionPatient" in d and "ImageOrientationPatient" in d
             uid = str(getattr(d, "SeriesInstanceUID", "") or "")

@@ -10,9 +10,11 @@ order, with a gap, with a gantry tilt, two series in one folder.
 
 import tempfile
 import unittest
+import warnings
 from pathlib import Path
 
 import numpy as np
+import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -328,8 +330,38 @@ class TestCtSeries(Case):
         data = bad.read_bytes()
         bad.write_bytes(data[:140] + b"\xff" * 40)  # preamble and DICM kept, the header destroyed
         (self.dir / "ct" / "notes.txt").write_text("not DICOM: skipped")
-        with self.assertRaisesRegex(InputError, "IMG001.dcm: corrupt DICOM file"):
+        with warnings.catch_warnings(), self.assertRaisesRegex(InputError, "IMG001.dcm: corrupt DICOM file"):
+            warnings.simplefilter("ignore")  # pydicom warns about the damaged file before it gives up
             read_image(self.dir / "ct")
+
+    def test_slices_without_the_part10_preamble_are_read(self):
+        zs = [0.0, 2.0, 4.0]
+        self.series(self.dir / "ct", zs)
+        for f in (self.dir / "ct").iterdir():  # the bare data set, as older systems export it
+            ds = pydicom.dcmread(f)
+            f.unlink()
+            del ds.file_meta
+            ds.preamble = None
+            pydicom.dcmwrite(f.with_suffix(""), ds, enforce_file_format=False, implicit_vr=True, little_endian=True)
+            self.assertNotEqual(f.with_suffix("").read_bytes()[128:132], b"DICM")
+        (self.dir / "ct" / "README").write_text("exported slices\n")
+        arr, g = read_image(self.dir / "ct")
+        np.testing.assert_array_equal(arr[:, 0, 0], [0, 20, 40])
+
+    def test_export_onto_one_of_several_series(self):
+        from SeedImplantPlannerLib.dicom.export import export_plan_dicom
+        from SeedImplantPlannerLib.physics.seeds import SeedSet
+        a = self.series(self.dir / "ct", [0.0, 2.0, 4.0, 6.0], names=[f"a{i}.dcm" for i in range(4)])
+        b = self.series(self.dir / "ct", [0.0, 3.0, 6.0], names=[f"b{i}.dcm" for i in range(3)])
+        seeds = SeedSet(np.array([[0.0, 0.0, 3.0]]), np.array([[0.0, 0.0, 1.0]]), np.array([0.5]),
+                        ["I125_OncoSeed_6711"])
+        with self.assertRaisesRegex(InputError, "2 image series in one folder"):
+            export_plan_dicom(self.dir / "out", self.dir / "ct", seeds, 120.0)
+        self.assertFalse((self.dir / "out").exists())
+        res = export_plan_dicom(self.dir / "out", f"{self.dir / 'ct'}::{b}", seeds, 120.0)
+        plan = pydicom.dcmread(res["rtplan"])
+        self.assertEqual(plan.FrameOfReferenceUID, self.for_uid)
+        self.assertNotEqual(a, b)
 
     def test_rt_objects_beside_the_ct_are_skipped(self):
         uid = self.series(self.dir / "ct", [0.0, 2.0, 4.0])
@@ -377,7 +409,8 @@ class TestBadInput(Case):
     def test_corrupt_dicom_and_other_modality_where_an_rt_plan_is_expected(self):
         corrupt = self.dir / "corrupt.dcm"
         corrupt.write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff" + b"garbage" * 3)
-        with self.assertRaisesRegex(InputError, "corrupt.dcm: not a readable DICOM file"):
+        with warnings.catch_warnings(), self.assertRaisesRegex(InputError, "corrupt.dcm: not a readable DICOM file"):
+            warnings.simplefilter("ignore")  # pydicom warns about the invalid UID before the file is refused
             read_rtplan_seeds(corrupt)
         text = self.dir / "plan.txt"
         text.write_text("seed plan as text")
