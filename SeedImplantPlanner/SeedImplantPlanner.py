@@ -605,6 +605,9 @@ class SeedImplantPlannerTest(ScriptedLoadableModuleTest):
         self.assertIsNotNone(params.doseVolume)
         self.assertEqual(params.doseVolume.GetAttribute("DicomRtImport.DoseVolume"), "1")
         self.assertEqual(len(params.isodoseModels), 5)
+        self.assertTrue(all(m.GetAttribute("DicomRtImport.IsodoseModel") == "1" for m in params.isodoseModels))
+        self.assertEqual(len(params.slicerRtDvhTables), 2)  # PTV and OAR in SlicerRT's DVH layout
+        self.assertTrue(all(t.GetAttribute("DoseVolumeHistogram.DVH") == "1" for t in params.slicerRtDvhTables))
 
         self.delayDisplay("Moving a seed")
         plan.start_live_updates()  # immediate updates in the test

@@ -200,6 +200,18 @@ class SlicerRtDvhTablesTest(PlanSceneTestCase):
         self.assertNotIn(oar_id, created_references(p.get_node("doseVolume")))
         self.assertEqual(tables.table_columns(p.get_node("slicerRtDvhMetricsTable"))["Structure"], ["PTV"])
 
+    def test_renamed_segment_renames_its_table(self):
+        plan = self.build()
+        p = plan.params
+        ptv = self.assert_slicerrt_layout(self.scene, p)["PTV"]
+        seg = p.get_node("segmentation")
+        seg.GetSegmentation().GetSegment(p.get("targetSegmentId")).SetName("CTV")
+        plan.set_roles(p.get("targetSegmentId"), p.get_string_list("organSegmentIds"), ["Bone"])
+        plan.refresh_outputs()
+        by_name = self.assert_slicerrt_layout(self.scene, p)
+        self.assertIs(by_name["CTV"], ptv)  # the same node, renamed
+        self.assertEqual(ptv.GetName(), "CTV_DvhTable")
+
     def test_slicerrt_nodes_survive_mrb_save_and_load(self):
         plan = self.build()
         p = plan.params
