@@ -386,6 +386,75 @@ KINDS = _rows(
 )
 
 
+def _lib_rows():
+    """Library-only kinds (API calls the Slicer module and the web UI make): ``(kind, f(d))`` must raise a
+    SeedPlanError subclass, never a bare KeyError/IndexError/ValueError/TypeError/OSError."""
+    from SeedImplantPlannerLib.core.memory import require_memory
+    from SeedImplantPlannerLib.evaluation.evaluate import evaluate_plan
+    from SeedImplantPlannerLib.evaluation.goals import load_goals
+    from SeedImplantPlannerLib.evaluation.structures import read_structures
+    from SeedImplantPlannerLib.imaging.segio import read_segmentation
+    from SeedImplantPlannerLib.physics import dose as D
+    from SeedImplantPlannerLib.physics.seeds import SeedSet
+    from SeedImplantPlannerLib.planning.needles import read_needles
+    from SeedImplantPlannerLib.planning.planfile import read_plan
+    from SeedImplantPlannerLib.physics.strength import strength_at
+    from SeedImplantPlannerLib.physics.sources import get_model
+    g = ImageGeometry((4, 4, 4), (1, 1, 1), (0, 0, 0))
+
+    def one_seed():
+        return SeedSet([[0, 0, 0]], [[0, 0, 1]], 1.0, M6711)
+
+    def gtv(d):
+        return read_structures(d / "seg.seg.nrrd", ["GTV"])
+
+    return [
+        ("needle JSON: curved catheter without control points", lambda d: read_needles(d / "needles_nocp.json")),
+        ("needle JSON: entry with 2 coordinates", lambda d: read_needles(d / "needles_2d.json")),
+        ("needle CSV: missing tip columns", lambda d: read_needles(d / "needles_nocol.csv")),
+        ("needle JSON: gauge not a number", lambda d: read_needles(d / "needles_gauge.json")),
+        ("goals JSON: structure without a name", lambda d: load_goals(d / "goals_noname.json")),
+        ("goals JSON: structures not a list", lambda d: load_goals(d / "goals_notlist.json")),
+        ("goals JSON: a list", lambda d: load_goals(d / "goals_list.json")),
+        ("goals JSON: prescription not a number", lambda d: load_goals(d / "goals_rx.json")),
+        ("segmentation header: label value not a number", lambda d: read_segmentation(d / "badlabel.seg.nrrd")),
+        ("segmentation header: colour not numbers", lambda d: read_segmentation(d / "badcolor.seg.nrrd")),
+        ("segmentation header: layer beyond the file", lambda d: read_segmentation(d / "badlayer.seg.nrrd")),
+        ("plan: seed position with 2 coordinates", lambda d: read_plan(d / "plan_pos2.json")),
+        ("plan: goals not an object", lambda d: read_plan(d / "plan_goals.json")),
+        ("plan: unknown loading rule", lambda d: read_plan(d / "plan_rules.json")),
+        ("plan: needle number not a number", lambda d: read_plan(d / "plan_needle.json")),
+        ("plan: prescription null", lambda d: read_plan(d / "plan_rxnull.json")),
+        ("plan: seeds not objects", lambda d: read_plan(d / "plan_seedlist.json")),
+        ("geometry dict missing keys", lambda d: ImageGeometry.from_dict({})),
+        ("geometry with 2 sizes", lambda d: ImageGeometry((4, 4), (1, 1, 1), (0, 0, 0))),
+        ("geometry with zero spacing", lambda d: ImageGeometry((4, 4, 4), (1, 0, 1), (0, 0, 0))),
+        ("seed positions of 2 coordinates", lambda d: SeedSet(np.zeros((2, 2)), np.zeros((2, 3)), 1.0, M6711)),
+        ("strengths for another seed count", lambda d: SeedSet(np.zeros((2, 3)), np.ones((2, 3)), [1, 2, 3], M6711)),
+        ("points of 2 coordinates", lambda d: D.dose_at_points_Gy(np.zeros((2, 2)), one_seed())),
+        ("unknown formalism", lambda d: D.compute_dose_Gy(g, one_seed(), formalism="3D")),
+        ("1D for a model without phi_an", lambda d: D.compute_dose_Gy(
+            g, SeedSet([[0, 0, 0]], [[0, 0, 1]], 1.0, "Pd103_TheraSeed_200"), formalism="1D")),
+        ("unknown dose quantity", lambda d: D.compute_dose_Gy(g, one_seed(), quantity="integral")),
+        ("unknown dose engine", lambda d: D.compute_dose_Gy(g, one_seed(), method="gpu")),
+        ("no seeds for a dose grid", lambda d: D.compute_dose_Gy(g, SeedSet(np.zeros((0, 3)), np.zeros((0, 3)), [], []))),
+        ("dose grid too large (library)", lambda d: D.DoseGrid(
+            ImageGeometry((4000, 4000, 4000), (0.1, 0.1, 0.1), (0, 0, 0)), one_seed())),
+        ("memory request beyond the machine", lambda d: require_memory(1 << 62, "test array")),
+        ("moving a seed that does not exist", lambda d: D.DoseGrid(g, one_seed(), method="direct").move_seed(5, [0, 0, 0])),
+        ("adding a seed at NaN", lambda d: D.DoseGrid(g, one_seed(), method="direct").add_seed(
+            [np.nan, 0, 0], [0, 0, 1], 1.0, M6711)),
+        ("dose array not on its grid", lambda d: evaluate_plan(np.zeros((3, 3, 3)), GEOM, gtv(d), 100.0)),
+        ("evaluation with NaN prescription", lambda d: evaluate_plan(np.zeros(GEOM.shape), GEOM, gtv(d), float("nan"))),
+        ("evaluation without structures", lambda d: evaluate_plan(np.zeros(GEOM.shape), GEOM, [], 100.0)),
+        ("strength unit unknown", lambda d: strength_at(get_model(M6711), 0.5, "Bq")),
+        ("strength date unparsable (library)", lambda d: strength_at(get_model(M6711), 0.5, "U", "soon", "2026-01-01")),
+    ]
+
+
+LIBRARY_KINDS = _lib_rows()
+
+
 def _sentinel(path: Path, folder: bool):
     if folder:
         path.mkdir(parents=True, exist_ok=True)
@@ -465,6 +534,33 @@ def make_inputs(d: Path):
     (d / "plan_nokeys.json").write_text(json.dumps({k: v for k, v in plan.items() if k != "seeds"}))
     (d / "plan_other.json").write_text(json.dumps(dict(plan, format="SomethingElse.plan")))
     (d / "plan_list.json").write_text(json.dumps([plan]))
+
+    def plan_variant(name, change):
+        doc = json.loads(json.dumps(plan))
+        change(doc)
+        (d / name).write_text(json.dumps(doc))
+
+    plan_variant("plan_pos2.json", lambda p: p["seeds"][0].update(position_ras_mm=[1, 2]))
+    plan_variant("plan_goals.json", lambda p: p.update(goals="high"))
+    plan_variant("plan_rules.json", lambda p: p.update(loading_rules={"bogus": 1}))
+    plan_variant("plan_needle.json", lambda p: p.update(needles=[{"number": "one"}]))
+    plan_variant("plan_rxnull.json", lambda p: p.update(prescription_Gy=None))
+    plan_variant("plan_seedlist.json", lambda p: p.update(seeds=[1, 2]))
+    (d / "needles_nocp.json").write_text(json.dumps([{"control_points_ras_mm": []}]))
+    (d / "needles_2d.json").write_text(json.dumps([{"entry_ras_mm": [0, 0], "tip_ras_mm": [0, 0, 1]}]))
+    (d / "needles_nocol.csv").write_text("entry_x_mm,entry_y_mm,entry_z_mm\n1,2,3\n")
+    (d / "needles_gauge.json").write_text(json.dumps([{"entry_ras_mm": [0, 0, 0], "tip_ras_mm": [0, 0, 9],
+                                                        "gauge": "thin"}]))
+    (d / "goals_noname.json").write_text(json.dumps({"name": "x", "structures": [{"goals": ["V100 >= 95%"]}]}))
+    (d / "goals_notlist.json").write_text(json.dumps({"name": "x", "structures": "GTV"}))
+    (d / "goals_list.json").write_text(json.dumps([1, 2]))
+    (d / "goals_rx.json").write_text(json.dumps({"name": "x", "prescription_Gy": "lots", "structures": []}))
+    seg_bytes = (d / "seg.seg.nrrd").read_bytes()
+    for name, old, new in (("badlabel", b"Segment0_LabelValue:=1", b"Segment0_LabelValue:=one"),
+                           ("badcolor", b"Segment0_Color:=", b"Segment0_Color:=red green blue "),
+                           ("badlayer", b"Segment0_Layer:=0", b"Segment0_Layer:=7")):
+        assert old in seg_bytes, old
+        (d / f"{name}.seg.nrrd").write_bytes(seg_bytes.replace(old, new))
     (d / "empty.json").write_bytes(b"")
     write_image(d / "float_labels.nrrd", np.where(masks["GTV"], 1.5, 0.0).astype(np.float32), GEOM)
     write_image(d / "labels.nrrd", masks["GTV"].astype(np.uint8), GEOM)
@@ -571,7 +667,8 @@ class BadInputTest(unittest.TestCase):
         kinds = sorted({row.kind for row in KINDS})
         commands = sorted({row.command for row in KINDS})
         print(f"\nbad-input kinds: {len(kinds)} kinds in {len(KINDS)} rows over {len(commands)} commands "
-              f"({', '.join(commands)}); {sum(1 for r in KINDS if r.lib)} also through the library")
+              f"({', '.join(commands)}); {sum(1 for r in KINDS if r.lib)} also through the library, "
+              f"{len(LIBRARY_KINDS)} library-only kinds; {len(kinds) + len(LIBRARY_KINDS)} kinds in all")
         for row, (r, _, _) in zip(KINDS, self.results):
             print(f"  {row.kind} [{row.command}]: {r.stderr.strip()[:200]}")
         self.assertEqual(len(kinds), len(KINDS), "two rows share a kind label")
@@ -613,6 +710,16 @@ class BadInputTest(unittest.TestCase):
                 message = " ".join(str(ctx.exception).split())
                 line = r.stderr.strip()
                 self.assertEqual(line, "seedplan: error: " + message)
+
+    def test_library_only(self):
+        for kind, call in LIBRARY_KINDS:
+            with self.subTest(kind=kind):
+                try:
+                    call(self.d)
+                except SeedPlanError as exc:
+                    self.assertTrue(str(exc).strip(), "empty message")
+                else:
+                    self.fail("no error raised")
 
     def test_inputs_unchanged(self):
         self.assertEqual(sorted(snapshot(self.d)), sorted(self.inputs_before), "a run left files among the inputs")

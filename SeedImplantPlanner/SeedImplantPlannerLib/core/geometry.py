@@ -180,8 +180,12 @@ class ImageGeometry:
 
     @classmethod
     def from_dict(cls, d):
-        """Inverse of :meth:`to_dict`."""
-        return cls(tuple(d["size"]), tuple(d["spacing_mm"]), tuple(d["origin_ras_mm"]), d["direction_ras"])
+        """Inverse of :meth:`to_dict`; a missing or malformed key raises GeometryError."""
+        try:
+            return cls(tuple(d["size"]), tuple(d["spacing_mm"]), tuple(d["origin_ras_mm"]), d["direction_ras"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise GeometryError(f"malformed grid geometry ({exc.__class__.__name__}: {exc}); expected size, "
+                                "spacing_mm, origin_ras_mm and direction_ras") from exc
 
 
 def _check_spacing(spacing):

@@ -203,10 +203,15 @@ def read_segmentation(path, reference_geometry=None) -> Segmentation:
     n = 0
     while f"Segment{n}_ID" in keys:
         pre = f"Segment{n}_"
-        color = tuple(float(v) for v in _meta(image, pre + "Color", "0.5 0.5 0.5").split()[:3])
+        try:
+            color = tuple(float(v) for v in _meta(image, pre + "Color", "0.5 0.5 0.5").split()[:3])
+            label = int(float(_meta(image, pre + "LabelValue", "1")))
+            layer = int(float(_meta(image, pre + "Layer", "0")))
+        except ValueError as exc:
+            raise InputError(f"{path}: header field of segment {n} ({pre}Color/LabelValue/Layer) is not a number: "
+                             f"{exc}") from exc
         segments.append(Segment(_meta(image, pre + "ID"), _meta(image, pre + "Name", f"Segment_{n}"), color,
-                                int(float(_meta(image, pre + "LabelValue", "1"))),
-                                int(float(_meta(image, pre + "Layer", "0")))))
+                                label, layer))
         n += 1
     if not segments:
         names = {}

@@ -22,7 +22,7 @@ from ..core import progress as _progress
 from ..core.errors import InputError
 from ..core.geometry import ImageGeometry
 from ..core.memory import require_memory
-from .seeds import SeedSet
+from .seeds import SeedSet, xyz_rows
 from .sources import SeedModel, get_model
 from .tg43 import TG43Kernel
 
@@ -53,7 +53,7 @@ def dose_rate_at_points(points_mm, seeds: SeedSet, formalism="2D", model_dirs=()
 
     With ``per_model`` the first value is ``{model_id: rate array}`` instead of the sum.
     """
-    pts = np.asarray(points_mm, dtype=float).reshape(-1, 3)
+    pts = xyz_rows(points_mm, "points")
     kernels = kernels_for(seeds, formalism, model_dirs)
     rates = {m: np.zeros(len(pts)) for m in kernels}
     capped = np.zeros(len(pts), dtype=bool)
@@ -70,7 +70,7 @@ def dose_rate_at_points(points_mm, seeds: SeedSet, formalism="2D", model_dirs=()
 def dose_at_points_Gy(points_mm, seeds: SeedSet, formalism="2D", quantity="total", t_hours=None, model_dirs=()):
     """Dose (Gy) at points for ``quantity``; returns (dose, initial rate cGy/h, capped count)."""
     rates, n_capped = dose_rate_at_points(points_mm, seeds, formalism, model_dirs, per_model=True)
-    pts = np.asarray(points_mm, dtype=float).reshape(-1, 3)
+    pts = xyz_rows(points_mm, "points")
     dose = np.zeros(len(pts))
     total_rate = np.zeros(len(pts))
     for m, r in rates.items():

@@ -21,6 +21,17 @@ SEED_COLUMNS = ("x_mm", "y_mm", "z_mm", "axis_x", "axis_y", "axis_z", "sk_U", "m
 POINT_COLUMNS = ("x_mm", "y_mm", "z_mm")
 
 
+def xyz_rows(values, what) -> np.ndarray:
+    """``values`` as an (N, 3) float array; InputError naming ``what`` otherwise."""
+    try:
+        arr = np.asarray(values, dtype=float)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be numbers (x, y, z in mm)") from None
+    if arr.size % 3 or (arr.ndim > 1 and arr.shape[-1] != 3):
+        raise InputError(f"{what} must be rows of 3 values (x, y, z), got shape {arr.shape}")
+    return arr.reshape(-1, 3)
+
+
 @dataclass
 class SeedSet:
     """N seeds: ``positions`` (N, 3) RAS mm, unit ``axes`` (N, 3), ``strengths_U`` (N,), ``models`` (N,)."""
@@ -31,10 +42,13 @@ class SeedSet:
     models: list = field(default_factory=list)
 
     def __post_init__(self):
-        self.positions = np.asarray(self.positions, dtype=float).reshape(-1, 3)
+        self.positions = xyz_rows(self.positions, "seed positions")
         n = self.positions.shape[0]
-        self.axes = np.asarray(self.axes, dtype=float).reshape(-1, 3)
-        self.strengths_U = np.broadcast_to(np.asarray(self.strengths_U, dtype=float), (n,)).copy()
+        self.axes = xyz_rows(self.axes, "seed axes")
+        try:
+            self.strengths_U = np.broadcast_to(np.asarray(self.strengths_U, dtype=float), (n,)).copy()
+        except (TypeError, ValueError):
+            raise InputError(f"{n} seed positions but strengths of shape {np.shape(self.strengths_U)}") from None
         if isinstance(self.models, str):
             self.models = [self.models] * n
         self.models = list(self.models)

@@ -517,6 +517,8 @@ def read_needles(path, gauge=DEFAULT_GAUGE, usable_length_mm=DEFAULT_USABLE_LENG
                 raise InputError(f"{path}: needle {k} is not an object")
             d = {"number": k, "gauge": gauge, "usable_length_mm": usable_length_mm, **d}
             if "control_points_ras_mm" in d:
+                if not isinstance(d["control_points_ras_mm"], list) or len(d["control_points_ras_mm"]) < 2:
+                    raise InputError(f"{path}: needle {k}: control_points_ras_mm needs a list of at least 2 points")
                 d.setdefault("entry_ras_mm", d["control_points_ras_mm"][0])
                 d.setdefault("tip_ras_mm", d["control_points_ras_mm"][-1])
                 d.setdefault("kind", "curved")

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..core.memory import require_memory
 from ..core.errors import InputError
 
 
@@ -129,6 +130,8 @@ def influence_matrix(points, positions, axes, kernel, gy_per_U_h, strength_U, ch
     pts = np.asarray(points, dtype=float).reshape(-1, 3)
     pos = np.asarray(positions, dtype=float).reshape(-1, 3)
     ax = np.asarray(axes, dtype=float).reshape(-1, 3)
+    require_memory(2 * 4 * len(pts) * len(pos), f"influence matrix of {len(pts)} points x {len(pos)} candidate "
+                   "seed positions", "use a larger template or seed spacing, or fewer needles")
     out = np.empty((len(pts), len(pos)), dtype=np.float32)
     scale = float(gy_per_U_h) * float(strength_U)
     for a in range(0, len(pos), chunk):
