@@ -219,6 +219,14 @@ class CliDicom(unittest.TestCase):
             rows = list(csv.DictReader(fh))
         self.assertIn("dwell_time_s", rows[0])
         self.assertAlmostEqual(float(rows[0]["dwell_time_s"]), 59.4 * 86400 / np.log(2), delta=1.0)
+        ldr_temporary = pydicom.dcmread(out / "RTPLAN.dcm")
+        ldr_temporary.BrachyTreatmentTechnique = "INTERSTITIAL"
+        temporary = self.dir / "temporary_with_strength.dcm"
+        ldr_temporary.save_as(temporary)
+        r = seedplan("dose", "--seeds", temporary, "--reference", self.ct, "--out", self.dir / "never.nrrd")
+        self.assertEqual(r.returncode, 2)
+        self.assertRegex(r.stderr.strip(), r"^seedplan: error: .*temporary_with_strength.dcm: a temporary implant .*totals to "
+                                           r"full decay")
         # an RT Plan as seeds input of `seedplan dose`, checked against the CT's frame of reference
         dose = self.dir / "plan_dose.nrrd"
         r = seedplan("dose", "--seeds", out / "RTPLAN.dcm", "--reference", out / "CT", "--crop-margin", "10",

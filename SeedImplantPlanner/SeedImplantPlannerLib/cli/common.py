@@ -82,6 +82,10 @@ def read_seed_input(path, model_dirs=(), ct=None, require_inside=True):
     if path.lower().endswith(".dcm"):
         from ..dicom.rtplan_read import check_plan_on_ct, read_rtplan_seeds
         seeds, info = read_rtplan_seeds(path, model_dirs=model_dirs)
+        if not info["permanent"]:
+            raise InputError(f"{path}: a temporary implant (Brachy Treatment Technique {info['technique'] or 'missing'}, "
+                             "not PERMANENT): its seeds are removed after their dwell times, while this product's doses "
+                             "are totals to full decay; seedplan dicom-seeds lists the seeds with their dwell times")
         if info["unresolved_models"]:
             raise InputError(f"{path}: unknown seed model(s) {', '.join(info['unresolved_models'])}: add their TG-43 "
                              "data (--model-dir) or convert with seedplan dicom-seeds")

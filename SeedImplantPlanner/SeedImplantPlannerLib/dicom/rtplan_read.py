@@ -181,6 +181,8 @@ def read_rtplan_seeds(path, at=None, model_dirs=(), strength=None):
                         "reference_datetime": ref, "active_length_mm": float_or_none(src, "ActiveSourceLength")}
     if not sources:
         raise InputError(f"{path}: RT Plan has no Source Sequence: the seeds' isotope and strength are unknown")
+    if strength is not None and not any("the given strength" in n for n in notes):
+        notes.append("the given strength was not used: every source carries its Reference Air Kerma Rate")
     when = None
     if at is not None:
         from ..physics.strength import parse_datetime

@@ -200,6 +200,12 @@ class TestOtherSystemsRtPlans(Case):
             read_rtplan_seeds(path)
         seeds, info = read_rtplan_seeds(path, strength=(0.5, "U"))
         np.testing.assert_allclose(seeds.strengths_U, 0.5)
+        self.assertTrue(any("the given strength 0.5 U used" in n for n in info["notes"]))
+        # a strength given for a plan that has its own is not used, and that is said
+        with_akr = rtplan(self.dir / "akr.dcm", chans, [source(akr=0.7, description="I125_OncoSeed_6711")])
+        seeds, info = read_rtplan_seeds(with_akr, strength=(0.5, "U"))
+        np.testing.assert_allclose(seeds.strengths_U, 0.7)
+        self.assertTrue(any("given strength was not used" in n for n in info["notes"]))
         seeds, _ = read_rtplan_seeds(path, strength=(0.5, "mCi"))
         np.testing.assert_allclose(seeds.strengths_U, 0.5 * 1.270)  # I-125: 1.270 U per mCi (TG-43)
         # Source Strength in AIR_KERMA_RATE stands in for an absent Reference Air Kerma Rate
