@@ -86,17 +86,23 @@ def _headerless_image(f: Path):
 
 
 def image_series(folder) -> dict:
-    """``{Series Instance UID: Series}`` of the image series in ``folder`` (RT objects and non-DICOM files skipped).
+    """``{Series Instance UID: Series}`` of the image series in ``folder`` (see :func:`_scan`)."""
+    return _scan(folder)[0]
 
-    A file that starts like DICOM (Part 10 preamble) but cannot be read is an error naming it; a
-    file without the preamble counts when it parses as an image data set with a SOP Class UID and
-    an Image Position (Patient).
+
+def _scan(folder):
+    """``({Series Instance UID: Series}, enhanced multi-frame files)`` of ``folder``.
+
+    RT objects and non-DICOM files are skipped; enhanced multi-frame images (positions per frame)
+    are listed apart, not read. A file that starts like DICOM (Part 10 preamble) but cannot be read
+    is an error naming it; a file without the preamble counts when it parses as an image data set
+    with a SOP Class UID and an Image Position (Patient).
     """
     import pydicom
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder")
-    out = {}
+    out, enhanced = {}, []
     for f in sorted(p for p in folder.iterdir() if p.is_file()):
         part10 = _is_dicom_file(f)
         d = None if part10 else _headerless_image(f)  # a data set without the Part 10 preamble (older exports)
@@ -114,6 +120,8 @@ def image_series(folder) -> dict:
         if not sop:
             raise InputError(f"{f}: corrupt DICOM file (no SOP Class UID could be read)")
         if modality in RT_MODALITIES or not has_geometry:
+            if modality not in RT_MODALITIES and "PerFrameFunctionalGroupsSequence" in d:
+                enhanced.append(f)
             continue
         if not uid:
             raise InputError(f"{f}: image file without a Series Instance UID")
@@ -121,19 +129,22 @@ def image_series(folder) -> dict:
                                        str(getattr(d, "SeriesNumber", "") or "")))
         s.files.append(f)
         s.headers.append(d)
-    return out
+    return out, enhanced
 
 
 def select_series(folder, series_uid=None) -> Series:
     """The image series of ``folder`` with ``series_uid``, or its only one; errors list the series found."""
     folder = Path(folder)
-    found = image_series(folder)
+    found, enhanced = _scan(folder)
     if series_uid is not None:
         if series_uid not in found:
             listed = "; ".join(s.label() for s in found.values()) or "none"
             raise InputError(f"{folder}: no image series with Series Instance UID {series_uid} (image series: {listed})")
         return found[series_uid]
     if not found:
+        if enhanced:
+            raise InputError(f"{folder}: {enhanced[0].name} is an enhanced multi-frame image (positions per frame), "
+                             "which is not read; export the series as single-frame slices")
         raise InputError(f"{folder}: folder holds no DICOM image series (CT, MR...)")
     if len(found) > 1:
         listed = "; ".join(s.label() for s in found.values())

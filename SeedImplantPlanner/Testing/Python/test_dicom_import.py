@@ -369,6 +369,19 @@ class TestCtSeries(Case):
         self.assertEqual(plan.FrameOfReferenceUID, self.for_uid)
         self.assertNotEqual(a, b)
 
+    def test_enhanced_multiframe_image_is_named(self):
+        folder = self.dir / "enh"
+        folder.mkdir()
+        ds = Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.2.1", generate_uid()  # Enhanced CT Image
+        _patient_study_series(ds, "CT", generate_uid(), generate_uid())
+        ds.NumberOfFrames = 2
+        ds.PerFrameFunctionalGroupsSequence = Sequence([_item(PlanePositionSequence=Sequence(
+            [_item(ImagePositionPatient=["0", "0", f"{z:g}"])])) for z in (0.0, 2.0)])
+        _save(ds, folder / "enhanced.dcm")
+        with self.assertRaisesRegex(InputError, "enhanced.dcm is an enhanced multi-frame image .*single-frame slices"):
+            read_image(folder)
+
     def test_rt_objects_beside_the_ct_are_skipped(self):
         uid = self.series(self.dir / "ct", [0.0, 2.0, 4.0])
         rtplan(self.dir / "ct" / "plan.dcm", [channel(1, needle_channel_cps())], [source()])
