@@ -85,6 +85,33 @@ class SignalTest(unittest.TestCase):
         self.check(signal.SIGTERM, 143, "terminated", existing=True)
 
 
+class DemoInterruptedTest(unittest.TestCase):
+    """`seedplan demo` writes many files into its folder: interrupted, a folder it created is removed."""
+
+    def test_sigterm_during_the_demo(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "demo-output"
+            env = dict(os.environ,
+                       PYTHONPATH=str(ROOT / "SeedImplantPlanner") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+            proc = subprocess.Popen([sys.executable, "-m", "SeedImplantPlannerLib.cli", "demo", "--out", str(out),
+                                     "--no-scene", "--no-dicom", "--no-verification"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            try:
+                first = proc.stderr.readline()
+                self.assertTrue(first.startswith("plan ["), f"no planning progress before the signal: {first!r}")
+                self.assertTrue(out.is_dir())  # the demo has started writing (the sample case)
+                proc.send_signal(signal.SIGTERM)
+                _, rest = proc.communicate(timeout=60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            lines = [line for line in rest.splitlines() if line.strip() and " [" not in line[:20]]
+            self.assertEqual(proc.returncode, 143, rest)
+            self.assertEqual(lines, ["seedplan: error: terminated (SIGTERM); no output written"], rest)
+            self.assertEqual(sorted(p.name for p in Path(tmp).iterdir()), [], "the demo left files")
+
+
 class InterruptedWriteTest(unittest.TestCase):
     """An interruption while a file or folder is being written leaves the old output and no temporary file."""
 

@@ -211,11 +211,21 @@ def cmd_demo(args):
     if not (args.strength > 0 and args.prescription > 0) or not np.isfinite([args.strength, args.prescription]).all():
         raise InputError(f"--strength and --prescription must be finite and > 0, got {args.strength:g} mCi and "
                          f"{args.prescription:g} Gy")
-    written, plan, ev, summary = run_demo(args.out, strength_mCi=args.strength, prescription_Gy=args.prescription,
-                                          direction=args.direction, time_limit_s=args.time_limit, quiet=args.quiet,
-                                          reference_date=args.reference_date, implant_date=args.implant_date,
-                                          skip_scene=args.no_scene, skip_dicom=args.no_dicom,
-                                          skip_verification=args.no_verification)
+    out = Path(args.out)
+    new_folder = not out.exists()
+    try:
+        written, plan, ev, summary = run_demo(out, strength_mCi=args.strength, prescription_Gy=args.prescription,
+                                              direction=args.direction, time_limit_s=args.time_limit, quiet=args.quiet,
+                                              reference_date=args.reference_date, implant_date=args.implant_date,
+                                              skip_scene=args.no_scene, skip_dicom=args.no_dicom,
+                                              skip_verification=args.no_verification)
+    except BaseException:
+        # an error or Ctrl-C/SIGTERM part-way: a folder this run created is removed, not left half-filled
+        # (in an existing folder each file written so far is complete; demo_summary.json comes last)
+        if new_folder:
+            import shutil
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     s = summary["plan"]
     print(f"plan: {s['n_seeds']} seeds on {s['n_needles_used']} needles, total {s['total_strength_U']:.2f} U"
           + (f" ({s['total_activity_mCi']:.1f} mCi)" if "total_activity_mCi" in s else ""))
