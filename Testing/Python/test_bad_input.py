@@ -376,6 +376,48 @@ KINDS = _rows(
     ("target without structures (verify)", VERIFY + " --target GTV --out-dir {o}/v/", r"--target needs --structures",
      ("v/",)),
     ("unknown gauge", NEEDLES + " --gauge 99 --out {o}/needles/", r"gauge", ("needles/",)),
+    ("DVH maximum of 0 %", DVH + " --dvh-max-percent 0 --csv {o}/dvh.csv", r"DVH maximum dose must be > 0 Gy",
+     ("dvh.csv",)),
+    ("fixed seeds outside the image", PLAN + " --fixed-seeds {d}/seeds_far.csv --out {o}/plan/",
+     r"seed\(s\) lie outside the image of the segmentation \(fixed seeds", ("plan/",)),
+    ("empty RT Plan label", EXPORT + " --label= --out {o}/dicom/", r"RT Plan label is empty", ()),
+    ("RT Plan without a Source Sequence", DSEEDS + " --plan {d}/rp_nosrc.dcm --out {o}/seeds.csv",
+     r"rp_nosrc\.dcm: RT Plan has no Source Sequence", ("seeds.csv",), _rtplan("{d}/rp_nosrc.dcm")),
+    ("RT Plan without Application Setups", DSEEDS + " --plan {d}/rp_noappl.dcm --out {o}/seeds.csv",
+     r"rp_noappl\.dcm: RT Plan has no Application Setup Sequence", ("seeds.csv",), _rtplan("{d}/rp_noappl.dcm")),
+    ("RT Plan channel without control points", DSEEDS + " --plan {d}/rp_nocp.dcm --out {o}/seeds.csv",
+     r"rp_nocp\.dcm: channel 1 has no Brachy Control Point Sequence", ("seeds.csv",), _rtplan("{d}/rp_nocp.dcm")),
+    ("RT Plan channel naming a missing source", DSEEDS + " --plan {d}/rp_badref.dcm --out {o}/seeds.csv",
+     r"rp_badref\.dcm: channel 1 refers to source 99", ("seeds.csv",), _rtplan("{d}/rp_badref.dcm")),
+    ("RT Plan source date unreadable, decay asked", DSEEDS + " --plan {d}/rp_baddate.dcm --at 2026-12-01 --out {o}/s.csv",
+     r"rp_baddate\.dcm: source 1", ("s.csv",)),
+    ("gamma dose criterion NaN", COMPARE + " --gamma-dose-percent nan --csv {o}/c.csv", r"gamma: dose criterion",
+     ("c.csv",)),
+    ("negative gamma threshold", COMPARE + " --gamma-threshold-percent -5 --png {o}/c.png", r"low-dose threshold",
+     ("c.png",)),
+    ("negative alpha/beta", METRICS + " --bed --alpha-beta -2 --json {o}/m.json", r"alpha/beta must be", ("m.json",)),
+    ("zero repair half-time", REPORT + " --bed --repair-half-time-h 0 --out {o}/r.html", r"repair half-time",
+     ("r.html",)),
+    ("unknown metric", METRICS + " --metric Q7 --csv {o}/m.csv", r"unknown metric 'Q7'", ("m.csv",)),
+    ("metric beyond 100 % of the volume", DVH + " --metric D150 --csv {o}/dvh.csv", r"metric 'D150'", ("dvh.csv",)),
+    ("supersample factor 0", METRICS + " --supersample 0 --csv {o}/m.csv", r"supersample factor must be >= 1",
+     ("m.csv",)),
+    ("spacing of 2 values", DOSE + " --spacing 1 2 --out {o}/out.nrrd", r"grid spacing takes 1 or 3 values",
+     ("out.nrrd",)),
+    ("margin of 2 values", MARGIN.replace("--margin 3", "--margin 3 3") + " --out {o}/ptv.seg.nrrd",
+     r"margin must be one value or three", ("ptv.seg.nrrd",)),
+    ("new structure name taken", MARGIN.replace("--name PTV", "--name GTV") + " --out {o}/ptv.seg.nrrd",
+     r"structure 'GTV' already exists", ("ptv.seg.nrrd",)),
+    ("V100 goal above 100 %", PLAN + " --v100 150 --out {o}/plan/", r"--v100 is a percentage", ("plan/",)),
+    ("negative OAR limit", PLAN + " --oar Bone:D2cc=-5 --out {o}/plan/", r"D2cc limit must be > 0 Gy", ("plan/",)),
+    ("NaN template point", PLAN + " --template-point nan 0 0 --out {o}/plan/", r"template point must be three finite",
+     ("plan/",)),
+    ("NaN needle length", NEEDLES + " --usable-length nan --out {o}/needles/", r"usable length must be > 0 mm",
+     ("needles/",)),
+    ("seeds outside the CT (DICOM)", EXPORT.replace("seeds.csv", "seeds_far.csv") + " --out {o}/dicom/",
+     r"seed\(s\) lie outside the CT", ("dicom/",)),
+    ("folder without a DICOM series as CT", EXPORT.replace("{d}/ct.nrrd", "{d}/afolder") + " --out {o}/dicom/",
+     r"afolder: folder holds no DICOM image series", ("dicom/",)),
     # -- option combinations found late (defects: output was written before the check) ----------
     ("goals CSV without goals", METRICS + " --csv {o}/m.csv --goals-csv {o}/g.csv", r"--goals-csv needs --goals",
      ("m.csv", "g.csv")),
@@ -623,11 +665,28 @@ def _models_folders(d: Path):
 
 
 def _dicom_files(d: Path, seeds):
-    """An RT Plan of ``seeds`` and one CT slice, written by the product's own DICOM export."""
+    """An RT Plan of ``seeds``, one CT slice (both by the product's own DICOM export), broken RT Plans."""
+    import pydicom
     from SeedImplantPlannerLib.dicom.export import export_plan_dicom
     res = export_plan_dicom(d / "dicom", d / "ct.nrrd", seeds, 120.0)
     os.replace(res["rtplan"], d / "rtplan.dcm")
     os.replace(sorted(res["ct"])[0], d / "ct_slice.dcm")
+
+    def variant(name, change):
+        ds = pydicom.dcmread(d / "rtplan.dcm")
+        change(ds)
+        ds.save_as(d / name)
+
+    def no_control_points(ds):
+        for ch in ds.ApplicationSetupSequence[0].ChannelSequence:
+            del ch.BrachyControlPointSequence
+
+    variant("rp_nosrc.dcm", lambda ds: delattr(ds, "SourceSequence"))
+    variant("rp_noappl.dcm", lambda ds: delattr(ds, "ApplicationSetupSequence"))
+    variant("rp_nocp.dcm", no_control_points)
+    variant("rp_badref.dcm", lambda ds: setattr(ds.ApplicationSetupSequence[0].ChannelSequence[0],
+                                                "ReferencedSourceNumber", 99))
+    variant("rp_baddate.dcm", lambda ds: delattr(ds.SourceSequence[0], "SourceStrengthReferenceDate"))
 
 
 def run_row(row: Kind, d: Path, o: Path):

@@ -111,7 +111,8 @@ def _evaluate(args, dose=None, geometry=None, structures=None, progress=None):
                        # structures named with --names must lie on the grid; of "every structure in
                        # the file", those entirely outside a cropped dose grid are skipped with a warning
                        on_outside="error" if getattr(args, "names", None) else "skip",
-                       dvh_max_dose_Gy=rx * args.dvh_max_percent / 100.0 if getattr(args, "dvh_max_percent", None) else None)
+                       dvh_max_dose_Gy=(rx * args.dvh_max_percent / 100.0
+                                        if getattr(args, "dvh_max_percent", None) is not None else None))
     return ev, dose, geometry, structures
 
 

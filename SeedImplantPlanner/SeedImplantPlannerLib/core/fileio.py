@@ -79,7 +79,9 @@ def check_output_path(path, kind="file"):
     return path
 
 
-def _make_folder(folder: Path, path):
+def ensure_folder(folder, path):
+    """Create ``folder`` (and its parents) for the output ``path``; OutputError naming ``path`` if impossible."""
+    folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -100,7 +102,7 @@ def atomic_path(path):
     path = Path(path)
     if path.is_dir():
         raise OutputError(f"{path}: output path is a folder, not a file")
-    _make_folder(path.parent, path)
+    ensure_folder(path.parent, path)
     suffix = "".join(path.suffixes) or ".tmp"
     try:
         fd, tmp = tempfile.mkstemp(prefix="." + path.name.split(".")[0] + ".", suffix=suffix, dir=path.parent)
@@ -143,7 +145,7 @@ def atomic_folder(folder):
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{folder}: output folder exists and is a file")
-    _make_folder(folder.parent, folder)
+    ensure_folder(folder.parent, folder)
     try:
         tmp = Path(tempfile.mkdtemp(prefix="." + folder.name + ".", suffix=".tmp", dir=folder.parent))
     except OSError as exc:

@@ -26,6 +26,7 @@ import numpy as np
 from ..core import progress as _progress
 from ..core.dicomseries import split_series_path
 from ..core.errors import InputError
+from ..core.fileio import check_output_path, ensure_folder
 from ..core.geometry import ImageGeometry
 from ..physics.seeds import SeedSet
 from ..physics.sources import SeedModel, get_model
@@ -191,10 +192,13 @@ def export_plan_dicom(out_dir, ct, seeds: SeedSet, prescription_Gy, *, ct_geomet
     check_setup_type(setup_type)
     if laterality not in LATERALITIES:
         raise InputError(f"laterality {laterality!r}: use one of {', '.join(LATERALITIES)}")
+    if not str(plan_label or "").strip():
+        raise InputError("the RT Plan label is empty (RT Plan Label is a Type 1 attribute): give a label")
     if dose_Gy is not None:
         dose_Gy, dose_geometry = axis_aligned(np.asarray(dose_Gy, dtype=float), dose_geometry)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    check_output_path(out_dir, "folder")
+    ensure_folder(out_dir.parent, out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not overwrite)):
         raise InputError(f"{out_dir}: folder exists and is not empty (choose a new folder or overwrite)")
     tmp = Path(tempfile.mkdtemp(prefix="." + out_dir.name + ".", dir=out_dir.parent))

@@ -183,6 +183,9 @@ def plan_from_masks(geometry, masks: dict, target: str, *, oars=(), forbidden=()
 
     # -- candidates and sample points --------------------------------------------------------------
     region = TargetRegion(tmask, geometry, rules.target_margin_mm)
+    if fixed_seeds is not None and len(fixed_seeds):
+        from ..physics.dose import require_seeds_in_grid
+        require_seeds_in_grid(geometry, fixed_seeds, "image of the segmentation (fixed seeds: check RAS vs LPS)")
     cands = candidate_positions(usable, region, rules, None if fixed_seeds is None else fixed_seeds.positions)
     if len(cands) == 0:
         raise InputError(f"no candidate seed position: no usable needle passes through the target '{target_name}' "
