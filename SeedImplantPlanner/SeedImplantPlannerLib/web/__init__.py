@@ -1,1 +1,1 @@
-"""The web planner (``seedplan serve``): a trame-slicer page on the same library and MRML scene layout as the module."""
+"""The web planner behind ``seedplan serve`` (trame-slicer page, planning session, served-folder paths); imports every layer below it, plus trame, trame-slicer, slicer-core and vtk."""

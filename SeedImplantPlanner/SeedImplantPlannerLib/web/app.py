@@ -80,6 +80,7 @@ class WebPlanner:
         self.last_update_s = None
         self._init_state()
         self._build_ui()
+        self._install_drag()
 
     # -- state --------------------------------------------------------------------------------------
     def _init_state(self):
@@ -201,12 +202,126 @@ class WebPlanner:
                     dims = node.GetDimensions()
                     aspect = dims[1] / max(dims[0], 1)
                     node.SetFieldOfView(fov * 1.4, fov * 1.4 * aspect, node.GetFieldOfView()[2])
+            seg = p.get_node("segmentation")
+            if seg is not None:
+                seg.CreateClosedSurfaceRepresentation()
             for view in self.slicer_app.view_manager.get_threed_views():
-                view.reset_view()
+                # translucent structures and isodose surfaces vanish with depth peeling on llvmpipe/EGL
+                view.renderer().SetUseDepthPeeling(False)
+                view.get_view_node().SetBoxVisible(False)
+                view.get_view_node().SetAxisLabelsVisible(False)
                 if center is not None:
-                    view.set_focal_point(*center)
+                    self._frame_3d(view, center, fov)
         for view in self.slicer_app.view_manager.get_views():
             view.schedule_render()
+
+    @staticmethod
+    def _frame_3d(view, center, fov_mm):
+        """Look at the plan from the front (anterior), a little from the left and above, framing ``fov_mm``."""
+        import numpy as np
+        cam = view.first_renderer().GetActiveCamera()
+        c = np.asarray(center, float)
+        cam.SetFocalPoint(*c)
+        cam.SetPosition(*(c + np.array([0.0, 4.0 * fov_mm, 0.0])))
+        cam.SetViewUp(0.0, 0.0, 1.0)
+        cam.Azimuth(-30.0)
+        cam.Elevation(20.0)
+        cam.OrthogonalizeViewUp()
+        half = fov_mm / 2.0
+        view.first_renderer().ResetCamera(c[0] - half, c[0] + half, c[1] - half, c[1] + half, c[2] - half, c[2] + half)
+        view.first_renderer().ResetCameraClippingRange()
+
+    # -- dragging seeds and needle ends in the slice views -------------------------------------------
+    PICK_RADIUS_PX = 10.0
+
+    def _install_drag(self):
+        """Left-drag on a seed or a needle end in a slice view moves it in the slice plane.
+
+        The press picks the nearest seed or needle end drawn on the slice (within
+        :attr:`PICK_RADIUS_PX`); a press elsewhere keeps the view's own behaviour. The live update
+        runs once, on release.
+        """
+        import slicer  # noqa: PLC0415
+        self._drag = None
+        for view in self.slicer_app.view_manager.get_slice_views():
+            iren = view.interactor()
+            for event, fn in (("LeftButtonPressEvent", self._drag_press), ("MouseMoveEvent", self._drag_move),
+                              ("LeftButtonReleaseEvent", self._drag_release)):
+                iren.AddObserver(event, lambda obj, ev, v=view, f=fn: f(v, obj), 10.0)
+            style = getattr(view, "_interactor_observer", None)
+            if style is not None and hasattr(style, "SetActionEnabled"):
+                # left-drag adjusts window/level in Slicer's slice views: here it drags seeds and needles
+                style.SetActionEnabled(slicer.vtkMRMLSliceViewInteractorStyle.AdjustWindowLevelBackground, False)
+                style.SetActionEnabled(slicer.vtkMRMLSliceViewInteractorStyle.AdjustWindowLevelForeground, False)
+
+    @staticmethod
+    def _xy_to_ras_matrix(view):
+        import numpy as np  # noqa: PLC0415
+        m = view.get_view_node().GetXYToRAS()
+        return np.array([[m.GetElement(i, j) for j in range(4)] for i in range(4)])
+
+    def _drag_candidates(self, view):
+        """(node, control point index, RAS) of the seeds and needle ends that can be dragged."""
+        ps = self.session.plan_scene
+        if ps is None or ps.dose_grid is None:
+            return []
+        out = []
+        seeds = ps.params.get_node("seedsNode")
+        if seeds is not None and not seeds.GetLocked():
+            out += [(seeds, i, seeds.GetNthControlPointPosition(i)) for i in range(seeds.GetNumberOfControlPoints())]
+        for node in ps.params.get_node_list("needleNodes"):
+            n = node.GetNumberOfControlPoints()
+            if n >= 2 and not node.GetLocked():
+                out += [(node, 0, node.GetNthControlPointPosition(0)), (node, n - 1, node.GetNthControlPointPosition(n - 1))]
+        return out
+
+    def _drag_press(self, view, iren):
+        import numpy as np  # noqa: PLC0415
+        if self.state.plan_running:
+            return
+        x, y = iren.GetEventPosition()
+        xy_to_ras = self._xy_to_ras_matrix(view)
+        ras_to_xy = np.linalg.inv(xy_to_ras)
+        # a point counts as on this slice within half the slice spacing (plus 0.5 mm: a seed is 4.5 mm long)
+        half_thickness = max(0.5 * float(view.get_slice_step()), 1.0) + 0.5
+        normal = xy_to_ras[:3, 2] / max(np.linalg.norm(xy_to_ras[:3, 2]), 1e-9)
+        best, best_d = None, self.PICK_RADIUS_PX
+        origin = xy_to_ras[:3, 3]
+        for node, i, ras in self._drag_candidates(view):
+            if abs(float(np.dot(np.asarray(ras) - origin, normal))) > half_thickness:
+                continue  # not on this slice
+            px = ras_to_xy @ np.array([*ras, 1.0])
+            d = float(np.hypot(px[0] - x, px[1] - y))
+            if d <= best_d:
+                best, best_d = (node, i), d
+        if best is None:
+            return
+        node, i = best
+        self._drag = (view, node, i, xy_to_ras)
+        self._interacting.add(node.GetID())
+
+    def _drag_move(self, view, iren):
+        import numpy as np  # noqa: PLC0415
+        if self._drag is None or self._drag[0] is not view:
+            return
+        _, node, i, xy_to_ras = self._drag
+        x, y = iren.GetEventPosition()
+        old = np.array(node.GetNthControlPointPosition(i))
+        ras = (xy_to_ras @ np.array([x, y, 0.0, 1.0]))[:3]
+        normal = xy_to_ras[:3, 2] / max(np.linalg.norm(xy_to_ras[:3, 2]), 1e-9)
+        ras = ras + normal * float(np.dot(old - ras, normal))  # stay at the point's own depth
+        node.SetNthControlPointPosition(i, *ras)
+        view.schedule_render()
+
+    def _drag_release(self, view, iren):
+        if self._drag is None or self._drag[0] is not view:
+            return
+        node = self._drag[1]
+        self._drag = None
+        self._interacting.discard(node.GetID())
+        self._released_at = time.perf_counter()
+        if self._pending_update is not None:
+            self._run_pending()
 
     # -- live edits: one update per drag release ------------------------------------------------------
     def _observe_interaction(self):
@@ -424,7 +539,7 @@ class WebPlanner:
                 v.VAlert(v_if=("message",), text=("message",), type=("message_type",), density="compact",
                          closable=True, id="message", classes="ma-2 text-body-2", click_close="message = ''")
                 with v.VExpansionPanels(v_show="page === 'plan'", multiple=True, variant="accordion",
-                                        model_value=("open_panels", [0, 4, 6])):
+                                        model_value=("open_panels", [0, 4, 5, 6, 7, 8])):
                     self._panel_open(v)
                     self._panel_inputs(v)
                     self._panel_source(v)

@@ -371,6 +371,15 @@ class PlannerSession:
     def open_uploads(self, files):
         """Open uploaded files: one .mrb, or a CT and a segmentation (``files``: [(name, bytes)])."""
         paths = [self.store_upload(n, c) for n, c in files]
+        try:
+            return self._open_uploaded(paths)
+        except SeedPlanError as exc:
+            text = str(exc)
+            for p in paths:  # name the uploaded file, not this session's private copy of it
+                text = text.replace(str(p), p.name).replace(str(p.parent), "upload")
+            raise type(exc)(text) from exc
+
+    def _open_uploaded(self, paths):
         if len(paths) == 1 and paths[0].suffix.lower() == ".mrb":
             return self.open_mrb(paths[0])
         if len(paths) == 2:
@@ -618,9 +627,12 @@ class PlannerSession:
         organs = ps.params.get_string_list("organSegmentIds")
         forbidden = ps.params.get_string_list("forbiddenSegmentIds")
         geometry = ps.reference_geometry()
-        masks = ps.masks_on(geometry, [target] + organs + forbidden)  # numpy copies: the thread never sees MRML
+        body_id = self._body_segment_id()
+        extra = [body_id] if body_id and body_id not in [target] + organs + forbidden else []
+        masks = ps.masks_on(geometry, [target] + organs + forbidden + extra)  # numpy copies: the thread never sees MRML
         seg = ps.params.get_node("segmentation").GetSegmentation()
         names = [seg.GetSegment(i).GetName() for i in [target] + organs + forbidden]
+        body_name = seg.GetSegment(body_id).GetName() if body_id else None
         target_name, organ_names, forbidden_names = names[0], names[1:1 + len(organs)], names[1 + len(organs):]
         rx = float(ps.params.get("prescriptionDoseGy"))
         goals, oars = None, organ_names
@@ -637,7 +649,7 @@ class PlannerSession:
         fixed = None
         if implanted and self.plan is not None and self.plan.seed_fixed.any():
             fixed = self.plan.seeds.subset(self.plan.seed_fixed)
-        kwargs = dict(oars=oars, forbidden=forbidden_names, model_id=ps.params.get("seedModel"),
+        kwargs = dict(oars=oars, forbidden=forbidden_names, body=body_name, model_id=ps.params.get("seedModel"),
                       strength=ps.params.get("strengthValue"), strength_unit=ps.params.get("strengthUnit"),
                       reference_date=ps.params.get("referenceDate") or None,
                       implant_date=ps.params.get("implantDate") or None, prescription_Gy=rx, goals=goals,
@@ -661,6 +673,24 @@ class PlannerSession:
 
         self.job = PlanJob(work).start()
         return self.job
+
+    #: Segment names taken as the body outline (needle entries on the skin) when the plan names none.
+    BODY_NAMES = ("body", "external", "skin", "body outline")
+
+    def _body_segment_id(self):
+        """The body outline segment: the one the opened plan names, else one called Body/External/Skin."""
+        seg_node = self.plan_scene.params.get_node("segmentation")
+        if seg_node is None:
+            return None
+        wanted = [str(self.plan.structures.get("body")).lower()] if self.plan is not None and \
+            self.plan.structures.get("body") else []
+        wanted += list(self.BODY_NAMES)
+        seg = seg_node.GetSegmentation()
+        by_name = {seg.GetSegment(i).GetName().lower(): i for i in ma.segment_ids(seg_node)}
+        for name in wanted:
+            if name in by_name:
+                return by_name[name]
+        return None
 
     def apply_job(self):
         """Put a finished job's plan into the scene (on the caller's thread); returns a message for the page."""

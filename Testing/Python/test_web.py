@@ -1,0 +1,357 @@
+"""End-to-end tests of ``seedplan serve`` in a real browser.
+
+The server runs as a subprocess on a free 127.0.0.1 port over a temporary folder holding a small
+case and a plan made with the library; Debian's Chromium (``/usr/bin/chromium``, or
+``$SEEDPLAN_CHROMIUM``) is driven through playwright, never a downloaded browser. The tests run in
+order on one page (opening, isodose levels, a seed moved from the panel and one dragged in a view,
+inverse plan cancelled and completed, saving and re-opening, bad input) and check the views on
+screenshots. Screenshots are kept in ``$SEEDPLAN_WEB_SHOTS`` when that is set.
+"""
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import unittest
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "SeedImplantPlanner"))
+
+CHROMIUM = os.environ.get("SEEDPLAN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def _why_no_browser():
+    """None when the browser test can run, else the reason (shown as the skip message)."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (./run.sh setup installs it from pyproject's test extra)"
+    try:
+        import trame_slicer  # noqa: F401
+    except ImportError:
+        return "trame-slicer is not installed (pip install 'seedimplantplanner[web]')"
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        return f"Debian's chromium is not installed at {CHROMIUM} (./run.sh installs it as root)"
+    return None
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_case(folder, shift_mm=(0.0, 0.0, 0.0)):
+    """A small CT (water cylinder in air) with a 36 mm spherical target and a rectum-like box behind it.
+
+    Drawn with plain numpy geometry, not with the planner's own helpers; ``shift_mm`` moves the
+    segmentation's grid (a segmentation that misses the CT when large).
+    """
+    from SeedImplantPlannerLib.core.geometry import ImageGeometry
+    from SeedImplantPlannerLib.core.imageio import write_image
+    from SeedImplantPlannerLib.imaging.segio import Segmentation, write_segmentation
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    n, spacing, origin = (72, 72, 44), (2.0, 2.0, 2.5), np.array([-71.0, -71.0, -53.75])
+    g = ImageGeometry(n, spacing, tuple(origin), np.eye(3))
+    k, j, i = np.meshgrid(np.arange(n[2]), np.arange(n[1]), np.arange(n[0]), indexing="ij")
+    x, y, z = origin[0] + i * spacing[0], origin[1] + j * spacing[1], origin[2] + k * spacing[2]
+    body = (x / 68.0) ** 2 + (y / 60.0) ** 2 <= 1.0
+    target = (x - 10.0) ** 2 + (y - 5.0) ** 2 + z ** 2 <= 18.0 ** 2
+    rectum = (np.abs(x - 10.0) <= 8.0) & (y >= 28.0) & (y <= 40.0) & (np.abs(z) <= 15.0)
+    ct = np.where(body, 40, -1000).astype(np.int16)
+    ct[target] = 60
+    write_image(folder / "ct.nrrd", ct, g)
+    sg = ImageGeometry(n, spacing, tuple(origin + np.asarray(shift_mm, float)), np.eye(3))
+    seg = Segmentation.from_masks(sg, {"GTV": target, "Rectum": rectum, "Body": body},
+                                  {"GTV": (1.0, 0.0, 0.0), "Rectum": (0.6, 0.4, 0.1), "Body": (0.9, 0.8, 0.7)})
+    write_segmentation(folder / "seg.seg.nrrd", seg)
+    return folder / "ct.nrrd", folder / "seg.seg.nrrd"
+
+
+def png_array(data):
+    from PIL import Image
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+
+
+def coloured_fraction(rgb):
+    """Fraction of strongly coloured pixels (dose wash, isodose lines), as opposed to grey CT and black."""
+    return float(np.mean(rgb.max(axis=2) - rgb.min(axis=2) > 90))
+
+
+@unittest.skipIf(_why_no_browser() is not None, _why_no_browser() or "")
+class WebPlannerInBrowserTest(unittest.TestCase):
+    """One server, one page; the tests run in name order and build on each other."""
+
+    @classmethod
+    def setUpClass(cls):
+        from SeedImplantPlannerLib.planning.plan import plan_case, write_plan_folder
+        cls.tmp = Path(tempfile.mkdtemp(prefix="seedplan-web-test-"))
+        cls.served = cls.tmp / "served"
+        ct, seg = make_case(cls.served / "case")
+        plan, dose, g = plan_case(ct, seg, "GTV", oars=["Rectum"], body="Body", strength=0.5, strength_unit="mCi",
+                                  prescription_Gy=145.0, direction="R", template_spacing_mm=10.0, time_limit_s=1.0)
+        write_plan_folder(cls.served / "plan", plan, dose, g)
+        cls.n_seeds = len(plan.seeds)
+        # a plan file from a newer program version, and a segmentation that misses the CT
+        newer = json.loads((cls.served / "plan" / "plan.json").read_text())
+        newer["version"] = 99
+        (cls.served / "plan-v99").mkdir()
+        (cls.served / "plan-v99" / "plan.json").write_text(json.dumps(newer))
+        make_case(cls.served / "far", shift_mm=(400.0, 0.0, 0.0))
+        (cls.served / "broken.mrb").write_bytes(b"this is not a zip archive")
+        cls.shots = Path(os.environ["SEEDPLAN_WEB_SHOTS"]) if os.environ.get("SEEDPLAN_WEB_SHOTS") else cls.tmp / "shots"
+        cls.shots.mkdir(parents=True, exist_ok=True)
+
+        cls.port = free_port()
+        cls.url = f"http://127.0.0.1:{cls.port}/"
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(ROOT / "SeedImplantPlanner") + os.pathsep + env.get("PYTHONPATH", "")
+        cls.log = open(cls.tmp / "server.log", "w+", encoding="utf-8")
+        cls.server = subprocess.Popen([sys.executable, "-m", "SeedImplantPlannerLib.cli", "serve", str(cls.served),
+                                       "--port", str(cls.port)], stdout=cls.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(cls.url, timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if cls.server.poll() is not None or time.monotonic() > deadline:
+                cls.log.seek(0)
+                text = cls.log.read()[-3000:]
+                cls._stop_server()
+                raise RuntimeError(f"seedplan serve did not start:\n{text}")
+            time.sleep(0.3)
+
+        from playwright.sync_api import sync_playwright
+        cls.pw = sync_playwright().start()
+        try:
+            cls.browser = cls.pw.chromium.launch_persistent_context(
+                str(cls.tmp / "chromium-profile"), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
+                viewport={"width": 1400, "height": 900})
+        except Exception as exc:  # noqa: BLE001 - a sandbox where chromium cannot start at all
+            cls.pw.stop()
+            cls._stop_server()
+            raise unittest.SkipTest(f"chromium cannot start here: {exc}") from exc
+        cls.page = cls.browser.new_page()
+        cls.page.set_default_timeout(60000)
+        cls.page.goto(cls.url)
+        cls.page.wait_for_selector("#open-btn")
+
+    @classmethod
+    def _stop_server(cls):
+        if cls.server.poll() is None:
+            cls.server.terminate()
+            try:
+                cls.server.wait(20)
+            except subprocess.TimeoutExpired:
+                cls.server.kill()
+                cls.server.wait(10)
+        cls.log.close()
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.browser.close()
+        cls.pw.stop()
+        cls._stop_server()
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def message(self):
+        loc = self.page.locator("#message")
+        return loc.inner_text() if loc.count() else ""
+
+    def wait_message(self, *words, timeout_s=60):
+        deadline = time.monotonic() + timeout_s
+        text = ""
+        while time.monotonic() < deadline:
+            text = self.message()
+            if all(w.lower() in text.lower() for w in words):
+                return text
+            self.page.wait_for_timeout(200)
+        self.fail(f"no message with {words} within {timeout_s} s; last message: {text!r}")
+
+    def clear_message(self):
+        self.page.evaluate("() => { const b = document.querySelector('#message .v-alert__close button'); if (b) b.click(); }")
+        self.page.wait_for_function("() => !document.querySelector('#message')")
+
+    def open_path(self, text):
+        self.clear_message()
+        self.page.locator("#open-path").fill(text)
+        self.page.keyboard.press("Tab")
+        self.page.locator("#open-btn").click()
+
+    def views(self, name, settle_ms=1500):
+        """Screenshot of the four views (saved under ``name``) as an RGB array."""
+        self.page.wait_for_timeout(settle_ms)
+        data = self.page.locator("#views").screenshot(path=str(self.shots / f"{name}.png"))
+        return png_array(data)
+
+    def quadrants(self, rgb):
+        h, w = rgb.shape[0] // 2, rgb.shape[1] // 2
+        return {"axial": rgb[:h, :w], "3d": rgb[:h, w:], "coronal": rgb[h:, :w], "sagittal": rgb[h:, w:]}
+
+    def metrics_text(self):
+        return self.page.locator("#metrics-table").inner_text()
+
+    def server_alive(self):
+        self.assertIsNone(self.server.poll(), "the server process ended")
+        with urllib.request.urlopen(self.url, timeout=5) as r:
+            self.assertEqual(r.status, 200)
+
+    # -- tests -----------------------------------------------------------------------------------
+    def test_1_open_plan_shows_views_with_dose(self):
+        before = self.views("0_empty", settle_ms=300)
+        self.assertLess(coloured_fraction(before), 0.01)
+        self.open_path("plan")
+        self.wait_message("opened", "plan")
+        self.assertIn(f"{self.n_seeds} seeds", self.page.locator("#plan-facts").inner_text())
+        rgb = self.views("1_opened", settle_ms=3000)
+        for name, q in self.quadrants(rgb).items():
+            self.assertGreater(q.std(), 10.0, f"{name} view is blank")
+        for name in ("axial", "coronal", "sagittal"):
+            self.assertGreater(coloured_fraction(self.quadrants(rgb)[name]), 0.03, f"{name} view shows no dose colours")
+        self.assertIn("D90", self.metrics_text())
+        self.assertRegex(self.metrics_text(), r"\bpass\b|\bFAIL\b", "no goal pass/fail in the metrics table")
+        self.assertGreater(self.page.locator("#dvh-chart path.js-line").count(), 0, "DVH chart has no curves")
+
+    def test_2_isodose_levels_change_the_lines(self):
+        before = self.quadrants(self.views("2a_isodose_before", settle_ms=200))["axial"]
+        self.clear_message()
+        self.page.locator("#isodose-levels").fill("30, 100")
+        self.page.locator("#isodose-btn").click()
+        self.wait_message("isodose lines at 30, 100")
+        after = self.quadrants(self.views("2b_isodose_30_100"))["axial"]
+        changed = np.mean(np.any(np.abs(after - before) > 40, axis=2))
+        self.assertGreater(changed, 0.002, "the isodose lines did not change in the axial view")
+
+    def test_3_move_seed_from_panel_updates_metrics(self):
+        before = self.metrics_text()
+        self.clear_message()
+        self.page.locator("#seed-index").fill("1")
+        self.page.locator("#seed-dx").fill("8")
+        self.page.locator("#move-seed-btn").click()
+        self.wait_message("seed 1 moved")
+        self.page.wait_for_function("(b) => document.querySelector('#metrics-table').innerText !== b", arg=before)
+        self.assertNotEqual(before, self.metrics_text())
+        self.page.locator("#seed-dx").fill("0")
+        self.views("3_seed_moved")
+
+    def test_4_drag_seed_in_view_updates_metrics(self):
+        rgb = self.views("4a_before_drag", settle_ms=300)
+        box = self.page.locator("#views").bounding_box()
+        axial = self.quadrants(rgb)["axial"]
+        # seeds on the slice are bright green glyphs (seeds of other slices are dimmer projections)
+        green = (axial[..., 1] > 235) & (axial[..., 0] < 120) & (axial[..., 2] < 120)
+        ys, xs = np.nonzero(green)
+        self.assertGreater(len(xs), 0, "no seed glyph found in the axial view")
+        c = np.array(axial.shape[:2]) / 2
+        k = int(np.argmin((ys - c[0]) ** 2 + (xs - c[1]) ** 2))
+        near = (np.abs(ys - ys[k]) <= 4) & (np.abs(xs - xs[k]) <= 4)
+        y0, x0 = float(ys[near].mean()), float(xs[near].mean())
+        seeds_state = "() => JSON.stringify(window.trame.state.get('seed_rows'))"
+        seeds_before = self.page.evaluate(seeds_state)
+        metrics_before = self.metrics_text()
+        count_before = self.page.evaluate("() => window.trame.state.get('update_count')")
+        m = self.page.mouse
+        m.move(box["x"] + x0, box["y"] + y0)
+        self.page.wait_for_timeout(300)
+        m.down()
+        for step in range(1, 11):
+            m.move(box["x"] + x0 + 2.5 * step, box["y"] + y0 + 1.0 * step)
+            self.page.wait_for_timeout(40)
+        m.up()
+        self.page.wait_for_function("(c) => window.trame.state.get('update_count') > c", arg=count_before)
+        self.page.wait_for_function("(b) => document.querySelector('#metrics-table').innerText !== b",
+                                    arg=metrics_before)
+        self.assertNotEqual(seeds_before, self.page.evaluate(seeds_state), "no seed moved")
+        self.views("4b_after_drag")
+
+    def test_5_inverse_plan_cancel_then_complete(self):
+        seeds_before = self.page.locator("#plan-facts").inner_text()
+        self.clear_message()
+        self.page.locator("#time-limit").fill("60")
+        self.page.locator("#plan-btn").click()
+        self.page.wait_for_selector("#plan-progress", state="visible")
+        self.page.wait_for_function("() => window.trame.state.get('plan_fraction') > 0")
+        self.page.locator("#cancel-btn").click()
+        self.wait_message("cancelled", timeout_s=90)
+        self.assertEqual(seeds_before, self.page.locator("#plan-facts").inner_text())
+        self.clear_message()
+        self.page.locator("#time-limit").fill("1")
+        self.page.locator("#plan-btn").click()
+        text = self.wait_message("plan ready", timeout_s=120)
+        self.assertIn("seeds on", text)
+        rgb = self.views("5_replanned", settle_ms=2500)
+        self.assertGreater(coloured_fraction(self.quadrants(rgb)["axial"]), 0.03)
+
+    def test_6_save_and_reopen(self):
+        facts = self.page.locator("#plan-facts").inner_text()
+        self.clear_message()
+        self.page.locator("#save-folder-name").fill("saved-plan")
+        self.page.locator("#save-folder-btn").click()
+        self.wait_message("plan folder saved")
+        self.page.locator("#save-mrb-name").fill("saved.mrb")
+        self.page.locator("#save-mrb-btn").click()
+        self.wait_message("scene saved", timeout_s=90)
+        self.assertTrue((self.served / "saved-plan" / "plan.json").is_file())
+        self.assertTrue((self.served / "saved-plan" / "dose.nrrd").is_file())
+        mrb = self.served / "saved.mrb"
+        stamp = mrb.stat().st_mtime_ns
+        self.clear_message()
+        self.page.locator("#save-mrb-btn").click()
+        self.wait_message("exists already")
+        self.assertEqual(stamp, mrb.stat().st_mtime_ns, "an existing bundle was overwritten")
+        self.open_path("saved.mrb")
+        self.wait_message("opened saved.mrb", timeout_s=90)
+        self.assertEqual(facts, self.page.locator("#plan-facts").inner_text())
+        rgb = self.views("6a_reopened_mrb", settle_ms=2500)
+        self.assertGreater(coloured_fraction(self.quadrants(rgb)["axial"]), 0.03)
+        self.open_path("saved-plan")
+        self.wait_message("opened saved-plan", timeout_s=90)
+        self.assertEqual(facts, self.page.locator("#plan-facts").inner_text())
+
+    def test_7_bad_input_leaves_the_plan_open(self):
+        facts = self.page.locator("#plan-facts").inner_text()
+        source = self.page.locator("#plan-source").inner_text()
+        self.open_path("../")
+        self.wait_message("outside the folder")
+        self.open_path("plan-v99")
+        self.wait_message("version 99", "not supported")
+        self.open_path("broken.mrb")
+        self.wait_message("not a scene bundle")
+        self.clear_message()
+        self.page.locator("#ct-path").fill("far/ct.nrrd")
+        self.page.locator("#seg-path").fill("far/seg.seg.nrrd")
+        self.page.locator("#open-case-btn").click()
+        self.wait_message("does not overlap the CT")
+        self.clear_message()
+        self.page.locator("#upload").set_input_files(files=[{"name": "scan.nrrd", "mimeType": "application/octet-stream",
+                                                             "buffer": b"NRRD0004\ngarbage"},
+                                                            {"name": "seg.seg.nrrd", "mimeType": "application/octet-stream",
+                                                             "buffer": b"not a segmentation"}])
+        text = self.wait_message("scan.nrrd")
+        self.assertRegex(text, "unreadable|cannot read")
+        self.assertNotIn("seedplan-web-uploads", text)
+        self.assertEqual(facts, self.page.locator("#plan-facts").inner_text())
+        self.assertEqual(source, self.page.locator("#plan-source").inner_text())
+        self.server_alive()
+        self.assertFalse((self.served.parent / "saved.mrb").exists())
+        self.views("7_after_bad_input", settle_ms=300)
+
+
+if __name__ == "__main__":
+    unittest.main()
