@@ -25,6 +25,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "SeedImplantPlanner"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "SeedImplantPlanner" / "Testing" / "Python"))
+
+from test_web_session import make_case  # noqa: E402  (the small case both web test files use)
 
 CHROMIUM = os.environ.get("SEEDPLAN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -52,34 +56,6 @@ def free_port():
         return s.getsockname()[1]
 
 
-def make_case(folder, shift_mm=(0.0, 0.0, 0.0)):
-    """A small CT (water cylinder in air) with a 36 mm spherical target and a rectum-like box behind it.
-
-    Drawn with plain numpy geometry, not with the planner's own helpers; ``shift_mm`` moves the
-    segmentation's grid (a segmentation that misses the CT when large).
-    """
-    from SeedImplantPlannerLib.core.geometry import ImageGeometry
-    from SeedImplantPlannerLib.core.imageio import write_image
-    from SeedImplantPlannerLib.imaging.segio import Segmentation, write_segmentation
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    n, spacing, origin = (72, 72, 44), (2.0, 2.0, 2.5), np.array([-71.0, -71.0, -53.75])
-    g = ImageGeometry(n, spacing, tuple(origin), np.eye(3))
-    k, j, i = np.meshgrid(np.arange(n[2]), np.arange(n[1]), np.arange(n[0]), indexing="ij")
-    x, y, z = origin[0] + i * spacing[0], origin[1] + j * spacing[1], origin[2] + k * spacing[2]
-    body = (x / 68.0) ** 2 + (y / 60.0) ** 2 <= 1.0
-    target = (x - 10.0) ** 2 + (y - 5.0) ** 2 + z ** 2 <= 18.0 ** 2
-    rectum = (np.abs(x - 10.0) <= 8.0) & (y >= 28.0) & (y <= 40.0) & (np.abs(z) <= 15.0)
-    ct = np.where(body, 40, -1000).astype(np.int16)
-    ct[target] = 60
-    write_image(folder / "ct.nrrd", ct, g)
-    sg = ImageGeometry(n, spacing, tuple(origin + np.asarray(shift_mm, float)), np.eye(3))
-    seg = Segmentation.from_masks(sg, {"GTV": target, "Rectum": rectum, "Body": body},
-                                  {"GTV": (1.0, 0.0, 0.0), "Rectum": (0.6, 0.4, 0.1), "Body": (0.9, 0.8, 0.7)})
-    write_segmentation(folder / "seg.seg.nrrd", seg)
-    return folder / "ct.nrrd", folder / "seg.seg.nrrd"
-
-
 def png_array(data):
     from PIL import Image
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
@@ -96,7 +72,8 @@ class WebPlannerInBrowserTest(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        from SeedImplantPlannerLib.planning.plan import plan_case, write_plan_folder
+        from SeedImplantPlannerLib.planning.pipeline import plan_case
+        from SeedImplantPlannerLib.planning.planfile import write_plan_folder
         cls.tmp = Path(tempfile.mkdtemp(prefix="seedplan-web-test-"))
         cls.served = cls.tmp / "served"
         ct, seg = make_case(cls.served / "case")
@@ -351,6 +328,38 @@ class WebPlannerInBrowserTest(unittest.TestCase):
         self.server_alive()
         self.assertFalse((self.served.parent / "saved.mrb").exists())
         self.views("7_after_bad_input", settle_ms=300)
+
+
+class ServeCommandTest(unittest.TestCase):
+    """``seedplan serve`` refuses unsafe or impossible options before starting anything."""
+
+    def test_other_addresses_need_allow_remote(self):
+        from seedplan_cli import seedplan
+        with tempfile.TemporaryDirectory() as tmp:
+            r = seedplan("serve", tmp, "--host", "0.0.0.0", "--port", str(free_port()), timeout=60)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("--allow-remote", r.stderr)
+        self.assertIn("seedplan: error:", r.stderr)
+
+    def test_missing_folder(self):
+        from seedplan_cli import seedplan
+        r = seedplan("serve", "/no/such/folder-for-seedplan", timeout=60)
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("does not exist", r.stderr)
+
+    def test_loopback_rule(self):
+        from SeedImplantPlannerLib.cli.serve import check_bind, is_loopback
+        for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+            self.assertTrue(is_loopback(host), host)
+        for host in ("0.0.0.0", "192.168.1.5", "example.org", "::"):
+            self.assertFalse(is_loopback(host), host)
+        self.assertEqual(check_bind("127.0.0.1", False), "127.0.0.1")
+        import contextlib
+        import io as _io
+        err = _io.StringIO()
+        with contextlib.redirect_stderr(err):
+            self.assertEqual(check_bind("0.0.0.0", True), "0.0.0.0")
+        self.assertIn("warning", err.getvalue())
 
 
 if __name__ == "__main__":

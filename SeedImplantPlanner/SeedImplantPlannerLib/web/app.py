@@ -609,8 +609,9 @@ class WebPlanner:
             with v.VExpansionPanelText():
                 v.VDataTable(items=("needle_rows",), density="compact", items_per_page=8, id="needle-table",
                              headers=([{"title": "#", "key": "number"}, {"title": "depth mm", "key": "depth_mm"},
-                                       {"title": "entry RAS", "key": "entry_ras"},
-                                       {"title": "tip RAS", "key": "tip_ras"}],))
+                                       {"title": "tip R", "key": "tip_x_mm"}, {"title": "tip A", "key": "tip_y_mm"},
+                                       {"title": "tip S", "key": "tip_z_mm"},
+                                       {"title": "tilt deg", "key": "tilt_deg"}],))
                 v.VLabel("drag a needle end in a view: its seeds move with it", classes="text-caption")
 
     def _panel_seeds(self, v):
@@ -720,7 +721,8 @@ class WebPlanner:
         v.VBtn("Read implanted needles", click=self.on_load_implanted, block=True, disabled=("!has_plan",),
                id="implanted-btn", classes="mt-1")
         v.VDataTable(items=("deviation_rows",), density="compact", id="deviation-table", classes="mt-2",
-                     headers=([{"title": "needle", "key": "needle"}, {"title": "entry (mm)", "key": "entry_mm"},
+                     headers=([{"title": "implanted", "key": "implanted"}, {"title": "planned #", "key": "needle"},
+                               {"title": "entry (mm)", "key": "entry_mm"},
                                {"title": "tip (mm)", "key": "tip_mm"}, {"title": "angle (deg)", "key": "angle_deg"},
                                {"title": "", "key": "note"}],))
         v.VBtn("Re-plan with the implanted needles", click=self.on_replan_implanted, block=True, classes="mt-2",

@@ -32,8 +32,10 @@ import numpy as np
 
 from ..core.errors import CancelledError, InputError, SeedPlanError
 from ..core.geometry import ImageGeometry
-from ..mrml import adapters as ma
-from ..mrml.plan_scene import PlanScene, build_plan_scene, parse_levels
+from ..mrml import segmentations, tables, volumes
+from ..mrml.parameters import MODULE_NAME, parse_levels
+from ..mrml.plan_scene import PlanScene
+from ..mrml.scene_io import build_plan_scene
 from .paths import ServedFolder, safe_file_name
 
 #: Image and segmentation file endings the Open panel accepts for CT + segmentation.
@@ -74,7 +76,7 @@ class CaseInputs:
 
     ct: tuple | None  # (array, ImageGeometry)
     segmentation: object | None  # segio.Segmentation
-    plan: object | None = None  # planning.plan.Plan
+    plan: object | None = None  # planning.planfile.Plan
     target: str | None = None
     organs: list = field(default_factory=list)
     forbidden: list = field(default_factory=list)
@@ -148,7 +150,7 @@ class PlannerSession:
         self.schedule = schedule
         self.model_dirs = tuple(model_dirs)
         self.plan_scene: PlanScene | None = None
-        self.plan = None  # planning.plan.Plan when one was opened or planned
+        self.plan = None  # planning.planfile.Plan when one was opened or planned
         self.source_label = ""
         self.job: PlanJob | None = None
         self.messages = []
@@ -206,7 +208,7 @@ class PlannerSession:
 
     def read_plan_folder(self, folder) -> CaseInputs:
         """Read and check a plan folder written by ``seedplan plan`` / ``demo`` (plan.json + its CT and segmentation)."""
-        from ..planning.plan import read_plan
+        from ..planning.planfile import read_plan
         folder = Path(folder)
         if folder.is_file() and folder.name == "plan.json":
             folder = folder.parent
@@ -312,7 +314,6 @@ class PlannerSession:
     def check_mrb(self, path):
         """Load ``path`` into a scratch scene to check it is a readable bundle holding a plan; returns its summary."""
         from ..mrml.scene import SlicerSceneContext
-        from ..mrml.plan_scene import MODULE_NAME
         scratch = SlicerSceneContext.create()
         try:
             try:
@@ -335,7 +336,6 @@ class PlannerSession:
     def open_mrb(self, path):
         """Open a scene bundle saved by this planner, the command line or the Slicer module."""
         from ..evaluation.goals import load_goals
-        from ..mrml.plan_scene import MODULE_NAME
         path = Path(path)
         if not zipfile_ok(path):
             raise InputError(f"{path.name}: not a scene bundle (a .mrb is a zip archive)")
@@ -353,7 +353,7 @@ class PlannerSession:
         seeds, _ = ps.seeds()
         if len(seeds):
             dose_node = ps.params.get_node("doseVolume")
-            geometry = ma.geometry_from_volume(dose_node) if dose_node is not None else None
+            geometry = volumes.geometry_from_volume(dose_node) if dose_node is not None else None
             ps.compute_dose(geometry)
         self._start_live()
         return ps
@@ -403,7 +403,7 @@ class PlannerSession:
         if seg is None:
             return []
         s = seg.GetSegmentation()
-        return [s.GetSegment(i).GetName() for i in ma.segment_ids(seg)]
+        return [s.GetSegment(i).GetName() for i in segmentations.segment_ids(seg)]
 
     def roles(self):
         """(target name, organ names, forbidden names) of the plan."""
@@ -541,7 +541,7 @@ class PlannerSession:
         node = ps.params.get_node("dvhTable") if ps else None
         if node is None:
             return {"dose_Gy": [], "curves": {}, "colors": {}}
-        cols = ma.table_columns(node)
+        cols = tables.table_columns(node)
         dose = [float(v) for v in cols.pop("Dose (Gy)", [])]
         curves = {k[:-len(" V (%)")]: [float(v) for v in vals] for k, vals in cols.items() if k.endswith(" V (%)")}
         colors = {}
@@ -558,9 +558,9 @@ class PlannerSession:
         node = ps.params.get_node("metricsTable") if ps else None
         if node is None:
             return []
-        cols = ma.table_columns(node)
+        cols = tables.table_columns(node)
         n = len(cols.get("Metric", []))
-        return [{c: str(cols[c][i]) for c in ma.METRIC_COLUMNS} for i in range(n)]
+        return [{c: str(cols[c][i]) for c in tables.METRIC_COLUMNS} for i in range(n)]
 
     def summary(self):
         """Short facts for the page header: source, seeds, activity, prescription, goals failed."""
@@ -585,7 +585,7 @@ class PlannerSession:
 
     # -- the plan object behind the scene ---------------------------------------------------------------
     def current_plan(self):
-        """The plan (planning.plan.Plan) with the seeds as they are in the scene now (None without a plan)."""
+        """The plan (planning.planfile.Plan) with the seeds as they are in the scene now (None without a plan)."""
         if self.plan is None or self.plan_scene is None:
             return None
         seeds, numbers = self.plan_scene.seeds()
@@ -615,9 +615,9 @@ class PlannerSession:
     def start_plan(self, needle_mode="template", direction="P", template_spacing_mm=10.0, time_limit_s=8.0,
                    method="anneal", implanted=False):
         """Start the inverse plan in a worker thread; returns the :class:`PlanJob` (apply it with :meth:`apply_job`)."""
-        from ..planning.plan import plan_from_masks, parse_direction
+        from ..planning.pipeline import plan_from_masks, parse_direction
         from ..physics.dose import DoseGrid
-        from ..mrml.plan_scene import optimizer_goals
+        from ..mrml.planning_actions import optimizer_goals
         ps = self.require_plan()
         if self.job is not None and self.job.running:
             raise InputError("an inverse plan is already running")
@@ -686,7 +686,7 @@ class PlannerSession:
             self.plan.structures.get("body") else []
         wanted += list(self.BODY_NAMES)
         seg = seg_node.GetSegmentation()
-        by_name = {seg.GetSegment(i).GetName().lower(): i for i in ma.segment_ids(seg_node)}
+        by_name = {seg.GetSegment(i).GetName().lower(): i for i in segmentations.segment_ids(seg_node)}
         for name in wanted:
             if name in by_name:
                 return by_name[name]
@@ -730,23 +730,38 @@ class PlannerSession:
         return needles
 
     def needle_deviations(self):
-        """Planned vs implanted needle, matched by number: entry and tip distance (mm) and angle (deg)."""
-        plan_needles = {}
+        """Implanted vs planned needles: each implanted needle paired with the planned one nearest to it.
+
+        Pairs minimise the summed entry + tip distances (Hungarian assignment), so the order and
+        numbering of the implanted needles file do not matter. Per pair: entry and tip distance (mm)
+        and the angle between the needles (deg). An implanted needle more than 30 mm (mean of entry
+        and tip distance) from every planned needle is reported unpaired.
+        """
+        from scipy.optimize import linear_sum_assignment
         ps = self.plan_scene
-        if ps is not None:
-            for n in ps.needles(skip_incomplete=True):
-                plan_needles[int(n.number)] = n
+        planned = ps.needles(skip_incomplete=True) if ps is not None else []
+        implanted = list(self.implanted_needles or [])
+        if not implanted:
+            return []
         rows = []
-        for n in self.implanted_needles or []:
-            p = plan_needles.get(int(n.number))
-            if p is None:
-                rows.append({"needle": int(n.number), "entry_mm": None, "tip_mm": None, "angle_deg": None,
-                             "note": "not in the plan"})
+        pairs = {}
+        if planned:
+            cost = np.array([[0.5 * (np.linalg.norm(np.asarray(a.entry) - np.asarray(b.entry))
+                                     + np.linalg.norm(np.asarray(a.tip) - np.asarray(b.tip))) for b in planned]
+                             for a in implanted])
+            for r, c in zip(*linear_sum_assignment(cost)):
+                if cost[r, c] <= 30.0:
+                    pairs[r] = c
+        for k, n in enumerate(implanted):
+            if k not in pairs:
+                rows.append({"implanted": k + 1, "needle": None, "entry_mm": None, "tip_mm": None, "angle_deg": None,
+                             "note": "no planned needle within 30 mm"})
                 continue
-            d_entry = float(np.linalg.norm(np.asarray(n.entry) - np.asarray(p.entry)))
-            d_tip = float(np.linalg.norm(np.asarray(n.tip) - np.asarray(p.tip)))
+            p = planned[pairs[k]]
             c = float(np.clip(np.dot(n.direction, p.direction), -1.0, 1.0))
-            rows.append({"needle": int(n.number), "entry_mm": round(d_entry, 1), "tip_mm": round(d_tip, 1),
+            rows.append({"implanted": k + 1, "needle": int(p.number),
+                         "entry_mm": round(float(np.linalg.norm(np.asarray(n.entry) - np.asarray(p.entry))), 1),
+                         "tip_mm": round(float(np.linalg.norm(np.asarray(n.tip) - np.asarray(p.tip))), 1),
                          "angle_deg": round(math.degrees(math.acos(c)), 1), "note": ""})
         return rows
 
@@ -768,7 +783,7 @@ class PlannerSession:
 
     def save_plan_folder(self, name):
         """Write a new plan folder (plan.json, tables, dose.nrrd, metrics) in the served folder; returns its path."""
-        from ..planning.plan import write_plan_folder
+        from ..planning.planfile import write_plan_folder
         ps = self.require_plan()
         plan = self.current_plan()
         if plan is None:
@@ -800,15 +815,15 @@ class PlannerSession:
         if inside[0]:
             out["image"] = str(Path(ct_path).resolve())
         elif ct_node is not None:
-            write_image(folder / "ct.nrrd", ma.volume_array(ct_node), ma.geometry_from_volume(ct_node))
+            write_image(folder / "ct.nrrd", volumes.volume_array(ct_node), volumes.geometry_from_volume(ct_node))
             out["image"] = "ct.nrrd"
         seg_node = ps.params.get_node("segmentation")
         if inside[1]:
             out["segmentation"] = str(Path(seg_path).resolve())
         elif seg_node is not None:
-            ids = ma.segment_ids(seg_node)
-            structs = [ma.segment_structure(seg_node, i) for i in ids]
-            geometry = ma.geometry_from_volume(ct_node) if ct_node is not None else structs[0].geometry
+            ids = segmentations.segment_ids(seg_node)
+            structs = [segmentations.segment_structure(seg_node, i) for i in ids]
+            geometry = volumes.geometry_from_volume(ct_node) if ct_node is not None else structs[0].geometry
             from ..evaluation.structures import mask_on_grid
             masks = {st.name: mask_on_grid(st, geometry) for st in structs}
             colors = {st.name: tuple(st.color) for st in structs}

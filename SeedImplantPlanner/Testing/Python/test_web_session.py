@@ -1,0 +1,280 @@
+"""The web planner's session and served-folder paths on a real slicer-core scene (no browser).
+
+The browser tests (Testing/Python/test_web.py) drive the same session through the page; these
+check its rules directly: paths confined to the served folder, inputs read and checked before the
+scene changes, edits updating dose and metrics, the inverse plan in a worker thread with cancel,
+saving without overwriting, and re-opening what was saved.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import unittest
+from pathlib import Path
+
+import numpy as np
+
+from SeedImplantPlannerLib.core.errors import InputError
+
+try:
+    import slicer  # noqa: F401
+    from SeedImplantPlannerLib.mrml.scene import create_scene
+    from SeedImplantPlannerLib.web.session import PlannerSession
+    HAVE_SLICER = hasattr(slicer, "vtkMRMLScene")
+except ImportError:  # pragma: no cover - slicer-core is a test dependency
+    HAVE_SLICER = False
+from SeedImplantPlannerLib.web.paths import ServedFolder, safe_file_name
+
+
+def make_case(folder, shift_mm=(0.0, 0.0, 0.0)):
+    """Small CT (water cylinder) with a 36 mm spherical target, a rectum-like box and the body outline.
+
+    Plain numpy geometry (not the planner's helpers); ``shift_mm`` moves the segmentation's grid.
+    """
+    from SeedImplantPlannerLib.core.geometry import ImageGeometry
+    from SeedImplantPlannerLib.core.imageio import write_image
+    from SeedImplantPlannerLib.imaging.segio import Segmentation, write_segmentation
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    n, spacing, origin = (72, 72, 44), (2.0, 2.0, 2.5), np.array([-71.0, -71.0, -53.75])
+    g = ImageGeometry(n, spacing, tuple(origin), np.eye(3))
+    k, j, i = np.meshgrid(np.arange(n[2]), np.arange(n[1]), np.arange(n[0]), indexing="ij")
+    x, y, z = origin[0] + i * spacing[0], origin[1] + j * spacing[1], origin[2] + k * spacing[2]
+    body = (x / 68.0) ** 2 + (y / 60.0) ** 2 <= 1.0
+    target = (x - 10.0) ** 2 + (y - 5.0) ** 2 + z ** 2 <= 18.0 ** 2
+    rectum = (np.abs(x - 10.0) <= 8.0) & (y >= 28.0) & (y <= 40.0) & (np.abs(z) <= 15.0)
+    ct = np.where(body, 40, -1000).astype(np.int16)
+    ct[target] = 60
+    write_image(folder / "ct.nrrd", ct, g)
+    sg = ImageGeometry(n, spacing, tuple(origin + np.asarray(shift_mm, float)), np.eye(3))
+    seg = Segmentation.from_masks(sg, {"GTV": target, "Rectum": rectum, "Body": body},
+                                  {"GTV": (1.0, 0.0, 0.0), "Rectum": (0.6, 0.4, 0.1), "Body": (0.9, 0.8, 0.7)})
+    write_segmentation(folder / "seg.seg.nrrd", seg)
+    return folder / "ct.nrrd", folder / "seg.seg.nrrd"
+
+
+class ServedFolderTest(unittest.TestCase):
+
+    def setUp(self):
+        self.tmp = Path(tempfile.mkdtemp())
+        self.root = self.tmp / "served"
+        (self.root / "a").mkdir(parents=True)
+        (self.root / "a" / "f.txt").write_text("x")
+        (self.tmp / "secret.txt").write_text("y")
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def test_inside_paths_resolve(self):
+        sf = ServedFolder(self.root)
+        self.assertEqual(sf.resolve("a/f.txt"), (self.root / "a" / "f.txt").resolve())
+        self.assertEqual(sf.resolve(str(self.root / "a")), (self.root / "a").resolve())
+        self.assertEqual(sf.relative(self.root / "a" / "f.txt"), "a/f.txt")
+
+    def test_escapes_are_refused(self):
+        sf = ServedFolder(self.root)
+        for text in ("../secret.txt", str(self.tmp / "secret.txt"), "a/../../secret.txt", "/etc/passwd", "~"):
+            with self.assertRaises(InputError) as cm:
+                sf.resolve(text)
+            self.assertIn("outside the folder", str(cm.exception))
+
+    def test_symlink_out_is_refused(self):
+        os.symlink(self.tmp / "secret.txt", self.root / "link.txt")
+        with self.assertRaises(InputError):
+            ServedFolder(self.root).resolve("link.txt")
+
+    def test_read_only_roots_are_not_writable(self):
+        other = self.tmp / "shipped"
+        other.mkdir()
+        sf = ServedFolder(self.root, read_only_roots=[other])
+        self.assertEqual(sf.resolve(str(other)), other.resolve())
+        with self.assertRaises(InputError):
+            sf.resolve(str(other / "new.mrb"), must_exist=False, for_writing=True)
+
+    def test_missing_and_empty(self):
+        sf = ServedFolder(self.root)
+        with self.assertRaises(InputError):
+            sf.resolve("nothing-here")
+        with self.assertRaises(InputError):
+            sf.resolve("  ")
+        with self.assertRaises(InputError):
+            ServedFolder(self.tmp / "no-such-folder")
+
+    def test_upload_names(self):
+        self.assertEqual(safe_file_name("../../etc/passwd"), "passwd")
+        self.assertEqual(safe_file_name("C:\\x\\ct scan.nrrd"), "ct scan.nrrd")
+        self.assertEqual(safe_file_name(".."), "upload")
+        self.assertEqual(safe_file_name("a;b|c.seg.nrrd"), "a_b_c.seg.nrrd")
+
+
+@unittest.skipUnless(HAVE_SLICER, "slicer-core is not installed (pip install slicer-core)")
+class PlannerSessionTest(unittest.TestCase):
+    """One small plan made with the library, opened, edited, planned, saved and re-opened."""
+
+    @classmethod
+    def setUpClass(cls):
+        from SeedImplantPlannerLib.planning.pipeline import plan_case
+        from SeedImplantPlannerLib.planning.planfile import write_plan_folder
+        cls.tmp = Path(tempfile.mkdtemp(prefix="seedplan-web-session-"))
+        cls.root = cls.tmp / "served"
+        ct, seg = make_case(cls.root / "case")
+        plan, dose, g = plan_case(ct, seg, "GTV", oars=["Rectum"], body="Body", strength=0.5, strength_unit="mCi",
+                                  prescription_Gy=145.0, direction="R", template_spacing_mm=10.0, time_limit_s=1.0)
+        write_plan_folder(cls.root / "plan", plan, dose, g)
+        cls.n_seeds = len(plan.seeds)
+        newer = json.loads((cls.root / "plan" / "plan.json").read_text())
+        newer["version"] = 99
+        (cls.root / "plan-v99").mkdir()
+        (cls.root / "plan-v99" / "plan.json").write_text(json.dumps(newer))
+        make_case(cls.root / "far", shift_mm=(400.0, 0.0, 0.0))
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def setUp(self):
+        self.ctx = create_scene()
+        self.session = PlannerSession(self.ctx, ServedFolder(self.root))
+
+    def tearDown(self):
+        self.session.close()
+        self.ctx.close()
+
+    def metric(self, structure, name, unit):
+        for r in self.session.metric_rows():
+            if r["Structure"] == structure and r["Metric"] == name and r["Unit"] == unit:
+                return float(r["Value"])
+        self.fail(f"no {structure} {name} ({unit}) in {self.session.metric_rows()}")
+
+    def test_open_plan_folder_builds_the_module_scene(self):
+        ps = self.session.open_path("plan")
+        p = ps.params
+        for role in ("ctVolume", "segmentation", "seedsNode", "doseVolume", "dvhTable", "metricsTable"):
+            self.assertIsNotNone(p.get_node(role), role)
+        self.assertEqual(self.session.summary()["seeds"], self.n_seeds)
+        self.assertEqual(self.session.roles(), ("GTV", ["Rectum"], []))
+        dvh = self.session.dvh()
+        self.assertEqual(sorted(dvh["curves"]), ["GTV", "Rectum"])
+        self.assertAlmostEqual(dvh["curves"]["GTV"][0], 100.0, places=3)  # cumulative DVH starts at 100 %
+        passes = {r["Pass"] for r in self.session.metric_rows()}
+        self.assertTrue(passes & {"pass", "FAIL"}, "goals with pass/fail in the metrics table")
+        self.assertTrue(self.session.loading_rows())
+        self.assertEqual(len(self.session.needle_rows()), len(p.get_node_list("needleNodes")))
+
+    def test_moving_a_seed_updates_dose_and_metrics_incrementally(self):
+        self.session.open_path("plan")
+        d90 = self.metric("GTV", "D90", "Gy")
+        self.session.move_seed(0, delta=(0.0, 12.0, 0.0))
+        self.assertEqual(self.session.plan_scene.last_update.get("dose_edit"), "moved 1")
+        self.assertNotAlmostEqual(d90, self.metric("GTV", "D90", "Gy"), places=3)
+        with self.assertRaises(InputError):
+            self.session.move_seed(self.n_seeds + 5, delta=(1, 0, 0))
+
+    def test_isodose_levels(self):
+        self.session.open_path("plan")
+        self.assertEqual(list(self.session.set_isodose_levels("30, 100")), [30.0, 100.0])
+        models = self.session.plan_scene.params.get_node_list("isodoseModels")
+        self.assertEqual(sorted(m.GetAttribute("SeedImplantPlanner.IsodoseLevelPercent") for m in models), ["100", "30"])
+        with self.assertRaises(InputError):
+            self.session.set_isodose_levels("")
+
+    def test_bad_inputs_leave_the_open_plan_alone(self):
+        self.session.open_path("plan")
+        before = self.session.summary()
+        seeds_node = self.session.plan_scene.params.get_node("seedsNode")
+        for text, words in (("plan-v99", "version 99"), ("../", "outside the folder"), ("case/ct.nrrd", "plan folder")):
+            with self.assertRaises(InputError) as cm:
+                self.session.open_path(text)
+            self.assertIn(words, str(cm.exception))
+        with self.assertRaises(InputError) as cm:
+            self.session.open_case("far/ct.nrrd", "far/seg.seg.nrrd")
+        self.assertIn("does not overlap the CT", str(cm.exception))
+        with self.assertRaises(InputError) as cm:
+            self.session.open_uploads([("scan.nrrd", b"NRRD0004\nnot an image"), ("seg.seg.nrrd", b"junk")])
+        self.assertIn("scan.nrrd", str(cm.exception))
+        self.assertNotIn("seedplan-web-uploads", str(cm.exception))
+        with self.assertRaises(InputError):
+            self.session.open_uploads([("scene.mrb", b"not a zip")])
+        self.assertEqual(self.session.summary(), before)
+        self.assertIs(self.session.plan_scene.params.get_node("seedsNode"), seeds_node)
+
+    def test_open_case_then_plan_in_a_thread_with_cancel(self):
+        self.session.open_case("case/ct.nrrd", "case/seg.seg.nrrd")
+        with self.assertRaises(InputError):
+            self.session.start_plan()  # no target chosen yet
+        self.session.set_roles("GTV", ["Rectum"])
+        self.session.set_source("I125_OncoSeed_6711", 0.5, "mCi")
+        self.session.set_prescription(145.0)
+        job = self.session.start_plan(direction="R", time_limit_s=60.0)
+        deadline = time.monotonic() + 60
+        while job.fraction <= 0.0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        job.cancel()
+        self.assertTrue(job.wait(60))
+        self.assertIn("cancelled", self.session.apply_job())
+        self.assertEqual(self.session.summary()["seeds"], 0)
+        job = self.session.start_plan(direction="R", time_limit_s=0.5)
+        self.assertTrue(job.wait(120))
+        message = self.session.apply_job()
+        self.assertIn("plan ready", message)
+        self.assertGreater(self.session.summary()["seeds"], 0)
+        self.assertTrue(self.session.has_dose())
+        # the plan's needles enter through the body outline (skin at |R| <= 68 mm), not from inside the target
+        entries = np.array([float(r["entry_x_mm"]) for r in self.session.needle_rows()])
+        self.assertTrue(np.all(np.abs(entries) > 45.0), entries)
+
+    def test_save_never_overwrites_and_reopens(self):
+        self.session.open_path("plan")
+        self.session.move_seed(1, delta=(0.0, 0.0, 3.0))
+        moved = self.session.seed_rows()[1]
+        name = f"out-{time.monotonic_ns()}"
+        folder = self.session.save_plan_folder(name)
+        mrb = self.session.save_mrb(f"{name}.mrb")
+        self.assertTrue((folder / "plan.json").is_file() and (folder / "dose.nrrd").is_file())
+        stamp = mrb.stat().st_mtime_ns
+        with self.assertRaises(InputError):
+            self.session.save_mrb(f"{name}.mrb")
+        with self.assertRaises(InputError):
+            self.session.save_plan_folder(name)
+        with self.assertRaises(InputError):
+            self.session.save_mrb("../escape.mrb")
+        self.assertEqual(stamp, mrb.stat().st_mtime_ns)
+        self.assertFalse((self.root.parent / "escape.mrb").exists())
+        for reopen in (f"{name}.mrb", name):
+            self.session.open_path(reopen)
+            self.assertEqual(self.session.summary()["seeds"], self.n_seeds)
+            row = self.session.seed_rows()[1]
+            self.assertAlmostEqual(row["s"], moved["s"], places=1)
+            self.assertTrue(self.session.has_dose())
+            self.assertTrue(self.session.metric_rows())
+
+    def test_implanted_needles_deviation(self):
+        from SeedImplantPlannerLib.core.fileio import write_csv
+        self.session.open_path("plan")
+        needles = self.session.plan_scene.needles()
+        rows = []
+        for n in reversed(needles):  # another order than the plan's: pairing must not rely on it
+            e, t = np.asarray(n.entry, float), np.asarray(n.tip, float) + np.array([0.0, 3.0, 4.0])
+            rows.append({"entry_x_mm": e[0], "entry_y_mm": e[1], "entry_z_mm": e[2],
+                         "tip_x_mm": t[0], "tip_y_mm": t[1], "tip_z_mm": t[2]})
+        rows.append({"entry_x_mm": 500, "entry_y_mm": 0, "entry_z_mm": 0, "tip_x_mm": 450, "tip_y_mm": 0, "tip_z_mm": 0})
+        path = self.root / f"implanted-{time.monotonic_ns()}.csv"
+        write_csv(path, rows, list(rows[0].keys()))
+        self.assertEqual(len(self.session.load_implanted_needles(path.name)), len(needles) + 1)
+        dev = self.session.needle_deviations()
+        self.assertEqual(len(dev), len(needles) + 1)
+        numbers = [n.number for n in reversed(needles)]
+        for d, number, n in zip(dev, numbers, reversed(needles)):
+            self.assertEqual(d["needle"], number)
+            self.assertAlmostEqual(d["entry_mm"], 0.0, places=1)
+            self.assertAlmostEqual(d["tip_mm"], 5.0, places=1)
+            expected = np.degrees(np.arctan2(5.0, np.linalg.norm(np.asarray(n.tip) - np.asarray(n.entry))))
+            self.assertAlmostEqual(d["angle_deg"], expected, delta=0.3)
+        self.assertIsNone(dev[-1]["needle"])
+        with self.assertRaises(InputError):
+            self.session.load_implanted_needles("../outside.csv")
+
+if __name__ == "__main__":
+    unittest.main()
