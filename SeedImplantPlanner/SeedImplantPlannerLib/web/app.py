@@ -51,7 +51,7 @@ def _rgb_css(rgb):
 class WebPlanner:
     """The trame application: server, SlicerApp, views, panels and the planning session."""
 
-    def __init__(self, root, server=None, read_only_roots=(), model_dirs=(), poll_s=0.2):
+    def __init__(self, root, server=None, read_only_roots=None, model_dirs=(), poll_s=0.2):
         from trame.app import get_server
         from trame_slicer.core import LayoutManager, SlicerApp
         from trame_slicer.rca_view import register_rca_factories
@@ -61,6 +61,11 @@ class WebPlanner:
         self.server = server or get_server("seedplan-serve", client_type="vue3")
         self.server.enable_module(trame_slicer_module)
         self.state, self.ctrl = self.server.state, self.server.controller
+        if read_only_roots is None:
+            # plans made by `seedplan demo` name the bundled sample case: readable, never written
+            from ..samplecase.generator import bundled_sample_case_dir
+            bundled = bundled_sample_case_dir()
+            read_only_roots = [bundled] if bundled is not None else []
         self.served = ServedFolder(root, read_only_roots)
         self.slicer_app = SlicerApp()
         self.ctx = scene_context_for(self.slicer_app)
@@ -97,7 +102,7 @@ class WebPlanner:
             "models": sorted(load_models(self.session.model_dirs)), "seed_model": "I125_OncoSeed_6711",
             "strength_value": 0.5, "strength_unit": "mCi", "reference_date": "", "implant_date": "",
             "prescription_Gy": 145.0, "goal_presets": [""] + sorted(list_presets()), "goal_preset": "",
-            "isodose_levels": DEFAULT_LEVELS, "dose_opacity": 0.45, "dose_spacing_mm": 2.0,
+            "isodose_levels": DEFAULT_LEVELS, "dose_opacity": 0.45, "dose_spacing_mm": "",
             "seed_rows": [], "needle_rows": [], "loading_rows": [], "metric_rows": [], "failed_goals": None,
             "seed_index": 1, "seed_dx": 0.0, "seed_dy": 0.0, "seed_dz": 0.0,
             "needle_mode": "template", "direction": "R", "template_spacing_mm": 10.0, "time_limit_s": 8.0,
@@ -646,8 +651,9 @@ class WebPlanner:
                           hide_details=True, classes="mt-2")
                 with v.VRow(dense=True, classes="mt-1"):
                     with v.VCol(cols=6):
-                        v.VTextField(v_model=("dose_spacing_mm",), label="grid spacing (mm)", type="number",
-                                     density="compact", hide_details=True)
+                        v.VTextField(v_model=("dose_spacing_mm",), label="box grid spacing (mm)", type="number",
+                                     density="compact", hide_details=True, placeholder="CT grid",
+                                     hint="empty: the CT's own grid (up to 4 M voxels)")
                     with v.VCol(cols=6):
                         v.VBtn("Compute dose", click=self.on_compute_dose, block=True, disabled=("!has_plan",),
                                id="dose-btn")

@@ -83,6 +83,7 @@ class CaseInputs:
     source_label: str = ""
     ct_path: Path | None = None
     seg_path: Path | None = None
+    dose_geometry: ImageGeometry | None = None  # the grid of the plan folder's dose.nrrd
 
 
 class PlanJob:
@@ -231,8 +232,12 @@ class PlannerSession:
         if missing:
             raise InputError(f"{folder.name}/plan.json names structures the segmentation does not have: "
                              f"{', '.join(missing)} (segments: {', '.join(seg.names())})")
+        dose_geometry = None
+        if (folder / "dose.nrrd").is_file():
+            from ..core.imageio import geometry_of, read_sitk
+            dose_geometry = geometry_of(read_sitk(folder / "dose.nrrd"))
         return CaseInputs(ct, seg, plan, target, organs, forbidden, source_label=self.served.relative(folder),
-                          ct_path=ct_path, seg_path=seg_path)
+                          ct_path=ct_path, seg_path=seg_path, dose_geometry=dose_geometry)
 
     def read_case(self, ct_path, seg_path) -> CaseInputs:
         """Read and check a CT + segmentation pair."""
@@ -289,7 +294,8 @@ class PlannerSession:
         self.plan_scene = build_plan_scene(
             self.ctx, seeds=plan.seeds, prescription_Gy=plan.prescription_Gy, ct=case.ct, segmentation=case.segmentation,
             target=case.target, organs=case.organs, forbidden=case.forbidden, needles=used,
-            seed_needle_numbers=plan.seed_needle, goals=goals, parameters=params, needles_locked=False)
+            seed_needle_numbers=plan.seed_needle, goals=goals, parameters=params, needles_locked=False,
+            dose_geometry=case.dose_geometry or self._default_dose_geometry(case.ct[1] if case.ct else None))
         self.plan = plan
         self.source_label = case.source_label
         self._start_live()
@@ -480,11 +486,28 @@ class PlannerSession:
         if ps is not None and ps.dose_grid is not None:
             ps.refresh_outputs()
 
+    #: CTs up to this many voxels get the dose on their own grid (every organ's DVH whole, fast live
+    #: evaluation); larger ones get a box around the target (doseMarginMm) at doseGridSpacingMm.
+    WHOLE_CT_DOSE_MAX_VOXELS = 4_000_000
+
+    def _default_dose_geometry(self, ct_geometry=None):
+        """The dose grid: the CT's own grid when it is small enough, else the plan scene's target box."""
+        if ct_geometry is None and self.plan_scene is not None:
+            ct = self.plan_scene.params.get_node("ctVolume")
+            ct_geometry = volumes.geometry_from_volume(ct) if ct is not None else None
+        if ct_geometry is not None and int(np.prod(ct_geometry.size)) <= self.WHOLE_CT_DOSE_MAX_VOXELS:
+            return ct_geometry
+        return None  # PlanScene.dose_geometry(): target box + margin
+
     def compute_dose(self, spacing_mm=None):
+        """Compute the dose: on the CT grid (small CTs) or, with ``spacing_mm`` or a large CT, a target box."""
         ps = self.require_plan()
+        geometry = None
         if spacing_mm:
             ps.params.set("doseGridSpacingMm", float(spacing_mm))
-        ps.compute_dose()
+        else:
+            geometry = self._default_dose_geometry()
+        ps.compute_dose(geometry)
         self._start_live()
 
     def load_seeds_uniformly(self, spacing_mm=None):
@@ -658,7 +681,7 @@ class PlannerSession:
                       template_spacing_mm=float(template_spacing_mm), needles=needles, method=method,
                       time_limit_s=float(time_limit_s), fixed_seeds=fixed, implanted_needles=implanted_needles,
                       allow_new_needles=True)
-        dose_geometry = ps.dose_geometry()
+        dose_geometry = self._default_dose_geometry() or ps.dose_geometry()
         engine = ps.params.get("doseEngine")
         model_dirs = self.model_dirs
 
