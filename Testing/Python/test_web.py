@@ -88,6 +88,15 @@ class WebPlannerInBrowserTest(unittest.TestCase):
         (cls.served / "plan-v99" / "plan.json").write_text(json.dumps(newer))
         make_case(cls.served / "far", shift_mm=(400.0, 0.0, 0.0))
         (cls.served / "broken.mrb").write_bytes(b"this is not a zip archive")
+        # needles "found on the intra-operative CT": the used needles with their tips 4 mm off
+        rows = []
+        for n in plan.used_needles():
+            t = np.asarray(n.tip, float) + np.array([0.0, 4.0, 0.0])
+            rows.append({"entry_x_mm": n.entry[0], "entry_y_mm": n.entry[1], "entry_z_mm": n.entry[2],
+                         "tip_x_mm": t[0], "tip_y_mm": t[1], "tip_z_mm": t[2]})
+        cls.n_used_needles = len(rows)
+        with open(cls.served / "implanted.csv", "w", encoding="utf-8") as fh:
+            fh.write(",".join(rows[0]) + "\n" + "".join(",".join(f"{v:.3f}" for v in r.values()) + "\n" for r in rows))
         cls.shots = Path(os.environ["SEEDPLAN_WEB_SHOTS"]) if os.environ.get("SEEDPLAN_WEB_SHOTS") else cls.tmp / "shots"
         cls.shots.mkdir(parents=True, exist_ok=True)
 
@@ -328,6 +337,27 @@ class WebPlannerInBrowserTest(unittest.TestCase):
         self.server_alive()
         self.assertFalse((self.served.parent / "saved.mrb").exists())
         self.views("7_after_bad_input", settle_ms=300)
+
+    def test_8_intraop_page_compares_and_replans(self):
+        self.page.locator("#page-intraop").click()
+        self.clear_message()
+        self.page.locator("#implanted-path").fill("implanted.csv")
+        self.page.locator("#implanted-btn").click()
+        self.wait_message(f"{self.n_used_needles} implanted needles read")
+        rows = self.page.evaluate("() => window.trame.state.get('deviation_rows')")
+        self.assertEqual(len(rows), self.n_used_needles)
+        for r in rows:
+            self.assertAlmostEqual(r["tip_mm"], 4.0, places=1)
+            self.assertAlmostEqual(r["entry_mm"], 0.0, places=1)
+        rgb = self.quadrants(self.views("8a_implanted_needles"))["axial"]
+        orange = (rgb[..., 0] > 200) & (rgb[..., 1] > 90) & (rgb[..., 1] < 170) & (rgb[..., 2] < 60)
+        self.assertGreater(int(orange.sum()), 20, "implanted needles not drawn")
+        self.clear_message()
+        self.page.locator("#replan-btn").click()
+        self.wait_message("plan ready", timeout_s=120)
+        self.views("8b_replanned_on_implanted_needles", settle_ms=2000)
+        self.page.locator("#page-plan").click()
+        self.server_alive()
 
 
 class ServeCommandTest(unittest.TestCase):

@@ -155,7 +155,7 @@ class WebPlanner:
             s.seed_rows = json_safe(ses.seed_rows())
             s.needle_rows = json_safe(ses.needle_rows())
             s.loading_rows = json_safe(ses.loading_rows())
-            s.metric_rows = json_safe(ses.metric_rows())
+            s.metric_rows = [dict(r, value_unit=f"{r['Value']} {r['Unit']}".strip()) for r in json_safe(ses.metric_rows())]
             s.deviation_rows = json_safe(ses.needle_deviations())
             s.dvh_figure = self._dvh_figure()
             s.open_items = self.served.listing()
@@ -170,10 +170,10 @@ class WebPlanner:
                 for name, vals in dvh["curves"].items()]
         shapes = [{"type": "line", "x0": rx, "x1": rx, "y0": 0, "y1": 100, "line": {"dash": "dot", "color": "#888"}}] \
             if rx and data else []
-        layout = {"margin": {"l": 45, "r": 10, "t": 10, "b": 40}, "height": 260,
+        layout = {"margin": {"l": 45, "r": 10, "t": 30, "b": 40}, "height": 260,
                   "xaxis": {"title": {"text": "Dose (Gy)"}, "rangemode": "tozero"},
                   "yaxis": {"title": {"text": "Volume (%)"}, "range": [0, 101]},
-                  "legend": {"orientation": "h", "y": -0.25}, "shapes": shapes,
+                  "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom"}, "shapes": shapes,
                   "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)", "font": {"color": "#ddd"}}
         return {"data": data, "layout": layout}
 
@@ -519,6 +519,8 @@ class WebPlanner:
         needles = self._guard(self.session.load_implanted_needles, self.state.implanted_path,
                               success=lambda n: f"{len(n)} implanted needles read")
         if needles is not None:
+            for view in self.slicer_app.view_manager.get_views():
+                view.schedule_render()
             self.push()
 
     # -- page --------------------------------------------------------------------------------------------
@@ -673,8 +675,9 @@ class WebPlanner:
                          "' goal(s) FAIL' : 'all goals pass') }}", id="goal-status",
                          classes=("failed_goals ? 'text-error' : 'text-success'",))
                 v.VDataTable(items=("metric_rows",), density="compact", items_per_page=12, id="metrics-table",
-                             headers=([{"title": h, "key": h} for h in ("Structure", "Metric", "Value", "Unit", "Goal",
-                                                                        "Pass")],))
+                             headers=([{"title": "Structure", "key": "Structure"}, {"title": "Metric", "key": "Metric"},
+                                       {"title": "Value", "key": "value_unit"}, {"title": "Goal", "key": "Goal"},
+                                       {"title": "Pass", "key": "Pass"}],))
                 v.VLabel("needle loading (from the tip)", classes="text-caption mt-2")
                 v.VDataTable(items=("loading_rows",), density="compact", items_per_page=8, id="loading-table")
                 v.VBtn("Download report (HTML)", block=True, disabled=("!has_dose",), id="report-btn", classes="mt-2",
@@ -721,7 +724,11 @@ class WebPlanner:
                        classes="mt-1")
 
     def _page_intraop(self, v):
-        v.VLabel("Intra-operative check: needles found on the intra-operative CT against the plan", classes="mb-2")
+        from trame.widgets import html
+        html.Div("Intra-operative check: the needles found on the intra-operative CT (a needles CSV with "
+                 "entry_x_mm .. tip_z_mm, RAS mm, as for seedplan plan --implanted-needles) against the plan; "
+                 "each is paired with the nearest planned needle. They are drawn in orange in the views.",
+                 classes="text-body-2 mb-2")
         v.VTextField(v_model=("implanted_path",), label="implanted needles CSV (in the served folder)",
                      density="compact", id="implanted-path", hide_details=True)
         v.VBtn("Read implanted needles", click=self.on_load_implanted, block=True, disabled=("!has_plan",),

@@ -750,7 +750,27 @@ class PlannerSession:
         if not needles:
             raise InputError(f"{path.name}: no needles in the file")
         self.implanted_needles = needles
+        self._show_implanted(needles)
         return needles
+
+    IMPLANTED_ROLE = "ImplantedNeedle"
+
+    def _show_implanted(self, needles):
+        """Implanted needles as locked orange line nodes (role ImplantedNeedle), beside the planned ones."""
+        from ..mrml.markups import needle_line_node
+        from ..mrml.nodes import ROLE_ATTRIBUTE
+        scene = self.ctx.scene
+        old = [scene.GetNthNodeByClass(i, "vtkMRMLMarkupsLineNode")
+               for i in range(scene.GetNumberOfNodesByClass("vtkMRMLMarkupsLineNode"))]
+        for node in old:
+            if node is not None and node.GetAttribute(ROLE_ATTRIBUTE) == self.IMPLANTED_ROLE:
+                scene.RemoveNode(node)
+        for k, n in enumerate(needles, start=1):
+            node = needle_line_node(scene, n.entry, n.tip, k, locked=True, color=(1.0, 0.55, 0.0))
+            node.SetName(f"Implanted needle {k}")
+            node.SetAttribute(ROLE_ATTRIBUTE, self.IMPLANTED_ROLE)
+            node.GetDisplayNode().SetSliceProjection(True)
+            node.GetDisplayNode().SetSliceProjectionOpacity(0.8)
 
     def needle_deviations(self):
         """Implanted vs planned needles: each implanted needle paired with the planned one nearest to it.
