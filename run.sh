@@ -4,6 +4,7 @@
 #   ./run.sh test [pytest options]          set up, then run the whole test suite
 #   ./run.sh setup                          only set up (.venv with the library, slicer-core, trame-slicer, pytest, playwright)
 #   ./run.sh bench                          set up, then run every benchmark in benchmarks/
+#   ./run.sh serve [FOLDER] [options]       set up, then serve the web planner on 127.0.0.1:8080
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${SEEDPLAN_VENV:-.venv}
@@ -55,8 +56,9 @@ cmd=${1:-help}
 shift || true
 case "$cmd" in
   setup) setup ;;
+  serve) setup; exec "$VENV/bin/seedplan" serve "$@" ;;
   demo)  setup; exec "$VENV/bin/seedplan" demo "$@" ;;
   test)  setup; exec "$VENV/bin/python" -m pytest -q "$@" ;;
   bench) setup; for b in benchmarks/bench_*.py; do echo "== $b"; "$VENV/bin/python" "$b"; done ;;
-  *) sed -n '2,7p' "$0"; exit 2 ;;
+  *) sed -n '2,8p' "$0"; exit 2 ;;
 esac
