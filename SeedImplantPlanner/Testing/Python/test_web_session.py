@@ -162,6 +162,15 @@ class PlannerSessionTest(unittest.TestCase):
         self.assertTrue(passes & {"pass", "FAIL"}, "goals with pass/fail in the metrics table")
         self.assertTrue(self.session.loading_rows())
         self.assertEqual(len(self.session.needle_rows()), len(p.get_node_list("needleNodes")))
+        # the dose is recomputed on the plan folder's grid: the same numbers as its dose.nrrd
+        from SeedImplantPlannerLib.core.imageio import read_image
+        saved, saved_geometry = read_image(self.root / "plan" / "dose.nrrd")
+        dose, geometry = ps.dose_array()
+        self.assertTrue(geometry.matches(saved_geometry))
+        self.assertLess(float(np.max(np.abs(dose - saved))), 1e-3 * float(saved.max()))
+        html = self.session.report_html().decode("utf-8")
+        self.assertIn("<html", html.lower())
+        self.assertIn("D90", html)
 
     def test_moving_a_seed_updates_dose_and_metrics_incrementally(self):
         self.session.open_path("plan")
