@@ -359,6 +359,30 @@ class WebPlannerInBrowserTest(unittest.TestCase):
         self.page.locator("#page-plan").click()
         self.server_alive()
 
+    def test_9_place_free_hand_needle(self):
+        count = "() => window.trame.state.get('needle_rows').length"
+        before = self.page.evaluate(count)
+        self.page.locator(".v-expansion-panel-title", has_text="Needles (").click()
+        self.clear_message()
+        self.page.locator("#place-needle-btn").click()
+        self.wait_message("click the needle's entry point")
+        box = self.page.locator("#views").bounding_box()
+        w, h = box["width"] / 2, box["height"] / 2  # the axial view is the top-left quarter
+        self.page.mouse.click(box["x"] + 0.85 * w, box["y"] + 0.45 * h)
+        self.wait_message("now click the tip")
+        self.page.mouse.click(box["x"] + 0.45 * w, box["y"] + 0.5 * h)
+        self.wait_message("placed")
+        self.assertEqual(self.page.evaluate(count), before + 1)
+        self.views("9_free_hand_needle")
+
+    def test_a_report_download(self):
+        with self.page.expect_download() as info:
+            self.page.locator("#report-btn").click()
+        path = info.value.path()
+        html = Path(path).read_text(encoding="utf-8", errors="replace")
+        self.assertIn("<html", html.lower())
+        self.assertIn("D90", html)
+
 
 class ServeCommandTest(unittest.TestCase):
     """``seedplan serve`` refuses unsafe or impossible options before starting anything."""

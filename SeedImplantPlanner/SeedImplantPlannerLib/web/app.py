@@ -79,6 +79,7 @@ class WebPlanner:
             Layout(LayoutDirection.Vertical, [axial, coronal]), Layout(LayoutDirection.Vertical, [threed, sagittal])]))
         self.layout_manager.set_layout(VIEW_LAYOUT_ID)
         self._pending_update = None
+        self._placing = None
         self._interacting = set()
         self._observed = []
         self._job_task = None
@@ -106,7 +107,7 @@ class WebPlanner:
             "seed_rows": [], "needle_rows": [], "loading_rows": [], "metric_rows": [], "failed_goals": None,
             "seed_index": 1, "seed_dx": 0.0, "seed_dy": 0.0, "seed_dz": 0.0,
             "needle_mode": "template", "direction": "R", "template_spacing_mm": 10.0, "time_limit_s": 8.0,
-            "plan_running": False, "plan_fraction": 0.0, "plan_text": "",
+            "plan_running": False, "plan_fraction": 0.0, "plan_text": "", "placing_needle": False,
             "save_mrb_name": "plan-web.mrb", "save_folder_name": "plan-web",
             "implanted_path": "", "deviation_rows": [], "page": "plan",
             "upload_files": None, "last_update_s": None, "update_count": 0,
@@ -280,9 +281,42 @@ class WebPlanner:
                 out += [(node, 0, node.GetNthControlPointPosition(0)), (node, n - 1, node.GetNthControlPointPosition(n - 1))]
         return out
 
+    def on_place_needle(self):
+        if self.session.plan_scene is None:
+            self._say("open a plan or a CT + segmentation first", "error")
+            return
+        self._placing = []
+        self.state.placing_needle = True
+        self._say("click the needle's entry point in a slice view, then its tip", "info")
+
+    def _place_click(self, view, iren):
+        """One click of a free-hand needle: the entry, then the tip (on the clicked slice)."""
+        import numpy as np  # noqa: PLC0415
+        x, y = iren.GetEventPosition()
+        ras = (self._xy_to_ras_matrix(view) @ np.array([x, y, 0.0, 1.0]))[:3]
+        self._placing.append(ras)
+        if len(self._placing) == 1:
+            with self.state:
+                self._say(f"entry at R {ras[0]:.1f}, A {ras[1]:.1f}, S {ras[2]:.1f} mm: now click the tip", "info")
+            return
+        entry, tip = self._placing
+        self._placing = None
+        with self.state:
+            self.state.placing_needle = False
+            number = self._guard(self.session.add_needle, entry, tip,
+                                 success=lambda n: f"needle {n} placed ({np.linalg.norm(tip - entry):.0f} mm); "
+                                                   "load seeds or plan with free-hand needles")
+            if number is not None:
+                self._observe_interaction()
+                self.show_plan_in_views(reset=False)
+                self.push()
+
     def _drag_press(self, view, iren):
         import numpy as np  # noqa: PLC0415
         if self.state.plan_running:
+            return
+        if getattr(self, "_placing", None) is not None:
+            self._place_click(view, iren)
             return
         x, y = iren.GetEventPosition()
         xy_to_ras = self._xy_to_ras_matrix(view)
@@ -620,6 +654,9 @@ class WebPlanner:
                                        {"title": "tip S", "key": "tip_z_mm"},
                                        {"title": "tilt deg", "key": "tilt_deg"}],))
                 v.VLabel("drag a needle end in a view: its seeds move with it", classes="text-caption")
+                v.VBtn("Place a free-hand needle (click entry, then tip)", click=self.on_place_needle, block=True,
+                       disabled=("!has_plan || plan_running || placing_needle",), id="place-needle-btn",
+                       classes="mt-2", variant="outlined")
 
     def _panel_seeds(self, v):
         with v.VExpansionPanel(title=("`Seeds (${seed_rows.length})`",)):

@@ -541,6 +541,27 @@ class PlannerSession:
         node.SetNthControlPointPosition(int(index), *new)
         return new
 
+    #: A free-hand needle shorter than this (entry to tip, mm) is refused: two clicks on one spot.
+    MIN_NEEDLE_MM = 5.0
+
+    def add_needle(self, entry, tip):
+        """A free-hand needle from ``entry`` to ``tip`` (RAS mm) as a new needle node; returns its number."""
+        from ..mrml.markups import NEEDLE_NUMBER_ATTRIBUTE
+        ps = self.require_plan()
+        entry, tip = np.asarray(entry, float).reshape(3), np.asarray(tip, float).reshape(3)
+        if not (np.all(np.isfinite(entry)) and np.all(np.isfinite(tip))):
+            raise InputError("needle end points are not finite")
+        length = float(np.linalg.norm(tip - entry))
+        if length < self.MIN_NEEDLE_MM:
+            raise InputError(f"needle entry and tip are {length:.1f} mm apart: click the entry, then a tip at least "
+                             f"{self.MIN_NEEDLE_MM:g} mm away")
+        ps.stop_live_updates()
+        node = ps.add_needle_node()
+        node.AddControlPoint(entry.tolist(), "entry")
+        node.AddControlPoint(tip.tolist(), "tip")
+        self._start_live()
+        return int(node.GetAttribute(NEEDLE_NUMBER_ATTRIBUTE))
+
     def needle_rows(self):
         """Needle table rows (number, entry, tip, depth, angle) from the needle nodes."""
         from ..planning.needles import needle_table

@@ -259,6 +259,18 @@ class PlannerSessionTest(unittest.TestCase):
             self.assertTrue(self.session.has_dose())
             self.assertTrue(self.session.metric_rows())
 
+    def test_free_hand_needle(self):
+        self.session.open_path("plan")
+        n = len(self.session.needle_rows())
+        number = self.session.add_needle((60.0, 5.0, 0.0), (15.0, 5.0, 0.0))
+        rows = self.session.needle_rows()
+        self.assertEqual(len(rows), n + 1)
+        row = [r for r in rows if int(r["number"]) == number][0]
+        self.assertAlmostEqual(float(row["depth_mm"]), 45.0, places=1)
+        with self.assertRaises(InputError):
+            self.session.add_needle((10.0, 0.0, 0.0), (11.0, 0.0, 0.0))
+        self.assertEqual(len(self.session.needle_rows()), n + 1)
+
     def test_implanted_needles_deviation(self):
         from SeedImplantPlannerLib.core.fileio import write_csv
         self.session.open_path("plan")
