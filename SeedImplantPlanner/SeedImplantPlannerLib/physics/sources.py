@@ -34,6 +34,24 @@ U_PER_MCI_BY_NUCLIDE = {
     },
 }
 
+#: Outer capsule dimensions (mm) of the shipped models: what a CT shows of a seed (the seed finder
+#: sizes seeds from these, never from the objects in the image). From the source descriptions in
+#: AAPM TG-43U1 (Rivard et al., Med Phys 31:633, 2004, Sec. III and Fig. 1: 6711, 2301, TheraSeed 200)
+#: and TG-43U1S1 (Rivard et al., Med Phys 34:2187, 2007: BEBIG I25.S06, IsoAid IAI-125A).
+#: A model file may carry its own ``capsule_mm`` {"length", "diameter", "sources"}.
+CAPSULE_MM_BY_MODEL = {
+    "I125_OncoSeed_6711": {"length": 4.5, "diameter": 0.8,
+                           "sources": ["TG-43U1 (Rivard 2004): Ti capsule 4.5 mm long, 0.8 mm outer diameter"]},
+    "I125_Best_2301": {"length": 5.0, "diameter": 0.8,
+                       "sources": ["TG-43U1 (Rivard 2004): double-wall Ti capsule 5.0 mm long, 0.8 mm outer diameter"]},
+    "I125_BEBIG_I25.S06": {"length": 4.5, "diameter": 0.8,
+                           "sources": ["TG-43U1S1 (Rivard 2007): Ti capsule 4.5 mm long, 0.8 mm outer diameter"]},
+    "I125_IsoAid_IAI-125A": {"length": 4.5, "diameter": 0.8,
+                             "sources": ["TG-43U1S1 (Rivard 2007): Ti capsule 4.5 mm long, 0.8 mm outer diameter"]},
+    "Pd103_TheraSeed_200": {"length": 4.5, "diameter": 0.826,
+                            "sources": ["TG-43U1 (Rivard 2004): Ti capsule 4.5 mm long, 0.826 mm outer diameter"]},
+}
+
 #: Seconds are never used: times are in hours (dose rates in cGy/h) and days (half-lives).
 HOURS_PER_DAY = 24.0
 
@@ -68,6 +86,8 @@ class SeedModel:
     status: str = ""
     source_file: str = ""
     provenance: dict = field(default_factory=dict, compare=False, repr=False)
+    capsule_length_mm: float | None = None  # outer capsule length (None: not known for this model)
+    capsule_diameter_mm: float | None = None  # outer capsule diameter
 
     @property
     def formalisms(self) -> tuple:
@@ -211,6 +231,16 @@ def model_from_dict(doc: dict, path="<dict>") -> SeedModel:
         u_per_mci = U_PER_MCI_BY_NUCLIDE[nuclide]["value"]
         u_src = tuple(U_PER_MCI_BY_NUCLIDE[nuclide]["sources"])
 
+    capsule = doc.get("capsule_mm", CAPSULE_MM_BY_MODEL.get(doc["model_id"].strip()))
+    cap_len = cap_dia = None
+    if capsule is not None:
+        if not isinstance(capsule, dict):
+            _fail(path, "capsule_mm", "must be an object {length, diameter, sources}")
+        cap_len = _value(capsule, "length", path)
+        cap_dia = _value(capsule, "diameter", path)
+        if cap_dia >= cap_len:
+            _fail(path, "capsule_mm", f"diameter {cap_dia} mm is not smaller than the length {cap_len} mm")
+
     statuses = []
     if isinstance(p1, dict) and p1.get("status"):
         statuses.append("phi_an: " + str(p1["status"]))
@@ -227,6 +257,7 @@ def model_from_dict(doc: dict, path="<dict>") -> SeedModel:
         consensus_publication=str(doc.get("consensus_publication", "")),
         status=" | ".join(statuses), source_file=str(path),
         provenance={k: doc.get(k) for k in ("cross_checks", "discrepancies", "notes")},
+        capsule_length_mm=cap_len, capsule_diameter_mm=cap_dia,
     )
 
 

@@ -47,6 +47,14 @@ class TestShippedModels(unittest.TestCase):
             self.assertEqual(table_digest(m), digest, f"{mid}: a shipped TG-43 table changed")
             self.assertTrue(m.source_file.endswith(".json"))
 
+    def test_capsule_dimensions_pinned(self):
+        # outer capsule (mm) as described in TG-43U1 / TG-43U1S1; the seed finder sizes seeds from these
+        want = {"I125_OncoSeed_6711": (4.5, 0.8), "I125_Best_2301": (5.0, 0.8), "I125_BEBIG_I25.S06": (4.5, 0.8),
+                "I125_IsoAid_IAI-125A": (4.5, 0.8), "Pd103_TheraSeed_200": (4.5, 0.826)}
+        models = load_models()
+        for mid, dims in want.items():
+            self.assertEqual((models[mid].capsule_length_mm, models[mid].capsule_diameter_mm), dims, mid)
+
     def test_6711_tables_in_full(self):
         m = get_model("I125_OncoSeed_6711")
         np.testing.assert_array_equal(m.g_L, G_6711)
@@ -123,6 +131,8 @@ class TestUserModels(unittest.TestCase):
             "no_id.json": (lambda d: d.pop("model_id"), "model_id"),
             "mci_no_source.json": (lambda d: d.__setitem__("apparent_activity_U_per_mCi", {"value": 1.3}),
                                    "apparent_activity_U_per_mCi.sources"),
+            "capsule_len.json": (lambda d: d.__setitem__("capsule_mm", {"length": -4.5, "diameter": 0.8}), "length"),
+            "capsule_fat.json": (lambda d: d.__setitem__("capsule_mm", {"length": 0.5, "diameter": 0.8}), "capsule_mm"),
         }
         for name, (mutate, field) in cases.items():
             doc = copy.deepcopy(self.base)
