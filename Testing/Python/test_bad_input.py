@@ -120,6 +120,7 @@ METRICS = "metrics " + EVAL
 COMPARE = "compare --dose-a {d}/dose.nrrd --dose-b {d}/dose.nrrd --structures {d}/seg.seg.nrrd --names GTV --rx 100"
 REPORT = "report " + EVAL
 FIND = "find-seeds --ct {d}/ct.nrrd --sk 0.5 --model " + M6711
+FNEED = "find-needles --ct {d}/ct.nrrd"
 VERIFY = "verify --planned {d}/seeds.csv --found {d}/seeds.csv --spacing 2"
 EXPORT = "export-dicom --ct {d}/ct.nrrd --seeds {d}/seeds.csv --prescription-Gy 120"
 DSEEDS = "dicom-seeds"
@@ -423,6 +424,16 @@ KINDS = _rows(
      r"seed\(s\) lie outside the CT", ("dicom/",)),
     ("folder without a DICOM series as CT", EXPORT.replace("{d}/ct.nrrd", "{d}/afolder") + " --out {o}/dicom/",
      r"afolder: folder holds no DICOM image series", ("dicom/",)),
+    # -- find-needles (issue 9 section 6) ----------------------------------------------------------
+    ("CT without metal (find-needles)", FNEED + " --out {o}/needles.csv", r"no metal in the CT", ("needles.csv",)),
+    ("NaN in a CT (find-needles)", FNEED.replace("ct.nrrd", "ct_nan.nrrd") + " --out {o}/needles.csv",
+     r"non-finite", ("needles.csv",)),
+    ("region outside the CT (find-needles)", FNEED.replace("ct.nrrd", "ct_far.nrrd")
+     + " --roi {d}/seg.seg.nrrd --roi-segment GTV --out {o}/needles.csv", r"does not overlap the CT", ("needles.csv",)),
+    ("deviations without a plan (find-needles)", FNEED + " --deviations {o}/dev.csv --out {o}/needles.csv",
+     r"--deviations needs --plan", ("needles.csv", "dev.csv")),
+    ("zero needle length (find-needles)", FNEED + " --min-length 0 --out {o}/needles.csv", r"--min-length must be > 0",
+     ("needles.csv",)),
     # -- option combinations found late (defects: output was written before the check) ----------
     ("goals CSV without goals", METRICS + " --csv {o}/m.csv --goals-csv {o}/g.csv", r"--goals-csv needs --goals",
      ("m.csv", "g.csv")),

@@ -1,4 +1,8 @@
-"""Post-implant subcommands: ``find-seeds`` (seeds in a CT) and ``verify`` (found vs planned).
+"""Image-side subcommands: ``find-needles`` (needles in an intra-operative CT, matched to the plan),
+``find-seeds`` (seeds in a CT) and ``verify`` (found vs planned seeds).
+
+    seedplan find-needles --ct intraop.nrrd [--plan plan.json] [--roi seg --roi-segment GTV --margin 30]
+                          --out needles.csv [--deviations deviations.csv] [--report needles.json]
 
     seedplan find-seeds --ct post.nrrd [--roi seg.seg.nrrd --roi-segment GTV --margin 10]
                         [--expected N] (--sk U --model ID | --planned plan.csv) --out found.csv
@@ -20,6 +24,7 @@ from ..core.fileio import write_csv, write_json
 from ..physics.seeds import SEED_COLUMNS
 
 FOUND_COLUMNS = SEED_COLUMNS + ("confidence", "cluster_id", "seeds_in_cluster")
+FOUND_NEEDLE_EXTRA = ("entry_on", "confidence", "bend_mm", "diameter_mm", "gauge_measured")
 
 
 def roi_from_segmentation(path, segment, margin_mm, ct_geometry):
@@ -47,6 +52,84 @@ def roi_from_segmentation(path, segment, margin_mm, ct_geometry):
                             f"{np.round(lo, 1).tolist()} to {np.round(hi, 1).tolist()} mm, segment centre "
                             f"{np.round(st.centroid_ras(), 1).tolist()} mm): mismatched geometry")
     return mask, st.name
+
+
+def read_planned_needles(path):
+    """Planned needles from a plan file (its loaded needles, else all) or a needle CSV/JSON."""
+    from ..planning.needles import read_needles
+    if str(path).lower().endswith(".json"):
+        import json
+        try:
+            doc = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+        except (OSError, ValueError):
+            doc = None
+        if isinstance(doc, dict) and "seeds" in doc and "needles" in doc:
+            from ..planning.planfile import read_plan
+            plan = read_plan(path)
+            return plan.used_needles() or list(plan.needles)
+    return read_needles(path)
+
+
+def cmd_find_needles(args):
+    """Find the needles in an intra-operative CT; write the needle table (and deviations from the plan)."""
+    from .main import ProgressBar
+    from ..core.imageio import read_image
+    from ..imaging.needlefinder import find_needles
+    from ..planning.needle_match import DEVIATION_COLUMNS, match_needles
+    from ..planning.needles import NEEDLE_TABLE_COLUMNS
+    if args.min_length <= 0:
+        raise InputError(f"--min-length must be > 0 mm, got {args.min_length:g}")
+    if args.deviations and not args.plan:
+        raise InputError("--deviations needs --plan (the planned needles to compare with)")
+    ct, geometry = read_image(args.ct)
+    planned = read_planned_needles(args.plan) if args.plan else []
+    if planned:
+        tips = np.array([n.tip for n in planned])
+        entries = np.array([n.entry for n in planned])
+        if not (geometry.contains_ras(tips, margin_voxels=2.0).any() or geometry.contains_ras(entries, 2.0).any()):
+            lo, hi = geometry.bounds_ras()
+            raise GeometryError(f"the planned needles of {args.plan} do not overlap the CT {args.ct} (CT spans RAS "
+                                f"{np.round(lo, 1).tolist()} to {np.round(hi, 1).tolist()} mm, planned tips around "
+                                f"{np.round(tips.mean(axis=0), 1).tolist()} mm): plan and CT are not in one frame")
+    roi, roi_name = None, "whole CT"
+    if args.roi:
+        roi, roi_name = roi_from_segmentation(args.roi, args.roi_segment, args.margin, geometry)
+    elif args.roi_segment:
+        raise InputError("--roi-segment needs --roi SEGMENTATION")
+    bar = ProgressBar("find-needles", enabled=not args.quiet)
+    found = find_needles(ct, geometry, region_mask=roi, progress=bar, threshold_hu=args.threshold,
+                         expected_directions=[n.direction for n in planned] or None, min_length_mm=args.min_length)
+    if not found:
+        reasons = Counter(r["reason"].split(" (")[0] for r in found.rejected)
+        raise InputError(f"no needle found in {args.ct} ({roi_name}): metal above {found.threshold_hu:.0f} HU, but "
+                         + (("rejected as: " + ", ".join(f"{k} x{v}" for k, v in reasons.items())) if reasons
+                            else "no straight line of steel reaching the skin"))
+    matching = match_needles(found, planned, max_tip_mm=args.max_tip, max_angle_deg=args.max_angle)
+    needles = matching.needles()
+    extra = {m.number: m.found for m in matching.rows_ if m.found is not None}
+    rows = []
+    for n in needles:
+        r = n.table_row()
+        f = extra[n.number]
+        r.update(entry_on=f.entry_on, confidence=f"{f.confidence:.3f}", bend_mm=f"{f.bend_mm:.2f}",
+                 diameter_mm="" if f.diameter_mm is None else f"{f.diameter_mm:.2f}",
+                 gauge_measured="yes" if f.gauge_measured else "no")
+        rows.append(r)
+    cols = NEEDLE_TABLE_COLUMNS + FOUND_NEEDLE_EXTRA
+    write_csv(args.out, rows, cols)
+    if args.deviations:
+        write_csv(args.deviations, matching.rows(), DEVIATION_COLUMNS)
+    if args.report:
+        rep = found.summary()
+        rep.update({"ct": str(args.ct), "roi": roi_name, "plan": str(args.plan) if args.plan else None,
+                    "matching": matching.summary() if planned else None})
+        write_json(args.report, rep)
+    print(f"wrote {args.out}: {len(found)} needle(s) found (threshold {found.threshold_hu:.0f} HU, {roi_name})")
+    if planned:
+        print(matching.summary_line())
+    for w in found.warnings:
+        print(f"seedplan: warning: {w}", file=sys.stderr)
+    return 0
 
 
 def cmd_find_seeds(args):
@@ -176,7 +259,22 @@ def cmd_verify(args):
 
 
 def register(sub):
-    """Add ``find-seeds`` and ``verify``."""
+    """Add ``find-needles``, ``find-seeds`` and ``verify``."""
+    p = sub.add_parser("find-needles", help="find the needles in an intra-operative CT (and their deviations from the plan)")
+    p.add_argument("--ct", required=True, help="CT image (NRRD, NIfTI, MHA or a DICOM series folder)")
+    p.add_argument("--plan", help="plan file (plan.json) or needle CSV/JSON: planned needles to match (names, numbers)")
+    p.add_argument("--roi", help="segmentation holding the search region (needles must pass through it)")
+    p.add_argument("--roi-segment", help="segment of --roi (default PTV/CTV/GTV/Prostate/Target)")
+    p.add_argument("--margin", type=float, default=10.0, help="margin around the ROI segment in mm (default 10)")
+    p.add_argument("--threshold", type=float, help="needle metal threshold in HU (default automatic)")
+    p.add_argument("--min-length", type=float, default=20.0, help="shortest needle searched for, mm of steel (default 20)")
+    p.add_argument("--max-tip", type=float, default=20.0, help="largest planned-to-found tip distance matched, mm")
+    p.add_argument("--max-angle", type=float, default=15.0, help="largest planned-to-found angle matched, deg")
+    p.add_argument("--out", required=True, help="output needle CSV (the format --implanted-needles reads)")
+    p.add_argument("--deviations", help="output CSV of deviations from the plan (needs --plan)")
+    p.add_argument("--report", help="also write a JSON report (threshold, rejected objects, matching summary)")
+    p.set_defaults(func=cmd_find_needles)
+
     p = sub.add_parser("find-seeds", help="find the seeds in a post-implant or intra-operative CT")
     p.add_argument("--ct", required=True, help="CT image (NRRD, NIfTI, MHA or a DICOM series folder)")
     p.add_argument("--roi", help="segmentation (.seg.nrrd or labelmap) holding the search region")

@@ -487,7 +487,7 @@ NEEDLE_CSV_COLUMNS = ("entry_x_mm", "entry_y_mm", "entry_z_mm", "tip_x_mm", "tip
 
 
 def read_needles(path, gauge=DEFAULT_GAUGE, usable_length_mm=DEFAULT_USABLE_LENGTH_MM) -> list:
-    """Needles from a CSV (entry_x_mm .. tip_z_mm, optional name, gauge, usable_length_mm) or JSON file.
+    """Needles from a CSV (entry_x_mm .. tip_z_mm, optional number, name, gauge, usable_length_mm) or JSON file.
 
     JSON: a list of needle objects as in the plan file (curved catheters through
     ``control_points_ras_mm``), ``{"needles": [...]}``, or a plan file (its needles are taken).
@@ -537,7 +537,11 @@ def read_needles(path, gauge=DEFAULT_GAUGE, usable_length_mm=DEFAULT_USABLE_LENG
             t = [float(r[c]) for c in NEEDLE_CSV_COLUMNS[3:]]
             g = int(r.get("gauge") or gauge)
             ul = float(r.get("usable_length_mm") or usable_length_mm)
+            number = int(r.get("number") or line - 1)
         except (TypeError, ValueError) as exc:
             raise InputError(f"{path}: line {line}: not a number ({exc})") from None
-        out.append(Needle(line - 1, e, t, name=(r.get("name") or "").strip(), gauge=g, usable_length_mm=ul))
+        out.append(Needle(number, e, t, name=(r.get("name") or "").strip(), gauge=g, usable_length_mm=ul))
+    numbers = [n.number for n in out]
+    if len(set(numbers)) != len(numbers):
+        raise InputError(f"{path}: needle numbers repeat in the 'number' column")
     return out

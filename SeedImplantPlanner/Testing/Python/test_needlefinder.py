@@ -1,0 +1,198 @@
+"""Needle finder and needle matching on CTs made by the CT simulator (forward projection, beam
+hardening, photon starvation, FBP: streaks the finder did not draw itself)."""
+
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+
+from SeedImplantPlannerLib.core.errors import CancelledError, InputError
+from SeedImplantPlannerLib.core.imageio import read_image
+from SeedImplantPlannerLib.imaging import ctsim
+from SeedImplantPlannerLib.imaging.needlefinder import find_needles
+from SeedImplantPlannerLib.planning.needle_match import match_needles
+from SeedImplantPlannerLib.planning.needles import Needle
+
+
+def _truth_line(n):
+    tip, entry = np.asarray(n["tip_ras"], float), np.asarray(n["entry_ras"], float)
+    return tip, entry, (tip - entry) / np.linalg.norm(tip - entry)
+
+
+def _angle_deg(a, b):
+    return float(np.degrees(np.arccos(min(1.0, abs(float(np.dot(a, b)))))))
+
+
+def _nearest(found, tip, d):
+    return min(found, key=lambda n: np.linalg.norm(n.tip - tip) + 2.0 * _angle_deg(n.direction, d))
+
+
+class _Cases:
+    cases = {}
+
+    @classmethod
+    def case(cls, name):
+        if name not in cls.cases:
+            tmp = tempfile.mkdtemp(prefix="needlecase_")
+            ct_path, truth_path = ctsim.make_case(name, tmp)
+            ct, g = read_image(ct_path)
+            cls.cases[name] = (ct, g, ctsim.read_truth(truth_path))
+        return cls.cases[name]
+
+
+class TestNeedlesOnSimulatedCTs(unittest.TestCase):
+    """Targets of issue 9 on the simulator's intra-operative cases: tip within 2 mm, axis within 2 deg."""
+
+    def check_case(self, name, min_good):
+        """At least ``min_good`` needles inside the CT meet the targets; every needle found is a real one."""
+        ct, g, truth = _Cases.case(name)
+        found = find_needles(ct, g)
+        good = 0
+        for n in truth["needles"]:
+            tip, entry, d = _truth_line(n)
+            best = _nearest(found, tip, d)
+            if not n["tip_inside_ct"]:
+                continue
+            ok = (_angle_deg(best.direction, d) < 2.0 and np.linalg.norm(best.tip - tip) < 2.0
+                  and np.linalg.norm(best.entry - entry) < 3.0 and best.entry_on == "skin"
+                  and best.tip_on == "steel_end" and abs(best.depth_mm - n["inserted_depth_mm"]) < 3.0)
+            good += ok
+        self.assertGreaterEqual(good, min_good, f"{name}: {good} needles within 2 mm / 2 deg")
+        # no false needles: each found needle lies on a true one (streaks, bone, seeds are not needles)
+        for f in found:
+            on_true = any(_angle_deg(f.direction, _truth_line(n)[2]) < 5.0 and
+                          np.linalg.norm(np.cross(f.tip - _truth_line(n)[0], _truth_line(n)[2])) < 3.0
+                          for n in truth["needles"])
+            self.assertTrue(on_true, f"{name}: found needle at {np.round(f.tip, 1).tolist()} is no needle")
+            self.assertTrue(0.0 < f.confidence <= 1.0)
+            self.assertAlmostEqual(float(np.linalg.norm(f.direction)), 1.0, places=6)
+        return found
+
+    def test_one_mm_slices(self):
+        # 6 needles inside the CT (one bent 1.5 mm, a crossing pair, a seed touching N1) and N7 partly outside
+        found = self.check_case("intraop_1mm", min_good=6)
+        self.assertTrue(any("faint" in r["reason"] or "bone" in r["reason"] for r in found.rejected))
+        partly = [f for f in found if f.tip_on == "ct_edge"]
+        self.assertEqual(len(partly), 1)   # N7 runs out of the CT: tip on the CT edge
+
+    def test_oblique_gantry(self):
+        self.check_case("intraop_oblique", min_good=6)
+
+    def test_three_mm_slices(self):
+        # the 0.91 mm needle N4 lying across two 3 mm slices reaches under 1000 HU along most of its
+        # length, less than the bone cortex: at the detection limit, not claimed (docs/verification.md)
+        self.check_case("intraop_3mm", min_good=5)
+
+    def test_region_keeps_only_needles_through_it(self):
+        ct, g, truth = _Cases.case("intraop_1mm")
+        n1 = [n for n in truth["needles"] if n["name"] == "N1"][0]
+        tip, _, d = _truth_line(n1)
+        c = g.voxel_centers_ras(np.float32)
+        region = np.linalg.norm(c - (tip - 10.0 * d), axis=-1) <= 4.0
+        found = find_needles(ct, g, region_mask=region)
+        self.assertEqual(len(found), 1)
+        self.assertLess(np.linalg.norm(found[0].tip - tip), 2.0)
+        self.assertTrue(any(r["reason"] == "needle outside the search region" for r in found.rejected))
+
+    def test_progress_and_cancel(self):
+        ct, g, _ = _Cases.case("intraop_1mm")
+        seen = []
+        find_needles(ct, g, progress=lambda f, t: seen.append(f))
+        self.assertEqual(seen[-1], 1.0)
+        self.assertEqual(seen, sorted(seen))
+        with self.assertRaises(CancelledError):
+            find_needles(ct, g, progress=lambda f, t: f < 0.5)
+
+
+class TestNeedleFinderBadInput(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        g = ctsim._phantom_geometry(2.0, pixel_mm=1.0, n=100, z_mm=20.0)
+        cls.g = g
+        cls.plain, _, _ = ctsim.simulate_ct(ctsim.phantom_anatomy, g, rng_seed=3)
+        seeds = [{"center_ras": [x, 5.0, 0.0], "axis": [1.0, 0.0, 0.0], "model_id": "I125_OncoSeed_6711"}
+                 for x in (-20.0, -10.0, 0.0, 10.0)]
+        cls.seeds_only, _, _ = ctsim.simulate_ct(ctsim.phantom_anatomy, g, seeds=seeds, rng_seed=4)
+
+    def test_ct_without_metal(self):
+        # only bone is dense: no needle, and the bone edges are named as the reason
+        found = find_needles(self.plain, self.g)
+        self.assertEqual(len(found), 0)
+        self.assertTrue(any("no needle found" in w for w in found.warnings))
+        soft = np.clip(self.plain, -1024, 300)
+        with self.assertRaisesRegex(InputError, "no metal in the CT"):
+            find_needles(soft, self.g)
+
+    def test_ct_with_seeds_but_no_needle(self):
+        found = find_needles(self.seeds_only, self.g)
+        self.assertEqual(len(found), 0)
+        self.assertTrue(any("no needle found" in w for w in found.warnings))
+
+    def test_region_and_shapes(self):
+        with self.assertRaisesRegex(InputError, "region is empty"):
+            find_needles(self.seeds_only, self.g, region_mask=np.zeros(self.g.shape, bool))
+        with self.assertRaisesRegex(InputError, "does not match"):
+            find_needles(self.seeds_only, self.g, region_mask=np.ones((2, 2, 2), bool))
+        with self.assertRaisesRegex(InputError, "shape"):
+            find_needles(self.seeds_only[:-1], self.g)
+        with self.assertRaisesRegex(InputError, "directions"):
+            find_needles(self.seeds_only, self.g, expected_directions=[[0.0, 0.0, 0.0]])
+        with self.assertRaisesRegex(InputError, "look like HU"):
+            find_needles(self.seeds_only.astype(np.float32) + 3000.0, self.g)
+
+
+class TestNeedleMatching(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        ct, g, truth = _Cases.case("intraop_1mm")
+        cls.truth = [n for n in truth["needles"] if n["tip_inside_ct"]]
+        cls.found = find_needles(ct, g)
+
+    def planned(self, shift=(0.0, 0.0, 0.0), numbers=None):
+        out = []
+        for k, n in enumerate(self.truth):
+            tip, entry, _ = _truth_line(n)
+            out.append(Needle((numbers or {}).get(k, 101 + k), entry + shift, tip + shift, name=f"P{n['name']}"))
+        return out
+
+    def test_names_numbers_and_deviations(self):
+        shift = np.array([3.0, 0.0, 0.0])
+        m = match_needles(self.found, self.planned(shift))
+        self.assertEqual(len(m.matched), len(self.truth))
+        for row in m.matched:
+            self.assertEqual(row.name, "P" + next(n["name"] for n in self.truth
+                                                 if np.linalg.norm(np.asarray(n["tip_ras"]) + shift - row.planned.tip) < 1e-6))
+            self.assertAlmostEqual(row.dev["tip_mm"], 3.0, delta=2.0)
+            self.assertLess(row.dev["angle_deg"], 2.0)
+        needles = m.needles()
+        self.assertEqual([n.number for n in needles], [101 + k for k in range(len(self.truth))] + [
+            101 + len(self.truth) + k for k in range(len(m.unplanned))])
+        self.assertTrue(all(n.fixed and n.kind == "implanted" for n in needles))
+        self.assertIn(f"{len(self.truth)} of {len(self.truth)} planned found", m.summary_line())
+
+    def test_missing_and_unplanned(self):
+        planned = self.planned()
+        far = Needle(7, [0.0, 60.0, 0.0], [0.0, 30.0, 0.0], name="far")
+        m = match_needles(self.found, planned[1:] + [far])
+        self.assertEqual([r.name for r in m.missing], ["far"])
+        self.assertEqual(len(m.unplanned), len(self.found) - len(planned) + 1)
+        self.assertTrue(all(r.name.startswith("X") for r in m.unplanned))
+        rows = m.rows()
+        self.assertEqual({r["status"] for r in rows}, {"matched", "missing", "unplanned"})
+        self.assertIn("missing: far", m.summary_line())
+
+    def test_depth_sign(self):
+        # planned tips 4 mm short of the found ones along the needle: the needle went 4 mm deeper
+        planned = []
+        for k, n in enumerate(self.truth):
+            tip, entry, d = _truth_line(n)
+            planned.append(Needle(k + 1, entry, tip - 4.0 * d))
+        m = match_needles(self.found, planned)
+        for row in m.matched:
+            self.assertAlmostEqual(row.dev["depth_mm"], 4.0, delta=2.0)
+            self.assertLess(row.dev["entry_mm"], 3.0)
+
+
+if __name__ == "__main__":
+    unittest.main()
