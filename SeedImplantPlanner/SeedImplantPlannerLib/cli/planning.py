@@ -45,7 +45,14 @@ def cmd_plan(args):
     from ..planning.pipeline import plan_case
     from ..planning.planfile import write_plan_folder
     from ..physics.strength import check_strength_value
-    check_strength_value(args.strength, "seed strength")
+    from ..planning.targets import merge_specs, parse_target
+    specs = merge_specs([parse_target(t, args.unit) for t in args.target])
+    no_strength = [sp.name for sp in specs if sp.strength is None]
+    if args.strength is None and no_strength:
+        raise InputError(f"no seed strength for target(s) {', '.join(no_strength)}: give --strength or "
+                         "--target NAME:strength=VALUE")
+    for sp in specs:
+        check_strength_value(sp.strength if sp.strength is not None else args.strength, f"seed strength of {sp.name}")
     for name, value, low in (("--time-limit", args.time_limit, 0.0), ("--dose-spacing", args.dose_spacing, 0.0),
                              ("--template-spacing", args.template_spacing, 0.0), ("--seed-spacing", args.seed_spacing, 0.0)):
         if not value > low:
@@ -55,17 +62,31 @@ def cmd_plan(args):
             raise InputError(f"{name} is a percentage of the target volume between 0 and 100, got {value:g}")
     if not 0.0 < args.d90 <= 300.0:
         raise InputError(f"--d90 is a percentage of the prescription in (0, 300], got {args.d90:g}")
+    if args.d90_max is not None and not 0.0 < args.d90_max <= 300.0:
+        raise InputError(f"--d90-max is a percentage of the prescription in (0, 300], got {args.d90_max:g}")
+    if args.max_needles is not None and args.max_needles < 1:
+        raise InputError(f"--max-needles must be at least 1, got {args.max_needles}")
+    if not args.needle_clearance >= 0:
+        raise InputError(f"--needle-clearance must be >= 0 mm, got {args.needle_clearance:g}")
+    if not args.search_time > 0:
+        raise InputError(f"--search-time must be > 0 s, got {args.search_time:g}")
     if not args.anneal_iterations >= 1:
         raise InputError(f"--anneal-iterations must be >= 1, got {args.anneal_iterations}")
     if not args.needle_weight >= 0:
         raise InputError(f"--needle-weight must be >= 0, got {args.needle_weight:g}")
     if not args.margin >= 0:
         raise InputError(f"--margin must be >= 0 mm, got {args.margin:g}")
-    if args.prescription is None or not args.prescription > 0:
+    if args.prescription is not None and not args.prescription > 0:
         raise InputError(f"prescription dose must be > 0 Gy, got {args.prescription}")
+    missing = [sp.name for sp in specs if sp.prescription_Gy is None]
+    if args.prescription is None and missing:
+        raise InputError(f"no prescription dose for target(s) {', '.join(missing)}: give --prescription or "
+                         "--target NAME:rx=Gy")
     rules = LoadingRules(spacing_mm=args.seed_spacing, tip_offset_mm=args.tip_offset, target_margin_mm=args.target_margin,
                          min_distance_mm=args.min_distance, stranded=args.stranded)
-    goals = Goals(args.prescription, args.v100 / 100.0, args.d90 / 100.0, args.v150 / 100.0, args.v200 / 100.0)
+    rx = args.prescription if args.prescription is not None else specs[0].prescription_Gy
+    goals = Goals(rx, args.v100 / 100.0, args.d90 / 100.0, args.v150 / 100.0, args.v200 / 100.0, [],
+                  None if args.d90_max is None else args.d90_max / 100.0)
     oars = [parse_oar(o) for o in args.oar]
     needles = None
     if args.needles:
@@ -83,16 +104,30 @@ def cmd_plan(args):
     if mode == "freehand" and not needles:
         raise InputError("--needle-mode freehand needs --needles FILE (entry and tip of each needle)")
     bar = ProgressBar("plan", enabled=not args.quiet)
+    plan_goals = goals if args.prescription is not None else None
+    if plan_goals is None:
+        # no plan-wide prescription: every target brings its own, the command-line goals are its defaults
+        from ..planning.targets import TargetSpec
+        specs = [TargetSpec(**{**{k: getattr(sp, k) for k in sp.__dataclass_fields__},
+                               "v100": sp.v100 if sp.v100 is not None else goals.v100_min,
+                               "d90": sp.d90 if sp.d90 is not None else goals.d90_min_frac,
+                               "v150": sp.v150 if sp.v150 is not None else goals.v150_max,
+                               "v200": sp.v200 if sp.v200 is not None else goals.v200_max,
+                               "d90_max": sp.d90_max if sp.d90_max is not None else goals.d90_max_frac})
+                 for sp in specs]
     plan, dose, g = plan_case(
-        args.image, args.segmentation, args.target, oars=oars, forbidden=args.forbidden, body=args.body,
+        args.image, args.segmentation, None, targets=specs, oars=oars, forbidden=args.forbidden, body=args.body,
         dose_spacing_mm=args.dose_spacing, dose_engine=args.engine, progress=bar,
-        model_id=args.model, strength=args.strength, strength_unit=args.unit, reference_date=args.reference_date,
-        implant_date=args.implant_date, goals=goals, needle_mode=mode, direction=args.direction,
+        model_id=args.model, strength=args.strength if args.strength is not None else specs[0].strength,
+        strength_unit=args.unit, reference_date=args.reference_date,
+        implant_date=args.implant_date, goals=plan_goals, needle_mode=mode, direction=args.direction,
         template_spacing_mm=args.template_spacing, template_point=args.template_point, needles=needles,
         approach=args.approach, entry_center=args.entry, entry_radius_mm=args.entry_radius, rules=rules,
         obstacle_margin_mm=args.margin, method=args.method, time_limit_s=args.time_limit, rng_seed=args.random_seed,
         fixed_seeds=fixed, implanted_needles=implanted, allow_new_needles=not args.no_new_needles,
-        usable_length_mm=args.usable_length, gauge=args.gauge, formalism=args.formalism,
+        usable_length_mm=args.usable_length, gauge=args.gauge, formalism=args.formalism, max_needles=args.max_needles,
+        needle_clearance_mm=args.needle_clearance, allow_needle_crossing=args.allow_needle_crossing,
+        search_time_s=args.search_time,
         optimizer_options={"needle_weight": args.needle_weight, "anneal_iterations": args.anneal_iterations})
     written = write_plan_folder(args.out, plan, dose, g)
     from ..planning.planfile import plan_report
@@ -102,6 +137,9 @@ def cmd_plan(args):
     if failed or not plan.optimizer.get("goals_met", False):
         what = "; ".join(f"{r['goal']} {r['limit']:g}: got {('n/a' if r['value'] is None else format(r['value'], '.2f'))}"
                          for r in failed) or plan.optimizer.get("message", "")
+        for extra in plan.optimizer.get("unreachable", []) + ([plan.optimizer["message"]] if "needle limit" in
+                                                                plan.optimizer.get("message", "") else []):
+            what += f"; {extra}"
         print(f"seedplan: warning: goals not met ({what}); the best plan found was written to {args.out}",
               file=sys.stderr)
         return EXIT_GOALS_NOT_MET
@@ -175,18 +213,22 @@ def cmd_nomogram(args):
     return 0
 
 
-def _add_source_options(p):
+def _add_source_options(p, strength_required=True):
     p.add_argument("--model", default="I125_OncoSeed_6711", help="seed model id (see `seedplan sources`)")
-    p.add_argument("--strength", type=float, required=True, help="strength per seed (see --unit)")
+    p.add_argument("--strength", type=float, required=strength_required,
+                   help="strength per seed (see --unit)" + ("" if strength_required else
+                                                            "; the default of targets without strength="))
     p.add_argument("--unit", choices=("U", "mCi"), default="U", help="strength unit (default U = air-kerma strength)")
     p.add_argument("--reference-date", help="date the strength refers to (ISO), decayed to --implant-date")
     p.add_argument("--implant-date", help="implant date (ISO)")
 
 
-def _add_needle_options(p):
+def _add_needle_options(p, modes=("template", "freehand", "fan")):
     """Needle-path options shared by `seedplan plan` and `seedplan needles`."""
-    p.add_argument("--needle-mode", choices=("template", "freehand", "fan"), default="template",
-                   help="parallel template, free-hand needles from --needles, or automatic fan candidates")
+    p.add_argument("--needle-mode", choices=modes, default="template",
+                   help="parallel template, free-hand needles from --needles, automatic fan candidates"
+                        + (", or auto (the planner chooses templates or fans in several directions)" if "auto" in modes
+                           else ""))
     p.add_argument("--direction", default="P",
                    help="template insertion direction: R, L, A, P, S, I (the way the needle travels) or x,y,z")
     p.add_argument("--template-spacing", type=float, default=10.0, help="template hole / fan needle spacing, mm")
@@ -205,20 +247,31 @@ def register(sub):
     p = sub.add_parser("plan", help="plan needles and seeds (inverse planning) and write a plan folder")
     p.add_argument("--image", help="planning CT (NRRD, NIfTI, MHA or DICOM folder): checks the target lies inside it")
     p.add_argument("--segmentation", required=True, help="segmentation (.seg.nrrd or labelmap with names)")
-    p.add_argument("--target", required=True, help="target segment name")
+    p.add_argument("--target", required=True, action="append", metavar="NAME[:rx=Gy,strength=S,...]",
+                   help="target segment (repeatable: several targets in one implant), optionally with its own "
+                        "prescription and strength and goals: rx=Gy, strength=VALUE (in --unit), v100=%%, d90=%%, "
+                        "v150=%%, v200=%%, d90max=%%")
     p.add_argument("--oar", action="append", default=[], metavar="NAME[:LIMITS]",
                    help="organ at risk with optional limits, e.g. Bowel:D2cc=100,Dmax=200 (repeatable)")
     p.add_argument("--forbidden", nargs="+", default=[], metavar="NAME",
                    help="structures no needle may cross (bone, vessels, bowel, nerves, ...)")
     p.add_argument("--body", help="body (skin) segment: template placement on the skin, fan entries")
     p.add_argument("--margin", type=float, default=5.0, help="safety margin around forbidden structures, mm (default 5)")
-    _add_source_options(p)
-    p.add_argument("--prescription", type=float, required=True, help="prescription dose, Gy (full decay)")
+    _add_source_options(p, strength_required=False)
+    p.add_argument("--prescription", type=float,
+                   help="prescription dose, Gy (full decay); the default of targets without rx=")
     p.add_argument("--v100", type=float, default=95.0, help="goal: V100 >= this %% of the target (default 95)")
     p.add_argument("--d90", type=float, default=100.0, help="goal: D90 >= this %% of prescription (default 100)")
     p.add_argument("--v150", type=float, default=60.0, help="soft goal: V150 <= this %% (default 60)")
     p.add_argument("--v200", type=float, default=20.0, help="soft goal: V200 <= this %% (default 20)")
-    _add_needle_options(p)
+    p.add_argument("--d90-max", type=float, help="soft goal: D90 <= this %% of prescription (default: none)")
+    _add_needle_options(p, modes=("template", "freehand", "fan", "auto"))
+    p.add_argument("--max-needles", type=int, help="at most this many new needles (default: no limit)")
+    p.add_argument("--needle-clearance", type=float, default=3.0,
+                   help="minimum distance between two needles' surfaces inside the patient, mm (default 3)")
+    p.add_argument("--allow-needle-crossing", action="store_true", help="let needles pass closer than the clearance")
+    p.add_argument("--search-time", type=float, default=20.0,
+                   help="auto mode: time budget of the direction search, s (default 20)")
     p.add_argument("--seed-spacing", type=float, default=10.0, help="seed spacing along a needle, mm (10 or 5)")
     p.add_argument("--tip-offset", type=float, default=5.0, help="first seed centre from the needle tip, mm")
     p.add_argument("--target-margin", type=float, default=0.0, help="seeds allowed this far outside the target, mm")
@@ -230,7 +283,7 @@ def register(sub):
     p.add_argument("--anneal-iterations", type=int, default=40000,
                    help="annealing iterations (default 40000; more can save a few seeds, see docs/planning.md)")
     p.add_argument("--needle-weight", type=float, default=1.0,
-                   help="how many seeds one more needle is worth to the optimiser (default 1)")
+                   help="how many seeds one more needle is worth to the optimiser (default 1; see docs/planning.md)")
     p.add_argument("--fixed-seeds", help="re-planning: seeds already implanted (seeds CSV, plan JSON or brachy RT Plan .dcm)")
     p.add_argument("--implanted-needles", help="re-planning: needles as the intra-operative CT shows them (CSV/JSON)")
     p.add_argument("--no-new-needles", action="store_true", help="re-planning: load only the implanted needles")

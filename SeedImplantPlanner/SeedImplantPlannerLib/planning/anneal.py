@@ -15,17 +15,26 @@ from ..core import progress as _progress
 from .problem import PlanningProblem, conflict_lists
 
 
+#: Weight of the soft-goal excess (fraction of a target above a soft limit) in the annealing cost.
+#: Coverage shortfall weighs 200 per unit fraction and all seeds together about 1, so a soft goal
+#: gives way to the hard goals but wins over the seed count: soft goals are met whenever feasible.
+SOFT_WEIGHT = 20.0
+HOT_SLOPE = 0.5
+
+
 def solve_anneal(prob: PlanningProblem, x0, time_limit_s=6.0, needle_weight=1.0, rng_seed=0, n_iter=40000,
-                 progress=None, seed_ref=None, buffer=0.01):
-    """Selection (C,) from simulated annealing started at ``x0``; returns (x, status text)."""
-    g = prob.goals
+                 progress=None, seed_ref=None, buffer=0.01, soft_weight=SOFT_WEIGHT):
+    """Selection (C,) from simulated annealing started at ``x0``; returns (x, status text).
+
+    ``x0`` must respect the needle limit and the needle clearance (:func:`optimizer.feasible_start`);
+    moves that would break either are never taken.
+    """
     rng = np.random.default_rng(rng_seed)
     C = prob.n_candidates
     Dt = np.ascontiguousarray(prob.D_opt.T)  # (C, N)
-    rx = g.prescription_Gy
-    levels = g.coverage_levels()
-    n_pts = Dt.shape[1]
     nbrs = conflict_lists(prob)
+    nconf = prob.needle_conflict_lists()
+    max_needles = prob.max_needles
     oar_D = [np.ascontiguousarray(o.D[o.constrained].T) for o in prob.oars]
     oar_f = [o.fixed[o.constrained] for o in prob.oars]
     oar_lim = [o.limit_Gy for o in prob.oars]
@@ -33,22 +42,32 @@ def solve_anneal(prob: PlanningProblem, x0, time_limit_s=6.0, needle_weight=1.0,
     w_seed = 1.0 / seed_ref
     w_needle = needle_weight / seed_ref
 
-    inv_levels = [(1.0 / lvl, frac) for lvl, frac in levels]
-    hot1, hot2 = 1.5 * rx, 2.0 * rx
-    inv_n = 1.0 / n_pts
+    # per target: its rows, coverage levels (1 / level, fraction), soft limits (level, fraction), 1 / N
+    parts = []
+    for b in prob.blocks():
+        n_b = max(1, b.opt.stop - b.opt.start)
+        parts.append((b.opt, [(1.0 / lvl, frac) for lvl, frac in b.goals.coverage_levels()],
+                      [(lvl, frac) for _, lvl, frac in b.goals.soft_limits()],
+                      (1.5 * b.goals.prescription_Gy, 2.0 * b.goals.prescription_Gy), 1.0 / n_b))
 
     def cost(d, od, nseeds, nneedles):
         c = 0.0
-        for inv, frac in inv_levels:
-            u = d * inv
-            cov = np.count_nonzero(u >= 1.0) * inv_n
-            c += 200.0 * max(0.0, frac + buffer - cov)
-            np.subtract(1.0, u, out=u)
-            np.maximum(u, 0.0, out=u)
-            c += 2.0 * float(u.sum()) * inv_n
-        v150 = np.count_nonzero(d >= hot1) * inv_n
-        v200 = np.count_nonzero(d >= hot2) * inv_n
-        c += 0.1 * (v150 + v200) + 2.0 * (max(0.0, v150 - g.v150_max) + max(0.0, v200 - g.v200_max))
+        for rows, inv_levels, soft, (hot1, hot2), inv_n in parts:
+            db = d[rows]
+            for inv, frac in inv_levels:
+                u = db * inv
+                cov = np.count_nonzero(u >= 1.0) * inv_n
+                c += 200.0 * max(0.0, frac + buffer - cov)
+                np.subtract(1.0, u, out=u)
+                np.maximum(u, 0.0, out=u)
+                c += 2.0 * float(u.sum()) * inv_n
+            c += 0.1 * (np.count_nonzero(db >= hot1) + np.count_nonzero(db >= hot2)) * inv_n
+            for lvl, frac in soft:
+                over = np.count_nonzero(db >= lvl) * inv_n - frac
+                if over > 0:
+                    # the excess fraction, and how far the dose runs over the soft level (a slope the
+                    # search can follow where single moves do not change the count)
+                    c += soft_weight * (over + HOT_SLOPE * float(np.maximum(db - lvl, 0.0).sum()) * inv_n / lvl)
         for dd, lim in zip(od, oar_lim):
             excess = dd - lim
             c += 20.0 * float(excess[excess > 0].sum()) / lim
@@ -62,6 +81,7 @@ def solve_anneal(prob: PlanningProblem, x0, time_limit_s=6.0, needle_weight=1.0,
     od = [f + Dk[x].sum(axis=0) for f, Dk in zip(oar_f, oar_D)]
     n_seeds = int(x.sum())
     needle_total = float(np.sum((per_needle > 0) * ncost))
+    costly = int(np.count_nonzero((per_needle > 0) & (ncost > 0)))
     cur = cost(d, od, n_seeds, needle_total)
     best, best_x = cur, x.copy()
     t0 = time.monotonic()
@@ -96,6 +116,18 @@ def solve_anneal(prob: PlanningProblem, x0, time_limit_s=6.0, needle_weight=1.0,
                 continue
         if add >= 0 and any(x[k] and k != rem for k in nbrs[add]):
             continue
+        dcostly = 0
+        if add >= 0 and per_needle[nidx[add]] == 0 and not (rem >= 0 and nidx[rem] == nidx[add]):
+            na = nidx[add]
+            # needle clearance: a new needle may not pass too close to a needle in use (the one
+            # being emptied by this move excepted)
+            if any(per_needle[m] > 0 and not (rem >= 0 and m == nidx[rem] and per_needle[m] == 1) for m in nconf[na]):
+                continue
+            dcostly += ncost[na] > 0
+        if rem >= 0 and per_needle[nidx[rem]] == 1 and not (add >= 0 and nidx[add] == nidx[rem]):
+            dcostly -= ncost[nidx[rem]] > 0
+        if max_needles is not None and dcostly > 0 and costly + dcostly > max_needles:
+            continue
         dn, odn = d, od
         dneedle = 0.0
         if rem >= 0:
@@ -119,6 +151,7 @@ def solve_anneal(prob: PlanningProblem, x0, time_limit_s=6.0, needle_weight=1.0,
                 per_needle[nidx[add]] += 1
             d, od, cur, n_seeds = dn, odn, new, ns
             needle_total += dneedle
+            costly += dcostly
             on = np.flatnonzero(x)
             if cur < best:
                 best, best_x = cur, x.copy()

@@ -57,18 +57,27 @@ from .mip import solve_mip
 from .problem import PlanningProblem, OptimResult, conflict_lists, dose_at_volume, target_summary
 
 METHODS = ("mip", "anneal", "greedy")
+#: How many seeds one more needle is worth to the optimiser by default (see docs/planning.md).
+DEFAULT_NEEDLE_WEIGHT = 1.0
 
 
 def _check_goals(prob: PlanningProblem, x, buffer):
-    """(met, unmet messages, summary) of selection ``x`` on the check sample."""
-    g = prob.goals
+    """(met, unmet messages, summary) of selection ``x`` on the check sample (hard goals only)."""
     d = prob.fixed_chk + prob.D_chk @ x
-    s = target_summary(d, g.prescription_Gy)
+    blocks = prob.blocks()
+    many = len(blocks) > 1
+    s = {}
     unmet = []
-    for lvl, frac in g.coverage_levels():
-        cov = float(np.mean(d >= lvl - 1e-6))
-        if cov < frac + buffer:
-            unmet.append(f"target coverage at {lvl:.1f} Gy is {100 * cov:.1f}% (goal {100 * frac:.0f}%)")
+    for b in blocks:
+        g = b.goals
+        db = d[b.chk]
+        summ = target_summary(db, g.prescription_Gy)
+        s.update({(f"{b.name}_{k}" if many else k): v for k, v in summ.items()})
+        who = f"target {b.name}" if many else "target"
+        for lvl, frac in g.coverage_levels():
+            cov = float(np.mean(db >= lvl - 1e-6))
+            if cov < frac + buffer:
+                unmet.append(f"{who} coverage at {lvl:.1f} Gy is {100 * cov:.1f}% (goal {100 * frac:.0f}%)")
     for o in prob.oars:
         do = o.fixed + o.D @ x
         v = dose_at_volume(do, o.voxel_cc, o.volume_cc)
@@ -78,6 +87,92 @@ def _check_goals(prob: PlanningProblem, x, buffer):
     return not unmet, unmet, s
 
 
+def soft_report(prob: PlanningProblem, x):
+    """Soft goals (V150, V200, D90 upper bound) of selection ``x`` on the check sample.
+
+    Rows ``{target, goal, value, limit, met, excess}`` in percent of the target volume (V150,
+    V200) or of the prescription (D90 upper bound); ``excess`` is how far an unmet goal is over
+    its limit, in the same unit.
+    """
+    d = prob.fixed_chk + prob.D_chk @ x
+    rows = []
+    for b in prob.blocks():
+        g = b.goals
+        db = d[b.chk]
+        for label, lvl, frac in g.soft_limits():
+            if label == "D90max":
+                value = 100.0 * float(np.percentile(db, 10.0)) / g.prescription_Gy if len(db) else 0.0
+                limit = 100.0 * g.d90_max_frac
+                name = "D90 <= % Rx"
+            else:
+                value = 100.0 * float(np.mean(db >= lvl - 1e-6)) if len(db) else 0.0
+                limit = 100.0 * frac
+                name = f"{label} <= %"
+            rows.append({"target": b.name, "goal": name, "value": round(value, 2), "limit": round(limit, 2),
+                         "met": bool(value <= limit + 1e-9), "excess": round(max(0.0, value - limit), 2)})
+    return rows
+
+
+class _Feasibility:
+    """Which free candidates may be loaded next: seed conflicts, needle clearance, the needle limit."""
+
+    def __init__(self, prob: PlanningProblem, x):
+        self.prob = prob
+        self.nbrs = conflict_lists(prob)
+        self.nconf = prob.needle_conflict_lists()
+        self.per_needle = np.bincount(prob.needle_index[np.asarray(x) > 0.5], minlength=prob.n_needles)
+
+    def costly_used(self):
+        """Needles in use that count against the needle limit (new needles)."""
+        return int(np.count_nonzero((self.per_needle > 0) & (self.prob.needle_cost > 0)))
+
+    def free(self, x):
+        """Indices of candidates that could be added to ``x`` now."""
+        prob = self.prob
+        at_limit = prob.max_needles is not None and self.costly_used() >= prob.max_needles
+        out = []
+        for j in np.flatnonzero(np.asarray(x) < 0.5):
+            if any(x[k] > 0.5 for k in self.nbrs[j]):
+                continue
+            n = prob.needle_index[j]
+            if self.per_needle[n] == 0:
+                if at_limit and prob.needle_cost[n] > 0:
+                    continue
+                if any(self.per_needle[m] > 0 for m in self.nconf[n]):
+                    continue
+            out.append(j)
+        return np.asarray(out, dtype=int)
+
+    def add(self, j):
+        self.per_needle[self.prob.needle_index[j]] += 1
+
+    def remove(self, j):
+        self.per_needle[self.prob.needle_index[j]] -= 1
+
+
+def feasible_start(prob: PlanningProblem, x):
+    """``x`` restricted so that it respects the needle limit and the needle clearance.
+
+    Needles are kept in order of their number of loaded candidates (most first, then index), each
+    only if it does not pass too close to a needle already kept and the limit allows it.
+    """
+    x = np.asarray(x, dtype=float).copy()
+    per = np.bincount(prob.needle_index[x > 0.5], minlength=prob.n_needles)
+    nconf = prob.needle_conflict_lists()
+    keep = np.zeros(prob.n_needles, dtype=bool)
+    costly = 0
+    for n in sorted(np.flatnonzero(per > 0), key=lambda n: (prob.needle_cost[n] > 0, -per[n], n)):
+        if any(keep[m] for m in nconf[n]):
+            continue
+        if prob.needle_cost[n] > 0:
+            if prob.max_needles is not None and costly >= prob.max_needles:
+                continue
+            costly += 1
+        keep[n] = True
+    x[~keep[prob.needle_index]] = 0.0
+    return x
+
+
 def _oar_ok(prob, x):
     for o in prob.oars:
         if dose_at_volume(o.fixed + o.D @ x, o.voxel_cc, o.volume_cc) > o.limit_Gy + 1e-6:
@@ -85,39 +180,56 @@ def _oar_ok(prob, x):
     return True
 
 
-def polish(prob: PlanningProblem, x, buffer=0.01, deadline=None, progress=None):
-    """Repair coverage on the check sample, then remove seeds while every goal still holds.
+def polish(prob: PlanningProblem, x, buffer=0.01, deadline=None, progress=None, needle_weight=DEFAULT_NEEDLE_WEIGHT):
+    """Repair coverage on the check sample, remove seeds while every goal holds, empty needles, trade hot spots.
 
-    Returns (x, cut): ``cut`` is True when the deadline stopped the polish early.
+    Needle stage: each new needle in use (fewest seeds first) is emptied and coverage repaired with
+    the needles still in use; the change is kept when every hard goal holds, the soft-goal excess
+    and the hot volumes (V150, V200, ...) do not grow and seeds + ``needle_weight`` x needles drops. The last stage swaps seeds (remove the one that pushes the most points over a soft limit, add
+    the free candidate that keeps the hard goals with the least soft excess) while that lowers the
+    soft-goal excess. Returns (x, cut): ``cut`` is True when the deadline stopped the polish early.
     """
     x = np.asarray(x, dtype=float).copy()
-    g = prob.goals
-    levels = g.coverage_levels()
-    nbrs = conflict_lists(prob)
+    blocks = prob.blocks()
+    feas = _Feasibility(prob, x)
     D = prob.D_chk
     d = prob.fixed_chk + D @ x
-    n_chk = len(d)
-    need = {lvl: int(math.ceil((frac + buffer) * n_chk - 1e-9)) for lvl, frac in levels}
+    rows = [np.arange(len(d))[b.chk] for b in blocks]
+    need = [[(lvl, int(math.ceil((frac + buffer) * len(r) - 1e-9))) for lvl, frac in b.goals.coverage_levels()]
+            for b, r in zip(blocks, rows)]
+    soft = [[(lvl, int(math.floor(frac * len(r) + 1e-9))) for _, lvl, frac in b.goals.soft_limits()]
+            for b, r in zip(blocks, rows)]
 
     def short(dd):
-        return sum(max(0, need[lvl] - int(np.count_nonzero(dd >= lvl - 1e-6))) for lvl, _ in levels)
+        return sum(max(0, k - int(np.count_nonzero(dd[r] >= lvl - 1e-6))) for r, nb in zip(rows, need) for lvl, k in nb)
 
-    # repair: greedy coverage gain, respecting conflicts and OAR limits
+    def soft_excess(dd):
+        return sum(max(0, int(np.count_nonzero(dd[r] >= lvl - 1e-6)) - k) / max(len(r), 1)
+                   for r, sb in zip(rows, soft) for lvl, k in sb)
+
+    def hot_volume(dd):
+        return sum(np.count_nonzero(dd[r] >= lvl - 1e-6) / max(len(r), 1) for r, sb in zip(rows, soft) for lvl, _ in sb)
+
+    def expired():
+        return deadline is not None and time.monotonic() > deadline
+
+    # repair: greedy coverage gain, respecting conflicts, needle rules and OAR limits
     cut = False
     guard = 0
     while short(d) > 0 and guard < prob.n_candidates:
         guard += 1
-        free = np.flatnonzero(x < 0.5)
-        free = np.array([j for j in free if not any(x[k] > 0.5 for k in nbrs[j])], dtype=int)
+        free = feas.free(x)
         if not len(free):
             break
         gain = np.zeros(len(free))
-        for lvl, _ in levels:
-            under = d < lvl - 1e-6
-            if not under.any():
-                continue
-            gain += np.count_nonzero((d[under, None] + D[np.ix_(under, free)]) >= lvl - 1e-6, axis=0)
-            gain += 1e-3 * np.minimum(D[np.ix_(under, free)], lvl).sum(axis=0) / lvl
+        for r, nb in zip(rows, need):
+            for lvl, k in nb:
+                under = r[d[r] < lvl - 1e-6]
+                if not len(under) or np.count_nonzero(d[r] >= lvl - 1e-6) >= k:
+                    continue
+                sub = D[np.ix_(under, free)]
+                gain += np.count_nonzero((d[under, None] + sub) >= lvl - 1e-6, axis=0)
+                gain += 1e-3 * np.minimum(sub, lvl).sum(axis=0) / lvl
         added = False
         for j in free[np.argsort(-gain, kind="stable")]:
             x[j] = 1.0
@@ -125,45 +237,147 @@ def polish(prob: PlanningProblem, x, buffer=0.01, deadline=None, progress=None):
                 x[j] = 0.0
                 continue
             d += D[:, j]
+            feas.add(j)
             added = True
             break
         if not added:
             break
-        if deadline is not None and time.monotonic() > deadline:
+        if expired():
             cut = True
             break
     _progress.report(progress, 0.5, "plan: polishing")
     # prune: remove the least useful seed while the goals hold
     if short(d) == 0:
         improved = True
-        while improved:
+        while improved and not cut:
             improved = False
             on = np.flatnonzero(x > 0.5)
             # remove first the seeds whose absence leaves the most margin (largest remaining coverage)
-            lvl0 = levels[0][0] if levels else g.prescription_Gy
-            loss = np.array([np.count_nonzero((d >= lvl0 - 1e-6) & (d - D[:, j] < lvl0 - 1e-6)) for j in on])
-            hot = np.array([np.count_nonzero(d >= 1.5 * g.prescription_Gy) - np.count_nonzero(
-                d - D[:, j] >= 1.5 * g.prescription_Gy) for j in on])
+            loss = np.zeros(len(on))
+            hot = np.zeros(len(on))
+            for b, r in zip(blocks, rows):
+                lvl0 = b.goals.coverage_levels()[0][0] if b.goals.coverage_levels() else b.goals.prescription_Gy
+                h = 1.5 * b.goals.prescription_Gy
+                dr = d[r][:, None]
+                Dr = D[np.ix_(r, on)]
+                loss += np.count_nonzero((dr >= lvl0 - 1e-6) & (dr - Dr < lvl0 - 1e-6), axis=0)
+                hot += np.count_nonzero((dr >= h) & (dr - Dr < h), axis=0)
             for j in on[np.lexsort((-hot, loss))]:
                 dn = d - D[:, j]
                 if short(dn) == 0:
                     x[j] = 0.0
                     d = dn
+                    feas.remove(j)
                     improved = True
-                if deadline is not None and time.monotonic() > deadline:
+                if expired():
                     improved = False
                     cut = True
                     break
+    # empty needles: fewer, longer-loaded needles when the goals allow it
+    if short(d) == 0 and not cut and needle_weight > 0:
+        _progress.report(progress, 0.65, "plan: fewer needles")
+        for n in sorted(np.flatnonzero((feas.per_needle > 0) & (prob.needle_cost > 0)),
+                        key=lambda n: (feas.per_needle[n], n)):
+            if expired():
+                cut = True
+                break
+            mine = np.flatnonzero((x > 0.5) & (prob.needle_index == n))
+            if not len(mine):
+                continue
+            x2 = x.copy()
+            x2[mine] = 0.0
+            d2 = d - D[:, mine].sum(axis=1)
+            f2 = _Feasibility(prob, x2)
+            ok = True
+            while short(d2) > 0:
+                free = np.asarray([j for j in f2.free(x2) if f2.per_needle[prob.needle_index[j]] > 0], dtype=int)
+                if not len(free):
+                    ok = False
+                    break
+                gain = np.zeros(len(free))
+                for r, nb in zip(rows, need):
+                    for lvl, k in nb:
+                        under = r[d2[r] < lvl - 1e-6]
+                        if len(under) and np.count_nonzero(d2[r] >= lvl - 1e-6) < k:
+                            gain += np.count_nonzero((d2[under, None] + D[np.ix_(under, free)]) >= lvl - 1e-6, axis=0)
+                if gain.max() <= 0:
+                    ok = False
+                    break
+                j = int(free[int(np.argmax(gain))])
+                x2[j] = 1.0
+                f2.add(j)
+                d2 += D[:, j]
+                if x2.sum() > x.sum() + needle_weight:
+                    ok = False
+                    break
+            if not ok or (prob.oars and not _oar_ok(prob, x2)) or soft_excess(d2) > soft_excess(d) + 1e-12 \
+                    or hot_volume(d2) > hot_volume(d) + 1e-12:
+                continue
+            if x2.sum() + needle_weight * f2.costly_used() < x.sum() + needle_weight * feas.costly_used() - 1e-9:
+                x, d, feas = x2, d2, f2
+    # trade hot spots: swaps that lower the soft-goal excess while every hard goal holds
+    if short(d) == 0 and soft_excess(d) > 0 and not cut:
+        _progress.report(progress, 0.8, "plan: hot spots")
+        tabu = set()
+        while soft_excess(d) > 0 and not expired():
+            on = [j for j in np.flatnonzero(x > 0.5) if j not in tabu]
+            if not on:
+                break
+            push = np.zeros(len(on))
+            for r, sb in zip(rows, soft):
+                Dr = D[np.ix_(r, on)]
+                for lvl, k in sb:
+                    if np.count_nonzero(d[r] >= lvl - 1e-6) > k:
+                        push += np.count_nonzero((d[r][:, None] >= lvl - 1e-6) & (d[r][:, None] - Dr < lvl - 1e-6), axis=0)
+            j = on[int(np.argmax(push))]
+            if push.max() <= 0:
+                break
+            tabu.add(j)
+            cur = soft_excess(d)
+            x[j] = 0.0
+            feas.remove(j)
+            dn = d - D[:, j]
+            free = np.asarray([k for k in feas.free(x) if k != j], dtype=int)
+            best = None
+            if short(dn) == 0:
+                best = (soft_excess(dn), -1)
+            if len(free):
+                trial = dn[:, None] + D[:, free]
+                for i_k in np.argsort(-D[:, free].sum(axis=0), kind="stable")[:200]:
+                    col = trial[:, i_k]
+                    if short(col) == 0:
+                        se = soft_excess(col)
+                        if best is None or se < best[0] - 1e-12:
+                            best = (se, int(free[i_k]))
+            if best is not None and best[0] < cur - 1e-12:
+                if best[1] >= 0:
+                    x[best[1]] = 1.0
+                    if prob.oars and not _oar_ok(prob, x):
+                        x[best[1]] = 0.0
+                        x[j] = 1.0
+                        feas.add(j)
+                        continue
+                    feas.add(best[1])
+                    d = dn + D[:, best[1]]
+                else:
+                    d = dn
+            else:
+                x[j] = 1.0
+                feas.add(j)
+        if expired() and soft_excess(d) > 0:
+            cut = True
     return x, cut
 
 
-def optimize(prob: PlanningProblem, method="anneal", time_limit_s=8.0, rng_seed=0, needle_weight=1.0,
+def optimize(prob: PlanningProblem, method="anneal", time_limit_s=8.0, rng_seed=0, needle_weight=DEFAULT_NEEDLE_WEIGHT,
              coverage_buffer=0.01, x_start=None, mip_points=600, anneal_iterations=40000, progress=None) -> OptimResult:
     """Choose the loaded candidates with ``method`` ('mip', 'anneal' or 'greedy'), then polish."""
     if method not in METHODS:
         raise InputError(f"unknown optimisation method {method!r} (use one of {', '.join(METHODS)})")
     if not (math.isfinite(time_limit_s) and time_limit_s > 0):
         raise InputError(f"time limit must be > 0 s, got {time_limit_s}")
+    if prob.max_needles is not None and prob.max_needles < 1:
+        raise InputError(f"the needle limit must be at least 1, got {prob.max_needles}")
     t0 = time.monotonic()
     deadline = t0 + time_limit_s
     C = prob.n_candidates
@@ -174,6 +388,7 @@ def optimize(prob: PlanningProblem, method="anneal", time_limit_s=8.0, rng_seed=
     start = np.ones(C) if x_start is None else np.asarray(x_start, float)
     if x_start is None and len(prob.conflicts):
         start = _uniform_from_conflicts(prob)
+    start = feasible_start(prob, start)
     _progress.report(progress, 0.05, f"plan: {method} search")
     status = ""
     if method == "mip":
@@ -191,18 +406,22 @@ def optimize(prob: PlanningProblem, method="anneal", time_limit_s=8.0, rng_seed=
         x, status = start, "greedy prune of uniform loading"
     _progress.report(progress, 0.8, "plan: polishing")
     x, cut = polish(prob, x, buffer=coverage_buffer, deadline=deadline + 0.25 * time_limit_s,
-                    progress=_progress.scaled(progress, 0.8, 0.98))
+                    progress=_progress.scaled(progress, 0.8, 0.98), needle_weight=needle_weight)
     if cut:
         status += "; polish stopped by the time limit"
     ok, unmet, s = _check_goals(prob, x, 0.0)
     s["n_seeds"] = int(x.sum())
     s["n_needles"] = int(len(np.unique(prob.needle_index[x > 0.5])))
+    s["soft_goals"] = soft_report(prob, x)
     msg = "all goals met on the sampled points" if ok else "goals not met: " + "; ".join(unmet) + \
         " (the best plan found is returned)"
-    if not ok and any(u.startswith("target coverage") for u in unmet):
-        nbrs = conflict_lists(prob)
-        free = [j for j in np.flatnonzero(x < 0.5) if not any(x[k] > 0.5 for k in nbrs[j])]
-        if not free:
+    if not ok and any(" coverage at " in u for u in unmet):
+        feas = _Feasibility(prob, x)
+        free = feas.free(x)
+        if prob.max_needles is not None and feas.costly_used() >= prob.max_needles:
+            msg += (f"; the needle limit ({prob.max_needles} new needles) is reached: no plan with this many needles "
+                    "was found to meet the coverage goals; allow more needles")
+        elif not len(free):
             msg += (f"; every one of the {C} candidate positions that the spacing rules allow is loaded: add needles "
                     "(smaller template spacing, another direction) or allow seeds in a margin around the target")
         elif prob.oars:

@@ -18,9 +18,10 @@ from ..core import progress as _progress
 from ..core.errors import InputError
 from .loading import LoadingRules, TargetRegion, candidate_positions, uniform_loading
 from .needles import Needle, mask_points
-from .optimizer import optimize
+from .clearance import DEFAULT_CLEARANCE_MM
+from .optimizer import DEFAULT_NEEDLE_WEIGHT, optimize
 from .planfile import Plan
-from .problem import Goals, OARConstraint, build_problem
+from .problem import Goals, OARConstraint
 from ..physics.seeds import SeedSet
 
 DEFAULT_MODEL = "I125_OncoSeed_6711"
@@ -45,25 +46,6 @@ def parse_direction(text):
     return v / np.linalg.norm(v)
 
 
-def _jittered_points(mask, geometry, n, rng):
-    """``n`` random points inside ``mask`` voxels (uniform within each chosen voxel), RAS mm."""
-    k, j, i = np.nonzero(mask)
-    idx = rng.choice(len(i), size=n, replace=len(i) < n)
-    ijk = np.stack([i[idx], j[idx], k[idx]], axis=1).astype(float) + rng.uniform(-0.5, 0.5, size=(n, 3))
-    return geometry.ijk_to_ras(ijk)
-
-
-def _mask_points_near(mask, geometry, points, margin_mm):
-    """Voxel centres of ``mask`` inside the index box around ``points`` grown by ``margin_mm``."""
-    ijk = geometry.ras_to_ijk(points)
-    pad = np.ceil(margin_mm / np.asarray(geometry.spacing)).astype(int) + 1
-    lo = np.maximum(np.floor(ijk.min(axis=0)).astype(int) - pad, 0)
-    hi = np.minimum(np.ceil(ijk.max(axis=0)).astype(int) + pad, np.asarray(geometry.size) - 1)
-    sub = mask[lo[2]:hi[2] + 1, lo[1]:hi[1] + 1, lo[0]:hi[0] + 1]
-    k, j, i = np.nonzero(sub)
-    return geometry.ijk_to_ras(np.stack([i + lo[0], j + lo[1], k + lo[2]], axis=1).astype(float))
-
-
 def _source_dict(model, strength_U, strength_value, strength_unit, reference_date, implant_date):
     return {"model": model.model_id, "nuclide": model.nuclide, "strength_U": float(strength_U),
             "strength_entered": {"value": float(strength_value), "unit": strength_unit},
@@ -72,32 +54,55 @@ def _source_dict(model, strength_U, strength_value, strength_unit, reference_dat
             "half_life_days": model.half_life_days, "U_per_mCi": model.u_per_mci}
 
 
-def plan_from_masks(geometry, masks: dict, target: str, *, oars=(), forbidden=(), body=None,
-                    model_id=DEFAULT_MODEL, strength=0.5, strength_unit="U", reference_date=None, implant_date=None,
-                    prescription_Gy=None, goals: Goals | None = None, needle_mode="template", direction="P",
-                    template_spacing_mm=10.0, template_point=None, needles=None, approach=None, entry_center=None,
-                    entry_radius_mm=60.0, rules: LoadingRules | None = None, obstacle_margin_mm=5.0,
+def _target_specs(target, targets):
+    """TargetSpec list from ``target`` (name, spec or list) and ``targets``; duplicates merged or refused."""
+    from .targets import TargetSpec, merge_specs
+    given = list(targets) if targets else ([] if target is None else
+                                           list(target) if isinstance(target, (list, tuple)) else [target])
+    specs = [t if isinstance(t, TargetSpec) else TargetSpec(str(t)) for t in given if t is not None and str(t).strip()]
+    if not specs:
+        raise InputError("no target structure given")
+    return merge_specs(specs)
+
+
+def plan_from_masks(geometry, masks: dict, target=None, *, targets=None, oars=(), forbidden=(), body=None,
+                    skin_mask=None, model_id=DEFAULT_MODEL, strength=0.5, strength_unit="U", reference_date=None,
+                    implant_date=None, prescription_Gy=None, goals: Goals | None = None, needle_mode="template",
+                    direction="P", template_spacing_mm=10.0, template_point=None, needles=None, approach=None,
+                    entry_center=None, entry_radius_mm=60.0, rules: LoadingRules | None = None, obstacle_margin_mm=5.0,
                     method="anneal", time_limit_s=8.0, rng_seed=0, fixed_seeds: SeedSet | None = None,
                     implanted_needles=None, allow_new_needles=True, formalism="2D", n_target_points=3000,
-                    n_check_points=6000, usable_length_mm=200.0, gauge=18, image_geometry=None,
+                    n_check_points=6000, usable_length_mm=200.0, gauge=18, image_geometry=None, max_needles=None,
+                    needle_clearance_mm=DEFAULT_CLEARANCE_MM, allow_needle_crossing=False, search_time_s=20.0,
                     optimizer_options=None, progress=None) -> Plan:
     """Plan a seed implant on segment masks (all on ``geometry``); the library entry point.
 
-    ``masks``: {segment name: bool mask [k, j, i]}. ``target`` names the target; ``oars`` is a list
-    of :class:`problem.OARConstraint` (or names: reported, no limit); ``forbidden`` the names of
+    ``masks``: {segment name: bool mask [k, j, i]}. ``target`` names the target (or ``targets``:
+    several :class:`targets.TargetSpec`, each with its own prescription, goals and strength, planned
+    as one implant: one set of seeds whose dose adds up everywhere). ``oars`` is a list of
+    :class:`problem.OARConstraint` (or names: reported, no limit); ``forbidden`` the names of
     structures no needle may cross (with ``obstacle_margin_mm``). ``needle_mode``: "template"
     (parallel template along ``direction``), "freehand" (``needles``: list of Needle or (entry, tip)
-    pairs) or "fan" (automatic non-coplanar candidates from a skin region: ``approach`` direction
-    or ``entry_center``). Re-planning: ``fixed_seeds`` are already implanted (their dose counts,
-    they are not moved) and ``implanted_needles`` are needles where the intra-operative CT shows
-    them (loaded at no needle cost); with ``allow_new_needles=False`` only they are used.
-    ``optimizer_options`` go to :func:`optimizer.optimize` (needle_weight, coverage_buffer,
-    mip_points, anneal_iterations). Returns a :class:`Plan` with its optimiser report; goals that
-    cannot be met are stated in ``plan.optimizer['unmet']`` and the best plan found is returned.
+    pairs), "fan" (automatic non-coplanar candidates from a skin region: ``approach`` direction
+    or ``entry_center``) or "auto" (the planner chooses among templates in several directions and
+    fans from several skin regions, :mod:`directions`, within ``search_time_s``). The skin is
+    the outside of ``body`` united with every given mask (or ``skin_mask``, e.g. from all labels or
+    the CT, :func:`targets.skin_region`). ``max_needles`` limits the new needles; needles whose
+    surfaces come closer than ``needle_clearance_mm`` inside the patient are never both loaded
+    unless ``allow_needle_crossing``. Re-planning: ``fixed_seeds`` are already implanted (their
+    dose counts, they are not moved) and ``implanted_needles`` are needles where the
+    intra-operative CT shows them (loaded at no needle cost); with ``allow_new_needles=False`` only
+    they are used. ``optimizer_options`` go to :func:`optimizer.optimize` (needle_weight,
+    coverage_buffer, mip_points, anneal_iterations). Returns a :class:`Plan` with its optimiser
+    report; goals that cannot be met are stated in ``plan.optimizer['unmet']`` and the best plan
+    found is returned.
     """
     from ..physics.dose import dose_factor_h
+    from .assemble import TargetInfo, assemble, blocking_report
+    from .clearance import clashing_pairs
     from .nomogram import estimate
     from .obstacles import obstacle_map_for
+    from .targets import check_overlaps, skin_region
     from ..physics.sources import get_model
     from ..physics.strength import strength_at
     from ..physics.tg43 import TG43Kernel
@@ -105,15 +110,15 @@ def plan_from_masks(geometry, masks: dict, target: str, *, oars=(), forbidden=()
     rules = rules or LoadingRules()
     model = get_model(model_id)
     strength_U = strength_at(model, strength, strength_unit, reference_date, implant_date)
-    if goals is None:
-        if prescription_Gy is None:
-            raise InputError("no prescription dose given")
-        goals = Goals(float(prescription_Gy))
-    elif prescription_Gy is not None and abs(goals.prescription_Gy - float(prescription_Gy)) > 1e-9:
+    specs = _target_specs(target, targets)
+    if goals is not None and prescription_Gy is not None and abs(goals.prescription_Gy - float(prescription_Gy)) > 1e-9:
         raise InputError(f"prescription {prescription_Gy} Gy differs from the goals' {goals.prescription_Gy} Gy")
-    rx = goals.prescription_Gy
-    if not target:
-        raise InputError("no target structure given")
+    if goals is None and prescription_Gy is None and any(s.prescription_Gy is None for s in specs):
+        missing = [s.name for s in specs if s.prescription_Gy is None]
+        raise InputError("no prescription dose given" + ("" if len(specs) == 1 else
+                                                          f" for target(s) {', '.join(missing)}"))
+    if max_needles is not None and not (isinstance(max_needles, (int, np.integer)) and max_needles >= 1):
+        raise InputError(f"the needle limit must be a whole number >= 1, got {max_needles!r}")
     names = {k.lower(): k for k in masks}
 
     def get_mask(name, what):
@@ -125,21 +130,35 @@ def plan_from_masks(geometry, masks: dict, target: str, *, oars=(), forbidden=()
             raise InputError(f"{what} '{name}': mask shape {m.shape} does not match the grid {geometry.shape}")
         return key, m
 
-    target_name, tmask = get_mask(target, "target")
-    if not tmask.any():
-        raise InputError(f"the target '{target_name}' is empty (no voxel)")
-    if image_geometry is not None:
-        inside = image_geometry.contains_ras(mask_points(tmask, geometry))
-        if not inside.any():
-            raise InputError(f"the target '{target_name}' lies outside the image")
-        if not inside.all():
-            raise InputError(f"{100 * (1 - inside.mean()):.1f}% of the target '{target_name}' lies outside the image")
-    body_name, bmask = get_mask(body, "body") if body else (None, None)
+    tinfos = []
+    for spec in specs:
+        tname, tm = get_mask(spec.name, "target")
+        if not tm.any():
+            raise InputError(f"the target '{tname}' is empty (no voxel)")
+        if image_geometry is not None:
+            inside = image_geometry.contains_ras(mask_points(tm, geometry))
+            if not inside.any():
+                raise InputError(f"the target '{tname}' lies outside the image")
+            if not inside.all():
+                raise InputError(f"{100 * (1 - inside.mean()):.1f}% of the target '{tname}' lies outside the image")
+        own = any(getattr(spec, f) is not None for f in ("prescription_Gy", "v100", "d90", "v150", "v200", "d90_max"))
+        tg = goals if (goals is not None and not own) else spec.goals(goals, prescription_Gy)
+        if tg is goals and len(specs) > 1:
+            tg = spec.goals(goals, prescription_Gy)
+        s_U = strength_U if spec.strength is None else strength_at(model, spec.strength, spec.strength_unit or
+                                                                   strength_unit, reference_date, implant_date)
+        tinfos.append(TargetInfo(tname, tm, tg, float(s_U)))
+    if len({t.name for t in tinfos}) != len(tinfos):
+        raise InputError("the same target is given twice")
+    check_overlaps(geometry, {t.name: t.mask for t in tinfos})
+    plan_goals = tinfos[0].goals
+    rx = plan_goals.prescription_Gy
+    body_name, body_mask = get_mask(body, "body") if body else (None, None)
     forb = {}
     for f in forbidden:
         k, m = get_mask(f, "forbidden structure")
         forb[k] = m
-    if not oars and goals.oars:
+    if not oars and goals is not None and goals.oars:
         oars = goals.oars  # organ limits given through the goals only
     oar_cons = [o if isinstance(o, OARConstraint) else OARConstraint(str(o)) for o in oars]
     oar_masks = {}
@@ -147,20 +166,54 @@ def plan_from_masks(geometry, masks: dict, target: str, *, oars=(), forbidden=()
         k, m = get_mask(o.name, "organ at risk")
         o.name = k
         oar_masks[k] = m
-    goals.oars = oar_cons
+    plan_goals.oars = oar_cons
+    if skin_mask is not None:
+        bmask = np.asarray(skin_mask, dtype=bool)
+    elif body_mask is not None:
+        bmask = skin_region(geometry, body_mask, [t.mask for t in tinfos] + list(forb.values()) + list(oar_masks.values()))
+    else:
+        bmask = None
     warnings = []
     rng = np.random.default_rng(rng_seed)
+    kernel = TG43Kernel(model, formalism)
+    gy_per_U_h = dose_factor_h(model) / 100.0
+    fixed_kernels = None
+    if fixed_seeds is not None and len(fixed_seeds):
+        fixed_kernels = {m: (TG43Kernel(get_model(m), formalism), dose_factor_h(get_model(m)) / 100.0)
+                         for m in dict.fromkeys(fixed_seeds.models)}
     _progress.report(progress, 0.0, "plan: needles")
 
     # -- needles -------------------------------------------------------------------------------
-    tpts_all = mask_points(tmask, geometry)
-    all_needles = make_needles(geometry, tmask, bmask, forb, needle_mode=needle_mode, direction=direction,
-                               template_spacing_mm=template_spacing_mm, template_point=template_point,
-                               needles=needles, approach=approach, entry_center=entry_center,
-                               entry_radius_mm=entry_radius_mm, obstacle_margin_mm=obstacle_margin_mm,
-                               usable_length_mm=usable_length_mm, gauge=gauge, rng_seed=rng_seed,
-                               implanted_needles=implanted_needles, allow_new_needles=allow_new_needles)
-    _progress.report(progress, 0.08, "plan: obstacles")
+    search_rows = []
+    implanted = [copy.deepcopy(n) for n in (implanted_needles or [])]
+    for n in implanted:
+        n.fixed = True
+        n.kind = "implanted" if n.kind == "freehand" else n.kind
+    new = []
+    if allow_new_needles and needle_mode == "auto":
+        sub = _progress.scaled(progress, 0.0, 0.5)
+        for k, t in enumerate(tinfos):
+            chosen, rows = _search_directions(
+                geometry, t, bmask, forb, oar_cons, oar_masks, kernel, gy_per_U_h, rules, obstacle_margin_mm,
+                template_spacing_mm, entry_radius_mm, usable_length_mm, gauge, rng_seed, max_needles,
+                None if allow_needle_crossing else needle_clearance_mm, search_time_s / len(tinfos), warnings, _progress.scaled(sub, k / len(tinfos), (k + 1) / len(tinfos)))
+            new.extend(chosen)
+            search_rows.extend(rows)
+    elif allow_new_needles and needle_mode == "freehand":
+        new = make_needles(geometry, tinfos[0].mask, bmask, forb, needle_mode="freehand", needles=needles, gauge=gauge,
+                           usable_length_mm=usable_length_mm)
+    elif allow_new_needles:
+        for t in tinfos:
+            new.extend(make_needles(geometry, t.mask, bmask, forb, needle_mode=needle_mode, direction=direction,
+                                    template_spacing_mm=template_spacing_mm, template_point=template_point,
+                                    approach=approach, entry_center=entry_center, entry_radius_mm=entry_radius_mm,
+                                    obstacle_margin_mm=obstacle_margin_mm, usable_length_mm=usable_length_mm,
+                                    gauge=gauge, rng_seed=rng_seed))
+    from .needles import renumber
+    all_needles = renumber(implanted + list(new))
+    if not all_needles:
+        raise InputError("no needles: give implanted needles or allow new ones")
+    _progress.report(progress, 0.5 if needle_mode == "auto" else 0.08, "plan: obstacles")
 
     # -- obstacles and lengths ---------------------------------------------------------------------
     hits = []
@@ -176,61 +229,48 @@ def plan_from_masks(geometry, masks: dict, target: str, *, oars=(), forbidden=()
             too_long.append(n)
             continue
         usable.append(n)
+    # a target no usable needle reaches: say which structures are in the way
+    from .needles import MaskSampler
+    reachable, unreachable = [], []
+    for t in tinfos:
+        inside = MaskSampler(t.mask, geometry)
+        through = [n for n in all_needles if inside(n.sample_path(1.0)[0]).any()]
+        usable_ids = {id(n) for n in usable}
+        ok = [n for n in through if id(n) in usable_ids]
+        if ok:
+            reachable.append(t)
+        else:
+            unreachable.append(blocking_report(through, hits, too_long, t.name)
+                               + f" (safety margin {obstacle_margin_mm:g} mm)")
+    warnings.extend(unreachable)
+    if not reachable:
+        raise InputError("; ".join(unreachable))
     if not usable:
         raise InputError(f"no feasible needle path: all {len(all_needles)} needle(s) cross a forbidden structure "
                          f"(margin {obstacle_margin_mm:g} mm) or are longer than their usable length")
-    _progress.report(progress, 0.12, "plan: candidates")
+    _progress.report(progress, 0.55 if needle_mode == "auto" else 0.12, "plan: candidates")
 
-    # -- candidates and sample points --------------------------------------------------------------
-    region = TargetRegion(tmask, geometry, rules.target_margin_mm)
+    # -- problem and optimisation ------------------------------------------------------------------
     if fixed_seeds is not None and len(fixed_seeds):
         from ..physics.dose import require_seeds_in_grid
         require_seeds_in_grid(geometry, fixed_seeds, "image of the segmentation (fixed seeds: check RAS vs LPS)")
-    cands = candidate_positions(usable, region, rules, None if fixed_seeds is None else fixed_seeds.positions)
-    if len(cands) == 0:
-        raise InputError(f"no candidate seed position: no usable needle passes through the target '{target_name}' "
-                         f"with the first seed {rules.tip_offset_mm:g} mm from its tip")
-    kernel = TG43Kernel(model, formalism)
-    gy_per_U_h = dose_factor_h(model) / 100.0
-    opt_pts = _jittered_points(tmask, geometry, n_target_points, rng)
-    chk_pts = _jittered_points(tmask, geometry, n_check_points, rng)
-    oar_samples = []
-    if oar_cons:
-        from scipy.spatial import cKDTree
-        ttree = cKDTree(tpts_all[:: max(1, len(tpts_all) // 4000)])
-        for o in oar_cons:
-            m = oar_masks[o.name]
-            if not m.any():
-                warnings.append(f"organ at risk '{o.name}' is empty")
-                continue
-            opts = _mask_points_near(m, geometry, tpts_all, 30.0)
-            if not len(opts):
-                continue
-            dist = ttree.query(opts)[0]
-            near = dist <= 30.0
-            if not near.any():
-                continue
-            opts, dist = opts[near], dist[near]
-            n_keep = min(len(opts), 3000)
-            pick = np.sort(rng.choice(len(opts), n_keep, replace=False)) if len(opts) > n_keep else np.arange(len(opts))
-            voxel_cc = geometry.voxel_volume_cc * len(opts) / n_keep
-            oar_samples.append((o, opts[pick], voxel_cc, dist[pick]))
-    fixed_kernels = None
-    if fixed_seeds is not None and len(fixed_seeds):
-        fixed_kernels = {m: (TG43Kernel(get_model(m), formalism), dose_factor_h(get_model(m)) / 100.0)
-                         for m in dict.fromkeys(fixed_seeds.models)}
-    needle_cost = np.array([0.0 if n.fixed else 1.0 for n in usable])
-    _progress.report(progress, 0.15, "plan: dose-influence matrix")
-    prob = build_problem(cands, len(usable), needle_cost, opt_pts, chk_pts, kernel, gy_per_U_h, strength_U, goals,
-                         oar_samples, fixed_seeds, rules.min_distance_mm, fixed_kernels)
+    conflicts = None
+    if not allow_needle_crossing:
+        pairs = clashing_pairs(usable, needle_clearance_mm)
+        conflicts = np.array([p for p in pairs if not (usable[p[0]].fixed and usable[p[1]].fixed)], int).reshape(-1, 2)
+    prob, cands, strengths, owner = assemble(
+        geometry, usable, tinfos, plan_goals, oar_cons, oar_masks, kernel, gy_per_U_h, rules, rng,
+        n_target_points=n_target_points, n_check_points=n_check_points, fixed_seeds=fixed_seeds,
+        fixed_kernels=fixed_kernels, max_needles=max_needles, needle_conflicts=conflicts, warnings=warnings)
     t_matrix = time.monotonic() - t_start
-    res = optimize(prob, method, time_limit_s, rng_seed, progress=_progress.scaled(progress, 0.3, 0.95),
+    res = optimize(prob, method, time_limit_s, rng_seed,
+                   progress=_progress.scaled(progress, 0.6 if needle_mode == "auto" else 0.3, 0.95),
                    **(optimizer_options or {}))
     _progress.report(progress, 0.96, "plan: seeds")
 
     # -- result ------------------------------------------------------------------------------------
     sel = np.flatnonzero(res.selected)
-    new_seeds = SeedSet(cands.positions[sel], cands.axes[sel], np.full(len(sel), strength_U), [model.model_id] * len(sel))
+    new_seeds = SeedSet(cands.positions[sel], cands.axes[sel], strengths[sel], [model.model_id] * len(sel))
     # number the loaded needles 1..U (in template / path order) and the unused ones after them, so the
     # loading table reads needle 1, 2, 3 ... in the room; names (template hole labels) are kept
     used_numbers = {usable[k].number for k in cands.needle_index[sel]}
@@ -259,30 +299,115 @@ def plan_from_masks(geometry, masks: dict, target: str, *, oars=(), forbidden=()
         seed_needle = [0] * len(fixed_seeds) + seed_needle
         s_tip = [np.nan] * len(fixed_seeds) + s_tip
         fixed_flags = [True] * len(fixed_seeds) + fixed_flags
-    try:
-        nomo = estimate(tmask, geometry, rx, strength_U, model).to_dict()
-        n_new = int(len(sel))
-        if nomo["n_seeds"] and abs(n_new + int(sum(fixed_flags)) - nomo["n_seeds"]) > 0.35 * nomo["n_seeds"]:
-            warnings.append(f"the plan uses {n_new + int(sum(fixed_flags))} seeds, the nomogram suggests about "
-                            f"{nomo['n_seeds']}: check the plan")
-    except InputError as exc:
-        nomo = {"unavailable": str(exc)}
+    nomo = None
+    target_rows = []
+    for k, t in enumerate(tinfos):
+        n_t = int(np.count_nonzero(owner[sel] == k))
+        row = {"name": t.name, "prescription_Gy": t.goals.prescription_Gy, "goals": t.goals.to_dict(),
+               "strength_U": t.strength_U, "n_seeds": n_t}
+        try:
+            est = estimate(t.mask, geometry, t.goals.prescription_Gy, t.strength_U, model).to_dict()
+            if est["n_seeds"] and abs(n_t - est["n_seeds"]) > 0.35 * est["n_seeds"] and len(tinfos) > 1:
+                warnings.append(f"target {t.name}: the plan uses {n_t} seeds, the nomogram suggests about "
+                                f"{est['n_seeds']}: check the plan")
+        except InputError as exc:
+            est = {"unavailable": str(exc)}
+        row["nomogram"] = est
+        target_rows.append(row)
+        if k == 0:
+            nomo = est
+    if len(tinfos) == 1 and nomo and nomo.get("n_seeds"):
+        n_all = int(len(sel)) + int(sum(fixed_flags))
+        if abs(n_all - nomo["n_seeds"]) > 0.35 * nomo["n_seeds"]:
+            warnings.append(f"the plan uses {n_all} seeds, the nomogram suggests about {nomo['n_seeds']}: check the plan")
     if not res.goals_met:
         warnings.append(res.message)
+    traded = [r for r in res.sampled.get("soft_goals", []) if not r["met"]]
+    for r in traded:
+        warnings.append(f"soft goal traded: {r['target'] if len(tinfos) > 1 else 'target'} {r['goal']} {r['limit']:g}: "
+                        f"{r['value']:.1f} (over by {r['excess']:.1f}) to meet the hard goals with these needles")
+    n_costly = len({usable[k].number for k in cands.needle_index[sel] if not usable[k].fixed})
     optimizer_info = {"method": res.method, "status": res.status, "message": res.message, "goals_met": res.goals_met,
-                      "unmet": res.unmet, "seconds_search": round(res.seconds, 3),
+                      "unmet": res.unmet, "soft_traded": traded, "seconds_search": round(res.seconds, 3),
                       "seconds_total": round(time.monotonic() - t_start, 3), "seconds_matrix": round(t_matrix, 3),
                       "rng_seed": rng_seed, "time_limit_s": time_limit_s, "n_candidates": len(cands),
                       "n_target_points": n_target_points, "n_check_points": n_check_points,
+                      "max_needles": max_needles, "n_new_needles": n_costly,
+                      "needle_weight": (optimizer_options or {}).get("needle_weight", DEFAULT_NEEDLE_WEIGHT),
+                      "needle_clearance_mm": None if allow_needle_crossing else needle_clearance_mm,
+                      "n_needle_clashes": 0 if conflicts is None else int(len(conflicts)), "unreachable": unreachable,
                       "sampled": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.sampled.items()}}
-    plan = Plan(_source_dict(model, strength_U, strength, strength_unit, reference_date, implant_date), rx, goals, rules,
-                all_needles, new_seeds, seed_needle, s_tip, fixed_flags, formalism,
-                {"target": target_name, "oars": [o.name for o in oar_cons], "forbidden": list(forb), "body": body_name,
-                 "needle_mode": needle_mode, "direction": None if needle_mode != "template" else
-                 [float(v) for v in parse_direction(direction)], "obstacle_margin_mm": obstacle_margin_mm},
-                optimizer_info, nomo, [h.to_row() for h in hits], warnings)
+    if search_rows:
+        optimizer_info["direction_search"] = search_rows
+    structures = {"target": tinfos[0].name, "oars": [o.name for o in oar_cons], "forbidden": list(forb),
+                  "body": body_name, "needle_mode": needle_mode,
+                  "direction": None if needle_mode != "template" else [float(v) for v in parse_direction(direction)],
+                  "obstacle_margin_mm": obstacle_margin_mm}
+    if len(tinfos) > 1:
+        structures["targets"] = [t.name for t in tinfos]
+    plan = Plan(_source_dict(model, tinfos[0].strength_U, strength if specs[0].strength is None else specs[0].strength,
+                             strength_unit if specs[0].strength is None else (specs[0].strength_unit or strength_unit),
+                             reference_date, implant_date), rx, plan_goals, rules,
+                all_needles, new_seeds, seed_needle, s_tip, fixed_flags, formalism, structures,
+                optimizer_info, nomo, [h.to_row() for h in hits], warnings, targets=target_rows if len(tinfos) > 1 else [])
     _progress.report(progress, 1.0, "plan: done")
     return plan
+
+
+def _search_directions(geometry, t, skin, forb, oar_cons, oar_masks, kernel, gy_per_U_h, rules, margin_mm,
+                       template_spacing_mm, entry_radius_mm, usable_length_mm, gauge, rng_seed, max_needles, clearance_mm,
+                       budget_s, warnings, progress):
+    """Needles of the best direction set for target ``t`` (:mod:`directions`) and the search rows."""
+    from .assemble import TargetInfo, assemble
+    from .clearance import clashing_pairs
+    from .directions import pick, propose_sets, screen
+    from .loading import candidate_positions
+    from .obstacles import obstacle_map_for
+    tpts = mask_points(t.mask, geometry)
+    omap = None
+    if forb:
+        # one distance map of all forbidden structures together: the search only needs usable or not
+        # (the plan's own check names the structures)
+        union = np.zeros(geometry.shape, dtype=bool)
+        for m in forb.values():
+            union |= m
+        omap = obstacle_map_for(geometry, {"forbidden structures": union}, margin_mm, (),
+                                np.vstack([tpts.min(axis=0) - usable_length_mm, tpts.max(axis=0) + usable_length_mm]))
+    sets = propose_sets(geometry, t.mask, skin, omap, template_spacing_mm=template_spacing_mm,
+                        fan_spacing_mm=max(template_spacing_mm, 8.0), entry_radius_mm=entry_radius_mm,
+                        usable_length_mm=usable_length_mm, gauge=gauge, rng_seed=rng_seed)
+    region = TargetRegion(t.mask, geometry, rules.target_margin_mm)
+    rng = np.random.default_rng(rng_seed)
+    sample = tpts[rng.choice(len(tpts), min(len(tpts), 4000), replace=False)]
+    screen(sets, omap, sample, lambda ns: candidate_positions(ns, region, rules).positions,
+           reach_mm=max(6.0, 0.75 * rules.spacing_mm))
+
+    def trial(s):
+        info = TargetInfo(t.name, t.mask, t.goals, t.strength_U, region)
+        conf = None if clearance_mm is None else clashing_pairs(s.usable, clearance_mm)
+        prob, cands, _, _ = assemble(geometry, s.usable, [info], t.goals, oar_cons, oar_masks, kernel, gy_per_U_h,
+                                     rules, np.random.default_rng(rng_seed), n_target_points=1200,
+                                     n_check_points=2500, max_needles=max_needles, needle_conflicts=conf)
+        r = optimize(prob, "anneal", 3.0, rng_seed, anneal_iterations=15000)
+        d = prob.fixed_chk + prob.D_chk @ r.selected.astype(float)
+        soft = sum(row["excess"] for row in r.sampled.get("soft_goals", []))
+        return {"goals_met": bool(r.goals_met), "needles": int(r.sampled.get("n_needles", 0)),
+                "seeds": int(r.sampled.get("n_seeds", 0)),
+                "coverage_percent": round(100.0 * float(np.mean(d >= t.goals.prescription_Gy - 1e-6)), 1),
+                "soft_excess": round(float(soft), 2)}
+
+    best = pick(sets, trial, budget_s=budget_s, progress=progress)
+    rows = []
+    for s in sets:
+        row = {"target": t.name, **s.to_row(), "chosen": s is best}
+        rows.append(row)
+    if best is None:
+        reasons = "; ".join(f"{s.label}: {s.note or 'no usable needle'}" for s in sets)
+        raise InputError(f"no insertion direction reaches the target '{t.name}' ({reasons})")
+    if not best.trial["goals_met"]:
+        warnings.append(f"target {t.name}: no needle set meets the goals in the direction search; the best one "
+                        f"({best.label}) is used")
+    return [copy.deepcopy(n) for n in best.usable], rows
 
 
 def make_needles(geometry, tmask, bmask=None, forbidden_masks=None, *, needle_mode="template", direction="P",
@@ -392,11 +517,23 @@ def compute_dose(plan: Plan, geometry, target_mask, spacing_mm=2.0, margin_mm=20
 
 
 def evaluate(plan: Plan, dose_Gy, dose_geometry, structures, progress=None):
-    """Evaluate the plan's dose on its structures (:func:`evaluation.evaluate_plan`); stores metrics."""
+    """Evaluate the plan's dose on its structures (:func:`evaluation.evaluate_plan`); stores metrics.
+
+    With several targets, each target's dose metrics (V100, V150, ...) are relative to its own
+    prescription.
+    """
     from ..evaluation.evaluate import evaluate_plan
+    wanted = ["D90", "V100", "V150", "V200", "Dmax", "D2cc", "D0.1cc"]
     ev = evaluate_plan(dose_Gy, dose_geometry, structures, plan.prescription_Gy, target=plan.structures.get("target"),
-                       body=None, metrics=["D90", "V100", "V150", "V200", "Dmax", "D2cc", "D0.1cc"], on_outside="skip",
-                       progress=progress)
+                       body=None, metrics=wanted, on_outside="skip", progress=progress)
+    for row in plan.targets[1:]:
+        if abs(float(row["prescription_Gy"]) - plan.prescription_Gy) < 1e-9:
+            continue
+        own = [s for s in structures if s.name == row["name"]]
+        if own:
+            sub = evaluate_plan(dose_Gy, dose_geometry, own, float(row["prescription_Gy"]), target=row["name"], body=None,
+                                metrics=wanted, on_outside="skip")
+            ev.metrics[row["name"]] = sub.metrics[row["name"]]
     plan.evaluation = ev
     plan.metrics = ev.to_dict()
     plan.metrics["goal_check"] = goal_check(plan, ev)
@@ -404,23 +541,29 @@ def evaluate(plan: Plan, dose_Gy, dose_geometry, structures, progress=None):
 
 
 def goal_check(plan: Plan, ev) -> list:
-    """The plan's own goals checked on the evaluated dose: rows (goal, value, limit, passed)."""
+    """The plan's own goals checked on the evaluated dose: rows (goal, value, limit, passed); soft goals marked."""
     rows = []
-    t = plan.structures.get("target")
-    m = ev.metrics.get(t, {})
-    g = plan.goals
 
     def add(what, value, limit, passed):
         rows.append({"goal": what, "value": None if value is None else round(float(value), 4), "limit": limit,
                      "passed": bool(passed)})
 
-    if m:
-        add("target V100 >= %", m["V100"]["percent"], 100 * g.v100_min, m["V100"]["percent"] >= 100 * g.v100_min - 1e-9)
-        add("target D90 >= Gy", m["D90"]["Gy"], g.d90_min_frac * g.prescription_Gy,
-            m["D90"]["Gy"] >= g.d90_min_frac * g.prescription_Gy - 1e-9)
-        add("target V150 <= % (soft)", m["V150"]["percent"], 100 * g.v150_max, m["V150"]["percent"] <= 100 * g.v150_max)
-        add("target V200 <= % (soft)", m["V200"]["percent"], 100 * g.v200_max, m["V200"]["percent"] <= 100 * g.v200_max)
-    for o in g.oars:
+    if plan.targets:
+        targets = [(r["name"], Goals.from_dict(r["goals"]), r["name"]) for r in plan.targets]
+    else:
+        targets = [(plan.structures.get("target"), plan.goals, "target")]
+    for name, g, label in targets:
+        m = ev.metrics.get(name, {})
+        if not m:
+            continue
+        rx = g.prescription_Gy
+        add(f"{label} V100 >= %", m["V100"]["percent"], 100 * g.v100_min, m["V100"]["percent"] >= 100 * g.v100_min - 1e-9)
+        add(f"{label} D90 >= Gy", m["D90"]["Gy"], g.d90_min_frac * rx, m["D90"]["Gy"] >= g.d90_min_frac * rx - 1e-9)
+        add(f"{label} V150 <= % (soft)", m["V150"]["percent"], 100 * g.v150_max, m["V150"]["percent"] <= 100 * g.v150_max)
+        add(f"{label} V200 <= % (soft)", m["V200"]["percent"], 100 * g.v200_max, m["V200"]["percent"] <= 100 * g.v200_max)
+        if g.d90_max_frac is not None:
+            add(f"{label} D90 <= Gy (soft)", m["D90"]["Gy"], g.d90_max_frac * rx, m["D90"]["Gy"] <= g.d90_max_frac * rx)
+    for o in plan.goals.oars:
         mo = ev.metrics.get(o.name, {})
         for vol, lim, lab in o.limits():
             key = {"Dmax": "Dmax", "D2cc": "D2cc", "D0.1cc": "D0.1cc"}[lab]
@@ -431,39 +574,57 @@ def goal_check(plan: Plan, ev) -> list:
     return rows
 
 
-def plan_case(image_path, seg_path, target, oars=(), forbidden=(), body=None, *, dose_spacing_mm=2.0,
+def plan_case(image_path, seg_path, target=None, oars=(), forbidden=(), body=None, *, dose_spacing_mm=2.0,
               dose_engine=None, progress=None, **kwargs):
-    """Plan from files: CT (for the geometry check, may be None) and segmentation; returns (plan, dose, dose geometry).
+    """Plan from files: CT (may be None) and segmentation; returns (plan, dose, dose geometry).
 
-    Keyword arguments are those of :func:`plan_from_masks`. The dose is computed on a grid around
-    the target (``dose_spacing_mm``) and evaluated on the segmentation; the plan's
+    Keyword arguments are those of :func:`plan_from_masks` (``targets`` for several targets). The
+    skin the needles enter through is the outside of the union of every segment when ``body`` is
+    given (a labelmap's body label excludes the organs); without a body, automatic modes (fan,
+    auto) use the CT's air boundary, else the union of every segment. The dose is computed on a
+    grid around the targets (``dose_spacing_mm``) and evaluated on the segmentation; the plan's
     ``dose_grid`` stays attached for manual edits. Write the result with :func:`write_plan_folder`.
     """
     from ..imaging.segio import read_segmentation
     from ..evaluation.structures import structures_from_segmentation
+    from .targets import TargetSpec, skin_region
     image_geometry = None
     if image_path is not None:
         from ..core.imageio import geometry_of, read_sitk
         image_geometry = geometry_of(read_sitk(image_path))
     seg = read_segmentation(seg_path, reference_geometry=image_geometry)  # the CT grid for an RT Structure Set
-    wanted = [target] + [o.name if isinstance(o, OARConstraint) else o for o in oars] + list(forbidden) + \
-        ([body] if body else [])
+    specs = _target_specs(target, kwargs.pop("targets", None))
+    specs = [TargetSpec(**{**{k: getattr(sp, k) for k in sp.__dataclass_fields__}, "name": seg.find(sp.name).name})
+             for sp in specs]
+    wanted = [o.name if isinstance(o, OARConstraint) else o for o in oars] + list(forbidden) + ([body] if body else [])
     masks = {}
-    for name in wanted:
+    for name in [sp.name for sp in specs] + wanted:
         if not name:
             continue
         s = seg.find(name)
         masks[s.name] = seg.mask(s.segment_id)
-    if not target:
-        raise InputError("no target structure given")
-    plan = plan_from_masks(seg.geometry, masks, seg.find(target).name, oars=oars, forbidden=forbidden, body=body,
+    mode = kwargs.get("needle_mode", "template")
+    if kwargs.get("skin_mask") is None and (body or mode in ("fan", "auto")):
+        skin = None
+        if not body and image_path is not None and mode in ("fan", "auto"):
+            from ..core.imageio import read_image
+            ct, ct_geometry = read_image(image_path)
+            if ct.shape == seg.geometry.shape and np.allclose(ct_geometry.origin, seg.geometry.origin, atol=1e-3):
+                skin = skin_region(seg.geometry, ct_hu=ct)
+        if skin is None:
+            skin = skin_region(seg.geometry, None, [seg.mask(s.segment_id) for s in seg.segments])
+        kwargs["skin_mask"] = skin
+    plan = plan_from_masks(seg.geometry, masks, targets=specs, oars=oars, forbidden=forbidden, body=body,
                            image_geometry=image_geometry, progress=_progress.scaled(progress, 0.0, 0.6), **kwargs)
     plan.structures["image"] = None if image_path is None else str(image_path)
     plan.structures["segmentation"] = str(seg_path)
-    tmask = masks[plan.structures["target"]]
+    tnames = [sp.name for sp in specs]
+    tmask = np.zeros(seg.geometry.shape, dtype=bool)
+    for n in tnames:
+        tmask |= masks[n]
     dose, g = compute_dose(plan, seg.geometry, tmask, dose_spacing_mm, engine=dose_engine,
                            progress=_progress.scaled(progress, 0.6, 0.9))
-    names = [plan.structures["target"]] + plan.structures["oars"]
+    names = tnames + plan.structures["oars"]
     structs = structures_from_segmentation(seg, list(dict.fromkeys(names)), allow_empty=False)
     evaluate(plan, dose, g, structs, progress=_progress.scaled(progress, 0.9, 1.0))
     return plan, dose, g

@@ -56,6 +56,7 @@ class Plan:
     obstacles: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
+    targets: list = field(default_factory=list)  # several targets: name, prescription, goals, strength, seeds
     # not serialised: dose grid kept up to date under edits, evaluation, blocked needles
     dose_grid: object = field(default=None, repr=False, compare=False)
     evaluation: object = field(default=None, repr=False, compare=False)
@@ -188,7 +189,7 @@ class Plan:
                 "loading_rules": self.rules.to_dict(), "needles": [n.to_dict() for n in self.needles],
                 "seeds": seeds, "summary": self.summary(), "structures": self.structures, "optimizer": self.optimizer,
                 "nomogram": self.nomogram, "obstacles": self.obstacles, "warnings": self.warnings,
-                "metrics": self.metrics}
+                "metrics": self.metrics, **({"targets": self.targets} if self.targets else {})}
 
     def summary(self) -> dict:
         """Counts and totals for reports."""
@@ -229,7 +230,7 @@ class Plan:
                        LoadingRules(**d.get("loading_rules", {})), needles, seeds,
                        [int(r.get("needle", 0)) for r in rows], s, [bool(r.get("fixed", False)) for r in rows],
                        d.get("formalism", "2D"), d.get("structures", {}), d.get("optimizer", {}), d.get("nomogram"),
-                       d.get("obstacles", []), d.get("warnings", []), d.get("metrics", {}))
+                       d.get("obstacles", []), d.get("warnings", []), d.get("metrics", {}), list(d.get("targets", [])))
         except InputError as exc:
             raise InputError(f"{where}: {exc}") from exc
         except (KeyError, TypeError, ValueError) as exc:

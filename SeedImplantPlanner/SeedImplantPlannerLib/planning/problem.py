@@ -46,7 +46,12 @@ class OARConstraint:
 
 @dataclass
 class Goals:
-    """Planning goals: prescription (Gy), coverage goals, soft hot-spot limits, OAR limits."""
+    """Planning goals: prescription (Gy), coverage goals, soft hot-spot limits, OAR limits.
+
+    Hard goals: V100 >= ``v100_min``, D90 >= ``d90_min_frac`` x Rx, organ limits. Soft goals
+    (met whenever the hard goals allow, otherwise reported as traded): V150 <= ``v150_max``,
+    V200 <= ``v200_max`` and, when set, D90 <= ``d90_max_frac`` x Rx.
+    """
 
     prescription_Gy: float
     v100_min: float = 0.95
@@ -54,6 +59,7 @@ class Goals:
     v150_max: float = 0.60
     v200_max: float = 0.20
     oars: list = field(default_factory=list)
+    d90_max_frac: float | None = None
 
     def __post_init__(self):
         if not (isinstance(self.prescription_Gy, (int, float)) and math.isfinite(self.prescription_Gy)
@@ -65,6 +71,13 @@ class Goals:
                 raise InputError(f"goal {name} must be a fraction between 0 and 1, got {v}")
         if not (0.0 < self.d90_min_frac <= 3.0):
             raise InputError(f"goal D90 must be a fraction of the prescription in (0, 3], got {self.d90_min_frac}")
+        if self.d90_max_frac is not None:
+            if not (math.isfinite(self.d90_max_frac) and 0.0 < self.d90_max_frac <= 3.0):
+                raise InputError(f"goal D90 upper bound must be a fraction of the prescription in (0, 3], "
+                                 f"got {self.d90_max_frac}")
+            if self.d90_max_frac <= self.d90_min_frac:
+                raise InputError(f"contradictory goals: D90 upper bound {100 * self.d90_max_frac:g}% of Rx is not above "
+                                 f"the D90 goal {100 * self.d90_min_frac:g}%")
         for o in self.oars:
             o.limits()
 
@@ -80,10 +93,22 @@ class Goals:
         keep = [(lvl, f) for lvl, f in out if not any(l2 > lvl and f2 >= f for l2, f2 in out)]
         return [(float(lvl), float(f)) for lvl, f in keep if f > 0]
 
+    def soft_limits(self):
+        """[(label, dose level Gy, maximum fraction of the target above it)] of the soft hot-spot goals.
+
+        D90 <= u x Rx is the same as "at most 10 % of the target above u x Rx".
+        """
+        rx = self.prescription_Gy
+        out = [("V150", 1.5 * rx, self.v150_max), ("V200", 2.0 * rx, self.v200_max)]
+        if self.d90_max_frac is not None:
+            out.append(("D90max", self.d90_max_frac * rx, 0.10))
+        return out
+
     def to_dict(self):
         """Plain-JSON form."""
         return {"prescription_Gy": self.prescription_Gy, "v100_min": self.v100_min, "d90_min_frac": self.d90_min_frac,
-                "v150_max": self.v150_max, "v200_max": self.v200_max, "oars": [o.to_dict() for o in self.oars]}
+                "v150_max": self.v150_max, "v200_max": self.v200_max, "d90_max_frac": self.d90_max_frac,
+                "oars": [o.to_dict() for o in self.oars]}
 
     @classmethod
     def from_dict(cls, d):
@@ -91,7 +116,8 @@ class Goals:
         return cls(float(d["prescription_Gy"]), float(d.get("v100_min", 0.95)), float(d.get("d90_min_frac", 1.0)),
                    float(d.get("v150_max", 0.6)), float(d.get("v200_max", 0.2)),
                    [OARConstraint(o["name"], o.get("dmax_Gy"), o.get("d2cc_Gy"), o.get("d0_1cc_Gy"))
-                    for o in d.get("oars", [])])
+                    for o in d.get("oars", [])],
+                   None if d.get("d90_max_frac") is None else float(d["d90_max_frac"]))
 
 
 # -- dose influence -------------------------------------------------------------------------------
@@ -124,6 +150,7 @@ class KernelTable:
 def influence_matrix(points, positions, axes, kernel, gy_per_U_h, strength_U, chunk=64, table=None):
     """Dose (Gy) at ``points`` (N, 3) from one seed of ``strength_U`` at each candidate: (N, C) float32.
 
+    ``strength_U`` is one value or one per candidate (targets planned with different strengths).
     ``gy_per_U_h`` converts cGy/h to the planned quantity: dose_factor_h / 100 (total dose).
     With a :class:`KernelTable` the kernel is interpolated from its table (faster).
     """
@@ -133,7 +160,7 @@ def influence_matrix(points, positions, axes, kernel, gy_per_U_h, strength_U, ch
     require_memory(2 * 4 * len(pts) * len(pos), f"influence matrix of {len(pts)} points x {len(pos)} candidate "
                    "seed positions", "use a larger template or seed spacing, or fewer needles")
     out = np.empty((len(pts), len(pos)), dtype=np.float32)
-    scale = float(gy_per_U_h) * float(strength_U)
+    scale = float(gy_per_U_h) * np.broadcast_to(np.asarray(strength_U, dtype=float), (len(pos),))
     for a in range(0, len(pos), chunk):
         b = min(a + chunk, len(pos))
         d = (pts[:, None, :] - pos[None, a:b, :]) * 0.1  # cm
@@ -142,7 +169,7 @@ def influence_matrix(points, positions, axes, kernel, gy_per_U_h, strength_U, ch
         with np.errstate(invalid="ignore", divide="ignore"):
             c = np.where(r > 0, z / np.where(r > 0, r, 1.0), 1.0)
         rate = table.rate_per_U(r, c) if table is not None else kernel.dose_rate_per_U(r, c)[0]
-        out[:, a:b] = rate * scale
+        out[:, a:b] = rate * scale[a:b]
     return out
 
 
@@ -161,8 +188,24 @@ class OARPoints:
 
 
 @dataclass
+class TargetBlock:
+    """One target of the problem: its goals and its rows of the target point matrices (contiguous)."""
+
+    name: str
+    goals: Goals
+    opt: slice  # rows of D_opt / fixed_opt
+    chk: slice  # rows of D_chk / fixed_chk
+
+
+@dataclass
 class PlanningProblem:
-    """Everything the optimiser needs, in matrices (see module doc)."""
+    """Everything the optimiser needs, in matrices (see module doc).
+
+    Several targets share the matrices: each :class:`TargetBlock` names its rows and goals (one
+    block over all rows with ``goals`` when ``targets`` is None). ``max_needles`` limits the
+    needles that cost something (new needles); ``needle_conflicts`` are needle pairs that may not
+    both carry seeds (they pass closer than the needle clearance inside the patient).
+    """
 
     n_candidates: int
     needle_index: np.ndarray  # (C,)
@@ -177,6 +220,24 @@ class PlanningProblem:
     oars: list = field(default_factory=list)  # OARPoints
     lattice_prev: np.ndarray | None = None  # (C,) index of the neighbour towards the tip on the same needle, -1
     lattice_next: np.ndarray | None = None
+    targets: list | None = None  # TargetBlock
+    max_needles: int | None = None
+    needle_conflicts: np.ndarray | None = None  # (Q, 2) needle indices
+
+    def blocks(self):
+        """The target blocks (one over every row when the problem has a single target)."""
+        if self.targets:
+            return self.targets
+        return [TargetBlock("target", self.goals, slice(0, len(self.D_opt)), slice(0, len(self.D_chk)))]
+
+    def needle_conflict_lists(self):
+        """For each needle, the needles it may not be used together with."""
+        out = [[] for _ in range(self.n_needles)]
+        if self.needle_conflicts is not None:
+            for a, b in self.needle_conflicts:
+                out[int(a)].append(int(b))
+                out[int(b)].append(int(a))
+        return out
 
 
 @dataclass
@@ -227,8 +288,11 @@ def conflict_lists(prob):
 
 def build_problem(cands, n_needles, needle_cost, target_opt_points, target_chk_points, kernel, gy_per_U_h,
                   strength_U, goals: Goals, oar_samples=(), fixed_seeds=None, min_distance_mm=0.0,
-                  fixed_kernels=None):
+                  fixed_kernels=None, targets=None, max_needles=None, needle_conflicts=None):
     """Assemble a :class:`PlanningProblem` from candidates and sample points.
+
+    ``strength_U``: one strength or one per candidate. ``targets``: for several targets, a list of
+    ``(name, Goals, n_opt, n_chk)`` in the order their points are stacked in the point arrays.
 
     ``oar_samples``: iterable of ``(OARConstraint, points (M, 3), voxel_cc, rank)`` where ``rank``
     orders the points from nearest to the target outwards (used to pick the constrained points).
@@ -270,6 +334,17 @@ def build_problem(cands, n_needles, needle_cost, target_opt_points, target_chk_p
         idx = idx[np.argsort(cands.s_from_tip_mm[idx])]
         prev[idx[1:]] = idx[:-1]
         nxt[idx[:-1]] = idx[1:]
+    blocks = None
+    if targets:
+        blocks, a_opt, a_chk = [], 0, 0
+        for name, tg, n_opt, n_chk in targets:
+            blocks.append(TargetBlock(name, tg, slice(a_opt, a_opt + n_opt), slice(a_chk, a_chk + n_chk)))
+            a_opt += n_opt
+            a_chk += n_chk
+        if a_opt != len(D_opt) or a_chk != len(D_chk):
+            raise InputError("target blocks do not add up to the sample points")
+    nc = None if needle_conflicts is None or not len(needle_conflicts) else np.asarray(needle_conflicts, int).reshape(-1, 2)
     return PlanningProblem(C, np.asarray(cands.needle_index, int), int(n_needles), np.asarray(needle_cost, float),
                            cands.conflicts(min_distance_mm), D_opt, fixed_dose(target_opt_points), D_chk,
-                           fixed_dose(target_chk_points), goals, oars, prev, nxt)
+                           fixed_dose(target_chk_points), goals, oars, prev, nxt, blocks,
+                           None if max_needles is None else int(max_needles), nc)

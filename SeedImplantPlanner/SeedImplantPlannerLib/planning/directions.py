@@ -1,0 +1,180 @@
+"""Insertion directions chosen by the planner: candidate needle sets and how they are ranked.
+
+For a target the planner proposes needle *sets*, each one way a physicist could implant it:
+
+- a parallel template in each of eight axial directions (anterior, posterior, left, right and
+  the four obliques between them), placed on the skin where the ray from the target centroid
+  against the insertion direction leaves the patient;
+- non-coplanar fans (3D-printed template style) from the skin regions closest to the target
+  (the three axial directions with the shortest skin-to-centroid depth).
+
+Every needle of a set is checked against the forbidden structures with the safety margin and
+against its usable length (maximum depth); a set is *screened* by its reach (fraction of target
+points within ``reach_mm`` of a usable candidate seed position) and the best-reaching sets are
+*trial-planned* quickly (fewer sample points, shorter annealing). Among the sets that meet the
+hard goals, the one with the smallest soft-goal excess (V150, V200, D90 upper bound; in steps of
+:data:`SOFT_STEP` points) wins, then the one with the fewest needles, then fewer seeds; if none
+meets the hard goals, the one with the best coverage. The ranking and every set's outcome are kept in the plan
+(``plan.optimizer['direction_search']``) so the choice can be checked.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..core.errors import InputError
+
+#: Axial insertion directions tried for parallel templates (the way the needle travels, RAS).
+TEMPLATE_DIRECTIONS = {
+    "P": (0.0, -1.0, 0.0), "A": (0.0, 1.0, 0.0), "R": (1.0, 0.0, 0.0), "L": (-1.0, 0.0, 0.0),
+    "PR": (1.0, -1.0, 0.0), "PL": (-1.0, -1.0, 0.0), "AR": (1.0, 1.0, 0.0), "AL": (-1.0, 1.0, 0.0),
+}
+#: How many skin regions (closest first) get a fan of non-coplanar candidates.
+N_FAN_REGIONS = 3
+#: Soft-goal excess (percentage points, summed over the soft goals) below which two sets count as
+#: equally good on hot spots, so that the one with fewer needles wins.
+SOFT_STEP = 5.0
+
+
+@dataclass
+class NeedleSet:
+    """One proposal: a label, its needles, and what screening and trial planning found."""
+
+    label: str
+    kind: str  # "template" or "fan"
+    needles: list
+    direction: tuple | None = None  # template insertion direction, or fan approach direction
+    usable: list = field(default_factory=list)
+    reach: float = 0.0
+    note: str = ""
+    trial: dict | None = None
+
+    def to_row(self) -> dict:
+        """Plain summary for the plan file."""
+        out = {"set": self.label, "kind": self.kind, "needles_proposed": len(self.needles),
+               "needles_usable": len(self.usable), "reach_percent": round(100.0 * self.reach, 1)}
+        if self.note:
+            out["note"] = self.note
+        if self.trial:
+            out.update(self.trial)
+        return out
+
+
+def _entry_side(label):
+    """The skin side a needle travelling ``label`` enters from (P -> 'anterior', PR -> 'anterior left', ...)."""
+    side = {"P": "anterior", "A": "posterior", "R": "left", "L": "right"}
+    return " ".join(side[c] for c in label)
+
+
+def skin_depths(skin_sampler, centroid, directions, t_max=600.0, step=1.0):
+    """{label: depth (mm) from ``centroid`` to the skin going against each insertion direction}."""
+    out = {}
+    t = np.arange(0.0, t_max, step)
+    for lab, d in directions.items():
+        d = np.asarray(d, float) / np.linalg.norm(d)
+        inside = skin_sampler(centroid[None, :] - t[:, None] * d[None, :])
+        out_idx = np.flatnonzero(~inside)
+        out[lab] = float(t[out_idx[0]]) if len(out_idx) and inside[0] else math.inf
+    return out
+
+
+def propose_sets(geometry, tmask, skin, obstacle_map, *, template_spacing_mm=10.0, fan_spacing_mm=10.0,
+                 entry_radius_mm=60.0, usable_length_mm=200.0, gauge=18, rng_seed=0, fans=True):
+    """Candidate needle sets for one target (see module doc); needles not yet obstacle-checked for templates."""
+    from .needles import MaskSampler, fan_candidates, mask_points, parallel_template, skin_point
+    if skin is None:
+        raise InputError("the planner needs the patient outline (a body segment, the labels or the CT) to choose "
+                         "insertion directions")
+    sampler = MaskSampler(skin, geometry)
+    centroid = mask_points(tmask, geometry).mean(axis=0)
+    if not sampler(centroid[None, :])[0]:
+        raise InputError("the target centroid is outside the patient outline: cannot find skin entry regions")
+    sets = []
+    for lab, d in TEMPLATE_DIRECTIONS.items():
+        d = np.asarray(d, float) / np.linalg.norm(d)
+        try:
+            needles = parallel_template(tmask, geometry, d, template_spacing_mm, None, skin, gauge=gauge,
+                                        usable_length_mm=usable_length_mm)
+        except InputError as exc:
+            sets.append(NeedleSet(f"template from {_entry_side(lab)}", "template", [], tuple(d), note=str(exc)))
+            continue
+        sets.append(NeedleSet(f"template from {_entry_side(lab)}", "template", needles, tuple(float(v) for v in d)))
+    if fans:
+        depth = skin_depths(sampler, centroid, TEMPLATE_DIRECTIONS)
+        for lab in sorted(depth, key=lambda k: (depth[k], k))[:N_FAN_REGIONS]:
+            if not math.isfinite(depth[lab]):
+                continue
+            approach = -np.asarray(TEMPLATE_DIRECTIONS[lab], float)
+            approach /= np.linalg.norm(approach)
+            centre = skin_point(sampler, centroid, approach)
+            try:
+                needles = fan_candidates(tmask, geometry, skin, None, centre, entry_radius_mm, fan_spacing_mm,
+                                         obstacle_map, usable_length_mm, gauge, rng_seed=rng_seed)
+            except InputError as exc:
+                sets.append(NeedleSet(f"fan from {_entry_side(lab)}", "fan", [], tuple(approach), note=str(exc)))
+                continue
+            sets.append(NeedleSet(f"fan from {_entry_side(lab)}", "fan", needles, tuple(float(v) for v in approach)))
+    return sets
+
+
+def screen(sets, obstacle_map, target_points, positions_of, reach_mm):
+    """Fill ``usable`` (no forbidden structure within the margin, not too long) and ``reach`` of each set.
+
+    ``positions_of(needles)`` gives the candidate seed positions (P, 3) of a list of needles.
+    """
+    from scipy.spatial import cKDTree
+    for s in sets:
+        if not s.needles:
+            continue
+        blocked = {id(n) for n in s.needles if obstacle_map is not None and obstacle_map.check(n)}
+        s.usable = [n for n in s.needles if id(n) not in blocked and not n.too_long]
+        if not s.usable:
+            s.note = s.note or "every needle meets a forbidden structure or is too long"
+            continue
+        pos = positions_of(s.usable)
+        if not len(pos):
+            s.note = s.note or "no candidate seed position in the target"
+            continue
+        s.reach = float(np.mean(cKDTree(pos).query(target_points)[0] <= reach_mm))
+    return sets
+
+
+def pick(sets, trial_plan, max_trials=5, budget_s=20.0, progress=None, reach_ratio=0.8):
+    """Trial-plan the best-reaching sets (``trial_plan(set) -> dict``) and return the winner (see module doc).
+
+    At most ``max_trials`` sets are trial-planned, best reach first, and only those reaching at
+    least ``reach_ratio`` x the best reach; the search stops early when ``budget_s`` is used up.
+    """
+    from ..core import progress as _progress
+    order = sorted([s for s in sets if s.usable and s.reach > 0], key=lambda s: (-round(s.reach, 3), len(s.usable)))
+    tried = []
+    t0 = time.monotonic()
+    best_reach = order[0].reach if order else 0.0
+    for k, s in enumerate(order):
+        if k >= max_trials:
+            s.note = s.note or "not trial-planned: lower reach than the sets tried"
+            continue
+        if tried and time.monotonic() - t0 > budget_s:
+            s.note = s.note or "not trial-planned: direction search time budget used"
+            continue
+        if s.reach < reach_ratio * best_reach:
+            s.note = s.note or f"not trial-planned: reaches {100 * s.reach:.0f}% of the target"
+            continue
+        _progress.report(progress, k / max(1, min(max_trials, len(order))), f"plan: trying {s.label}")
+        s.trial = trial_plan(s)
+        tried.append(s)
+    if not tried:
+        return None
+
+    def key(s):
+        t = s.trial
+        if not t["goals_met"]:
+            return (1, -t["coverage_percent"], t["soft_excess"], t["needles"], s.label)
+        # soft goals before needles (in steps of SOFT_STEP percentage points of excess), then needles, seeds
+        return (0, math.floor(t["soft_excess"] / SOFT_STEP), t["needles"], t["seeds"], t["soft_excess"], s.label)
+
+    return min(tried, key=key)

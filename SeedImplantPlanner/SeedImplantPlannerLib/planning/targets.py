@@ -1,0 +1,159 @@
+"""Targets of one implant and the patient outline the needles enter through.
+
+Several targets can be planned as one implant (one dose grid, organ doses from all seeds), each
+with its own prescription, goals and seed strength (clinics use two activities when the masses
+differ in size). A :class:`TargetSpec` holds what the user gave for one target; missing values
+fall back to the plan-wide ones, and contradictions (the same target twice with different
+prescriptions, overlapping targets) are refused with a message naming the targets.
+
+The skin (:func:`skin_region`) is the outside of the union of every label given, hole-filled:
+in a labelmap (one label per voxel) the body label excludes the organs and the masses, so the
+body label alone has holes where the targets are. With a CT and no segments, the air boundary
+(HU > -400, largest connected part, hole-filled) is used.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..core.errors import InputError
+from .problem import Goals
+
+#: CT number (HU) above which a voxel is inside the patient when the skin comes from the CT.
+BODY_HU_THRESHOLD = -400.0
+
+
+@dataclass
+class TargetSpec:
+    """One target as given: name and, optionally, its own prescription (Gy), goals and strength."""
+
+    name: str
+    prescription_Gy: float | None = None
+    strength: float | None = None
+    strength_unit: str | None = None
+    v100: float | None = None  # fractions, as in Goals
+    d90: float | None = None
+    v150: float | None = None
+    v200: float | None = None
+    d90_max: float | None = None
+
+    def goals(self, default: Goals | None, prescription_Gy: float | None) -> Goals:
+        """This target's goals: its own values over ``default`` (plan-wide goals) and the plan prescription."""
+        rx = self.prescription_Gy if self.prescription_Gy is not None else (
+            prescription_Gy if prescription_Gy is not None else (default.prescription_Gy if default else None))
+        if rx is None:
+            raise InputError(f"target '{self.name}': no prescription dose (give one per target or a plan-wide one)")
+        base = default or Goals(float(rx))
+
+        def pick(own, fallback):
+            return fallback if own is None else own
+
+        return Goals(float(rx), pick(self.v100, base.v100_min), pick(self.d90, base.d90_min_frac),
+                     pick(self.v150, base.v150_max), pick(self.v200, base.v200_max), [],
+                     pick(self.d90_max, base.d90_max_frac))
+
+
+def parse_target(text, unit="U") -> TargetSpec:
+    """``NAME[:rx=Gy,strength=VALUE,v100=%,d90=%,v150=%,v200=%,d90max=%]`` (command line) -> TargetSpec."""
+    name, _, spec = str(text).partition(":")
+    name = name.strip()
+    if not name:
+        raise InputError(f"target {text!r}: empty name (use NAME or NAME:rx=120,strength=0.5)")
+    kw = {}
+    keys = {"rx": "prescription_Gy", "prescription": "prescription_Gy", "strength": "strength", "v100": "v100",
+            "d90": "d90", "v150": "v150", "v200": "v200", "d90max": "d90_max"}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        k, eq, v = part.partition("=")
+        key = keys.get(k.strip().lower())
+        if not eq or key is None:
+            raise InputError(f"target {text!r}: {part!r} is not one of rx=Gy, strength=VALUE, v100=%, d90=%, v150=%, "
+                             "v200=%, d90max=%")
+        if key in kw:
+            raise InputError(f"target {text!r}: {k.strip()} given twice")
+        try:
+            val = float(v)
+        except ValueError:
+            raise InputError(f"target {text!r}: {part!r} is not a number") from None
+        if not math.isfinite(val) or (key in ("prescription_Gy", "strength") and val <= 0):
+            raise InputError(f"target {text!r}: {part!r} must be a positive, finite number")
+        if key in ("v100", "v150", "v200"):
+            if not 0.0 <= val <= 100.0:
+                raise InputError(f"target {text!r}: {part!r} is a percentage of the target between 0 and 100")
+            val /= 100.0
+        elif key in ("d90", "d90_max"):
+            if not 0.0 < val <= 300.0:
+                raise InputError(f"target {text!r}: {part!r} is a percentage of the prescription in (0, 300]")
+            val /= 100.0
+        kw[key] = val
+    if "strength" in kw:
+        kw["strength_unit"] = unit
+    return TargetSpec(name, **kw)
+
+
+def merge_specs(specs) -> list:
+    """One spec per target name (case-insensitive); the same target given twice with different values is refused."""
+    out = {}
+    for s in specs:
+        key = s.name.strip().lower()
+        if key in out:
+            a = out[key]
+            for f in ("prescription_Gy", "strength", "v100", "d90", "v150", "v200", "d90_max"):
+                va, vb = getattr(a, f), getattr(s, f)
+                if va is not None and vb is not None and abs(va - vb) > 1e-9:
+                    raise InputError(f"target '{s.name}' is given twice with contradictory {f.replace('_Gy', '')} "
+                                     f"({va:g} and {vb:g})")
+                if va is None and vb is not None:
+                    setattr(a, f, vb)
+            continue
+        out[key] = TargetSpec(**{k: getattr(s, k) for k in s.__dataclass_fields__})
+    return list(out.values())
+
+
+def check_overlaps(geometry, masks: dict, tolerance_cc=0.0):
+    """Refuse targets that share voxels (their prescriptions would contradict): InputError naming them."""
+    names = list(masks)
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            both = np.count_nonzero(masks[names[i]] & masks[names[j]])
+            cc = both * geometry.voxel_volume_cc
+            if both and cc > tolerance_cc:
+                raise InputError(f"targets '{names[i]}' and '{names[j]}' overlap ({cc:.2f} cc in common): give one "
+                                 "target for the shared volume or separate them")
+
+
+def skin_region(geometry, body_mask=None, other_masks=(), ct_hu=None):
+    """The inside of the patient (bool [k, j, i]) the needles enter: see the module doc.
+
+    ``body_mask`` and ``other_masks`` (every label of the segmentation) are united and
+    hole-filled; without any mask, ``ct_hu`` (same grid) gives the air boundary. None when
+    neither is given.
+    """
+    from scipy import ndimage
+    region = None
+    for m in ([body_mask] if body_mask is not None else []) + list(other_masks):
+        m = np.asarray(m, dtype=bool)
+        if m.shape != geometry.shape:
+            raise InputError(f"a mask of shape {m.shape} does not match the grid {geometry.shape}")
+        region = m.copy() if region is None else region | m
+    if region is None and ct_hu is not None:
+        ct = np.asarray(ct_hu)
+        if ct.shape != geometry.shape:
+            raise InputError(f"the CT ({ct.shape}) and the segmentation grid {geometry.shape} differ")
+        region = ct > BODY_HU_THRESHOLD
+        lab, n = ndimage.label(region)
+        if n > 1:
+            sizes = np.bincount(lab.ravel())
+            sizes[0] = 0
+            region = lab == int(np.argmax(sizes))
+    if region is None:
+        return None
+    if not region.any():
+        raise InputError("the body outline is empty: cannot place needle entries on the skin")
+    # fill internal cavities (organs not given, bowel gas) slice by slice and in 3D
+    filled = ndimage.binary_fill_holes(region)
+    for k in range(filled.shape[0]):
+        filled[k] = ndimage.binary_fill_holes(filled[k])
+    return filled
