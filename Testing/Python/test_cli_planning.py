@@ -232,3 +232,63 @@ class SampleCasePlanTest(unittest.TestCase):
                 d = dist[ijk[inside, 2], ijk[inside, 1], ijk[inside, 0]]
                 self.assertGreaterEqual(float(d.min()), 5.0 - 1.5, f"needle {n['name']} passes {d.min():.1f} mm "
                                         "from a forbidden structure")
+
+
+class CTGuidedCommandTest(unittest.TestCase):
+    """`seedplan plan` on the shipped CT-guided labelmap: several targets, needle limit, bad input (issue 13 §6)."""
+
+    @classmethod
+    def setUpClass(cls):
+        from SeedImplantPlannerLib.samplecase.ct_guided import FORBIDDEN, ct_guided_case_paths
+        cls.ct, cls.lab = ct_guided_case_paths()
+        cls.tmp = tempfile.TemporaryDirectory()
+        cls.dir = Path(cls.tmp.name)
+        cls.base = ["plan", "--image", cls.ct, "--segmentation", cls.lab, "--body", "Body", "--unit", "mCi",
+                    "--forbidden", *FORBIDDEN, "--oar", "Bowel:D2cc=100", "--seed-spacing", "5",
+                    "--template-spacing", "10", "--time-limit", "4"]
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def test_needle_limit_below_any_plan_writes_the_best_plan_with_exit_3(self):
+        out = self.dir / "limit"
+        r = seedplan(*self.base, "--target", "GTV_RP", "--strength", "0.5", "--prescription", "120",
+                     "--direction", "A", "--max-needles", "3", "--out", out)
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertIn("needle limit (3 new needles)", r.stderr)
+        plan = json.loads((out / "plan.json").read_text())
+        self.assertLessEqual(plan["summary"]["n_needles_used"], 3)
+        self.assertEqual(plan["optimizer"]["max_needles"], 3)
+
+    def test_two_targets_with_their_own_prescription_and_strength(self):
+        out = self.dir / "two"
+        r = seedplan(*self.base, "--target", "GTV_RP:rx=120,strength=0.5", "--target", "GTV_Groin:rx=140,strength=0.7",
+                     "--direction", "A", "--out", out)
+        self.assertIn(r.returncode, (0, 3), r.stderr)
+        plan = json.loads((out / "plan.json").read_text())
+        self.assertEqual([(t["name"], t["prescription_Gy"]) for t in plan["targets"]],
+                         [("GTV_RP", 120.0), ("GTV_Groin", 140.0)])
+        goals = [row["goal"] for row in json.loads((out / "metrics.json").read_text())["goal_check"]]
+        self.assertIn("GTV_RP V100 >= %", goals)
+        self.assertIn("GTV_Groin V100 >= %", goals)
+        summary = (out / "summary.txt").read_text()
+        self.assertIn("GTV_Groin", summary)
+
+    def test_bad_target_input(self):
+        for extra, text in (
+                (["--target", "GTV_RP:rx=120", "--target", "GTV_Groin", "--strength", "0.5"],
+                 "no prescription dose for target(s) GTV_Groin"),
+                (["--target", "GTV_RP:rx=120", "--target", "GTV_RP:rx=140", "--strength", "0.5"],
+                 "contradictory prescription"),
+                (["--target", "GTV_RP:rx=120,dose=3", "--strength", "0.5"], "is not one of rx=Gy"),
+                (["--target", "GTV_RP", "--prescription", "120"], "no seed strength for target(s) GTV_RP"),
+                (["--target", "GTV_RP", "--prescription", "120", "--strength", "0.5", "--max-needles", "0"],
+                 "--max-needles must be at least 1")):
+            r = seedplan(*self.base, *extra, "--out", self.dir / "bad")
+            self.assertEqual(r.returncode, 2, r.stderr)
+            lines = r.stderr.strip().splitlines()
+            self.assertEqual(len(lines), 1, r.stderr)
+            self.assertTrue(lines[0].startswith("seedplan: error: "), lines[0])
+            self.assertIn(text, lines[0])
+        self.assertFalse((self.dir / "bad" / "plan.json").exists())
