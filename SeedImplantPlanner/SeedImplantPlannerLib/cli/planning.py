@@ -52,7 +52,8 @@ def cmd_plan(args):
         raise InputError(f"no seed strength for target(s) {', '.join(no_strength)}: give --strength or "
                          "--target NAME:strength=VALUE")
     for sp in specs:
-        check_strength_value(sp.strength if sp.strength is not None else args.strength, f"seed strength of {sp.name}")
+        check_strength_value(sp.strength if sp.strength is not None else args.strength,
+                             "seed strength" if len(specs) == 1 else f"{sp.name} seed strength")
     for name, value, low in (("--time-limit", args.time_limit, 0.0), ("--dose-spacing", args.dose_spacing, 0.0),
                              ("--template-spacing", args.template_spacing, 0.0), ("--seed-spacing", args.seed_spacing, 0.0)):
         if not value > low:
