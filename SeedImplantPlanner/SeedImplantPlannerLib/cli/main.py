@@ -19,7 +19,7 @@ import time
 from ..core.errors import SeedPlanError
 
 #: Modules that register subcommands, in help order.
-SUBCOMMAND_MODULES = ["common", "planning", "evaluation", "verify", "dicom", "demo", "serve"]
+SUBCOMMAND_MODULES = ["common", "planning", "evaluation", "verify", "intraop", "dicom", "demo", "serve"]
 
 
 #: Output options checked before a command runs: ``{dest: "file" | "folder"}`` for every command,

@@ -121,8 +121,8 @@ class Scanner:
     photons_per_ray_mm: float = 1.0e5    # unattenuated photons per ray per view per mm of row width
     electronic_noise_counts: float = 4.0  # Gaussian electronic noise (counts, standard deviation)
     thin_slice_mm: float = 1.0           # widest detector row; thicker slices average thin ones
-    sub_plane_mm: float = 0.2            # through-row sampling of the metal's partial volume
-    sub_rays: int = 4                    # rays across each detector bin's aperture where metal is hit
+    sub_plane_mm: float = 0.25           # through-row sampling of the metal's partial volume
+    sub_rays: int = 3                    # rays across each detector bin's aperture where metal is hit
     kernel: str = "hann"                 # reconstruction kernel: "hann" (standard), "shepp-logan", "ram-lak"
     slice_profile: str = "box"           # "box" or "triangle" weights of thin slices in a thick one
     detector_oversampling: int = 1       # samples per pixel width, each a pixel-wide aperture (as a flying focal spot)
@@ -235,48 +235,51 @@ def needle_groups_from_polyline(points, diameter_mm):
     return groups
 
 
+def _dot(a, b):
+    """Dot product over the last axis (length 3), broadcasting, without a reduction call."""
+    return a[..., 0] * b[..., 0] + a[..., 1] * b[..., 1] + a[..., 2] * b[..., 2]
+
+
 def _piece_interval(piece, p0, d):
     """Entry/exit ray parameters (s0, s1) of rays ``p0 + s d`` (p0, d: (..., 3)); s0 > s1 if missed."""
     kind = piece[0]
     if kind == "sph":
         c, r = piece[1], piece[2]
         m = p0 - c
-        b = np.sum(m * d, axis=-1)
-        cc = np.sum(m * m, axis=-1) - r * r
+        b = _dot(m, d)
+        cc = _dot(m, m) - r * r
         disc = b * b - cc
-        sq = np.sqrt(np.maximum(disc, 0.0))
-        s0 = np.where(disc > 0, -b - sq, np.inf)
-        s1 = np.where(disc > 0, -b + sq, -np.inf)
-        return s0, s1
+        hit = disc > 0
+        sq = np.sqrt(np.where(hit, disc, 0.0))
+        return np.where(hit, -b - sq, np.inf), np.where(hit, -b + sq, -np.inf)
     _, a, ax, r, planes, _ = piece
     m = p0 - a
-    dm = np.sum(d * ax[..., :], axis=-1)
-    mm = np.sum(m * ax, axis=-1)
+    dm = _dot(d, ax)
+    mm = _dot(m, ax)
     dp = d - dm[..., None] * ax
     mp = m - mm[..., None] * ax
-    qa = np.sum(dp * dp, axis=-1)
-    qb = np.sum(mp * dp, axis=-1)
-    qc = np.sum(mp * mp, axis=-1) - r * r
+    qa = _dot(dp, dp)
+    qb = _dot(mp, dp)
+    qc = _dot(mp, mp) - r * r
     parallel = qa < 1e-12
     qa_safe = np.where(parallel, 1.0, qa)
     disc = qb * qb - qa * qc
-    sq = np.sqrt(np.maximum(disc, 0.0))
-    s0 = np.where(parallel, np.where(qc <= 0, -np.inf, np.inf), (-qb - sq) / qa_safe)
-    s1 = np.where(parallel, np.where(qc <= 0, np.inf, -np.inf), (-qb + sq) / qa_safe)
-    miss = (~parallel) & (disc <= 0)
-    s0 = np.where(miss, np.inf, s0)
-    s1 = np.where(miss, -np.inf, s1)
+    hit = disc > 0
+    sq = np.sqrt(np.where(hit, disc, 0.0))
+    inside_par = qc <= 0
+    s0 = np.where(parallel, np.where(inside_par, -np.inf, np.inf), np.where(hit, (-qb - sq) / qa_safe, np.inf))
+    s1 = np.where(parallel, np.where(inside_par, np.inf, -np.inf), np.where(hit, (-qb + sq) / qa_safe, -np.inf))
     for point, normal in planes:
-        dn = np.sum(d * normal, axis=-1)
-        rhs = np.sum((point - p0) * normal, axis=-1)    # need s * dn >= rhs
+        dn = _dot(d, normal)
+        rhs = _dot(point - p0, normal)    # need s * dn >= rhs
         flat = np.abs(dn) < 1e-12
-        dn_safe = np.where(flat, 1.0, dn)
-        lim = rhs / dn_safe
-        s0 = np.where(~flat & (dn > 0), np.maximum(s0, lim), s0)
-        s1 = np.where(~flat & (dn < 0), np.minimum(s1, lim), s1)
+        lim = rhs / np.where(flat, 1.0, dn)
+        s0 = np.where(dn > 1e-12, np.maximum(s0, lim), s0)
+        s1 = np.where(dn < -1e-12, np.minimum(s1, lim), s1)
         out = flat & (rhs > 0)
-        s0 = np.where(out, np.inf, s0)
-        s1 = np.where(out, -np.inf, s1)
+        if np.any(out):
+            s0 = np.where(out, np.inf, s0)
+            s1 = np.where(out, -np.inf, s1)
     return s0, s1
 
 
@@ -690,52 +693,59 @@ def _metal_rays(proj, solids, w_center, row, sub_mm, cu, cv, sub_rays=4):
     n_sub = n_plane * n_ray
     lo_w, hi_w = w_center - row / 2.0, w_center + row / 2.0
     ids_all, len_all = [], []
+    c, s = np.cos(proj.theta), np.sin(proj.theta)
+    c0 = (proj.n_det - 1) / 2.0
     for solid in solids:
         if solid.w_range[1] < lo_w or solid.w_range[0] > hi_w:
             continue
-        # t-range per view from the pieces' defining points clipped to the row, plus radius
-        pts, rad = _groups_extent_points(solid.groups)
-        seg_pts = []
-        for g in solid.groups:
-            for p in g:
+        for group in solid.groups:          # disjoint convex groups: chords add, rays chosen per group
+            seg_pts, rad = [], 0.0
+            for p in group:
                 if p[0] == "sph":
+                    if p[1][2] + p[2] < lo_w or p[1][2] - p[2] > hi_w:
+                        continue
                     seg_pts.append(p[1][None, :])
+                    rad = max(rad, p[2])
                     continue
                 a, b = p[5]
+                r = p[3]
                 dw = b[2] - a[2]
                 if abs(dw) > 1e-9:
-                    s_lo = np.clip((lo_w - p[3] - a[2]) / dw, 0, 1)
-                    s_hi = np.clip((hi_w + p[3] - a[2]) / dw, 0, 1)
-                    s_pair = np.array([min(s_lo, s_hi), max(s_lo, s_hi)])
+                    s_lo = (lo_w - r - a[2]) / dw
+                    s_hi = (hi_w + r - a[2]) / dw
+                    s_lo, s_hi = max(min(s_lo, s_hi), 0.0), min(max(s_lo, s_hi), 1.0)
+                    if s_hi < s_lo:
+                        continue
+                elif a[2] + r < lo_w or a[2] - r > hi_w:
+                    continue
                 else:
-                    s_pair = np.array([0.0, 1.0])
-                seg_pts.append(a[None, :] + s_pair[:, None] * (b - a)[None, :])
-        sp = np.vstack(seg_pts)
-        c, s = np.cos(proj.theta), np.sin(proj.theta)
-        t = (sp[:, 0:1] - cu) * c[None, :] + (sp[:, 1:2] - cv) * s[None, :]
-        c0 = (proj.n_det - 1) / 2.0
-        b_lo = np.clip(np.floor((t.min(axis=0) - rad - proj.ds) / proj.ds + c0).astype(int), 0, proj.n_det - 1)
-        b_hi = np.clip(np.ceil((t.max(axis=0) + rad + proj.ds) / proj.ds + c0).astype(int), 0, proj.n_det - 1)
-        counts = b_hi - b_lo + 1
-        views = np.repeat(np.arange(proj.n_views), counts)
-        first = np.repeat(np.cumsum(counts) - counts, counts)
-        bins = np.repeat(b_lo, counts) + (np.arange(views.size) - first)
-        # rays in-plane: p0 = centre + t n, direction d; for each sub-plane w
-        tu, tv, du, dv = proj.ray_geometry(views, bins)
-        p0 = np.empty((views.size, n_sub, 3))
-        nu, nv_ = dv, -du                                   # unit normal of the ray (direction of t)
-        p0[..., 0] = (cu + tu)[:, None] + t_sub[None, :] * nu[:, None]
-        p0[..., 1] = (cv + tv)[:, None] + t_sub[None, :] * nv_[:, None]
-        p0[..., 2] = w_sub[None, :]
-        d = np.zeros((views.size, 1, 3))
-        d[..., 0, 0] = du
-        d[..., 0, 1] = dv
-        L = chord_length(solid.groups, p0, d)            # (n_rays, n_sub)
-        hit = np.any(L > 0, axis=1)
-        if not hit.any():
-            continue
-        ids_all.append(views[hit] * proj.n_det + bins[hit])
-        len_all.append(L[hit][:, :, None] * solid.weights[None, None, :])
+                    s_lo, s_hi = 0.0, 1.0
+                seg_pts.append(a[None, :] + np.array([[s_lo], [s_hi]]) * (b - a)[None, :])
+                rad = max(rad, r)
+            if not seg_pts:
+                continue
+            sp = np.vstack(seg_pts)
+            t = (sp[:, 0:1] - cu) * c[None, :] + (sp[:, 1:2] - cv) * s[None, :]
+            b_lo = np.clip(np.floor((t.min(axis=0) - rad - proj.ds) / proj.ds + c0).astype(int), 0, proj.n_det - 1)
+            b_hi = np.clip(np.ceil((t.max(axis=0) + rad + proj.ds) / proj.ds + c0).astype(int), 0, proj.n_det - 1)
+            counts = b_hi - b_lo + 1
+            views = np.repeat(np.arange(proj.n_views), counts)
+            first = np.repeat(np.cumsum(counts) - counts, counts)
+            bins = np.repeat(b_lo, counts) + (np.arange(views.size) - first)
+            tu, tv, du, dv = proj.ray_geometry(views, bins)
+            p0 = np.empty((views.size, n_sub, 3))
+            p0[..., 0] = (cu + tu)[:, None] + t_sub[None, :] * dv[:, None]     # (dv, -du): the ray's normal
+            p0[..., 1] = (cv + tv)[:, None] - t_sub[None, :] * du[:, None]
+            p0[..., 2] = w_sub[None, :]
+            d = np.zeros((views.size, 1, 3))
+            d[:, 0, 0] = du
+            d[:, 0, 1] = dv
+            L = chord_length([group], p0, d)                 # (n_rays, n_sub)
+            hit = np.any(L > 0, axis=1)
+            if not hit.any():
+                continue
+            ids_all.append(views[hit] * proj.n_det + bins[hit])
+            len_all.append(L[hit][:, :, None] * solid.weights[None, None, :])
     if not ids_all:
         return np.zeros(0, np.int64), np.zeros((0, n_sub, len(MATERIALS)))
     ids = np.concatenate(ids_all)

@@ -53,8 +53,12 @@ def _tube(x, y, z, points, radius):
     return out
 
 
-def make_sample_case(geometry: ImageGeometry = SAMPLE_GEOMETRY):
-    """Return ``(ct_hu int16 [k, j, i], {segment name: bool mask}, geometry)``."""
+def make_sample_case(geometry: ImageGeometry = SAMPLE_GEOMETRY, noise_HU=10.0):
+    """Return ``(ct_hu int16 [k, j, i], {segment name: bool mask}, geometry)``.
+
+    ``noise_HU`` is the tissue texture added to the CT (0 for the noise-free anatomy a CT
+    simulator measures itself).
+    """
     rng = np.random.default_rng(RANDOM_SEED)
     c = geometry.voxel_centers_ras(dtype=np.float32)
     x, y, z = c[..., 0], c[..., 1], c[..., 2]
@@ -147,7 +151,7 @@ def make_sample_case(geometry: ImageGeometry = SAMPLE_GEOMETRY):
     cortex = (bone & ~ndimage.binary_erosion(bone, iterations=1))
     ct[cortex] = 750.0
     ct[canal] = 20.0
-    noise = rng.normal(0.0, 10.0, size=ct.shape).astype(np.float32)
+    noise = (rng.normal(0.0, 1.0, size=ct.shape) * noise_HU).astype(np.float32)
     ct = ct + np.where(ct > -990.0, noise, noise * 0.2)
     ct_hu = np.clip(np.round(ct / 2.0) * 2.0, -1024, 3071).astype(np.int16)
 

@@ -1,0 +1,97 @@
+"""The intra-operative scene: the re-plan with what the CT shows and how it compares with the plan.
+
+On top of the plan scene of the re-plan (:func:`scene_io.build_plan_scene`: intra-op CT,
+segmentation, re-planned needles and seeds, dose, isodoses, DVH, metrics) it holds:
+
+- the needles in place as found, as unlocked markups lines named ``Found <name>`` (role
+  ``FoundNeedle``, plan number in the needle-number attribute) the user can drag to correct;
+- the seeds already implanted as found, as a markups fiducial node ``Implanted seeds (found)``
+  (role ``ImplantedSeeds``);
+- the deviation table (``Needle deviations``, role ``NeedleDeviations``) and the options table
+  (``Re-plan options``, role ``ReplanOptions``);
+- the plan-vs-now DVH overlay: table ``DVH plan vs now`` and chart (role ``DVHCompare``) with the
+  target's cumulative DVH for the original plan, the seeds already implanted and the re-plan.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..core import progress as _progress
+from .markups import needle_line_node, seeds_to_fiducial_node
+from .nodes import ROLE_ATTRIBUTE
+from .tables import _set_table_columns, update_dvh_nodes
+
+FOUND_NEEDLE_COLOR = (1.0, 0.55, 0.0)
+IMPLANTED_SEED_COLOR = (1.0, 0.9, 0.1)
+
+
+def _table(scene, name, role, rows, columns):
+    node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    node.SetAttribute(ROLE_ATTRIBUTE, role)
+    cols = []
+    for c in columns:
+        vals = [r.get(c, "") for r in rows]
+        if all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in vals) and vals:
+            cols.append((c, [float(v) for v in vals]))
+        else:
+            cols.append((c, ["" if v is None else str(v) for v in vals]))
+    return _set_table_columns(node, cols)
+
+
+def add_intraop_nodes(scene, result):
+    """Add the found needles and seeds, the deviation and options tables and the DVH overlay; returns the nodes."""
+    from ..planning.intraop import NEEDLE_DEVIATION_COLUMNS, OPTION_COLUMNS
+    out = {"found_needles": []}
+    for n in result.needles_in_place:
+        node = needle_line_node(scene, n.entry, n.tip, n.number, locked=False, color=FOUND_NEEDLE_COLOR)
+        node.SetName(f"Found {n.name}")
+        node.SetAttribute(ROLE_ATTRIBUTE, "FoundNeedle")
+        out["found_needles"].append(node)
+    if len(result.found_seeds):
+        node = seeds_to_fiducial_node(scene, result.found_seeds, name="Implanted seeds (found)",
+                                      color=IMPLANTED_SEED_COLOR)
+        node.SetAttribute(ROLE_ATTRIBUTE, "ImplantedSeeds")
+        out["implanted_seeds"] = node
+    out["deviations"] = _table(scene, "Needle deviations", "NeedleDeviations", result.needle_rows,
+                               NEEDLE_DEVIATION_COLUMNS)
+    out["options"] = _table(scene, "Re-plan options", "ReplanOptions", result.options, OPTION_COLUMNS)
+    bins, curves = result.target_dvh_curves()
+    if curves:
+        table = scene.AddNewNodeByClass("vtkMRMLTableNode", "DVH plan vs now")
+        table.SetAttribute(ROLE_ATTRIBUTE, "DVHCompare")
+        chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", "DVH plan vs now")
+        chart.SetTitle("Target DVH: plan, implanted seeds, re-plan")
+        chart.SetXAxisTitle("Dose (Gy)")
+        chart.SetYAxisTitle("Volume (%)")
+        chart.SetAttribute(ROLE_ATTRIBUTE, "DVHCompareChart")
+        colors = dict(zip(curves, [(0.5, 0.5, 0.5), (1.0, 0.75, 0.0), (0.85, 0.1, 0.1)]))
+        out["dvh_table"], out["dvh_chart"] = update_dvh_nodes(scene, bins, curves, table, chart, colors,
+                                                              result.plan.prescription_Gy)
+    return out
+
+
+def save_intraop_scene(path, result, ct, segmentation, goals=None, pictures_dir=None, progress=None) -> dict:
+    """Save the intra-operative scene (module doc) as a .mrb; returns {"mrb", "pictures", "nodes"}."""
+    from .scene import create_scene
+    from .scene_io import build_plan_scene
+    plan = result.plan
+    st = plan.structures
+    ctx = create_scene()
+    try:
+        ps = build_plan_scene(
+            ctx, seeds=plan.seeds, prescription_Gy=plan.prescription_Gy, ct=ct, segmentation=segmentation,
+            target=st.get("target"), organs=[o for o in (st.get("oars") or [])],
+            forbidden=list(st.get("forbidden") or []), needles=plan.used_needles(), seed_needle_numbers=plan.seed_needle,
+            dose=(result.dose_Gy, result.dose_geometry), goals=goals, progress=_progress.scaled(progress, 0.0, 0.7))
+        nodes = add_intraop_nodes(ctx.scene, result)
+        pictures = ps.write_pictures(pictures_dir, prefix="intraop") if pictures_dir is not None else {}
+        _progress.report(progress, 0.9, "saving the scene")
+        mrb = ps.save(Path(path))
+        _progress.report(progress, 1.0, "scene saved")
+        return {"mrb": mrb, "pictures": pictures, "nodes": {k: (v.GetName() if hasattr(v, "GetName") else len(v))
+                                                             for k, v in nodes.items()}}
+    finally:
+        ctx.close()

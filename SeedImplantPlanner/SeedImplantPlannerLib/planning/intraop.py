@@ -1,0 +1,491 @@
+"""Intra-operative re-planning on a CT with the needles in place (``seedplan intraop``).
+
+The chain, on the intra-operative CT and the plan it came from:
+
+1. **Frames**: the plan's needles and seeds must overlap the CT (else the plan belongs to another
+   frame: GeometryError naming both extents).
+2. **Needles in place**: as found on the CT (``needles``: plan needles as they really are, with
+   the plan's names and numbers, e.g. from the needle finder's matching or a corrected table);
+   each is compared with its planned needle (entry, tip, angle, depth deviations). Planned
+   needles not in the CT are listed as missing.
+3. **Seeds already implanted**: :func:`imaging.seedfinder.find_seeds` in the target + margin on
+   the CT; objects lying on a needle in place are rejected (a needle is not a seed); each found
+   seed is matched to the nearest planned seed (displacement) and gets the plan's strength.
+4. **Dose of those seeds** on the plan's dose grid (TG-43, each seed along its own axis).
+5. **Re-plan the rest** along the needles as they are (:func:`pipeline.plan_from_masks` with the
+   found seeds fixed and the needles in place implanted, no new needles unless allowed), same
+   source, prescription, goals and structures as the plan.
+6. **Cheap options** when the goals are not met: seed spacing 5 mm instead of the plan's, no
+   margin between seeds and the target edge, then new needles (adopted only when allowed,
+   otherwise only reported). The first option that meets the goals is adopted (when allowed) and
+   every option tried is listed with its V100 / D90 and whether it meets the goals.
+
+Needle names and numbers of the re-plan are those of the plan (new needles are numbered after
+the plan's last one and named ``new-<name>``). Units: mm, RAS, Gy, U.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..core import progress as _progress
+from ..core.errors import GeometryError, InputError
+from ..core.geometry import ImageGeometry
+from ..physics.seeds import SeedSet
+from .loading import LoadingRules
+from .needles import Needle
+from .planfile import Plan
+
+#: Found objects closer than this to a needle's axis (beyond its radius) are taken as the needle (mm).
+ON_NEEDLE_MM = 1.0
+#: A found seed is the implant of the nearest planned seed within this distance (mm).
+SEED_MATCH_MM = 8.0
+#: Seed-finding region: the target grown by this margin (mm).
+SEED_ROI_MARGIN_MM = 15.0
+NEEDLE_DEVIATION_COLUMNS = ("number", "name", "status", "entry_mm", "tip_mm", "angle_deg", "depth_mm",
+                            "planned_entry_x_mm", "planned_entry_y_mm", "planned_entry_z_mm", "planned_tip_x_mm",
+                            "planned_tip_y_mm", "planned_tip_z_mm", "entry_x_mm", "entry_y_mm", "entry_z_mm",
+                            "tip_x_mm", "tip_y_mm", "tip_z_mm", "gauge")
+SEED_FOUND_COLUMNS = ("index", "x_mm", "y_mm", "z_mm", "axis_x", "axis_y", "axis_z", "sk_U", "model", "confidence",
+                      "planned_seed", "planned_needle", "displacement_mm")
+OPTION_COLUMNS = ("option", "seed_spacing_mm", "target_margin_mm", "new_needles", "adopted", "goals_met",
+                  "n_new_seeds", "n_needles_used", "v100_pct", "d90_Gy", "unmet")
+
+
+def _unit(v):
+    v = np.asarray(v, float)
+    return v / np.linalg.norm(v)
+
+
+def needle_deviation(planned: Needle, actual: Needle) -> dict:
+    """Deviations of a needle from its plan: entry and tip distance (mm), angle (deg), depth (mm, + deeper)."""
+    ang = math.degrees(math.acos(float(np.clip(planned.direction @ actual.direction, -1.0, 1.0))))
+    return {"entry_mm": float(np.linalg.norm(actual.entry - planned.entry)),
+            "tip_mm": float(np.linalg.norm(actual.tip - planned.tip)), "angle_deg": ang,
+            "depth_mm": float(actual.depth_mm - planned.depth_mm)}
+
+
+def check_frames(ct_geometry: ImageGeometry, plan: Plan, margin_mm=20.0):
+    """Raise GeometryError when none of the plan's needle tips or seeds lies within ``margin_mm`` of the CT."""
+    pts = [plan.seeds.positions] + [n.tip[None, :] for n in plan.needles]
+    pts = np.vstack([p for p in pts if len(p)]) if any(len(p) for p in pts) else np.zeros((0, 3))
+    if not len(pts):
+        raise InputError("the plan has neither needles nor seeds")
+    lo, hi = ct_geometry.bounds_ras()
+    inside = np.all((pts >= lo - margin_mm) & (pts <= hi + margin_mm), axis=1)
+    if not inside.any():
+        raise GeometryError(
+            f"the plan does not overlap the CT: its needles and seeds span RAS {np.round(pts.min(0), 1).tolist()} to "
+            f"{np.round(pts.max(0), 1).tolist()} mm, the CT {np.round(lo, 1).tolist()} to {np.round(hi, 1).tolist()} mm "
+            "(a plan made in another frame or for another patient?)")
+
+
+def assign_plan_numbers(needles, plan: Plan):
+    """Give needles in place their plan numbers by name; returns (in-place needles, unplanned needles).
+
+    Needles whose name is not in the plan keep their name and get numbers after the plan's last.
+    Two needles claiming one planned needle are refused.
+    """
+    by_name = {n.name: n for n in plan.needles}
+    top = max([n.number for n in plan.needles] or [0])
+    placed, unplanned, seen = [], [], set()
+    for n in needles:
+        n = copy.deepcopy(n)
+        p = by_name.get(n.name)
+        if p is None:
+            top += 1
+            n.number = top
+            unplanned.append(n)
+            continue
+        if p.name in seen:
+            raise InputError(f"two needles in place are named {p.name!r}: each planned needle can be in place once")
+        seen.add(p.name)
+        n.number = p.number
+        n.gauge = n.gauge or p.gauge
+        placed.append(n)
+    return placed, unplanned
+
+
+def needles_from_dicts(items, gauge=18):
+    """Needles from dicts with entry/tip (``entry_ras``/``tip_ras`` or ``entry_ras_mm``/``tip_ras_mm``) and a name."""
+    out = []
+    for k, d in enumerate(items, start=1):
+        entry = d.get("entry_ras", d.get("entry_ras_mm"))
+        tip = d.get("tip_ras", d.get("tip_ras_mm"))
+        if entry is None or tip is None:
+            raise InputError(f"needle {k}: entry and tip are required")
+        out.append(Needle(int(d.get("number", k)), np.asarray(entry, float), np.asarray(tip, float),
+                          name=str(d.get("name") or ""), gauge=int(d.get("gauge", gauge)), kind="implanted",
+                          fixed=True))
+    return out
+
+
+def point_segment_distance(points, a, b):
+    """Distance (mm) of points (n, 3) to the segment a-b."""
+    p = np.asarray(points, float).reshape(-1, 3)
+    ab = np.asarray(b, float) - np.asarray(a, float)
+    t = np.clip(((p - a) @ ab) / max(float(ab @ ab), 1e-12), 0.0, 1.0)
+    return np.linalg.norm(p - (np.asarray(a) + t[:, None] * ab), axis=1)
+
+
+def drop_needle_objects(found, needles, extra_mm=ON_NEEDLE_MM):
+    """Indices of found seeds to keep and rejection rows of those lying on a needle in place."""
+    from .needles import GAUGE_OUTER_DIAMETER_MM
+    pos = np.asarray(found.positions, float).reshape(-1, 3)
+    keep = np.ones(len(pos), dtype=bool)
+    rejected = []
+    for n in needles:
+        r = GAUGE_OUTER_DIAMETER_MM.get(n.gauge, 1.27) / 2.0
+        # the shaft from the tip back to well outside the skin
+        d = point_segment_distance(pos, n.tip, n.entry - 60.0 * n.direction)
+        on = keep & (d <= r + extra_mm)
+        for i in np.flatnonzero(on):
+            rejected.append({"position_mm": np.round(pos[i], 2).tolist(), "reason": f"on needle {n.name} in place "
+                             f"({d[i]:.1f} mm from its axis)"})
+        keep &= ~on
+    return np.flatnonzero(keep), rejected
+
+
+def match_found_seeds(found_pos, plan: Plan, max_mm=SEED_MATCH_MM):
+    """One-to-one matching of found seeds to planned seeds: (planned index or -1, displacement mm) per found seed."""
+    from scipy.optimize import linear_sum_assignment
+    fp = np.asarray(found_pos, float).reshape(-1, 3)
+    pp = plan.seeds.positions
+    idx = np.full(len(fp), -1, dtype=int)
+    disp = np.full(len(fp), np.nan)
+    if len(fp) and len(pp):
+        d = np.linalg.norm(fp[:, None, :] - pp[None, :, :], axis=-1)
+        r, c = linear_sum_assignment(np.where(d <= max_mm, d, 1e6))
+        ok = d[r, c] <= max_mm
+        idx[r[ok]] = c[ok]
+        disp[r[ok]] = d[r[ok], c[ok]]
+    return idx, disp
+
+
+@dataclass
+class IntraopResult:
+    """Everything ``seedplan intraop`` reports and writes."""
+
+    plan: Plan                               # the re-plan (fixed implanted seeds + new seeds)
+    original: Plan
+    dose_Gy: np.ndarray                      # total dose of the re-plan
+    dose_geometry: ImageGeometry
+    implanted_dose_Gy: np.ndarray            # dose of the seeds already implanted only
+    planned_dose_Gy: np.ndarray              # dose of the original plan on the same grid
+    evaluation: object                       # evaluation of the re-plan
+    needle_rows: list                        # deviation table (one row per planned or unplanned needle)
+    needles_in_place: list
+    found_seeds: SeedSet                     # seeds already implanted (as found)
+    seed_rows: list
+    rejected: list
+    options: list                            # option rows tried (first = as the plan)
+    adopted: str
+    advice: str
+    goals_met: bool
+    target_mask: np.ndarray | None = None    # the target on the dose grid
+    timings: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+
+    def target_dvh_curves(self, n_bins=201):
+        """Target cumulative DVH (% volume) of the plan, the seeds implanted and the re-plan: (bins Gy, {label: %})."""
+        bins = np.linspace(0.0, 2.0 * self.plan.prescription_Gy, n_bins)
+        curves = {}
+        name = self.plan.structures.get("target")
+        if self.target_mask is None or not self.target_mask.any():
+            return bins, curves
+        for label, dose in (("plan", self.planned_dose_Gy), ("implanted only", self.implanted_dose_Gy),
+                            ("now (re-plan)", self.dose_Gy)):
+            d = np.sort(np.asarray(dose)[self.target_mask])
+            curves[f"{name} {label}"] = 100.0 * (d.size - np.searchsorted(d, bins, side="left")) / d.size
+        return bins, curves
+
+    def summary(self) -> dict:
+        """Plain-JSON summary."""
+        dev = [r for r in self.needle_rows if r["status"] == "in place"]
+        return {"needles_in_place": len(self.needles_in_place),
+                "needles_missing": sum(1 for r in self.needle_rows if r["status"].startswith("not in the CT")),
+                "needles_unplanned": sum(1 for r in self.needle_rows if r["status"] == "unplanned"),
+                "deviation_tip_mm_median": _median([r["tip_mm"] for r in dev]),
+                "deviation_angle_deg_median": _median([r["angle_deg"] for r in dev]),
+                "seeds_implanted_found": len(self.found_seeds), "seeds_new": int((~self.plan.seed_fixed).sum()),
+                "seeds_total": len(self.plan.seeds), "adopted_option": self.adopted, "goals_met": self.goals_met,
+                "advice": self.advice, "options": self.options, "timings_s": {k: round(v, 2) for k, v in self.timings.items()},
+                "warnings": list(self.warnings), "rejected_objects": self.rejected}
+
+    def deviation_line(self) -> str:
+        """One line: how far the needles in place are from the plan."""
+        dev = [r for r in self.needle_rows if r["status"] == "in place"]
+        if not dev:
+            return "no planned needle in place"
+        tip = np.array([r["tip_mm"] for r in dev])
+        ang = np.array([r["angle_deg"] for r in dev])
+        miss = sum(1 for r in self.needle_rows if r["status"].startswith("not in the CT"))
+        return (f"{len(dev)} needles in place: tip off by {np.median(tip):.1f} mm median (max {tip.max():.1f}), "
+                f"angle {np.median(ang):.1f} deg median (max {ang.max():.1f}); {miss} planned needles not in the CT")
+
+
+def _median(v):
+    return float(np.median(v)) if len(v) else None
+
+
+def needle_rows(plan: Plan, placed, unplanned):
+    """Deviation table rows: every planned needle (in place or not) and the unplanned ones."""
+    rows = []
+    by_number = {n.number: n for n in placed}
+    used = {n.number for n in plan.used_needles()}
+    for p in plan.needles:
+        a = by_number.get(p.number)
+        row = {"number": p.number, "name": p.name, "gauge": p.gauge,
+               "planned_entry_x_mm": p.entry[0], "planned_entry_y_mm": p.entry[1], "planned_entry_z_mm": p.entry[2],
+               "planned_tip_x_mm": p.tip[0], "planned_tip_y_mm": p.tip[1], "planned_tip_z_mm": p.tip[2]}
+        if a is None:
+            if p.number not in used:
+                continue        # an unused template position: not a needle of the plan
+            row["status"] = "not in the CT (loaded and withdrawn, or not inserted)"
+            rows.append(row)
+            continue
+        row.update(needle_deviation(p, a))
+        row.update({"status": "in place", "entry_x_mm": a.entry[0], "entry_y_mm": a.entry[1], "entry_z_mm": a.entry[2],
+                    "tip_x_mm": a.tip[0], "tip_y_mm": a.tip[1], "tip_z_mm": a.tip[2]})
+        rows.append(row)
+    for a in unplanned:
+        rows.append({"number": a.number, "name": a.name, "gauge": a.gauge, "status": "unplanned",
+                     "entry_x_mm": a.entry[0], "entry_y_mm": a.entry[1], "entry_z_mm": a.entry[2],
+                     "tip_x_mm": a.tip[0], "tip_y_mm": a.tip[1], "tip_z_mm": a.tip[2]})
+    for r in rows:
+        for k, v in list(r.items()):
+            if isinstance(v, (float, np.floating)):
+                r[k] = round(float(v), 3)
+    return rows
+
+
+def _restore_numbers(new: Plan, placed, plan: Plan):
+    """Give the re-plan's needles the plan's numbers (in-place needles) or numbers after them (new ones)."""
+    top = max([n.number for n in plan.needles] + [n.number for n in placed] + [0])
+    mapping = {}
+    names = {n.name for n in plan.needles}
+    for i, n in enumerate(new.needles):
+        if i < len(placed):
+            mapping[n.number] = placed[i].number
+            n.name = placed[i].name
+        else:
+            top += 1
+            mapping[n.number] = top
+            if n.name in names or not n.name:
+                n.name = f"new-{n.name or top}"
+    for n in new.needles:
+        n.number = mapping[n.number]
+    new.seed_needle = np.array([mapping.get(int(v), 0) if v > 0 else 0 for v in new.seed_needle], dtype=int)
+    new.needles.sort(key=lambda n: n.number)
+    return new
+
+
+def _struct_masks(seg, plan: Plan):
+    names = [plan.structures.get("target")] + list(plan.structures.get("oars") or []) + \
+        list(plan.structures.get("forbidden") or []) + [plan.structures.get("body")]
+    masks = {}
+    for name in names:
+        if not name:
+            continue
+        s = seg.find(name)
+        masks[s.name] = seg.mask(s.segment_id)
+    return masks
+
+
+def replan_with(plan: Plan, seg, fixed: SeedSet, placed, *, allow_new_needles=False, spacing_mm=None,
+                target_margin_mm=None, time_limit_s=4.0, rng_seed=0, progress=None):
+    """One re-plan of the remaining seeds (see the module doc); returns (plan, dose, dose geometry, evaluation)."""
+    from ..evaluation.structures import structures_from_segmentation
+    from .pipeline import compute_dose, evaluate, plan_from_masks
+    r = plan.rules.to_dict()
+    if spacing_mm is not None:
+        r["spacing_mm"] = float(spacing_mm)
+    if target_margin_mm is not None:
+        r["target_margin_mm"] = float(target_margin_mm)
+    rules = LoadingRules(**r)
+    masks = _struct_masks(seg, plan)
+    target = plan.structures["target"]
+    st = plan.structures
+    direction = st.get("direction") or "P"
+    goals = copy.deepcopy(plan.goals)
+    new = plan_from_masks(
+        seg.geometry, masks, seg.find(target).name, oars=goals.oars, forbidden=list(st.get("forbidden") or []),
+        body=st.get("body"), model_id=plan.model_id, strength=plan.strength_U, strength_unit="U", goals=goals,
+        needle_mode=st.get("needle_mode") if st.get("needle_mode") in ("template", "fan") else "template",
+        direction=direction, template_spacing_mm=float(st.get("template_spacing_mm", 5.0)), rules=rules,
+        obstacle_margin_mm=float(st.get("obstacle_margin_mm", 5.0)), time_limit_s=time_limit_s, rng_seed=rng_seed,
+        fixed_seeds=fixed if len(fixed) else None, implanted_needles=placed, allow_new_needles=allow_new_needles,
+        formalism=plan.formalism, progress=_progress.scaled(progress, 0.0, 0.7))
+    new.source = dict(plan.source)
+    new.structures.update({k: v for k, v in plan.structures.items() if k in ("image", "segmentation")})
+    new = _restore_numbers(new, placed, plan)
+    tmask = masks[seg.find(target).name]
+    dose, g = compute_dose(new, seg.geometry, tmask, 2.0, progress=_progress.scaled(progress, 0.7, 0.9))
+    names = [seg.find(target).name] + [o.name for o in goals.oars]
+    structs = structures_from_segmentation(seg, list(dict.fromkeys(names)), allow_empty=False)
+    ev = evaluate(new, dose, g, structs, progress=_progress.scaled(progress, 0.9, 1.0))
+    return new, dose, g, ev
+
+
+def _failed_goals(plan: Plan):
+    return [r for r in plan.metrics.get("goal_check", []) if not r["passed"] and "soft" not in str(r["goal"])]
+
+
+def _option_row(name, plan: Plan, ev, spacing, margin, new_needles, adopted):
+    failed = _failed_goals(plan)
+    tm = ev.metrics.get(plan.structures.get("target"), {}) if hasattr(ev, "metrics") else {}
+    return {"option": name, "seed_spacing_mm": spacing, "target_margin_mm": margin, "new_needles": new_needles,
+            "adopted": adopted, "goals_met": not failed, "n_new_seeds": int((~plan.seed_fixed).sum()),
+            "n_needles_used": len(plan.used_needles()),
+            "v100_pct": None if "V100" not in tm else round(float(tm["V100"]["percent"]), 2),
+            "d90_Gy": None if "D90" not in tm else round(float(tm["D90"]["Gy"]), 2),
+            "unmet": "; ".join(f"{r['goal']} {r['limit']:g}" for r in failed)}
+
+
+def run_intraop(ct_hu, ct_geometry: ImageGeometry, plan: Plan, seg, needles, *, expected_implanted=None,
+                allow_new_needles=False, try_options=True, time_limit_s=4.0, rng_seed=0, progress=None):
+    """The intra-operative chain (module doc) on a CT array; returns an :class:`IntraopResult`.
+
+    ``seg``: the plan's segmentation (:class:`imaging.segio.Segmentation`); ``needles``: the needles
+    in place (list of :class:`needles.Needle`, names as in the plan); ``expected_implanted``: the
+    number of seeds implanted so far, if known.
+    """
+    from ..evaluation.structures import Structure, expand_margin, mask_on_grid
+    from ..imaging.seedfinder import find_seeds
+    from ..physics.dose import DoseGrid
+    timings = {}
+    warnings = []
+    t0 = time.monotonic()
+    ct = np.asarray(ct_hu)
+    if ct.shape != ct_geometry.shape:
+        raise InputError(f"CT array shape {ct.shape} does not match its geometry {ct_geometry.shape}")
+    check_frames(ct_geometry, plan)
+    target = plan.structures.get("target")
+    if not target:
+        raise InputError("the plan names no target structure (structures.target)")
+    tseg = seg.find(target)
+    tmask = seg.mask(tseg.segment_id)
+    placed, unplanned = assign_plan_numbers(needles, plan)
+    if unplanned:
+        warnings.append(f"{len(unplanned)} needle(s) not in the plan ({', '.join(n.name for n in unplanned)}): "
+                        "listed, not used for seeds")
+    for n in placed:
+        n.fixed = True
+        n.kind = "implanted"
+    rows = needle_rows(plan, placed, unplanned)
+    timings["needles_s"] = time.monotonic() - t0
+    _progress.report(progress, 0.05, "seeds already implanted")
+
+    # seeds already implanted
+    t1 = time.monotonic()
+    roi = mask_on_grid(Structure(tseg.name, expand_margin(tmask, seg.geometry, SEED_ROI_MARGIN_MM, name=tseg.name),
+                                 seg.geometry), ct_geometry)
+    if not roi.any():
+        lo, hi = ct_geometry.bounds_ras()
+        raise GeometryError(f"the target '{tseg.name}' (+{SEED_ROI_MARGIN_MM:g} mm) does not overlap the CT (CT spans "
+                            f"RAS {np.round(lo, 1).tolist()} to {np.round(hi, 1).tolist()} mm)")
+    rejected = []
+    found_pos = np.zeros((0, 3))
+    found_axes = np.zeros((0, 3))
+    conf = np.zeros(0)
+    try:
+        found = find_seeds(ct, ct_geometry, expected_count=expected_implanted, roi_mask=roi,
+                           progress=_progress.scaled(progress, 0.05, 0.2))
+    except InputError as exc:
+        if "metal" not in str(exc):
+            raise
+        found = None
+        warnings.append(f"no seeds implanted yet ({exc})")
+    if found is not None:
+        keep, rej = drop_needle_objects(found, placed + unplanned)
+        rejected = list(found.rejected) + rej
+        found_pos, found_axes, conf = found.positions[keep], found.axes[keep], found.confidence[keep]
+        warnings += list(found.warnings)
+        if expected_implanted is not None and len(found_pos) > expected_implanted:
+            warnings.append(f"{len(found_pos)} seeds found but {expected_implanted} implanted: check the extra ones "
+                            "(lowest confidence first) before trusting the dose")
+    fixed = SeedSet(found_pos, found_axes if len(found_pos) else np.zeros((0, 3)),
+                    np.full(len(found_pos), plan.strength_U), [plan.model_id] * len(found_pos))
+    pidx, disp = match_found_seeds(found_pos, plan)
+    seed_rows = []
+    for i in range(len(found_pos)):
+        p = int(pidx[i])
+        seed_rows.append({"index": i + 1, "x_mm": round(float(found_pos[i, 0]), 3), "y_mm": round(float(found_pos[i, 1]), 3),
+                          "z_mm": round(float(found_pos[i, 2]), 3), "axis_x": round(float(found_axes[i, 0]), 5),
+                          "axis_y": round(float(found_axes[i, 1]), 5), "axis_z": round(float(found_axes[i, 2]), 5),
+                          "sk_U": round(plan.strength_U, 5), "model": plan.model_id, "confidence": round(float(conf[i]), 3),
+                          "planned_seed": p + 1 if p >= 0 else "", "planned_needle":
+                          (next((n.name for n in plan.needles if n.number == plan.seed_needle[p]), "") if p >= 0 else ""),
+                          "displacement_mm": round(float(disp[i]), 2) if p >= 0 else ""})
+    timings["seeds_s"] = time.monotonic() - t1
+
+    # re-plan, with the cheap options when the goals are not met
+    t2 = time.monotonic()
+    base_spacing = plan.rules.spacing_mm
+    base_margin = plan.rules.target_margin_mm
+    attempts = [("as planned", None, None, False)]
+    if try_options:
+        if base_spacing > 5.0:
+            attempts.append(("seed spacing 5 mm", 5.0, None, False))
+        if base_margin > 0.0:
+            attempts.append(("no target margin", 5.0 if base_spacing > 5.0 else None, 0.0, False))
+        attempts.append(("new needles", 5.0 if base_spacing > 5.0 else None, 0.0 if base_margin > 0 else None, True))
+    options, best, adopted = [], None, None
+    n_att = len(attempts)
+    for a, (name, spacing, margin, new_needles) in enumerate(attempts):
+        sub = _progress.scaled(progress, 0.2 + 0.7 * a / n_att, 0.2 + 0.7 * (a + 1) / n_att)
+        _progress.report(progress, 0.2 + 0.7 * a / n_att, f"re-plan: {name}")
+        res = replan_with(plan, seg, fixed, placed, allow_new_needles=new_needles, spacing_mm=spacing,
+                          target_margin_mm=margin, time_limit_s=time_limit_s, rng_seed=rng_seed, progress=sub)
+        may_adopt = (not new_needles) or allow_new_needles
+        met = not _failed_goals(res[0])
+        row = _option_row(name, res[0], res[3], spacing if spacing is not None else base_spacing,
+                          margin if margin is not None else base_margin, new_needles, False)
+        options.append(row)
+        if best is None:
+            best, adopted = res, name
+        if met and may_adopt:
+            best, adopted = res, name
+            break
+        if met:         # met only with new needles, which are not allowed: reported, not adopted
+            break
+    for row in options:
+        row["adopted"] = row["option"] == adopted
+    new, dose, g, ev = best
+    goals_met = not _failed_goals(new)
+    advice = _advice(options, adopted, allow_new_needles, goals_met)
+    timings["replan_s"] = time.monotonic() - t2
+
+    # dose of the seeds already implanted, and of the original plan, on the same grid
+    t3 = time.monotonic()
+    implanted = DoseGrid(g, fixed, plan.formalism, "fast").dose_Gy("total") if len(fixed) else np.zeros(g.shape, np.float32)
+    planned = DoseGrid(g, plan.seeds, plan.formalism, "fast").dose_Gy("total")
+    timings["dose_s"] = time.monotonic() - t3
+    timings["total_s"] = time.monotonic() - t0
+    _progress.report(progress, 1.0, "intra-operative re-plan done")
+    tm = mask_on_grid(Structure(tseg.name, tmask, seg.geometry), g)
+    return IntraopResult(new, plan, dose, g, implanted, planned, ev, rows, placed, fixed, seed_rows, rejected, options,
+                         adopted, advice, goals_met, tm, timings, warnings)
+
+
+def _advice(options, adopted, allow_new_needles, goals_met):
+    """One sentence on what meets the goals."""
+    meeting = [o for o in options if o["goals_met"]]
+    if goals_met:
+        if adopted == "as planned":
+            return "the re-plan meets the goals with the plan's loading rules"
+        return f"the goals are met with: {adopted} (adopted)"
+    if meeting:
+        o = meeting[0]
+        if o["new_needles"] and not allow_new_needles:
+            return (f"the goals are not met along the needles in place; new needles would meet them "
+                    f"({o['n_needles_used']} needles, V100 {o['v100_pct']} %): allow them (--allow-new-needles)")
+        return f"{o['option']} would meet the goals"
+    tried = ", ".join(o["option"] for o in options)
+    return (f"no option tried meets the goals ({tried}); the best plan found is written: consider more needles, "
+            "a higher seed strength, or accept the shortfall")
