@@ -5,8 +5,8 @@ template from the left flank) is implanted; every needle lands with its entry 2-
 plan (perpendicular to the needle) and its direction tilted 1-4 deg, its depth off by
 N(0, 1.5 mm); one needle in four is bent (sagitta 0.5-2 mm, a deflected bevelled needle). The
 first ``n_loaded`` needles (plan order) have been loaded and withdrawn: their seeds sit along the
-needle as it really was, at the planned distances from its tip (jitter 0.5 mm along, 0.3 mm
-across, axes within about 5 deg of the needle). The other needles are still in place. The CT is
+needle as it really was, at the planned distances from its tip (jitter 0.5 mm along, never closer
+than a capsule length + 0.3 mm; 0.3 mm across; axes within about 5 deg of the needle). The other needles are still in place. The CT is
 :func:`..imaging.ctsim.simulate_ct` of the sample anatomy (noise-free analytic phantom evaluated on
 the CT's own slices) with these objects.
 
@@ -101,8 +101,12 @@ def implant_scenario(plan: Plan, n_loaded=9, rng_seed=9, entry_offset_mm=(2.0, 5
             seg = np.linalg.norm(np.diff(pts, axis=0), axis=1)
             s_from_entry = np.concatenate([[0.0], np.cumsum(seg)])
             total = s_from_entry[-1]
-            for i in np.flatnonzero(plan.seed_needle == nd.number):
-                s_tip = float(plan.seed_s_from_tip_mm[i]) + rng.normal(0.0, 0.5)
+            idx = np.flatnonzero(plan.seed_needle == nd.number)
+            s_tips = np.sort(plan.seed_s_from_tip_mm[idx] + rng.normal(0.0, 0.5, size=len(idx)))
+            order_idx = idx[np.argsort(plan.seed_s_from_tip_mm[idx])]
+            for m in range(1, len(s_tips)):       # capsules never overlap: >= length + 0.3 mm apart
+                s_tips[m] = max(s_tips[m], s_tips[m - 1] + ctsim.SEED_LENGTH_MM + 0.3)
+            for i, s_tip in zip(order_idx, s_tips):
                 s = np.clip(total - s_tip, 0.0, total)
                 p = np.array([np.interp(s, s_from_entry, pts[:, a]) for a in range(3)])
                 k = min(int(np.searchsorted(s_from_entry, s, side="right")) - 1, len(pts) - 2)

@@ -9,7 +9,9 @@ The chain, on the intra-operative CT and the plan it came from:
    each is compared with its planned needle (entry, tip, angle, depth deviations). Planned
    needles not in the CT are listed as missing.
 3. **Seeds already implanted**: :func:`imaging.seedfinder.find_seeds` in the target + margin on
-   the CT; objects lying on a needle in place are rejected (a needle is not a seed); each found
+   the CT; objects within ``ON_NEEDLE_MM`` of a needle in place (beyond its radius) are rejected
+   as parts of the needle (a needle is not a seed; a seed lying against a needle in place goes
+   with it, and is listed among the rejected objects); each found
    seed is matched to the nearest planned seed (displacement) and gets the plan's strength.
 4. **Dose of those seeds** on the plan's dose grid (TG-43, each seed along its own axis).
 5. **Re-plan the rest** along the needles as they are (:func:`pipeline.plan_from_masks` with the
@@ -41,8 +43,9 @@ from .loading import LoadingRules
 from .needles import Needle
 from .planfile import Plan
 
-#: Found objects closer than this to a needle's axis (beyond its radius) are taken as the needle (mm).
-ON_NEEDLE_MM = 1.0
+#: Found objects closer than this to a needle's straight axis (beyond its radius) are taken as the
+#: needle (mm): a needle bends up to 2 mm off its line, and its blur reaches about 0.5 mm further.
+ON_NEEDLE_MM = 2.5
 #: A found seed is the implant of the nearest planned seed within this distance (mm).
 SEED_MATCH_MM = 8.0
 #: Seed-finding region: the target grown by this margin (mm).

@@ -1,0 +1,125 @@
+"""Intra-operative re-plan (planning/intraop.py) on a simulated CT (imaging/ctsim.py) of a small plan."""
+
+import tempfile
+import unittest
+
+import numpy as np
+
+from SeedImplantPlannerLib.core.errors import GeometryError, InputError
+from SeedImplantPlannerLib.core.geometry import ImageGeometry
+from SeedImplantPlannerLib.imaging import ctsim
+from SeedImplantPlannerLib.imaging.segio import Segmentation
+from SeedImplantPlannerLib.planning import ctcases, intraop
+from SeedImplantPlannerLib.planning.loading import LoadingRules
+from SeedImplantPlannerLib.planning.pipeline import plan_from_masks
+
+GEOM = ImageGeometry((40, 40, 40), (1.5, 1.5, 1.5), (-29.25, -29.25, -29.25))
+
+
+def small_case():
+    """A 9 mm-radius target in a water body, needles from inferior (across the axial slices), 8 mm template."""
+    c = GEOM.voxel_centers_ras()
+    masks = {"GTV": np.linalg.norm(c, axis=-1) <= 9.0,
+             "Body": ((c[..., 0] ** 2 + c[..., 1] ** 2) <= 27.0 ** 2) & (c[..., 2] > -27.0),
+             "Bone": (np.abs(c[..., 0] - 18.0) <= 2.0) & (np.abs(c[..., 1]) <= 2.0) & (c[..., 2] > -27.0)}
+    plan = plan_from_masks(GEOM, masks, "GTV", forbidden=["Bone"], body="Body", prescription_Gy=120.0, strength=0.6,
+                           direction="S", template_spacing_mm=8.0, rules=LoadingRules(spacing_mm=7.0, min_distance_mm=5.0),
+                           n_target_points=800, n_check_points=1500, time_limit_s=2.0, rng_seed=1)
+    plan.structures["direction"] = [0.0, 0.0, 1.0]
+    seg = Segmentation.from_masks(GEOM, masks, {"GTV": (1, 0, 0), "Body": (0.9, 0.8, 0.7), "Bone": (1, 1, 0.8)})
+    anatomy = np.where(masks["Body"], 30.0, -1000.0).astype(np.float32)
+    anatomy[masks["Bone"]] = 350.0
+    return plan, seg, (anatomy, GEOM)
+
+
+class IntraopTest(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.plan, cls.seg, cls.anatomy = small_case()
+        cls.needles, cls.seeds, cls.info = ctcases.implant_scenario(cls.plan, n_loaded=3, rng_seed=4)
+        ct_geom = ImageGeometry((56, 56, 20), (1.0, 1.0, 2.0), (-27.5, -27.5, -19.0))
+        cls.ct, cls.ct_geom, cls.truth = ctsim.simulate_ct(cls.anatomy, ct_geom, needles=cls.needles, seeds=cls.seeds,
+                                                           slice_thickness_mm=2.0, rng_seed=2)
+        cls.found_needles = intraop.needles_from_dicts(cls.truth["needles"])
+        cls.res = intraop.run_intraop(cls.ct, cls.ct_geom, cls.plan, cls.seg, cls.found_needles,
+                                      expected_implanted=len(cls.seeds), time_limit_s=1.5)
+
+    def test_scenario(self):
+        used = self.plan.used_needles()
+        self.assertEqual(self.info["n_loaded_withdrawn"], 3)
+        self.assertEqual(len(self.needles), len(used) - 3)
+        self.assertEqual(len(self.seeds), int(sum((self.plan.seed_needle == n.number).sum() for n in used[:3])))
+        for n in self.needles:
+            self.assertGreaterEqual(n["deviation"]["entry_mm"], 2.0 - 1e-9)
+            self.assertLessEqual(n["deviation"]["entry_mm"], 5.0 + 1e-9)
+            self.assertGreaterEqual(n["deviation"]["angle_deg"], 1.0 - 1e-6)
+            self.assertLessEqual(n["deviation"]["angle_deg"], 4.0 + 1e-6)
+
+    def test_needles_keep_plan_names_numbers_and_deviations(self):
+        res = self.res
+        planned = {n.name: n.number for n in self.plan.needles}
+        for n in res.needles_in_place:
+            self.assertEqual(n.number, planned[n.name])
+        in_place = [r for r in res.needle_rows if r["status"] == "in place"]
+        self.assertEqual(len(in_place), len(self.needles))
+        truth = {n["name"]: n["deviation"] for n in self.needles}
+        for r in in_place:
+            self.assertAlmostEqual(r["tip_mm"], truth[r["name"]]["tip_mm"], places=2)
+            self.assertAlmostEqual(r["angle_deg"], truth[r["name"]]["angle_deg"], places=2)
+        missing = [r for r in res.needle_rows if r["status"].startswith("not in the CT")]
+        self.assertEqual(sorted(r["name"] for r in missing), sorted(self.info["loaded_needles"]))
+        # re-planned seeds ride on needles in place, with their plan numbers
+        new = ~res.plan.seed_fixed
+        self.assertTrue(set(res.plan.seed_needle[new].tolist()) <= {n.number for n in res.needles_in_place})
+        self.assertIn("needles in place", res.deviation_line())
+
+    def test_implanted_seeds_found_fixed_and_matched(self):
+        res = self.res
+        true = np.array([s["center_ras"] for s in self.seeds])
+        found = res.found_seeds.positions
+        # no needle point is taken for a seed: every seed found is a true one (seeds merged with a
+        # needle in place are rejected with it and listed)
+        d = np.linalg.norm(found[:, None] - true[None], axis=-1).min(axis=1)
+        self.assertGreaterEqual(len(found), 2)
+        self.assertLess(float(d.max()), 1.0)
+        self.assertEqual(len(found) < len(true), len(res.rejected) > 0)
+        self.assertEqual(int(res.plan.seed_fixed.sum()), len(found))
+        np.testing.assert_allclose(res.plan.seeds.positions[res.plan.seed_fixed], found, atol=1e-3)
+        self.assertTrue(all(r["planned_seed"] != "" for r in res.seed_rows))
+        self.assertGreater(float(res.implanted_dose_Gy.max()), 0.0)
+        self.assertTrue(res.options[0]["option"] == "as planned")
+        self.assertEqual(sum(1 for o in res.options if o["adopted"]), 1)
+        bins, curves = res.target_dvh_curves()
+        self.assertEqual(len(curves), 3)
+        for v in curves.values():
+            self.assertAlmostEqual(float(v[0]), 100.0)
+            self.assertTrue(np.all(np.diff(v) <= 1e-9))
+
+    def test_bad_input(self):
+        far = ImageGeometry((20, 20, 10), (1.0, 1.0, 2.0), (500.0, 500.0, 500.0))
+        with self.assertRaises(GeometryError):
+            intraop.run_intraop(np.zeros(far.shape, np.int16), far, self.plan, self.seg, self.found_needles)
+        twice = self.found_needles[:1] * 2
+        with self.assertRaises(InputError):
+            intraop.assign_plan_numbers(twice, self.plan)
+        with self.assertRaises(InputError):
+            intraop.run_intraop(np.zeros((3, 3, 3)), self.ct_geom, self.plan, self.seg, self.found_needles)
+
+    def test_no_metal_means_nothing_implanted_yet(self):
+        blank, g, _ = ctsim.simulate_ct(self.anatomy, self.ct_geom, slice_thickness_mm=2.0, noise=False)
+        res = intraop.run_intraop(blank, g, self.plan, self.seg, self.found_needles, time_limit_s=1.0, try_options=False)
+        self.assertEqual(len(res.found_seeds), 0)
+        self.assertTrue(any("no seeds implanted yet" in w for w in res.warnings))
+        self.assertFalse(res.plan.seed_fixed.any())
+
+    def test_unplanned_needle_listed(self):
+        extra = intraop.needles_from_dicts([{"name": "X1", "entry_ras": [0, 3, -40], "tip_ras": [0, 3, -5]}])
+        placed, unplanned = intraop.assign_plan_numbers(self.found_needles + extra, self.plan)
+        self.assertEqual([n.name for n in unplanned], ["X1"])
+        self.assertGreater(unplanned[0].number, max(n.number for n in self.plan.needles))
+        rows = intraop.needle_rows(self.plan, placed, unplanned)
+        self.assertEqual(rows[-1]["status"], "unplanned")
+
+
+if __name__ == "__main__":
+    unittest.main()
