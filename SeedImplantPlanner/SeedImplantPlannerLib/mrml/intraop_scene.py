@@ -41,16 +41,19 @@ def _table(scene, name, role, rows, columns):
     return _set_table_columns(node, cols)
 
 
-def add_intraop_nodes(scene, result):
-    """Add the found needles and seeds, the deviation and options tables and the DVH overlay; returns the nodes."""
+def add_intraop_nodes(scene, result, markups=True):
+    """Add the found needles and seeds (``markups``), the deviation and options tables and the DVH overlay.
+
+    Returns the nodes added.
+    """
     from ..planning.intraop import NEEDLE_DEVIATION_COLUMNS, OPTION_COLUMNS
     out = {"found_needles": []}
-    for n in result.needles_in_place:
+    for n in (result.needles_in_place if markups else ()):
         node = needle_line_node(scene, n.entry, n.tip, n.number, locked=False, color=FOUND_NEEDLE_COLOR)
         node.SetName(f"Found {n.name}")
         node.SetAttribute(ROLE_ATTRIBUTE, "FoundNeedle")
         out["found_needles"].append(node)
-    if len(result.found_seeds):
+    if markups and len(result.found_seeds):
         node = seeds_to_fiducial_node(scene, result.found_seeds, name="Implanted seeds (found)",
                                       color=IMPLANTED_SEED_COLOR)
         node.SetAttribute(ROLE_ATTRIBUTE, "ImplantedSeeds")

@@ -351,12 +351,14 @@ def _option_row(name, plan: Plan, ev, spacing, margin, new_needles, adopted):
 
 
 def run_intraop(ct_hu, ct_geometry: ImageGeometry, plan: Plan, seg, needles, *, expected_implanted=None,
-                allow_new_needles=False, try_options=True, time_limit_s=4.0, rng_seed=0, progress=None):
+                implanted_seeds: SeedSet | None = None, allow_new_needles=False, try_options=True, time_limit_s=4.0,
+                rng_seed=0, progress=None):
     """The intra-operative chain (module doc) on a CT array; returns an :class:`IntraopResult`.
 
     ``seg``: the plan's segmentation (:class:`imaging.segio.Segmentation`); ``needles``: the needles
     in place (list of :class:`needles.Needle`, names as in the plan); ``expected_implanted``: the
-    number of seeds implanted so far, if known.
+    number of seeds implanted so far, if known; ``implanted_seeds``: the seeds already implanted as
+    the user corrected them (then the CT is not searched).
     """
     from ..evaluation.structures import Structure, expand_margin, mask_on_grid
     from ..imaging.seedfinder import find_seeds
@@ -396,14 +398,18 @@ def run_intraop(ct_hu, ct_geometry: ImageGeometry, plan: Plan, seg, needles, *, 
     found_pos = np.zeros((0, 3))
     found_axes = np.zeros((0, 3))
     conf = np.zeros(0)
-    try:
-        found = find_seeds(ct, ct_geometry, expected_count=expected_implanted, roi_mask=roi,
-                           progress=_progress.scaled(progress, 0.05, 0.2))
-    except InputError as exc:
-        if "metal" not in str(exc):
-            raise
-        found = None
-        warnings.append(f"no seeds implanted yet ({exc})")
+    found = None
+    if implanted_seeds is not None:
+        found_pos, found_axes = implanted_seeds.positions.copy(), implanted_seeds.axes.copy()
+        conf = np.ones(len(found_pos))
+    else:
+        try:
+            found = find_seeds(ct, ct_geometry, expected_count=expected_implanted, roi_mask=roi,
+                               progress=_progress.scaled(progress, 0.05, 0.2))
+        except InputError as exc:
+            if "metal" not in str(exc):
+                raise
+            warnings.append(f"no seeds implanted yet ({exc})")
     if found is not None:
         keep, rej = drop_needle_objects(found, placed + unplanned)
         rejected = list(found.rejected) + rej

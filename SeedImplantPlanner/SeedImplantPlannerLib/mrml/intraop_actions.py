@@ -1,0 +1,171 @@
+"""The Intra-op panel's logic, without Qt: needles in place and implanted seeds as markups, re-plan.
+
+Used by the module's Intra-op panel (SeedImplantPlanner.py) on the application's scene and by the
+tests on a slicer-core scene. Steps, each callable again after the user drags markups:
+
+1. :meth:`IntraopSession.load_needles`: a needle table (the needle finder's output or a typed
+   table, names as in the plan) becomes unlocked lines ``Found <name>``;
+2. :meth:`IntraopSession.find_seeds`: the seeds already implanted on the intra-op CT become the
+   fiducial node ``Implanted seeds (found)`` (objects on a needle in place rejected);
+3. :meth:`IntraopSession.replan`: :func:`planning.intraop.run_intraop` with the needles and seeds
+   as the markups now show them; the plan scene then shows the re-plan (needles, seeds, dose) and
+   the deviation and options tables and the plan-vs-now DVH are added (replacing earlier ones).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.errors import InputError
+from ..planning.needles import Needle
+from .intraop_scene import FOUND_NEEDLE_COLOR, IMPLANTED_SEED_COLOR, add_intraop_nodes
+from .markups import fiducial_node_to_seeds, needle_line_node, seeds_to_fiducial_node
+from .nodes import ROLE_ATTRIBUTE
+from .volumes import geometry_from_volume, volume_array
+
+NEEDLE_NAME_ATTRIBUTE = "SeedImplantPlanner.NeedleName"
+INTRAOP_ROLES = ("NeedleDeviations", "ReplanOptions", "DVHCompare", "DVHCompareChart")
+
+
+class IntraopSession:
+    """Intra-operative review on a :class:`plan_scene.PlanScene` that holds the plan being implanted."""
+
+    def __init__(self, plan_scene):
+        self.ps = plan_scene
+        self.scene = plan_scene.scene
+        self.result = None
+        self._original = None
+
+    # -- inputs --------------------------------------------------------------------------------
+    def plan(self):
+        """The plan being implanted (the original one, also after a re-plan)."""
+        if self._original is None:
+            if self.ps.plan is None:
+                raise InputError("plan the implant first: the intra-operative review compares with a plan")
+            self._original = self.ps.plan
+        return self._original
+
+    def _collect(self, role, cls):
+        col = self.scene.GetNodesByClass(cls)
+        out = []
+        for i in range(col.GetNumberOfItems()):
+            n = col.GetItemAsObject(i)
+            if n.GetAttribute(ROLE_ATTRIBUTE) == role:
+                out.append(n)
+        return out
+
+    def needle_nodes(self):
+        """The ``Found <name>`` line nodes."""
+        return self._collect("FoundNeedle", "vtkMRMLMarkupsLineNode")
+
+    def seeds_node(self):
+        """The ``Implanted seeds (found)`` fiducial node, or None."""
+        nodes = self._collect("ImplantedSeeds", "vtkMRMLMarkupsFiducialNode")
+        return nodes[0] if nodes else None
+
+    def set_needles(self, needles):
+        """Show ``needles`` (Needle objects, plan names) as unlocked lines; replaces earlier ones."""
+        for n in self.needle_nodes():
+            self.scene.RemoveNode(n)
+        out = []
+        for n in needles:
+            node = needle_line_node(self.scene, n.entry, n.tip, n.number, locked=False, color=FOUND_NEEDLE_COLOR)
+            node.SetName(f"Found {n.name}")
+            node.SetAttribute(ROLE_ATTRIBUTE, "FoundNeedle")
+            node.SetAttribute(NEEDLE_NAME_ATTRIBUTE, n.name)
+            out.append(node)
+        return out
+
+    def load_needles(self, path):
+        """Read a needle table (CSV/JSON, names as in the plan) and show it as lines; returns the nodes."""
+        from ..planning.needles import read_needles
+        needles = read_needles(path)
+        names = {n.name for n in self.plan().needles}
+        unknown = [n.name for n in needles if n.name not in names]
+        if len(unknown) == len(needles):
+            raise InputError(f"{path}: none of its needle names ({', '.join(unknown[:5])}) is a needle of the plan")
+        return self.set_needles(needles)
+
+    def needles(self):
+        """Needles in place as the lines now show them (after the user's corrections)."""
+        out = []
+        for k, node in enumerate(self.needle_nodes(), start=1):
+            if node.GetNumberOfControlPoints() < 2:
+                continue
+            entry = np.array(node.GetNthControlPointPositionWorld(0))
+            tip = np.array(node.GetNthControlPointPositionWorld(1))
+            name = node.GetAttribute(NEEDLE_NAME_ATTRIBUTE) or node.GetName().replace("Found ", "", 1)
+            out.append(Needle(k, entry, tip, name=name, kind="implanted", fixed=True))
+        return out
+
+    @staticmethod
+    def ct(ct_node):
+        """(array, geometry) of the intra-operative CT node."""
+        if ct_node is None:
+            raise InputError("choose the intra-operative CT")
+        return volume_array(ct_node), geometry_from_volume(ct_node)
+
+    def segmentation(self):
+        """The plan's structures as a :class:`segio.Segmentation` on the planning grid."""
+        from ..imaging.segio import Segmentation
+        from .segmentations import segment_id_by_name
+        plan = self.plan()
+        seg_node = self.ps.params.get_node("segmentation")
+        if seg_node is None:
+            raise InputError("no segmentation chosen")
+        st = plan.structures
+        names = [st.get("target")] + list(st.get("oars") or []) + list(st.get("forbidden") or []) + [st.get("body")]
+        ids = [segment_id_by_name(seg_node, n) for n in dict.fromkeys(n for n in names if n)]
+        geometry = self.ps.reference_geometry()
+        return Segmentation.from_masks(geometry, self.ps.masks_on(geometry, ids))
+
+    # -- steps ---------------------------------------------------------------------------------
+    def find_seeds(self, ct_node, expected=None, progress=None):
+        """Find the seeds already implanted on the CT; shows them as a fiducial node and returns it."""
+        from ..evaluation.structures import Structure, expand_margin, mask_on_grid
+        from ..imaging.seedfinder import find_seeds
+        from ..planning.intraop import SEED_ROI_MARGIN_MM, drop_needle_objects
+        ct, geometry = self.ct(ct_node)
+        plan = self.plan()
+        seg = self.segmentation()
+        t = seg.find(plan.structures["target"])
+        roi = mask_on_grid(Structure(t.name, expand_margin(seg.mask(t.segment_id), seg.geometry, SEED_ROI_MARGIN_MM,
+                                                           name=t.name), seg.geometry), geometry)
+        found = find_seeds(ct, geometry, expected_count=expected or None, roi_mask=roi if roi.any() else None,
+                           progress=progress)
+        keep, _ = drop_needle_objects(found, self.needles())
+        seeds = found.to_seedset(plan.strength_U, plan.model_id)
+        from ..physics.seeds import SeedSet
+        seeds = SeedSet(seeds.positions[keep], seeds.axes[keep], seeds.strengths_U[keep],
+                        [seeds.models[i] for i in keep])
+        old = self.seeds_node()
+        if old is not None:
+            self.scene.RemoveNode(old)
+        node = seeds_to_fiducial_node(self.scene, seeds, name="Implanted seeds (found)", color=IMPLANTED_SEED_COLOR)
+        node.SetAttribute(ROLE_ATTRIBUTE, "ImplantedSeeds")
+        return node
+
+    def replan(self, ct_node, allow_new_needles=False, time_limit_s=4.0, progress=None):
+        """Re-plan the rest with the needles and implanted seeds as the markups show them; returns the result."""
+        from ..planning.intraop import run_intraop
+        ct, geometry = self.ct(ct_node)
+        plan = self.plan()
+        needles = self.needles()
+        if not needles:
+            raise InputError("no needles in place: load the needle table (or the needle finder's output) first")
+        node = self.seeds_node()
+        implanted = fiducial_node_to_seeds(node)[0] if node is not None else None
+        result = run_intraop(ct, geometry, plan, self.segmentation(), needles, implanted_seeds=implanted,
+                             allow_new_needles=allow_new_needles, time_limit_s=time_limit_s, progress=progress)
+        self.result = result
+        for role in INTRAOP_ROLES:
+            for cls in ("vtkMRMLTableNode", "vtkMRMLPlotChartNode"):
+                for n in self._collect(role, cls):
+                    self.scene.RemoveNode(n)
+        add_intraop_nodes(self.scene, result, markups=False)
+        new = result.plan
+        self.ps.plan = new
+        self.ps.set_needles(new.used_needles())
+        self.ps.set_seeds(new.seeds, new.seed_needle)
+        self.ps.use_dose(result.dose_Gy, result.dose_geometry)
+        return result
