@@ -166,6 +166,11 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         # Evaluation
         self.ui.showDvhButton.connect("clicked(bool)", self.onShowDvh)
         self.ui.exportReportButton.connect("clicked(bool)", self.onExportReport)
+        # Intra-op
+        self.ui.intraopLoadNeedlesButton.connect("clicked(bool)", self.onIntraopLoadNeedles)
+        self.ui.intraopFindSeedsButton.connect("clicked(bool)", self.onIntraopFindSeeds)
+        self.ui.intraopReplanButton.connect("clicked(bool)", self.onIntraopReplan)
+        self.ui.intraopShowDvhButton.connect("clicked(bool)", self.onIntraopShowDvh)
 
         self.initializeParameterNode()
 
@@ -478,6 +483,44 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.ui.reportPathLineEdit.addCurrentPathToHistory()
             slicer.util.showStatusMessage(_("Report written to {0}").format(out["html"]), 5000)
 
+    # -- Intra-op ----------------------------------------------------------------------------------
+    def onIntraopLoadNeedles(self) -> None:
+        path = self.ui.intraopNeedleTablePathLineEdit.currentPath
+        with slicer.util.tryWithErrorDisplay(_("Loading the needles in place failed."), waitCursor=True):
+            if not path:
+                raise ValueError(_("Choose the needle table (needles in place, names as in the plan)."))
+            nodes = self.logic.intraopLoadNeedles(path)
+            self.ui.intraopNeedleTablePathLineEdit.addCurrentPathToHistory()
+            self.ui.intraopStatusLabel.text = _("{0} needles in place shown; drag their ends to correct them.").format(
+                len(nodes))
+
+    def onIntraopFindSeeds(self) -> None:
+        ctNode = self.ui.intraopCtSelector.currentNode()
+        expected = self.ui.intraopImplantedSpinBox.value or None
+        node = self.runWithProgress(_("Finding the implanted seeds"),
+                                    lambda progress: self.logic.intraopFindSeeds(ctNode, expected, progress=progress))
+        if node is not None:
+            self.ui.intraopStatusLabel.text = _("{0} implanted seeds found; drag, add or delete points to correct them.").format(
+                node.GetNumberOfControlPoints())
+
+    def onIntraopReplan(self) -> None:
+        ctNode = self.ui.intraopCtSelector.currentNode()
+        allowNew = self.ui.intraopAllowNewNeedlesCheckBox.checked
+        seconds = self.ui.optimizerTimeSpinBox.value
+        result = self.runWithProgress(_("Intra-operative re-plan"),
+                                      lambda progress: self.logic.intraopReplan(ctNode, allowNew, seconds, progress))
+        if result is None:
+            return
+        self.ui.intraopStatusLabel.text = f"{result.deviation_line()}. {result.advice}."
+        self.ui.intraopDeviationTableView.setMRMLTableNode(self.logic.intraopNode("NeedleDeviations"))
+        self.updateSeedSummary()
+        self.updateNeedleTable()
+
+    def onIntraopShowDvh(self) -> None:
+        chart = self.logic.intraopNode("DVHCompareChart")
+        if chart is not None:
+            slicer.modules.plots.logic().ShowChartInLayout(chart)
+
 
 #
 # SeedImplantPlannerLogic
@@ -490,6 +533,7 @@ class SeedImplantPlannerLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self._planScene = None
+        self._intraop = None
 
     def getParameterNode(self):
         return SeedImplantPlannerParameterNode(super().getParameterNode())
@@ -561,6 +605,36 @@ class SeedImplantPlannerLogic(ScriptedLoadableModuleLogic):
 
     def writeReport(self, path):
         return self.planScene().write_report(path)
+
+    # -- Intra-op ----------------------------------------------------------------------------------
+    def intraopSession(self):
+        """The intra-operative review (SeedImplantPlannerLib.mrml.intraop_actions) on the current plan scene."""
+        from SeedImplantPlannerLib.mrml.intraop_actions import IntraopSession
+        planScene = self.planScene()
+        if self._intraop is None or self._intraop.ps is not planScene:
+            self._intraop = IntraopSession(planScene)
+        return self._intraop
+
+    def intraopLoadNeedles(self, path):
+        return self.intraopSession().load_needles(path)
+
+    def intraopFindSeeds(self, ctNode, expected=None, progress=None):
+        return self.intraopSession().find_seeds(ctNode, expected, progress=progress)
+
+    def intraopReplan(self, ctNode, allowNewNeedles=False, timeLimitS=4.0, progress=None):
+        self.stopLiveUpdates()
+        result = self.intraopSession().replan(ctNode, allowNewNeedles, timeLimitS, progress=progress)
+        self.invalidateEvaluation()
+        return result
+
+    def intraopNode(self, role):
+        """The intra-op table or chart node of ``role`` (NeedleDeviations, ReplanOptions, DVHCompareChart)."""
+        from SeedImplantPlannerLib.mrml.nodes import ROLE_ATTRIBUTE
+        for cls in ("vtkMRMLTableNode", "vtkMRMLPlotChartNode"):
+            for node in slicer.util.getNodesByClass(cls):
+                if node.GetAttribute(ROLE_ATTRIBUTE) == role:
+                    return node
+        return None
 
 
 #

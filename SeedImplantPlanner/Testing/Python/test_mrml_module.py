@@ -96,7 +96,8 @@ class ModuleFileTest(unittest.TestCase):
         widgets = ui_widgets()
         panels = [n for n, (cls, _p) in widgets.items() if cls == "ctkCollapsibleButton"]
         self.assertEqual(panels, ["inputsCollapsibleButton", "sourceCollapsibleButton", "needlesCollapsibleButton",
-                                  "seedsCollapsibleButton", "doseCollapsibleButton", "evaluationCollapsibleButton"])
+                                  "seedsCollapsibleButton", "doseCollapsibleButton", "evaluationCollapsibleButton",
+                                  "intraopCollapsibleButton"])
 
     def test_icon_exists(self):
         with open(ICON_FILE, "rb") as fh:
