@@ -124,6 +124,8 @@ FNEED = "find-needles --ct {d}/ct.nrrd"
 VERIFY = "verify --planned {d}/seeds.csv --found {d}/seeds.csv --spacing 2"
 EXPORT = "export-dicom --ct {d}/ct.nrrd --seeds {d}/seeds.csv --prescription-Gy 120"
 DSEEDS = "dicom-seeds"
+INTRAOP = ("intraop --ct {d}/ct.nrrd --plan {d}/plan.json --segmentation {d}/seg.seg.nrrd "
+           "--needles {d}/needles_in_place.csv")
 
 #: The table. Kinds are grouped by what is wrong; every command appears in several groups.
 KINDS = _rows(
@@ -441,6 +443,17 @@ KINDS = _rows(
      r"--gamma-map needs the gamma index", ("c.csv", "g.nrrd")),
     ("time curve without a target", METRICS.replace("GTV,Body", "Body") + " --csv {o}/m.csv --time-curve-csv {o}/t.csv",
      r"time curve needs a target", ("m.csv", "t.csv")),
+    # -- intra-operative review -------------------------------------------------------------------
+    ("intraop: plan in another frame than the CT", INTRAOP.replace("ct.nrrd", "ct_far.nrrd") + " --out {o}/intraop/",
+     r"the plan does not overlap the CT", ("intraop/",)),
+    ("intraop: missing needle table", INTRAOP.replace("needles_in_place.csv", "nope.csv") + " --out {o}/intraop/",
+     r"nope\.csv: cannot read needle file", ("intraop/",)),
+    ("intraop: negative implanted count", INTRAOP + " --implanted -1 --out {o}/intraop/", r"--implanted must be >= 0",
+     ("intraop/",)),
+    ("intraop: plan file cut in half", INTRAOP.replace("plan.json", "plan_cut.json") + " --out {o}/intraop/",
+     r"plan_cut\.json", ("intraop/",)),
+    ("intraop: NaN in the CT", INTRAOP.replace("ct.nrrd", "ct_nan.nrrd") + " --out {o}/intraop/",
+     r"ct_nan\.nrrd: CT holds non-finite voxels", ("intraop/",)),
 )
 
 
@@ -605,6 +618,8 @@ def make_inputs(d: Path):
     plan_variant("plan_rxnull.json", lambda p: p.update(prescription_Gy=None))
     plan_variant("plan_seedlist.json", lambda p: p.update(seeds=[1, 2]))
     (d / "needles_nocp.json").write_text(json.dumps([{"control_points_ras_mm": []}]))
+    (d / "needles_in_place.csv").write_text("name,entry_x_mm,entry_y_mm,entry_z_mm,tip_x_mm,tip_y_mm,tip_z_mm\n"
+                                            "N1,0,-30,0,0,0,0\n")
     (d / "needles_2d.json").write_text(json.dumps([{"entry_ras_mm": [0, 0], "tip_ras_mm": [0, 0, 1]}]))
     (d / "needles_nocol.csv").write_text("entry_x_mm,entry_y_mm,entry_z_mm\n1,2,3\n")
     (d / "needles_gauge.json").write_text(json.dumps([{"entry_ras_mm": [0, 0, 0], "tip_ras_mm": [0, 0, 9],

@@ -112,6 +112,33 @@ class IntraopTest(unittest.TestCase):
         self.assertTrue(any("no seeds implanted yet" in w for w in res.warnings))
         self.assertFalse(res.plan.seed_fixed.any())
 
+    def test_unmet_goals_try_the_cheap_options(self):
+        import copy
+        plan = copy.deepcopy(self.plan)
+        plan.goals.v100_min = 0.9999          # not reachable along the needles in place
+        res = intraop.run_intraop(self.ct, self.ct_geom, plan, self.seg, self.found_needles, time_limit_s=0.5,
+                                  implanted_seeds=self.res.found_seeds)
+        names = [o["option"] for o in res.options]
+        self.assertEqual(names, ["as planned", "seed spacing 5 mm", "new needles"])
+        self.assertEqual([o["seed_spacing_mm"] for o in res.options], [7.0, 5.0, 5.0])
+        self.assertFalse(res.options[0]["goals_met"])
+        self.assertFalse(res.options[1]["goals_met"])
+        # new needles meet them but are not allowed: reported, not adopted
+        self.assertTrue(res.options[2]["goals_met"])
+        self.assertFalse(res.goals_met)
+        self.assertEqual(res.adopted, "as planned")
+        self.assertIn("new needles would meet them", res.advice)
+        self.assertEqual(int(res.plan.seed_fixed.sum()), len(self.res.found_seeds))
+        allowed = intraop.run_intraop(self.ct, self.ct_geom, plan, self.seg, self.found_needles, time_limit_s=0.5,
+                                      implanted_seeds=self.res.found_seeds, allow_new_needles=True)
+        self.assertEqual(allowed.adopted, "new needles")
+        self.assertTrue(allowed.goals_met)
+        top = max(n.number for n in plan.needles)
+        new = [n for n in allowed.plan.used_needles() if n.number > top]
+        self.assertTrue(new)
+        planned_names = {n.name for n in plan.needles}
+        self.assertTrue(all(n.name not in planned_names for n in new))   # a new needle never takes a plan name
+
     def test_unplanned_needle_listed(self):
         extra = intraop.needles_from_dicts([{"name": "X1", "entry_ras": [0, 3, -40], "tip_ras": [0, 3, -5]}])
         placed, unplanned = intraop.assign_plan_numbers(self.found_needles + extra, self.plan)
