@@ -127,7 +127,8 @@ class Scanner:
     slice_profile: str = "box"           # "box" or "triangle" weights of thin slices in a thick one
     detector_oversampling: int = 1       # samples per pixel width, each a pixel-wide aperture (as a flying focal spot)
     view_block: int = 12                 # views per sparse projector block
-    slab_slices: int = 48                # thin slices reconstructed together
+    slab_slices: int | None = None       # thin slices reconstructed together; None: as many as fit
+    slab_memory_mb: float = 1024.0       # work-array budget that sets the automatic slab size
 
     def views_for(self, n_det):
         """Number of views for a detector of ``n_det`` bins."""
@@ -807,14 +808,20 @@ def simulate_ct(anatomy_hu, geometry: ImageGeometry, needles=(), seeds=(), calci
     slope0 = (L_table[1] - L_table[0]) / (p_table[1] - p_table[0])
     scale = proj.forward_scale()
     thin_mu = np.zeros((len(w_thin), nj, ni), np.float32)
-    n_slab = max(1, int(scanner.slab_slices))
+    # the projector matrices are built once per slab: the larger the slab, the fewer rebuilds
+    per_slice_bytes = proj.X.size * 4 * 4 + proj.n_views * proj.n_det * 4
+    n_slab = int(scanner.slab_slices) if scanner.slab_slices else int(scanner.slab_memory_mb * 2 ** 20 // per_slice_bytes)
+    n_slab = max(1, min(n_slab, len(w_thin)))
     n_done = 0
     for s0 in range(0, len(w_thin), n_slab):
         ws = w_thin[s0:s0 + n_slab]
         S = len(ws)
-        hu = sampler(ws)
-        a, b = hu_to_basis(hu)
-        X = np.concatenate([a.reshape(S, -1).T, b.reshape(S, -1).T], axis=1)   # (n_pix, 2S)
+        X = np.empty((proj.X.size, 2 * S), np.float32)                         # (n_pix, 2S): water, bone
+        for c0 in range(0, S, 16):                                               # anatomy in chunks (memory)
+            a, b = hu_to_basis(sampler(ws[c0:c0 + 16]))
+            n = a.shape[0]
+            X[:, c0:c0 + n] = a.reshape(n, -1).T
+            X[:, S + c0:S + c0 + n] = b.reshape(n, -1).T
         metal = [_metal_rays(proj, solids, w, row, scanner.sub_plane_mm, cu, cv, scanner.sub_rays) for w in ws]
         # one noise stream per thin slice, keyed by its plane's position (so a thick CT averages the
         # very thin slices a thin CT of the same seed shows)
