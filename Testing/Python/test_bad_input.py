@@ -329,6 +329,9 @@ KINDS = _rows(
     ("output folder is a file (verify)", VERIFY + " --out-dir {o}/v", r"exists and is a file", ("v",)),
     ("output folder is a file (export)", EXPORT + " --out {o}/dicom", r"dicom: .*(is a file|not a folder)",
      ("dicom",)),
+    ("output path is a device", PD + " --out /dev/null", r"/dev/null: output path is a device", ()),
+    ("second output is a device", METRICS + " --csv {o}/m.csv --json /dev/full", r"/dev/full: output path is a device",
+     ("m.csv",)),
     ("second output not writable", METRICS + " --csv {o}/m.csv --json /proc/nope/m.json", r"/proc/nope/m\.json",
      ("m.csv",)),
     ("DVH PNG into a file's folder", DVH + " --csv {o}/dvh.csv --png {o}/dvh.csv/dvh.png", r"dvh\.csv is a file",
@@ -810,6 +813,12 @@ class BadInputTest(unittest.TestCase):
                     self.assertTrue(str(exc).strip(), "empty message")
                 else:
                     self.fail("no error raised")
+
+    def test_devices_untouched(self):
+        import stat
+        for dev in ("/dev/null", "/dev/full"):
+            if os.path.exists(dev):
+                self.assertTrue(stat.S_ISCHR(os.stat(dev).st_mode), f"{dev} was replaced by a file")
 
     def test_inputs_unchanged(self):
         self.assertEqual(sorted(snapshot(self.d)), sorted(self.inputs_before), "a run left files among the inputs")

@@ -85,6 +85,28 @@ class SignalTest(unittest.TestCase):
         self.check(signal.SIGTERM, 143, "terminated", existing=True)
 
 
+class BrokenPipeTest(unittest.TestCase):
+    """`seedplan point-dose ... | head -1`: the reader goes away; the run stops quietly (status 141, no message)."""
+
+    def test_stdout_closed_early(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            seeds = Path(tmp) / "s.csv"
+            seeds.write_text(f"x_mm,y_mm,z_mm,axis_x,axis_y,axis_z,sk_U,model\n0,0,0,0,0,1,0.5,{M6711}\n")
+            points = Path(tmp) / "p.csv"
+            points.write_text("x_mm,y_mm,z_mm\n" + "".join(f"{10 + n % 50},0,0\n" for n in range(20000)))
+            env = dict(os.environ,
+                       PYTHONPATH=str(ROOT / "SeedImplantPlanner") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+            proc = subprocess.Popen([sys.executable, "-m", "SeedImplantPlannerLib.cli", "point-dose", "--seeds",
+                                     str(seeds), "--points", str(points)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, env=env)
+            self.assertTrue(proc.stdout.readline().startswith(b"x_mm,"))
+            proc.stdout.close()  # like `| head -1`
+            err = proc.stderr.read().decode()
+            proc.wait(timeout=60)
+            self.assertEqual(proc.returncode, 141, err)
+            self.assertEqual(err, "")
+
+
 class DemoInterruptedTest(unittest.TestCase):
     """`seedplan demo` writes many files into its folder: interrupted, a folder it created is removed."""
 

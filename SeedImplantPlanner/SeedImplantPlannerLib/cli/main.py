@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import time
@@ -36,6 +37,7 @@ COMMAND_OUTPUT_OPTIONS = {"plan": {"out": "folder"}, "needles": {"out": "folder"
 EXIT_BAD_INPUT = 2
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
+EXIT_SIGPIPE = 141
 
 
 class Terminated(KeyboardInterrupt):
@@ -143,6 +145,14 @@ def main(argv=None):
         return _error("terminated (SIGTERM); no output written", EXIT_SIGTERM)
     except KeyboardInterrupt:
         return _error("interrupted (Ctrl-C); no output written", EXIT_SIGINT)
+    except BrokenPipeError:
+        # stdout closed early (`seedplan sources | head -1`): stop quietly, as Unix tools do on SIGPIPE
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return EXIT_SIGPIPE
     except MemoryError as exc:
         detail = f" ({exc})" if str(exc) else ""
         return _error(f"out of memory{detail}: use a coarser spacing or a smaller region", EXIT_BAD_INPUT)

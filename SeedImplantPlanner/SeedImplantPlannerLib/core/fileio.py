@@ -52,6 +52,7 @@ def check_output_path(path, kind="file"):
         if kind == "file":
             raise OutputError(f"{str(path) or '(empty path)'}: output path names no file")
     if path.exists():
+        _refuse_special(path)
         if kind == "file" and path.is_dir():
             raise OutputError(f"{path}: output path is a folder, not a file")
         if kind == "folder" and not path.is_dir():
@@ -79,6 +80,13 @@ def check_output_path(path, kind="file"):
     return path
 
 
+def _refuse_special(path: Path):
+    """A device, pipe or socket is never replaced by an output file (``--out /dev/null`` as root would)."""
+    if path.exists() and not (path.is_file() or path.is_dir()):
+        raise OutputError(f"{path}: output path is a device, pipe or socket, not a regular file (outputs are "
+                          "written to a temporary file and renamed over the path)")
+
+
 def ensure_folder(folder, path):
     """Create ``folder`` (and its parents) for the output ``path``; OutputError naming ``path`` if impossible."""
     folder = Path(folder)
@@ -100,6 +108,7 @@ def atomic_path(path):
     an exception). OSErrors of the output (missing/read-only folder, full disk) become OutputError.
     """
     path = Path(path)
+    _refuse_special(path)
     if path.is_dir():
         raise OutputError(f"{path}: output path is a folder, not a file")
     ensure_folder(path.parent, path)
