@@ -23,15 +23,19 @@ from ..core.errors import SeedPlanError
 SUBCOMMAND_MODULES = ["common", "planning", "evaluation", "verify", "intraop", "dicom", "demo", "serve"]
 
 
-#: Output options checked before a command runs: ``{dest: "file" | "folder"}`` for every command,
+#: Output options checked before a command runs: ``{dest: "file" | "folder" | "any"}`` for every command,
 #: and per command ``{command: {dest: kind}}`` (wins over the first). A command may also declare its
 #: own with ``parser.set_defaults(output_options={"dest": "folder"})``. See docs/DEVELOPING.md.
-OUTPUT_OPTIONS = {"out": "file", "csv": "file", "png": "file", "pdf": "file", "diff": "file", "gamma_map": "file",
+#: ``--out`` is a file for some commands and a folder for others: "any" (writable place, not a device)
+#: unless the command says which.
+OUTPUT_OPTIONS = {"out": "any", "csv": "file", "png": "file", "pdf": "file", "diff": "file", "gamma_map": "file",
                   "gamma_png": "file", "goals_csv": "file", "time_curve_csv": "file", "time_curve_png": "file",
                   "out_dir": "folder"}
 COMMAND_OUTPUT_OPTIONS = {"plan": {"out": "folder"}, "needles": {"out": "folder"}, "export-dicom": {"out": "folder"},
-                          "demo": {"out": "folder"}, "metrics": {"json": "file"}, "compare": {"json": "file"},
-                          "find-seeds": {"report": "file"}}
+                          "demo": {"out": "folder"}, "point-dose": {"out": "file"}, "dose": {"out": "file"},
+                          "margin": {"out": "file"}, "report": {"out": "file"}, "dicom-seeds": {"out": "file"},
+                          "metrics": {"json": "file"}, "compare": {"json": "file"},
+                          "find-seeds": {"out": "file", "report": "file"}}
 
 #: Exit statuses.
 EXIT_BAD_INPUT = 2

@@ -41,7 +41,7 @@ def _reason(exc: OSError) -> str:
 
 
 def check_output_path(path, kind="file"):
-    """Raise OutputError unless ``path`` can be written as a ``kind`` ('file' or 'folder') output.
+    """Raise OutputError unless ``path`` can be written as a ``kind`` ('file', 'folder' or 'any') output.
 
     Missing parent folders are fine when they can be created (they are, at write time); the
     nearest existing ancestor must be a folder where a file can be created (tried with a hidden
@@ -57,9 +57,7 @@ def check_output_path(path, kind="file"):
             raise OutputError(f"{path}: output path is a folder, not a file")
         if kind == "folder" and not path.is_dir():
             raise OutputError(f"{path}: output folder exists and is a file")
-        target = path if kind == "folder" else path.parent
-    else:
-        target = path.parent
+    target = path.parent  # temporary files and folders are made next to the output
     ancestor = target
     while not ancestor.exists():
         if ancestor.parent == ancestor:
