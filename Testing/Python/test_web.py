@@ -383,6 +383,18 @@ class WebPlannerInBrowserTest(unittest.TestCase):
         self.assertIn("<html", html.lower())
         self.assertIn("D90", html)
 
+    def test_b_click_links_the_cursor(self):
+        before = self.quadrants(self.views("b1_before_click", settle_ms=300))
+        box = self.page.locator("#views").bounding_box()
+        w, h = box["width"] / 2, box["height"] / 2
+        self.page.mouse.click(box["x"] + 0.25 * w, box["y"] + 0.75 * h)  # in the body, away from the plan
+        self.page.wait_for_function("() => window.trame.state.get('cursor_ras') !== null")
+        self.assertIn("cursor R", self.page.locator("#cursor").inner_text())
+        after = self.quadrants(self.views("b2_after_click"))
+        for name in ("coronal", "sagittal"):
+            changed = np.mean(np.any(np.abs(after[name] - before[name]) > 30, axis=2))
+            self.assertGreater(changed, 0.01, f"the {name} view did not move to the clicked point")
+
 
 class ServeCommandTest(unittest.TestCase):
     """``seedplan serve`` refuses unsafe or impossible options before starting anything."""

@@ -80,6 +80,7 @@ class WebPlanner:
         self.layout_manager.set_layout(VIEW_LAYOUT_ID)
         self._pending_update = None
         self._placing = None
+        self._click = None
         self._interacting = set()
         self._observed = []
         self._job_task = None
@@ -107,7 +108,7 @@ class WebPlanner:
             "seed_rows": [], "needle_rows": [], "loading_rows": [], "metric_rows": [], "failed_goals": None,
             "seed_index": 1, "seed_dx": 0.0, "seed_dy": 0.0, "seed_dz": 0.0,
             "needle_mode": "template", "direction": "R", "template_spacing_mm": 10.0, "time_limit_s": 8.0,
-            "plan_running": False, "plan_fraction": 0.0, "plan_text": "", "placing_needle": False,
+            "plan_running": False, "plan_fraction": 0.0, "plan_text": "", "placing_needle": False, "cursor_ras": None,
             "save_mrb_name": "plan-web.mrb", "save_folder_name": "plan-web",
             "implanted_path": "", "deviation_rows": [], "page": "plan",
             "upload_files": None, "last_update_s": None, "update_count": 0,
@@ -334,6 +335,7 @@ class WebPlanner:
             if d <= best_d:
                 best, best_d = (node, i), d
         if best is None:
+            self._click = (view, x, y)  # a click without a drag links the cursor (on release)
             return
         node, i = best
         self._drag = (view, node, i, xy_to_ras)
@@ -341,6 +343,11 @@ class WebPlanner:
 
     def _drag_move(self, view, iren):
         import numpy as np  # noqa: PLC0415
+        click = getattr(self, "_click", None)
+        if click is not None and click[0] is view:
+            x, y = iren.GetEventPosition()
+            if abs(x - click[1]) + abs(y - click[2]) > 4:
+                self._click = None
         if self._drag is None or self._drag[0] is not view:
             return
         _, node, i, xy_to_ras = self._drag
@@ -353,6 +360,10 @@ class WebPlanner:
         view.schedule_render()
 
     def _drag_release(self, view, iren):
+        click, self._click = getattr(self, "_click", None), None
+        if click is not None and click[0] is view:
+            self.link_cursor(view, *click[1:])
+            return
         if self._drag is None or self._drag[0] is not view:
             return
         node = self._drag[1]
@@ -361,6 +372,23 @@ class WebPlanner:
         self._released_at = time.perf_counter()
         if self._pending_update is not None:
             self._run_pending()
+
+    def link_cursor(self, view, x, y):
+        """Linked cursors: the crosshair at the clicked point, the other slice views moved through it."""
+        import numpy as np  # noqa: PLC0415
+        import slicer  # noqa: PLC0415
+        ras = (self._xy_to_ras_matrix(view) @ np.array([x, y, 0.0, 1.0]))[:3]
+        crosshair = self.slicer_app.scene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
+        if crosshair is not None:
+            crosshair.SetCrosshairRAS(*ras)
+            crosshair.SetCrosshairMode(slicer.vtkMRMLCrosshairNode.ShowSmallBasic)
+        for other in self.slicer_app.view_manager.get_slice_views():
+            if other is not view:
+                other.get_view_node().JumpSliceByOffsetting(*ras)
+        for v in self.slicer_app.view_manager.get_views():
+            v.schedule_render()
+        with self.state:
+            self.state.cursor_ras = [round(float(c), 1) for c in ras]
 
     # -- live edits: one update per drag release ------------------------------------------------------
     def _observe_interaction(self):
@@ -573,6 +601,8 @@ class WebPlanner:
                 html.Div(
                     "{{ summary.seeds !== undefined ? summary.seeds + ' seeds, ' + summary.total_U + ' U, Rx ' "
                     "+ summary.prescription_Gy + ' Gy' : '' }}", id="plan-facts", classes="text-caption mr-4")
+                html.Div("{{ cursor_ras ? 'cursor R ' + cursor_ras[0] + ', A ' + cursor_ras[1] + ', S ' + "
+                         "cursor_ras[2] + ' mm' : '' }}", id="cursor", classes="text-caption mr-4")
                 with v.VBtnToggle(v_model=("page",), density="compact", mandatory=True):
                     v.VBtn("Plan", value="plan", id="page-plan")
                     v.VBtn("Intra-op", value="intraop", id="page-intraop")
