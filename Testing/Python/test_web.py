@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "SeedImplantPlanner"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "SeedImplantPlanner" / "Testing" / "Python"))
 
-from test_web_session import make_case  # noqa: E402  (the small case both web test files use)
+from test_web_session import make_case, make_intraop_ct  # noqa: E402  (the small case both web test files use)
 
 CHROMIUM = os.environ.get("SEEDPLAN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -95,6 +95,7 @@ class WebPlannerInBrowserTest(unittest.TestCase):
             rows.append({"entry_x_mm": n.entry[0], "entry_y_mm": n.entry[1], "entry_z_mm": n.entry[2],
                          "tip_x_mm": t[0], "tip_y_mm": t[1], "tip_z_mm": t[2]})
         cls.n_used_needles = len(rows)
+        make_intraop_ct(ct, plan.used_needles(), cls.served / "intraop_ct.nrrd")
         with open(cls.served / "implanted.csv", "w", encoding="utf-8") as fh:
             fh.write(",".join(rows[0]) + "\n" + "".join(",".join(f"{v:.3f}" for v in r.values()) + "\n" for r in rows))
         cls.shots = Path(os.environ["SEEDPLAN_WEB_SHOTS"]) if os.environ.get("SEEDPLAN_WEB_SHOTS") else cls.tmp / "shots"
@@ -339,6 +340,8 @@ class WebPlannerInBrowserTest(unittest.TestCase):
         self.views("7_after_bad_input", settle_ms=300)
 
     def test_8_intraop_page_compares_and_replans(self):
+        self.open_path("plan")  # the plan whose needles the intra-operative CT and CSV were made from
+        self.wait_message("opened plan", timeout_s=90)
         self.page.locator("#page-intraop").click()
         self.clear_message()
         self.page.locator("#implanted-path").fill("implanted.csv")
@@ -353,9 +356,17 @@ class WebPlannerInBrowserTest(unittest.TestCase):
         orange = (rgb[..., 0] > 200) & (rgb[..., 1] > 90) & (rgb[..., 1] < 170) & (rgb[..., 2] < 60)
         self.assertGreater(int(orange.sum()), 20, "implanted needles not drawn")
         self.clear_message()
+        self.page.locator("#intraop-ct-path").fill("intraop_ct.nrrd")
+        self.page.locator("#find-needles-btn").click()
+        self.wait_message("planned found", timeout_s=120)
+        rows = self.page.evaluate("() => window.trame.state.get('deviation_rows')")
+        self.assertGreaterEqual(len(rows), 1)
+        self.assertTrue(all(r["note"].startswith("matched") for r in rows), rows)
+        self.views("8b_intraop_ct_needles_found", settle_ms=2000)
+        self.clear_message()
         self.page.locator("#replan-btn").click()
         self.wait_message("plan ready", timeout_s=120)
-        self.views("8b_replanned_on_implanted_needles", settle_ms=2000)
+        self.views("8c_replanned_on_implanted_needles", settle_ms=2000)
         self.page.locator("#page-plan").click()
         self.server_alive()
 

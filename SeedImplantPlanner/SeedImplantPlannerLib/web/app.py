@@ -109,6 +109,7 @@ class WebPlanner:
             "seed_index": 1, "seed_dx": 0.0, "seed_dy": 0.0, "seed_dz": 0.0,
             "needle_mode": "template", "direction": "R", "template_spacing_mm": 10.0, "time_limit_s": 8.0,
             "plan_running": False, "plan_fraction": 0.0, "plan_text": "", "placing_needle": False, "cursor_ras": None,
+            "intraop_ct_path": "", "show_intraop_ct": True, "has_intraop_ct": False,
             "save_mrb_name": "plan-web.mrb", "save_folder_name": "plan-web",
             "implanted_path": "", "deviation_rows": [], "page": "plan",
             "upload_files": None, "last_update_s": None, "update_count": 0,
@@ -159,6 +160,7 @@ class WebPlanner:
             s.loading_rows = json_safe(ses.loading_rows())
             s.metric_rows = [dict(r, value_unit=f"{r['Value']} {r['Unit']}".strip()) for r in json_safe(ses.metric_rows())]
             s.deviation_rows = json_safe(ses.needle_deviations())
+            s.has_intraop_ct = ses.intraop_ct_node is not None
             s.dvh_figure = self._dvh_figure()
             s.open_items = self.served.listing()
             s.last_update_s = self.last_update_s
@@ -192,7 +194,8 @@ class WebPlanner:
                                   needle_nodes=p.get_node_list("needleNodes"),
                                   isodose_nodes=p.get_node_list("isodoseModels"), segments_3d=ps.segments_in_use())
         dm = self.slicer_app.display_manager
-        dm.show_volume_in_slice_background(ct)
+        intraop = self.session.intraop_ct_node
+        dm.show_volume_in_slice_background(intraop if (intraop is not None and self.state.show_intraop_ct) else ct)
         dm.show_volume_in_slice_foreground(dose)
         for view in self.slicer_app.view_manager.get_slice_views():
             view.set_foreground_opacity(float(self.state.dose_opacity) if dose is not None else 0.0)
@@ -554,10 +557,16 @@ class WebPlanner:
         with self.state:
             self.state.plan_running = False
             self.state.plan_fraction = 100.0 if job is not None and not job.cancelled and not job.error else 0.0
+            kind = job.kind if job is not None else "plan"
             msg = self._guard(self.session.apply_job)
             if msg:
-                self._say(msg, "warning" if "cancelled" in msg or "not met" in msg else "success")
-                self._after_open()
+                self._say(msg, "warning" if "cancelled" in msg or "not met" in msg or "missing" in msg else "success")
+                if kind == "needles":
+                    self._observe_interaction()
+                    self.show_plan_in_views(reset=False)
+                    self.push()
+                else:
+                    self._after_open()
 
     def on_save_mrb(self):
         path = self._guard(self.session.save_mrb, self.state.save_mrb_name,
@@ -577,6 +586,19 @@ class WebPlanner:
             return None
         return self.server.protocol.addAttachment(data)
 
+    def on_find_needles(self):
+        job = self._guard(self.session.start_find_needles, self.state.intraop_ct_path)
+        if job is None:
+            return
+        s = self.state
+        s.plan_running, s.plan_fraction, s.plan_text = True, 0.0, "finding needles"
+        self._say("finding the needles on the intra-operative CT", "info")
+        self._job_task = asyncio.ensure_future(self._watch_job())
+
+    def on_show_intraop(self, show_intraop_ct=None, **_):
+        if self.session.plan_scene is not None:
+            self.show_plan_in_views(reset=False)
+
     def on_load_implanted(self):
         needles = self._guard(self.session.load_implanted_needles, self.state.implanted_path,
                               success=lambda n: f"{len(n)} implanted needles read")
@@ -594,6 +616,7 @@ class WebPlanner:
         ctrl = self.ctrl
         self.state.change("dose_opacity")(self.on_dose_opacity)
         self.state.change("upload_files")(self.on_upload)
+        self.state.change("show_intraop_ct")(self.on_show_intraop)
         with VAppLayout(self.server, theme="dark") as self.ui:
             with v.VAppBar(density="compact"):
                 v.VAppBarTitle("SeedImplantPlanner: web planner")
@@ -792,10 +815,17 @@ class WebPlanner:
 
     def _page_intraop(self, v):
         from trame.widgets import html
-        html.Div("Intra-operative check: the needles found on the intra-operative CT (a needles CSV with "
-                 "entry_x_mm .. tip_z_mm, RAS mm, as for seedplan plan --implanted-needles) against the plan; "
-                 "each is paired with the nearest planned needle. They are drawn in orange in the views.",
+        html.Div("Intra-operative check: the needles on the intra-operative CT against the plan (found by the "
+                 "needle finder and matched to the planned needles, or read from a needles CSV as for seedplan plan "
+                 "--implanted-needles). They are drawn in orange; re-plan the remaining seeds on them.",
                  classes="text-body-2 mb-2")
+        v.VTextField(v_model=("intraop_ct_path",), label="intra-operative CT (in the served folder)",
+                     density="compact", id="intraop-ct-path", hide_details=True)
+        v.VBtn("Find the needles on the CT", click=self.on_find_needles, block=True,
+               disabled=("!has_plan || plan_running",), id="find-needles-btn", classes="mt-1")
+        v.VSwitch(v_model=("show_intraop_ct",), label="show the intra-operative CT", v_show="has_intraop_ct",
+                  density="compact", hide_details=True, id="show-intraop")
+        html.Div("or read needles already found (CSV):", classes="text-caption mt-3")
         v.VTextField(v_model=("implanted_path",), label="implanted needles CSV (in the served folder)",
                      density="compact", id="implanted-path", hide_details=True)
         v.VBtn("Read implanted needles", click=self.on_load_implanted, block=True, disabled=("!has_plan",),

@@ -93,8 +93,9 @@ class PlanJob:
     never touches the MRML scene.
     """
 
-    def __init__(self, fn, label="inverse plan"):
+    def __init__(self, fn, label="inverse plan", kind="plan"):
         self.label = label
+        self.kind = kind
         self.fraction = 0.0
         self.text = "starting"
         self.result = None
@@ -157,6 +158,8 @@ class PlannerSession:
         self.messages = []
         self._upload_dir = Path(tempfile.mkdtemp(prefix="seedplan-web-uploads-"))
         self.implanted_needles = None
+        self.needle_matching = None  # planning.needle_match.NeedleMatching of the intra-operative CT
+        self.intraop_ct_node = None
         self.case_paths = (None, None)  # CT and segmentation files of the open case (None when from a .mrb)
 
     # -- reading inputs (no scene change) ----------------------------------------------------------
@@ -260,6 +263,8 @@ class PlannerSession:
         scene.Clear(0)
         self.plan = None
         self.implanted_needles = None
+        self.needle_matching = None
+        self.intraop_ct_node = None
         self.case_paths = (None, None)
 
     def _start_live(self):
@@ -743,9 +748,11 @@ class PlannerSession:
             return None
         self.job = None
         if job.cancelled:
-            return "inverse plan cancelled: the plan is unchanged"
+            return f"{job.label} cancelled: the plan is unchanged"
         if job.error:
-            raise InputError(f"inverse plan failed: {job.error}")
+            raise InputError(f"{job.label} failed: {job.error}")
+        if job.kind == "needles":
+            return self._apply_found_needles(*job.result)
         plan, grid = job.result
         ps = self.require_plan()
         ps.stop_live_updates()
@@ -771,6 +778,7 @@ class PlannerSession:
         if not needles:
             raise InputError(f"{path.name}: no needles in the file")
         self.implanted_needles = needles
+        self.needle_matching = None
         self._show_implanted(needles)
         return needles
 
@@ -793,7 +801,59 @@ class PlannerSession:
             node.GetDisplayNode().SetSliceProjection(True)
             node.GetDisplayNode().SetSliceProjectionOpacity(0.8)
 
+    def start_find_needles(self, ct_text):
+        """Find the needles on an intra-operative CT (worker thread) and match them to the plan's needles.
+
+        Uses :func:`imaging.needlefinder.find_needles` with the planned directions as hints and
+        :func:`planning.needle_match.match_needles`; apply the result with :meth:`apply_job`.
+        """
+        from ..imaging.needlefinder import find_needles
+        from ..planning.needle_match import match_needles
+        ps = self.require_plan()
+        if self.job is not None and self.job.running:
+            raise InputError("a computation is running: wait for it or cancel it")
+        path = self.served.resolve(ct_text, what="intra-operative CT")
+        ct, geometry = self._read_ct(path)
+        planned = ps.needles(skip_incomplete=True)
+        directions = [n.direction for n in planned] or None
+
+        def work(progress):
+            found = find_needles(ct, geometry, expected_directions=directions, progress=progress)
+            if not found:
+                reasons = sorted({r["reason"].split(" (")[0] for r in found.rejected})
+                raise InputError(f"{path.name}: no needle found ({'; '.join(reasons) or 'no candidate'})")
+            return path.name, ct, geometry, match_needles(found, planned)
+
+        self.job = PlanJob(work, label="needle finder", kind="needles").start()
+        return self.job
+
+    def _apply_found_needles(self, name, ct, geometry, matching):
+        """Show the intra-operative CT and the found needles; keep the matching for the table and re-plans."""
+        if self.intraop_ct_node is not None and self.ctx.scene.IsNodePresent(self.intraop_ct_node):
+            self.ctx.scene.RemoveNode(self.intraop_ct_node)
+        self.intraop_ct_node = volumes.add_scalar_volume(self.ctx.scene, ct, geometry, f"Intra-op CT {name}")
+        volumes.set_ct_display(self.intraop_ct_node)
+        self.needle_matching = matching
+        self.implanted_needles = matching.needles()
+        self._show_implanted(self.implanted_needles)
+        return f"{name}: {matching.summary_line()}"
+
     def needle_deviations(self):
+        """Deviation rows: from the needle finder's matching when an intra-operative CT was read, else
+        from the implanted needles file (:meth:`file_needle_deviations`)."""
+        if self.needle_matching is not None:
+            rows = []
+            for r in self.needle_matching.rows():
+                def num(k):
+                    return round(float(r[k]), 1) if r.get(k) not in ("", None) else None
+                rows.append({"implanted": r["name"], "needle": r["number"] if r["status"] == "matched" else None,
+                             "entry_mm": num("entry_mm"), "tip_mm": num("tip_mm"), "angle_deg": num("angle_deg"),
+                             "note": r["status"] + (f", depth {num('depth_mm'):+.1f} mm" if num("depth_mm") is not None
+                                                    else "")})
+            return rows
+        return self.file_needle_deviations()
+
+    def file_needle_deviations(self):
         """Implanted vs planned needles: each implanted needle paired with the planned one nearest to it.
 
         Pairs minimise the summed entry + tip distances (Hungarian assignment), so the order and

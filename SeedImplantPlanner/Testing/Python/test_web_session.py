@@ -55,6 +55,23 @@ def make_case(folder, shift_mm=(0.0, 0.0, 0.0)):
     return folder / "ct.nrrd", folder / "seg.seg.nrrd"
 
 
+def make_intraop_ct(ct_path, needles, out_path, tip_shift_mm=(0.0, 3.0, 0.0)):
+    """The case's CT with steel needles (2500 HU rods of 1.6 mm radius) from each entry to its tip + shift."""
+    from SeedImplantPlannerLib.core.imageio import read_image, write_image
+    ct, g = read_image(ct_path)
+    ct = ct.astype(np.float32)
+    c = g.voxel_centers_ras()
+    for n in needles:
+        e, t = np.asarray(n.entry, float), np.asarray(n.tip, float) + np.asarray(tip_shift_mm, float)
+        length = np.linalg.norm(t - e)
+        d = (t - e) / length
+        v = c - e
+        s = np.clip(v @ d, 0.0, length)
+        ct[np.linalg.norm(v - s[..., None] * d, axis=-1) <= 1.6] = 2500.0
+    write_image(out_path, ct.astype(np.int16), g)
+    return out_path
+
+
 class ServedFolderTest(unittest.TestCase):
 
     def setUp(self):
@@ -124,6 +141,8 @@ class PlannerSessionTest(unittest.TestCase):
                                   prescription_Gy=145.0, direction="R", template_spacing_mm=10.0, time_limit_s=1.0)
         write_plan_folder(cls.root / "plan", plan, dose, g)
         cls.n_seeds = len(plan.seeds)
+        cls.n_used = len(plan.used_needles())
+        make_intraop_ct(ct, plan.used_needles(), cls.root / "intraop_ct.nrrd")
         newer = json.loads((cls.root / "plan" / "plan.json").read_text())
         newer["version"] = 99
         (cls.root / "plan-v99").mkdir()
@@ -270,6 +289,25 @@ class PlannerSessionTest(unittest.TestCase):
         with self.assertRaises(InputError):
             self.session.add_needle((10.0, 0.0, 0.0), (11.0, 0.0, 0.0))
         self.assertEqual(len(self.session.needle_rows()), n + 1)
+
+    def test_needles_found_on_intraoperative_ct(self):
+        self.session.open_path("plan")
+        with self.assertRaises(InputError):
+            self.session.start_find_needles("case/seg.seg.nrrd")  # not a CT image
+        job = self.session.start_find_needles("intraop_ct.nrrd")
+        self.assertTrue(job.wait(120))
+        message = self.session.apply_job()
+        self.assertIn(f"{self.n_used} of {self.n_used} planned found", message)
+        rows = self.session.needle_deviations()
+        self.assertEqual(len(rows), self.n_used)
+        for r in rows:
+            self.assertTrue(r["note"].startswith("matched"), r)
+            self.assertLess(r["tip_mm"], 4.5)  # 3 mm shift drawn on 2 mm voxels
+            self.assertLess(r["angle_deg"], 4.0)
+        self.assertIsNotNone(self.session.intraop_ct_node)
+        job = self.session.start_plan(direction="R", time_limit_s=0.5, implanted=True)
+        self.assertTrue(job.wait(120))
+        self.assertIn("plan ready", self.session.apply_job())
 
     def test_implanted_needles_deviation(self):
         from SeedImplantPlannerLib.core.fileio import write_csv
