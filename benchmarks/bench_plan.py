@@ -22,8 +22,20 @@ of the target, with the metric definitions of ``metrics``. Printed per plan: pla
 needles, seeds, total strength (U and mCi), D90, V100, V150, V200, organ D2cc, needles through a
 forbidden structure; then PASS/FAIL per issue target for the default planner.
 
-    .venv/bin/python benchmarks/bench_plan.py            # both cases
-    .venv/bin/python benchmarks/bench_plan.py --case 30  # one case
+CT-guided case (issue 13; ``samplecase.ct_guided`` on its benchmark grid of 240 x 200 x 130 voxels of
+1.5 x 1.5 x 2 mm): a lobulated retroperitoneal mass of about 220 cc wrapped by bowel, with kidney,
+vessels, psoas, spine and iliac wing, and a 30 cc groin mass by the femoral vessels and nerve;
+I-125 6711 at 0.5 mCi (retroperitoneal) and 0.7 mCi (groin), 120 Gy, every labelled organ but the
+psoas forbidden to needles (5 mm margin), bowel D2cc <= 100 Gy, 10 mm template, 5 mm seed lattice.
+Plans: ``auto`` (the planner chooses the insertion direction, search included), the chosen
+direction fixed by the user with ``anneal`` and with the HiGHS ``mip`` on the same candidate set,
+uniform loading of that candidate set every 10 and 5 mm, and both masses in one plan (needles of
+each mass's own search). Verified with the TG-43 kernel at every target voxel and every bowel
+voxel within 30 mm; needles through a forbidden voxel counted; peak memory of the process.
+
+    .venv/bin/python benchmarks/bench_plan.py                   # CT-guided case, then 30 and 100 cc
+    .venv/bin/python benchmarks/bench_plan.py --case 30 --no-ct-guided
+    .venv/bin/python benchmarks/bench_plan.py --ct-guided-only
 """
 
 from __future__ import annotations
@@ -201,12 +213,165 @@ def run_case(volume_cc):
     return all(ok for _, ok in checks)
 
 
+# -- CT-guided case (issue 13) ----------------------------------------------------------------------
+CTG_RX = 120.0
+CTG_LIMITS = {"fixed": 10.0, "auto": 30.0, "two": 15.0, "memory_MB": 2048.0}
+
+
+def peak_memory_mb():
+    """Peak resident memory of this process so far (MB, Linux ru_maxrss in kB)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def ctg_verify(seeds, g, masks, targets, needles_used, forbidden_map):
+    """Per-target D90/V100/V150/V200 (own Rx) at every target voxel, bowel D2cc, needles through a forbidden voxel."""
+    from scipy.spatial import cKDTree
+    out = {}
+    allt = []
+    for name, rx in targets:
+        pts = mask_points(masks[name], g)
+        allt.append(pts)
+        d, _, _ = dose_at_points_Gy(pts, seeds)
+        m = structure_metrics(DoseSamples(name, d, g.voxel_volume_cc, role="target"), ["D90", "V100", "V150", "V200"], rx)
+        out[name] = {"D90": 100.0 * m["D90"]["Gy"] / rx, "V100": m["V100"]["percent"], "V150": m["V150"]["percent"],
+                     "V200": m["V200"]["percent"]}
+    tpts = np.vstack(allt)
+    bpts = mask_points(masks["Bowel"], g)
+    near = cKDTree(tpts[::7]).query(bpts)[0] <= 30.0
+    db, _, _ = dose_at_points_Gy(bpts[near], seeds)
+    ob = structure_metrics(DoseSamples("Bowel", np.concatenate([db, np.zeros(int((~near).sum()))]), g.voxel_volume_cc),
+                           ["D2cc"], CTG_RX)
+    out["D2cc"] = ob["D2cc"]["Gy"]
+    out["through"] = sum(1 for n in needles_used if forbidden_map.check(n, margin_mm=0.0))
+    return out
+
+
+def ctg_row(name, t, needles, seeds, v, targets):
+    total = float(seeds.strengths_U.sum())
+    parts = [f"{name:<34} {t:6.2f} {needles:4d} {len(seeds):5d} {total / 1.270:7.1f}"]
+    for tn, _ in targets:
+        m = v[tn]
+        parts.append(f"{m['D90']:6.1f} {m['V100']:6.1f} {m['V150']:6.1f} {m['V200']:6.1f}")
+    parts.append(f"{v['D2cc']:7.1f} {v['through']:4d}")
+    return " | ".join(parts)
+
+
+def run_ct_guided():
+    """The CT-guided case at the benchmark grid: automatic directions, fixed direction with references, two targets."""
+    from SeedImplantPlannerLib.planning.needles import Needle
+    from SeedImplantPlannerLib.planning.targets import TargetSpec, skin_region
+    from SeedImplantPlannerLib.samplecase.ct_guided import BENCHMARK_GEOMETRY, FORBIDDEN, make_ct_guided_case
+    t0 = time.monotonic()
+    ct, labels, masks, g = make_ct_guided_case(BENCHMARK_GEOMETRY)
+    skin = skin_region(g, None, list(masks.values()))
+    vol = {k: masks[k].sum() * g.voxel_volume_cc for k in ("GTV_RP", "GTV_Groin")}
+    print(f"\n== CT-guided case: grid {g.size} at {g.spacing} mm; GTV_RP {vol['GTV_RP']:.1f} cc, GTV_Groin "
+          f"{vol['GTV_Groin']:.1f} cc; I-125 6711 0.5 mCi (RP) / 0.7 mCi (groin), Rx {CTG_RX:g} Gy; forbidden "
+          f"{', '.join(FORBIDDEN)} (margin 5 mm); bowel D2cc <= {BOWEL_D2CC_GY:g} Gy; case built in "
+          f"{time.monotonic() - t0:.1f} s (not timed)")
+    forb_union = np.zeros(g.shape, dtype=bool)
+    for f in FORBIDDEN:
+        forb_union |= masks[f]
+    fmap = ObstacleMap(g, {"forbidden": forb_union}, 0.0)
+    rules = LoadingRules(spacing_mm=5.0, min_distance_mm=5.0)
+    common = dict(oars=[OARConstraint("Bowel", d2cc_Gy=BOWEL_D2CC_GY)], forbidden=list(FORBIDDEN), skin_mask=skin,
+                  model_id=MODEL, strength_unit="mCi", rules=rules, obstacle_margin_mm=5.0, rng_seed=0,
+                  template_spacing_mm=10.0, time_limit_s=TIME_LIMIT_S)
+    rp = [("GTV_RP", CTG_RX)]
+    both = [("GTV_RP", CTG_RX), ("GTV_Groin", CTG_RX)]
+    head = (f"{'plan':<34} {'time_s':>6} {'ndl':>4} {'seeds':>5} {'tot_mCi':>7} | " +
+            " | ".join(f"{'D90%':>6} {'V100':>6} {'V150':>6} {'V200':>6}" for _ in rp) + f" | {'D2cc_Gy':>7} {'thru':>4}")
+    print(head.replace("| D90%", "| RP D90%", 1))
+    results = {}
+    # 1. automatic directions (search included)
+    ta = time.monotonic()
+    auto = plan_from_masks(g, masks, targets=[TargetSpec("GTV_RP", CTG_RX, strength=0.5)], strength=0.5,
+                           needle_mode="auto", search_time_s=15.0, **common)
+    t_auto = time.monotonic() - ta
+    v = ctg_verify(auto.seeds, g, masks, rp, auto.used_needles(), fmap)
+    results["auto"] = (t_auto, auto, v)
+    print(ctg_row("auto (search included)", t_auto, len(auto.used_needles()), auto.seeds, v, rp))
+    chosen = next(r for r in auto.optimizer["direction_search"] if r["chosen"])
+    # 2. the chosen direction fixed by the user, and the references on the same candidate set
+    direction = ",".join(f"{c:g}" for c in chosen["direction"])
+    if chosen["kind"] == "template":
+        fixed_args = dict(needle_mode="template", direction=direction)
+    else:
+        fixed_args = dict(needle_mode="freehand", needles=[Needle(k + 1, n.entry, n.tip) for k, n in
+                                                           enumerate(auto.needles)])
+    for method in ("anneal", "mip"):
+        tf = time.monotonic()
+        p = plan_from_masks(g, masks, targets=[TargetSpec("GTV_RP", CTG_RX, strength=0.5)], strength=0.5, method=method,
+                            **fixed_args, **common)
+        t = time.monotonic() - tf
+        v = ctg_verify(p.seeds, g, masks, rp, p.used_needles(), fmap)
+        results[method] = (t, p, v)
+        print(ctg_row(f"{chosen['set']} {method}"[:34], t, len(p.used_needles()), p.seeds, v, rp))
+    fixed = results["anneal"][1]
+    for sp in (10.0, 5.0):
+        uni, used = uniform_plan(fixed, g, masks["GTV_RP"], sp, 0.0)
+        v = ctg_verify(uni, g, masks, rp, used, fmap)
+        print(ctg_row(f"uniform every {sp:g} mm", 0.0, len(used), uni, v, rp))
+    mem_one = peak_memory_mb()
+    # 3. two targets: directions of each mass searched alone, then one plan of both
+    tg = time.monotonic()
+    groin = plan_from_masks(g, masks, targets=[TargetSpec("GTV_Groin", CTG_RX, strength=0.7)], strength=0.7,
+                            needle_mode="auto", search_time_s=10.0, **common)
+    t_groin = time.monotonic() - tg
+    given = [Needle(k + 1, n.entry, n.tip) for k, n in enumerate(fixed.used_needles() + groin.used_needles())]
+    tt = time.monotonic()
+    two = plan_from_masks(g, masks, targets=[TargetSpec("GTV_RP", CTG_RX, strength=0.5),
+                                             TargetSpec("GTV_Groin", CTG_RX, strength=0.7)], strength=0.5,
+                          needle_mode="freehand", needles=given, **common)
+    t_two = time.monotonic() - tt
+    v2 = ctg_verify(two.seeds, g, masks, both, two.used_needles(), fmap)
+    print(f"\n{'two targets':<34} {'time_s':>6} {'ndl':>4} {'seeds':>5} {'tot_mCi':>7} | RP  D90%   V100   V150   V200 | "
+          f"GROIN D90% V100   V150   V200 | D2cc_Gy thru")
+    print(ctg_row("RP + groin, one plan", t_two, len(two.used_needles()), two.seeds, v2, both))
+    print(f"   groin direction search alone: {t_groin:.1f} s ({next(r['set'] for r in groin.optimizer['direction_search'] if r['chosen'])})")
+    mem = peak_memory_mb()
+    t_auto, auto, va = results["auto"]
+    t_fix, fixed, vf = results["anneal"]
+    print(f"   auto: chose {chosen['set']} of {len(auto.optimizer['direction_search'])} sets; "
+          f"{auto.optimizer['status']}; soft goals traded: {auto.optimizer['soft_traded'] or 'none'}")
+    print(f"   mip status: {results['mip'][1].optimizer['status']}")
+    print(f"   two targets: soft goals traded: {[(r['target'], r['goal'], r['value']) for r in two.optimizer['soft_traded']] or 'none'}")
+    print(f"   peak memory: {mem_one:.0f} MB after the one-target plans, {mem:.0f} MB at the end (includes the case build)")
+
+    def met(v, names):
+        return all(v[n]["V100"] >= 95.0 and v[n]["D90"] >= 100.0 for n in names) and v["D2cc"] <= BOWEL_D2CC_GY \
+            and v["through"] == 0
+
+    checks = [
+        (f"225 cc plan, direction fixed, meets the goals in <= {CTG_LIMITS['fixed']:g} s ({t_fix:.2f} s)",
+         t_fix <= CTG_LIMITS["fixed"] and met(vf, ["GTV_RP"])),
+        (f"225 cc plan with the direction search meets the goals in <= {CTG_LIMITS['auto']:g} s ({t_auto:.2f} s)",
+         t_auto <= CTG_LIMITS["auto"] and met(va, ["GTV_RP"])),
+        (f"two targets (30 + 225 cc) in one plan meet the goals in <= {CTG_LIMITS['two']:g} s ({t_two:.2f} s)",
+         t_two <= CTG_LIMITS["two"] and met(v2, ["GTV_RP", "GTV_Groin"])),
+        (f"peak memory <= {CTG_LIMITS['memory_MB']:g} MB ({mem:.0f} MB)", mem <= CTG_LIMITS["memory_MB"]),
+        (f"225 cc: about 200 seeds of 0.5 mCi or fewer ({len(fixed.seeds)})", len(fixed.seeds) <= 220),
+        (f"225 cc: needles within the CT-guided range 15-40 ({len(fixed.used_needles())})",
+         15 <= len(fixed.used_needles()) <= 40),
+        (f"225 cc: soft goals V150 <= 60 %, V200 <= 20 % ({vf['GTV_RP']['V150']:.1f}, {vf['GTV_RP']['V200']:.1f} %; "
+         "within 1 point of sampling)", vf["GTV_RP"]["V150"] <= 61.0 and vf["GTV_RP"]["V200"] <= 21.0),
+    ]
+    for text, ok in checks:
+        print(f"   {'PASS' if ok else 'FAIL'}  {text}")
+    return all(ok for _, ok in checks)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--case", type=float, nargs="*", default=[30.0, 100.0], help="target volumes (cc)")
+    ap.add_argument("--no-ct-guided", action="store_true", help="skip the CT-guided case (issue 13)")
+    ap.add_argument("--ct-guided-only", action="store_true", help="only the CT-guided case")
     args = ap.parse_args(argv)
     ok = True
-    for v in args.case:
+    if not args.no_ct_guided:
+        ok &= run_ct_guided()
+    for v in ([] if args.ct_guided_only else args.case):
         ok &= run_case(v)
     print("\nALL PASS" if ok else "\nSOME FAIL")
     return 0 if ok else 1

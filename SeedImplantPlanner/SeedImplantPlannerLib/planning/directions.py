@@ -55,7 +55,9 @@ class NeedleSet:
 
     def to_row(self) -> dict:
         """Plain summary for the plan file."""
-        out = {"set": self.label, "kind": self.kind, "needles_proposed": len(self.needles),
+        out = {"set": self.label, "kind": self.kind,
+               "direction": None if self.direction is None else [round(float(v), 4) for v in self.direction],
+               "needles_proposed": len(self.needles),
                "needles_usable": len(self.usable), "reach_percent": round(100.0 * self.reach, 1)}
         if self.note:
             out["note"] = self.note
