@@ -287,7 +287,7 @@ def run_ct_guided():
     # 1. automatic directions (search included)
     ta = time.monotonic()
     auto = plan_from_masks(g, masks, targets=[TargetSpec("GTV_RP", CTG_RX, strength=0.5)], strength=0.5,
-                           needle_mode="auto", search_time_s=15.0, **common)
+                           needle_mode="auto", search_time_s=12.0, **common)
     t_auto = time.monotonic() - ta
     v = ctg_verify(auto.seeds, g, masks, rp, auto.used_needles(), fmap)
     results["auto"] = (t_auto, auto, v)

@@ -271,8 +271,8 @@ def register(sub):
     p.add_argument("--needle-clearance", type=float, default=3.0,
                    help="minimum distance between two needles' surfaces inside the patient, mm (default 3)")
     p.add_argument("--allow-needle-crossing", action="store_true", help="let needles pass closer than the clearance")
-    p.add_argument("--search-time", type=float, default=15.0,
-                   help="auto mode: time budget of the direction search, s (default 15)")
+    p.add_argument("--search-time", type=float, default=12.0,
+                   help="auto mode: time budget of the direction search, s (default 12)")
     p.add_argument("--seed-spacing", type=float, default=10.0, help="seed spacing along a needle, mm (10 or 5)")
     p.add_argument("--tip-offset", type=float, default=5.0, help="first seed centre from the needle tip, mm")
     p.add_argument("--target-margin", type=float, default=0.0, help="seeds allowed this far outside the target, mm")

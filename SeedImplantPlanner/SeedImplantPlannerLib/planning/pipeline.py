@@ -73,7 +73,7 @@ def plan_from_masks(geometry, masks: dict, target=None, *, targets=None, oars=()
                     method="anneal", time_limit_s=8.0, rng_seed=0, fixed_seeds: SeedSet | None = None,
                     implanted_needles=None, allow_new_needles=True, formalism="2D", n_target_points=3000,
                     n_check_points=6000, usable_length_mm=200.0, gauge=18, image_geometry=None, max_needles=None,
-                    needle_clearance_mm=DEFAULT_CLEARANCE_MM, allow_needle_crossing=False, search_time_s=15.0,
+                    needle_clearance_mm=DEFAULT_CLEARANCE_MM, allow_needle_crossing=False, search_time_s=12.0,
                     optimizer_options=None, progress=None) -> Plan:
     """Plan a seed implant on segment masks (all on ``geometry``); the library entry point.
 

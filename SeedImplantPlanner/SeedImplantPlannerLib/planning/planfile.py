@@ -316,10 +316,15 @@ def plan_report(plan: Plan) -> str:
     lines = [f"seeds: {s['n_seeds']} ({s['n_fixed_seeds']} fixed) of {plan.model_id} at {plan.strength_U:.4g} U; "
              f"total {s['total_strength_U']:.2f} U"
              + (f" ({s['total_activity_mCi']:.2f} mCi)" if "total_activity_mCi" in s else ""),
-             f"needles: {s['n_needles_used']} used of {s['n_needles_defined']} defined",
+             f"needles: {s['n_needles_used']} used of {s['n_needles_defined']} defined"
+             + (f" (limit {plan.optimizer['max_needles']} new)" if plan.optimizer.get('max_needles') else ""),
              f"prescription: {plan.prescription_Gy:g} Gy; optimiser: {plan.optimizer.get('method')} - "
              f"{plan.optimizer.get('message')} ({plan.optimizer.get('seconds_total', 0):.1f} s)"]
-    if plan.nomogram and "n_seeds" in plan.nomogram:
+    for t in plan.targets:
+        nomo = t.get("nomogram") or {}
+        lines.append(f"target {t['name']}: prescription {t['prescription_Gy']:g} Gy, {t['n_seeds']} seeds of "
+                     f"{t['strength_U']:.4g} U" + (f" (nomogram about {nomo['n_seeds']})" if nomo.get("n_seeds") else ""))
+    if plan.nomogram and "n_seeds" in plan.nomogram and not plan.targets:
         lines.append(f"nomogram (Wu et al. power law): about {plan.nomogram['n_seeds']} seeds, "
                      f"{plan.nomogram['total_strength_U']:.1f} U for average dimension "
                      f"{plan.nomogram['average_dimension_cm']:.2f} cm")
