@@ -98,6 +98,29 @@ class TestFindNeedles(unittest.TestCase):
         self.assertEqual(len(needles), len(self.truth["needles"]))
         self.assertEqual([n.name for n in needles], [f"N{k}" for k in range(1, len(needles) + 1)])
 
+    def test_seeds_beside_the_needles_found(self):
+        d = self.dir
+        r = seedplan("find-needles", "--ct", self.ct, "--out", d / "n_for_seeds.csv")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        # the seed model's capsule sizes the seeds: Best 2301 is 5.0 mm long
+        r = seedplan("find-seeds", "--ct", self.ct, "--sk", "0.5", "--model", "I125_Best_2301", "--needles",
+                     d / "n_for_seeds.csv", "--out", d / "seeds.csv", "--report", d / "seeds.json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        rep = json.loads((d / "seeds.json").read_text())
+        self.assertEqual(rep["seed_capsule_mm"], {"length": 5.0, "diameter": 0.8})
+        self.assertEqual(rep["needles_in_place"], len(self.truth["needles"]))
+        self.assertTrue(all(x.get("reason") for x in rep["rejected"]))
+        with open(d / "seeds.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        found = np.array([[float(x["x_mm"]), float(x["y_mm"]), float(x["z_mm"])] for x in rows])
+        implanted = [s for s in self.truth["seeds"] if s.get("arrangement") == "implanted"]
+        for s in implanted:
+            self.assertLess(float(np.min(np.linalg.norm(found - s["center_ras"], axis=1))), 1.0)
+        self.assertTrue(all(0.0 <= float(x["confidence"]) <= 1.0 for x in rows))
+        r = seedplan("find-seeds", "--ct", self.ct, "--sk", "0.5", "--model", "I125_OncoSeed_6711", "--needles",
+                     d / "n_for_seeds.csv", "--no-needles", "--out", d / "never_seeds.csv")
+        self.assertFailsWith(r, "--needles or --no-needles", d / "never_seeds.csv")
+
     def test_bad_inputs_exit_2_with_one_line(self):
         d = self.dir
         out = d / "never.csv"

@@ -138,6 +138,8 @@ def cmd_find_seeds(args):
     from ..core.imageio import read_image
     from ..imaging.seedfinder import find_seeds
     from ..physics.sources import get_model
+    if args.needles and args.no_needles:
+        raise InputError("give --needles or --no-needles, not both")
     ct, geometry = read_image(args.ct)
     if np.issubdtype(ct.dtype, np.floating) and not np.all(np.isfinite(ct)):
         raise InputError(f"{args.ct}: CT holds {int(np.count_nonzero(~np.isfinite(ct)))} non-finite voxel(s) "
@@ -155,7 +157,10 @@ def cmd_find_seeds(args):
         raise InputError("the seeds CSV needs a strength and a model: give --sk (U) and --model, or --planned PLAN")
     if not np.isfinite(sk) or sk <= 0:
         raise InputError(f"--sk must be a strength > 0 U, got {sk:g}")
-    get_model(model, args.model_dir)  # unknown model ids fail here, before the search
+    seed_model = get_model(model, args.model_dir)  # unknown model ids fail here, before the search
+    capsule = {}
+    if seed_model.capsule_length_mm is not None:
+        capsule = {"seed_length_mm": seed_model.capsule_length_mm, "seed_diameter_mm": seed_model.capsule_diameter_mm}
     expected = args.expected if args.expected is not None else (len(planned) if planned is not None else None)
     roi = None
     roi_name = "body"
@@ -164,7 +169,16 @@ def cmd_find_seeds(args):
     elif args.roi_segment:
         raise InputError("--roi-segment needs --roi SEGMENTATION")
     bar = ProgressBar("find-seeds", enabled=not args.quiet)
-    found = find_seeds(ct, geometry, expected_count=expected, roi_mask=roi, threshold_hu=args.threshold, progress=bar)
+    needles = None
+    if args.no_needles:
+        needles = []
+    elif args.needles:
+        from ..imaging.needlefinder import FoundNeedle
+        from ..planning.needles import read_needles
+        needles = [FoundNeedle.from_line(n.entry, n.tip, radius_mm=n.outer_radius_mm)
+                   for n in read_needles(args.needles)]
+    found = find_seeds(ct, geometry, expected_count=expected, roi_mask=roi, threshold_hu=args.threshold, progress=bar,
+                       needles=needles, **capsule)
     write_csv(args.out, found.rows(sk, model), FOUND_COLUMNS)
     if args.report:
         rep = found.summary()
@@ -286,6 +300,8 @@ def register(sub):
     p.add_argument("--model", help="seed model id written for every seed (see 'seedplan sources')")
     p.add_argument("--planned", help="planned seeds (CSV or plan): default strength, model and expected count")
     p.add_argument("--model-dir", action="append", default=[], help="folder with extra seed model JSON files")
+    p.add_argument("--needles", help="needles in place (needle CSV/JSON, e.g. from find-needles): default searched for")
+    p.add_argument("--no-needles", action="store_true", help="the CT holds no needle (post-implant): skip the needle search")
     p.add_argument("--report", help="also write a JSON report (threshold, clusters, rejected objects, warnings)")
     p.add_argument("--out", required=True, help="output seeds CSV (x_mm,...,sk_U,model + confidence, cluster)")
     p.set_defaults(func=cmd_find_seeds)

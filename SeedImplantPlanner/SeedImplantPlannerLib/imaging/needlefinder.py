@@ -181,13 +181,36 @@ class FoundNeedles(list):
 
 # -- helpers shared with the seed finder -----------------------------------------------------------
 
-def body_mask(ct_hu, level_hu=BODY_HU):
-    """Largest connected component above ``level_hu`` (the patient), holes filled slice by slice."""
+def body_mask(ct_hu, level_hu=BODY_HU, coarse_above_voxels=8_000_000):
+    """Largest connected component above ``level_hu`` (the patient), holes filled slice by slice.
+
+    Large CTs (more than ``coarse_above_voxels``) pick the component and fill the holes on a grid
+    of every second voxel in each direction, then keep the full-resolution voxels above the level
+    within one coarse voxel of it: the same body, about 8 times faster; its outline (the skin) is
+    the full-resolution threshold's.
+    """
     from scipy import ndimage
-    m = np.asarray(ct_hu) > level_hu
+    ct = np.asarray(ct_hu)
+    m = ct > level_hu
+    if m.size > coarse_above_voxels:
+        cb = _largest_filled(m[::2, ::2, ::2])
+        if cb is None:
+            return m
+
+        def up(a):
+            return np.repeat(np.repeat(np.repeat(a, 2, axis=0), 2, axis=1), 2, axis=2)[:m.shape[0], :m.shape[1], :m.shape[2]]
+        # the skin from the full-resolution threshold, the inside (holes filled) from the coarse body
+        return (up(ndimage.binary_dilation(cb)) & m) | up(ndimage.binary_erosion(cb))
+    body = _largest_filled(m)
+    return m if body is None else body
+
+
+def _largest_filled(m):
+    """Largest component of ``m`` with holes filled slice by slice; None if ``m`` is empty."""
+    from scipy import ndimage
     lab, n = ndimage.label(m)
     if n == 0:
-        return m
+        return None
     sizes = np.bincount(lab.ravel())
     sizes[0] = 0
     body = lab == int(np.argmax(sizes))
