@@ -167,6 +167,7 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.showDvhButton.connect("clicked(bool)", self.onShowDvh)
         self.ui.exportReportButton.connect("clicked(bool)", self.onExportReport)
         # Intra-op
+        self.ui.intraopFindNeedlesButton.connect("clicked(bool)", self.onIntraopFindNeedles)
         self.ui.intraopLoadNeedlesButton.connect("clicked(bool)", self.onIntraopLoadNeedles)
         self.ui.intraopFindSeedsButton.connect("clicked(bool)", self.onIntraopFindSeeds)
         self.ui.intraopReplanButton.connect("clicked(bool)", self.onIntraopReplan)
@@ -484,6 +485,14 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             slicer.util.showStatusMessage(_("Report written to {0}").format(out["html"]), 5000)
 
     # -- Intra-op ----------------------------------------------------------------------------------
+    def onIntraopFindNeedles(self) -> None:
+        ctNode = self.ui.intraopCtSelector.currentNode()
+        found = self.runWithProgress(_("Finding the needles"),
+                                     lambda progress: self.logic.intraopFindNeedles(ctNode, progress=progress))
+        if found is not None:
+            nodes, matching = found
+            self.ui.intraopStatusLabel.text = _("{0}. Drag the needle ends to correct them.").format(matching.summary_line())
+
     def onIntraopLoadNeedles(self) -> None:
         path = self.ui.intraopNeedleTablePathLineEdit.currentPath
         with slicer.util.tryWithErrorDisplay(_("Loading the needles in place failed."), waitCursor=True):
@@ -614,6 +623,9 @@ class SeedImplantPlannerLogic(ScriptedLoadableModuleLogic):
         if self._intraop is None or self._intraop.ps is not planScene:
             self._intraop = IntraopSession(planScene)
         return self._intraop
+
+    def intraopFindNeedles(self, ctNode, progress=None):
+        return self.intraopSession().find_needles(ctNode, progress=progress)
 
     def intraopLoadNeedles(self, path):
         return self.intraopSession().load_needles(path)

@@ -457,6 +457,8 @@ KINDS = _rows(
      r"plan_cut\.json", ("intraop/",)),
     ("intraop: NaN in the CT", INTRAOP.replace("ct.nrrd", "ct_nan.nrrd") + " --out {o}/intraop/",
      r"ct_nan\.nrrd: CT holds non-finite voxels", ("intraop/",)),
+    ("intraop: CT without needles and no needle table", INTRAOP.replace(" --needles {d}/needles_in_place.csv", "")
+     + " --out {o}/intraop/", r"metal", ("intraop/",)),
 )
 
 

@@ -92,6 +92,20 @@ class TestIntraopCommand(unittest.TestCase):
                 self.assertIn(text, lines[0])
                 self.assertFalse(out.exists())
 
+    def test_needles_found_on_the_ct_when_no_table_is_given(self):
+        d = self.dir
+        r = seedplan("intraop", "--ct", d / "ct.nrrd", "--plan", d / "plan.json", "--segmentation", d / "seg.seg.nrrd",
+                     "--no-options", "--no-scene", "--time-limit", 1.0, "--out", d / "out_found")
+        self.assertIn(r.returncode, (0, 3), r.stderr)
+        self.assertIn("planned found", r.stdout)
+        with open(d / "out_found" / "needle_deviations.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        truth = {n["name"]: n for n in self.truth["needles"]}
+        in_place = [row for row in rows if row["status"] == "in place"]
+        self.assertGreaterEqual(len(in_place), len(truth) - 1)
+        for row in in_place:
+            self.assertIn(row["name"], truth)
+
     def test_more_seeds_found_than_implanted_is_said(self):
         d = self.dir
         r = seedplan("intraop", "--ct", d / "ct.nrrd", "--plan", d / "plan.json", "--segmentation", d / "seg.seg.nrrd",

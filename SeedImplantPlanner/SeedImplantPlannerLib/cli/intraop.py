@@ -1,11 +1,12 @@
 """``seedplan intraop``: re-plan the rest of an implant on an intra-operative CT.
 
-    seedplan intraop --ct intraop.nrrd --plan plan/plan.json --needles needles.csv
+    seedplan intraop --ct intraop.nrrd --plan plan/plan.json [--needles needles.csv]
                      [--segmentation seg.seg.nrrd] [--implanted N] [--allow-new-needles]
                      [--no-options] [--time-limit S] [--no-scene] --out DIR
 
-The needles in place come from ``--needles`` (a needle table as ``--implanted-needles`` reads,
-whose names are the plan's, e.g. written by the needle finder or corrected by hand). See
+The needles in place are found on the CT (needle finder + matching to the plan's needles), or
+come from ``--needles`` (a needle table as ``--implanted-needles`` reads, names as in the plan,
+e.g. ``find-needles`` output corrected by hand). See
 :mod:`planning.intraop` for the chain. Writes into DIR (all files appear together, or none):
 ``plan/`` (the re-plan folder), ``needle_deviations.csv``, ``seeds_implanted.csv``,
 ``options.csv``, ``dose_implanted.nrrd``, ``dose_planned.nrrd``, ``dvh_compare.csv``/``.png``
@@ -150,15 +151,30 @@ def cmd_intraop(args):
         raise InputError(f"{args.plan}: the plan names no segmentation; give --segmentation")
     if not Path(seg_path).exists():
         raise InputError(f"segmentation {seg_path} not found (give --segmentation)")
-    needles = read_needles(args.needles, plan.needles[0].gauge if plan.needles else 18)
+    needles = read_needles(args.needles, plan.needles[0].gauge if plan.needles else 18) if args.needles else None
     ct, geometry = read_image(args.ct)
     if np.issubdtype(ct.dtype, np.floating) and not np.all(np.isfinite(ct)):
         raise InputError(f"{args.ct}: CT holds non-finite voxels (NaN or Inf)")
     seg = read_segmentation(seg_path)
     bar = ProgressBar("intraop", enabled=not args.quiet)
+    t_needles = None
+    if needles is None:
+        from ..planning.intraop import check_frames, find_needles_in_place
+        check_frames(geometry, plan)
+        t1 = time.monotonic()
+        needles, matching, found = find_needles_in_place(ct, geometry, plan, seg, progress=ProgressBar(
+            "needles", enabled=not args.quiet))
+        t_needles = time.monotonic() - t1
+        print(matching.summary_line())
+        if not needles:
+            raise InputError(f"{args.ct}: no needle of the plan found on the CT ({len(found)} needle(s) found, "
+                             f"{len(found.rejected)} object(s) rejected): give --needles")
     result = run_intraop(ct, geometry, plan, seg, needles, expected_implanted=args.implanted or None,
                          allow_new_needles=args.allow_new_needles, try_options=not args.no_options,
                          time_limit_s=args.time_limit, rng_seed=args.random_seed, progress=bar)
+    if t_needles is not None:
+        result.timings["find_needles_s"] = t_needles
+        result.timings["total_s"] = result.timings.get("total_s", 0.0) + t_needles
     scene = not args.no_scene
     if scene:
         import importlib.util
@@ -188,8 +204,8 @@ def register(sub):
     p = sub.add_parser("intraop", help="re-plan the remaining seeds on an intra-operative CT with the needles in place")
     p.add_argument("--ct", required=True, help="intra-operative CT (NRRD, NIfTI, MHA or a DICOM series folder)")
     p.add_argument("--plan", required=True, help="the plan (plan.json) being implanted")
-    p.add_argument("--needles", required=True,
-                   help="needles in place (CSV/JSON needle table; names as in the plan, e.g. from find-needles)")
+    p.add_argument("--needles", help="needles in place (CSV/JSON needle table, names as in the plan, e.g. find-needles "
+                   "output corrected by hand); default: found on the CT and matched to the plan")
     p.add_argument("--segmentation", help="the plan's segmentation (default: the one the plan names)")
     p.add_argument("--implanted", type=int, help="number of seeds implanted so far (helps the seed finder)")
     p.add_argument("--allow-new-needles", action="store_true", help="the re-plan may add needles")

@@ -3,8 +3,9 @@
 Used by the module's Intra-op panel (SeedImplantPlanner.py) on the application's scene and by the
 tests on a slicer-core scene. Steps, each callable again after the user drags markups:
 
-1. :meth:`IntraopSession.load_needles`: a needle table (the needle finder's output or a typed
-   table, names as in the plan) becomes unlocked lines ``Found <name>``;
+1. :meth:`IntraopSession.find_needles` (needle finder + matching to the plan) or
+   :meth:`IntraopSession.load_needles` (a needle table, names as in the plan): the needles in
+   place become unlocked lines ``Found <name>``;
 2. :meth:`IntraopSession.find_seeds`: the seeds already implanted on the intra-op CT become the
    fiducial node ``Implanted seeds (found)`` (objects on a needle in place rejected);
 3. :meth:`IntraopSession.replan`: :func:`planning.intraop.run_intraop` with the needles and seeds
@@ -85,6 +86,15 @@ class IntraopSession:
         if len(unknown) == len(needles):
             raise InputError(f"{path}: none of its needle names ({', '.join(unknown[:5])}) is a needle of the plan")
         return self.set_needles(needles)
+
+    def find_needles(self, ct_node, progress=None):
+        """Find the needles on the intra-op CT, match them to the plan, show them as lines; returns (nodes, matching)."""
+        from ..planning.intraop import check_frames, find_needles_in_place
+        ct, geometry = self.ct(ct_node)
+        plan = self.plan()
+        check_frames(geometry, plan)
+        needles, matching, _ = find_needles_in_place(ct, geometry, plan, self.segmentation(), progress=progress)
+        return self.set_needles(needles), matching
 
     def needles(self):
         """Needles in place as the lines now show them (after the user's corrections)."""

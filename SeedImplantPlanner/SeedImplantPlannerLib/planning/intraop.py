@@ -4,8 +4,9 @@ The chain, on the intra-operative CT and the plan it came from:
 
 1. **Frames**: the plan's needles and seeds must overlap the CT (else the plan belongs to another
    frame: GeometryError naming both extents).
-2. **Needles in place**: as found on the CT (``needles``: plan needles as they really are, with
-   the plan's names and numbers, e.g. from the needle finder's matching or a corrected table);
+2. **Needles in place**: as found on the CT (:func:`find_needles_in_place`: the needle finder in
+   the target + 30 mm and its matching to the plan), or as given (a corrected table); names and
+   numbers are the plan's;
    each is compared with its planned needle (entry, tip, angle, depth deviations). Planned
    needles not in the CT are listed as missing.
 3. **Seeds already implanted**: :func:`imaging.seedfinder.find_seeds` in the target + margin on
@@ -50,6 +51,8 @@ ON_NEEDLE_MM = 2.5
 SEED_MATCH_MM = 8.0
 #: Seed-finding region: the target grown by this margin (mm).
 SEED_ROI_MARGIN_MM = 15.0
+#: Needle-finding region: needles whose steel passes within this margin of the target (mm).
+NEEDLE_ROI_MARGIN_MM = 30.0
 NEEDLE_DEVIATION_COLUMNS = ("number", "name", "status", "entry_mm", "tip_mm", "angle_deg", "depth_mm",
                             "planned_entry_x_mm", "planned_entry_y_mm", "planned_entry_z_mm", "planned_tip_x_mm",
                             "planned_tip_y_mm", "planned_tip_z_mm", "entry_x_mm", "entry_y_mm", "entry_z_mm",
@@ -112,6 +115,34 @@ def assign_plan_numbers(needles, plan: Plan):
         n.gauge = n.gauge or p.gauge
         placed.append(n)
     return placed, unplanned
+
+
+def find_needles_in_place(ct_hu, ct_geometry: ImageGeometry, plan: Plan, seg=None, margin_mm=NEEDLE_ROI_MARGIN_MM,
+                          progress=None):
+    """Needles on the CT matched to the plan (:mod:`imaging.needlefinder`, :mod:`planning.needle_match`).
+
+    The search region is the plan's target + ``margin_mm`` when ``seg`` is given (a needle is
+    kept when its steel passes through it, and followed to its tip and skin entry). Returns
+    ``(needles in place as plan Needles with the plan's names and numbers, NeedleMatching,
+    FoundNeedles)``. A CT with metal but no needle gives an empty list (reasons in FoundNeedles).
+    """
+    from ..evaluation.structures import Structure, expand_margin, mask_on_grid
+    from ..imaging.needlefinder import find_needles
+    from .needle_match import match_needles
+    region = None
+    if seg is not None and plan.structures.get("target"):
+        t = seg.find(plan.structures["target"])
+        region = mask_on_grid(Structure(t.name, expand_margin(seg.mask(t.segment_id), seg.geometry, margin_mm,
+                                                              name=t.name), seg.geometry), ct_geometry)
+        if not region.any():
+            lo, hi = ct_geometry.bounds_ras()
+            raise GeometryError(f"the target '{t.name}' (+{margin_mm:g} mm) does not overlap the CT (CT spans RAS "
+                                f"{np.round(lo, 1).tolist()} to {np.round(hi, 1).tolist()} mm)")
+    used = plan.used_needles() or plan.needles      # needles that carry seeds (template positions left empty are no needles)
+    found = find_needles(ct_hu, ct_geometry, region_mask=region, progress=progress,
+                         expected_directions=[n.direction for n in used] or None)
+    matching = match_needles(found, used)
+    return matching.needles(), matching, found
 
 
 def needles_from_dicts(items, gauge=18):

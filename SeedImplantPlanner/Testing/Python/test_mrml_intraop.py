@@ -39,7 +39,12 @@ class IntraopSessionTest(MRMLSceneTestCase):
         path = os.path.join(self.tmp, "needles.csv")
         write_csv(path, needle_table(intraop.needles_from_dicts(truth["needles"])), NEEDLE_TABLE_COLUMNS)
 
-        lines = session.load_needles(path)
+        found, matching = session.find_needles(ct_node)
+        planned = {n.name for n in plan.used_needles()}
+        self.assertGreaterEqual(sum(1 for n in found if n.GetAttribute("SeedImplantPlanner.NeedleName") in planned),
+                                len(needles) - 1)
+        self.assertIn("planned found", matching.summary_line())
+        lines = session.load_needles(path)             # a corrected table replaces the found lines
         self.assertEqual(len(lines), len(needles))
         self.assertTrue(all(not n.GetLocked() for n in lines))
         # the user drags one tip by 2 mm: the re-plan uses the corrected needle
