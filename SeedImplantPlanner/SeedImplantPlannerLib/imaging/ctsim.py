@@ -121,8 +121,8 @@ class Scanner:
     photons_per_ray_mm: float = 1.0e5    # unattenuated photons per ray per view per mm of row width
     electronic_noise_counts: float = 4.0  # Gaussian electronic noise (counts, standard deviation)
     thin_slice_mm: float = 1.0           # widest detector row; thicker slices average thin ones
-    sub_plane_mm: float = 0.25           # through-row sampling of the metal's partial volume
-    sub_rays: int = 3                    # rays across each detector bin's aperture where metal is hit
+    sub_plane_mm: float = 0.2            # through-row sampling of the metal's partial volume
+    sub_rays: int = 4                    # rays across each detector bin's aperture where metal is hit
     kernel: str = "hann"                 # reconstruction kernel: "hann" (standard), "shepp-logan", "ram-lak"
     slice_profile: str = "box"           # "box" or "triangle" weights of thin slices in a thick one
     detector_oversampling: int = 1       # samples per pixel width, each a pixel-wide aperture (as a flying focal spot)
