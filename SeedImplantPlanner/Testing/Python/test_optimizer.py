@@ -164,3 +164,70 @@ class ProblemPiecesTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class NeedleRulesAndSoftGoalsTest(unittest.TestCase):
+    """Needle limit, needle clearance and soft-goal reporting (issue 13), checked from the plan's coordinates."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.masks = case()
+
+    def crossing_needles(self):
+        # parallel needles 6 mm apart along P, plus oblique needles that cross several of them in the target
+        pairs = [((x, 33.0, z), (x, -15.0, z)) for x in (-9.0, -3.0, 3.0, 9.0) for z in (-9.0, -3.0, 3.0, 9.0)]
+        pairs += [((-30.0, 20.0, 0.0), (15.0, -15.0, 0.0)), ((30.0, 20.0, 2.0), (-15.0, -15.0, 2.0))]
+        return pairs
+
+    def used_gaps(self, plan):
+        used = plan.used_needles()
+        out = []
+        for a in range(len(used)):
+            pa = used[a].entry + np.linspace(0, 1, 400)[:, None] * (used[a].tip - used[a].entry)
+            for b in range(a + 1, len(used)):
+                pb = used[b].entry + np.linspace(0, 1, 400)[:, None] * (used[b].tip - used[b].entry)
+                gap = np.min(np.linalg.norm(pa[:, None, :] - pb[None, :, :], axis=2))
+                out.append(gap - used[a].outer_radius_mm - used[b].outer_radius_mm)
+        return np.array(out)
+
+    def test_segment_distance_against_sampling(self):
+        from SeedImplantPlannerLib.planning.clearance import segment_distance
+        rng = np.random.default_rng(5)
+        t = np.linspace(0, 1, 2001)[:, None]
+        for _ in range(20):
+            p0, p1, q0, q1 = rng.uniform(-10, 10, size=(4, 3))
+            brute = np.min(np.linalg.norm((p0 + t * (p1 - p0))[:, None, :] - (q0 + t * (q1 - q0))[None, ::10, :], axis=2))
+            self.assertAlmostEqual(segment_distance(p0, p1, q0, q1), brute, delta=0.05)
+        self.assertAlmostEqual(segment_distance((0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 0)), 1.0)  # parallel
+
+    def test_crossing_needles_are_never_both_loaded(self):
+        kw = dict(prescription_Gy=RX, strength=0.5, needle_mode="freehand", needles=self.crossing_needles(),
+                  rules=LoadingRules(spacing_mm=5.0, min_distance_mm=4.0), rng_seed=1, **FAST)
+        plan = plan_from_masks(GEOM, self.masks, "GTV", **kw)
+        self.assertGreater(plan.optimizer["n_needle_clashes"], 0)
+        gaps = self.used_gaps(plan)
+        self.assertTrue(len(gaps) == 0 or gaps.min() >= 3.0 - 0.05, gaps.min() if len(gaps) else None)
+        free = plan_from_masks(GEOM, self.masks, "GTV", allow_needle_crossing=True, **kw)
+        self.assertEqual(free.optimizer["n_needle_clashes"], 0)
+        self.assertIsNone(free.optimizer["needle_clearance_mm"])
+
+    def test_needle_limit_in_anneal_and_mip(self):
+        for method in ("anneal", "mip"):
+            plan = plan_from_masks(GEOM, self.masks, "GTV", prescription_Gy=RX, strength=0.5, direction="P",
+                                   template_spacing_mm=5.0, rules=LoadingRules(spacing_mm=5.0, min_distance_mm=4.0),
+                                   body="Body", method=method, max_needles=6, rng_seed=2, **FAST)
+            self.assertLessEqual(len(plan.used_needles()), 6, method)
+            self.assertEqual(plan.optimizer["max_needles"], 6)
+
+    def test_soft_goals_traded_are_reported(self):
+        from SeedImplantPlannerLib.planning.problem import Goals
+        goals = Goals(RX, v150_max=0.0, v200_max=0.0, d90_max_frac=1.01)
+        plan = plan_from_masks(GEOM, self.masks, "GTV", goals=goals, strength=0.5, direction="P",
+                               template_spacing_mm=5.0, rules=LoadingRules(spacing_mm=5.0, min_distance_mm=4.0),
+                               body="Body", rng_seed=2, **FAST)
+        traded = {r["goal"]: r for r in plan.optimizer["soft_traded"]}
+        self.assertEqual(set(traded), {"V150 <= %", "V200 <= %", "D90 <= % Rx"})
+        self.assertAlmostEqual(traded["V150 <= %"]["excess"], traded["V150 <= %"]["value"])
+        self.assertGreater(traded["D90 <= % Rx"]["value"], 101.0)
+        self.assertTrue(any(w.startswith("soft goal traded: target V150") for w in plan.warnings))
+        self.assertTrue(plan.optimizer["goals_met"])  # hard goals still met: soft goals never block them
