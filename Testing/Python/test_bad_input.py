@@ -267,6 +267,10 @@ KINDS = _rows(
      r"(max corner|min).*(below|>|max)", ("out.nrrd",)),
     ("NaN box corner", "dose --seeds {d}/seeds.csv --box nan -10 -10 10 10 10 --out {o}/out.nrrd",
      r"box", ("out.nrrd",)),
+    ("image header declaring a huge grid", DOSE.replace("ct.nrrd", "huge.nrrd") + " --out {o}/out.nrrd",
+     r"huge\.nrrd: image of 3000 x 3000 x 3000 voxels would need about .* of memory", ("out.nrrd",)),
+    ("segmentation header declaring a huge grid", NOMO.replace("seg.seg.nrrd", "huge.seg.nrrd"),
+     r"huge\.seg\.nrrd: segmentation of 3000 x 3000 x 3000 voxels would need about", ()),
     ("grid too large for memory", "dose --seeds {d}/seeds.csv --box -200 -200 -200 200 200 200 --spacing 0.1"
      " --out {o}/out.nrrd", r"would need about .* of memory", ("out.nrrd",)),
     ("negative max distance", VERIFY + " --max-distance -1 --out-dir {o}/v/", r"--max-distance must be > 0", ("v/",)),
@@ -465,6 +469,7 @@ KINDS = _rows(
 def _lib_rows():
     """Library-only kinds (API calls the Slicer module and the web UI make): ``(kind, f(d))`` must raise a
     SeedPlanError subclass, never a bare KeyError/IndexError/ValueError/TypeError/OSError."""
+    from SeedImplantPlannerLib.core.imageio import read_image
     from SeedImplantPlannerLib.core.memory import require_memory
     from SeedImplantPlannerLib.evaluation.evaluate import evaluate_plan
     from SeedImplantPlannerLib.evaluation.goals import load_goals
@@ -517,6 +522,9 @@ def _lib_rows():
         ("dose grid too large (library)", lambda d: D.DoseGrid(
             ImageGeometry((4000, 4000, 4000), (0.1, 0.1, 0.1), (0, 0, 0)), one_seed())),
         ("memory request beyond the machine", lambda d: require_memory(1 << 62, "test array")),
+        # (the available memory changes between two calls: these are not compared with the CLI's message)
+        ("image header declaring a huge grid (library)", lambda d: read_image(d / "huge.nrrd")),
+        ("segmentation header declaring a huge grid (library)", lambda d: read_segmentation(d / "huge.seg.nrrd")),
         ("moving a seed that does not exist", lambda d: D.DoseGrid(g, one_seed(), method="direct").move_seed(5, [0, 0, 0])),
         ("adding a seed at NaN", lambda d: D.DoseGrid(g, one_seed(), method="direct").add_seed(
             [np.nan, 0, 0], [0, 0, 1], 1.0, M6711)),
@@ -610,6 +618,11 @@ def make_inputs(d: Path):
     (d / "plan_nokeys.json").write_text(json.dumps({k: v for k, v in plan.items() if k != "seeds"}))
     (d / "plan_other.json").write_text(json.dumps(dict(plan, format="SomethingElse.plan")))
     (d / "plan_list.json").write_text(json.dumps([plan]))
+    # 3000^3 float64 (about 400 GiB) declared by a header over 10 bytes of data
+    huge = ("NRRD0004\ntype: double\ndimension: 3\nspace: left-posterior-superior\nsizes: 3000 3000 3000\n"
+            "space directions: (1,0,0) (0,1,0) (0,0,1)\nendian: little\nencoding: gzip\n\n0123456789")
+    (d / "huge.nrrd").write_text(huge)
+    (d / "huge.seg.nrrd").write_text(huge)
 
     def plan_variant(name, change):
         doc = json.loads(json.dumps(plan))

@@ -11,6 +11,7 @@ import numpy as np
 
 from .errors import InputError
 from .fileio import atomic_path, require_complete
+from .memory import require_memory
 from .geometry import ImageGeometry
 
 READABLE = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -47,11 +48,33 @@ def read_sitk(path):
         raise InputError(f"{path}: image not found")
     require_complete(path, "image")
     try:
+        require_image_memory(path)
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
         raise InputError(f"{path}: unreadable image ({first[-1] if first else 'SimpleITK error'})") from exc
     return _checked(image, path)
+
+
+def require_image_memory(path, what="image"):
+    """Refuse (ResourceError) an image file whose header declares more voxels than memory can hold.
+
+    Only the header is read. The estimate counts the image and one array copy of it (the readers
+    convert to numpy). A RuntimeError of SimpleITK (unreadable header) propagates to the caller.
+    """
+    sitk = _sitk()
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    size = reader.GetSize()
+    n_voxels = int(np.prod([int(s) for s in size], dtype=np.float64))
+    try:
+        component = sitk.Image([1] * len(size), reader.GetPixelID()).GetSizeOfPixelComponent()
+    except RuntimeError:
+        component = 8
+    n_bytes = 2 * n_voxels * max(int(reader.GetNumberOfComponents()), 1) * component
+    require_memory(n_bytes, f"{path}: {what} of {' x '.join(str(int(s)) for s in size)} voxels",
+                   "the header declares a grid larger than this machine can hold (a damaged or foreign file?)")
 
 
 def _checked(image, path):

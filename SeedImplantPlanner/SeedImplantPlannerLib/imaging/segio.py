@@ -22,7 +22,7 @@ import numpy as np
 from ..core.errors import InputError
 from ..core.fileio import atomic_path
 from ..core.geometry import ImageGeometry
-from ..core.imageio import geometry_of, read_sitk
+from ..core.imageio import geometry_of, read_sitk, require_image_memory
 
 DEFAULT_COLORS = [
     (0.90, 0.10, 0.10), (0.10, 0.60, 0.90), (0.95, 0.85, 0.55), (0.55, 0.80, 0.40), (0.80, 0.25, 0.80),
@@ -176,6 +176,7 @@ def read_segmentation(path, reference_geometry=None) -> Segmentation:
         if not path.exists():
             raise InputError(f"{path}: segmentation not found")
         try:
+            require_image_memory(path, "segmentation")
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
             raise InputError(f"{path}: unreadable segmentation ({str(exc).strip().splitlines()[-1]})") from exc
