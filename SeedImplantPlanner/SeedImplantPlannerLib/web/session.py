@@ -356,9 +356,10 @@ class PlannerSession:
         node = self.ctx.scene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode")
         ps = PlanScene(self.ctx, node)
         ps.model_dirs = self.model_dirs
-        preset = ps.params.get("goalPreset")
+        preset = ps.params.get("goalPreset") or self.default_goal_preset  # bundles from the command line name none
         if preset:
             ps.set_goals(load_goals(preset))
+            ps.params.set("goalPreset", preset)
         self.plan_scene = ps
         self.source_label = self.served.relative(path) if self.served.root in path.resolve().parents else path.name
         seeds, _ = ps.seeds()
