@@ -666,6 +666,8 @@ class PlannerSession:
                    method="anneal", implanted=False):
         """Start the inverse plan in a worker thread; returns the :class:`PlanJob` (apply it with :meth:`apply_job`)."""
         from ..planning.pipeline import plan_from_masks, parse_direction
+        if needle_mode not in ("template", "fan", "freehand"):
+            raise InputError(f"needle mode {needle_mode!r}: choose template, fan or freehand")
         from ..physics.dose import DoseGrid
         from ..mrml.planning_actions import optimizer_goals
         ps = self.require_plan()
@@ -703,8 +705,9 @@ class PlannerSession:
                       strength=ps.params.get("strengthValue"), strength_unit=ps.params.get("strengthUnit"),
                       reference_date=ps.params.get("referenceDate") or None,
                       implant_date=ps.params.get("implantDate") or None, prescription_Gy=rx, goals=goals,
-                      needle_mode="freehand" if needle_mode == "freehand" else needle_mode,
-                      direction=parse_direction(direction) if needle_mode == "template" else direction,
+                      needle_mode=needle_mode, direction=parse_direction(direction),
+                      # the page's direction is the way the needles travel, for a fan too: it enters from the other side
+                      approach=-parse_direction(direction) if needle_mode == "fan" else None,
                       template_spacing_mm=float(template_spacing_mm), needles=needles, method=method,
                       time_limit_s=float(time_limit_s), fixed_seeds=fixed, implanted_needles=implanted_needles,
                       allow_new_needles=True)

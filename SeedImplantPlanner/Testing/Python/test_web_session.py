@@ -253,6 +253,18 @@ class PlannerSessionTest(unittest.TestCase):
         entries = np.array([float(r["entry_x_mm"]) for r in self.session.needle_rows()])
         self.assertTrue(np.all(np.abs(entries) > 45.0), entries)
 
+    def test_fan_plan_travelling_right(self):
+        self.session.open_case("case/ct.nrrd", "case/seg.seg.nrrd")
+        self.session.set_roles("GTV", ["Rectum"])
+        with self.assertRaises(InputError):
+            self.session.start_plan(needle_mode="spiral")
+        job = self.session.start_plan(needle_mode="fan", direction="R", time_limit_s=0.5)
+        self.assertTrue(job.wait(120))
+        self.assertIn("plan ready", self.session.apply_job())
+        entries = np.array([float(r["entry_x_mm"]) for r in self.session.needle_rows()])
+        # travelling towards the patient's right (as a template with direction R): entries on the left skin
+        self.assertTrue(np.all(entries < -30.0), entries)
+
     def test_save_never_overwrites_and_reopens(self):
         self.session.open_path("plan")
         self.session.move_seed(1, delta=(0.0, 0.0, 3.0))
