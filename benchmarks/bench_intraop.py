@@ -1,8 +1,8 @@
 """Benchmark of the intra-operative chain (``seedplan intraop``) on a simulated CT of the sample case.
 
-Case (planning/ctcases.py, imaging/ctsim.py): the demo plan (28 needles used, 56 seeds) implanted
-with every needle 2-5 mm / 1-4 deg off, one in four bent, the first 9 needles loaded and
-withdrawn (18 seeds in place), 19 needles still in place; the CT is simulated (polychromatic
+Case (planning/ctcases.py, imaging/ctsim.py): the demo plan implanted with every needle 2-5 mm /
+1-4 deg off, one in four bent, the first 9 needles loaded and withdrawn (their seeds in place),
+the other needles still in place; the CT is simulated (polychromatic
 projection, photon starvation, FBP) at 0.8 mm pixels and 1 mm or 3 mm slices.
 
 Measured in one run, each against a naive threshold-and-components reference:
