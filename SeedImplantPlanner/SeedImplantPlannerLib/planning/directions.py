@@ -14,7 +14,10 @@ points within ``reach_mm`` of a usable candidate seed position) and the best-rea
 *trial-planned* quickly (fewer sample points, shorter annealing). Among the sets that meet the
 hard goals, the one with the smallest soft-goal excess (V150, V200, D90 upper bound; in steps of
 :data:`SOFT_STEP` points) wins, then the one with the fewest needles, then fewer seeds; if none
-meets the hard goals, the one with the best coverage. The ranking and every set's outcome are kept in the plan
+meets the hard goals, the one with the best coverage. When the winner is a template that still
+trades soft goals, the same direction with holes :data:`FINER_FACTOR` x closer is trial-planned
+too and wins if it ranks better (a finer lattice gives the optimiser room against hot spots, at
+the cost of more needles). The ranking and every set's outcome are kept in the plan
 (``plan.optimizer['direction_search']``) so the choice can be checked.
 """
 
@@ -38,6 +41,8 @@ N_FAN_REGIONS = 3
 #: Soft-goal excess (percentage points, summed over the soft goals) below which two sets count as
 #: equally good on hot spots, so that the one with fewer needles wins.
 SOFT_STEP = 5.0
+#: When the winning template trades soft goals, the same direction is tried with holes this much closer.
+FINER_FACTOR = 0.7
 
 
 @dataclass
@@ -171,12 +176,25 @@ def pick(sets, trial_plan, max_trials=5, budget_s=20.0, progress=None, reach_rat
         tried.append(s)
     if not tried:
         return None
+    return min(tried, key=rank_key)
 
-    def key(s):
-        t = s.trial
-        if not t["goals_met"]:
-            return (1, -t["coverage_percent"], t["soft_excess"], t["needles"], s.label)
-        # soft goals before needles (in steps of SOFT_STEP percentage points of excess), then needles, seeds
-        return (0, math.floor(t["soft_excess"] / SOFT_STEP), t["needles"], t["seeds"], t["soft_excess"], s.label)
 
-    return min(tried, key=key)
+def rank_key(s):
+    """Sort key of a trial-planned set: hard goals, soft excess (steps of SOFT_STEP), needles, seeds."""
+    t = s.trial
+    if not t["goals_met"]:
+        return (1, -t["coverage_percent"], t["soft_excess"], t["needles"], s.label)
+    return (0, math.floor(t["soft_excess"] / SOFT_STEP), t["needles"], t["seeds"], t["soft_excess"], s.label)
+
+
+def finer_template(best, geometry, tmask, skin, spacing_mm, usable_length_mm=200.0, gauge=18, factor=FINER_FACTOR):
+    """The winning template direction again at ``factor`` x the hole spacing (more freedom against hot spots)."""
+    from .needles import parallel_template
+    d = np.asarray(best.direction, float)
+    try:
+        needles = parallel_template(tmask, geometry, d, factor * spacing_mm, None, skin, gauge=gauge,
+                                    usable_length_mm=usable_length_mm)
+    except InputError as exc:
+        return NeedleSet(f"{best.label}, {factor * spacing_mm:g} mm holes", "template", [], best.direction,
+                         note=str(exc))
+    return NeedleSet(f"{best.label}, {factor * spacing_mm:g} mm holes", "template", needles, best.direction)

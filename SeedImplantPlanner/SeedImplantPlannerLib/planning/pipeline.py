@@ -360,7 +360,7 @@ def _search_directions(geometry, t, skin, forb, oar_cons, oar_masks, kernel, gy_
     """Needles of the best direction set for target ``t`` (:mod:`directions`) and the search rows."""
     from .assemble import TargetInfo, assemble
     from .clearance import clashing_pairs
-    from .directions import pick, propose_sets, screen
+    from .directions import finer_template, pick, propose_sets, rank_key, screen
     from .loading import candidate_positions
     from .obstacles import obstacle_map_for
     tpts = mask_points(t.mask, geometry)
@@ -397,6 +397,15 @@ def _search_directions(geometry, t, skin, forb, oar_cons, oar_masks, kernel, gy_
                 "soft_excess": round(float(soft), 2)}
 
     best = pick(sets, trial, budget_s=budget_s, progress=progress)
+    if best is not None and best.kind == "template" and best.trial["goals_met"] and best.trial["soft_excess"] > 0:
+        finer = finer_template(best, geometry, t.mask, skin, template_spacing_mm, usable_length_mm, gauge)
+        screen([finer], omap, sample, lambda ns: candidate_positions(ns, region, rules).positions,
+               reach_mm=max(6.0, 0.75 * rules.spacing_mm))
+        sets.append(finer)
+        if finer.usable:
+            finer.trial = trial(finer)
+            if rank_key(finer) < rank_key(best):
+                best = finer
     rows = []
     for s in sets:
         row = {"target": t.name, **s.to_row(), "chosen": s is best}
