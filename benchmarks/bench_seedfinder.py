@@ -23,7 +23,10 @@ measured and reconstructed, not drawn) for the needle finder and the seed finder
 intraop_1mm / intraop_3mm / intraop_oblique (7 steel needles: tilted, one bent 1.5 mm, a
 crossing pair, one from the front, one partly outside the CT; 4 seeds, one touching a needle;
 calcifications; bone) and postimplant_1mm / _3mm / _oblique (24 seeds: an end-to-end chain,
-side-by-side and crossed pairs, migrated seeds; calcifications; bone). Scoring against the truth
+side-by-side and crossed pairs, migrated seeds; calcifications; bone), and the sample-case cases
+of planning/ctcases.py: sample_intraop_1mm / _3mm / _oblique (the demo plan's needles landed 2-5 mm
+and 1-4 deg off, one in four bent 0.5-2 mm, 9 loaded and withdrawn with their seeds in place, the
+others in place) and sample_postimplant_1mm (every seed of the demo plan). Scoring against the truth
 written beside each CT. Needles: Hungarian match on tip distance + 2 mm/deg; a needle is found
 within target when tip < 2 mm and axis < 2 deg (for a needle running out of the CT: axis < 2 deg
 and its tip reported on the CT edge). Seeds: Hungarian match within 2 mm; recall, precision,
@@ -284,10 +287,12 @@ def ctsim_cases(args):
     """Part 2: the needle and seed finders on simulator CTs, against the naive reference."""
     from SeedImplantPlannerLib.imaging import ctsim
     from SeedImplantPlannerLib.imaging.needlefinder import find_needles
+    from SeedImplantPlannerLib.planning import ctcases
     names = ["intraop_1mm", "intraop_3mm", "intraop_oblique", "postimplant_1mm", "postimplant_3mm",
-             "postimplant_oblique"]
+             "postimplant_oblique", "sample_intraop_1mm", "sample_intraop_3mm", "sample_intraop_oblique",
+             "sample_postimplant_1mm"]
     if args.small:
-        names = ["intraop_1mm", "postimplant_1mm"]
+        names = ["intraop_1mm", "postimplant_1mm", "sample_intraop_1mm"]
     tmp = tempfile.TemporaryDirectory()
     d = Path(args.cases_dir) if args.cases_dir else Path(tmp.name)
     all_pass = True
@@ -303,7 +308,7 @@ def ctsim_cases(args):
         if (d / name / "truth.json").exists():
             ct_path, truth_path = d / name / "ct.nrrd", d / name / "truth.json"
         else:
-            ct_path, truth_path = ctsim.make_case(name, d / name)
+            ct_path, truth_path = ctcases.make_case(name, d / name)[:2]
         ct, g = read_image(ct_path)
         truth = ctsim.read_truth(truth_path)
         cts[name] = (ct, g, truth, time.perf_counter() - t0)
@@ -349,7 +354,7 @@ def ctsim_cases(args):
         sn = score_seeds(nv, None, truth)
         rec = s["matched"] / max(s["true"], 1)
         prec = s["matched"] / max(s["found"], 1)
-        thick = "3mm" if "3mm" in name else "1mm"
+        thick = "3mm" if "3mm" in name else "1mm"   # (sample_intraop_oblique: 2 mm slices, pooled with 1 mm)
         st = seed_stats.setdefault(thick, dict(true=0, found=0, matched=0, errs=[], angs=[], time=0.0))
         for k in ("true", "found", "matched"):
             st[k] += s[k]

@@ -703,7 +703,9 @@ def _drop_duplicates(found, rejected, background, max_angle_deg=10.0, max_offset
 
 def _drop_faint(found, rejected, background, metal_peak):
     """Drop lines too faint for steel: bright metal streaks and bone edges are straight and long too,
-    but far fainter than steel seen along its own axis. The reference is the brightest needles of
+    but far fainter than steel seen along its own axis. A line brighter than cortical bone anywhere
+    (``BONE_MAX_HU``) is steel and never dropped here (a needle lying between two slices reads
+    low along most of its length, but not at its tip). The reference is the brightest needles of
     this CT (``FAINT_FRACTION`` of the way from the soft tissue to them); a line that does not enter
     through the skin (its proximal end on the CT edge: a bone edge along the scan axis looks like
     that) must reach ``EDGE_FAINT_FRACTION`` of the CT's brightest metal."""
@@ -714,11 +716,15 @@ def _drop_faint(found, rejected, background, metal_peak):
     for n in found:
         both_edges = n.entry_on == "ct_edge"
         need = edge_level if both_edges else level
-        if both_edges and n.max_hu < BONE_MAX_HU:
+        if n.max_hu < BONE_MAX_HU and n.peak_hu < edge_level:
+            rejected.append({"position_mm": np.round(n.tip, 1).tolist(), "length_mm": round(n.visible_mm, 1),
+                             "reason": f"no steel: brightest point {n.max_hu:.0f} HU (within cortical bone's range) "
+                                       f"and steel level {n.peak_hu:.0f} HU (bone edge or streak)"})
+        elif both_edges and n.max_hu < BONE_MAX_HU:
             rejected.append({"position_mm": np.round(n.tip, 1).tolist(), "length_mm": round(n.visible_mm, 1),
                              "reason": f"no steel: brightest point {n.max_hu:.0f} HU, within cortical bone's range, "
                                        "and no skin entry (bone edge)"})
-        elif n.peak_hu < need:
+        elif n.peak_hu < need and n.max_hu < BONE_MAX_HU:
             rejected.append({"position_mm": np.round(n.tip, 1).tolist(), "length_mm": round(n.visible_mm, 1),
                              "reason": f"too faint for steel (peak {n.peak_hu:.0f} HU, steel here reaches "
                                        f"{(max(ref, metal_peak) if both_edges else ref):.0f} HU): metal streak or bone edge"})

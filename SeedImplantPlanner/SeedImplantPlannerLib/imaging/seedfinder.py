@@ -20,8 +20,8 @@ count-from-metal-content rule and a line-segment k-means described below):
    ``background + THRESHOLD_FRACTION * (P - background)``, never below the floor. A CT with no
    voxel above the floor raises :class:`InputError` ("no metal").
 4. **Connected components** (26-connectivity) of the thresholded ROI. Rejected with a reason:
-   bone (touching bone and not clearly denser), too faint for a seed (peak below
-   ``FAINT_SEED_FRACTION`` of the way to the brightest seeds: streaks), on a needle's axis (its
+   bone (touching bone and not clearly denser), too faint for a seed (with needles in place: peak
+   below ``FAINT_SEED_FRACTION`` of the way to the brightest seeds: streaks), on a needle's axis (its
    steel, or a seed still inside a needle: not implanted), elongated along a needle within 2.5 mm
    (residue of its steel or streak).
 5. **Metal content** of every component: the sum of ``HU - local background`` over the component
@@ -88,6 +88,9 @@ BONE_HU = 200.0
 BONE_MIN_CC = 0.5
 BONE_MARGIN_HU = 600.0
 BODY_HU = -500.0
+#: Objects longer than two capsules, parallel to a needle in place (20 deg) and within this distance
+#: (mm) of its axis, are the streaks rays along the needle leave beside it (tracks are ~10 mm apart).
+STREAK_BESIDE_NEEDLE_MM = 6.0
 #: A seed image elongated less than this (largest over second variance) takes its track's axis.
 TRACK_MIN_ELONGATION = 2.0
 #: Objects whose centre lies within this distance (mm) of a needle's surface are "beside a needle":
@@ -506,7 +509,9 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
     # objects are metal streaks (beside needles, between seeds), not seeds
     small_peaks = [c["peak"] for c in comps if "reject" not in c]
     ref_peak = float(np.percentile(small_peaks, 90)) if small_peaks else threshold
-    if small_peaks:
+    # (only with needles in place: their streaks make such objects; in a post-implant CT a seed
+    # lying across a thick slice can read this low, measured on 2 x 2 x 2.5 mm phantoms)
+    if small_peaks and len(needles):
         ref_peak = float(np.percentile(small_peaks, 90))
         faint = background + FAINT_SEED_FRACTION * (ref_peak - background)
         for c in comps:
@@ -527,6 +532,10 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
                     break
                 if dist <= 2.5 and along and length > 1.5 * seed_length_mm:
                     c["reject"] = "residue of a needle's steel or streak along it (not a seed)"
+                    break
+                if dist <= STREAK_BESIDE_NEEDLE_MM and along and length > 2.0 * seed_length_mm:
+                    c["reject"] = ("streak beside a needle in place, parallel to it (rays along the needle "
+                                   "starve); not seeds")
                     break
     seedlike = [c for c in comps if "reject" not in c]
     contents = np.array([c["content"] for c in seedlike]) if seedlike else np.array([1.0])

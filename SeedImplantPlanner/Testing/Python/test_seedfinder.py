@@ -243,7 +243,8 @@ class TestSeedsOnSimulatedCTs(unittest.TestCase):
         t, r, c, err = self.match(found, truth)
         self.assertEqual(found.needles_in_place, 0)
         self.assertGreaterEqual(len(r), len(t) - 1)           # chain, pairs, crossed pair, migrated seeds
-        self.assertLessEqual(len(found), len(t) + 1)
+        # a side-by-side pair can read 2.6 seeds of metal and be split in three (docs/verification.md)
+        self.assertLessEqual(len(found), len(t) + 2)
         self.assertLess(float(np.median(err)), 0.5)
         for calc in truth["calcifications"]:                   # round, 350-900 HU: never seeds
             self.assertGreater(float(np.min(np.linalg.norm(found.positions - calc["center_ras"], axis=1))), 2.0)
