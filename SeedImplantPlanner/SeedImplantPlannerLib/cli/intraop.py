@@ -116,7 +116,7 @@ def _write_report(path, result, ct, ct_geometry):
                 "n_needles_used", "v100_pct", "d90_Gy", "unmet"]
     section = (f"<h2>Intra-operative review</h2><p>{html.escape(result.deviation_line())}</p>"
                f"<p>Seeds already implanted (found): {len(result.found_seeds)}; new seeds: "
-               f"{int((~plan.seed_fixed).sum())}. {html.escape(result.advice)}.</p>"
+               f"{int((~plan.seed_fixed).sum())}. {html.escape(result.advice[:1].upper() + result.advice[1:])}.</p>"
                f"<h3>Needle deviations from the plan</h3>{table(result.needle_rows, dev_cols)}"
                f"<h3>Re-plan options tried</h3>{table(result.options, opt_cols)}")
     if result.warnings:
