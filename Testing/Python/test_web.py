@@ -92,12 +92,14 @@ class WebPlannerInBrowserTest(unittest.TestCase):
         rows = []
         for n in plan.used_needles():
             t = np.asarray(n.tip, float) + np.array([0.0, 4.0, 0.0])
-            rows.append({"entry_x_mm": n.entry[0], "entry_y_mm": n.entry[1], "entry_z_mm": n.entry[2],
-                         "tip_x_mm": t[0], "tip_y_mm": t[1], "tip_z_mm": t[2]})
+            rows.append({"number": n.number, "name": n.name, "entry_x_mm": n.entry[0], "entry_y_mm": n.entry[1],
+                         "entry_z_mm": n.entry[2], "tip_x_mm": t[0], "tip_y_mm": t[1], "tip_z_mm": t[2]})
         cls.n_used_needles = len(rows)
         make_intraop_ct(ct, plan.used_needles(), cls.served / "intraop_ct.nrrd")
         with open(cls.served / "implanted.csv", "w", encoding="utf-8") as fh:
-            fh.write(",".join(rows[0]) + "\n" + "".join(",".join(f"{v:.3f}" for v in r.values()) + "\n" for r in rows))
+            fh.write(",".join(rows[0]) + "\n" + "".join(
+                ",".join(v if isinstance(v, str) else f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values())
+                + "\n" for r in rows))
         cls.shots = Path(os.environ["SEEDPLAN_WEB_SHOTS"]) if os.environ.get("SEEDPLAN_WEB_SHOTS") else cls.tmp / "shots"
         cls.shots.mkdir(parents=True, exist_ok=True)
 
@@ -355,6 +357,19 @@ class WebPlannerInBrowserTest(unittest.TestCase):
         rgb = self.quadrants(self.views("8a_implanted_needles"))["axial"]
         orange = (rgb[..., 0] > 200) & (rgb[..., 1] > 90) & (rgb[..., 1] < 170) & (rgb[..., 2] < 60)
         self.assertGreater(int(orange.sum()), 20, "implanted needles not drawn")
+        # the intra-operative chain on those needles (a CT without metal: no seed implanted yet)
+        self.clear_message()
+        self.page.locator("#intraop-ct-path").fill("case/ct.nrrd")
+        self.page.locator("#intraop-chain-btn").click()
+        text = self.wait_message(f"{self.n_used_needles} needles in place", timeout_s=180)
+        self.assertIn("tip off by 4.0 mm", text)
+        rows = self.page.evaluate("() => window.trame.state.get('deviation_rows')")
+        self.assertEqual(sum(r["note"] == "in place" for r in rows), self.n_used_needles)
+        self.views("8b_intraop_chain", settle_ms=2000)
+        self.page.locator("#page-plan").click()
+        self.open_path("plan")
+        self.wait_message("opened plan", timeout_s=90)
+        self.page.locator("#page-intraop").click()
         self.clear_message()
         self.page.locator("#intraop-ct-path").fill("intraop_ct.nrrd")
         self.page.locator("#find-needles-btn").click()
@@ -362,11 +377,11 @@ class WebPlannerInBrowserTest(unittest.TestCase):
         rows = self.page.evaluate("() => window.trame.state.get('deviation_rows')")
         self.assertGreaterEqual(len(rows), 1)
         self.assertTrue(all(r["note"].startswith("matched") for r in rows), rows)
-        self.views("8b_intraop_ct_needles_found", settle_ms=2000)
+        self.views("8c_intraop_ct_needles_found", settle_ms=2000)
         self.clear_message()
         self.page.locator("#replan-btn").click()
         self.wait_message("plan ready", timeout_s=120)
-        self.views("8c_replanned_on_implanted_needles", settle_ms=2000)
+        self.views("8d_replanned_on_implanted_needles", settle_ms=2000)
         self.page.locator("#page-plan").click()
         self.server_alive()
 

@@ -561,7 +561,7 @@ class WebPlanner:
             msg = self._guard(self.session.apply_job)
             if msg:
                 self._say(msg, "warning" if "cancelled" in msg or "not met" in msg or "missing" in msg else "success")
-                if kind == "needles":
+                if kind == "needles" or kind == "intraop":
                     self._observe_interaction()
                     self.show_plan_in_views(reset=False)
                     self.push()
@@ -593,6 +593,15 @@ class WebPlanner:
         s = self.state
         s.plan_running, s.plan_fraction, s.plan_text = True, 0.0, "finding needles"
         self._say("finding the needles on the intra-operative CT", "info")
+        self._job_task = asyncio.ensure_future(self._watch_job())
+
+    def on_intraop_chain(self):
+        s = self.state
+        job = self._guard(self.session.start_intraop, s.intraop_ct_path, time_limit_s=s.time_limit_s)
+        if job is None:
+            return
+        s.plan_running, s.plan_fraction, s.plan_text = True, 0.0, "intra-operative chain"
+        self._say("intra-operative chain running: needles, implanted seeds, re-plan", "info")
         self._job_task = asyncio.ensure_future(self._watch_job())
 
     def on_show_intraop(self, show_intraop_ct=None, **_):
@@ -823,6 +832,9 @@ class WebPlanner:
                      density="compact", id="intraop-ct-path", hide_details=True)
         v.VBtn("Find the needles on the CT", click=self.on_find_needles, block=True,
                disabled=("!has_plan || plan_running",), id="find-needles-btn", classes="mt-1")
+        v.VBtn("Run the intra-operative chain (needles, implanted seeds, re-plan)", click=self.on_intraop_chain,
+               block=True, disabled=("!has_plan || plan_running",), id="intraop-chain-btn", classes="mt-1",
+               color="primary")
         v.VSwitch(v_model=("show_intraop_ct",), label="show the intra-operative CT", v_show="has_intraop_ct",
                   density="compact", hide_details=True, id="show-intraop")
         html.Div("or read needles already found (CSV):", classes="text-caption mt-3")

@@ -160,6 +160,8 @@ class PlannerSession:
         self.implanted_needles = None
         self.needle_matching = None  # planning.needle_match.NeedleMatching of the intra-operative CT
         self.intraop_ct_node = None
+        self.intraop_result = None  # planning.intraop.IntraopResult of the last intra-operative chain
+        self.case_segmentation = None  # imaging.segio.Segmentation of the open case (None from a .mrb)
         self.case_paths = (None, None)  # CT and segmentation files of the open case (None when from a .mrb)
 
     # -- reading inputs (no scene change) ----------------------------------------------------------
@@ -265,6 +267,8 @@ class PlannerSession:
         self.implanted_needles = None
         self.needle_matching = None
         self.intraop_ct_node = None
+        self.intraop_result = None
+        self.case_segmentation = None
         self.case_paths = (None, None)
 
     def _start_live(self):
@@ -276,6 +280,7 @@ class PlannerSession:
         from ..evaluation.goals import load_goals
         self._clear_scene()
         self.case_paths = (case.ct_path, case.seg_path)
+        self.case_segmentation = case.segmentation
         plan = case.plan
         if plan is None:
             ps = PlanScene(self.ctx)
@@ -757,6 +762,8 @@ class PlannerSession:
             raise InputError(f"{job.label} failed: {job.error}")
         if job.kind == "needles":
             return self._apply_found_needles(*job.result)
+        if job.kind == "intraop":
+            return self._apply_intraop(*job.result)
         plan, grid = job.result
         ps = self.require_plan()
         ps.stop_live_updates()
@@ -783,6 +790,7 @@ class PlannerSession:
             raise InputError(f"{path.name}: no needles in the file")
         self.implanted_needles = needles
         self.needle_matching = None
+        self.intraop_result = None
         self._show_implanted(needles)
         return needles
 
@@ -831,6 +839,71 @@ class PlannerSession:
         self.job = PlanJob(work, label="needle finder", kind="needles").start()
         return self.job
 
+    def start_intraop(self, ct_text, time_limit_s=4.0, allow_new_needles=False):
+        """The intra-operative chain of :mod:`planning.intraop` (worker thread) on a CT in the served folder.
+
+        Needles: those read from a needles CSV on this page if any, else found on the CT
+        (:func:`planning.intraop.find_needles_in_place`); then :func:`planning.intraop.run_intraop`
+        (seeds already implanted found on the CT, re-plan of the remaining seeds on the needles in
+        place, options tried, advice). Needs a plan opened from a plan folder or planned here.
+        """
+        from ..core import progress as _p
+        from ..physics.dose import DoseGrid
+        from ..planning.intraop import check_frames, find_needles_in_place, run_intraop
+        ps = self.require_plan()
+        if self.plan is None or self.case_segmentation is None:
+            raise InputError("the intra-operative chain needs the plan file and its segmentation: open a plan folder "
+                             "(or plan here from a CT + segmentation)")
+        if self.job is not None and self.job.running:
+            raise InputError("a computation is running: wait for it or cancel it")
+        path = self.served.resolve(ct_text, what="intra-operative CT")
+        ct, geometry = self._read_ct(path)
+        plan = self.current_plan()
+        check_frames(geometry, plan)
+        seg = self.case_segmentation
+        given = list(self.implanted_needles) if self.implanted_needles and self.needle_matching is None else None
+        engine = ps.params.get("doseEngine")
+        model_dirs = self.model_dirs
+
+        def work(progress):
+            needles = given
+            if needles is None:
+                needles, _, found = find_needles_in_place(ct, geometry, plan, seg, progress=_p.scaled(progress, 0.0, 0.3))
+                if not needles:
+                    raise InputError(f"{path.name}: no needle of the plan found on the CT ({len(found)} found, "
+                                     f"{len(found.rejected)} object(s) rejected): read a needles CSV instead")
+            result = run_intraop(ct, geometry, plan, seg, needles, allow_new_needles=allow_new_needles,
+                                 time_limit_s=float(time_limit_s), progress=_p.scaled(progress, 0.3, 0.9))
+            grid = DoseGrid(result.dose_geometry, result.plan.seeds, method=engine, model_dirs=model_dirs,
+                            progress=_p.scaled(progress, 0.9, 1.0))
+            return path.name, ct, geometry, result, grid
+
+        self.job = PlanJob(work, label="intra-operative chain", kind="intraop").start()
+        return self.job
+
+    def _apply_intraop(self, name, ct, geometry, result, grid):
+        """Show the intra-operative CT, the needles in place, the re-plan (its dose live) and the deviations."""
+        ps = self.require_plan()
+        ps.stop_live_updates()
+        if self.intraop_ct_node is not None and self.ctx.scene.IsNodePresent(self.intraop_ct_node):
+            self.ctx.scene.RemoveNode(self.intraop_ct_node)
+        self.intraop_ct_node = volumes.add_scalar_volume(self.ctx.scene, ct, geometry, f"Intra-op CT {name}")
+        volumes.set_ct_display(self.intraop_ct_node)
+        new = result.plan
+        used = {int(n) for n in new.seed_needle if n > 0}
+        ps.plan = new
+        ps.set_needles([n for n in new.needles if n.number in used] or new.needles, locked=False)
+        ps.set_seeds(new.seeds, new.seed_needle)
+        ps.dose_grid = grid
+        ps.refresh_outputs()
+        self.plan = new
+        self.intraop_result = result
+        self.needle_matching = None
+        self.implanted_needles = list(result.needles_in_place)
+        self._show_implanted(self.implanted_needles)
+        self._start_live()
+        return f"{name}: {result.deviation_line()}; {len(result.found_seeds)} seeds already implanted; {result.advice}"
+
     def _apply_found_needles(self, name, ct, geometry, matching):
         """Show the intra-operative CT and the found needles; keep the matching for the table and re-plans."""
         if self.intraop_ct_node is not None and self.ctx.scene.IsNodePresent(self.intraop_ct_node):
@@ -838,6 +911,7 @@ class PlannerSession:
         self.intraop_ct_node = volumes.add_scalar_volume(self.ctx.scene, ct, geometry, f"Intra-op CT {name}")
         volumes.set_ct_display(self.intraop_ct_node)
         self.needle_matching = matching
+        self.intraop_result = None
         self.implanted_needles = matching.needles()
         self._show_implanted(self.implanted_needles)
         return f"{name}: {matching.summary_line()}"
@@ -845,6 +919,16 @@ class PlannerSession:
     def needle_deviations(self):
         """Deviation rows: from the needle finder's matching when an intra-operative CT was read, else
         from the implanted needles file (:meth:`file_needle_deviations`)."""
+        if self.intraop_result is not None and self.needle_matching is None:
+            rows = []
+            for r in self.intraop_result.needle_rows:
+                def val(k):
+                    v = r.get(k)
+                    return None if v is None or v == "" else round(float(v), 1)
+                rows.append({"implanted": r.get("name"), "needle": r.get("number") if r.get("status") == "in place"
+                             else None, "entry_mm": val("entry_mm"), "tip_mm": val("tip_mm"),
+                             "angle_deg": val("angle_deg"), "note": str(r.get("status", ""))})
+            return rows
         if self.needle_matching is not None:
             rows = []
             for r in self.needle_matching.rows():

@@ -321,6 +321,35 @@ class PlannerSessionTest(unittest.TestCase):
         self.assertTrue(job.wait(120))
         self.assertIn("plan ready", self.session.apply_job())
 
+    def test_intraoperative_chain(self):
+        from SeedImplantPlannerLib.core.fileio import write_csv
+        self.session.open_path("plan")
+        with self.assertRaises(InputError):
+            self.session.start_intraop("../outside.nrrd")
+        rows = []
+        for n in self.session.current_plan().used_needles():  # needles in place: tips 3 mm off
+            e, t = np.asarray(n.entry, float), np.asarray(n.tip, float) + np.array([0.0, 3.0, 0.0])
+            rows.append({"number": n.number, "name": n.name, "entry_x_mm": e[0], "entry_y_mm": e[1], "entry_z_mm": e[2],
+                         "tip_x_mm": t[0], "tip_y_mm": t[1], "tip_z_mm": t[2]})
+        path = self.root / f"in-place-{time.monotonic_ns()}.csv"
+        write_csv(path, rows, list(rows[0].keys()))
+        self.session.load_implanted_needles(path.name)
+        # the CT of this step has no metal: no seed is implanted yet, every seed is re-planned
+        job = self.session.start_intraop("case/ct.nrrd", time_limit_s=1.0)
+        self.assertTrue(job.wait(300))
+        message = self.session.apply_job()
+        self.assertIn("9 needles in place".replace("9", str(self.n_used)), message)
+        rows = self.session.needle_deviations()
+        in_place = [r for r in rows if r["note"] == "in place"]
+        self.assertEqual(len(in_place), self.n_used)
+        for r in in_place:
+            self.assertAlmostEqual(r["tip_mm"], 3.0, places=1)
+        self.assertTrue(self.session.has_dose())
+        self.assertGreater(self.session.summary()["seeds"], 0)
+        self.assertIsNotNone(self.session.intraop_ct_node)
+        self.session.move_seed(0, delta=(0.0, 2.0, 0.0))  # the re-plan stays live
+        self.assertEqual(self.session.plan_scene.last_update.get("dose_edit"), "moved 1")
+
     def test_implanted_needles_deviation(self):
         from SeedImplantPlannerLib.core.fileio import write_csv
         self.session.open_path("plan")
