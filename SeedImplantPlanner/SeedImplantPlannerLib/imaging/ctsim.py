@@ -124,6 +124,7 @@ class Scanner:
     sub_plane_mm: float = 0.2            # through-row sampling of the metal's partial volume
     sub_rays: int = 4                    # rays across each detector bin's aperture where metal is hit
     kernel: str = "hann"                 # reconstruction kernel: "hann" (standard), "shepp-logan", "ram-lak"
+    fast_metal_free: bool = False        # slices > 1 row from any metal: system PSF + FBP-shaped noise
     slice_profile: str = "box"           # "box" or "triangle" weights of thin slices in a thick one
     detector_oversampling: int = 1       # samples per pixel width, each a pixel-wide aperture (as a flying focal spot)
     view_block: int = 12                 # views per sparse projector block
@@ -757,6 +758,75 @@ def _metal_rays(proj, solids, w_center, row, sub_mm, cu, cv, sub_rays=4):
     return uniq, out
 
 
+def system_psf(proj: ParallelProjector, scanner: Scanner, n=33):
+    """The reconstruction's own point-spread function (n x n, sums to 1): a pixel impulse through projector and FBP."""
+    small = ParallelProjector(n, n, proj.dx, proj.dy, n_views=proj.n_views, scanner=scanner)
+    img = np.zeros(n * n, np.float32)
+    img[(n // 2) * n + n // 2] = 1.0
+    out = np.zeros(n * n, np.float32)
+    for views, A in small.blocks():
+        p = (A @ img) * np.float32(small.forward_scale())
+        q = small.ramp_filter(p.reshape(len(views), small.n_det), axis=1, kernel=scanner.kernel).ravel()
+        out += A.T @ q
+    psf = (out * np.pi / small.n_views).reshape(n, n)
+    return psf / psf.sum()
+
+
+def _fast_slices(hu_planes, proj, scanner, I0, photons_noisy, rngs, p_table, L_table, psf):
+    """Metal-free thin slices without projection: anatomy * system PSF + stationary FBP-shaped noise.
+
+    The noise has the FBP noise power spectrum of the kernel (|H(f)|^2 / |f|, parallel beam) and the
+    standard deviation the physics gives at the slice centre: var(mu) = (pi/N)^2 sum_views
+    var(q(0)), var(q(0)) = var(p_corr) sum_b q_delta_b^2, var(p) = 1/counts on the central ray of
+    each view (counts from the polychromatic transmission), p_corr by the water correction's slope.
+    """
+    from scipy import ndimage
+    from scipy.signal import fftconvolve
+    nk, nj, ni = hu_planes.shape
+    delta = np.zeros((1, proj.n_det), np.float32)
+    delta[0, proj.n_det // 2] = 1.0
+    q_delta = proj.ramp_filter(delta, axis=1, kernel=scanner.kernel)[0]
+    g2 = float(np.sum(q_delta.astype(float) ** 2))
+    # radial noise filter |H(f)| / sqrt(|f|) on the image's 2D frequency grid
+    fy = np.fft.fftfreq(nj, d=proj.dy)[:, None]
+    fx = np.fft.fftfreq(ni, d=proj.dx)[None, :]
+    fr = np.hypot(fx, fy)
+    size = 1 << int(math.ceil(math.log2(2 * proj.n_det)))
+    imp = np.zeros((1, size // 2), np.float32)
+    imp[0, 0] = 1.0
+    fh = np.fft.rfftfreq(size, d=proj.ds)
+    H = np.abs(np.fft.rfft(proj.ramp_filter(np.pad(imp, ((0, 0), (0, 0))), axis=1, kernel=scanner.kernel)[0], n=size))
+    Hr = np.interp(fr, fh[:len(H)], H[:len(fh)], right=0.0)
+    amp = np.where(fr > 0, Hr / np.sqrt(np.maximum(fr, 1e-12)), 0.0)
+    th = proj.theta
+    t = np.arange(-(max(ni, nj)), max(ni, nj) + 1) * min(proj.dx, proj.dy) * 0.75
+    out = np.empty_like(hu_planes, dtype=np.float32)
+    for k in range(nk):
+        hu = hu_planes[k]
+        out[k] = fftconvolve(hu, psf, mode="same")
+        if not photons_noisy:
+            continue
+        a, b = hu_to_basis(hu)
+        # central ray of each view: samples along the line through the slice centre
+        ci, cj = (ni - 1) / 2.0, (nj - 1) / 2.0
+        ii = ci + np.outer(-np.sin(th), t) / proj.dx
+        jj = cj + np.outer(np.cos(th), t) / proj.dy
+        step = t[1] - t[0]
+        Lw = ndimage.map_coordinates(a, [jj.ravel(), ii.ravel()], order=1, cval=0.0).reshape(ii.shape).sum(1) * step
+        Lb = ndimage.map_coordinates(b, [jj.ravel(), ii.ravel()], order=1, cval=0.0).reshape(ii.shape).sum(1) * step
+        T = np.exp(-(np.outer(Lw, MU_E[0]) + np.outer(Lb, MU_E[1]))) @ ENERGY_WEIGHTS
+        counts = np.maximum(I0 * T, MIN_COUNTS)
+        var_p = (counts + scanner.electronic_noise_counts ** 2) / counts ** 2
+        p = -np.log(np.maximum(T, 1e-30))
+        dLdp = np.interp(p, p_table[1:], np.diff(L_table) / np.diff(p_table))
+        var_mu = (np.pi / proj.n_views) ** 2 * g2 * float(np.sum(var_p * (MU_WATER_REF * dLdp) ** 2))
+        sd_hu = 1000.0 * math.sqrt(var_mu) / MU_WATER_REF
+        white = rngs[k].normal(size=(nj, ni))
+        noise = np.fft.ifft2(np.fft.fft2(white) * amp).real
+        out[k] += (noise / max(float(noise.std()), 1e-12) * sd_hu).astype(np.float32)
+    return out
+
+
 def simulate_ct(anatomy_hu, geometry: ImageGeometry, needles=(), seeds=(), calcifications=(),
                 slice_thickness_mm=None, noise=True, rng_seed=0, progress=None, scanner: Scanner | None = None,
                 external_mm=30.0, return_float=False):
@@ -812,9 +882,16 @@ def simulate_ct(anatomy_hu, geometry: ImageGeometry, needles=(), seeds=(), calci
     per_slice_bytes = proj.X.size * 4 * 4 + proj.n_views * proj.n_det * 4
     n_slab = int(scanner.slab_slices) if scanner.slab_slices else int(scanner.slab_memory_mb * 2 ** 20 // per_slice_bytes)
     n_slab = max(1, min(n_slab, len(w_thin)))
+    full = np.ones(len(w_thin), dtype=bool)
+    if scanner.fast_metal_free:
+        # slices farther than one row from every metal object or calcification take the fast path
+        full = np.array([any(sd.w_range[0] - row <= w + row / 2 and sd.w_range[1] + row >= w - row / 2 for sd in solids)
+                         for w in w_thin], dtype=bool)
+    idx_full = np.flatnonzero(full)
     n_done = 0
-    for s0 in range(0, len(w_thin), n_slab):
-        ws = w_thin[s0:s0 + n_slab]
+    for s0 in range(0, len(idx_full), n_slab):
+        sel = idx_full[s0:s0 + n_slab]
+        ws = w_thin[sel]
         S = len(ws)
         X = np.empty((proj.X.size, 2 * S), np.float32)                         # (n_pix, 2S): water, bone
         for c0 in range(0, S, 16):                                               # anatomy in chunks (memory)
@@ -864,8 +941,18 @@ def simulate_ct(anatomy_hu, geometry: ImageGeometry, needles=(), seeds=(), calci
             out += A.T @ q
             n_done += nvb * S
             _progress.report(progress, n_done / (proj.n_views * len(w_thin)), "CT simulation")
-        thin_mu[s0:s0 + S] = (out * np.float32(np.pi / proj.n_views)).T.reshape(S, nj, ni)
+        thin_mu[sel] = (out * np.float32(np.pi / proj.n_views)).T.reshape(S, nj, ni)
     thin_hu = 1000.0 * (thin_mu / MU_WATER_REF - 1.0)
+    fast = np.flatnonzero(~full)
+    if len(fast):
+        psf = system_psf(proj, scanner)
+        for c0 in range(0, len(fast), 16):
+            sel = fast[c0:c0 + 16]
+            w_abs = w_thin[sel] + float(np.asarray(geometry.origin) @ geometry.direction_matrix[:, 2])
+            rngs = [np.random.default_rng([int(rng_seed) & 0x7FFFFFFF, int(round(w * 1e4)) % (1 << 31), 7]) for w in w_abs]
+            thin_hu[sel] = _fast_slices(sampler(w_thin[sel]), proj, scanner, I0, noisy, rngs, p_table, L_table, psf)
+            _progress.report(progress, (n_done + (c0 + len(sel)) * proj.n_views) / (proj.n_views * len(w_thin)),
+                             "CT simulation (slices without metal)")
     vol = np.zeros(geometry.shape, np.float32)
     for k, (idx, wts) in enumerate(per_slice):
         vol[k] = np.tensordot(wts.astype(np.float32), thin_hu[idx], axes=1)
@@ -875,6 +962,7 @@ def simulate_ct(anatomy_hu, geometry: ImageGeometry, needles=(), seeds=(), calci
                      "direction": [list(r) for r in geometry.direction]},
         "slice_thickness_mm": thickness, "thin_slice_mm": row, "n_views": proj.n_views, "n_detector_bins": proj.n_det,
         "photons_per_ray": I0 if noisy else None, "rng_seed": int(rng_seed),
+        "thin_slices_full_fidelity": int(full.sum()), "thin_slices_fast": int((~full).sum()),
         "scanner": asdict(scanner), "e_ref_keV": E_REF_KEV, "hu_at_e_ref": {k: round(v, 1) for k, v in HU_REF.items()},
         "needles": t_needles, "seeds": t_seeds, "calcifications": t_calcs,
     }

@@ -155,6 +155,32 @@ class PhysicsTest(unittest.TestCase):
         self.assertTrue(truth["seeds"][0]["inside_ct"])
 
 
+class FastPathTest(unittest.TestCase):
+
+    def test_metal_free_slices_match_the_full_reconstruction(self):
+        g = _grid(n=96, nk=8)
+        c = g.voxel_centers_ras()
+        anat = _water_cylinder(g, 38.0, 40.0)
+        needle = [dict(entry_ras=(-30.0, 0.0, 2.2), tip_ras=(10.0, 0.0, 2.8), diameter_mm=1.27)]
+        full, _, _ = ctsim.simulate_ct(anat, g, needles=needle, noise=True, rng_seed=3, return_float=True)
+        fast, _, truth = ctsim.simulate_ct(anat, g, needles=needle, noise=True, rng_seed=3, return_float=True,
+                                           scanner=ctsim.Scanner(fast_metal_free=True))
+        self.assertEqual(truth["thin_slices_full_fidelity"] + truth["thin_slices_fast"], 8)
+        self.assertGreaterEqual(truth["thin_slices_fast"], 4)
+        # the slices around the needle (z 2.2-2.8 mm: k 5-6, +- one row) are reconstructed in full
+        np.testing.assert_allclose(fast[4:8], full[4:8], atol=1e-3)
+        r = np.hypot(c[0, ..., 0], c[0, ..., 1])
+        inner = r < 25
+        for k in range(0, 3):
+            self.assertLess(abs(float(fast[k][inner].mean()) - float(full[k][inner].mean())), 10.0)
+            ratio = float(fast[k][inner].std()) / float(full[k][inner].std())
+            self.assertGreater(ratio, 0.6)
+            self.assertLess(ratio, 1.5)
+            # the body edge has the reconstruction's own blur
+            row = slice(78, 94)
+            np.testing.assert_allclose(fast[k][48, row], full[k][48, row], atol=60.0)
+
+
 class CaseTest(unittest.TestCase):
 
     def test_case_files_and_truth(self):
