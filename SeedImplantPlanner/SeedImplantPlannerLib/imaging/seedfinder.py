@@ -221,8 +221,16 @@ def _canonical_axis(a):
 
 
 def _weighted_pose(pts, w, box_cov):
-    """Weighted centroid and principal axis (voxel box variance removed)."""
+    """Weighted centroid and principal axis (voxel box variance removed).
+
+    Weights that are not finite count as 0; a segment that lost all its weight (an EM component with no
+    responsibility left, e.g. on needle remnants) falls back to equal weights, so the result is finite.
+    """
+    w = np.where(np.isfinite(w), w, 0.0)
     sw = float(w.sum())
+    if not sw > 0.0:
+        w = np.ones(len(pts))
+        sw = float(len(pts))
     c = (w[:, None] * pts).sum(axis=0) / sw
     d = pts - c
     cov = (w[:, None, None] * (d[:, :, None] * d[:, None, :])).sum(axis=0) / sw - box_cov
