@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.geometry import ImageGeometry
+from .shapes import ellipsoid, tube
 
 GENERATOR_VERSION = 1
 CT_NAME = "CTGuidedCT.nrrd"
@@ -52,28 +53,6 @@ FORBIDDEN = ("Bowel", "Kidney", "Vessels", "Bone", "SpinalCanal", "FemoralVessel
 #: CT numbers (HU) by label, non-contrast CT.
 HU = {"Body": 40, "GTV_RP": 35, "GTV_Groin": 38, "Bowel": 25, "Kidney": 32, "Vessels": 45, "Psoas": 50,
       "Bone": 450, "SpinalCanal": 15, "FemoralVessels": 45, "Nerve": 30}
-
-
-def _ellipsoid(x, y, z, c, radii):
-    return ((x - c[0]) / radii[0]) ** 2 + ((y - c[1]) / radii[1]) ** 2 + ((z - c[2]) / radii[2]) ** 2 <= 1.0
-
-
-def _tube(x, y, z, points, radius):
-    """Voxels within ``radius`` of a polyline through ``points`` (N, 3)."""
-    out = np.zeros(x.shape, dtype=bool)
-    pts = np.asarray(points, float)
-    for a, b in zip(pts[:-1], pts[1:]):
-        lo = np.minimum(a, b) - radius - 1.0
-        hi = np.maximum(a, b) + radius + 1.0
-        box = (x >= lo[0]) & (x <= hi[0]) & (y >= lo[1]) & (y <= hi[1]) & (z >= lo[2]) & (z <= hi[2])
-        if not box.any():
-            continue
-        xb, yb, zb = x[box], y[box], z[box]
-        ab = b - a
-        t = np.clip(((xb - a[0]) * ab[0] + (yb - a[1]) * ab[1] + (zb - a[2]) * ab[2]) / float(ab @ ab), 0.0, 1.0)
-        d2 = (xb - a[0] - t * ab[0]) ** 2 + (yb - a[1] - t * ab[1]) ** 2 + (zb - a[2] - t * ab[2]) ** 2
-        out[box] |= d2 <= radius * radius
-    return out
 
 
 def _lobulated(x, y, z, centre, radii, amp, phase):
@@ -120,24 +99,24 @@ def make_ct_guided_case(geometry: ImageGeometry = BENCHMARK_GEOMETRY):
     ivc = ((((x - 20.0) / 13.0) ** 2 + ((y + 28.0) / 10.0) ** 2) <= 1.0) & (z > -20.0)
     vessels = aorta | ivc
     for side in (-1.0, 1.0):
-        vessels |= _tube(x, y, z, [(side * 4.0 - 6.0, -30.0, -20.0), (side * 45.0, -30.0, -60.0),
+        vessels |= tube(x, y, z, [(side * 4.0 - 6.0, -30.0, -20.0), (side * 45.0, -30.0, -60.0),
                                    (side * 75.0, 15.0, -80.0)], 7.0)
 
     # left kidney: posterosuperior to the mass
-    kidney = _ellipsoid(x, y, z, (-82.0, -62.0, 112.0), (25.0, 20.0, 34.0))
+    kidney = ellipsoid(x, y, z, (-82.0, -62.0, 112.0), (25.0, 20.0, 34.0))
 
     # the retroperitoneal mass: lobulated, left side, about 6 (AP) x 8 (LR) x 9 (SI) cm
     rp_c = (-78.0, -10.0, 45.0)
     gtv_rp = _lobulated(x, y, z, rp_c, (39.0, 29.5, 44.0), 0.10, 0.7)
-    gtv_rp |= _ellipsoid(x, y, z, (-60.0, 3.0, 20.0), (16.0, 14.0, 15.0))  # medial-anterior lobule
-    gtv_rp |= _ellipsoid(x, y, z, (-98.0, -20.0, 68.0), (13.0, 13.0, 15.0))  # lateral-posterior lobule
+    gtv_rp |= ellipsoid(x, y, z, (-60.0, 3.0, 20.0), (16.0, 14.0, 15.0))  # medial-anterior lobule
+    gtv_rp |= ellipsoid(x, y, z, (-98.0, -20.0, 68.0), (13.0, 13.0, 15.0))  # lateral-posterior lobule
 
     # the groin mass: right side, anterior and lateral to the femoral vessels, about 5 x 5 x 2.5 cm
     gr_c = (62.0, 58.0, -100.0)
     gtv_gr = _lobulated(x, y, z, gr_c, (24.0, 14.0, 22.0), 0.08, 1.9)
-    fem_v = _tube(x, y, z, [(40.0, 45.0, -131.0), (42.0, 44.0, -100.0), (52.0, 30.0, -75.0), (70.0, 15.0, -60.0)], 7.0)
-    fem_v |= _tube(x, y, z, [(52.0, 40.0, -131.0), (54.0, 38.0, -100.0), (62.0, 26.0, -78.0), (75.0, 15.0, -62.0)], 5.0)
-    nerve = _tube(x, y, z, [(92.0, 42.0, -131.0), (92.0, 40.0, -100.0), (88.0, 25.0, -70.0)], 3.0)
+    fem_v = tube(x, y, z, [(40.0, 45.0, -131.0), (42.0, 44.0, -100.0), (52.0, 30.0, -75.0), (70.0, 15.0, -60.0)], 7.0)
+    fem_v |= tube(x, y, z, [(52.0, 40.0, -131.0), (54.0, 38.0, -100.0), (62.0, 26.0, -78.0), (75.0, 15.0, -62.0)], 5.0)
+    nerve = tube(x, y, z, [(92.0, 42.0, -131.0), (92.0, 40.0, -100.0), (88.0, 25.0, -70.0)], 3.0)
 
     # bowel loops wrapping the mass anteriorly and laterally with a 4-6 mm fat plane, and more
     # loops filling the anterior abdomen
@@ -153,11 +132,11 @@ def make_ct_guided_case(geometry: ImageGeometry = BENCHMARK_GEOMETRY):
     ]
     bowel = np.zeros(x.shape, dtype=bool)
     for pts in loops:
-        bowel |= _tube(x, y, z, pts, 13.0)
+        bowel |= tube(x, y, z, pts, 13.0)
     bowel &= dist_rp >= 5.0
     gas = np.zeros(x.shape, dtype=bool)
     for pts in loops:
-        gas |= _tube(x, y, z, pts, 5.0)
+        gas |= tube(x, y, z, pts, 5.0)
     gas &= bowel
 
     # labelmap: one label per voxel, earlier entries of this priority list win

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..core.geometry import ImageGeometry
 from ..imaging.segio import Segmentation, write_segmentation
+from .shapes import ellipsoid, tube
 
 GENERATOR_VERSION = 1
 RANDOM_SEED = 20261127
@@ -34,23 +35,6 @@ SEGMENT_COLORS = {
     "Bowel": (0.75, 0.55, 0.25), "Vessels": (0.80, 0.10, 0.60), "Kidneys": (0.55, 0.30, 0.80),
     "Psoas": (0.35, 0.70, 0.35), "SpinalCanal": (0.95, 0.85, 0.10),
 }
-
-
-def _ellipsoid(x, y, z, c, radii):
-    return ((x - c[0]) / radii[0]) ** 2 + ((y - c[1]) / radii[1]) ** 2 + ((z - c[2]) / radii[2]) ** 2 <= 1.0
-
-
-def _tube(x, y, z, points, radius):
-    """Voxels within ``radius`` of a polyline through ``points`` (N, 3)."""
-    out = np.zeros(x.shape, dtype=bool)
-    pts = np.asarray(points, float)
-    for a, b in zip(pts[:-1], pts[1:]):
-        ab = b - a
-        t = ((x - a[0]) * ab[0] + (y - a[1]) * ab[1] + (z - a[2]) * ab[2]) / float(ab @ ab)
-        t = np.clip(t, 0.0, 1.0)
-        d2 = (x - a[0] - t * ab[0]) ** 2 + (y - a[1] - t * ab[1]) ** 2 + (z - a[2] - t * ab[2]) ** 2
-        out |= d2 <= radius * radius
-    return out
 
 
 def make_sample_case(geometry: ImageGeometry = SAMPLE_GEOMETRY, noise_HU=10.0):
@@ -94,17 +78,17 @@ def make_sample_case(geometry: ImageGeometry = SAMPLE_GEOMETRY, noise_HU=10.0):
     vessels = (aorta | ivc) & (z > -45.0)
     # Iliac arteries below the bifurcation.
     for side in (-1.0, 1.0):
-        vessels |= _tube(x, y, z, [(side * 2.0 - 6.0, -18.0, -45.0), (side * 45.0, -10.0, -70.0)], 7.5)
+        vessels |= tube(x, y, z, [(side * 2.0 - 6.0, -18.0, -45.0), (side * 45.0, -10.0, -70.0)], 7.5)
 
     kidneys = np.zeros(x.shape, dtype=bool)
     for side in (-1.0, 1.0):
-        kidneys |= _ellipsoid(x, y, z, (side * 78.0, -48.0, 50.0), (24.0, 17.0, 40.0))
+        kidneys |= ellipsoid(x, y, z, (side * 78.0, -48.0, 50.0), (24.0, 17.0, 40.0))
 
     # Tumour: lobulated union of ellipsoids in the left retroperitoneum (patient left = -x).
-    gtv = _ellipsoid(x, y, z, (-72.0, -2.0, 0.0), (24.0, 19.0, 27.0))
-    gtv |= _ellipsoid(x, y, z, (-56.0, 6.0, -14.0), (15.0, 13.0, 15.0))
-    gtv |= _ellipsoid(x, y, z, (-88.0, -10.0, 12.0), (12.0, 13.0, 14.0))
-    gtv |= _ellipsoid(x, y, z, (-66.0, -6.0, 22.0), (13.0, 12.0, 12.0))
+    gtv = ellipsoid(x, y, z, (-72.0, -2.0, 0.0), (24.0, 19.0, 27.0))
+    gtv |= ellipsoid(x, y, z, (-56.0, 6.0, -14.0), (15.0, 13.0, 15.0))
+    gtv |= ellipsoid(x, y, z, (-88.0, -10.0, 12.0), (12.0, 13.0, 14.0))
+    gtv |= ellipsoid(x, y, z, (-66.0, -6.0, 22.0), (13.0, 12.0, 12.0))
 
     # Bowel: tubular loops in the anterior abdomen, one running over the tumour.
     bowel = np.zeros(x.shape, dtype=bool)
@@ -115,10 +99,10 @@ def make_sample_case(geometry: ImageGeometry = SAMPLE_GEOMETRY, noise_HU=10.0):
         [(-30, 70, 40), (0, 80, 10), (-25, 75, -25), (0, 70, -60)],
     ]
     for pts in loops:
-        bowel |= _tube(x, y, z, pts, 12.0)
+        bowel |= tube(x, y, z, pts, 12.0)
     bowel_gas = np.zeros(x.shape, dtype=bool)
     for pts in loops:
-        bowel_gas |= _tube(x, y, z, pts, 5.0)
+        bowel_gas |= tube(x, y, z, pts, 5.0)
 
     # Resolve overlaps: bone > vessels > GTV > kidneys > psoas > bowel.
     vessels &= body & ~bone
