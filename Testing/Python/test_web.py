@@ -107,6 +107,9 @@ class WebPlannerInBrowserTest(unittest.TestCase):
         cls.url = f"http://127.0.0.1:{cls.port}/"
         env = dict(os.environ)
         env["PYTHONPATH"] = str(ROOT / "SeedImplantPlanner") + os.pathsep + env.get("PYTHONPATH", "")
+        cls.server_tmp = cls.tmp / "server-tmp"  # the server's temporary files (its uploads folder) land here
+        cls.server_tmp.mkdir()
+        env["TMPDIR"] = str(cls.server_tmp)
         cls.log = open(cls.tmp / "server.log", "w+", encoding="utf-8")
         cls.server = subprocess.Popen([sys.executable, "-m", "SeedImplantPlannerLib.cli", "serve", str(cls.served),
                                        "--port", str(cls.port)], stdout=cls.log, stderr=subprocess.STDOUT, env=env)
@@ -195,6 +198,9 @@ class WebPlannerInBrowserTest(unittest.TestCase):
 
     def metrics_text(self):
         return self.page.locator("#metrics-table").inner_text()
+
+    def upload_folders(self):
+        return sorted(self.server_tmp.glob("seedplan-web-uploads-*"))
 
     def server_alive(self):
         self.assertIsNone(self.server.poll(), "the server process ended")
@@ -335,6 +341,7 @@ class WebPlannerInBrowserTest(unittest.TestCase):
         text = self.wait_message("scan.nrrd")
         self.assertRegex(text, "unreadable|cannot read")
         self.assertNotIn("seedplan-web-uploads", text)
+        self.assertEqual(len(self.upload_folders()), 1, "the upload went into one private folder")
         self.assertEqual(facts, self.page.locator("#plan-facts").inner_text())
         self.assertEqual(source, self.page.locator("#plan-source").inner_text())
         self.server_alive()
@@ -420,6 +427,16 @@ class WebPlannerInBrowserTest(unittest.TestCase):
         for name in ("coronal", "sagittal"):
             changed = np.mean(np.any(np.abs(after[name] - before[name]) > 30, axis=2))
             self.assertGreater(changed, 0.01, f"the {name} view did not move to the clicked point")
+
+    def test_z_stopping_the_server_removes_its_uploads(self):
+        if not self.upload_folders():  # run on its own: upload something first
+            self.page.locator("#upload").set_input_files(files=[{"name": "scene.mrb", "mimeType": "application/zip",
+                                                                 "buffer": b"not a zip"}])
+            self.wait_message("scene.mrb")
+        self.assertTrue(self.upload_folders(), "an upload should have made the server's private uploads folder")
+        self.server.terminate()  # what the tests' teardown and a service manager do (SIGTERM)
+        self.server.wait(30)
+        self.assertEqual(self.upload_folders(), [], "seedplan serve left its uploads folder behind")
 
 
 class ServeCommandTest(unittest.TestCase):

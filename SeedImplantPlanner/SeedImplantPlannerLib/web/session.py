@@ -28,6 +28,7 @@ import math
 import shutil
 import tempfile
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +59,8 @@ class PlannerSession(SessionFiles, SessionPlanning, SessionIntraop):
         self.source_label = ""
         self.job: PlanJob | None = None
         self.messages = []
-        self._upload_dir = Path(tempfile.mkdtemp(prefix="seedplan-web-uploads-"))
+        self._upload_dir = None  # private folder of uploads, made by the first upload
+        self._upload_cleanup = None  # weakref.finalize removing it: at close(), garbage collection or exit
         self.implanted_needles = None
         self.needle_matching = None  # planning.needle_match.NeedleMatching of the intra-operative CT
         self.intraop_ct_node = None
@@ -195,6 +197,9 @@ class PlannerSession(SessionFiles, SessionPlanning, SessionIntraop):
         """Write an uploaded file into this session's private upload folder (never into the served folder)."""
         if not isinstance(content, (bytes, bytearray)) or not content:
             raise InputError(f"upload '{name}': the file is empty")
+        if self._upload_dir is None:
+            self._upload_dir = Path(tempfile.mkdtemp(prefix="seedplan-web-uploads-"))
+            self._upload_cleanup = weakref.finalize(self, shutil.rmtree, str(self._upload_dir), ignore_errors=True)
         target = self._upload_dir / f"{time.monotonic_ns()}" / safe_file_name(name)
         target.parent.mkdir(parents=True)
         target.write_bytes(bytes(content))
@@ -454,12 +459,14 @@ class PlannerSession(SessionFiles, SessionPlanning, SessionIntraop):
             return path.read_bytes()
 
     def close(self):
+        """Stop a running job and the live updates; remove the uploads folder (also removed at interpreter exit)."""
         if self.job is not None and self.job.running:
             self.job.cancel()
             self.job.wait(10)
         if self.plan_scene is not None:
             self.plan_scene.stop_live_updates()
-        shutil.rmtree(self._upload_dir, ignore_errors=True)
+        if self._upload_cleanup is not None:
+            self._upload_cleanup()
 
 
 def json_safe(value):

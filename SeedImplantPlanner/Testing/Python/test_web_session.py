@@ -127,6 +127,59 @@ class ServedFolderTest(unittest.TestCase):
 
 
 @unittest.skipUnless(HAVE_SLICER, "slicer-core is not installed (pip install slicer-core)")
+class UploadFolderTest(unittest.TestCase):
+    """Uploads go to a private temporary folder, made by the first upload and removed when the session ends."""
+
+    def setUp(self):
+        self.tmp = Path(tempfile.mkdtemp(prefix="seedplan-web-upload-test-"))
+        self.root = self.tmp / "served"
+        self.root.mkdir()
+        self.private_tmp = self.tmp / "tmp"
+        self.private_tmp.mkdir()
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def folders(self):
+        return sorted(self.private_tmp.glob("seedplan-web-uploads-*"))
+
+    def test_made_by_the_first_upload_removed_by_close(self):
+        saved, tempfile.tempdir = tempfile.tempdir, str(self.private_tmp)
+        try:
+            session = PlannerSession(None, ServedFolder(self.root))
+            self.assertEqual(self.folders(), [], "a session without uploads makes no folder")
+            a = session.store_upload("ct.nrrd", b"first")
+            b = session.store_upload("../../seg.seg.nrrd", b"second")
+        finally:
+            tempfile.tempdir = saved
+        self.assertEqual(len(self.folders()), 1)
+        for path, content in ((a, b"first"), (b, b"second")):
+            self.assertEqual(path.read_bytes(), content)
+            self.assertEqual(path.parent.parent, self.folders()[0])
+        self.assertNotIn(self.root, b.parents)
+        session.close()
+        self.assertEqual(self.folders(), [])
+        session.close()  # a second close is harmless
+
+    def test_removed_when_the_process_ends_without_close(self):
+        import subprocess
+        import sys
+        code = ("from pathlib import Path\n"
+                "from SeedImplantPlannerLib.web.paths import ServedFolder\n"
+                "from SeedImplantPlannerLib.web.session import PlannerSession\n"
+                f"s = PlannerSession(None, ServedFolder({str(self.root)!r}))\n"
+                "p = s.store_upload('scene.mrb', b'zip')\n"
+                "print(p)\n")
+        env = dict(os.environ, TMPDIR=str(self.private_tmp))
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        written = Path(r.stdout.strip().splitlines()[-1])
+        self.assertIn(self.private_tmp, written.parents, "the upload was written into the private temp folder")
+        self.assertFalse(written.exists())
+        self.assertEqual(self.folders(), [])
+
+
+@unittest.skipUnless(HAVE_SLICER, "slicer-core is not installed (pip install slicer-core)")
 class PlannerSessionTest(unittest.TestCase):
     """One small plan made with the library, opened, edited, planned, saved and re-opened."""
 
