@@ -123,12 +123,19 @@ class PlanningActions:
                                needle_mode=needle_mode, direction=direction, template_spacing_mm=template_spacing_mm,
                                needles=needles, approach=approach, method=method, time_limit_s=time_limit_s,
                                progress=_progress.scaled(progress, 0.0, 0.75))
-        self.plan = plan
-        used = {int(n) for n in plan.seed_needle if n > 0}
-        self.set_needles([n for n in plan.needles if n.number in used] or plan.needles)
-        self.set_seeds(plan.seeds, plan.seed_needle)
+        self.show_plan(plan)
         self.compute_dose(progress=_progress.scaled(progress, 0.75, 1.0))
         return plan
+
+    def show_plan(self, plan, locked=None):
+        """Put ``plan`` (planning.planfile.Plan) into the scene: its needles that carry seeds (every needle
+        when none does) and its seeds with their needle numbers; ``locked`` as in ``set_needles`` (None:
+        the parameter node's needlesLocked). The dose is left to the caller. Returns the used needle numbers."""
+        self.plan = plan
+        used = {int(n) for n in plan.seed_needle if n > 0}
+        self.set_needles([n for n in plan.needles if n.number in used] or plan.needles, locked=locked)
+        self.set_seeds(plan.seeds, plan.seed_needle)
+        return used
 
     def load_seeds_uniformly(self, spacing_mm=None, progress=None):
         """Seeds every ``spacing_mm`` along the plan's needles inside the target (no optimisation)."""

@@ -131,10 +131,7 @@ class SessionIntraop:
         self.intraop_ct_node = volumes.add_scalar_volume(self.ctx.scene, ct, geometry, f"Intra-op CT {name}")
         volumes.set_ct_display(self.intraop_ct_node)
         new = result.plan
-        used = {int(n) for n in new.seed_needle if n > 0}
-        ps.plan = new
-        ps.set_needles([n for n in new.needles if n.number in used] or new.needles, locked=False)
-        ps.set_seeds(new.seeds, new.seed_needle)
+        ps.show_plan(new, locked=False)
         ps.dose_grid = grid
         ps.refresh_outputs()
         self.plan = new

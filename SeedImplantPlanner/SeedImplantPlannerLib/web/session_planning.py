@@ -205,10 +205,7 @@ class SessionPlanning:
         plan, grid = job.result
         ps = self.require_plan()
         ps.stop_live_updates()
-        used = {int(n) for n in plan.seed_needle if n > 0}
-        ps.plan = plan
-        ps.set_needles([n for n in plan.needles if n.number in used] or plan.needles, locked=False)
-        ps.set_seeds(plan.seeds, plan.seed_needle)
+        used = ps.show_plan(plan, locked=False)
         ps.dose_grid = grid
         ps.refresh_outputs()
         self.plan = plan
