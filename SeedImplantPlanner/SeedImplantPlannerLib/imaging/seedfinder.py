@@ -738,7 +738,7 @@ def subtract_needles(ctc, needles, geometry: ImageGeometry, offset_kji, backgrou
     the soft tissue: a seed touching a needle keeps its own metal; streaks along the needle are not
     symmetric about it and stay (the seed count rejects them).
     """
-    from .needlefinder import _blur_sigma
+    from .needle_measure import blur_sigma as _blur_sigma
     from scipy.special import ndtr
     out = np.array(ctc, dtype=np.float32, copy=True)
     outside = np.zeros(out.shape, dtype=bool)
