@@ -57,7 +57,8 @@ from SeedImplantPlannerLib.evaluation.metrics import structure_metrics  # noqa: 
 from SeedImplantPlannerLib.planning.needles import mask_points  # noqa: E402
 from SeedImplantPlannerLib.planning.nomogram import estimate  # noqa: E402
 from SeedImplantPlannerLib.planning.obstacles import ObstacleMap  # noqa: E402
-from SeedImplantPlannerLib.planning.pipeline import plan_from_masks, uniform_plan  # noqa: E402
+from SeedImplantPlannerLib.planning.pipeline import plan_from_masks  # noqa: E402
+from SeedImplantPlannerLib.planning.plan_dose import uniform_plan  # noqa: E402
 from SeedImplantPlannerLib.planning.problem import OARConstraint  # noqa: E402
 
 MODEL = "I125_OncoSeed_6711"

@@ -63,7 +63,8 @@ def run_demo(out, *, strength_mCi=0.6, prescription_Gy=120.0, direction="R", tim
     # 1-2. plan
     t0 = time.monotonic()
     from ..planning.problem import OARConstraint
-    from ..planning.pipeline import evaluate, plan_case
+    from ..planning.pipeline import plan_case
+    from ..planning.plan_dose import evaluate
     from ..planning.planfile import write_plan_folder
     plan, dose, dose_geometry = plan_case(
         ct_path, seg_path, TARGET, oars=[OARConstraint("Bowel", d2cc_Gy=100.0), "Vessels"], forbidden=FORBIDDEN, body=BODY,

@@ -251,7 +251,8 @@ def register(sub):
     p.add_argument("--target", required=True, action="append", metavar="NAME[:rx=Gy,strength=S,...]",
                    help="target segment (repeatable: several targets in one implant), optionally with its own "
                         "prescription and strength and goals: rx=Gy, strength=VALUE (in --unit), v100=%%, d90=%%, "
-                        "v150=%%, v200=%%, d90max=%%")
+                        "v150=%%, v200=%%, d90max=%%, direction=R|L|A|P|S|I|x;y;z (this target's template "
+                        "direction, over --direction; in auto mode it fixes this target's template)")
     p.add_argument("--oar", action="append", default=[], metavar="NAME[:LIMITS]",
                    help="organ at risk with optional limits, e.g. Bowel:D2cc=100,Dmax=200 (repeatable)")
     p.add_argument("--forbidden", nargs="+", default=[], metavar="NAME",

@@ -92,7 +92,8 @@ def skin_depths(skin_sampler, centroid, directions, t_max=600.0, step=1.0):
 def propose_sets(geometry, tmask, skin, obstacle_map, *, template_spacing_mm=10.0, fan_spacing_mm=10.0,
                  entry_radius_mm=60.0, usable_length_mm=200.0, gauge=18, rng_seed=0, fans=True):
     """Candidate needle sets for one target (see module doc); needles not yet obstacle-checked for templates."""
-    from .needles import MaskSampler, fan_candidates, mask_points, parallel_template, skin_point
+    from .needle_layouts import fan_candidates, parallel_template, skin_point
+    from .needles import MaskSampler, mask_points
     if skin is None:
         raise InputError("the planner needs the patient outline (a body segment, the labels or the CT) to choose "
                          "insertion directions")
@@ -189,7 +190,7 @@ def rank_key(s):
 
 def finer_template(best, geometry, tmask, skin, spacing_mm, usable_length_mm=200.0, gauge=18, factor=FINER_FACTOR):
     """The winning template direction again at ``factor`` x the hole spacing (more freedom against hot spots)."""
-    from .needles import parallel_template
+    from .needle_layouts import parallel_template
     d = np.asarray(best.direction, float)
     try:
         needles = parallel_template(tmask, geometry, d, factor * spacing_mm, None, skin, gauge=gauge,
@@ -198,3 +199,78 @@ def finer_template(best, geometry, tmask, skin, spacing_mm, usable_length_mm=200
         return NeedleSet(f"{best.label}, {factor * spacing_mm:g} mm holes", "template", [], best.direction,
                          note=str(exc))
     return NeedleSet(f"{best.label}, {factor * spacing_mm:g} mm holes", "template", needles, best.direction)
+
+
+def search_target(geometry, t, skin, forb, oar_cons, oar_masks, kernel, gy_per_U_h, rules, margin_mm,
+                       template_spacing_mm, entry_radius_mm, usable_length_mm, gauge, rng_seed, max_needles, clearance_mm,
+                       budget_s, warnings, progress):
+    """Needles of the best needle set for target ``t`` (an :class:`assemble.TargetInfo`) and the search rows.
+
+    Proposes the sets (:func:`propose_sets`), screens them on a distance map of all forbidden
+    structures together (``margin_mm``), trial-plans the best-reaching ones within ``budget_s``
+    (:func:`pick`) and retries a winning template that trades soft goals with finer holes. Returns
+    (needles of the winner, one row per set for ``plan.optimizer['direction_search']``); raises
+    InputError when no set reaches the target. ``warnings`` (a list) gets a line when the winner
+    misses the hard goals.
+    """
+    import copy
+    from .assemble import TargetInfo, assemble
+    from .clearance import clashing_pairs
+    from .loading import TargetRegion, candidate_positions
+    from .needles import mask_points
+    from .obstacles import obstacle_map_for
+    from .optimizer import optimize
+    tpts = mask_points(t.mask, geometry)
+    omap = None
+    if forb:
+        # one distance map of all forbidden structures together: the search only needs usable or not
+        # (the plan's own check names the structures)
+        union = np.zeros(geometry.shape, dtype=bool)
+        for m in forb.values():
+            union |= m
+        omap = obstacle_map_for(geometry, {"forbidden structures": union}, margin_mm, (),
+                                np.vstack([tpts.min(axis=0) - usable_length_mm, tpts.max(axis=0) + usable_length_mm]))
+    sets = propose_sets(geometry, t.mask, skin, omap, template_spacing_mm=template_spacing_mm,
+                        fan_spacing_mm=max(template_spacing_mm, 8.0), entry_radius_mm=entry_radius_mm,
+                        usable_length_mm=usable_length_mm, gauge=gauge, rng_seed=rng_seed)
+    region = TargetRegion(t.mask, geometry, rules.target_margin_mm)
+    rng = np.random.default_rng(rng_seed)
+    sample = tpts[rng.choice(len(tpts), min(len(tpts), 4000), replace=False)]
+    screen(sets, omap, sample, lambda ns: candidate_positions(ns, region, rules).positions,
+           reach_mm=max(6.0, 0.75 * rules.spacing_mm))
+
+    def trial(s):
+        info = TargetInfo(t.name, t.mask, t.goals, t.strength_U, region)
+        conf = None if clearance_mm is None else clashing_pairs(s.usable, clearance_mm)
+        prob, cands, _, _ = assemble(geometry, s.usable, [info], t.goals, oar_cons, oar_masks, kernel, gy_per_U_h,
+                                     rules, np.random.default_rng(rng_seed), n_target_points=1200,
+                                     n_check_points=2500, max_needles=max_needles, needle_conflicts=conf)
+        r = optimize(prob, "anneal", 3.0, rng_seed, anneal_iterations=15000)
+        d = prob.fixed_chk + prob.D_chk @ r.selected.astype(float)
+        soft = sum(row["excess"] for row in r.sampled.get("soft_goals", []))
+        return {"goals_met": bool(r.goals_met), "needles": int(r.sampled.get("n_needles", 0)),
+                "seeds": int(r.sampled.get("n_seeds", 0)),
+                "coverage_percent": round(100.0 * float(np.mean(d >= t.goals.prescription_Gy - 1e-6)), 1),
+                "soft_excess": round(float(soft), 2)}
+
+    best = pick(sets, trial, budget_s=budget_s, progress=progress)
+    if best is not None and best.kind == "template" and best.trial["goals_met"] and best.trial["soft_excess"] > 0:
+        finer = finer_template(best, geometry, t.mask, skin, template_spacing_mm, usable_length_mm, gauge)
+        screen([finer], omap, sample, lambda ns: candidate_positions(ns, region, rules).positions,
+               reach_mm=max(6.0, 0.75 * rules.spacing_mm))
+        sets.append(finer)
+        if finer.usable:
+            finer.trial = trial(finer)
+            if rank_key(finer) < rank_key(best):
+                best = finer
+    rows = []
+    for s in sets:
+        row = {"target": t.name, **s.to_row(), "chosen": s is best}
+        rows.append(row)
+    if best is None:
+        reasons = "; ".join(f"{s.label}: {s.note or 'no usable needle'}" for s in sets)
+        raise InputError(f"no insertion direction reaches the target '{t.name}' ({reasons})")
+    if not best.trial["goals_met"]:
+        warnings.append(f"target {t.name}: no needle set meets the goals in the direction search; the best one "
+                        f"({best.label}) is used")
+    return [copy.deepcopy(n) for n in best.usable], rows

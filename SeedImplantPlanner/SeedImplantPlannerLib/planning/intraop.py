@@ -335,7 +335,8 @@ def replan_with(plan: Plan, seg, fixed: SeedSet, placed, *, allow_new_needles=Fa
                 target_margin_mm=None, time_limit_s=4.0, rng_seed=0, progress=None):
     """One re-plan of the remaining seeds (see the module doc); returns (plan, dose, dose geometry, evaluation)."""
     from ..evaluation.structures import structures_from_segmentation
-    from .pipeline import compute_dose, evaluate, plan_from_masks
+    from .pipeline import plan_from_masks
+    from .plan_dose import compute_dose, evaluate
     r = plan.rules.to_dict()
     if spacing_mm is not None:
         r["spacing_mm"] = float(spacing_mm)

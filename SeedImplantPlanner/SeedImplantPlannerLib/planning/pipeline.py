@@ -1,22 +1,22 @@
 """The planning pipeline: needles, obstacle checks, candidates, optimisation, dose and evaluation.
 
-:func:`plan_from_masks` (segment masks on one grid) and :func:`plan_case` (files) build needles,
-check them against forbidden structures, list candidate positions, optimise the loading
-(:mod:`optimizer`), and compute the dose on a grid around the target with :mod:`dose` and the
-metrics with :mod:`evaluation`; :func:`planfile.write_plan_folder` writes the plan folder.
+:func:`plan_from_masks` (segment masks on one grid) and :func:`plan_case` (files) build needles
+(:func:`make_needles`, or the direction search of :mod:`directions`), check them against
+forbidden structures, list candidate positions (:mod:`assemble`), optimise the loading
+(:mod:`optimizer`); :func:`plan_case` then computes the dose on a grid around the targets and the
+metrics (:mod:`plan_dose`); :func:`planfile.write_plan_folder` writes the plan folder.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import time
 
 import numpy as np
 
 from ..core import progress as _progress
 from ..core.errors import InputError
-from .loading import LoadingRules, TargetRegion, candidate_positions, uniform_loading
+from .loading import LoadingRules
 from .needles import Needle, mask_points
 from .clearance import DEFAULT_CLEARANCE_MM
 from .optimizer import DEFAULT_NEEDLE_WEIGHT, optimize
@@ -100,6 +100,7 @@ def plan_from_masks(geometry, masks: dict, target=None, *, targets=None, oars=()
     from ..physics.dose import dose_factor_h
     from .assemble import TargetInfo, assemble, blocking_report
     from .clearance import clashing_pairs
+    from .directions import search_target
     from .nomogram import estimate
     from .obstacles import obstacle_map_for
     from .targets import check_overlaps, skin_region
@@ -190,21 +191,34 @@ def plan_from_masks(geometry, masks: dict, target=None, *, targets=None, oars=()
         n.fixed = True
         n.kind = "implanted" if n.kind == "freehand" else n.kind
     new = []
+    # each target's own template direction (TargetSpec.direction) over the plan-wide one
+    t_dirs = [parse_direction(sp.direction) if sp.direction else None for sp in specs]
     if allow_new_needles and needle_mode == "auto":
         sub = _progress.scaled(progress, 0.0, 0.5)
+        n_search = max(1, sum(d is None for d in t_dirs))
         for k, t in enumerate(tinfos):
-            chosen, rows = _search_directions(
+            if t_dirs[k] is not None:  # the user fixed this target's direction: its template, no search
+                fixed_dir = make_needles(geometry, t.mask, bmask, forb, needle_mode="template", direction=t_dirs[k],
+                                         template_spacing_mm=template_spacing_mm, usable_length_mm=usable_length_mm,
+                                         gauge=gauge)
+                new.extend(fixed_dir)
+                search_rows.append({"target": t.name, "set": "template, direction given by the user", "kind": "template",
+                                    "direction": [round(float(v), 4) for v in t_dirs[k]],
+                                    "needles_proposed": len(fixed_dir), "chosen": True})
+                continue
+            chosen, rows = search_target(
                 geometry, t, bmask, forb, oar_cons, oar_masks, kernel, gy_per_U_h, rules, obstacle_margin_mm,
                 template_spacing_mm, entry_radius_mm, usable_length_mm, gauge, rng_seed, max_needles,
-                None if allow_needle_crossing else needle_clearance_mm, search_time_s / len(tinfos), warnings, _progress.scaled(sub, k / len(tinfos), (k + 1) / len(tinfos)))
+                None if allow_needle_crossing else needle_clearance_mm, search_time_s / n_search, warnings, _progress.scaled(sub, k / len(tinfos), (k + 1) / len(tinfos)))
             new.extend(chosen)
             search_rows.extend(rows)
     elif allow_new_needles and needle_mode == "freehand":
         new = make_needles(geometry, tinfos[0].mask, bmask, forb, needle_mode="freehand", needles=needles, gauge=gauge,
                            usable_length_mm=usable_length_mm)
     elif allow_new_needles:
-        for t in tinfos:
-            new.extend(make_needles(geometry, t.mask, bmask, forb, needle_mode=needle_mode, direction=direction,
+        for t, t_dir in zip(tinfos, t_dirs):
+            new.extend(make_needles(geometry, t.mask, bmask, forb, needle_mode=needle_mode,
+                                    direction=direction if t_dir is None else t_dir,
                                     template_spacing_mm=template_spacing_mm, template_point=template_point,
                                     approach=approach, entry_center=entry_center, entry_radius_mm=entry_radius_mm,
                                     obstacle_margin_mm=obstacle_margin_mm, usable_length_mm=usable_length_mm,
@@ -341,8 +355,13 @@ def plan_from_masks(geometry, masks: dict, target=None, *, targets=None, oars=()
         optimizer_info["direction_search"] = search_rows
     structures = {"target": tinfos[0].name, "oars": [o.name for o in oar_cons], "forbidden": list(forb),
                   "body": body_name, "needle_mode": needle_mode,
-                  "direction": None if needle_mode != "template" else [float(v) for v in parse_direction(direction)],
+                  "direction": None if needle_mode != "template" else [float(v) for v in parse_direction(
+                      direction if t_dirs[0] is None else t_dirs[0])],
                   "obstacle_margin_mm": obstacle_margin_mm}
+    if needle_mode == "template" and len(tinfos) > 1:
+        structures["target_directions"] = {
+            t.name: [round(float(v), 6) for v in parse_direction(direction if d is None else d)]
+            for t, d in zip(tinfos, t_dirs)}
     if len(tinfos) > 1:
         structures["targets"] = [t.name for t in tinfos]
     plan = Plan(_source_dict(model, tinfos[0].strength_U, strength if specs[0].strength is None else specs[0].strength,
@@ -354,71 +373,6 @@ def plan_from_masks(geometry, masks: dict, target=None, *, targets=None, oars=()
     return plan
 
 
-def _search_directions(geometry, t, skin, forb, oar_cons, oar_masks, kernel, gy_per_U_h, rules, margin_mm,
-                       template_spacing_mm, entry_radius_mm, usable_length_mm, gauge, rng_seed, max_needles, clearance_mm,
-                       budget_s, warnings, progress):
-    """Needles of the best direction set for target ``t`` (:mod:`directions`) and the search rows."""
-    from .assemble import TargetInfo, assemble
-    from .clearance import clashing_pairs
-    from .directions import finer_template, pick, propose_sets, rank_key, screen
-    from .loading import candidate_positions
-    from .obstacles import obstacle_map_for
-    tpts = mask_points(t.mask, geometry)
-    omap = None
-    if forb:
-        # one distance map of all forbidden structures together: the search only needs usable or not
-        # (the plan's own check names the structures)
-        union = np.zeros(geometry.shape, dtype=bool)
-        for m in forb.values():
-            union |= m
-        omap = obstacle_map_for(geometry, {"forbidden structures": union}, margin_mm, (),
-                                np.vstack([tpts.min(axis=0) - usable_length_mm, tpts.max(axis=0) + usable_length_mm]))
-    sets = propose_sets(geometry, t.mask, skin, omap, template_spacing_mm=template_spacing_mm,
-                        fan_spacing_mm=max(template_spacing_mm, 8.0), entry_radius_mm=entry_radius_mm,
-                        usable_length_mm=usable_length_mm, gauge=gauge, rng_seed=rng_seed)
-    region = TargetRegion(t.mask, geometry, rules.target_margin_mm)
-    rng = np.random.default_rng(rng_seed)
-    sample = tpts[rng.choice(len(tpts), min(len(tpts), 4000), replace=False)]
-    screen(sets, omap, sample, lambda ns: candidate_positions(ns, region, rules).positions,
-           reach_mm=max(6.0, 0.75 * rules.spacing_mm))
-
-    def trial(s):
-        info = TargetInfo(t.name, t.mask, t.goals, t.strength_U, region)
-        conf = None if clearance_mm is None else clashing_pairs(s.usable, clearance_mm)
-        prob, cands, _, _ = assemble(geometry, s.usable, [info], t.goals, oar_cons, oar_masks, kernel, gy_per_U_h,
-                                     rules, np.random.default_rng(rng_seed), n_target_points=1200,
-                                     n_check_points=2500, max_needles=max_needles, needle_conflicts=conf)
-        r = optimize(prob, "anneal", 3.0, rng_seed, anneal_iterations=15000)
-        d = prob.fixed_chk + prob.D_chk @ r.selected.astype(float)
-        soft = sum(row["excess"] for row in r.sampled.get("soft_goals", []))
-        return {"goals_met": bool(r.goals_met), "needles": int(r.sampled.get("n_needles", 0)),
-                "seeds": int(r.sampled.get("n_seeds", 0)),
-                "coverage_percent": round(100.0 * float(np.mean(d >= t.goals.prescription_Gy - 1e-6)), 1),
-                "soft_excess": round(float(soft), 2)}
-
-    best = pick(sets, trial, budget_s=budget_s, progress=progress)
-    if best is not None and best.kind == "template" and best.trial["goals_met"] and best.trial["soft_excess"] > 0:
-        finer = finer_template(best, geometry, t.mask, skin, template_spacing_mm, usable_length_mm, gauge)
-        screen([finer], omap, sample, lambda ns: candidate_positions(ns, region, rules).positions,
-               reach_mm=max(6.0, 0.75 * rules.spacing_mm))
-        sets.append(finer)
-        if finer.usable:
-            finer.trial = trial(finer)
-            if rank_key(finer) < rank_key(best):
-                best = finer
-    rows = []
-    for s in sets:
-        row = {"target": t.name, **s.to_row(), "chosen": s is best}
-        rows.append(row)
-    if best is None:
-        reasons = "; ".join(f"{s.label}: {s.note or 'no usable needle'}" for s in sets)
-        raise InputError(f"no insertion direction reaches the target '{t.name}' ({reasons})")
-    if not best.trial["goals_met"]:
-        warnings.append(f"target {t.name}: no needle set meets the goals in the direction search; the best one "
-                        f"({best.label}) is used")
-    return [copy.deepcopy(n) for n in best.usable], rows
-
-
 def make_needles(geometry, tmask, bmask=None, forbidden_masks=None, *, needle_mode="template", direction="P",
                  template_spacing_mm=10.0, template_point=None, needles=None, approach=None, entry_center=None,
                  entry_radius_mm=60.0, obstacle_margin_mm=5.0, usable_length_mm=200.0, gauge=18, rng_seed=0,
@@ -428,7 +382,8 @@ def make_needles(geometry, tmask, bmask=None, forbidden_masks=None, *, needle_mo
     Modes and arguments as in :func:`plan_from_masks`; ``forbidden_masks`` ({name: mask}) steer the
     fan candidates (template and free-hand needles are checked afterwards, see :func:`check_needles`).
     """
-    from .needles import fan_candidates, freehand_needles, parallel_template, renumber
+    from .needle_layouts import fan_candidates, parallel_template, skin_point
+    from .needles import MaskSampler, freehand_needles, renumber
     from .obstacles import obstacle_map_for
     forb = dict(forbidden_masks or {})
     tmask = np.asarray(tmask, dtype=bool)
@@ -453,7 +408,6 @@ def make_needles(geometry, tmask, bmask=None, forbidden_masks=None, *, needle_mo
         elif needle_mode == "fan":
             if bmask is None:
                 raise InputError("fan candidates need a body (skin) segment: give the body structure")
-            from .needles import MaskSampler, skin_point
             if entry_center is None:
                 app = parse_direction(approach if approach is not None else "A")
                 entry_center = skin_point(MaskSampler(bmask, geometry), tpts_all.mean(axis=0), app)
@@ -486,103 +440,6 @@ def check_needles(geometry, forbidden_masks, needles, margin_mm=5.0):
     return hits, length_flags(needles)
 
 
-def uniform_plan(plan: Plan, geometry, target_mask, spacing_mm=None, margin_mm=None):
-    """Plain uniform loading on the plan's usable needles (the benchmark baseline): (SeedSet, needles used).
-
-    Every candidate position at ``spacing_mm`` (default: the plan's) inside the target plus
-    ``margin_mm`` (default: the plan's) is loaded, except those closer than the minimum distance
-    to a seed already loaded on another needle.
-    """
-    base = plan.rules.to_dict()
-    if spacing_mm is not None:
-        base["spacing_mm"] = spacing_mm
-    if margin_mm is not None:
-        base["target_margin_mm"] = margin_mm
-    rules = LoadingRules(**base)
-    blocked = {int(h["number"]) for h in plan.obstacles}
-    usable = [n for n in plan.needles if n.number not in blocked and not n.too_long]
-    cands = candidate_positions(usable, TargetRegion(target_mask, geometry, rules.target_margin_mm), rules)
-    sel = np.flatnonzero(uniform_loading(cands, rules))
-    seeds = SeedSet(cands.positions[sel], cands.axes[sel], np.full(len(sel), plan.strength_U), [plan.model_id] * len(sel))
-    return seeds, [usable[k] for k in sorted(set(cands.needle_index[sel].tolist()))]
-
-
-def dose_grid_geometry(plan: Plan, geometry, target_mask, spacing_mm=2.0, margin_mm=20.0):
-    """Dose grid around the target and the seeds (plus ``margin_mm``), axis-aligned with ``geometry``."""
-    pts = mask_points(target_mask, geometry)
-    allp = np.vstack([pts, plan.seeds.positions]) if len(plan.seeds) else pts
-    return geometry.cropped_to_box(allp.min(axis=0), allp.max(axis=0), spacing_mm, margin_mm)
-
-
-def compute_dose(plan: Plan, geometry, target_mask, spacing_mm=2.0, margin_mm=20.0, engine=None, progress=None):
-    """Attach a :class:`dose.DoseGrid` of the plan's seeds and return (dose Gy array, dose geometry)."""
-    from ..physics.dose import DoseGrid
-    if not len(plan.seeds):
-        raise InputError("the plan has no seeds: no dose to compute")
-    g = dose_grid_geometry(plan, geometry, target_mask, spacing_mm, margin_mm)
-    grid = DoseGrid(g, plan.seeds, plan.formalism, engine or "fast", progress=progress)
-    plan.attach_dose_grid(grid)
-    return grid.dose_Gy("total"), g
-
-
-def evaluate(plan: Plan, dose_Gy, dose_geometry, structures, progress=None):
-    """Evaluate the plan's dose on its structures (:func:`evaluation.evaluate_plan`); stores metrics.
-
-    With several targets, each target's dose metrics (V100, V150, ...) are relative to its own
-    prescription.
-    """
-    from ..evaluation.evaluate import evaluate_plan
-    wanted = ["D90", "V100", "V150", "V200", "Dmax", "D2cc", "D0.1cc"]
-    ev = evaluate_plan(dose_Gy, dose_geometry, structures, plan.prescription_Gy, target=plan.structures.get("target"),
-                       body=None, metrics=wanted, on_outside="skip", progress=progress)
-    for row in plan.targets[1:]:
-        if abs(float(row["prescription_Gy"]) - plan.prescription_Gy) < 1e-9:
-            continue
-        own = [s for s in structures if s.name == row["name"]]
-        if own:
-            sub = evaluate_plan(dose_Gy, dose_geometry, own, float(row["prescription_Gy"]), target=row["name"], body=None,
-                                metrics=wanted, on_outside="skip")
-            ev.metrics[row["name"]] = sub.metrics[row["name"]]
-    plan.evaluation = ev
-    plan.metrics = ev.to_dict()
-    plan.metrics["goal_check"] = goal_check(plan, ev)
-    return ev
-
-
-def goal_check(plan: Plan, ev) -> list:
-    """The plan's own goals checked on the evaluated dose: rows (goal, value, limit, passed); soft goals marked."""
-    rows = []
-
-    def add(what, value, limit, passed):
-        rows.append({"goal": what, "value": None if value is None else round(float(value), 4), "limit": limit,
-                     "passed": bool(passed)})
-
-    if plan.targets:
-        targets = [(r["name"], Goals.from_dict(r["goals"]), r["name"]) for r in plan.targets]
-    else:
-        targets = [(plan.structures.get("target"), plan.goals, "target")]
-    for name, g, label in targets:
-        m = ev.metrics.get(name, {})
-        if not m:
-            continue
-        rx = g.prescription_Gy
-        add(f"{label} V100 >= %", m["V100"]["percent"], 100 * g.v100_min, m["V100"]["percent"] >= 100 * g.v100_min - 1e-9)
-        add(f"{label} D90 >= Gy", m["D90"]["Gy"], g.d90_min_frac * rx, m["D90"]["Gy"] >= g.d90_min_frac * rx - 1e-9)
-        add(f"{label} V150 <= % (soft)", m["V150"]["percent"], 100 * g.v150_max, m["V150"]["percent"] <= 100 * g.v150_max)
-        add(f"{label} V200 <= % (soft)", m["V200"]["percent"], 100 * g.v200_max, m["V200"]["percent"] <= 100 * g.v200_max)
-        if g.d90_max_frac is not None:
-            add(f"{label} D90 <= Gy (soft)", m["D90"]["Gy"], g.d90_max_frac * rx, m["D90"]["Gy"] <= g.d90_max_frac * rx)
-    for o in plan.goals.oars:
-        mo = ev.metrics.get(o.name, {})
-        for vol, lim, lab in o.limits():
-            key = {"Dmax": "Dmax", "D2cc": "D2cc", "D0.1cc": "D0.1cc"}[lab]
-            v = mo.get(key, {}).get("Gy")
-            if v is not None and not math.isfinite(v):
-                v = None
-            add(f"{o.name} {lab} <= Gy", v, lim, v is None or v <= lim + 1e-9)
-    return rows
-
-
 def plan_case(image_path, seg_path, target=None, oars=(), forbidden=(), body=None, *, dose_spacing_mm=2.0,
               dose_engine=None, progress=None, **kwargs):
     """Plan from files: CT (may be None) and segmentation; returns (plan, dose, dose geometry).
@@ -596,6 +453,7 @@ def plan_case(image_path, seg_path, target=None, oars=(), forbidden=(), body=Non
     """
     from ..imaging.segio import read_segmentation
     from ..evaluation.structures import structures_from_segmentation
+    from .plan_dose import compute_dose, evaluate
     from .targets import TargetSpec, skin_region
     image_geometry = None
     if image_path is not None:

@@ -39,6 +39,9 @@ class TargetSpec:
     v150: float | None = None
     v200: float | None = None
     d90_max: float | None = None
+    #: this target's template insertion direction (a letter R, L, A, P, S, I or 'x;y;z'): in template
+    #: mode it replaces the plan-wide direction, in auto mode it fixes this target's template (no search)
+    direction: str | None = None
 
     def goals(self, default: Goals | None, prescription_Gy: float | None) -> Goals:
         """This target's goals: its own values over ``default`` (plan-wide goals) and the plan prescription."""
@@ -57,7 +60,11 @@ class TargetSpec:
 
 
 def parse_target(text, unit="U") -> TargetSpec:
-    """``NAME[:rx=Gy,strength=VALUE,v100=%,d90=%,v150=%,v200=%,d90max=%]`` (command line) -> TargetSpec."""
+    """``NAME[:rx=Gy,strength=VALUE,v100=%,d90=%,v150=%,v200=%,d90max=%,direction=D]`` (command line) -> TargetSpec.
+
+    ``direction`` is this target's template insertion direction: a letter (R, L, A, P, S, I: the
+    way the needle travels) or three numbers separated by ``;`` (``direction=1;-1;0``).
+    """
     name, _, spec = str(text).partition(":")
     name = name.strip()
     if not name:
@@ -67,10 +74,15 @@ def parse_target(text, unit="U") -> TargetSpec:
             "d90": "d90", "v150": "v150", "v200": "v200", "d90max": "d90_max"}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         k, eq, v = part.partition("=")
+        if eq and k.strip().lower() in ("direction", "dir"):
+            if "direction" in kw:
+                raise InputError(f"target {text!r}: direction given twice")
+            kw["direction"] = _check_direction(text, v)
+            continue
         key = keys.get(k.strip().lower())
         if not eq or key is None:
             raise InputError(f"target {text!r}: {part!r} is not one of rx=Gy, strength=VALUE, v100=%, d90=%, v150=%, "
-                             "v200=%, d90max=%")
+                             "v200=%, d90max=%, direction=R|L|A|P|S|I|x;y;z")
         if key in kw:
             raise InputError(f"target {text!r}: {k.strip()} given twice")
         try:
@@ -93,6 +105,22 @@ def parse_target(text, unit="U") -> TargetSpec:
     return TargetSpec(name, **kw)
 
 
+def _check_direction(text, value):
+    """The direction text of a --target option, checked (letter or three numbers separated by ';')."""
+    v = str(value).strip()
+    t = v.upper()
+    if t in ("R", "L", "A", "P", "S", "I"):
+        return t
+    try:
+        parts = [float(p) for p in v.split(";")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or not all(math.isfinite(p) for p in parts) or max(abs(p) for p in parts) < 1e-9:
+        raise InputError(f"target {text!r}: direction={v!r}: use R, L, A, P, S, I or three numbers separated by ';' "
+                         "(e.g. direction=1;-1;0)")
+    return ";".join(f"{p:g}" for p in parts)
+
+
 def merge_specs(specs) -> list:
     """One spec per target name (case-insensitive); the same target given twice with different values is refused."""
     out = {}
@@ -107,6 +135,11 @@ def merge_specs(specs) -> list:
                                      f"({va:g} and {vb:g})")
                 if va is None and vb is not None:
                     setattr(a, f, vb)
+            if a.direction is not None and s.direction is not None and a.direction != s.direction:
+                raise InputError(f"target '{s.name}' is given twice with contradictory directions "
+                                 f"({a.direction} and {s.direction})")
+            if a.direction is None:
+                a.direction = s.direction
             continue
         out[key] = TargetSpec(**{k: getattr(s, k) for k in s.__dataclass_fields__})
     return list(out.values())

@@ -25,7 +25,7 @@ from SeedImplantPlannerLib.planning.loading import LoadingRules
 from SeedImplantPlannerLib.planning.pipeline import plan_case, plan_from_masks
 from SeedImplantPlannerLib.planning.planfile import read_plan, write_plan_folder
 from SeedImplantPlannerLib.planning.problem import OARConstraint
-from SeedImplantPlannerLib.planning.targets import TargetSpec, skin_region
+from SeedImplantPlannerLib.planning.targets import TargetSpec, merge_specs, parse_target, skin_region
 from SeedImplantPlannerLib.samplecase.ct_guided import (FORBIDDEN, LABELS, SHIPPED_GEOMETRY, ct_guided_case_paths,
                                                         make_ct_guided_case)
 
@@ -245,6 +245,37 @@ class BadInputTest(unittest.TestCase):
             plan_from_masks(self.g, self.masks, targets=[TargetSpec("GTV_RP", RX), TargetSpec("gtv_rp", 140.0)])
         with self.assertRaisesRegex(InputError, "contradictory goals: D90 upper bound"):
             plan_from_masks(self.g, self.masks, targets=[TargetSpec("GTV_RP", RX, d90=1.1, d90_max=1.05)])
+
+    def test_each_target_has_its_own_template_direction(self):
+        # template mode: the retroperitoneal mass from behind (needles travel A), the groin mass from the front (P)
+        plan = self.plan(targets=[TargetSpec("GTV_RP", RX, strength=0.5, strength_unit="mCi", direction="A"),
+                                  TargetSpec("GTV_Groin", RX, strength=0.7, strength_unit="mCi", direction="P")],
+                         direction="R")
+        inside = {}
+        for name in ("GTV_RP", "GTV_Groin"):
+            m = self.masks[name]
+            inside[name] = lambda pts, m=m: m[tuple(np.rint(self.g.ras_to_ijk(pts)).astype(int)[:, ::-1].T)].any()
+        seen = {"GTV_RP": 0, "GTV_Groin": 0}
+        for n in plan.used_needles():
+            d = (n.tip - n.entry) / np.linalg.norm(n.tip - n.entry)
+            pts = needle_points(n, 1.0)
+            if inside["GTV_Groin"](pts):
+                np.testing.assert_allclose(d, [0.0, -1.0, 0.0], atol=1e-9, err_msg=n.name)
+                seen["GTV_Groin"] += 1
+            elif inside["GTV_RP"](pts):
+                np.testing.assert_allclose(d, [0.0, 1.0, 0.0], atol=1e-9, err_msg=n.name)
+                seen["GTV_RP"] += 1
+        self.assertGreater(seen["GTV_RP"], 3)
+        self.assertGreater(seen["GTV_Groin"], 2)
+        self.assertEqual(plan.structures["target_directions"], {"GTV_RP": [0.0, 1.0, 0.0], "GTV_Groin": [0.0, -1.0, 0.0]})
+
+    def test_target_option_with_a_direction(self):
+        self.assertEqual(parse_target("GTV_RP:rx=120,direction=a").direction, "A")
+        self.assertEqual(parse_target("GTV_RP:dir=1;-1;0,strength=0.5").direction, "1;-1;0")
+        with self.assertRaisesRegex(InputError, "direction='up'"):
+            parse_target("GTV_RP:direction=up")
+        with self.assertRaisesRegex(InputError, "contradictory directions"):
+            merge_specs([TargetSpec("GTV_RP", direction="A"), TargetSpec("gtv_rp", direction="P")])
 
     def test_fan_mode_on_a_labelmap_finds_the_skin(self):
         # the body label excludes the mass: the skin comes from the union of all labels

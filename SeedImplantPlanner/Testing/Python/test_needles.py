@@ -10,8 +10,8 @@ import numpy as np
 
 from SeedImplantPlannerLib.core.errors import InputError
 from SeedImplantPlannerLib.core.geometry import ImageGeometry
-from SeedImplantPlannerLib.planning.needles import (Needle, curved_catheter, fan_candidates, needle_table, parallel_template,
-                                           read_needles)
+from SeedImplantPlannerLib.planning.needle_layouts import fan_candidates, parallel_template
+from SeedImplantPlannerLib.planning.needles import Needle, curved_catheter, needle_table, read_needles
 from SeedImplantPlannerLib.planning.obstacles import ObstacleMap, length_flags, obstacle_map_for
 
 GEOM = ImageGeometry((50, 50, 50), (2.0, 2.0, 2.0), (-49.0, -49.0, -49.0))

@@ -10,7 +10,8 @@ from SeedImplantPlannerLib.core.errors import CancelledError, InputError
 from SeedImplantPlannerLib.core.geometry import ImageGeometry
 from SeedImplantPlannerLib.planning.loading import LoadingRules
 from SeedImplantPlannerLib.planning.needles import mask_points
-from SeedImplantPlannerLib.planning.pipeline import plan_from_masks, uniform_plan
+from SeedImplantPlannerLib.planning.pipeline import plan_from_masks
+from SeedImplantPlannerLib.planning.plan_dose import uniform_plan
 from SeedImplantPlannerLib.planning.problem import Goals, KernelTable, OARConstraint, influence_matrix
 from SeedImplantPlannerLib.physics.sources import get_model
 from SeedImplantPlannerLib.physics.tg43 import TG43Kernel
