@@ -193,7 +193,21 @@ KINDS = _rows(
     ("zero seed strength", PD.replace("seeds.csv", "seeds_zero.csv") + " --out {o}/out",
      r"seeds_zero\.csv: line 2: column sk_U: strength must be > 0", ("out",), _seeds("{d}/seeds_zero.csv")),
     ("unknown seed model", PD.replace("seeds.csv", "seeds_unknown.csv") + " --out {o}/out",
-     r"unknown seed model 'NoSuchSeed'", ("out",)),
+     r"seeds_unknown\.csv: seed 1: unknown seed model 'NoSuchSeed'", ("out",)),
+    ("unknown seed model (dose)", DOSE.replace("seeds.csv", "seeds_unknown.csv") + " --out {o}/out.nrrd",
+     r"seeds_unknown\.csv: seed 1: unknown seed model 'NoSuchSeed'", ("out.nrrd",)),
+    ("unknown seed model in a plan file", DOSE.replace("seeds.csv", "plan_model.json") + " --out {o}/out.nrrd",
+     r"plan_model\.json: seed 2: unknown seed model 'NoSuchSeed'", ("out.nrrd",)),
+    ("unknown seed model (metrics --seeds)", METRICS + " --seeds {d}/seeds_unknown.csv --csv {o}/m.csv",
+     r"seeds_unknown\.csv: seed 1: unknown seed model 'NoSuchSeed'", ("m.csv",)),
+    ("unknown seed model of found seeds (verify)", VERIFY.replace("--found {d}/seeds.csv", "--found {d}/seeds_unknown.csv")
+     + " --out-dir {o}/v/", r"seeds_unknown\.csv: seed 1: unknown seed model 'NoSuchSeed'", ("v/",)),
+    ("unknown seed model (export-dicom)", EXPORT.replace("seeds.csv", "seeds_unknown.csv") + " --out {o}/dicom/",
+     r"seeds_unknown\.csv: seed 1: unknown seed model 'NoSuchSeed'", ("dicom/",)),
+    ("unknown seed model option (plan)", PLAN + " --model NoSuchSeed --out {o}/plan/",
+     r"--model NoSuchSeed: unknown seed model \(known: .*I125_OncoSeed_6711", ("plan/",)),
+    ("unknown seed model option (find-seeds)", FIND.replace(M6711, "NoSuchSeed") + " --out {o}/found.csv",
+     r"--model NoSuchSeed: unknown seed model", ("found.csv",)),
     ("NaN in a dose image", METRICS.replace("dose.nrrd", "dose_nan.nrrd") + " --csv {o}/m.csv",
      r"dose_nan\.nrrd.*(NaN|not finite)", ("m.csv",)),
     ("Inf in a dose image", COMPARE.replace("--dose-b {d}/dose.nrrd", "--dose-b {d}/dose_inf.nrrd") + " --json {o}/c.json",
@@ -217,7 +231,10 @@ KINDS = _rows(
      r"no segment named 'Vessels'", ("needles/",)),
     # -- geometry ------------------------------------------------------------------------------
     ("target outside the CT", PLAN.replace("ct.nrrd", "ct_far.nrrd") + " --out {o}/plan/",
-     r"target 'GTV' lies outside the image", ("plan/",)),
+     r"seg\.seg\.nrrd: the target 'GTV' lies outside the image \S*ct_far\.nrrd: the target spans RAS .* the image "
+     r"\[481\.0, 481\.0, 487\.0\] to", ("plan/",)),
+    ("target partly outside the CT", PLAN.replace("ct.nrrd", "ct_shift.nrrd") + " --out {o}/plan/",
+     r"seg\.seg\.nrrd: \d+\.\d% of the target 'GTV' lies outside the image \S*ct_shift\.nrrd", ("plan/",)),
     ("mismatched dose grids", COMPARE.replace("--dose-b {d}/dose.nrrd", "--dose-b {d}/dose_other.nrrd")
      + " --csv {o}/c.csv", r"(geometry|grid).*(mismatch|differ|match)", ("c.csv",)),
     ("ROI outside the CT", FIND.replace("ct.nrrd", "ct_far.nrrd") + " --roi {d}/seg.seg.nrrd --roi-segment GTV"
@@ -417,6 +434,9 @@ KINDS = _rows(
     ("metric beyond 100 % of the volume", DVH + " --metric D150 --csv {o}/dvh.csv", r"metric 'D150'", ("dvh.csv",)),
     ("supersample factor 0", METRICS + " --supersample 0 --csv {o}/m.csv", r"supersample factor must be >= 1",
      ("m.csv",)),
+    ("supersample factor beyond the sample limit", METRICS + " --supersample 60 --json {o}/m.json",
+     r"structure 'GTV': supersampling 60\^3 .* more than the limit of [\d,]+; the largest factor that fits is \d+",
+     ("m.json",)),
     ("spacing of 2 values", DOSE + " --spacing 1 2 --out {o}/out.nrrd", r"grid spacing takes 1 or 3 values",
      ("out.nrrd",)),
     ("margin of 2 values", MARGIN.replace("--margin 3", "--margin 3 3") + " --out {o}/ptv.seg.nrrd",
@@ -569,6 +589,7 @@ def make_inputs(d: Path):
     write_segmentation(d / "seg.seg.nrrd", Segmentation.from_masks(GEOM, masks))
     far = ImageGeometry(GEOM.size, GEOM.spacing, (481.0, 481.0, 487.0))
     write_image(d / "ct_far.nrrd", ct, far)
+    write_image(d / "ct_shift.nrrd", ct, ImageGeometry(GEOM.size, GEOM.spacing, (1.0, -19.0, -13.0)))  # half the GTV
     write_segmentation(d / "far.seg.nrrd", Segmentation.from_masks(far, {"GTV": masks["GTV"], "Body": masks["Body"]}))
     ctf = ct.astype(np.float32)
     ctf[3, 4, 5] = np.nan
@@ -635,6 +656,7 @@ def make_inputs(d: Path):
     plan_variant("plan_needle.json", lambda p: p.update(needles=[{"number": "one"}]))
     plan_variant("plan_rxnull.json", lambda p: p.update(prescription_Gy=None))
     plan_variant("plan_seedlist.json", lambda p: p.update(seeds=[1, 2]))
+    plan_variant("plan_model.json", lambda p: p["seeds"][1].update(model="NoSuchSeed"))
     (d / "needles_nocp.json").write_text(json.dumps([{"control_points_ras_mm": []}]))
     (d / "needles_in_place.csv").write_text("name,entry_x_mm,entry_y_mm,entry_z_mm,tip_x_mm,tip_y_mm,tip_z_mm\n"
                                             "N1,0,-30,0,0,0,0\n")

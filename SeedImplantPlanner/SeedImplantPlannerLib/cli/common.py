@@ -7,7 +7,7 @@ import sys
 import numpy as np
 
 from ..physics import dose as _dose
-from ..core.errors import InputError
+from ..core.errors import InputError, SeedModelError
 from ..core.fileio import write_csv
 from ..core.geometry import ImageGeometry
 from ..physics.seeds import read_points_csv, read_seeds_csv
@@ -42,7 +42,7 @@ def cmd_sources(args):
 
 def cmd_point_dose(args):
     """Independent point-dose check: dose rate and total dose from a seeds CSV at listed points."""
-    seeds = read_seeds_csv(args.seeds)
+    seeds = require_known_models(read_seeds_csv(args.seeds), args.seeds, args.model_dir)
     points = read_points_csv(args.points)
     total, rate, n_capped = _dose.dose_at_points_Gy(points, seeds, args.formalism, "total", None, args.model_dir)
     cols = ["x_mm", "y_mm", "z_mm", "dose_rate_cGy_per_h", "total_dose_Gy"]
@@ -69,6 +69,20 @@ def cmd_point_dose(args):
     return 0
 
 
+def require_known_models(seeds, path, model_dirs=()):
+    """SeedModelError naming ``path`` and the first seed whose model is not among the known models.
+
+    Checked right after a seed file is read, so the message names the file (the dose engine, which
+    looks the models up later, only knows the model id).
+    """
+    models = load_models(model_dirs)  # a malformed model file raises here, naming that file
+    for i, m in enumerate(seeds.models):
+        if m not in models:
+            raise SeedModelError(f"{path}: seed {i + 1}: unknown seed model '{m}' (known: {', '.join(sorted(models))}; "
+                                 "add its TG-43 data with --model-dir or SEEDPLAN_MODEL_PATH)")
+    return seeds
+
+
 def read_seed_input(path, model_dirs=(), ct=None, require_inside=True):
     """Seeds from a CSV, a plan JSON file (:func:`planfile.read_plan_seeds`) or a brachy RT Plan (``.dcm``).
 
@@ -78,7 +92,7 @@ def read_seed_input(path, model_dirs=(), ct=None, require_inside=True):
     path = str(path)
     if path.lower().endswith(".json"):
         from ..planning.planfile import read_plan_seeds
-        return read_plan_seeds(path)
+        return require_known_models(read_plan_seeds(path), path, model_dirs)
     if path.lower().endswith(".dcm"):
         from ..dicom.rtplan_read import check_plan_on_ct, read_rtplan_seeds
         seeds, info = read_rtplan_seeds(path, model_dirs=model_dirs)
@@ -94,7 +108,7 @@ def read_seed_input(path, model_dirs=(), ct=None, require_inside=True):
         for note in info["notes"]:
             print(f"seedplan: note: {path}: {note}", file=sys.stderr)
         return seeds
-    return read_seeds_csv(path)
+    return require_known_models(read_seeds_csv(path), path, model_dirs)
 
 
 def grid_from_args(args, seeds):

@@ -52,7 +52,9 @@ def cmd_export_dicom(args):
     from .main import ProgressBar
     from ..dicom.common import PatientInfo
     from ..dicom.export import export_plan_dicom
+    from .common import require_known_models
     seeds, needle_names, plan_needles, plan_rx, plan_date = _read_seeds(args)
+    require_known_models(seeds, args.seeds, args.model_dir)
     rx = args.prescription_Gy if args.prescription_Gy is not None else plan_rx
     if rx is None:
         raise InputError("no prescription: give --prescription-Gy (a seeds CSV carries none)")

@@ -269,6 +269,9 @@ def cmd_compare(args):
     if args.json:
         write_json(args.json, cmp.to_dict())
         print(f"wrote {args.json}")
+    for label, ev in ((la, cmp.eval_a), (lb, cmp.eval_b)):
+        for w in ev.warnings:  # e.g. supersampling lowered to the sample limit, structures partly off the grid
+            print(f"seedplan: warning: {label}: {w}", file=sys.stderr)
     _flush_notes()
     return 0
 

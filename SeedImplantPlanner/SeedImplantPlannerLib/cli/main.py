@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 
-from ..core.errors import SeedPlanError
+from ..core.errors import SeedModelError, SeedPlanError
 
 #: Modules that register subcommands, in help order.
 SUBCOMMAND_MODULES = ["common", "planning", "evaluation", "verify", "intraop", "dicom", "demo", "serve"]
@@ -58,6 +58,19 @@ def output_options(args) -> dict:
     kinds.update(COMMAND_OUTPUT_OPTIONS.get(getattr(args, "command", None), {}))
     kinds.update(getattr(args, "output_options", None) or {})
     return {dest: kind for dest, kind in kinds.items() if isinstance(getattr(args, dest, None), str)}
+
+
+def check_model_option(args):
+    """``--model`` (plan, nomogram, find-seeds, export-dicom) names a known seed model: checked before any
+    work, and the message names the option."""
+    model = getattr(args, "model", None)
+    if not isinstance(model, str) or not model:
+        return
+    from ..physics.sources import load_models
+    models = load_models(getattr(args, "model_dir", None) or ())  # a malformed model file raises, naming it
+    if model not in models:
+        raise SeedModelError(f"--model {model}: unknown seed model (known: {', '.join(sorted(models))}; add its "
+                             "TG-43 data with --model-dir or SEEDPLAN_MODEL_PATH)")
 
 
 def check_outputs(args):
@@ -142,6 +155,7 @@ def main(argv=None):
         parser = build_parser()
         args = parser.parse_args(argv)
         check_outputs(args)
+        check_model_option(args)
         return int(args.func(args) or 0)
     except SeedPlanError as exc:
         return _error(str(exc), EXIT_BAD_INPUT)

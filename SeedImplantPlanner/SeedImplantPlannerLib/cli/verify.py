@@ -216,8 +216,11 @@ def cmd_verify(args):
     from ..core.imageio import write_image
     from ..physics.seeds import read_seeds_csv
     from ..evaluation.verification import MATCH_COLUMNS, verify_implant
+    from .common import require_known_models
     planned = read_seed_input(args.planned, args.model_dir)
     found = read_seeds_csv(args.found)
+    if not args.no_dose:  # the found seeds' dose uses their own models
+        require_known_models(found, args.found, args.model_dir)
     out_dir = Path(args.out_dir)
     if args.max_distance <= 0:
         raise InputError(f"--max-distance must be > 0 mm, got {args.max_distance:g}")

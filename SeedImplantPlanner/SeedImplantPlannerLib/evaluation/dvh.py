@@ -249,10 +249,14 @@ def interpolate_dose(dose_Gy, ijk, interpolation="log-cubic"):
 
 
 def supersampled_samples(dose_Gy, geometry: ImageGeometry, structure: Structure, factor, role="oar",
-                         progress=None, chunk=400_000, dose_at_points=None, interpolation="log-cubic"):
+                         progress=None, chunk=400_000, dose_at_points=None, interpolation="log-cubic",
+                         strict=False):
     """Sub-voxel samples of ``structure`` (on its own grid) in the dose grid (see module doc).
 
     ``dose_at_points``: optional callable (M, 3) RAS mm -> dose (Gy) used instead of interpolation.
+    At most :data:`MAX_SUBSAMPLES` samples are taken: a ``factor`` needing more is lowered to the
+    largest that fits, with a warning in the samples (``warnings``), or refused with
+    :class:`InputError` when ``strict`` (a factor the user asked for).
     """
     from scipy import ndimage
     touch = touch_mask_on_grid(structure, geometry)
@@ -267,6 +271,16 @@ def supersampled_samples(dose_Gy, geometry: ImageGeometry, structure: Structure,
     n = int(factor)
     while kk.size * n ** 3 > MAX_SUBSAMPLES and n > 1:
         n -= 1
+    lowered = None
+    if n < int(factor):
+        f = int(factor)
+        text = (f"structure '{structure.name}': supersampling {f}^3 sub-voxels per voxel over the {kk.size:,} "
+                f"dose-grid voxels in and around it would take {kk.size * f ** 3:,} dose samples, more than the "
+                f"limit of {MAX_SUBSAMPLES:,}")
+        if strict:
+            raise InputError(f"{text}; the largest factor that fits is {n} (give a supersample factor of at most "
+                             f"{n}, or 'auto')")
+        lowered = f"{text}: lowered to {n}^3 (sub-voxel volume {geometry.voxel_volume_cc / n ** 3 * 1000:.4g} mm^3)"
     base = np.stack([ii, jj, kk], axis=-1).astype(float)  # crop indices
     g = (np.arange(n) + 0.5) / n - 0.5
     off = np.stack(np.meshgrid(g, g, g, indexing="ij"), axis=-1).reshape(-1, 3)
@@ -298,7 +312,10 @@ def supersampled_samples(dose_Gy, geometry: ImageGeometry, structure: Structure,
     d = np.concatenate(doses) if doses else np.zeros(0)
     if d.size == 0:
         raise InputError(f"structure '{structure.name}' is empty on the dose grid")
-    return DoseSamples(structure.name, d, geometry.voxel_volume_cc / n ** 3, n, role=role)
+    out = DoseSamples(structure.name, d, geometry.voxel_volume_cc / n ** 3, n, role=role)
+    if lowered:
+        out.warnings.append(lowered)
+    return out
 
 
 def structure_dose_samples(dose_Gy, geometry: ImageGeometry, structure: Structure, supersample="auto",
@@ -307,7 +324,9 @@ def structure_dose_samples(dose_Gy, geometry: ImageGeometry, structure: Structur
     """Dose samples of ``structure`` on the dose grid.
 
     ``supersample``: "auto" (small or thin structures only), "off" (voxel centres), "on" (always),
-    or an int factor. ``dose_at_points`` / ``interpolation``: see :func:`supersampled_samples`.
+    or an int factor (refused when it would exceed :data:`MAX_SUBSAMPLES` samples; "auto" and "on"
+    are lowered to fit, with a warning). ``dose_at_points`` / ``interpolation``: see
+    :func:`supersampled_samples`.
     A structure entirely outside the grid raises GeometryError; one partly outside
     raises GeometryError when ``max_outside`` (a fraction) is given and exceeded, else carries a warning.
     """
@@ -320,6 +339,7 @@ def structure_dose_samples(dose_Gy, geometry: ImageGeometry, structure: Structur
         raise GeometryError(f"structure '{structure.name}': {100 * f_out:.1f}% of its volume lies outside the "
                             "dose grid; enlarge the dose grid")
     center = mask_on_grid(structure, geometry)
+    strict = False
     if supersample == "off" or supersample == 1:
         factor = 1
     elif supersample == "auto":
@@ -334,11 +354,12 @@ def structure_dose_samples(dose_Gy, geometry: ImageGeometry, structure: Structur
             raise InputError(f"supersample must be 'auto', 'on', 'off' or an integer, got {supersample!r}") from None
         if factor < 1:
             raise InputError(f"supersample factor must be >= 1, got {factor}")
+        strict = True
     if factor == 1:
         s = voxel_samples(dose_Gy, center, geometry.voxel_volume_cc, structure.name, role)
     else:
         s = supersampled_samples(dose_Gy, geometry, structure, factor, role, progress,
-                                 dose_at_points=dose_at_points, interpolation=interpolation)
+                                 dose_at_points=dose_at_points, interpolation=interpolation, strict=strict)
     s.fraction_outside = f_out
     if f_out > 0:
         s.warnings.append(f"{100 * f_out:.1f}% of '{structure.name}' lies outside the dose grid; "

@@ -470,6 +470,16 @@ def plan_case(image_path, seg_path, target=None, oars=(), forbidden=(), body=Non
             continue
         s = seg.find(name)
         masks[s.name] = seg.mask(s.segment_id)
+    if image_geometry is not None:  # here the files are known: name them (plan_from_masks only sees arrays)
+        for sp in specs:
+            pts = mask_points(masks[sp.name], seg.geometry)
+            inside = image_geometry.contains_ras(pts)
+            if len(pts) and not inside.all():
+                lo, hi = image_geometry.bounds_ras()
+                share = "the" if not inside.any() else f"{100 * (1 - inside.mean()):.1f}% of the"
+                raise InputError(f"{seg_path}: {share} target '{sp.name}' lies outside the image {image_path}: the "
+                                 f"target spans RAS {np.round(pts.min(0), 1).tolist()} to {np.round(pts.max(0), 1).tolist()}"
+                                 f" mm, the image {np.round(lo, 1).tolist()} to {np.round(hi, 1).tolist()} mm")
     mode = kwargs.get("needle_mode", "template")
     if kwargs.get("skin_mask") is None and (body or mode in ("fan", "auto")):
         skin = None

@@ -145,5 +145,62 @@ class TestSmallStructureConvergence(unittest.TestCase):
         self.assertEqual(structure_dose_samples(d, g, big).factor, 1)
 
 
+class TestSupersampleLimit(unittest.TestCase):
+    """A factor beyond the sample limit is lowered with a warning ("auto"/"on") or refused (a given factor)."""
+
+    def setUp(self):
+        self.g = ImageGeometry((16, 16, 16), (2.0, 2.0, 2.0), (-15.0, -15.0, -15.0))
+        r = np.linalg.norm(self.g.voxel_centers_ras(), axis=-1)
+        self.dose = 100.0 / (1.0 + (r / 10.0) ** 2)       # smooth, positive (Gy)
+        self.sphere = Structure("Sphere", r <= 6.0, self.g)
+
+    def voxels_sampled(self):
+        """The voxels the supersampling covers (in and around the structure), as the message reports them."""
+        import re
+        from unittest import mock
+        from SeedImplantPlannerLib.evaluation import dvh
+        with mock.patch.object(dvh, "MAX_SUBSAMPLES", 1):
+            s = structure_dose_samples(self.dose, self.g, self.sphere, "on")
+        self.assertEqual(s.factor, 1)
+        n = int(re.search(r"over the ([\d,]+) dose-grid voxels", s.warnings[0]).group(1).replace(",", ""))
+        self.assertGreater(n, int(self.sphere.mask.sum()))  # the structure's voxels and a border around them
+        return n
+
+    def test_within_the_limit_nothing_changes(self):
+        s = structure_dose_samples(self.dose, self.g, self.sphere, "on")
+        self.assertEqual(s.factor, 4)                      # 2 mm voxels -> 0.5 mm sub-voxels
+        self.assertEqual(s.warnings, [])
+
+    def test_on_is_lowered_with_a_warning_in_the_result(self):
+        from unittest import mock
+        from SeedImplantPlannerLib.evaluation import dvh
+        from SeedImplantPlannerLib.evaluation.evaluate import evaluate_plan
+        full = structure_dose_samples(self.dose, self.g, self.sphere, "on")
+        limit = self.voxels_sampled() * 2 ** 3 + 1         # room for 2^3 sub-voxels per voxel, not 3^3
+        with mock.patch.object(dvh, "MAX_SUBSAMPLES", limit):
+            s = structure_dose_samples(self.dose, self.g, self.sphere, "on")
+            ev = evaluate_plan(self.dose, self.g, [self.sphere], 50.0, target="Sphere", supersample="on")
+        self.assertEqual(s.factor, 2)
+        self.assertEqual(len(s.warnings), 1)
+        self.assertRegex(s.warnings[0], r"structure 'Sphere': supersampling 4\^3 .* more than the limit of .*: "
+                                        r"lowered to 2\^3")
+        self.assertAlmostEqual(float(np.sum(np.broadcast_to(s.weight_cc, s.dose_Gy.shape))),
+                               float(np.sum(np.broadcast_to(full.weight_cc, full.dose_Gy.shape))), delta=0.3)
+        self.assertTrue(any("lowered to 2^3" in w for w in ev.warnings))
+        doc = ev.to_dict()["structures"][0]
+        self.assertEqual(doc["supersampling"], 2)
+        self.assertTrue(any("lowered to 2^3" in w for w in doc["warnings"]))
+
+    def test_a_given_factor_beyond_the_limit_is_refused(self):
+        from unittest import mock
+        from SeedImplantPlannerLib.evaluation import dvh
+        limit = self.voxels_sampled() * 2 ** 3 + 1
+        with mock.patch.object(dvh, "MAX_SUBSAMPLES", limit):
+            with self.assertRaisesRegex(InputError, r"structure 'Sphere': supersampling 4\^3 .* the largest factor "
+                                                    r"that fits is 2 \(give a supersample factor of at most 2"):
+                structure_dose_samples(self.dose, self.g, self.sphere, 4)
+            self.assertEqual(structure_dose_samples(self.dose, self.g, self.sphere, 2).factor, 2)
+
+
 if __name__ == "__main__":
     unittest.main()
