@@ -133,17 +133,16 @@ class IntraopSession:
     def find_seeds(self, ct_node, expected=None, progress=None):
         """Find the seeds already implanted on the CT; shows them as a fiducial node and returns it."""
         from ..evaluation.structures import Structure, expand_margin, mask_on_grid
-        from ..imaging.seedfinder import find_seeds
-        from ..planning.intraop import SEED_ROI_MARGIN_MM, drop_needle_objects
+        from ..planning.intraop import SEED_ROI_MARGIN_MM, find_implanted_seeds
         ct, geometry = self.ct(ct_node)
         plan = self.plan()
         seg = self.segmentation()
         t = seg.find(plan.structures["target"])
         roi = mask_on_grid(Structure(t.name, expand_margin(seg.mask(t.segment_id), seg.geometry, SEED_ROI_MARGIN_MM,
                                                            name=t.name), seg.geometry), geometry)
-        found = find_seeds(ct, geometry, expected_count=expected or None, roi_mask=roi if roi.any() else None,
-                           progress=progress)
-        keep, _ = drop_needle_objects(found, self.needles())
+        found, keep, _, warnings = find_implanted_seeds(ct, geometry, roi, self.needles(), expected or None, progress)
+        if found is None:
+            raise InputError(warnings[0])
         seeds = found.to_seedset(plan.strength_U, plan.model_id)
         from ..physics.seeds import SeedSet
         seeds = SeedSet(seeds.positions[keep], seeds.axes[keep], seeds.strengths_U[keep],

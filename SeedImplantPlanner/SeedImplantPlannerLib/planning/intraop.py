@@ -10,12 +10,12 @@ The chain, on the intra-operative CT and the plan it came from:
    each is compared with its planned needle (entry, tip, angle, depth deviations). Planned
    needles not in the CT are listed as missing.
 3. **Seeds already implanted**: :func:`imaging.seedfinder.find_seeds` in the target + margin on
-   the CT; objects within ``ON_NEEDLE_MM`` of a needle in place (beyond its radius) are rejected
+   the CT, given the needles in place (their steel is taken out of the image, not searched
+   again); objects within ``ON_NEEDLE_MM`` of a needle in place (beyond its radius) are rejected
    as parts of the needle (a needle is not a seed; a seed lying against a needle in place goes
-   with it, and is listed among the rejected objects); each found
-   seed is matched to the nearest planned seed (displacement) and gets the plan's strength.
+   with it, and is listed among the rejected objects). Each found seed is matched to the nearest planned seed (displacement) and gets the plan's strength.
 4. **Dose of those seeds** on the plan's dose grid (TG-43, each seed along its own axis).
-5. **Re-plan the rest** along the needles as they are (:func:`pipeline.plan_from_masks` with the
+5. **Re-plan the rest** (:mod:`planning.intraop_replan`) along the needles as they are (:func:`pipeline.plan_from_masks` with the
    found seeds fixed and the needles in place implanted, no new needles unless allowed), same
    source, prescription, goals and structures as the plan.
 6. **Cheap options** when the goals are not met: seed spacing 5 mm instead of the plan's, no
@@ -40,7 +40,6 @@ from ..core import progress as _progress
 from ..core.errors import GeometryError, InputError
 from ..core.geometry import ImageGeometry
 from ..physics.seeds import SeedSet
-from .loading import LoadingRules
 from .needles import Needle
 from .planfile import Plan
 
@@ -201,6 +200,46 @@ def match_found_seeds(found_pos, plan: Plan, max_mm=SEED_MATCH_MM):
     return idx, disp
 
 
+def find_implanted_seeds(ct_hu, ct_geometry: ImageGeometry, roi, needles, expected=None, progress=None):
+    """Seeds already implanted, found on the CT in ``roi`` with the needles in place known.
+
+    The needles in place (plan :class:`needles.Needle` objects, as found or as corrected) are given
+    to :func:`imaging.seedfinder.find_seeds` as straight lines, so it takes their steel out of the
+    image instead of searching the needles again; objects on a needle's steel are dropped
+    (:func:`drop_needle_objects`). Returns ``(FoundSeeds or None when the CT holds no seed metal,
+    indices of the seeds kept, rejected rows, warnings)``.
+    """
+    from ..imaging.needlefinder import FoundNeedle
+    from ..imaging.seedfinder import find_seeds
+    from .needles import GAUGE_OUTER_DIAMETER_MM
+    lines = [FoundNeedle.from_line(n.entry, n.tip, GAUGE_OUTER_DIAMETER_MM.get(n.gauge, 1.27) / 2.0) for n in needles]
+    try:
+        found = find_seeds(ct_hu, ct_geometry, expected_count=expected, roi_mask=roi if roi.any() else None,
+                           needles=lines, progress=progress)
+    except InputError as exc:
+        if "metal" not in str(exc) and "no seeds found" not in str(exc):
+            raise
+        return None, np.zeros(0, dtype=int), [], [f"no seeds implanted yet ({exc})"]
+    keep, rej = drop_needle_objects(found, needles)
+    return found, keep, list(found.rejected) + rej, list(found.warnings)
+
+
+def found_seed_rows(found_pos, found_axes, conf, plan: Plan):
+    """Rows of the implanted-seeds table (SEED_FOUND_COLUMNS): pose, confidence, planned seed and displacement."""
+    pidx, disp = match_found_seeds(found_pos, plan)
+    rows = []
+    for i in range(len(found_pos)):
+        p = int(pidx[i])
+        rows.append({"index": i + 1, "x_mm": round(float(found_pos[i, 0]), 3), "y_mm": round(float(found_pos[i, 1]), 3),
+                     "z_mm": round(float(found_pos[i, 2]), 3), "axis_x": round(float(found_axes[i, 0]), 5),
+                     "axis_y": round(float(found_axes[i, 1]), 5), "axis_z": round(float(found_axes[i, 2]), 5),
+                     "sk_U": round(plan.strength_U, 5), "model": plan.model_id, "confidence": round(float(conf[i]), 3),
+                     "planned_seed": p + 1 if p >= 0 else "", "planned_needle":
+                     (next((n.name for n in plan.needles if n.number == plan.seed_needle[p]), "") if p >= 0 else ""),
+                     "displacement_mm": round(float(disp[i]), 2) if p >= 0 else ""})
+    return rows
+
+
 @dataclass
 class IntraopResult:
     """Everything ``seedplan intraop`` reports and writes."""
@@ -298,90 +337,6 @@ def needle_rows(plan: Plan, placed, unplanned):
     return rows
 
 
-def _restore_numbers(new: Plan, placed, plan: Plan):
-    """Give the re-plan's needles the plan's numbers (in-place needles) or numbers after them (new ones)."""
-    top = max([n.number for n in plan.needles] + [n.number for n in placed] + [0])
-    mapping = {}
-    names = {n.name for n in plan.needles}
-    for i, n in enumerate(new.needles):
-        if i < len(placed):
-            mapping[n.number] = placed[i].number
-            n.name = placed[i].name
-        else:
-            top += 1
-            mapping[n.number] = top
-            if n.name in names or not n.name:
-                n.name = f"new-{n.name or top}"
-    for n in new.needles:
-        n.number = mapping[n.number]
-    new.seed_needle = np.array([mapping.get(int(v), 0) if v > 0 else 0 for v in new.seed_needle], dtype=int)
-    new.needles.sort(key=lambda n: n.number)
-    return new
-
-
-def _struct_masks(seg, plan: Plan):
-    names = [plan.structures.get("target")] + list(plan.structures.get("oars") or []) + \
-        list(plan.structures.get("forbidden") or []) + [plan.structures.get("body")]
-    masks = {}
-    for name in names:
-        if not name:
-            continue
-        s = seg.find(name)
-        masks[s.name] = seg.mask(s.segment_id)
-    return masks
-
-
-def replan_with(plan: Plan, seg, fixed: SeedSet, placed, *, allow_new_needles=False, spacing_mm=None,
-                target_margin_mm=None, time_limit_s=4.0, rng_seed=0, progress=None):
-    """One re-plan of the remaining seeds (see the module doc); returns (plan, dose, dose geometry, evaluation)."""
-    from ..evaluation.structures import structures_from_segmentation
-    from .pipeline import plan_from_masks
-    from .plan_dose import compute_dose, evaluate
-    r = plan.rules.to_dict()
-    if spacing_mm is not None:
-        r["spacing_mm"] = float(spacing_mm)
-    if target_margin_mm is not None:
-        r["target_margin_mm"] = float(target_margin_mm)
-    rules = LoadingRules(**r)
-    masks = _struct_masks(seg, plan)
-    target = plan.structures["target"]
-    st = plan.structures
-    direction = st.get("direction") or "P"
-    goals = copy.deepcopy(plan.goals)
-    new = plan_from_masks(
-        seg.geometry, masks, seg.find(target).name, oars=goals.oars, forbidden=list(st.get("forbidden") or []),
-        body=st.get("body"), model_id=plan.model_id, strength=plan.strength_U, strength_unit="U", goals=goals,
-        needle_mode=st.get("needle_mode") if st.get("needle_mode") in ("template", "fan") else "template",
-        direction=direction, template_spacing_mm=float(st.get("template_spacing_mm", 5.0)), rules=rules,
-        obstacle_margin_mm=float(st.get("obstacle_margin_mm", 5.0)), time_limit_s=time_limit_s, rng_seed=rng_seed,
-        fixed_seeds=fixed if len(fixed) else None, implanted_needles=placed, allow_new_needles=allow_new_needles,
-        formalism=plan.formalism, progress=_progress.scaled(progress, 0.0, 0.7))
-    new.source = dict(plan.source)
-    new.structures.update({k: v for k, v in plan.structures.items() if k in ("image", "segmentation")})
-    new = _restore_numbers(new, placed, plan)
-    tmask = masks[seg.find(target).name]
-    dose, g = compute_dose(new, seg.geometry, tmask, 2.0, progress=_progress.scaled(progress, 0.7, 0.9))
-    names = [seg.find(target).name] + [o.name for o in goals.oars]
-    structs = structures_from_segmentation(seg, list(dict.fromkeys(names)), allow_empty=False)
-    ev = evaluate(new, dose, g, structs, progress=_progress.scaled(progress, 0.9, 1.0))
-    return new, dose, g, ev
-
-
-def _failed_goals(plan: Plan):
-    return [r for r in plan.metrics.get("goal_check", []) if not r["passed"] and "soft" not in str(r["goal"])]
-
-
-def _option_row(name, plan: Plan, ev, spacing, margin, new_needles, adopted):
-    failed = _failed_goals(plan)
-    tm = ev.metrics.get(plan.structures.get("target"), {}) if hasattr(ev, "metrics") else {}
-    return {"option": name, "seed_spacing_mm": spacing, "target_margin_mm": margin, "new_needles": new_needles,
-            "adopted": adopted, "goals_met": not failed, "n_new_seeds": int((~plan.seed_fixed).sum()),
-            "n_needles_used": len(plan.used_needles()),
-            "v100_pct": None if "V100" not in tm else round(float(tm["V100"]["percent"]), 2),
-            "d90_Gy": None if "D90" not in tm else round(float(tm["D90"]["Gy"]), 2),
-            "unmet": "; ".join(f"{r['goal']} {r['limit']:g}" for r in failed)}
-
-
 def run_intraop(ct_hu, ct_geometry: ImageGeometry, plan: Plan, seg, needles, *, expected_implanted=None,
                 implanted_seeds: SeedSet | None = None, allow_new_needles=False, try_options=True, time_limit_s=4.0,
                 rng_seed=0, progress=None):
@@ -393,8 +348,8 @@ def run_intraop(ct_hu, ct_geometry: ImageGeometry, plan: Plan, seg, needles, *, 
     the user corrected them (then the CT is not searched).
     """
     from ..evaluation.structures import Structure, expand_margin, mask_on_grid
-    from ..imaging.seedfinder import find_seeds
     from ..physics.dose import DoseGrid
+    from .intraop_replan import replan_options
     timings = {}
     warnings = []
     t0 = time.monotonic()
@@ -430,77 +385,31 @@ def run_intraop(ct_hu, ct_geometry: ImageGeometry, plan: Plan, seg, needles, *, 
     found_pos = np.zeros((0, 3))
     found_axes = np.zeros((0, 3))
     conf = np.zeros(0)
-    found = None
     if implanted_seeds is not None:
         found_pos, found_axes = implanted_seeds.positions.copy(), implanted_seeds.axes.copy()
         conf = np.ones(len(found_pos))
     else:
-        try:
-            found = find_seeds(ct, ct_geometry, expected_count=expected_implanted, roi_mask=roi,
-                               progress=_progress.scaled(progress, 0.05, 0.2))
-        except InputError as exc:
-            if "metal" not in str(exc):
-                raise
-            warnings.append(f"no seeds implanted yet ({exc})")
-    if found is not None:
-        keep, rej = drop_needle_objects(found, placed + unplanned)
-        rejected = list(found.rejected) + rej
-        found_pos, found_axes, conf = found.positions[keep], found.axes[keep], found.confidence[keep]
-        warnings += list(found.warnings)
-        if expected_implanted is not None and len(found_pos) > expected_implanted:
-            warnings.append(f"{len(found_pos)} seeds found but {expected_implanted} implanted: check the extra ones "
-                            "(lowest confidence first) before trusting the dose")
+        found, keep, rejected, warn = find_implanted_seeds(ct, ct_geometry, roi, placed + unplanned,
+                                                           expected_implanted, _progress.scaled(progress, 0.05, 0.2))
+        warnings += warn
+        if found is not None:
+            found_pos, found_axes, conf = found.positions[keep], found.axes[keep], found.confidence[keep]
+            if expected_implanted is not None and len(found_pos) > expected_implanted:
+                warnings.append(f"{len(found_pos)} seeds found but {expected_implanted} implanted: check the extra "
+                                "ones (lowest confidence first) before trusting the dose")
     fixed = SeedSet(found_pos, found_axes if len(found_pos) else np.zeros((0, 3)),
                     np.full(len(found_pos), plan.strength_U), [plan.model_id] * len(found_pos))
-    pidx, disp = match_found_seeds(found_pos, plan)
-    seed_rows = []
-    for i in range(len(found_pos)):
-        p = int(pidx[i])
-        seed_rows.append({"index": i + 1, "x_mm": round(float(found_pos[i, 0]), 3), "y_mm": round(float(found_pos[i, 1]), 3),
-                          "z_mm": round(float(found_pos[i, 2]), 3), "axis_x": round(float(found_axes[i, 0]), 5),
-                          "axis_y": round(float(found_axes[i, 1]), 5), "axis_z": round(float(found_axes[i, 2]), 5),
-                          "sk_U": round(plan.strength_U, 5), "model": plan.model_id, "confidence": round(float(conf[i]), 3),
-                          "planned_seed": p + 1 if p >= 0 else "", "planned_needle":
-                          (next((n.name for n in plan.needles if n.number == plan.seed_needle[p]), "") if p >= 0 else ""),
-                          "displacement_mm": round(float(disp[i]), 2) if p >= 0 else ""})
+    seed_rows = found_seed_rows(found_pos, found_axes, conf, plan)
     timings["seeds_s"] = time.monotonic() - t1
 
     # re-plan, with the cheap options when the goals are not met
     t2 = time.monotonic()
-    base_spacing = plan.rules.spacing_mm
-    base_margin = plan.rules.target_margin_mm
-    attempts = [("as planned", None, None, False)]
-    if try_options:
-        if base_spacing > 5.0:
-            attempts.append(("seed spacing 5 mm", 5.0, None, False))
-        if base_margin > 0.0:
-            attempts.append(("no target margin", 5.0 if base_spacing > 5.0 else None, 0.0, False))
-        attempts.append(("new needles", 5.0 if base_spacing > 5.0 else None, 0.0 if base_margin > 0 else None, True))
-    options, best, adopted = [], None, None
-    n_att = len(attempts)
-    for a, (name, spacing, margin, new_needles) in enumerate(attempts):
-        sub = _progress.scaled(progress, 0.2 + 0.7 * a / n_att, 0.2 + 0.7 * (a + 1) / n_att)
-        _progress.report(progress, 0.2 + 0.7 * a / n_att, f"re-plan: {name}")
-        res = replan_with(plan, seg, fixed, placed, allow_new_needles=new_needles, spacing_mm=spacing,
-                          target_margin_mm=margin, time_limit_s=time_limit_s, rng_seed=rng_seed, progress=sub)
-        may_adopt = (not new_needles) or allow_new_needles
-        met = not _failed_goals(res[0])
-        row = _option_row(name, res[0], res[3], spacing if spacing is not None else base_spacing,
-                          margin if margin is not None else base_margin, new_needles, False)
-        options.append(row)
-        if best is None:
-            best, adopted = res, name
-        if met and may_adopt:
-            best, adopted = res, name
-            break
-        if met:         # met only with new needles, which are not allowed: reported, not adopted
-            break
-    for row in options:
-        row["adopted"] = row["option"] == adopted
+    best, adopted, options, goals_met, advice = replan_options(
+        plan, seg, fixed, placed, allow_new_needles=allow_new_needles, try_options=try_options,
+        time_limit_s=time_limit_s, rng_seed=rng_seed, progress=_progress.scaled(progress, 0.2, 0.9))
     new, dose, g, ev = best
-    goals_met = not _failed_goals(new)
-    advice = _advice(options, adopted, allow_new_needles, goals_met)
     timings["replan_s"] = time.monotonic() - t2
+
 
     # dose of the seeds already implanted, and of the original plan, on the same grid
     t3 = time.monotonic()
@@ -513,20 +422,3 @@ def run_intraop(ct_hu, ct_geometry: ImageGeometry, plan: Plan, seg, needles, *, 
     return IntraopResult(new, plan, dose, g, implanted, planned, ev, rows, placed, fixed, seed_rows, rejected, options,
                          adopted, advice, goals_met, tm, timings, warnings)
 
-
-def _advice(options, adopted, allow_new_needles, goals_met):
-    """One sentence on what meets the goals."""
-    meeting = [o for o in options if o["goals_met"]]
-    if goals_met:
-        if adopted == "as planned":
-            return "the re-plan meets the goals with the plan's loading rules"
-        return f"the goals are met with: {adopted} (adopted)"
-    if meeting:
-        o = meeting[0]
-        if o["new_needles"] and not allow_new_needles:
-            return (f"the goals are not met along the needles in place; new needles would meet them "
-                    f"({o['n_needles_used']} needles, V100 {o['v100_pct']} %): allow them (--allow-new-needles)")
-        return f"{o['option']} would meet the goals"
-    tried = ", ".join(o["option"] for o in options)
-    return (f"no option tried meets the goals ({tried}); the best plan found is written: consider more needles, "
-            "a higher seed strength, or accept the shortfall")

@@ -278,12 +278,12 @@ class TestWeightedPoseWithoutWeight(unittest.TestCase):
     """An EM component left with no (or non-finite) weight still gives a finite pose (it raised LinAlgError)."""
 
     def test_zero_and_nan_weights_give_finite_pose(self):
-        from SeedImplantPlannerLib.imaging.seedfinder import _weighted_pose
+        from SeedImplantPlannerLib.imaging.seed_pose import weighted_pose
         rng = np.random.default_rng(3)
         pts = np.column_stack([np.linspace(-2.0, 2.0, 40), rng.normal(0, 0.2, 40), rng.normal(0, 0.2, 40)])
         box = np.eye(3) / 12.0
         for w in (np.zeros(40), np.full(40, np.nan)):
-            c, axis, evals = _weighted_pose(pts, w, box)
+            c, axis, evals = weighted_pose(pts, w, box)
             self.assertTrue(np.all(np.isfinite(c)) and np.all(np.isfinite(axis)) and np.all(np.isfinite(evals)))
             self.assertAlmostEqual(float(np.linalg.norm(axis)), 1.0, places=6)
             self.assertGreater(abs(axis[0]), 0.95)  # the points lie along x
