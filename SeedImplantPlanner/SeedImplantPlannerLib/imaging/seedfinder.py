@@ -67,13 +67,17 @@ from ..core.geometry import ImageGeometry
 from .seed_components import (BONE_MARGIN_HU, MAX_PER_CLUSTER, bone_mask, body_mask, count_seeds, measure_components,
                               resolve_expected, unit_content)
 from .seed_needles import reject_needle_residue, subtract_needles
-from .seed_pose import seg_dist2, split_cluster, track_axes, weighted_pose
+from .seed_pose import (STREAK_MIN_ANISOTROPY, axis_in_streak_plane, seg_dist2, split_cluster, streak_direction,
+                        track_axes, weighted_pose)
 from .seed_result import SEED_DIAMETER_MM, SEED_LENGTH_MM, FoundSeeds
 
 #: Metal floor above the soft-tissue background (HU): below it nothing is metal.
 METAL_FLOOR_HU = 500.0
 #: Automatic threshold: this fraction of the way from background to the median seed peak.
 THRESHOLD_FRACTION = 0.3
+#: Seeds whose metal-weighted image is elongated at least this much (largest over second variance)
+#: keep their own principal axis; rounder ones take the in-plane direction of their dark streaks.
+STREAK_TRUST_ELONGATION = 4.0
 #: A seed's peak reaches at least this fraction of the way from soft tissue to the brightest seeds.
 FAINT_SEED_FRACTION = 0.4
 
@@ -237,7 +241,7 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
         resolve_expected(kept, expected_count, max_per_cluster)
 
     # -- split and pose ----------------------------------------------------------------------------
-    pos, axes, conf, cid, nin, cms = _poses(kept, geometry, off, box_cov, unit, voxel_mm3, seed_length_mm,
+    pos, axes, conf, cid, nin, cms = _poses(kept, ctc, geometry, off, box_cov, unit, voxel_mm3, seed_length_mm,
                                             seed_diameter_mm, progress)
     found = FoundSeeds(pos, axes, conf, cid, nin, threshold, background, unit, expected_count, warnings, rejected,
                        len(comps), cms, (float(seed_length_mm), float(seed_diameter_mm)), len(needles))
@@ -255,7 +259,7 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
     return found
 
 
-def _poses(kept, geometry: ImageGeometry, off, box_cov, unit, voxel_mm3, seed_length_mm, seed_diameter_mm,
+def _poses(kept, ctc, geometry: ImageGeometry, off, box_cov, unit, voxel_mm3, seed_length_mm, seed_diameter_mm,
            progress=None):
     """Split each kept component into its seeds and pose them (module doc, steps 7-9).
 
@@ -283,13 +287,22 @@ def _poses(kept, geometry: ImageGeometry, off, box_cov, unit, voxel_mm3, seed_le
                 continue
             r = float(ws.sum() * voxel_mm3 / unit)
             cf = math.exp(-0.5 * ((r - 1.0) / 0.3) ** 2) * (1.0 if n == 1 else 0.85)
+            axis = axs[s]
             if n == 1:
-                ev = weighted_pose(pts, ws, box_cov)[2]
+                cen, axis, ev = weighted_pose(pts, ws, box_cov)
                 elong.append(float(ev[0] / max(ev[1], 1e-9)))
+                if elong[-1] < STREAK_TRUST_ELONGATION:
+                    # a round image (a blooming marker in one slice): the dark streaks give the axis
+                    e, aniso = streak_direction(ctc, geometry, off, cen, seed_length_mm)
+                    if e is not None and aniso >= STREAK_MIN_ANISOTROPY:
+                        d = pts - cen
+                        cov = (ws[:, None, None] * (d[:, :, None] * d[:, None, :])).sum(axis=0) / ws.sum() - box_cov
+                        axis = axis_in_streak_plane(cov, e, geometry.direction_matrix[:, 2])
+                        elong[-1] = np.inf   # the track rule is not needed
             else:
                 elong.append(np.inf)   # split seeds: the segment fit fixes their axes
             pos.append(centers[s])
-            axes.append(axs[s])
+            axes.append(axis)
             conf.append(cf)
             cid.append(c["id"])
             nin.append(n)
