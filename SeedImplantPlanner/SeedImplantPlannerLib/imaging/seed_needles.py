@@ -21,6 +21,8 @@ STREAK_BESIDE_NEEDLE_MM = 6.0
 #: (a seed touching a needle keeps most of its metal; steel and streak left over keep little).
 NEAR_NEEDLE_MM = 2.0
 NEAR_NEEDLE_MIN_FRACTION = 0.7
+#: Steel may run this far (mm) beyond a needle's found tip (a tip found short): a seed there is less sure.
+NEEDLE_EXTENSION_MM = 20.0
 
 
 def needle_radius(nd):
@@ -28,10 +30,39 @@ def needle_radius(nd):
     return float(getattr(nd, "radius_mm", 0.65))
 
 
+def steel_distance(nd, points):
+    """Distance (mm) of points (n, 3) from a needle's steel: the nearer of its straight line (entry
+    to tip) and, for a found needle, the centre line it was measured along (``points``: a bent
+    needle leaves its straight line by up to about 2 mm)."""
+    p = np.asarray(points, float).reshape(-1, 3)
+    best = np.asarray(nd.distance_to(p), float)
+    line = np.asarray(getattr(nd, "points", np.zeros((0, 3))), float).reshape(-1, 3)
+    for a, b in zip(line[:-1], line[1:]):
+        ab = b - a
+        t = np.clip(((p - a) @ ab) / max(float(ab @ ab), 1e-12), 0.0, 1.0)
+        best = np.minimum(best, np.linalg.norm(p - (a + t[:, None] * ab), axis=1))
+    return best
+
+
 def surface_distance(point, needles):
     """Distance (mm) from a point to the nearest needle's surface (``inf`` without needles)."""
     p = np.asarray(point, float)[None]
-    return min((float(nd.distance_to(p)[0]) - needle_radius(nd) for nd in needles), default=np.inf)
+    return min((float(steel_distance(nd, p)[0]) - needle_radius(nd) for nd in needles), default=np.inf)
+
+
+def needle_line_distance(points, needles, extension_mm=NEEDLE_EXTENSION_MM):
+    """Distance (mm) of points (n, 3) to the nearest needle's surface, along its steel from the
+    entry to ``extension_mm`` beyond its found tip (a tip found short leaves steel there); ``inf``
+    without needles."""
+    p = np.asarray(points, float).reshape(-1, 3)
+    best = np.full(len(p), np.inf)
+    for nd in needles:
+        d = np.asarray(nd.direction, float)
+        a = np.asarray(nd.tip, float) - float(nd.depth_mm) * d
+        length = float(nd.depth_mm) + extension_mm
+        t = np.clip((p - a) @ d, 0.0, length)
+        best = np.minimum(best, np.linalg.norm(p - (a + t[:, None] * d), axis=1) - needle_radius(nd))
+    return best
 
 
 def reject_needle_residue(comps, needles, geometry: ImageGeometry, offset_kji, box_cov, seed_length_mm):
@@ -48,7 +79,7 @@ def reject_needle_residue(comps, needles, geometry: ImageGeometry, offset_kji, b
         cen, ax, ev = weighted_pose(pts, c["w"] + 1e-6, box_cov)
         length = math.sqrt(12.0 * max(ev[0], 0.0))
         for nd in needles:
-            dist = float(nd.distance_to(cen[None])[0])
+            dist = float(steel_distance(nd, cen[None])[0])
             along = abs(float(ax @ nd.direction)) >= math.cos(math.radians(20.0))
             if dist <= needle_radius(nd) + 0.3:
                 c["reject"] = ("on the axis of a needle in place: its steel, or a seed still inside the "

@@ -13,6 +13,9 @@ import numpy as np
 
 #: A seed image elongated less than this (largest over second variance) takes its track's axis.
 TRACK_MIN_ELONGATION = 2.0
+#: Split seeds whose axis segments come closer than this fraction of the capsule diameter lie
+#: inside each other: one seed too many.
+OVERLAP_FRACTION = 0.5
 #: Dark streaks around a seed give its in-plane direction when their orientation tensor is at
 #: least this anisotropic ((l1 - l2) / (l1 + l2) of the darkness-weighted direction tensor).
 STREAK_MIN_ANISOTROPY = 0.3
@@ -56,10 +59,13 @@ def seg_dist2(pts, c, a, h):
 def em_segments(pts, w, centers, axes, half_length_mm, s2, box_cov, iterations=40):
     """EM of ``n`` blurred line segments (fixed half length and width ``s2``) on weighted points.
 
-    Each seed is modelled as ``pi_q * exp(-d_q(x)^2 / (2 s2))`` with ``d_q`` the distance to its
-    segment; voxels where two seeds overlap are shared by responsibility, so neither seed's
-    centroid is pulled towards the other (hard k-means biases touching pairs by ~1 mm).
-    Returns ``(centers, axes, responsibilities, log-likelihood)``.
+    Each seed is modelled as ``pi_q * exp(-d_q(x)^2 / 2)`` with ``d_q`` the distance to its
+    segment measured in units of the seed image's spread, ``s2 I`` with the voxel box variance
+    of the grid's axes in place of its isotropic share (a thick slice spreads a seed along the
+    slice normal only: in a metric that knows it, two seeds side by side in the slice plane are
+    not traded for two seeds stacked along the normal); voxels where two seeds overlap are shared
+    by responsibility, so neither seed's centroid is pulled towards the other (hard k-means biases
+    touching pairs by ~1 mm). Returns ``(centers, axes, responsibilities, log-likelihood)``.
     """
     n = len(centers)
     centers = np.array(centers, float)
@@ -67,9 +73,18 @@ def em_segments(pts, w, centers, axes, half_length_mm, s2, box_cov, iterations=4
     pi = np.full(n, 1.0 / n)
     wsum = float(w.sum())
     ll_old = -np.inf
+    box = np.asarray(box_cov, float)
+    cov = max(s2 - float(np.trace(box)) / 3.0, 0.05) * np.eye(3) + box
+    ev, evec = np.linalg.eigh(cov)
+    whiten = evec @ np.diag(1.0 / np.sqrt(ev)) @ evec.T          # cov^(-1/2)
+    wpts = pts @ whiten.T
     for _ in range(iterations):
-        d2 = np.stack([seg_dist2(pts, centers[q], axes[q], half_length_mm) for q in range(n)], axis=1)
-        logp = np.log(np.maximum(pi, 1e-12))[None, :] - d2 / (2.0 * s2)
+        d2 = np.empty((len(pts), n))
+        for q in range(n):
+            wa = whiten @ axes[q]
+            scale = float(np.linalg.norm(wa))
+            d2[:, q] = seg_dist2(wpts, whiten @ centers[q], wa / scale, half_length_mm * scale)
+        logp = np.log(np.maximum(pi, 1e-12))[None, :] - d2 / 2.0
         mx = logp.max(axis=1, keepdims=True)
         p = np.exp(logp - mx)
         tot = p.sum(axis=1, keepdims=True)
@@ -270,3 +285,17 @@ def axis_in_streak_plane(cov, streak_dir, slice_normal):
     c2 = basis.T @ cov @ basis
     v = np.linalg.eigh(c2)[1][:, -1]
     return canonical_axis(basis @ v)
+
+
+def capsules_overlap(centers, axes, half_length_mm, diameter_mm, fraction=OVERLAP_FRACTION):
+    """True when two of the seeds (centre, unit axis, segment half length) lie inside each other:
+    their axis segments come closer than ``fraction`` of the capsule diameter (two solid capsules
+    side by side are at least one diameter apart)."""
+    n = len(centers)
+    ts = np.linspace(-half_length_mm, half_length_mm, 9)
+    for i in range(n):
+        line = centers[i] + ts[:, None] * axes[i]
+        for j in range(i + 1, n):
+            if float(np.min(seg_dist2(line, centers[j], axes[j], half_length_mm))) < (fraction * diameter_mm) ** 2:
+                return True
+    return False

@@ -14,10 +14,12 @@ count-from-metal-content rule and a line-segment k-means described below):
    leave the ROI. Every needle is listed in ``rejected`` ("needle in place"), so a needle is never
    reported as seeds and never sizes one.
 3. **Threshold** (automatic unless given): components above a metal floor
-   (``background + METAL_FLOOR_HU``) are found; a robust peak ``P`` of the small ones (seed
-   sized, so bone does not vote; the median, or the 90th percentile when needles were taken out,
-   their streaks leaving many small faint objects) sets the threshold
-   ``background + THRESHOLD_FRACTION * (P - background)``, never below the floor. A CT with no
+   (``background + METAL_FLOOR_HU``) are found; a robust peak ``P`` of them (bone does not vote)
+   sets the threshold ``background + THRESHOLD_FRACTION * (P - background)``, never below the
+   floor. ``P`` is the median peak of the objects at least half as bright as the brightest (noise
+   specks and streak knots are many and faint: counted in, they pulled the threshold to the
+   floor, where the streaks between seeds lying in one slice joined them all), or, when needles
+   were taken out, the 90th percentile of the seed-sized objects' peaks. A CT with no
    voxel above the floor raises :class:`InputError` ("no metal").
 4. **Connected components** (26-connectivity) of the thresholded ROI. Rejected with a reason:
    bone (touching bone and not clearly denser), too faint for a seed (with needles in place: peak
@@ -40,14 +42,23 @@ count-from-metal-content rule and a line-segment k-means described below):
    the ambiguous components (content halfway between two counts) are resolved greedily towards
    the expected number; any remaining difference is reported as missing or extra seeds.
 7. **Splitting** touching seeds: the voxels of a component with ``n > 1`` are clustered into
-   ``n`` line segments of the seed's length (a k-means whose distance is the distance to each
-   cluster's segment along its principal axis, so side-by-side, end-to-end and crossing seeds
-   separate), weighted by metal content, from several deterministic starts (best cost kept).
+   ``n`` line segments of the seed's length (a k-means, then an EM of blurred segments whose
+   distance knows the voxel box, so a thick slice does not trade side-by-side seeds for stacked
+   ones; side-by-side, end-to-end and crossing seeds separate), weighted by metal content, from
+   several deterministic starts (best fit kept). Solid capsules cannot lie inside each other: a
+   count rounded up that puts two segments closer than half a diameter loses one seed (a pair
+   standing across the slices reads more metal than seeds lying in the slice plane, whose metal
+   the streaks along them eat).
 8. **Pose**: position = metal-content-weighted centroid of the seed's voxels (sub-voxel); axis =
    principal axis of the weighted voxel covariance after subtracting the voxel box variance
-   (``spacing^2 / 12`` per grid axis, so thick slices do not bias axes towards z).
+   (``spacing^2 / 12`` per grid axis, so thick slices do not bias axes towards z). A seed whose
+   image is round (a blooming silver marker in one slice, its ends eaten by the dark streaks of
+   the rays along it) takes the in-plane direction of those dark streaks
+   (:func:`seed_pose.streak_direction`) with the tilt its covariance shows in that plane; one
+   without clear streaks the line of its needle track (:func:`seed_pose.track_axes`).
 9. **Confidence** in [0, 1]: how close the seed's metal content is to one seed's, lowered for
-   seeds split from a cluster.
+   seeds split from a cluster, and down to a quarter for a seed against a needle's steel (or on
+   its line up to ``NEEDLE_EXTENSION_MM`` beyond its found tip): it may be the needle's residue.
 
 Metal artefacts: streaks are far below the threshold and are symmetric about the seed, so they
 neither create components (rejected by content if they do) nor bias the centroid; saturated
@@ -66,8 +77,8 @@ from ..core.errors import InputError
 from ..core.geometry import ImageGeometry
 from .seed_components import (BONE_MARGIN_HU, MAX_PER_CLUSTER, bone_mask, body_mask, count_seeds, measure_components,
                               resolve_expected, unit_content)
-from .seed_needles import reject_needle_residue, subtract_needles
-from .seed_pose import (STREAK_MIN_ANISOTROPY, axis_in_streak_plane, seg_dist2, split_cluster, streak_direction,
+from .seed_needles import NEAR_NEEDLE_MM, needle_line_distance, reject_needle_residue, subtract_needles
+from .seed_pose import (STREAK_MIN_ANISOTROPY, axis_in_streak_plane, capsules_overlap, seg_dist2, split_cluster, streak_direction,
                         track_axes, weighted_pose)
 from .seed_result import SEED_DIAMETER_MM, SEED_LENGTH_MM, FoundSeeds
 
@@ -185,11 +196,20 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
         peaks = np.full(n0, -np.inf)
         np.maximum.at(peaks, ids, ctc[sel])
         in_bone = np.bincount(ids, weights=bone[sel], minlength=n0) > 0.5 * sizes
-        small = (sizes * voxel_mm3 <= max(60.0 * seed_vol_mm3, 8 * voxel_mm3)) & ~in_bone
-        ref = peaks[small] if small.any() else peaks
-        # the seeds are the brightest small objects (their dense marker saturates or nearly);
-        # metal streaks left by needles make many small faint ones: a high percentile, not the median
-        peak = float(np.percentile(ref, 90 if len(needles) else 50))
+        if len(needles):
+            # metal streaks left by needles make many small faint objects, and the needles' residue
+            # middling ones: a high percentile of the small objects' peaks
+            small = (sizes * voxel_mm3 <= max(60.0 * seed_vol_mm3, 8 * voxel_mm3)) & ~in_bone
+            peak = float(np.percentile(peaks[small] if small.any() else peaks, 90))
+        else:
+            # the seeds are the bright objects (their dense marker saturates or nearly): the median
+            # peak of the objects at least half as bright as the brightest. Noise specks and streak
+            # knots just above the floor are many and faint; counted in, they pulled the threshold
+            # down to the floor, where the streaks between seeds lying in one slice (a template's
+            # row) join them all into one object.
+            ref = peaks[~in_bone] if (~in_bone).any() else peaks
+            top = float(ref.max())
+            peak = float(np.median(ref[ref >= background + 0.5 * (top - background)]))
         threshold = max(floor, background + THRESHOLD_FRACTION * (peak - background))
     else:
         threshold = float(threshold_hu)
@@ -243,6 +263,10 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
     # -- split and pose ----------------------------------------------------------------------------
     pos, axes, conf, cid, nin, cms = _poses(kept, ctc, geometry, off, box_cov, unit, voxel_mm3, seed_length_mm,
                                             seed_diameter_mm, progress)
+    if len(needles):
+        # beside a needle's steel (or on its line just beyond its tip) an object may be the needle's
+        # residue or streak: the confidence falls to a quarter at the surface
+        conf = conf * np.clip(needle_line_distance(pos, needles) / NEAR_NEEDLE_MM, 0.25, 1.0)
     found = FoundSeeds(pos, axes, conf, cid, nin, threshold, background, unit, expected_count, warnings, rejected,
                        len(comps), cms, (float(seed_length_mm), float(seed_diameter_mm)), len(needles))
     if len(comps) < 3:
@@ -281,6 +305,12 @@ def _poses(kept, ctc, geometry: ImageGeometry, off, box_cov, unit, voxel_mm3, se
     for q, c in enumerate(kept):
         pts, w, n = c["pts"], c["w"], c["n"]
         centers, axs, resp = split_cluster(pts, w, n, half, box_cov, s2)
+        while n > c["ratio"] and capsules_overlap(centers, axs, half, seed_diameter_mm):
+            # two solid capsules cannot share their space: a count rounded up that puts one seed
+            # inside another is one seed too many (a pair across the slices reads more metal than
+            # seeds in the slice plane, whose metal the streaks along them eat)
+            n -= 1
+            centers, axs, resp = split_cluster(pts, w, n, half, box_cov, s2)
         for s in range(len(centers)):
             ws = w * resp[:, s]
             if ws.sum() <= 0:

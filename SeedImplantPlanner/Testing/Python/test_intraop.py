@@ -73,6 +73,15 @@ class IntraopTest(unittest.TestCase):
         self.assertTrue(set(res.plan.seed_needle[new].tolist()) <= {n.number for n in res.needles_in_place})
         self.assertIn("needles in place", res.deviation_line())
 
+    def test_seed_search_uses_the_needles_in_place(self):
+        # the chain gives its needles to the seed finder: it takes their steel out instead of
+        # searching the needles again, and lists each one among the rejected objects
+        found, keep, rejected, _ = intraop.find_implanted_seeds(self.ct, self.ct_geom, np.ones(self.ct.shape, bool),
+                                                                self.found_needles, len(self.seeds))
+        self.assertEqual(found.needles_in_place, len(self.found_needles))
+        self.assertEqual(sum(r["reason"].startswith("needle in place") for r in rejected), len(self.found_needles))
+        self.assertTrue(np.all(np.isin(keep, np.arange(len(found)))))
+
     def test_implanted_seeds_found_fixed_and_matched(self):
         res = self.res
         true = np.array([s["center_ras"] for s in self.seeds])

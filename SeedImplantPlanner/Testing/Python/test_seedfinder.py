@@ -242,9 +242,10 @@ class TestSeedsOnSimulatedCTs(unittest.TestCase):
         found = find_seeds(ct, g)
         t, r, c, err = self.match(found, truth)
         self.assertEqual(found.needles_in_place, 0)
-        self.assertGreaterEqual(len(r), len(t) - 1)           # chain, pairs, crossed pair, migrated seeds
-        # a side-by-side pair can read 2.6 seeds of metal and be split in three (docs/verification.md)
-        self.assertLessEqual(len(found), len(t) + 2)
+        # chain, side-by-side pairs, crossed pair, migrated seeds: all found, nothing extra (a pair
+        # standing across the slices reads 2.6 seeds of metal; a third seed would lie inside the two)
+        self.assertEqual(len(r), len(t))
+        self.assertEqual(len(found), len(t))
         self.assertLess(float(np.median(err)), 0.5)
         for calc in truth["calcifications"]:                   # round, 350-900 HU: never seeds
             self.assertGreater(float(np.min(np.linalg.norm(found.positions - calc["center_ras"], axis=1))), 2.0)
@@ -272,6 +273,32 @@ class TestSeedsOnSimulatedCTs(unittest.TestCase):
         self.assertTrue(implanted <= set(r.tolist()))
         self.assertLess(float(np.max(err[np.isin(r, list(implanted))])), 0.5)
         self.assertLessEqual(len(found), len(t) + 2)
+
+
+class TestTemplateRowInOneSlice(unittest.TestCase):
+    """Nine seeds of a template's rows lying in one 1 mm slice of a wide body (simulator CT): the
+    streaks between them make bright knots and the CT holds no other metal. The threshold came
+    from the noise specks (the only small objects) and sat at the metal floor, where the knots
+    joined all nine into one object rejected as too large; it must come from the seeds."""
+
+    def test_lattice_in_one_slice(self):
+        from SeedImplantPlannerLib.imaging import ctsim
+        g = ImageGeometry((300, 220, 5), (0.9, 0.9, 1.0), (-134.55, -98.55, -2.0))
+        seeds = [{"center_ras": [x, y, 0.02 * x], "axis": [1.0, 0.0, 0.0], "model_id": "I125_OncoSeed_6711"}
+                 for x in (-10.0, 0.0, 10.0) for y in (-10.0, 0.0, 10.0)]
+        ct, g, truth = ctsim.simulate_ct(None, g, seeds=seeds, rng_seed=3)
+        # the streaks: bright knots (about 400 HU) in the cells between the seeds, dark bands along the rows
+        cells = g.ras_to_ijk(np.array([[5.0, 5.0, 0.0], [-5.0, 5.0, 0.0], [5.0, -5.0, 0.0], [-5.0, -5.0, 0.0]]))
+        knots = [ct[int(round(k)), int(round(j)) - 1:int(round(j)) + 2, int(round(i)) - 1:int(round(i)) + 2].mean()
+                 for i, j, k in cells]
+        self.assertGreater(float(np.min(knots)), 250.0, knots)
+        found = find_seeds(ct, g, needles=[])
+        t = np.array([s["center_ras"] for s in truth["seeds"]])
+        d = np.linalg.norm(t[:, None] - found.positions[None], axis=-1)
+        self.assertEqual(len(found), 9, found.summary())
+        self.assertLess(float(d.min(axis=1).max()), 0.5)
+        ang = np.degrees(np.arccos(np.clip(np.abs(found.axes[:, 0]), 0.0, 1.0)))
+        self.assertLess(float(np.median(ang)), 10.0, ang)
 
 
 class TestWeightedPoseWithoutWeight(unittest.TestCase):
