@@ -24,7 +24,8 @@ from ..core.fileio import write_csv, write_json
 from ..physics.seeds import SEED_COLUMNS
 
 FOUND_COLUMNS = SEED_COLUMNS + ("confidence", "cluster_id", "seeds_in_cluster")
-FOUND_NEEDLE_EXTRA = ("entry_on", "confidence", "bend_mm", "diameter_mm", "gauge_measured")
+FOUND_NEEDLE_EXTRA = ("entry_on", "confidence", "bend_mm", "diameter_mm", "gauge_measured", "tip_dir_x", "tip_dir_y",
+                      "tip_dir_z")
 
 
 def roi_from_segmentation(path, segment, margin_mm, ct_geometry):
@@ -113,7 +114,8 @@ def cmd_find_needles(args):
         f = extra[n.number]
         r.update(entry_on=f.entry_on, confidence=f"{f.confidence:.3f}", bend_mm=f"{f.bend_mm:.2f}",
                  diameter_mm="" if f.diameter_mm is None else f"{f.diameter_mm:.2f}",
-                 gauge_measured="yes" if f.gauge_measured else "no")
+                 gauge_measured="yes" if f.gauge_measured else "no",
+                 **{f"tip_dir_{a}": f"{v:.4f}" for a, v in zip("xyz", f.tip_direction)})
         rows.append(r)
     cols = NEEDLE_TABLE_COLUMNS + FOUND_NEEDLE_EXTRA
     write_csv(args.out, rows, cols)

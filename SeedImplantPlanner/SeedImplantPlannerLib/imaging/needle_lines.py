@@ -6,15 +6,20 @@ voxels at least half the minimum needle length apart (and through one voxel alon
 direction, when the plan gives them) are scored by the brightest voxel of every 1 mm bin along the
 longest covered run, so a line along steel beats a line along a streak band between two needles.
 The best line's voxels are removed and the search repeats (crossing needles, needles touching
-seeds or bone). :func:`own_voxels` gives every voxel to its nearest line; :func:`merge_collinear`
-joins pieces of one needle broken by a dark streak or by thick slices.
+seeds or bone). :func:`own_voxels` gives every voxel to its nearest line. The lines are only
+starting points: :mod:`imaging.needle_track` follows each on the CT to the whole needle, so pieces
+of one needle broken by a dark streak or by thick slices become one trace.
 """
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
+
+#: A line with more metal voxels in the shell 2.5-4.5 mm around it than this many times those on it
+#: lies in a dense structure (bone). The shell is about 6 times the line's own cross-section: solid
+#: bone fills it; a needle between two or three neighbouring needles 3-4 mm away fills 2-3 times.
+DENSE_SHELL_RATIO = 3.5
 
 def unit(v):
     v = np.asarray(v, float)
@@ -146,7 +151,7 @@ def ransac_lines(pts, w, rng, *, inlier_mm, min_length_mm, max_gap_mm, expected_
         alive[idx[(dist <= inlier_mm + 0.6) & (t >= s0 - 2) & (t <= s1 + 3)]] = False
         if (s1 - s0 + 1) < min_length_mm:
             failures += 1
-        elif shell > 1.5 * np.count_nonzero(keep):
+        elif shell > DENSE_SHELL_RATIO * np.count_nonzero(keep):
             rejections.append((c, unit(d), float(s1 - s0 + 1), "dense structure around the line (bone?)"))
             failures += 1
         else:
@@ -191,37 +196,3 @@ def own_voxels(lines, pts, w, inlier_mm, max_gap_mm, min_length_mm):
         keep = (t >= s0 - 1) & (t <= s1 + 2)
         out.append((c, d, pts[sel][keep], w[sel][keep]))
     return out
-
-
-def merge_collinear(segs, max_angle_deg=4.0, max_offset_mm=2.0, max_gap_mm=25.0):
-    """Merge segments (centre, dir, pts, w) that lie on one line (a needle broken in pieces)."""
-    segs = list(segs)
-    changed = True
-    while changed:
-        changed = False
-        for a in range(len(segs)):
-            for b in range(a + 1, len(segs)):
-                ca, da, pa, wa = segs[a]
-                cb, db, pb, wb = segs[b]
-                if abs(float(da @ db)) < math.cos(math.radians(max_angle_deg)):
-                    continue
-                dab, _ = line_dist(pb, ca, da)
-                dba, _ = line_dist(pa, cb, db)
-                if np.median(dab) > max_offset_mm or np.median(dba) > max_offset_mm:
-                    continue
-                ta = (pa - ca) @ da
-                tb = (pb - ca) @ da
-                gap = max(tb.min() - ta.max(), ta.min() - tb.max())
-                if gap > max_gap_mm:
-                    continue
-                pts = np.vstack([pa, pb])
-                w = np.concatenate([wa, wb])
-                c, d, _ = weighted_line(pts, w)
-                segs[a] = (c, unit(d), pts, w)
-                del segs[b]
-                changed = True
-                break
-            if changed:
-                break
-    return segs
-

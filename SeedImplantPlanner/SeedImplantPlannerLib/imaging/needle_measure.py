@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .needle_lines import line_dist, perp_frame, unit, weighted_line
+from .needle_lines import perp_frame, unit
 from .needle_sampling import level_crossing, peak_profile
 
 #: A needle may deviate from its straight axis by this much (mm) and still count as one line.
@@ -38,58 +38,26 @@ def mask_at(mask, geometry, ras):
     return mask_at_indices(mask, ijk)
 
 
-def measure_line(c, d, pts, w, sample, body_sample, geometry, background, threshold, ct_max, disk_mm, inlier_mm,
-                 min_length_mm, max_gap_mm):
-    """The fields of a FoundNeedle (dict) for one line, or the reason (str) why it is no needle."""
-    # -- centreline and robust axis ------------------------------------------------------------------
-    t = (pts - c) @ d
-    bins = np.floor(t / 2.0).astype(np.int64)
-    ub, inv = np.unique(bins, return_inverse=True)
-    wsum = np.bincount(inv, weights=w)
-    cen = np.stack([np.bincount(inv, weights=w * pts[:, k]) for k in range(3)], axis=1) / wsum[:, None]
-    bw = np.sqrt(wsum)
-    cc, dd = c, d
-    for _ in range(4):
-        dist, _ = line_dist(cen, cc, dd)
-        rw = bw * np.where(dist <= BEND_TOLERANCE_MM, 1.0, (BEND_TOLERANCE_MM / np.maximum(dist, 1e-6)) ** 2)
-        if len(cen) >= 3:
-            cc, dd, _ = weighted_line(cen, rw)
-    dd = unit(dd)
-    ts = (cen - cc) @ dd
-    order = np.argsort(ts)
-    cen, ts, wsum = cen[order], ts[order], wsum[order]
-    dist, _ = line_dist(cen, cc, dd)
+def measure_trace(tr, sample, body_sample, geometry, background, threshold, min_length_mm, max_gap_mm):
+    """The fields of a FoundNeedle (dict) for one traced centre line (:func:`imaging.needle_track.trace_centreline`),
+    or the reason (str) why it is no needle."""
     # -- orient: the tip is the end deeper in the body --------------------------------------------------
-    ring = _ring(dd, ENTRY_RING_MM)
-    lo_end, hi_end = cc + ts[0] * dd, cc + ts[-1] * dd
-    if _proximal_first(body_sample, lo_end, hi_end, dd, ring, geometry):
-        pass
-    else:
-        dd = -dd
-        ts = -ts[::-1]
-        cen = cen[::-1]
-        wsum = wsum[::-1]
-        dist = dist[::-1]
-    visible = float(ts[-1] - ts[0]) + 2.0
+    ring = _ring(tr.d, ENTRY_RING_MM)
+    lo_end, hi_end = tr.at(tr.t0)[0], tr.at(tr.t1)[0]
+    forward = _proximal_first(body_sample, lo_end, hi_end, tr.tangent(tr.t1), ring, geometry)
+    sgn = 1.0 if forward else -1.0
+    t_tip_end = tr.t1 if forward else tr.t0
+    visible = float(tr.t1 - tr.t0) + 1.0
     if visible < min_length_mm:
         return f"too short for a needle ({visible:.0f} mm of metal, minimum {min_length_mm:.0f} mm)"
-    core = dist <= BEND_TOLERANCE_MM
-    bend = float(dist[core].max()) if core.any() else float(dist.max())
-    # -- tip: half-maximum of the cross-section content along the local axis ---------------------------
-    near = ts >= ts[-1] - 25.0
-    if np.count_nonzero(near) >= 3:
-        tc, td, _ = weighted_line(cen[near], np.sqrt(wsum[near]))
-        td = unit(td)
-        if td @ dd < 0:
-            td = -td
-    else:
-        tc, td = cc + ts[-1] * dd, dd
-    t_end = float((cen[-1] - tc) @ td) + 1.0
+    # -- tip: half point of the peak profile along the tip segment's own axis ---------------------------
+    td = sgn * tr.tangent(t_tip_end)
+    end = tr.at(t_tip_end)[0]
     peak_mm = max(0.6, 0.5 * float(max(geometry.spacing)))
-    prof_t = np.arange(-40.0, 12.0, 0.25)
-    prof, frac = peak_profile(sample, tc + t_end * td, td, prof_t, peak_mm)
+    prof_t = np.arange(-30.0, 12.0, 0.25)
+    prof, _ = peak_profile(sample, end, td, prof_t, peak_mm)
     ok = np.isfinite(prof)
-    inner = ok & (prof_t >= -22.0) & (prof_t <= -4.0)
+    inner = ok & (prof_t >= -14.0) & (prof_t <= -3.0)
     if np.count_nonzero(inner) < 8:
         inner = ok & (prof_t <= -1.0)
     if np.count_nonzero(inner) < 4:
@@ -97,29 +65,27 @@ def measure_line(c, d, pts, w, sample, body_sample, geometry, background, thresh
     plateau = float(np.median(prof[inner]))
     if plateau <= background + 0.5 * (threshold - background):
         return "no steel along the line (streak artefact)"
-    # walk out of the needle from 10 mm inside its last metal voxels: the first fall to half-way
-    # between the steel plateau and the soft tissue is the end of the steel (a blurred step's half)
-    th = level_crossing(prof_t, np.where(ok, prof, background), plateau, background, -10.0, TIP_LEVEL)
+    th = level_crossing(prof_t, np.where(ok, prof, background), plateau, background, -6.0, TIP_LEVEL)
     tip_on = "steel_end"
-    if th is None or th > 6.0:
-        beyond = ~ok & (prof_t > -10.0)
+    if th is None or th > max_gap_mm + 2.0:
+        beyond = ~ok & (prof_t > -6.0)
         if beyond.any():   # the needle runs out of the CT before it ends
             th = float(prof_t[np.flatnonzero(beyond)[0]]) - 0.25
             tip_on = "ct_edge"
-        else:              # metal continues (another object in line): the end of the own voxels
-            th = -1.0 + max(0.0, blur_sigma(td, geometry) - 0.3)
-    tip = tc + (t_end + th) * td
+        else:              # metal continues (another object in line): the end of the steel run
+            th = 0.0
+    tip = end + th * td
     if tip_on == "steel_end" and not geometry.contains_ras(tip + 2.0 * td, margin_voxels=0.0):
         tip_on = "ct_edge"
     for _ in range(40):  # a tip at the CT edge: the last point of the axis inside the CT
         if geometry.contains_ras(tip, margin_voxels=0.0):
             break
         tip = tip - 0.25 * td
-    # -- entry: where a ring around the needle leaves the body (or the CT) ---------------------------
-    back = -dd
+    # -- entry: walking back along the centre line, where a ring around it leaves the body (or the CT) ---
+    t_tip = t_tip_end + sgn * float((tip - end) @ td)
     step = 0.5
     s_vals = np.arange(0.0, 400.0, step)
-    line_pts = tip[None] + s_vals[:, None] * back
+    line_pts = tr.at(t_tip - sgn * s_vals)
     in_ct = geometry.contains_ras(line_pts, margin_voxels=0.0)
     if not in_ct[0]:
         return "needle tip outside the CT"
@@ -128,57 +94,72 @@ def measure_line(c, d, pts, w, sample, body_sample, geometry, background, thresh
     inside = body_sample(ring_pts.reshape(-1, 3)).reshape(n_in, len(ring)).mean(axis=1) >= 0.5
     entry_on = "skin"
     if inside.all():
-        entry_s = s_vals[n_in - 1]
+        entry_k = n_in - 1
         entry_on = "ct_edge"
     else:
         first_in = np.flatnonzero(inside)
         if not len(first_in):
             return "metal line outside the body (table, external wire or marker)"
         out_after = np.flatnonzero(~inside[first_in[0]:])
-        entry_s = s_vals[first_in[0] + out_after[0]] - 0.5 * step if len(out_after) else s_vals[n_in - 1]
+        entry_k = first_in[0] + out_after[0] if len(out_after) else n_in - 1
         if not len(out_after):
             entry_on = "ct_edge"
-    entry = tip + entry_s * back
-    depth = float(entry_s)
-    if depth < 0.5 * min_length_mm and entry_on == "skin":
-        return f"metal line mostly outside the body ({depth:.0f} mm inside): not an inserted needle"
+    entry = line_pts[max(entry_k - 1, 0)] if entry_on == "skin" else line_pts[entry_k]
+    if entry_on == "skin" and entry_k > 0:
+        entry = 0.5 * (line_pts[entry_k - 1] + line_pts[entry_k])
+    depth_path = float(s_vals[entry_k]) - (0.5 * step if entry_on == "skin" else 0.0)
+    if depth_path < 0.5 * min_length_mm and entry_on == "skin":
+        return f"metal line mostly outside the body ({depth_path:.0f} mm inside): not an inserted needle"
     # the steel must reach the skin (or the CT edge): else a chain of seeds, a clip or a wire
-    proximal_s = float((tip - (cc + ts[0] * dd)) @ dd)
+    proximal_s = float(tr.t1 - tr.t0) - abs(t_tip - t_tip_end)
     reach_tol = max(10.0, 2.0 * max_gap_mm)
-    if proximal_s < depth - reach_tol:
-        # fainter steel may carry on to the skin (cupping of a long in-plane needle, a dark streak
-        # across it): accept when the peak profile stays well above soft tissue up to the skin
-        gap_s = np.arange(proximal_s, depth, 1.0)
-        gap_peak, _ = peak_profile(sample, tip, -dd, gap_s, max(1.2, 0.6 * float(max(geometry.spacing))))
+    if proximal_s < depth_path - reach_tol:
+        # fainter steel may carry on to the skin (a long in-plane needle starved of photons, dark
+        # streaks across it): accept when the peak along the centre line stays well above soft tissue
+        gap_s = np.arange(proximal_s, depth_path, 1.0)
+        gap_peak = np.array([np.nan]) if not len(gap_s) else sample_peak_along(tr, sample, t_tip - sgn * gap_s,
+                                                                               max(1.2, 0.6 * float(max(geometry.spacing))))
         faint = background + 0.25 * (plateau - background)
-        carried = np.mean(np.nan_to_num(gap_peak, nan=background) > faint) if len(gap_s) else 0.0
+        carried = float(np.mean(np.nan_to_num(gap_peak, nan=background) > faint))
     else:
         carried = 1.0
     if carried < 0.8:
-        return (f"elongated metal ({proximal_s:.0f} mm) that stops {depth - proximal_s:.0f} mm inside the body: "
+        return (f"elongated metal ({proximal_s:.0f} mm) that stops {depth_path - proximal_s:.0f} mm inside the body: "
                 "not a needle (seed chain, clip or wire?)")
-    visible = max(proximal_s, depth)
-    # steel level of the whole visible line (median peak): a streak band between needles is bright only
-    # where it crosses them
-    s_full = np.arange(2.0, max(3.0, min(visible, depth + 40.0)), 1.0)
-    full_peak, _ = peak_profile(sample, tip, -dd, s_full, max(1.2, 0.6 * float(max(geometry.spacing))))
-    line_peak = float(np.nanmedian(full_peak)) if np.isfinite(full_peak).any() else plateau
-    line_max = float(np.nanmax(full_peak)) if np.isfinite(full_peak).any() else plateau
-    # -- diameter: not measurable from the CT numbers (beam hardening and photon starvation lower the
-    # steel's CT number far below its nominal value, and 1 mm CTs clip it): the gauge is the plan's
+    # steel level along the needle (median peak of the traced centre line inside the body)
+    s_tr = sgn * (t_tip - tr.ts)
+    body_part = (s_tr >= 2.0) & (s_tr <= depth_path)
+    pk = tr.peaks[body_part] if np.count_nonzero(body_part) >= 5 else tr.peaks
+    pk = pk[np.isfinite(pk)]
+    line_peak = float(np.median(pk)) if len(pk) else plateau
+    line_max = float(np.max(pk)) if len(pk) else plateau
+    found_frac = float(np.mean(tr.found[body_part])) if np.count_nonzero(body_part) else 1.0
+    coherent = found_frac
+    # -- shape: chord entry -> tip, the tip segment's own axis, the bend ---------------------------------
+    depth = float(np.linalg.norm(tip - entry))
+    chord = unit(tip - entry)
+    path = tr.at(t_tip - sgn * np.linspace(0.0, depth_path, max(3, int(depth_path / 2.0) + 1)))
+    r = path - entry
+    bend = float(np.max(np.linalg.norm(r - (r @ chord)[:, None] * chord, axis=1)))
     diameter, gauge, measured = None, DEFAULT_GAUGE, False
-    # -- confidence -------------------------------------------------------------------------------------
-    covered = len(np.unique(np.floor(ts))) * 2.0
-    coverage = min(1.0, covered / max(ts[-1] - ts[0] + 2.0, 1.0))
-    conf = (coverage * math.exp(-max(0.0, bend - BEND_TOLERANCE_MM) / 2.0) * (1.0 if entry_on == "skin" else 0.85)
+    conf = (found_frac * math.exp(-max(0.0, bend - BEND_TOLERANCE_MM) / 2.0) * (1.0 if entry_on == "skin" else 0.85)
             * (1.0 if tip_on == "steel_end" else 0.85))
-    s_cen = (tip - cen) @ dd
-    pts_out = np.vstack([entry[None], cen[(s_cen > 0.5) & (s_cen < depth)][::1], tip[None]])
-    rad = 0.5 * (diameter if diameter is not None else GAUGE_DIAMETER_MM[gauge])
-    return dict(tip=tip, entry=entry, direction=unit(tip - entry), depth_mm=depth, entry_on=entry_on, tip_on=tip_on,
+    rad = 0.5 * GAUGE_DIAMETER_MM[gauge]
+    return dict(tip=tip, entry=entry, direction=chord, depth_mm=depth, entry_on=entry_on, tip_on=tip_on,
                 diameter_mm=diameter, gauge=int(gauge), gauge_measured=measured, confidence=float(conf),
-                bend_mm=bend, visible_mm=visible, points=pts_out, radius_mm=rad, peak_hu=min(plateau, line_peak),
-                max_hu=line_max)
+                bend_mm=bend, visible_mm=max(visible, depth), points=path[::-1], radius_mm=rad,
+                peak_hu=min(plateau, line_peak), max_hu=line_max, tip_direction=td, coherent=coherent)
+
+
+def sample_peak_along(tr, sample, ts, radius_mm):
+    """Largest CT value within ``radius_mm`` of the traced centre line at positions ``ts`` (NaN outside)."""
+    pts = tr.at(ts)
+    offs = [np.zeros(3)]
+    for r in (0.5 * radius_mm, radius_mm):
+        offs += [r * (math.cos(a) * tr.u + math.sin(a) * tr.v) for a in np.arange(8) * math.pi / 4]
+    vals = sample(pts[:, None, :] + np.array(offs)[None])
+    centre_ok = np.isfinite(vals[:, 0])
+    return np.where(centre_ok, np.nanmax(np.where(np.isfinite(vals), vals, -np.inf), axis=1), np.nan)
 
 
 def blur_sigma(d, geometry):

@@ -30,13 +30,67 @@ BONE_MAX_HU = 2000.0
 STREAK_ANGLE_DEG = 5.0
 STREAK_OFFSET_MM = 6.0
 STREAK_PEAK_RATIO = 0.7
+#: A traced line whose steel peak lies on its centre line over less than this fraction of its length,
+#: and which runs beside other needles, is streaks and pieces of other needles.
+COHERENT_MIN = 0.7
+
+
+def _dense(points, step=0.5):
+    """Points every ``step`` mm along a polyline (n, 3)."""
+    p = np.asarray(points, float).reshape(-1, 3)
+    if len(p) < 2:
+        return p
+    seg = np.linalg.norm(np.diff(p, axis=0), axis=1)
+    s = np.concatenate([[0.0], np.cumsum(seg)])
+    q = np.arange(0.0, s[-1] + 1e-9, step)
+    return np.stack([np.interp(q, s, p[:, k]) for k in range(3)], axis=1)
+
+
+def drop_traced_twice(found, rejected, same_mm):
+    """Drop centre lines that better needles already explain: taken in order of quality (the
+    fraction of the trace on its own steel times its length), a needle is kept unless most of its
+    centre line lies within ``same_mm`` of needles already kept: the same needle found twice, or a
+    line that runs along one needle and then along another converging on it (two steel needles
+    cannot lie closer than their diameter). Needles that only touch at the tip or cross at a small
+    angle keep most of their length to themselves."""
+    from scipy.spatial import cKDTree
+    order = sorted(range(len(found)), key=lambda k: -found[k].coherent * found[k].visible_mm)
+    kept, trees = [], []
+    for k in order:
+        n = found[k]
+        pts = _dense(n.points)
+        if trees:
+            dist = np.min([t.query(pts)[0] for t in trees], axis=0)
+            cover = float(np.mean(dist <= same_mm))
+            if cover >= 0.4:
+                rejected.append({"position_mm": np.round(n.tip, 1).tolist(), "length_mm": round(n.visible_mm, 1),
+                                 "reason": f"second line on needles already found ({100 * cover:.0f} % of it within "
+                                           f"{same_mm:g} mm of them)"})
+                continue
+        kept.append(n)
+        trees.append(cKDTree(pts))
+    # a line whose steel lies on its own centre line over less than half of its length, or over less
+    # than COHERENT_MIN of it while running along other needles, follows streaks and other needles
+    out = []
+    for k, n in enumerate(kept):
+        others = [t for q, t in enumerate(trees) if q != k]
+        near = 0.0
+        if others:
+            dist = np.min([t.query(trees[k].data)[0] for t in others], axis=0)
+            near = float(np.mean(dist <= 2.0 * same_mm))
+        if n.coherent < 0.5 or (n.coherent < COHERENT_MIN and near >= 0.2):
+            rejected.append({"position_mm": np.round(n.tip, 1).tolist(), "length_mm": round(n.visible_mm, 1),
+                             "reason": f"steel on the line over {100 * n.coherent:.0f} % of it only ({100 * near:.0f} % "
+                                       "of it beside other needles): streaks and other needles, not a needle"})
+        else:
+            out.append(n)
+    return out
 
 
 def drop_duplicates(found, rejected, background, max_angle_deg=10.0, max_offset_mm=BEND_TOLERANCE_MM + 0.5):
-    """Drop lines that are not needles of their own: a second line on a needle already found (the
-    pieces of a bent needle, leftovers of the line search), and a streak along a needle's axis
-    beyond its tip (fainter, collinear, not overlapping the steel), and a fainter streak beside a
-    needle, parallel to it. The longer, brighter, more confident needle is kept."""
+    """Drop streaks that look like needles: a streak along a needle's axis beyond its tip (fainter,
+    collinear, not overlapping the steel), and a fainter streak beside a needle, parallel to it.
+    The longer, brighter, more confident needle is kept."""
     order = sorted(range(len(found)), key=lambda k: -found[k].visible_mm * found[k].confidence
                    * max(found[k].peak_hu - background, 1.0))
     kept = []
@@ -48,9 +102,6 @@ def drop_duplicates(found, rejected, background, max_angle_deg=10.0, max_offset_
             cosang = abs(float(n.direction @ m.direction))
             if cosang < math.cos(math.radians(max_angle_deg)):
                 continue
-            if np.median(m.distance_to(probe)) <= max_offset_mm:
-                reason = "second line on a needle already found"
-                break
             # the infinite axis of m: a fainter collinear line entirely beyond m's tip is m's streak
             r = probe - m.tip
             along = r @ m.direction

@@ -1,4 +1,4 @@
-"""CT values along a needle: trilinear samples, cross-section peak and content profiles.
+"""CT values along a needle: trilinear samples, cross-section peak profile, level crossings.
 
 Used by the needle finder to measure a line found in the metal mask on the CT itself (tip, steel
 level, streaks) rather than on the thresholded voxels.
@@ -29,24 +29,6 @@ class Sampler:
             coords = ijk[inside][:, ::-1].T
             out[inside] = ndimage.map_coordinates(self.ct, coords, order=1, mode="nearest")
         return out.reshape(ras.shape[:-1])
-
-
-def content_profile(sample, c, d, ts, radius_mm, background):
-    """Cross-section metal content (HU x mm^2, excess over ``background``, dark streaks counted as
-    zero) at positions ``c + t d``, integrated over a disk of ``radius_mm`` perpendicular to ``d``."""
-    u, v = perp_frame(d)
-    step = 0.3
-    rr = np.arange(step / 2, radius_mm, step)
-    nang = 16
-    ang = np.arange(nang) * 2 * math.pi / nang
-    offs = (rr[:, None, None] * (np.cos(ang)[None, :, None] * u + np.sin(ang)[None, :, None] * v)).reshape(-1, 3)
-    area = (2 * math.pi * rr[:, None] * step / nang * np.ones((1, nang))).reshape(-1)
-    pts = (c + ts[:, None] * d)[:, None, :] + offs[None]
-    vals = np.clip(sample(pts) - background, 0.0, None)  # dark streaks do not remove steel
-    ok = np.isfinite(vals)
-    vals = np.where(ok, vals, 0.0)
-    frac = (ok * area[None]).sum(1) / area.sum()
-    return (vals * area[None]).sum(1), frac
 
 
 def peak_profile(sample, c, d, ts, radius_mm):

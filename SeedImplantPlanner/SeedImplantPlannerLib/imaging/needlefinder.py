@@ -10,43 +10,47 @@ Method (RAS millimetres throughout, arrays ``[k, j, i]``):
    with holes filled slice by slice.
 2. **Metal mask**: voxels above ``background + max(NEEDLE_FLOOR_HU, NEEDLE_FRACTION x (peak -
    background))``, the peak being a robust maximum of the metal (the 99.9th percentile of the
-   voxels above the floor). Metal streaks stay below this level; they add no voxel to the mask
-   or only short specks, which the line test rejects.
-3. **Lines** (RANSAC): connected components (26-neighbourhood) longer than half the minimum
-   needle length are searched for straight lines: lines through two voxels at least
-   ``min_length_mm / 2`` apart (and, when ``expected_directions`` are given, through one voxel
-   along each expected direction) are scored by the *length they cover* (inlier voxels within
-   ``inlier radius`` of the line, counted in 1 mm bins along it), so a long thin needle beats a
-   fat blob. The best line's inliers are removed and the search repeats, which separates
-   crossing needles and needles touching seeds or bone. Collinear pieces (a needle broken by a
-   dark streak or by thick oblique slices) are merged.
-4. **Axis**: weighted centroids of the inlier voxels in 2 mm bins along the line (the
-   centreline); the axis is a robust straight-line fit of the centreline (bins off the line by
-   more than ``BEND_TOLERANCE_MM`` are down-weighted: crossings, seeds). The largest distance
-   of the centreline from the axis is reported (a needle bent within 2 mm of a line is found;
-   a larger bend is reported in the warnings).
-5. **Tip**: the metal content of the cross-section (HU excess over the background integrated
-   over a disk perpendicular to the local axis) is sampled every 0.25 mm along the last 25 mm
-   of the needle; the tip is where it first falls to half of the needle's plateau, walking out
-   of the needle. The content is what blur and partial volume of thick slices conserve, so its
-   half-maximum lies at the end of the metal whatever the slice thickness (a symmetric blur
-   keeps a step's half point), and a seed touching the tip (a third of a needle's content per
-   mm) does not lengthen the needle.
-6. **Entry**: walking from the tip back along the axis, the point where a ring of radius
-   ``ENTRY_RING_MM`` around the needle leaves the body (the skin, from the CT's air boundary);
+   voxels above the floor). Connected objects never brighter than cortical bone nor half-way to
+   the CT's metal (bone, streaks) are set aside with that reason.
+3. **Starting lines** (RANSAC, :mod:`imaging.needle_lines`): each object is searched for straight
+   lines, scored by the brightest voxel of every 1 mm along them; the best line's voxels are
+   removed and the search repeats (crossing needles, needles touching seeds or bone). Planned
+   directions (``expected_directions``), when given, are tried as extra hypotheses (one per group
+   of near-parallel planned needles); they are a prior, never required.
+4. **Trace** (:mod:`imaging.needle_track`): each starting line (longest first) is followed on the
+   CT itself: every 1 mm, the centre of the steel's cross-section (its peak plateau and the top
+   half around it; wider along the normal of thick slices, whose partial volume splits the steel
+   between two slices); a robust parabola through those centres is the curved centre line (a
+   bent needle's circular arc); the steel's extent runs on through dark gaps up to
+   ``1.5 x`` the largest voxel size and through small-angle crossings, but its ends are this
+   needle's own steel (its peak on the centre line), so a neighbour converging on the tip is
+   not its continuation.
+5. **Tip**: the half point of the peak profile along the *tip segment's own axis* (the tangent
+   of the centre line at its distal end) between the local steel plateau (3-14 mm before the
+   end) and the soft tissue (a symmetrically blurred step keeps its half point). The needle's
+   ``tip_direction`` is that tangent; ``direction`` is the chord entry -> tip (what is compared
+   with the planned needle), ``bend_mm`` the centre line's largest distance from the chord.
+6. **Entry**: walking from the tip back along the traced centre line, the point where a ring of
+   radius ``ENTRY_RING_MM`` around it leaves the body (the skin, from the CT's air boundary);
    when the line leaves the CT first, the entry is the CT edge (``entry_on = "ct_edge"``, the
    depth is then a lower bound). Elongated metal that reaches neither the skin nor the CT edge
-   is rejected (a chain of seeds, a clip or a marker wire is not a needle).
+   (and no fainter steel carries on to the skin) is rejected (a chain of seeds, a clip or a
+   marker wire is not a needle).
 7. **Diameter and gauge**: not measured. Beam hardening and photon starvation put steel's CT
    number far below its nominal value and 1 mm CTs clip it at the HU ceiling, so the content of
    the cross-section does not give the diameter; the gauge is the plan's when the needle is
    matched (``gauge_measured`` False, default 18 G).
-8. **Confidence** in [0, 1]: covered fraction of the needle's length, times a bend and a
-   skin/edge term.
+8. **Confidence** in [0, 1]: the fraction of the traced length whose steel peak lies on the
+   centre line (``coherent``), times a bend and a skin/edge term.
+9. **Rules** (:mod:`imaging.needle_rules`): a trace lying within ``TRACE_SAME_MM`` of better
+   needles over most of its length is the same needle again (or runs along one and then along
+   a converging neighbour); a trace whose steel lies on it over less than half its length, or
+   under ``COHERENT_MIN`` while running beside other needles, follows streaks; fainter streaks
+   beyond a tip or beside an in-plane needle, and lines too faint for steel, are dropped.
 
 Modules: the line search is :mod:`imaging.needle_lines`, CT sampling along a needle
-:mod:`imaging.needle_sampling`, the measurement of one line :mod:`imaging.needle_measure`, the
-rules that drop duplicates, streaks and faint lines :mod:`imaging.needle_rules`. The matching to
+:mod:`imaging.needle_sampling`, the trace :mod:`imaging.needle_track`, the measurement of one
+traced needle :mod:`imaging.needle_measure`, the rules :mod:`imaging.needle_rules`. The matching to
 planned needles (names, deviations) is in ``planning.needle_match``.
 """
 
@@ -60,10 +64,11 @@ import numpy as np
 from ..core import progress as _progress
 from ..core.errors import InputError
 from ..core.geometry import ImageGeometry
-from .needle_lines import merge_collinear, own_voxels, ransac_lines
-from .needle_measure import BEND_TOLERANCE_MM, DEFAULT_GAUGE, mask_at, measure_line
-from .needle_rules import drop_duplicates, drop_faint
+from .needle_lines import own_voxels, ransac_lines
+from .needle_measure import BEND_TOLERANCE_MM, DEFAULT_GAUGE, mask_at, measure_trace
+from .needle_rules import BONE_MAX_HU, EDGE_FAINT_FRACTION, drop_duplicates, drop_faint, drop_traced_twice
 from .needle_sampling import Sampler
+from .needle_track import trace_centreline
 
 #: Body (patient) level: air is about -1000 HU, fat about -100 HU.
 BODY_HU = -500.0
@@ -73,9 +78,13 @@ NEEDLE_FLOOR_HU = 700.0
 NEEDLE_FRACTION = 0.25
 #: Shortest needle searched for (mm of visible steel).
 MIN_LENGTH_MM = 20.0
+#: Two traced centre lines closer than this (mm) over most of their length are one needle: two
+#: steel needles cannot lie closer than their diameter (1.0-1.3 mm) centre to centre.
+TRACE_SAME_MM = 1.1
 NEEDLE_CSV_COLUMNS = ("number", "name", "kind", "gauge", "entry_x_mm", "entry_y_mm", "entry_z_mm",
                       "tip_x_mm", "tip_y_mm", "tip_z_mm", "dir_x", "dir_y", "dir_z", "depth_mm",
-                      "entry_on", "diameter_mm", "gauge_measured", "confidence", "bend_mm", "visible_mm")
+                      "entry_on", "diameter_mm", "gauge_measured", "confidence", "bend_mm", "visible_mm",
+                      "tip_dir_x", "tip_dir_y", "tip_dir_z")
 
 
 @dataclass
@@ -84,7 +93,7 @@ class FoundNeedle:
 
     tip: np.ndarray                 # (3,) tip of the steel
     entry: np.ndarray               # (3,) skin entry (or the CT edge, see ``entry_on``)
-    direction: np.ndarray           # (3,) unit vector entry -> tip
+    direction: np.ndarray           # (3,) unit vector entry -> tip (the chord; compared with the plan)
     depth_mm: float                 # inserted depth: entry -> tip
     entry_on: str                   # "skin" or "ct_edge" (needle leaves the CT inside the body)
     tip_on: str                     # "steel_end" or "ct_edge" (the needle runs out of the CT first)
@@ -98,6 +107,12 @@ class FoundNeedle:
     radius_mm: float = 0.65         # half the diameter used to clear the needle from the seed search
     peak_hu: float = float("nan")   # median peak CT number along the steel (the needle's plateau)
     max_hu: float = float("nan")    # brightest CT value along the steel
+    tip_direction: np.ndarray | None = None  # (3,) the tip segment's own axis (None: ``direction``)
+    coherent: float = 1.0           # fraction of the traced length whose steel peak lies on the centre line
+
+    def __post_init__(self):
+        if self.tip_direction is None:
+            self.tip_direction = np.asarray(self.direction, float)
 
     def row(self, number, name="") -> dict:
         """One row of the needle CSV (:data:`NEEDLE_CSV_COLUMNS`, read by ``--implanted-needles``)."""
@@ -109,7 +124,8 @@ class FoundNeedle:
                 "depth_mm": f"{self.depth_mm:.1f}", "entry_on": self.entry_on, "tip_on": self.tip_on,
                 "diameter_mm": "" if self.diameter_mm is None else f"{self.diameter_mm:.2f}",
                 "gauge_measured": "yes" if self.gauge_measured else "no", "confidence": f"{self.confidence:.3f}",
-                "bend_mm": f"{self.bend_mm:.2f}", "visible_mm": f"{self.visible_mm:.1f}"}
+                "bend_mm": f"{self.bend_mm:.2f}", "visible_mm": f"{self.visible_mm:.1f}",
+                **{f"tip_dir_{a}": f"{v:.4f}" for a, v in zip("xyz", self.tip_direction)}}
 
     @classmethod
     def from_line(cls, entry, tip, radius_mm=0.65):
@@ -233,6 +249,7 @@ def find_needles(ct_hu, geometry: ImageGeometry, *, region_mask=None, expected_d
     a CT with metal but no needle returns an empty list with the reasons in ``rejected``.
     """
     from scipy import ndimage
+    from scipy.spatial import cKDTree
     ct = check_ct(ct_hu, geometry)
     if min_length_mm <= 0:
         raise InputError(f"minimum needle length must be > 0 mm, got {min_length_mm}")
@@ -242,7 +259,10 @@ def find_needles(ct_hu, geometry: ImageGeometry, *, region_mask=None, expected_d
         norms = np.linalg.norm(ed, axis=1)
         if not np.all(np.isfinite(ed)) or np.any(norms < 1e-9):
             raise InputError("expected needle directions must be finite non-zero vectors")
-        exp_dirs = list(ed / norms[:, None])
+        exp_dirs = []
+        for e in ed / norms[:, None]:   # one hypothesis direction per group of near-parallel planned needles
+            if all(abs(float(e @ x)) < math.cos(math.radians(1.0)) for x in exp_dirs):
+                exp_dirs.append(e)
     region = None
     if region_mask is not None:
         region = np.asarray(region_mask, dtype=bool)
@@ -281,19 +301,27 @@ def find_needles(ct_hu, geometry: ImageGeometry, *, region_mask=None, expected_d
     if ncomp == 0:
         raise InputError(f"no metal in the CT above the needle threshold {threshold:.0f} HU")
     objs = ndimage.find_objects(lab)
+    # objects never brighter than cortical bone nor half-way to the CT's metal: bone and streaks (the
+    # faint-line rule would drop any line in them; a dim piece of a needle is traced from its bright part)
+    comp_max = ndimage.maximum(ct, lab, np.arange(1, ncomp + 1))
+    dim_level = min(BONE_MAX_HU, background + EDGE_FAINT_FRACTION * (metal_peak - background))
     inlier_mm = max(1.5, 0.5 * float(sp.max()) + 0.8)
     max_gap_mm = max(4.0, 1.5 * float(sp.max()))
     rng = np.random.default_rng(12345)
     segs = []
     rejected = []
     warnings = []
-    ct_max = float(ct.max())
     m_ijk = geometry.ijk_to_ras_matrix
     for idx, sl in enumerate(objs, start=1):
         if sl is None:
             continue
         ext_vox = np.array([s.stop - s.start for s in sl[::-1]], float)
         if float(np.linalg.norm(ext_vox * sp)) < 0.5 * min_length_mm:
+            continue
+        if comp_max[idx - 1] < dim_level:
+            rejected.append({"position_mm": np.round(geometry.ijk_to_ras(np.array([0.5 * (x.start + x.stop - 1) for x in sl[::-1]], float)), 1).tolist(),
+                             "length_mm": round(float(np.linalg.norm(ext_vox * sp)), 1),
+                             "reason": f"no steel: brightest point {comp_max[idx - 1]:.0f} HU (within cortical bone's range; bone edge or streak)"})
             continue
         kji = np.argwhere(lab[sl] == idx) + np.array([s.start for s in sl])
         pts = kji[:, ::-1].astype(float) @ m_ijk[:3, :3].T + m_ijk[:3, 3]
@@ -308,20 +336,46 @@ def find_needles(ct_hu, geometry: ImageGeometry, *, region_mask=None, expected_d
         segs.extend(own_voxels(lines, pts, w, inlier_mm, max_gap_mm, 0.5 * min_length_mm))
         if idx % 50 == 0:
             _progress.report(progress, 0.2 + 0.4 * idx / ncomp, f"needle finder: object {idx} of {ncomp}")
-    segs = merge_collinear(segs, max_offset_mm=inlier_mm)
 
     # -- measure each line --------------------------------------------------------------------------
     _progress.report(progress, 0.65, f"needle finder: {len(segs)} line(s)")
     sample = Sampler(ct, geometry)
     body_sample = lambda p: mask_at(body, geometry, p)  # noqa: E731
-    disk_mm = max(2.0, 0.5 * float(sp.max()) + 1.2)
     found = []
+    every, solid = [], []   # points of the traced centre lines (all; the clean ones) and their KD-trees
+    every_tree = solid_tree = None
+    steel_level = background + 0.6 * (threshold - background)
+    # longest pieces first: a shorter piece of a needle already traced is that needle again
+    segs.sort(key=lambda sg: -float(np.ptp((sg[2] - sg[0]) @ sg[1])))
     for q, (c, d, pts, w) in enumerate(segs):
-        res = measure_line(c, d, pts, w, sample, body_sample, geometry, background, threshold, ct_max, disk_mm,
-                       inlier_mm, min_length_mm, max_gap_mm)
+        t = (pts - c) @ d
         where = np.round(c, 1).tolist()
+        length = round(float(np.ptp(t)), 1)
+        probe = c + np.linspace(t.min(), t.max(), 9)[:, None] * d
+        if solid_tree is not None and np.median(solid_tree.query(probe)[0]) <= TRACE_SAME_MM:
+            rejected.append({"position_mm": where, "length_mm": length,
+                             "reason": "second line on a needle already found"})
+            continue
+        tr = trace_centreline(sample, geometry, c, d, float(t.min()), float(t.max()), background, steel_level,
+                              max_gap_mm=max_gap_mm, min_length_mm=min_length_mm)
+        if tr is None:
+            rejected.append({"position_mm": where, "length_mm": length,
+                             "reason": "no steel along the line on the CT (streak artefact)"})
+            continue
+        pp = tr.at(np.linspace(tr.t0, tr.t1, 25))
+        if every_tree is not None and np.mean(every_tree.query(pp)[0] <= 0.3) >= 0.9:   # the very same trace again
+            rejected.append({"position_mm": where, "length_mm": length,
+                             "reason": "second line on a needle already found"})
+            continue
+        dense = tr.at(np.arange(tr.t0, tr.t1 + 0.25, 0.25))
+        every.append(dense)
+        every_tree = cKDTree(np.vstack(every))
+        if tr.found.mean() >= 0.85:   # a clean trace: pieces along it need no trace of their own
+            solid.append(dense)
+            solid_tree = cKDTree(np.vstack(solid))
+        res = measure_trace(tr, sample, body_sample, geometry, background, threshold, min_length_mm, max_gap_mm)
         if isinstance(res, str):
-            rejected.append({"position_mm": where, "length_mm": round(float(np.ptp((pts - c) @ d)), 1), "reason": res})
+            rejected.append({"position_mm": where, "length_mm": length, "reason": res})
             continue
         res = FoundNeedle(**res)
         if region is not None:
@@ -342,6 +396,7 @@ def find_needles(ct_hu, geometry: ImageGeometry, *, region_mask=None, expected_d
                             "straight axis: its straight entry-tip model is approximate")
         found.append(res)
         _progress.report(progress, 0.65 + 0.35 * (q + 1) / max(len(segs), 1), "needle finder: measuring")
+    found = drop_traced_twice(found, rejected, TRACE_SAME_MM)
     found = drop_duplicates(found, rejected, background)
     found = drop_faint(found, rejected, background, metal_peak)
     found.sort(key=lambda n: tuple(np.round(n.tip, 1)))
