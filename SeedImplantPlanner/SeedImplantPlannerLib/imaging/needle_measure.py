@@ -77,8 +77,8 @@ def measure_trace(tr, sample, body_sample, geometry, background, threshold, min_
     tip = end + th * td
     if tip_on == "steel_end" and not geometry.contains_ras(tip + 2.0 * td, margin_voxels=0.0):
         tip_on = "ct_edge"
-    for _ in range(40):  # a tip at the CT edge: the last point of the axis inside the CT
-        if geometry.contains_ras(tip, margin_voxels=0.0):
+    for _ in range(40):  # a tip at the CT edge: the last point of the axis inside the CT's extent (voxel edges)
+        if geometry.contains_ras(tip, margin_voxels=0.5):
             break
         tip = tip - 0.25 * td
     # -- entry: walking back along the centre line, where a ring around it leaves the body (or the CT) ---
@@ -86,7 +86,7 @@ def measure_trace(tr, sample, body_sample, geometry, background, threshold, min_
     step = 0.5
     s_vals = np.arange(0.0, 400.0, step)
     line_pts = tr.at(t_tip - sgn * s_vals)
-    in_ct = geometry.contains_ras(line_pts, margin_voxels=0.0)
+    in_ct = geometry.contains_ras(line_pts, margin_voxels=0.5)
     if not in_ct[0]:
         return "needle tip outside the CT"
     n_in = int(np.argmin(in_ct)) if not in_ct.all() else len(s_vals)

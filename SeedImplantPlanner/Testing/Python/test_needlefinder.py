@@ -10,6 +10,9 @@ import numpy as np
 from SeedImplantPlannerLib.core.errors import CancelledError, InputError
 from SeedImplantPlannerLib.core.imageio import read_image
 from SeedImplantPlannerLib.imaging import ctsim
+from SeedImplantPlannerLib.imaging.needle_lines import perp_frame
+from SeedImplantPlannerLib.imaging.needle_sampling import Sampler
+from SeedImplantPlannerLib.imaging.needle_track import trace_centreline
 from SeedImplantPlannerLib.imaging.needlefinder import find_needles
 from SeedImplantPlannerLib.planning.needle_match import match_needles
 from SeedImplantPlannerLib.planning.needles import Needle
@@ -103,6 +106,56 @@ class TestNeedlesOnSimulatedCTs(unittest.TestCase):
         self.assertEqual(seen, sorted(seen))
         with self.assertRaises(CancelledError):
             find_needles(ct, g, progress=lambda f, t: f < 0.5)
+
+
+def _polyline_distance(points, polyline):
+    """Distance (mm) of each point to a polyline (the simulator's true centre line)."""
+    best = np.full(len(points), np.inf)
+    for a, b in zip(polyline[:-1], polyline[1:]):
+        ab = b - a
+        t = np.clip(((points - a) @ ab) / float(ab @ ab), 0.0, 1.0)
+        best = np.minimum(best, np.linalg.norm(points - (a + t[:, None] * ab), axis=1))
+    return best
+
+
+class TestTrace(unittest.TestCase):
+    """The centre-line trace on the CT (imaging.needle_track) from a deliberately poor starting line."""
+
+    def test_trace_follows_the_true_centre_line(self):
+        ct, g, truth = _Cases.case("intraop_1mm")
+        sample = Sampler(ct, g)
+        for name in ("N1", "N2", "N5"):   # straight, bent 1.5 mm, long oblique
+            n = next(x for x in truth["needles"] if x["name"] == name)
+            tip, entry, d = _truth_line(n)
+            u, v = perp_frame(d)
+            tilt = np.radians(3.0)
+            start_dir = np.cos(tilt) * d + np.sin(tilt) * u        # 3 deg off
+            start = 0.5 * (tip + entry) + 1.0 * v                    # 1 mm beside the needle
+            tr = trace_centreline(sample, g, start, start_dir, -15.0, 15.0, 40.0, 1500.0, max_gap_mm=4.0)
+            self.assertIsNotNone(tr, name)
+            depth = float(np.linalg.norm(tip - entry))
+            s = (tr.points - entry) @ d
+            inside = (s > 2.0) & (s < depth - 2.0)
+            self.assertGreater(np.count_nonzero(inside), 0.6 * (depth - 4.0), name)   # beyond the 30 mm start
+            dist = _polyline_distance(tr.points[inside], np.asarray(n["centerline_ras"], float))
+            self.assertLess(float(np.median(dist)), 0.4, name)
+            self.assertLess(float(np.percentile(dist, 95)), 0.7, name)
+            ends = [tr.at(tr.t0)[0], tr.at(tr.t1)[0]]
+            self.assertLess(min(np.linalg.norm(e - tip) for e in ends), 2.0, name)   # the steel's end is the tip
+            if n["bend_mm"]:
+                self.assertGreater(tr.bend_mm(), 0.5, name)   # the curve is seen, not a straight line
+
+    def test_bent_needle_reported_with_chord_and_tip_axis(self):
+        ct, g, truth = _Cases.case("intraop_1mm")
+        found = find_needles(ct, g)
+        n = next(x for x in truth["needles"] if x["name"] == "N2")   # bent 1.5 mm
+        tip, entry, chord = _truth_line(n)
+        best = _nearest(found, tip, chord)
+        self.assertLess(np.linalg.norm(best.tip - tip), 2.0)
+        self.assertLess(_angle_deg(best.direction, chord), 2.0)          # direction = entry -> tip chord
+        self.assertGreater(best.bend_mm, 0.5)
+        self.assertAlmostEqual(float(np.linalg.norm(best.tip_direction)), 1.0, places=6)
+        self.assertGreater(float(best.tip_direction @ best.direction), 0.99)   # same sense, within ~8 deg
 
 
 class TestNeedleFinderBadInput(unittest.TestCase):
