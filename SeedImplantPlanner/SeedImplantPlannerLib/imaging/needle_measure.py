@@ -33,8 +33,13 @@ DEFAULT_GAUGE = 18
 
 
 def mask_at(mask, geometry, ras):
+    """Nearest-voxel values of ``mask`` at RAS points; points within the CT's extent (half a voxel
+    beyond the outer voxel centres) take the outer voxel's value, points beyond it are False."""
     from ..core.geometry import mask_at_indices
-    ijk = np.rint(geometry.ras_to_ijk(np.asarray(ras, float))).astype(np.int64)
+    f = geometry.ras_to_ijk(np.asarray(ras, float))
+    size = np.asarray(geometry.size)
+    within = np.all((f >= -0.5) & (f <= size - 0.5), axis=-1)
+    ijk = np.where(within[..., None], np.clip(np.rint(f), 0, size - 1), np.rint(f)).astype(np.int64)
     return mask_at_indices(mask, ijk)
 
 

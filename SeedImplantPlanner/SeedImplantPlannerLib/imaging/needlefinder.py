@@ -301,10 +301,12 @@ def find_needles(ct_hu, geometry: ImageGeometry, *, region_mask=None, expected_d
     if ncomp == 0:
         raise InputError(f"no metal in the CT above the needle threshold {threshold:.0f} HU")
     objs = ndimage.find_objects(lab)
-    # objects never brighter than cortical bone nor half-way to the CT's metal: bone and streaks (the
-    # faint-line rule would drop any line in them; a dim piece of a needle is traced from its bright part)
+    # objects never brighter than cortical bone, and either not half-way to the CT's metal or in a CT
+    # with nothing brighter than bone at all: bone and streaks (a dim piece of a needle is traced from
+    # its bright part; steel on a CT exceeds cortical bone somewhere, at least at its tip)
     comp_max = ndimage.maximum(ct, lab, np.arange(1, ncomp + 1))
-    dim_level = min(BONE_MAX_HU, background + EDGE_FAINT_FRACTION * (metal_peak - background))
+    dim_level = (BONE_MAX_HU if metal_peak < BONE_MAX_HU else
+                 min(BONE_MAX_HU, background + EDGE_FAINT_FRACTION * (metal_peak - background)))
     inlier_mm = max(1.5, 0.5 * float(sp.max()) + 0.8)
     max_gap_mm = max(4.0, 1.5 * float(sp.max()))
     rng = np.random.default_rng(12345)
