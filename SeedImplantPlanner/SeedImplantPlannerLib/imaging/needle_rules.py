@@ -30,6 +30,10 @@ BONE_MAX_HU = 2000.0
 STREAK_ANGLE_DEG = 5.0
 STREAK_OFFSET_MM = 6.0
 STREAK_PEAK_RATIO = 0.7
+#: Two needles with tips closer than SAME_TIP_MM and axes within SAME_TIP_ANGLE_DEG are one needle
+#: traced twice (converging needles whose tips touch differ by the angle they converge at).
+SAME_TIP_MM = 1.0
+SAME_TIP_ANGLE_DEG = 4.0
 #: A traced line whose steel peak lies on its centre line over less than this fraction of its length,
 #: and which runs beside other needles, is streaks and pieces of other needles.
 COHERENT_MIN = 0.7
@@ -59,6 +63,13 @@ def drop_traced_twice(found, rejected, same_mm):
     for k in order:
         n = found[k]
         pts = _dense(n.points)
+        twin = next((m for m in kept if np.linalg.norm(m.tip - n.tip) <= SAME_TIP_MM
+                     and float(m.direction @ n.direction) >= math.cos(math.radians(SAME_TIP_ANGLE_DEG))), None)
+        if twin is not None:
+            rejected.append({"position_mm": np.round(n.tip, 1).tolist(), "length_mm": round(n.visible_mm, 1),
+                             "reason": f"second line on a needle already found (tip within {SAME_TIP_MM:g} mm, axis "
+                                       f"within {SAME_TIP_ANGLE_DEG:g} deg)"})
+            continue
         if trees:
             dist = np.min([t.query(pts)[0] for t in trees], axis=0)
             cover = float(np.mean(dist <= same_mm))
@@ -82,6 +93,10 @@ def drop_traced_twice(found, rejected, same_mm):
             rejected.append({"position_mm": np.round(n.tip, 1).tolist(), "length_mm": round(n.visible_mm, 1),
                              "reason": f"steel on the line over {100 * n.coherent:.0f} % of it only ({100 * near:.0f} % "
                                        "of it beside other needles): streaks and other needles, not a needle"})
+        elif n.bend_mm > BEND_TOLERANCE_MM + 0.5 and near >= 0.2:
+            rejected.append({"position_mm": np.round(n.tip, 1).tolist(), "length_mm": round(n.visible_mm, 1),
+                             "reason": f"curved {n.bend_mm:.1f} mm off its chord while {100 * near:.0f} % of it runs "
+                                       "beside other needles: a line from one needle onto another"})
         else:
             out.append(n)
     return out
