@@ -8,7 +8,7 @@ count-from-metal-content rule and a line-segment k-means described below):
 1. **Region of interest**: the given mask (target + margin), else the body (largest component
    above -500 HU). Everything outside is ignored (table, external markers).
 2. **Needles in place first** (intra-operative CTs): the needles given, else those
-   :func:`imaging.needlefinder.find_needles` finds. Each needle's image is modelled from the
+   :func:`imaging.needlefinder.find_needles` finds (in the ROI when one is given). Each needle's image is modelled from the
    needle itself (median excess per 0.3 mm bin of its cross-section, along the steel, times the
    blurred end at the tip) and subtracted, never below soft tissue; the shafts outside the skin
    leave the ROI. Every needle is listed in ``rejected`` ("needle in place"), so a needle is never
@@ -147,7 +147,9 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
         from .needlefinder import find_needles
         _progress.report(progress, 0.01, "seed finder: needles in place")
         try:
-            needles = find_needles(ct, geometry, body=roi if roi_mask is None else None)
+            # with a ROI (target + margin) the needles passing through it, followed to their ends
+            needles = find_needles(ct, geometry, body=roi if roi_mask is None else None,
+                                   region_mask=None if roi_mask is None else roi)
         except InputError:
             needles = []
     if len(needles):
