@@ -76,6 +76,9 @@ class SeedImplantPlannerParameterNode:
     targetSegmentId: str = ""
     organSegmentIds: list[str]
     forbiddenSegmentIds: list[str]
+    extraTargetSegmentIds: list[str]
+    extraTargetPrescriptionsGy: list[str]
+    extraTargetStrengths: list[str]
     seedModel: str = "I125_OncoSeed_6711"
     strengthValue: Annotated[float, WithinRange(0.001, 100.0)] = 0.5
     strengthUnit: Annotated[str, Choice(["U", "mCi"])] = "mCi"

@@ -37,11 +37,16 @@ class Evaluation:
     PAD_VOXELS = 2
     STABLE_MARGIN_VOXELS = 6
 
-    def __init__(self, structures, roles, prescription_Gy, goals=None, supersample="auto", segment_ids=None):
+    def __init__(self, structures, roles, prescription_Gy, goals=None, supersample="auto", segment_ids=None,
+                 target_prescriptions=None):
         self.structures = list(structures)
         self.roles = list(roles)
         self.segment_ids = list(segment_ids) if segment_ids is not None else None
         self.prescription_Gy = float(prescription_Gy)
+        #: {target name: its prescription Gy} of every target after the first (plans with several targets):
+        #: each is evaluated against its own prescription (metrics, goals, conformity indices)
+        self.target_prescriptions = {k: float(v) for k, v in (target_prescriptions or {}).items()}
+        self.target_results = {}
         self.goals = goals
         self.supersample = supersample
         self.result = None
@@ -72,7 +77,7 @@ class Evaluation:
     def crop(self, dose_Gy, geometry: ImageGeometry, structures):
         """(dose, geometry) cropped to the structures' box and the prescription-dose box (see class doc)."""
         lo, hi = self._structure_boxes(structures, geometry)
-        hot = np.asarray(dose_Gy) >= self.prescription_Gy
+        hot = np.asarray(dose_Gy) >= min([self.prescription_Gy] + list(self.target_prescriptions.values()))
         for axis, name in ((2, 0), (1, 1), (0, 2)):  # array axes k, j, i -> index i, j, k
             other = tuple(a for a in range(3) if a != axis)
             nz = np.flatnonzero(np.any(hot, axis=other))
@@ -128,7 +133,7 @@ class Evaluation:
         target = None
         for s, role in zip(self.structures, self.roles):
             if role == "target":
-                target = s.name
+                target = target or s.name
             elif fraction_outside(s, geometry) >= 1.0 - 1e-12:
                 rows.append({"structure": s.name, "metric": "-", "value": None, "unit": "",
                              "goal": "outside the dose grid", "passed": None})
@@ -140,14 +145,56 @@ class Evaluation:
         ev = evaluate_plan(dose_Gy, geometry, self._on_grid(inside, geometry), self.prescription_Gy, target=target,
                            goals=self.goals, supersample=self.supersample)
         self.result = ev
+        self.target_results = {target: ev} if target else {}
+        names = [s.name for s in inside]
+        for name, rx in self.target_prescriptions.items():
+            if name in names and name != target:
+                # the same dose, structures and goals against this target's own prescription
+                self.target_results[name] = evaluate_plan(dose_Gy, geometry, self._on_grid(inside, geometry), rx,
+                                                          target=name, goals=self.goals, supersample=self.supersample)
         step = max(1, int(math.ceil(len(ev.dvhs[0].edges_Gy) / self.MAX_DVH_ROWS)))
         bins = ev.dvhs[0].edges_Gy[::step]
         curves = {d.name: d.cumulative_percent[::step] for d in ev.dvhs}
-        goal_rows = [{"structure": g["structure"], "metric": g["metric"], "value": g["value"], "unit": g["unit"],
-                      "goal": g["goal"], "passed": g["passed"]} for g in ev.goal_results]
-        metric_rows = [{"structure": r["structure"], "metric": r["metric"], "value": r["value"], "unit": r["unit"],
-                        "goal": "", "passed": None} for r in ev.metric_rows()]
-        return bins, curves, goal_rows + metric_rows + rows, ev.n_goals_failed
+        if len(self.target_results) <= 1:
+            goal_rows = [{"structure": g["structure"], "metric": g["metric"], "value": g["value"], "unit": g["unit"],
+                          "goal": g["goal"], "passed": g["passed"]} for g in ev.goal_results]
+            metric_rows = [{"structure": r["structure"], "metric": r["metric"], "value": r["value"], "unit": r["unit"],
+                            "goal": "", "passed": None} for r in ev.metric_rows()]
+            return bins, curves, goal_rows + metric_rows + rows, ev.n_goals_failed
+        # several targets: each target's goals and metrics from its own evaluation, labelled with its Rx
+        own = {name: res for name, res in self.target_results.items()}
+        rx_of = {name: res.prescription_Gy for name, res in own.items()}
+        info = [{"structure": name, "metric": "Prescription", "value": rx, "unit": "Gy",
+                 "goal": "target of this plan (its metrics against this dose)", "passed": None}
+                for name, rx in rx_of.items()]
+        goal_rows, metric_rows = [], []
+        for g in ev.goal_results:
+            src = own.get(g["structure"], ev)
+            if src is not ev:
+                continue
+            goal_rows.append({"structure": g["structure"], "metric": g["metric"], "value": g["value"],
+                              "unit": g["unit"], "goal": g["goal"], "passed": g["passed"]})
+        for name, res in own.items():
+            if res is ev:
+                continue
+            goal_rows += [{"structure": g["structure"], "metric": g["metric"], "value": g["value"], "unit": g["unit"],
+                           "goal": g["goal"] + f" (Rx {res.prescription_Gy:g} Gy)", "passed": g["passed"]}
+                          for g in res.goal_results if g["structure"] == name]
+        own_rows = {name: [r for r in res.metric_rows() if r["structure"] == name] for name, res in own.items()}
+        done = set()
+        for r in ev.metric_rows():
+            name = r["structure"]
+            if name in own:  # a target: its own evaluation's rows (target metrics and indices against its Rx)
+                if name not in done:
+                    done.add(name)
+                    metric_rows += [{"structure": name, "metric": f"{x['metric']} (Rx {rx_of[name]:g} Gy)",
+                                     "value": x["value"], "unit": x["unit"], "goal": "", "passed": None}
+                                    for x in own_rows[name]]
+                continue
+            metric_rows.append({"structure": name, "metric": r["metric"], "value": r["value"], "unit": r["unit"],
+                                "goal": "", "passed": None})
+        failed = sum(1 for g in goal_rows if g["passed"] is False)
+        return bins, curves, info + goal_rows + metric_rows + rows, failed
 
 
 def slicerrt_structures(evaluation: Evaluation, curves):
@@ -181,19 +228,45 @@ class PlanOutputs:
         if self._evaluation is None:
             seg = self.params.get_node("segmentation")
             structures, roles, ids = [], [], []
+            extra = {}
             if seg is not None:
                 target = self.params.get("targetSegmentId")
                 if target:
                     structures.append(segment_structure(seg, target))
                     roles.append("target")
                     ids.append(target)
+                    for t in self.targets()[1:]:
+                        structures.append(segment_structure(seg, t["segment_id"]))
+                        roles.append("target")
+                        ids.append(t["segment_id"])
+                        extra[t["name"]] = t["prescription_Gy"]
                 for sid in self.params.get_string_list("organSegmentIds"):
                     structures.append(segment_structure(seg, sid))
                     roles.append("oar")
                     ids.append(sid)
             self._evaluation = Evaluation(structures, roles, self.params.get("prescriptionDoseGy"), self.goals,
-                                          segment_ids=ids)
+                                          segment_ids=ids, target_prescriptions=extra)
         return self._evaluation
+
+    def _target_rows(self, targets, rows):
+        """Metric rows with each target's seed strength (and its seeds, from the plan) after its prescription row."""
+        unit = self.params.get("strengthUnit")
+        plan_rows = {t["name"]: t for t in (getattr(getattr(self, "plan", None), "targets", None) or [])}
+        out = []
+        for r in rows:
+            out.append(r)
+            t = next((t for t in targets if t["name"] == r["structure"]), None)
+            if t is None or r["metric"] != "Prescription":
+                continue
+            out.append({"structure": t["name"], "metric": "Seed strength", "value": t["strength"], "unit": unit,
+                        "goal": "per seed, as entered", "passed": None})
+            p = plan_rows.get(t["name"])
+            if p is not None:
+                out.append({"structure": t["name"], "metric": "Seed strength at implant", "value": p["strength_U"],
+                            "unit": "U", "goal": "", "passed": None})
+                out.append({"structure": t["name"], "metric": "Seeds", "value": p["n_seeds"], "unit": "",
+                            "goal": "planned for this target", "passed": None})
+        return out
 
     def refresh_outputs(self, progress=None, isodoses=True, evaluation=True):
         """Update dose volume, isodose models, DVH and metrics tables from the current dose."""
@@ -201,6 +274,8 @@ class PlanOutputs:
         t0 = time.perf_counter()
         dose, geometry = self.dose_array()
         rx = self.params.get("prescriptionDoseGy")
+        targets = self.targets() if self.params.get_string_list("extraTargetSegmentIds") else []
+        multi = len(targets) > 1
         timing = {}
         dose_node = update_dose_volume(self.scene, dose, geometry, rx, self.params.get_node("doseVolume"),
                                        study_item=self.study_item(), color_node=self.params.get_node("doseColorTable"))
@@ -214,8 +289,10 @@ class PlanOutputs:
             t = time.perf_counter()
             old = self.params.get_node_list("isodoseModels")
             folder = self._folder("Isodose surfaces") if not old else 0
-            models = update_isodose_models(self.scene, dose, geometry, rx, self.params.isodose_levels(), old,
-                                           folder_item=folder)
+            models = update_isodose_models(
+                self.scene, dose, geometry, rx, self.params.isodose_levels(), old, folder_item=folder,
+                reference=targets[0]["name"] if multi else None,
+                target_prescriptions={t["name"]: t["prescription_Gy"] for t in targets[1:]} if multi else None)
             self.params.set_node_list("isodoseModels", models)
             timing["isodoses_s"] = time.perf_counter() - t
         _progress.report(progress, 0.6, "isodose surfaces")
@@ -224,8 +301,11 @@ class PlanOutputs:
             t = time.perf_counter()
             bins, curves, rows, failed = ev.evaluate(dose, geometry)
             colors = {s.name: s.color for s in ev.structures}
+            if multi:
+                rows = self._target_rows(targets, rows)
             table, chart = update_dvh_nodes(self.scene, bins, curves, self.params.get_node("dvhTable"),
-                                            self.params.get_node("dvhChart"), colors, rx)
+                                            self.params.get_node("dvhChart"), colors, rx,
+                                            {t["name"]: t["prescription_Gy"] for t in targets} if multi else None)
             metrics = update_metrics_table(self.scene, rows, self.params.get_node("metricsTable"))
             for role, n in (("dvhTable", table), ("dvhChart", chart), ("metricsTable", metrics)):
                 if self.params.get_node(role) is None:

@@ -85,13 +85,22 @@ def isodose_polydata(dose_Gy, geometry: ImageGeometry, level_Gy, box=None):
 
 
 def update_isodose_models(scene, dose_Gy, geometry: ImageGeometry, prescription_Gy, levels_pct=DEFAULT_ISODOSE_LEVELS_PCT,
-                          nodes=None, folder_item=0, opacity_3d=0.25):
+                          nodes=None, folder_item=0, opacity_3d=0.25, reference=None, target_prescriptions=None):
     """Create or update one model node per isodose level (% of prescription); returns the nodes.
 
     Existing ``nodes`` (matched by their level attribute) are reused; nodes for levels no longer
-    asked for are removed.
+    asked for are removed. Several targets: ``reference`` names the target whose prescription the
+    % levels refer to (node names "Isodose 100% of GTV_RP Rx"); ``target_prescriptions`` ({other
+    target: Gy}) add each other target's own prescription isodose ("Isodose GTV_Groin Rx 140 Gy",
+    its level attribute in % of the reference prescription) unless a % level already gives it.
     """
     rx = float(prescription_Gy)
+    names = {}
+    for tname, trx in (target_prescriptions or {}).items():
+        pct = round(100.0 * float(trx) / rx, 3)
+        if not any(abs(pct - float(v)) < 1e-6 for v in levels_pct):
+            levels_pct = tuple(levels_pct) + (pct,)
+            names[pct] = f"Isodose {tname} Rx {float(trx):g} Gy"
     by_level = {}
     for node in nodes or []:
         lvl = node.GetAttribute(ISODOSE_LEVEL_ATTRIBUTE)
@@ -109,8 +118,10 @@ def update_isodose_models(scene, dose_Gy, geometry: ImageGeometry, prescription_
         poly = isodose_polydata(dose_Gy, geometry, rx * level / 100.0, box) if box is not None else \
             _vtk().vtkPolyData()
         node = by_level.pop(level, None)
+        name = names.get(round(level, 3)) or (f"Isodose {level:g}% of {reference} Rx" if reference else
+                                                f"Isodose {level:g}%")
         if node is None:
-            node = scene.AddNewNodeByClass("vtkMRMLModelNode", f"Isodose {level:g}%")
+            node = scene.AddNewNodeByClass("vtkMRMLModelNode", name)
             node.CreateDefaultDisplayNodes()
             node.SetAttribute(ISODOSE_LEVEL_ATTRIBUTE, f"{level:g}")
             node.SetAttribute(ROLE_ATTRIBUTE, "Isodose")
@@ -123,6 +134,7 @@ def update_isodose_models(scene, dose_Gy, geometry: ImageGeometry, prescription_
             display.SetScalarVisibility(False)
             if folder_item:
                 sh.SetItemParent(sh.GetItemByDataNode(node) or sh.CreateItem(folder_item, node), folder_item)
+        node.SetName(name)
         node.SetAttribute(PRESCRIPTION_ATTRIBUTE, f"{rx:g}")
         node.SetAttribute(ISODOSE_MODEL_ATTRIBUTE, "1")  # also on models of scenes saved before it was written
         node.SetAndObservePolyData(poly)

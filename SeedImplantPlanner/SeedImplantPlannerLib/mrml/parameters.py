@@ -35,7 +35,11 @@ DEFAULTS = {
 NODE_PARAMETERS = ("ctVolume", "segmentation", "seedsNode", "doseVolume", "dvhTable", "dvhChart", "metricsTable",
                    "doseColorTable", "slicerRtDvhMetricsTable")
 NODE_LIST_PARAMETERS = ("needleNodes", "isodoseModels", "slicerRtDvhTables")
-STRING_LIST_PARAMETERS = ("organSegmentIds", "forbiddenSegmentIds")
+#: Plans with several targets: the first target is ``targetSegmentId`` with ``prescriptionDoseGy`` and
+#: the plan's strength; the others are listed here with their own prescription (Gy) and seed strength
+#: (in ``strengthUnit``, "" = the plan's), one entry per target in the same order.
+STRING_LIST_PARAMETERS = ("organSegmentIds", "forbiddenSegmentIds", "extraTargetSegmentIds",
+                          "extraTargetPrescriptionsGy", "extraTargetStrengths")
 
 
 class PlanParameters:

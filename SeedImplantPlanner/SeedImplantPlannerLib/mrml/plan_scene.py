@@ -102,6 +102,63 @@ class PlanScene(LiveUpdates, PlanOutputs, PlanningActions):
         self.params.set_string_list("forbiddenSegmentIds", [sid(o) for o in forbidden])
         self._evaluation = None
 
+    def set_targets(self, targets):
+        """Several targets in one implant: ``[(segment name or ID, prescription Gy, seed strength or None), ...]``.
+
+        The first is the plan's target (``targetSegmentId``, ``prescriptionDoseGy``; its strength, when
+        given, becomes the plan's ``strengthValue``); the others are stored with their own
+        prescription and strength (in ``strengthUnit``; None = the plan's). Evaluation, DVH,
+        isodoses, metrics and planning then treat each target against its own prescription.
+        """
+        seg = self.params.get_node("segmentation")
+        if seg is None:
+            raise InputError("set a segmentation before choosing the targets")
+        targets = [tuple(t) + (None,) * (3 - len(tuple(t))) for t in targets]
+        if not targets:
+            raise InputError("no target given")
+        ids = segmentations.segment_ids(seg)
+        out = []
+        for name, rx, strength in targets:
+            sid = name if name in ids else segmentations.segment_id_by_name(seg, name)
+            rx = float(rx) if rx is not None else None
+            if rx is None or not math.isfinite(rx) or rx <= 0:
+                raise InputError(f"target '{name}': the prescription must be a positive dose in Gy, got {rx!r}")
+            if strength is not None and not (math.isfinite(float(strength)) and float(strength) > 0):
+                raise InputError(f"target '{name}': the seed strength must be > 0, got {strength!r}")
+            out.append((sid, rx, None if strength is None else float(strength)))
+        if len({sid for sid, _, _ in out}) != len(out):
+            raise InputError("the same target is given twice")
+        self.params.set("targetSegmentId", out[0][0])
+        self.params.set("prescriptionDoseGy", out[0][1])
+        if out[0][2] is not None:
+            self.params.set("strengthValue", out[0][2])
+        self.params.set_string_list("extraTargetSegmentIds", [t[0] for t in out[1:]])
+        self.params.set_string_list("extraTargetPrescriptionsGy", [f"{t[1]:g}" for t in out[1:]])
+        self.params.set_string_list("extraTargetStrengths", ["" if t[2] is None else f"{t[2]:g}" for t in out[1:]])
+        self._evaluation = None
+
+    def targets(self):
+        """The plan's targets: [{segment_id, name, prescription_Gy, strength (in strengthUnit)}], first = the plan's."""
+        seg = self.params.get_node("segmentation")
+        first = self.params.get("targetSegmentId")
+        if seg is None or not first:
+            return []
+        rows = [(first, self.params.get("prescriptionDoseGy"), self.params.get("strengthValue"))]
+        ids = self.params.get_string_list("extraTargetSegmentIds")
+        rxs = self.params.get_string_list("extraTargetPrescriptionsGy")
+        strengths = self.params.get_string_list("extraTargetStrengths")
+        for k, sid in enumerate(ids):
+            rx = float(rxs[k]) if k < len(rxs) and rxs[k] else self.params.get("prescriptionDoseGy")
+            st = float(strengths[k]) if k < len(strengths) and strengths[k] else self.params.get("strengthValue")
+            rows.append((sid, rx, st))
+        out = []
+        for sid, rx, st in rows:
+            segment = seg.GetSegmentation().GetSegment(sid)
+            if segment is None:
+                raise InputError(f"target segment {sid!r} is not in the segmentation")
+            out.append({"segment_id": sid, "name": segment.GetName(), "prescription_Gy": float(rx), "strength": st})
+        return out
+
     def set_prescription(self, prescription_Gy):
         """Prescription dose (Gy)."""
         rx = float(prescription_Gy)
@@ -206,16 +263,20 @@ class PlanScene(LiveUpdates, PlanOutputs, PlanningActions):
 
     # -- dose --------------------------------------------------------------------------------------
     def dose_geometry(self, spacing_mm=None, margin_mm=None):
-        """Dose grid: the target's box plus a margin, at ``spacing_mm``, oriented as the CT."""
+        """Dose grid: the box of every target plus a margin, at ``spacing_mm``, oriented as the CT."""
         spacing = float(self.params.get("doseGridSpacingMm") if spacing_mm is None else spacing_mm)
         margin = float(self.params.get("doseMarginMm") if margin_mm is None else margin_mm)
         ct = self.params.get_node("ctVolume")
         seg = self.params.get_node("segmentation")
         target = self.params.get("targetSegmentId")
         if seg is not None and target:
-            s = segmentations.segment_structure(seg, target)
-            idx = np.argwhere(s.mask)[:, ::-1]
-            corners = s.geometry.ijk_to_ras(np.array([idx.min(axis=0), idx.max(axis=0)], float))
+            boxes = []
+            for sid in [target] + self.params.get_string_list("extraTargetSegmentIds"):
+                s = segmentations.segment_structure(seg, sid)
+                idx = np.argwhere(s.mask)[:, ::-1]
+                if len(idx):
+                    boxes.append(s.geometry.ijk_to_ras(np.array([idx.min(axis=0), idx.max(axis=0)], float)))
+            corners = np.vstack(boxes)
             lo, hi = corners.min(axis=0), corners.max(axis=0)
         else:
             seeds, _ = self.seeds()
@@ -270,6 +331,19 @@ class PlanScene(LiveUpdates, PlanOutputs, PlanningActions):
         ct = (volumes.volume_array(ct_node), volumes.geometry_from_volume(ct_node)) if ct_node is not None else None
         seeds, _ = self.seeds()
         plan = self.plan.to_dict() if getattr(self, "plan", None) is not None else None
+        targets = self.targets() if self.params.get_string_list("extraTargetSegmentIds") else []
+        if len(targets) > 1 and not (plan or {}).get("targets"):
+            # no plan object with its targets (seeds placed by hand or loaded): the scene's targets
+            from ..physics.sources import get_model
+            from ..physics.strength import strength_at
+            model = get_model(self.params.get("seedModel"), self.model_dirs)
+            ref, implant = self.params.get("referenceDate") or None, self.params.get("implantDate") or None
+            rows = []
+            for t in targets:
+                s_u = strength_at(model, t["strength"], self.params.get("strengthUnit"), ref, implant)
+                rows.append({"name": t["name"], "prescription_Gy": t["prescription_Gy"], "strength_U": s_u,
+                             "strength_mCi": s_u / model.u_per_mci if model.u_per_mci else None})
+            plan = {**(plan or {}), "targets": rows} if plan is None or "format" not in plan else plan
         return write_report(path, ev.result, sub, structures=ev.structures, plan=plan, seeds=seeds, ct=ct,
                             pdf_path=pdf_path)
 
@@ -290,8 +364,8 @@ class PlanScene(LiveUpdates, PlanOutputs, PlanningActions):
     def segments_in_use(self):
         """IDs of the target, organ-at-risk and forbidden segments."""
         target = self.params.get("targetSegmentId")
-        return ([target] if target else []) + self.params.get_string_list("organSegmentIds") + \
-            self.params.get_string_list("forbiddenSegmentIds")
+        return ([target] if target else []) + self.params.get_string_list("extraTargetSegmentIds") + \
+            self.params.get_string_list("organSegmentIds") + self.params.get_string_list("forbiddenSegmentIds")
 
 
 class _Pair:

@@ -96,6 +96,8 @@ class PlanningActions:
 
         ``needle_mode``: "template", "fan" or "freehand" (``needles``, default: the plan's needle nodes).
         ``goals`` (:class:`optimizer.Goals`) default to :func:`optimizer_goals` of the plan's goal set.
+        With several targets (:meth:`plan_scene.PlanScene.set_targets`) they are planned as one
+        implant, each with its own prescription and seed strength (``targets.TargetSpec``).
         """
         from ..planning.pipeline import plan_from_masks
         target = self.params.get("targetSegmentId")
@@ -103,8 +105,9 @@ class PlanningActions:
             raise InputError("choose the target segment first")
         organs = self.params.get_string_list("organSegmentIds")
         forbidden = self.params.get_string_list("forbiddenSegmentIds")
+        extra = self.params.get_string_list("extraTargetSegmentIds")
         geometry = self.reference_geometry()
-        masks = self.masks_on(geometry, [target] + organs + forbidden)
+        masks = self.masks_on(geometry, [target] + extra + organs + forbidden)
         if needle_mode == "freehand" and needles is None:
             needles = self.needles()
             if not needles:
@@ -115,7 +118,13 @@ class PlanningActions:
         oars = organ_names
         if goals is None and self.goals is not None:
             goals, oars = optimizer_goals(self.goals, rx, target_name, organ_names)
-        plan = plan_from_masks(geometry, masks, target_name, oars=oars,
+        specs = None
+        if extra:
+            from ..planning.targets import TargetSpec
+            unit = self.params.get("strengthUnit")
+            specs = [TargetSpec(t["name"], t["prescription_Gy"], strength=t["strength"], strength_unit=unit)
+                     for t in self.targets()]
+        plan = plan_from_masks(geometry, masks, None if specs else target_name, targets=specs, oars=oars,
                                forbidden=self._names(forbidden), model_id=self.params.get("seedModel"),
                                strength=self.params.get("strengthValue"), strength_unit=self.params.get("strengthUnit"),
                                reference_date=ref, implant_date=implant,

@@ -33,10 +33,14 @@ def _set_table_columns(table_node, columns):
 
 
 def update_dvh_nodes(scene, dose_bins_Gy, curves, table_node=None, chart_node=None, colors=None,
-                     prescription_Gy=None):
+                     prescription_Gy=None, prescriptions=None):
     """DVH table (dose column, cumulative volume % per structure) and plot chart; returns both.
 
-    ``curves`` maps structure name -> cumulative volume % at ``dose_bins_Gy``.
+    ``curves`` maps structure name -> cumulative volume % at ``dose_bins_Gy``. ``prescriptions``
+    ({target name: Gy}, plans with several targets) marks each target's prescription on the chart:
+    a dashed vertical series "Rx <target> <Gy> Gy" in the target's colour, from a small table node
+    referenced by the chart (role ``dvhPrescriptions``), and the table's attribute
+    ``SeedImplantPlanner.TargetPrescriptionsGy`` ("name=Gy;...").
     """
     dose_bins_Gy = np.asarray(dose_bins_Gy, float)
     for name, v in curves.items():
@@ -60,7 +64,8 @@ def update_dvh_nodes(scene, dose_bins_Gy, curves, table_node=None, chart_node=No
     existing = {}
     for i in range(chart_node.GetNumberOfPlotSeriesNodes()):
         s = chart_node.GetNthPlotSeriesNode(i)
-        existing[s.GetYColumnName()] = s
+        if s.GetAttribute(ROLE_ATTRIBUTE) != RX_SERIES_ROLE:
+            existing[s.GetYColumnName()] = s
     wanted = [f"{name} V (%)" for name in curves]
     for idx, (name, col) in enumerate(zip(curves, wanted)):
         series = existing.pop(col, None)
@@ -78,7 +83,58 @@ def update_dvh_nodes(scene, dose_bins_Gy, curves, table_node=None, chart_node=No
     for stale in existing.values():
         chart_node.RemovePlotSeriesNodeID(stale.GetID())
         scene.RemoveNode(stale)
+    _update_rx_marks(scene, table_node, chart_node, prescriptions or {}, colors or {})
     return table_node, chart_node
+
+
+RX_SERIES_ROLE = "DVHPrescription"
+TARGET_PRESCRIPTIONS_ATTRIBUTE = "SeedImplantPlanner.TargetPrescriptionsGy"
+
+
+def _update_rx_marks(scene, table_node, chart_node, prescriptions, colors):
+    """One dashed vertical series per target prescription on the DVH chart (none for a single target)."""
+    rx_table = chart_node.GetNodeReference("dvhPrescriptions")
+    old = {}
+    for i in range(chart_node.GetNumberOfPlotSeriesNodes()):
+        s = chart_node.GetNthPlotSeriesNode(i)
+        if s.GetAttribute(ROLE_ATTRIBUTE) == RX_SERIES_ROLE:
+            old[s.GetAttribute("SeedImplantPlanner.Target")] = s
+    if not prescriptions:
+        table_node.RemoveAttribute(TARGET_PRESCRIPTIONS_ATTRIBUTE)
+    else:
+        table_node.SetAttribute(TARGET_PRESCRIPTIONS_ATTRIBUTE,
+                                ";".join(f"{n}={float(rx):g}" for n, rx in prescriptions.items()))
+        if rx_table is None:
+            rx_table = scene.AddNewNodeByClass("vtkMRMLTableNode", "DVH prescriptions")
+            rx_table.SetAttribute(ROLE_ATTRIBUTE, "DVHPrescriptions")
+            chart_node.SetNodeReferenceID("dvhPrescriptions", rx_table.GetID())
+        cols = []
+        for name, rx in prescriptions.items():
+            cols += [(f"{name} Rx dose (Gy)", [float(rx), float(rx)]), (f"{name} Rx V (%)", [0.0, 100.0])]
+        _set_table_columns(rx_table, cols)
+        for name, rx in prescriptions.items():
+            series = old.pop(name, None)
+            if series is None:
+                series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"Rx {name}")
+                series.SetAttribute(ROLE_ATTRIBUTE, RX_SERIES_ROLE)
+                series.SetAttribute("SeedImplantPlanner.Target", name)
+                series.SetPlotType(series.PlotTypeLine)
+                series.SetMarkerStyle(series.MarkerStyleNone)
+                series.SetLineStyle(series.LineStyleDash)
+                series.SetLineWidth(1)
+                chart_node.AddAndObservePlotSeriesNodeID(series.GetID())
+            series.SetName(f"Rx {name} {float(rx):g} Gy")
+            series.SetXColumnName(f"{name} Rx dose (Gy)")
+            series.SetYColumnName(f"{name} Rx V (%)")
+            series.SetAndObserveTableNodeID(rx_table.GetID())
+            if name in colors:
+                series.SetColor(*colors[name])
+    for stale in old.values():
+        chart_node.RemovePlotSeriesNodeID(stale.GetID())
+        scene.RemoveNode(stale)
+    if not prescriptions and rx_table is not None:
+        chart_node.SetNodeReferenceID("dvhPrescriptions", None)
+        scene.RemoveNode(rx_table)
 
 
 METRIC_COLUMNS = ("Structure", "Metric", "Value", "Unit", "Goal", "Pass")

@@ -74,8 +74,13 @@ def save_png(fig, path, dpi=110):
     return path
 
 
-def dvh_figure(dvh_sets, colors=None, prescription_Gy=None, title="Cumulative DVH", max_dose_Gy=None):
-    """Cumulative DVH chart; ``dvh_sets`` is a list of (label, [DVH]) drawn with different line styles."""
+def dvh_figure(dvh_sets, colors=None, prescription_Gy=None, title="Cumulative DVH", max_dose_Gy=None,
+               prescriptions=None):
+    """Cumulative DVH chart; ``dvh_sets`` is a list of (label, [DVH]) drawn with different line styles.
+
+    ``prescriptions``: several targets' prescriptions as [(target name, Gy)], each marked by a
+    vertical line in its target's colour and labelled (instead of the single ``prescription_Gy``).
+    """
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8.0, 5.0), layout="constrained")
     names = list(dict.fromkeys(d.name for _, dvhs in dvh_sets for d in dvhs))
@@ -90,7 +95,14 @@ def dvh_figure(dvh_sets, colors=None, prescription_Gy=None, title="Cumulative DV
             top = max(top, float(x[-1]))
             name = d.name if len(dvh_sets) == 1 else f"{d.name} ({label})"
             ax.plot(x, pct[:last], LINESTYLES[n % len(LINESTYLES)], color=colors.get(d.name), lw=1.6, label=name)
-    if prescription_Gy:
+    if prescriptions:
+        marks = sorted(((float(rx), name) for name, rx in prescriptions), key=lambda t: t[0])
+        for k, (rx, name) in enumerate(marks):
+            c = colors.get(name, "0.3")
+            ax.axvline(rx, color=c, lw=1.0, ls=":")
+            ax.text(rx, 101 - 6 * k, f" Rx {name} {rx:g} Gy", fontsize=8, va="bottom", color=c)
+        top = min(top, 4.0 * marks[-1][0]) if max_dose_Gy is None else top
+    elif prescription_Gy:
         ax.axvline(prescription_Gy, color="0.3", lw=0.8, ls=":")
         ax.text(prescription_Gy, 101, f" Rx {prescription_Gy:g} Gy", fontsize=8, va="bottom", color="0.3")
         top = min(top, 4.0 * prescription_Gy) if max_dose_Gy is None else top
@@ -139,12 +151,15 @@ PLANES = (
 
 
 def slice_figure(dose_Gy, geometry, prescription_Gy, structures=(), center_ras=None, ct=None, pixel_mm=None,
-                 title=None, wash_range_percent=(30, 300), context_mm=15.0, colors=None, focus_box_ras=None):
+                 title=None, wash_range_percent=(30, 300), context_mm=15.0, colors=None, focus_box_ras=None,
+                 reference=None):
     """Axial / coronal / sagittal pictures through ``center_ras`` (default: dose grid centre).
 
     ``structures``: :class:`structures.Structure` list (outlines in their colours); ``ct``: optional
     (array, geometry) drawn in grey underneath, with ``context_mm`` of anatomy around the dose grid.
     ``focus_box_ras``: optional (lo, hi) RAS box to show instead of the whole grid (see :func:`focus_box`).
+    ``reference``: the name of the target whose prescription the % isodoses and the colour wash
+    refer to (plans with several prescriptions); it is written in the legend and on the colour bar.
     """
     plt = _plt()
     from matplotlib import patheffects
@@ -207,13 +222,14 @@ def slice_figure(dose_Gy, geometry, prescription_Gy, structures=(), center_ras=N
         ax.text(x0 + 5, y0 + 0.02 * (v[-1] - v[0]), "10 mm", color="w", fontsize=7, ha="center", va="bottom",
                 path_effects=halo)
     from matplotlib.lines import Line2D
-    handles = [Line2D([0], [0], color=ISODOSE_COLORS[p], lw=1.5, ls="--", label=f"{p}% ({p * prescription_Gy / 100:g} Gy)")
-               for p in ISODOSE_PERCENT]
+    of = f" of {reference} Rx" if reference else ""
+    handles = [Line2D([0], [0], color=ISODOSE_COLORS[p], lw=1.5, ls="--",
+                      label=f"{p}%{of} ({p * prescription_Gy / 100:g} Gy)") for p in ISODOSE_PERCENT]
     handles += [Line2D([0], [0], color=scol[s.name], lw=1.8, label=s.name) for s in structures]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(8, len(handles)), fontsize=8, frameon=False)
     if img is not None:
         cb = fig.colorbar(img, ax=axes, shrink=0.8, pad=0.01)
-        cb.set_label("Dose (% of prescription)")
+        cb.set_label(f"Dose (% of {reference} Rx {prescription_Gy:g} Gy)" if reference else "Dose (% of prescription)")
     if title:
         fig.suptitle(title)
     return fig

@@ -14,6 +14,12 @@ The plan is plain data so the planning module can hand it over without an import
                          "loading": "S-S-X-S-S"}, ...],
             "notes": "free text"}
 
+Several targets (``"targets": [{"name", "prescription_Gy", "strength_U", "strength_mCi", "n_seeds",
+"goals"}, ...]``, and the plan's own ``"goal_check"`` rows) add a targets table with each
+target's prescription, seed strength and metrics against its own Rx, the plan's goal check, a DVH
+with every Rx marked and one dose picture per target in % of that target's Rx
+(:mod:`reporting.targets`).
+
 Every key is optional; missing values are derived from ``seeds`` (a :class:`seeds.SeedSet`) when
 given, else shown as "-". ``needles`` rows are shown with their own keys as columns (first row's
 order), so the table follows whatever the planning module reports. A plan file dict of the
@@ -33,7 +39,7 @@ import numpy as np
 
 from .. import __version__
 from ..core.errors import InputError, SeedPlanError
-from ..evaluation.metrics import format_value, parse_metric
+from .targets import goal_check_rows, metric_rows_own_rx, own_prescriptions, plan_targets, target_table
 
 
 def _esc(v) -> str:
@@ -73,6 +79,18 @@ def normalize_plan(plan):
             obj = Plan.from_dict(plan)
         except (ImportError, InputError):
             obj = None
+    u_per_mci = src.get("U_per_mCi")
+    targets = []
+    for t in plan.get("targets") or []:
+        row = {k: t.get(k) for k in ("name", "prescription_Gy", "strength_U", "n_seeds", "goals")}
+        if u_per_mci and t.get("strength_U") is not None:
+            row["strength_mCi"] = float(t["strength_U"]) / float(u_per_mci)
+        targets.append(row)
+    if targets:
+        out["targets"] = targets
+    checks = (plan.get("metrics") or {}).get("goal_check") if isinstance(plan.get("metrics"), dict) else None
+    if checks:
+        out["goal_check"] = checks
     if obj is not None:
         out["needles"] = obj.loading_rows()
     else:
@@ -104,11 +122,21 @@ def plan_summary(evaluation, plan=None, seeds=None) -> list:
         if u_per_mci:
             txt += f" ({strength / u_per_mci:.4g} mCi apparent)"
         strength = txt
+    targets = plan_targets(plan)
+    if len(targets) > 1:
+        strength = "; ".join(
+            f"{t['name']} {float(t['strength_U']):.4g} U" + (f" ({float(t['strength_mCi']):.4g} mCi apparent)"
+                                                         if t.get("strength_mCi") is not None else "")
+            for t in targets if t.get("strength_U") is not None) or strength
     rows.append(("Strength per seed at implant date", strength or "-"))
     if plan.get("reference_date"):
         rows.append(("Strength reference date", plan["reference_date"]))
     rows.append(("Implant date", plan.get("implant_date", "-")))
-    rows.append(("Prescription dose", f"{evaluation.prescription_Gy:g} Gy"))
+    if len(targets) > 1:
+        rows.append(("Prescription dose", "; ".join(f"{t['name']} {t['prescription_Gy']:g} Gy" for t in targets)
+                     + " (each target's metrics against its own prescription)"))
+    else:
+        rows.append(("Prescription dose", f"{evaluation.prescription_Gy:g} Gy"))
     n_seeds = plan.get("n_seeds", len(seeds) if seeds is not None else None)
     rows.append(("Number of seeds", n_seeds if n_seeds is not None else "-"))
     needles = plan.get("needles") or []
@@ -121,7 +149,9 @@ def plan_summary(evaluation, plan=None, seeds=None) -> list:
         rows.append(("Total air-kerma strength", f"{total_u:.4g} U"))
         mci = plan.get("total_activity_mCi", total_u / u_per_mci if u_per_mci else None)
         rows.append(("Total apparent activity", f"{mci:.4g} mCi" if mci is not None else "-"))
-    if evaluation.target:
+    if len(targets) > 1:
+        rows.append(("Targets", ", ".join(t["name"] for t in targets)))
+    elif evaluation.target:
         rows.append(("Target", evaluation.target))
     if evaluation.goal_set_name:
         rows.append(("Goals", evaluation.goal_set_name))
@@ -182,18 +212,16 @@ def _goal_rows(evaluation):
     return rows, classes
 
 
-def _metric_table_rows(evaluation):
-    rows = []
-    for s in evaluation.samples:
-        for name, value in evaluation.metrics[s.name].items():
-            rows.append([s.name, name, format_value(parse_metric(name), value, evaluation.prescription_Gy)])
-    return rows
+def _metric_table_rows(evaluation, plan=None):
+    return metric_rows_own_rx(evaluation, plan)
 
 
-def _structure_rows(evaluation):
+def _structure_rows(evaluation, plan=None):
     rows = []
+    own = own_prescriptions(evaluation, plan) if plan else {}
     for s in evaluation.samples:
-        rows.append([s.name, evaluation.roles[s.name], f"{s.volume_cc:.2f}",
+        role = "target" if s.name in own else evaluation.roles[s.name]
+        rows.append([s.name, role, f"{s.volume_cc:.2f}",
                      "voxel centres" if s.factor == 1 else f"{s.factor}^3 sub-voxels",
                      f"{100 * s.fraction_outside:.1f}%"])
     return rows
@@ -221,8 +249,13 @@ def _center(evaluation, structures, dose_Gy, geometry):
     return geometry.ijk_to_ras(np.array([i, j, k], float))
 
 
-def report_figures(evaluation, dose_Gy, structures=(), ct=None, center_ras=None, comparison=None):
-    """Matplotlib figures of the report: {'dvh', 'slices', 'time' (if BED), 'gamma' (if compared)}."""
+def report_figures(evaluation, dose_Gy, structures=(), ct=None, center_ras=None, comparison=None, plan=None):
+    """Matplotlib figures of the report: {'dvh', 'slices', 'time' (if BED), 'gamma' (if compared)}.
+
+    With several targets in ``plan`` (normalised dict), the DVH marks each target's prescription
+    and there is one dose picture per target ('slices' for the first, 'slices:<name>' for the
+    others), centred on it, its isodoses in % of its own prescription.
+    """
     from . import charts
     from ..physics.radiobiology import time_curve
     colors = charts.distinct_colors([s.name for s in evaluation.samples], evaluation.colors)
@@ -231,12 +264,27 @@ def report_figures(evaluation, dose_Gy, structures=(), ct=None, center_ras=None,
     sets = [("plan", evaluation.dvhs)]
     if comparison is not None:
         sets = [(comparison.label_a, comparison.eval_a.dvhs), (comparison.label_b, comparison.eval_b.dvhs)]
-    figs["dvh"] = charts.dvh_figure(sets, colors, evaluation.prescription_Gy)
-    center = center_ras if center_ras is not None else _center(evaluation, structures, dose_Gy, evaluation.geometry)
-    targets = [s for s in structures if s.name == evaluation.target]
-    focus = charts.focus_box(dose_Gy, evaluation.geometry, evaluation.prescription_Gy, targets)
-    figs["slices"] = charts.slice_figure(dose_Gy, evaluation.geometry, evaluation.prescription_Gy, structures, center, ct,
-                                         colors=colors, focus_box_ras=focus)
+    own = own_prescriptions(evaluation, plan) if plan else {}
+    multi = len(own) > 1
+    figs["dvh"] = charts.dvh_figure(sets, colors, evaluation.prescription_Gy,
+                                    prescriptions=list(own.items()) if multi else None)
+    if multi:
+        for k, (name, rx) in enumerate(own.items()):
+            tstruct = [s for s in structures if s.name == name]
+            center = tstruct[0].centroid_ras() if tstruct else _center(evaluation, structures, dose_Gy,
+                                                                         evaluation.geometry)
+            # around this target only (the other targets' high dose would widen the box to both)
+            focus = charts.focus_box(dose_Gy, evaluation.geometry, rx, tstruct, level_percent=math.inf,
+                                     margin_mm=30.0) if tstruct else None
+            figs["slices" if k == 0 else f"slices:{name}"] = charts.slice_figure(
+                dose_Gy, evaluation.geometry, rx, structures, center, ct, colors=colors, focus_box_ras=focus,
+                reference=name, title=f"{name}: isodoses in % of its prescription {rx:g} Gy")
+    else:
+        center = center_ras if center_ras is not None else _center(evaluation, structures, dose_Gy, evaluation.geometry)
+        targets = [s for s in structures if s.name == evaluation.target]
+        focus = charts.focus_box(dose_Gy, evaluation.geometry, evaluation.prescription_Gy, targets)
+        figs["slices"] = charts.slice_figure(dose_Gy, evaluation.geometry, evaluation.prescription_Gy, structures, center,
+                                             ct, colors=colors, focus_box_ras=focus)
     if evaluation.radiobiology:
         curves = {}
         from ..physics.radiobiology import LQParams
@@ -277,12 +325,20 @@ def render_html(evaluation, figures_png: dict, plan=None, seeds=None, title="See
         parts.append("<p class='meta'>No needles in this plan yet.</p>")
     else:
         parts.append(_table(nt[0], nt[1]))
+    plan_n = normalize_plan(plan)
+    tt = target_table(evaluation, plan_n)
+    if tt is not None:
+        parts.append("<h2>Targets (each against its own prescription)</h2>" + _table(*tt))
+    gc = goal_check_rows(plan_n)
+    if gc is not None:
+        parts.append("<h2>Plan goals (each target against its own prescription)</h2>"
+                     + _table(["Goal", "Value", "Limit", "Result"], gc[0], gc[1]))
     if evaluation.goal_results:
         rows, classes = _goal_rows(evaluation)
         parts.append("<h2>Goals</h2>" + _table(["Structure", "Goal", "Value", "Result", "Source"], rows, classes))
     parts.append("<h2>Structures</h2>" + _table(["Structure", "Role", "Volume in dose grid (cc)", "Sampling", "Outside grid"],
-                                                _structure_rows(evaluation)))
-    parts.append("<h2>Metrics</h2>" + _table(["Structure", "Metric", "Value"], _metric_table_rows(evaluation)))
+                                                _structure_rows(evaluation, plan_n)))
+    parts.append("<h2>Metrics</h2>" + _table(["Structure", "Metric", "Value"], _metric_table_rows(evaluation, plan_n)))
     if evaluation.indices:
         ix = evaluation.indices
         parts.append("<p class='meta'>" + _esc(
@@ -304,14 +360,30 @@ def render_html(evaluation, figures_png: dict, plan=None, seeds=None, title="See
         parts.append(_table(["Structure", "Metric", comparison.label_a, comparison.label_b, "Delta (B-A)", "Unit"], rows))
     captions = {"dvh": "Cumulative DVH", "slices": "Dose wash with isodose lines and structure outlines",
                 "time": "Dose and BED accumulated against time", "gamma": "Gamma index histogram"}
-    for key in ("dvh", "slices", "time", "gamma"):
-        if key in figures_png:
-            parts.append(f"<h2>{captions[key]}</h2>" + _img(figures_png[key], captions[key]))
+    own = own_prescriptions(evaluation, plan_n) if plan_n else {}
+    if len(own) > 1:
+        captions["dvh"] = "Cumulative DVH (each target's prescription marked)"
+        first, rx0 = next(iter(own.items()))
+        captions["slices"] = f"Dose wash around {first}: isodose lines in % of its prescription {rx0:g} Gy"
+    for key in _figure_order(figures_png):
+        if key.startswith("slices:"):
+            name = key.split(":", 1)[1]
+            cap = f"Dose wash around {name}: isodose lines in % of its prescription {own.get(name, 0):g} Gy"
+        else:
+            cap = captions[key]
+        parts.append(f"<h2>{_esc(cap)}</h2>" + _img(figures_png[key], cap))
     if evaluation.warnings:
         parts.append("<h2>Warnings</h2><ul>" + "".join(f"<li class='warn'>{_esc(w)}</li>" for w in evaluation.warnings)
                      + "</ul>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _figure_order(figs):
+    """Figure keys in report order: DVH, the dose pictures (first target's, then the others'), time, gamma."""
+    keys = [k for k in ("dvh", "slices") if k in figs]
+    keys += [k for k in figs if k.startswith("slices:")]
+    return keys + [k for k in ("time", "gamma") if k in figs]
 
 
 def _pdf_text_page(pdf, title, header, rows, plt):
@@ -350,7 +422,7 @@ def write_report(path, evaluation, dose_Gy, *, structures=(), plan=None, seeds=N
         raise InputError(f"report: dose shape {dose.shape} does not match the evaluated grid {evaluation.geometry.shape}")
     # structures skipped by the evaluation (entirely outside the dose grid) have no colour or outline
     structures = [s for s in structures if s.name in evaluation.metrics]
-    figs = report_figures(evaluation, dose, structures, ct, center_ras, comparison)
+    figs = report_figures(evaluation, dose, structures, ct, center_ras, comparison, plan)
     pngs = {}
     if pdf_path is not None:
         plt = charts._plt()
@@ -365,13 +437,19 @@ def write_report(path, evaluation, dose_Gy, *, structures=(), plan=None, seeds=N
                 if evaluation.goal_results:
                     rows, _ = _goal_rows(evaluation)
                     _pdf_text_page(pdf, "Goals", ["Structure", "Goal", "Value", "Result"], [r[:4] for r in rows], plt)
-                _pdf_text_page(pdf, "Metrics", ["Structure", "Metric", "Value"], _metric_table_rows(evaluation), plt)
+                tt = target_table(evaluation, plan)
+                if tt is not None:
+                    _pdf_text_page(pdf, "Targets (each against its own prescription)", tt[0], tt[1], plt)
+                gc = goal_check_rows(plan)
+                if gc is not None:
+                    _pdf_text_page(pdf, "Plan goals", ["Goal", "Value", "Limit", "Result"], gc[0], plt)
+                _pdf_text_page(pdf, "Metrics", ["Structure", "Metric", "Value"], _metric_table_rows(evaluation, plan),
+                               plt)
                 if evaluation.radiobiology:
                     _pdf_text_page(pdf, "Radiobiology", ["Structure", "At", "BED (Gy)", "EQD2 (Gy)", "Parameters"],
                                    _bed_rows(evaluation), plt)
-                for key in ("dvh", "slices", "time", "gamma"):
-                    if key in figs:
-                        pdf.savefig(figs[key])
+                for key in _figure_order(figs):
+                    pdf.savefig(figs[key])
     for key, fig in figs.items():
         pngs[key] = charts.figure_png_bytes(fig)
     write_text(path, render_html(evaluation, pngs, plan, seeds, title, comparison))

@@ -523,5 +523,80 @@ class RoundTripTest(PlanSceneTestCase):
             plan.compute_dose(ImageGeometry((4, 4, 4), (1, 1, 1), (0, 0, 0)), "direct")
 
 
+class MultiTargetSceneTest(PlanSceneTestCase):
+    """Two targets with their own prescriptions and seed strengths: metrics, DVH marks, isodoses, planning, report."""
+
+    def build_two(self):
+        g, ct, seg, needles, seeds, nums = make_case()
+        masks = {s.name: seg.mask(s.segment_id) for s in seg.segments}
+        masks["GTV2"] = sphere_mask(g, (-14.0, 12.0, 0.0), 5.0)
+        seg2 = Segmentation.from_masks(g, masks, {"PTV": (0.9, 0.1, 0.1), "OAR": (0.1, 0.6, 0.9),
+                                                  "Bone": (0.95, 0.9, 0.7), "GTV2": (0.2, 0.8, 0.2)})
+        extra = SeedSet(np.array([[-14.0, 12.0, -2.5], [-14.0, 12.0, 2.5]]), np.tile([0, 0, 1.0], (2, 1)), 0.4, MODEL)
+        self.seeds2 = SeedSet.concatenate([seeds, extra])
+        self.g2 = g
+        self.gtv2 = masks["GTV2"]
+        plan = scene_io.build_plan_scene(
+            self.ctx, seeds=self.seeds2, prescription_Gy=RX, ct=(ct, g), segmentation=seg2, target="PTV",
+            organs=["OAR"], forbidden=["Bone"], needles=needles, seed_needle_numbers=np.r_[nums, 0, 0],
+            dose_method="direct", parameters={"doseMarginMm": 12.0, "doseGridSpacingMm": 2.0})
+        plan.set_targets([("PTV", RX), ("GTV2", 90.0, 0.4)])
+        plan.compute_dose(method="direct")
+        return plan
+
+    def test_each_target_against_its_own_prescription(self):
+        from SeedImplantPlannerLib.physics.dose import dose_at_points_Gy
+        from SeedImplantPlannerLib.planning.needles import mask_points
+        plan = self.build_two()
+        self.assertEqual([(t["name"], t["prescription_Gy"], t["strength"]) for t in plan.targets()],
+                         [("PTV", RX, 0.5), ("GTV2", 90.0, 0.4)])
+        cols = tables.table_columns(plan.params.get_node("metricsTable"))
+        rows = {(s, m): (v, u) for s, m, v, u in zip(cols["Structure"], cols["Metric"], cols["Value"], cols["Unit"])}
+        self.assertEqual(rows[("GTV2", "Prescription")], ("90", "Gy"))
+        self.assertEqual(rows[("PTV", "Prescription")], ("120", "Gy"))
+        self.assertEqual(rows[("GTV2", "Seed strength")], ("0.4", "mCi"))
+        # V100 and D90 of GTV2 against its own 90 Gy, recomputed with the direct TG-43 sum at its voxel centres
+        d = dose_at_points_Gy(mask_points(self.gtv2, self.g2), self.seeds2)[0]
+        self.assertAlmostEqual(float(rows[("GTV2", "V100 (Rx 90 Gy)")][0]), 100.0 * np.mean(d >= 90.0), delta=4.0)
+        self.assertAlmostEqual(float(rows[("GTV2", "D90 (Rx 90 Gy)")][0]), np.percentile(d, 10.0),
+                               delta=0.05 * np.percentile(d, 10.0))
+        self.assertNotIn(("GTV2", "V100"), rows)  # never against the other target's prescription
+        self.assertIn(("PTV", "V100 (Rx 120 Gy)"), rows)
+        # the DVH chart marks both prescriptions
+        chart = plan.params.get_node("dvhChart")
+        names = {chart.GetNthPlotSeriesNode(i).GetName() for i in range(chart.GetNumberOfPlotSeriesNodes())}
+        self.assertTrue({"Rx PTV 120 Gy", "Rx GTV2 90 Gy", "DVH PTV", "DVH GTV2"} <= names, names)
+        rx_cols = tables.table_columns(chart.GetNodeReference("dvhPrescriptions"))
+        np.testing.assert_array_equal(rx_cols["GTV2 Rx dose (Gy)"], [90.0, 90.0])
+        self.assertEqual(plan.params.get_node("dvhTable").GetAttribute(tables.TARGET_PRESCRIPTIONS_ATTRIBUTE),
+                         "PTV=120;GTV2=90")
+        # isodoses: % of the first target's Rx, and the second target's own prescription surface
+        models = {m.GetName(): m for m in plan.params.get_node_list("isodoseModels")}
+        self.assertIn("Isodose 100% of PTV Rx", models)
+        own = models["Isodose GTV2 Rx 90 Gy"]
+        self.assertEqual(own.GetAttribute(isodose.ISODOSE_LEVEL_ATTRIBUTE), "75")
+        self.assertGreater(own.GetPolyData().GetNumberOfPoints(), 0)
+        # report: both prescriptions
+        out = plan.write_report(os.path.join(self.tmp, "two.html"))
+        text = open(out["html"], encoding="utf-8").read()
+        self.assertIn("GTV2", text)
+        self.assertIn("V100 (of Rx 90 Gy)", text)
+
+    def test_planning_two_targets_with_their_own_strengths(self):
+        plan = self.build_two()
+        result = plan.plan_implant("template", "S", 5.0, time_limit_s=1.0)
+        self.assertEqual([(t["name"], t["prescription_Gy"]) for t in result.targets], [("PTV", RX), ("GTV2", 90.0)])
+        self.assertEqual(sorted(set(np.round(result.seeds.strengths_U, 4))),
+                         sorted({round(t["strength_U"], 4) for t in result.targets}))
+        seeds, _ = plan.seeds()
+        self.assertEqual(len(seeds), len(result.seeds))
+        cols = tables.table_columns(plan.params.get_node("metricsTable"))
+        rows = {(s, m): v for s, m, v in zip(cols["Structure"], cols["Metric"], cols["Value"])}
+        self.assertEqual(int(rows[("GTV2", "Seeds")]), result.targets[1]["n_seeds"])
+        out = plan.write_report(os.path.join(self.tmp, "two_planned.html"))
+        text = open(out["html"], encoding="utf-8").read()
+        self.assertIn("PTV 120 Gy; GTV2 90 Gy", text)
+
+
 if __name__ == "__main__":
     unittest.main()

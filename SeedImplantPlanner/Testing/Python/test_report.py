@@ -1,6 +1,7 @@
 """Plan report: self-contained HTML (plan summary, needle table when needles exist, goals, pictures) and PDF."""
 
 import base64
+import os
 import re
 import tempfile
 import unittest
@@ -104,6 +105,71 @@ class TestReport(unittest.TestCase):
         # structures sharing a colour get distinct ones
         cols = distinct_colors(["PTV", "Rectum"], {"PTV": (0.9, 0.1, 0.1), "Rectum": (0.9, 0.1, 0.1)})
         self.assertNotEqual(cols["PTV"], cols["Rectum"])
+
+
+class MultiTargetReportTest(unittest.TestCase):
+    """Two targets with their own prescriptions and seed strengths in one report."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.g = ImageGeometry((50, 24, 20), (1.5, 1.5, 2.0), (-36.75, -17.25, -19))
+        pa = np.array([[x, y, z] for x in (-22.0, -14.0) for y in (-4.0, 4.0) for z in (-5.0, 0.0, 5.0)])
+        pb = np.array([[x, y, z] for x in (14.0, 22.0) for y in (-4.0, 4.0) for z in (-5.0, 0.0, 5.0)])
+        cls.seeds = SeedSet(np.vstack([pa, pb]), np.tile([0, 0, 1.0], (24, 1)), np.r_[np.full(12, 0.3), np.full(12, 0.42)],
+                            "I125_OncoSeed_6711")
+        cls.dose = D.compute_dose_Gy(cls.g, cls.seeds, method="direct")[0]
+        c = cls.g.voxel_centers_ras()
+        cls.ma = np.linalg.norm(c - [-18.0, 0, 0], axis=-1) <= 9.0
+        cls.mb = np.linalg.norm(c - [18.0, 0, 0], axis=-1) <= 9.0
+        cls.structs = [Structure("GTV_A", cls.ma, cls.g, (0.9, 0.1, 0.1)), Structure("GTV_B", cls.mb, cls.g, (0.1, 0.3, 0.9)),
+                       Structure("Bowel", np.hypot(c[..., 0], c[..., 1] + 14) <= 3.0, cls.g, (0.8, 0.6, 0.2))]
+        # evaluated against the first target's prescription, as the plan scene and seedplan report do
+        cls.ev = evaluate_plan(cls.dose, cls.g, cls.structs, 145.0, target="GTV_A")
+        cls.plan = {"format": "SeedImplantPlanner.plan", "source": {"model": "I125_OncoSeed_6711", "strength_U": 0.5,
+                                                                     "U_per_mCi": 1.27},
+                    "summary": {"n_seeds": 24, "n_needles_used": 8},
+                    "targets": [{"name": "GTV_A", "prescription_Gy": 145.0, "strength_U": 0.5, "n_seeds": 12,
+                                 "goals": {"v100_min": 0.95, "d90_min_frac": 1.0, "v150_max": 0.6, "v200_max": 0.2}},
+                                {"name": "GTV_B", "prescription_Gy": 120.0, "strength_U": 0.7, "n_seeds": 12,
+                                 "goals": {"v100_min": 0.95, "d90_min_frac": 1.0, "v150_max": 0.6, "v200_max": 0.2}}],
+                    "metrics": {"goal_check": [{"goal": "GTV_B V150 <= % (soft)", "value": 70.0, "limit": 60.0,
+                                                "passed": False}]}}
+
+    def test_every_target_against_its_own_prescription(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = write_report(Path(tmp) / "r.html", self.ev, self.dose, structures=self.structs, plan=self.plan,
+                               seeds=self.seeds, pdf_path=Path(tmp) / "r.pdf")
+            html = Path(out["html"]).read_text()
+            self.assertTrue(Path(out["pdf"]).read_bytes().startswith(b"%PDF"))
+        rows = dict(plan_summary(self.ev, self.plan, self.seeds))
+        self.assertEqual(rows["Prescription dose"],
+                         "GTV_A 145 Gy; GTV_B 120 Gy (each target's metrics against its own prescription)")
+        self.assertEqual(rows["Strength per seed at implant date"],
+                         "GTV_A 0.5 U (0.3937 mCi apparent); GTV_B 0.7 U (0.5512 mCi apparent)")
+        self.assertIn("Targets (each against its own prescription)", html)
+        table = html.split("Targets (each against its own prescription)")[1].split("</table>")[0]
+        cells = {r[0]: r for r in (re.findall(r"<td>([^<]*)</td>", tr) for tr in table.split("<tr>")[2:])}
+        # V100 and D90 of each target recomputed here from the dose array at the voxel centres, own Rx
+        for name, mask, rx in (("GTV_A", self.ma, 145.0), ("GTV_B", self.mb, 120.0)):
+            d = self.dose[mask]
+            self.assertEqual(cells[name][1], f"{rx:g}")
+            self.assertAlmostEqual(float(cells[name][6]), 100.0 * np.mean(d >= rx), delta=3.0, msg=name)
+            d90 = float(cells[name][5].split()[0])
+            self.assertAlmostEqual(d90, np.percentile(d, 10.0), delta=0.04 * np.percentile(d, 10.0), msg=name)
+        # GTV_B's V100 is against 120 Gy, not the evaluation's 145 Gy
+        self.assertGreater(float(cells["GTV_B"][6]), 100.0 * np.mean(self.dose[self.mb] >= 145.0) + 5.0)
+        self.assertIn("V100 (of Rx 120 Gy)", html)
+        self.assertIn("TRADED", html)  # the plan's own goal check, soft goal traded
+        imgs = self.images(html)
+        self.assertEqual(len(imgs), 3)  # DVH with both Rx marked, one dose picture per target
+        self.assertIn("Dose wash around GTV_B: isodose lines in % of its prescription 120 Gy", html)
+        self.assertIn("Dose wash around GTV_A: isodose lines in % of its prescription 145 Gy", html)
+        if os.environ.get("SEEDPLAN_KEEP_PICTURES"):
+            for k, png in enumerate(imgs):
+                Path(os.environ["SEEDPLAN_KEEP_PICTURES"], f"multi_{k}.png").write_bytes(png)
+
+    def images(self, html):
+        return [base64.b64decode(m) for m in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)]
 
 
 if __name__ == "__main__":
