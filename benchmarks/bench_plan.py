@@ -330,14 +330,21 @@ def run_ct_guided():
     print(f"\n{'two targets':<34} {'time_s':>6} {'ndl':>4} {'seeds':>5} {'tot_mCi':>7} | RP  D90%   V100   V150   V200 | "
           f"GROIN D90% V100   V150   V200 | D2cc_Gy thru")
     print(ctg_row("RP + groin, one plan", t_two, len(two.used_needles()), two.seeds, v2, both))
+    gr = [("GTV_Groin", CTG_RX)]
+    vg = ctg_verify(groin.seeds, g, masks, gr, groin.used_needles(), fmap)
+    print(ctg_row("groin alone, auto (search included)"[:34], t_groin, len(groin.used_needles()), groin.seeds, vg, gr))
     print(f"   groin direction search alone: {t_groin:.1f} s ({next(r['set'] for r in groin.optimizer['direction_search'] if r['chosen'])})")
+    for r in groin.optimizer["soft_traded"]:
+        print(f"   groin alone: soft goal traded {r['goal']} {r['limit']:g}: {r['value']:.1f}; bound "
+              f"{(r.get('bound') or {}).get('bound_percent')} % ({(r.get('bound') or {}).get('status')}), "
+              f"verdict {r.get('verdict')}")
     mem = peak_memory_mb()
     t_auto, auto, va = results["auto"]
     t_fix, fixed, vf = results["anneal"]
     print(f"   auto: chose {chosen['set']} of {len(auto.optimizer['direction_search'])} sets; "
           f"{auto.optimizer['status']}; soft goals traded: {auto.optimizer['soft_traded'] or 'none'}")
     print(f"   mip status: {results['mip'][1].optimizer['status']}")
-    print(f"   two targets: soft goals traded: {[(r['target'], r['goal'], r['value']) for r in two.optimizer['soft_traded']] or 'none'}")
+    print(f"   two targets: soft goals traded: {[(r['target'], r['goal'], r['value'], (r.get('bound') or {}).get('bound_percent'), r.get('verdict')) for r in two.optimizer['soft_traded']] or 'none'}")
     print(f"   peak memory: {mem_one:.0f} MB after the one-target plans, {mem:.0f} MB at the end (includes the case build)")
 
     def met(v, names):

@@ -339,6 +339,17 @@ KINDS = _rows(
      ("plan/",)),
     ("bad direction", PLAN.replace("--direction P", "--direction sideways") + " --out {o}/plan/",
      r"direction 'sideways'", ("plan/",)),
+    # -- several targets (issue 13, section 6) -------------------------------------------------------
+    ("overlapping targets", PLAN + " --target Body --out {o}/plan/", r"targets 'GTV' and 'Body' overlap", ("plan/",)),
+    ("target without a prescription", PLAN.replace("--prescription 120 ", "").replace("--target GTV", "--target GTV:rx=120")
+     + " --target Bone --out {o}/plan/", r"no prescription dose for target\(s\) Bone", ("plan/",)),
+    ("contradictory prescriptions", PLAN.replace("--target GTV", "--target GTV:rx=120 --target gtv:rx=140")
+     + " --out {o}/plan/", r"'gtv' is given twice with contradictory prescription \(120 and 140\)", ("plan/",)),
+    ("bad per-target direction", PLAN.replace("--target GTV", "--target GTV:direction=up") + " --out {o}/plan/",
+     r"direction='up'", ("plan/",)),
+    ("no needle path reaches the target", PLAN + " --forbidden Body --out {o}/plan/",
+     r"no feasible needle path reaches the target 'GTV'.*Body", ("plan/",)),
+    ("needle limit of zero", PLAN + " --max-needles 0 --out {o}/plan/", r"--max-needles must be at least 1", ("plan/",)),
     # -- output paths --------------------------------------------------------------------------
     ("output folder cannot be created", PD + " --out /proc/nope/out.csv", r"/proc/nope/out\.csv: cannot create", ()),
     ("output folder not writable", PD + " --out {ro}/out.csv", r"out\.csv: .*(not writable|cannot write)", ()),

@@ -74,7 +74,7 @@ def plan_from_masks(geometry, masks: dict, target=None, *, targets=None, oars=()
                     implanted_needles=None, allow_new_needles=True, formalism="2D", n_target_points=3000,
                     n_check_points=6000, usable_length_mm=200.0, gauge=18, image_geometry=None, max_needles=None,
                     needle_clearance_mm=DEFAULT_CLEARANCE_MM, allow_needle_crossing=False, search_time_s=12.0,
-                    optimizer_options=None, progress=None) -> Plan:
+                    optimizer_options=None, soft_bound_time_s=2.0, progress=None) -> Plan:
     """Plan a seed implant on segment masks (all on ``geometry``); the library entry point.
 
     ``masks``: {segment name: bool mask [k, j, i]}. ``target`` names the target (or ``targets``:
@@ -93,12 +93,15 @@ def plan_from_masks(geometry, masks: dict, target=None, *, targets=None, oars=()
     dose counts, they are not moved) and ``implanted_needles`` are needles where the
     intra-operative CT shows them (loaded at no needle cost); with ``allow_new_needles=False`` only
     they are used. ``optimizer_options`` go to :func:`optimizer.optimize` (needle_weight,
-    coverage_buffer, mip_points, anneal_iterations). Returns a :class:`Plan` with its optimiser
+    coverage_buffer, mip_points, anneal_iterations). A soft goal still traded gets a lower bound on
+    the same candidates within ``soft_bound_time_s`` (:mod:`bounds`; 0 = none): the trade message
+    says whether the goal is infeasible with these needles. Returns a :class:`Plan` with its optimiser
     report; goals that cannot be met are stated in ``plan.optimizer['unmet']`` and the best plan
     found is returned.
     """
     from ..physics.dose import dose_factor_h
     from .assemble import TargetInfo, assemble, blocking_report
+    from .bounds import bound_traded, describe as describe_bound
     from .clearance import clashing_pairs
     from .directions import search_target
     from .nomogram import estimate
@@ -337,9 +340,13 @@ def plan_from_masks(geometry, masks: dict, target=None, *, targets=None, oars=()
     if not res.goals_met:
         warnings.append(res.message)
     traded = [r for r in res.sampled.get("soft_goals", []) if not r["met"]]
+    if traded and soft_bound_time_s and res.goals_met:
+        # is the traded goal infeasible with these needles, or did the optimiser stop short? (bounds.py)
+        bound_traded(prob, traded, soft_bound_time_s, rng_seed=rng_seed)
     for r in traded:
         warnings.append(f"soft goal traded: {r['target'] if len(tinfos) > 1 else 'target'} {r['goal']} {r['limit']:g}: "
-                        f"{r['value']:.1f} (over by {r['excess']:.1f}) to meet the hard goals with these needles")
+                        f"best found {r['value']:.1f} (over by {r['excess']:.1f}) to meet the hard goals with these "
+                        f"needles" + (f"; {describe_bound(r)}" if "verdict" in r else ""))
     n_costly = len({usable[k].number for k in cands.needle_index[sel] if not usable[k].fixed})
     optimizer_info = {"method": res.method, "status": res.status, "message": res.message, "goals_met": res.goals_met,
                       "unmet": res.unmet, "soft_traded": traded, "seconds_search": round(res.seconds, 3),

@@ -163,6 +163,60 @@ class ProblemPiecesTest(unittest.TestCase):
             Goals(120.0, oars=[OARConstraint("Bowel", d2cc_Gy=-1.0)])
 
 
+class SoftGoalBoundTest(unittest.TestCase):
+    """The lower bound on a traded hot-spot goal, checked against every loading enumerated by brute force."""
+
+    def problem(self, seed, n_points=40):
+        from SeedImplantPlannerLib.planning.problem import PlanningProblem
+        rng = np.random.default_rng(seed)
+        pts = rng.uniform(-10.0, 10.0, (n_points, 3))                  # target sample points, mm
+        cands = np.array([[x, y, z] for x in (-5.0, 5.0) for y in (-5.0, 5.0) for z in (-5.0, 5.0)])
+        cands = np.vstack([cands, [[0.0, 0.0, 0.0], [0.0, 0.0, 8.0]]])  # 10 candidates
+        r2 = np.maximum(((pts[:, None, :] - cands[None, :, :]) ** 2).sum(axis=2) / 100.0, 0.01)  # cm^2
+        D = 20.0 / r2  # point-source inverse square, Gy (a toy kernel: the bound does not look at physics)
+        C = len(cands)
+        goals = Goals(60.0, v100_min=0.9)
+        return PlanningProblem(C, np.arange(C), C, np.ones(C), np.zeros((0, 2), int), D, np.zeros(len(D)), D,
+                               np.zeros(len(D)), goals), D, goals
+
+    def brute_force(self, D, goals, level):
+        best = None
+        C = D.shape[1]
+        for bits in range(1 << C):
+            x = np.array([(bits >> j) & 1 for j in range(C)], float)
+            d = D @ x
+            if all(np.count_nonzero(d >= lvl) >= np.ceil(frac * len(d) - 1e-9) for lvl, frac in goals.coverage_levels()):
+                hot = 100.0 * np.count_nonzero(d > level) / len(d)
+                best = hot if best is None else min(best, hot)
+        return best
+
+    def test_bound_never_exceeds_the_best_loading_and_is_exact_when_solved(self):
+        from SeedImplantPlannerLib.planning.bounds import soft_goal_bound
+        for seed in (1, 2, 3):
+            prob, D, goals = self.problem(seed)
+            for level in (1.5 * goals.prescription_Gy, 2.0 * goals.prescription_Gy):
+                truth = self.brute_force(D, goals, level)
+                res = soft_goal_bound(prob, prob.blocks()[0], level, time_limit_s=20.0, n_points=len(D))
+                self.assertEqual(res["n_points"], len(D))
+                self.assertLessEqual(res["bound_percent"], truth + 1e-6, (seed, level))
+                if res["status"] == "optimal":
+                    self.assertAlmostEqual(res["bound_percent"], truth, delta=0.1)
+
+    def test_verdicts_and_messages(self):
+        from SeedImplantPlannerLib.planning.bounds import bound_traded, describe
+        prob, D, goals = self.problem(4, n_points=40)
+        truth = self.brute_force(D, goals, 2.0 * goals.prescription_Gy)
+        rows = [{"target": "target", "goal": "V200 <= %", "value": truth + 10.0, "limit": max(0.0, truth - 20.0),
+                 "met": False, "excess": 30.0},
+                {"target": "target", "goal": "V150 <= %", "value": 100.0, "limit": 100.0, "met": False, "excess": 0.0}]
+        bound_traded(prob, rows, time_limit_s=20.0, n_points=len(D))
+        self.assertEqual(rows[0]["bound"]["status"], "optimal")
+        self.assertEqual(rows[0]["verdict"], "infeasible")   # the limit is 20 points below the true optimum
+        self.assertIn("cannot be met with these needles", describe(rows[0]))
+        self.assertEqual(rows[1]["verdict"], "open")          # the limit is above the bound: nothing proven
+        self.assertIn("not proven infeasible", describe(rows[1]))
+
+
 if __name__ == "__main__":
     unittest.main()
 
