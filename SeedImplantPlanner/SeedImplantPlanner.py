@@ -148,6 +148,7 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.targetSegmentSelector.connect("currentSegmentChanged(QString)", self.onSegmentRolesChanged)
         self.ui.organsSegmentSelector.connect("segmentSelectionChanged(QStringList)", self.onSegmentRolesChanged)
         self.ui.forbiddenSegmentSelector.connect("segmentSelectionChanged(QStringList)", self.onSegmentRolesChanged)
+        self.ui.extraTargetsLineEdit.connect("editingFinished()", self.onExtraTargetsChanged)
         # Source and prescription
         self.ui.seedModelComboBox.connect("currentIndexChanged(int)", self.onSeedModelChanged)
         self.ui.strengthValueSpinBox.connect("valueChanged(double)", self.updateStrengthLabel)
@@ -233,6 +234,10 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.ui.targetSegmentSelector.setCurrentSegmentID(p.targetSegmentId)
             self.ui.organsSegmentSelector.setSelectedSegmentIDs(list(p.organSegmentIds))
             self.ui.forbiddenSegmentSelector.setSelectedSegmentIDs(list(p.forbiddenSegmentIds))
+            try:
+                self.ui.extraTargetsLineEdit.text = plan_scene.format_target_list(self.logic.planScene().targets()[1:])
+            except Exception:  # noqa: BLE001 - a target segment deleted meanwhile: the field stays as typed
+                pass
             index = self.ui.seedModelComboBox.findText(p.seedModel)
             if index >= 0:
                 self.ui.seedModelComboBox.currentIndex = index
@@ -269,6 +274,24 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self._parameterNode.organSegmentIds = list(self.ui.organsSegmentSelector.selectedSegmentIDs())
             self._parameterNode.forbiddenSegmentIds = list(self.ui.forbiddenSegmentSelector.selectedSegmentIDs())
         self.logic.invalidateEvaluation()
+
+    def onExtraTargetsChanged(self) -> None:
+        """Other targets of the implant (NAME:Rx[:strength]; ...), each against its own prescription."""
+        if self._parameterNode is None or self._updatingGui:
+            return
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Other targets not set."), waitCursor=False):
+                ps = self.logic.planScene()
+                first = ps.targets()[:1]
+                extras = plan_scene.parse_target_list(self.ui.extraTargetsLineEdit.text)
+                if not first:
+                    if extras:
+                        raise ValueError(_("choose the target first"))
+                    return
+                ps.set_targets([(first[0]["segment_id"], first[0]["prescription_Gy"], None)] + extras)
+                self.logic.invalidateEvaluation()
+        except Exception:  # noqa: BLE001 - already shown by tryWithErrorDisplay
+            return
 
     def onSeedModelChanged(self, index) -> None:
         if self._parameterNode is None or self._updatingGui:

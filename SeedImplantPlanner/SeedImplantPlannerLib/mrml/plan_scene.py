@@ -368,6 +368,34 @@ class PlanScene(LiveUpdates, PlanOutputs, PlanningActions):
             self.params.get_string_list("organSegmentIds") + self.params.get_string_list("forbiddenSegmentIds")
 
 
+def parse_target_list(text):
+    """``"GTV_Groin:140:0.7; Node2:120"`` -> [(name, Rx Gy, strength or None)] (the module's "Other targets" field).
+
+    Entries are separated by ``;``; each is ``NAME:Rx[:strength]`` (Rx in Gy, strength in the plan's
+    unit; without it the plan's strength). InputError names a bad entry.
+    """
+    out = []
+    for part in filter(None, (p.strip() for p in str(text or "").split(";"))):
+        bits = [b.strip() for b in part.split(":")]
+        if len(bits) not in (2, 3) or not bits[0]:
+            raise InputError(f"other target {part!r}: write NAME:Rx or NAME:Rx:strength (e.g. GTV_Groin:140:0.7)")
+        try:
+            rx = float(bits[1])
+            strength = float(bits[2]) if len(bits) == 3 and bits[2] else None
+        except ValueError:
+            raise InputError(f"other target {part!r}: the prescription and strength must be numbers") from None
+        if not (math.isfinite(rx) and rx > 0) or (strength is not None and not (math.isfinite(strength) and strength > 0)):
+            raise InputError(f"other target {part!r}: the prescription and strength must be positive")
+        out.append((bits[0], rx, strength))
+    return out
+
+
+def format_target_list(targets):
+    """The inverse of :func:`parse_target_list` for :meth:`PlanScene.targets` rows after the first."""
+    return "; ".join(f"{t['name']}:{t['prescription_Gy']:g}" + ("" if t.get("strength") is None else
+                                                              f":{t['strength']:g}") for t in targets)
+
+
 class _Pair:
     """A straight needle given only by its end points."""
 

@@ -582,6 +582,20 @@ class MultiTargetSceneTest(PlanSceneTestCase):
         self.assertIn("GTV2", text)
         self.assertIn("V100 (of Rx 90 Gy)", text)
 
+    def test_other_targets_field_of_the_module(self):
+        plan = self.build_two()
+        self.assertEqual(plan_scene.format_target_list(plan.targets()[1:]), "GTV2:90:0.4")
+        self.assertEqual(plan_scene.parse_target_list(" GTV2:90:0.4 ; OAR:100"), [("GTV2", 90.0, 0.4), ("OAR", 100.0, None)])
+        self.assertEqual(plan_scene.parse_target_list(""), [])
+        for bad, says in (("GTV2", "NAME:Rx"), ("GTV2:lots", "must be numbers"), ("GTV2:-5", "must be positive")):
+            with self.assertRaisesRegex(InputError, says):
+                plan_scene.parse_target_list(bad)
+        with self.assertRaisesRegex(InputError, "given twice"):
+            plan.set_targets([("PTV", RX), ("PTV", 90.0)])
+        plan.set_targets([("PTV", RX)])  # back to one target: the extra lists are emptied
+        self.assertEqual(plan.params.get_string_list("extraTargetSegmentIds"), [])
+        self.assertEqual(len(plan.targets()), 1)
+
     def test_planning_two_targets_with_their_own_strengths(self):
         plan = self.build_two()
         result = plan.plan_implant("template", "S", 5.0, time_limit_s=1.0)
