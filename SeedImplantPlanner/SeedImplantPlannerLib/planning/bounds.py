@@ -109,29 +109,26 @@ def soft_goal_bound(prob: PlanningProblem, block, level_Gy, time_limit_s=2.0, n_
 
 
 def bound_traded(prob: PlanningProblem, traded, time_limit_s=4.0, n_points=BOUND_POINTS, rng_seed=0):
-    """Add a lower bound to each traded soft-goal row (from :func:`optimizer.soft_report`), within ``time_limit_s``.
+    """Add a lower bound to each traded soft-goal row (from :func:`optimizer.soft_report`), ``time_limit_s`` in all.
 
     Each row gets ``bound`` (dict of :func:`soft_goal_bound`, or None when the time ran out) and
     ``verdict``: "infeasible" (the bound, less two standard errors of the sample, is above the
     limit: no loading of these needles meets the goal), "open" (the bound is below the limit: the
     relaxation cannot tell; a better loading may exist) or "not computed".
     """
-    t_end = time.monotonic() + time_limit_s
     blocks = {b.name: b for b in prob.blocks()}
     pending = [r for r in traded if r["goal"] != "D90 <= % Rx"]
     for r in traded:
         r["bound"] = None
         r["verdict"] = "not computed"
-    for n, r in enumerate(pending):
-        left = t_end - time.monotonic()
-        if left < 0.3:
-            break
+    share = time_limit_s / max(1, len(pending))  # each traded goal its share (HiGHS may overrun a little)
+    for r in pending:
         b = blocks.get(r["target"]) or next(iter(blocks.values()))
         label = r["goal"].split()[0]  # "V150" / "V200"
         lvl = {lab: level for lab, level, _ in b.goals.soft_limits()}.get(label)
         if lvl is None:
             continue
-        res = soft_goal_bound(prob, b, lvl, left / (len(pending) - n), n_points, rng_seed)
+        res = soft_goal_bound(prob, b, lvl, share, n_points, rng_seed)
         r["bound"] = res
         if res["status"] == "infeasible":
             r["verdict"] = "coverage infeasible"
