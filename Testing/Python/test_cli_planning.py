@@ -263,12 +263,23 @@ class CTGuidedCommandTest(unittest.TestCase):
 
     def test_two_targets_with_their_own_prescription_and_strength(self):
         out = self.dir / "two"
-        r = seedplan(*self.base, "--target", "GTV_RP:rx=120,strength=0.5", "--target", "GTV_Groin:rx=140,strength=0.7",
-                     "--direction", "A", "--out", out)
+        r = seedplan(*self.base, "--target", "GTV_RP:rx=120,strength=0.5",
+                     "--target", "GTV_Groin:rx=140,strength=0.7,direction=P", "--direction", "A", "--out", out)
         self.assertIn(r.returncode, (0, 3), r.stderr)
         plan = json.loads((out / "plan.json").read_text())
         self.assertEqual([(t["name"], t["prescription_Gy"]) for t in plan["targets"]],
                          [("GTV_RP", 120.0), ("GTV_Groin", 140.0)])
+        # each target's template direction: the groin mass from the front, the retroperitoneal one from behind
+        self.assertEqual(plan["structures"]["target_directions"],
+                         {"GTV_RP": [0.0, 1.0, 0.0], "GTV_Groin": [0.0, -1.0, 0.0]})
+        # the report of this plan: every target against its own prescription
+        rep = self.dir / "two.html"
+        r = seedplan("report", "--dose", out / "dose.nrrd", "--structures", self.lab, "--names", "GTV_RP,GTV_Groin,Bowel",
+                     "--rx", "120", "--plan", out / "plan.json", "--out", rep)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        html = rep.read_text()
+        self.assertIn("GTV_RP 120 Gy; GTV_Groin 140 Gy", html)
+        self.assertIn("Dose wash around GTV_Groin: isodose lines in % of its prescription 140 Gy", html)
         goals = [row["goal"] for row in json.loads((out / "metrics.json").read_text())["goal_check"]]
         self.assertIn("GTV_RP V100 >= %", goals)
         self.assertIn("GTV_Groin V100 >= %", goals)
