@@ -344,6 +344,10 @@ def run_ct_guided():
     print(f"   auto: chose {chosen['set']} of {len(auto.optimizer['direction_search'])} sets; "
           f"{auto.optimizer['status']}; soft goals traded: {auto.optimizer['soft_traded'] or 'none'}")
     print(f"   mip status: {results['mip'][1].optimizer['status']}")
+    o = two.optimizer
+    print(f"   two targets: {o['n_candidates']} candidates; influence matrices {o['seconds_matrix']:.1f} s, optimiser "
+          f"{o['seconds_search']:.1f} s, soft-goal bound "
+          f"{sum((r.get('bound') or {}).get('seconds', 0.0) for r in o['soft_traded']):.1f} s, total {o['seconds_total']:.1f} s")
     print(f"   two targets: soft goals traded: {[(r['target'], r['goal'], r['value'], (r.get('bound') or {}).get('bound_percent'), r.get('verdict')) for r in two.optimizer['soft_traded']] or 'none'}")
     print(f"   peak memory: {mem_one:.0f} MB after the one-target plans, {mem:.0f} MB at the end (includes the case build)")
 

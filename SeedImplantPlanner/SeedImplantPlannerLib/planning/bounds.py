@@ -88,8 +88,9 @@ def soft_goal_bound(prob: PlanningProblem, block, level_Gy, time_limit_s=2.0, n_
                                      -np.inf, 0.0))
     integrality = np.ones(n_var)
     cost = np.r_[np.zeros(C + K * N), np.ones(N)]
+    left = time_limit_s - (time.monotonic() - t0)  # building the rows counts against the time limit
     res = milp(cost, constraints=cons, integrality=integrality, bounds=Bounds(lo, hi),
-               options={"time_limit": float(max(0.2, time_limit_s)), "disp": False, "mip_rel_gap": 1e-4})
+               options={"time_limit": float(max(0.1, left)), "disp": False, "mip_rel_gap": 1e-4})
     out = {"n_points": int(N), "seconds": round(time.monotonic() - t0, 2), "relaxed_value_percent": None}
     if res.status == 2:  # infeasible
         out.update(bound_percent=None, status="infeasible")

@@ -74,7 +74,7 @@ def plan_from_masks(geometry, masks: dict, target=None, *, targets=None, oars=()
                     implanted_needles=None, allow_new_needles=True, formalism="2D", n_target_points=3000,
                     n_check_points=6000, usable_length_mm=200.0, gauge=18, image_geometry=None, max_needles=None,
                     needle_clearance_mm=DEFAULT_CLEARANCE_MM, allow_needle_crossing=False, search_time_s=12.0,
-                    optimizer_options=None, soft_bound_time_s=2.0, progress=None) -> Plan:
+                    optimizer_options=None, soft_bound_time_s=1.0, progress=None) -> Plan:
     """Plan a seed implant on segment masks (all on ``geometry``); the library entry point.
 
     ``masks``: {segment name: bool mask [k, j, i]}. ``target`` names the target (or ``targets``:
