@@ -20,7 +20,7 @@ import time
 from ..core.errors import SeedModelError, SeedPlanError
 
 #: Modules that register subcommands, in help order.
-SUBCOMMAND_MODULES = ["common", "planning", "evaluation", "verify", "intraop", "dicom", "demo", "serve"]
+SUBCOMMAND_MODULES = ["common", "planning", "evaluation", "verify", "registration", "intraop", "dicom", "demo", "serve"]
 
 
 #: Output options checked before a command runs: ``{dest: "file" | "folder" | "any"}`` for every command,
