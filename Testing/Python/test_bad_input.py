@@ -67,6 +67,14 @@ def _rows(*specs):
 
 
 # Library calls of the rows (imported lazily: each names the function the CLI uses for that input).
+def _register(moving):
+    def call(d):
+        from SeedImplantPlannerLib.imaging.registration import register_ct
+        return register_ct(str(d / "planning.nrrd"), str(d / moving),
+                           names=(f"{d}/planning.nrrd (planning CT)", f"{d}/{moving} (new CT)"))
+    return call
+
+
 def _seeds(path):
     from SeedImplantPlannerLib.physics.seeds import read_seeds_csv
     return lambda d: read_seeds_csv(Path(path.format(d=d)))
@@ -124,6 +132,7 @@ FNEED = "find-needles --ct {d}/ct.nrrd"
 VERIFY = "verify --planned {d}/seeds.csv --found {d}/seeds.csv --spacing 2"
 EXPORT = "export-dicom --ct {d}/ct.nrrd --seeds {d}/seeds.csv --prescription-Gy 120"
 DSEEDS = "dicom-seeds"
+REG = "register --fixed {d}/planning.nrrd --moving {d}/moving.nrrd"
 INTRAOP = ("intraop --ct {d}/ct.nrrd --plan {d}/plan.json --segmentation {d}/seg.seg.nrrd "
            "--needles {d}/needles_in_place.csv")
 
@@ -494,6 +503,23 @@ KINDS = _rows(
      r"ct_nan\.nrrd: CT holds non-finite voxels", ("intraop/",)),
     ("intraop: CT without needles and no needle table", INTRAOP.replace(" --needles {d}/needles_in_place.csv", "")
      + " --out {o}/intraop/", r"metal", ("intraop/",)),
+    # -- register (rigid registration of a new CT to the planning CT) --------------------------------
+    ("register: CTs that do not overlap", REG.replace("moving.nrrd", "moving_far.nrrd") + " --out {o}/t.tfm",
+     r"do not overlap", ("t.tfm",), _register("moving_far.nrrd")),
+    ("register: an empty (air-only) CT", REG.replace("moving.nrrd", "air.nrrd") + " --out {o}/t.tfm --json {o}/t.json",
+     r"air\.nrrd \(new CT\): no body in the CT", ("t.tfm", "t.json")),
+    ("register: another body part", REG.replace("moving.nrrd", "head.nrrd") + " --out {o}/t.tfm --resampled {o}/r.nrrd",
+     r"head\.nrrd \(new CT\).*failed: .*Dice", ("t.tfm", "r.nrrd")),
+    ("register: NaN in the new CT", REG.replace("moving.nrrd", "ct_nan.nrrd") + " --out {o}/t.tfm",
+     r"ct_nan\.nrrd.*(NaN|non-finite)", ("t.tfm",)),
+    ("register: missing planning CT", REG.replace("planning.nrrd", "nope.nrrd") + " --out {o}/t.tfm",
+     r"nope\.nrrd: image not found", ("t.tfm",)),
+    ("register: truncated new CT", REG.replace("moving.nrrd", "rawhalf.nrrd") + " --out {o}/t.tfm",
+     r"rawhalf\.nrrd", ("t.tfm",)),
+    ("register: unknown transform file type", REG + " --out {o}/t.xyz", r"t\.xyz: transform file must end in",
+     ("t.xyz",)),
+    ("register: registration grid of 0 mm", REG + " --grid 0 --out {o}/t.tfm", r"grid \(--grid, mm\) must be a positive",
+     ("t.tfm",)),
 )
 
 
@@ -668,6 +694,22 @@ def make_inputs(d: Path):
     plan_variant("plan_rxnull.json", lambda p: p.update(prescription_Gy=None))
     plan_variant("plan_seedlist.json", lambda p: p.update(seeds=[1, 2]))
     plan_variant("plan_model.json", lambda p: p["seeds"][1].update(model="NoSuchSeed"))
+    # CTs for register: a small pelvis-like body (an ellipse with a bone rod and a bone plate), moved
+    # 3 mm; the same far away; air only; a skull-like shell (another body part)
+    reg = ImageGeometry((40, 32, 20), (3.0, 3.0, 3.0), (-58.5, -46.5, -28.5))
+    c = reg.voxel_centers_ras()
+    x, y, z = c[..., 0], c[..., 1], c[..., 2]
+
+    def pelvis(dx):
+        hu = np.where(((x - dx) / 50.0) ** 2 + (y / 38.0) ** 2 <= 1.0, 40, -1000)
+        hu = np.where(np.hypot(x - dx - 20.0, y + 15.0) <= 7.0, 900, hu)
+        return np.where((np.abs(x - dx + 20.0 + 0.3 * z) <= 3.0) & (np.abs(y) < 20) & (z > -10), 900, hu).astype(np.int16)
+    write_image(d / "planning.nrrd", pelvis(0.0), reg)
+    write_image(d / "moving.nrrd", pelvis(3.0), reg)
+    write_image(d / "moving_far.nrrd", pelvis(3.0), ImageGeometry(reg.size, reg.spacing, (600.0, 600.0, 600.0)))
+    write_image(d / "air.nrrd", np.full(reg.shape, -1000, np.int16), reg)
+    r = np.linalg.norm(c / [55.0, 44.0, 70.0], axis=-1)
+    write_image(d / "head.nrrd", np.where(r <= 1.0, np.where(r > 0.88, 1200, 30), -1000).astype(np.int16), reg)
     (d / "needles_nocp.json").write_text(json.dumps([{"control_points_ras_mm": []}]))
     (d / "needles_in_place.csv").write_text("name,entry_x_mm,entry_y_mm,entry_z_mm,tip_x_mm,tip_y_mm,tip_z_mm\n"
                                             "N1,0,-30,0,0,0,0\n")

@@ -162,12 +162,12 @@ class RegistrationResult:
         return rotation_angle_deg(self.rotation)
 
     @property
-    def shift_at_centre_mm(self):
-        """How far the registration moves the new CT's point at the planning body's centre (RAS mm)."""
+    def patient_shift_mm(self):
+        """How far the patient moved at the planning body's centre: its place in the new CT minus its place
+        in the planning CT (RAS mm; the inverse transform applied to the centre)."""
         c = np.asarray(self.centre_ras, float)
         inv = np.linalg.inv(self.matrix_ras)
-        p_new = inv[:3, :3] @ c + inv[:3, 3]
-        return c - p_new
+        return inv[:3, :3] @ c + inv[:3, 3] - c
 
     @property
     def inverse_matrix_ras(self):
@@ -201,12 +201,12 @@ class RegistrationResult:
 
     def summary_line(self):
         """One line: translation, rotation, quality."""
-        t = self.shift_at_centre_mm
+        t = self.patient_shift_mm
         r = self.rotation_deg
         q = self.quality
-        parts = [f"shift at the body centre R {t[0]:+.1f} A {t[1]:+.1f} S {t[2]:+.1f} mm "
-                 f"(|{np.linalg.norm(t):.1f}| mm)",
-                 f"rotation about R {r[0]:+.2f} A {r[1]:+.2f} S {r[2]:+.2f} deg ({self.rotation_angle_deg:.2f} deg)"]
+        parts = [f"patient moved R {t[0]:+.1f} A {t[1]:+.1f} S {t[2]:+.1f} mm ({np.linalg.norm(t):.1f} mm) at the "
+                 f"body centre and turned {self.rotation_angle_deg:.2f} deg (planning-from-new rotation about "
+                 f"R {r[0]:+.2f} A {r[1]:+.2f} S {r[2]:+.2f} deg)"]
         if q.get("bone_dice") is not None:
             parts.append(f"bone Dice {q['bone_dice']:.2f} (before {q.get('bone_dice_before', float('nan')):.2f})")
         if q.get("body_dice") is not None:
@@ -224,7 +224,7 @@ class RegistrationResult:
                           "p_planning = matrix_ras @ [p_new, 1]",
             "matrix_ras": [[float(v) for v in row] for row in self.matrix_ras],
             "translation_mm": [float(v) for v in self.translation_mm],
-            "shift_at_centre_mm": [float(v) for v in self.shift_at_centre_mm],
+            "patient_shift_mm": [float(v) for v in self.patient_shift_mm],
             "centre_ras_mm": [float(v) for v in self.centre_ras],
             "rotation_deg_about_ras_xyz": [float(v) for v in self.rotation_deg],
             "rotation_angle_deg": self.rotation_angle_deg,
@@ -277,7 +277,7 @@ def _as_image(ct, what):
     from ..core.imageio import geometry_of, read_sitk, to_sitk
     if isinstance(ct, (str, Path)):
         image = read_sitk(ct)
-        name = str(ct)
+        name = f"{ct} ({what})" if what in ("planning CT", "new CT") else what
     elif isinstance(ct, tuple) and len(ct) == 2:
         arr, geom = ct
         if not isinstance(geom, ImageGeometry):
@@ -432,14 +432,19 @@ def _parameters(**kw):
         raise InputError(f"registration metric must be 'mattes' or 'bone', got {p['metric']!r}")
     if p["init"] not in ("moments", "geometry", "identity"):
         raise InputError(f"registration init must be 'moments', 'geometry' or 'identity', got {p['init']!r}")
+    label = {"grid_mm": "grid (--grid, mm)", "max_samples": "sample count", "max_rotation_deg": "rotation limit (deg)",
+             "max_shift_mm": "shift limit (mm)", "metal_margin_mm": "metal margin (--metal-margin, mm)",
+             "skin_margin_mm": "skin margin (mm)", "metal_hu": "metal threshold (--metal-hu, HU)"}
     for k in ("grid_mm", "max_samples", "max_rotation_deg", "max_shift_mm"):
         if not (isinstance(p[k], (int, float)) and math.isfinite(p[k]) and p[k] > 0):
-            raise InputError(f"registration {k.replace('_', ' ')} must be a positive number, got {p[k]!r}")
+            raise InputError(f"registration {label[k]} must be a positive number, got {p[k]!r}")
     for k in ("metal_margin_mm", "skin_margin_mm"):
         if not (isinstance(p[k], (int, float)) and math.isfinite(p[k]) and p[k] >= 0):
-            raise InputError(f"registration {k.replace('_', ' ')} must be a number >= 0, got {p[k]!r}")
+            raise InputError(f"registration {label[k]} must be a number >= 0, got {p[k]!r}")
+    if not (isinstance(p["metal_hu"], (int, float)) and math.isfinite(p["metal_hu"]) and p["metal_hu"] > 300):
+        raise InputError(f"registration {label['metal_hu']} must be a number above bone's 300 HU, got {p['metal_hu']!r}")
     if not (0.5 <= p["grid_mm"] <= 10.0):
-        raise InputError(f"registration grid must be 0.5-10 mm, got {p['grid_mm']:g} mm")
+        raise InputError(f"registration grid (--grid) must be 0.5-10 mm, got {p['grid_mm']:g} mm")
     return p
 
 
@@ -447,13 +452,14 @@ def _parameters(**kw):
 
 def register_ct(fixed, moving, *, translation_only=False, metric="mattes", init="moments", grid_mm=None,
                 metal_hu=None, metal_margin_mm=None, use_metal_mask=True, check=True, progress=None,
-                names=("planning CT", "new CT"), **options):
+                names=None, **options):
     """Register ``moving`` (the new CT) rigidly to ``fixed`` (the planning CT).
 
     ``fixed`` / ``moving``: CT paths, SimpleITK images or ``(array[k, j, i], ImageGeometry)`` in HU.
     ``translation_only``: 3 degrees of freedom instead of 6. ``use_metal_mask=False`` keeps metal in
     the metric, otherwise the same (a reference for the benchmark and the tests, not for clinical use).
-    ``names``: how messages call the two CTs (file names, say) when they are not given as paths.
+    ``names``: how messages call the two CTs (default: "PATH (planning CT)" / "PATH (new CT)" for paths,
+    else "planning CT" / "new CT").
     ``check=False`` returns a failed registration's result (quality and warnings) instead of raising.
     Other options (``body_hu``, ``bone_hu``, ``clip_hu``, ``skin_margin_mm``, ``min_bone_dice``,
     ``min_body_dice``, ``min_bone_cc``, ``max_rotation_deg``, ``max_shift_mm``, ``max_samples``): see the
@@ -472,6 +478,7 @@ def register_ct(fixed, moving, *, translation_only=False, metric="mattes", init=
     if not use_metal_mask:
         p["metal_margin_mm"] = -1.0
     _progress.report(progress, 0.0, "registration: preparing the CTs")
+    names = names or ("planning CT", "new CT")
     F = _Prepared(fixed, names[0], p)
     _progress.report(progress, 0.04, "registration: preparing the CTs")
     M = _Prepared(moving, names[1], p)
@@ -625,7 +632,7 @@ def _problems(result, F, M, p):
     out = []
     if result.rotation_angle_deg > p["max_rotation_deg"]:
         out.append(f"diverged: rotation {result.rotation_angle_deg:.1f} deg > {p['max_rotation_deg']:g} deg")
-    shift = float(np.linalg.norm(result.shift_at_centre_mm))
+    shift = float(np.linalg.norm(result.patient_shift_mm))
     if shift > p["max_shift_mm"]:
         out.append(f"diverged: shift {shift:.1f} mm > {p['max_shift_mm']:g} mm")
     if q["overlap_fraction"] < MIN_OVERLAP:
