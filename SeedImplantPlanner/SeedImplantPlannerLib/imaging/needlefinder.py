@@ -304,7 +304,8 @@ def find_needles(ct_hu, geometry: ImageGeometry, *, region_mask=None, expected_d
     # objects never brighter than cortical bone, and either not half-way to the CT's metal or in a CT
     # with nothing brighter than bone at all: bone and streaks (a dim piece of a needle is traced from
     # its bright part; steel on a CT exceeds cortical bone somewhere, at least at its tip)
-    comp_max = ndimage.maximum(ct, lab, np.arange(1, ncomp + 1))
+    comp_max = np.full(ncomp, -np.inf)
+    np.maximum.at(comp_max, lab[metal] - 1, ct[metal].astype(float))   # (ndimage.maximum sorts the whole CT)
     dim_level = (BONE_MAX_HU if metal_peak < BONE_MAX_HU else
                  min(BONE_MAX_HU, background + EDGE_FAINT_FRACTION * (metal_peak - background)))
     inlier_mm = max(1.5, 0.5 * float(sp.max()) + 0.8)
