@@ -280,6 +280,27 @@ class CTGuidedCommandTest(unittest.TestCase):
         html = rep.read_text()
         self.assertIn("GTV_RP 120 Gy; GTV_Groin 140 Gy", html)
         self.assertIn("Dose wash around GTV_Groin: isodose lines in % of its prescription 140 Gy", html)
+        # without --rx the report takes the prescriptions, target and body from the plan and says so
+        rep2 = self.dir / "two_from_plan.html"
+        r = seedplan("report", "--dose", out / "dose.nrrd", "--structures", self.lab, "--names", "GTV_RP,GTV_Groin,Bowel,Body",
+                     "--plan", out / "plan.json", "--out", rep2)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(f"prescription 120 Gy taken from plan {out / 'plan.json'}", r.stderr)
+        self.assertIn("target 'GTV_RP' taken from plan", r.stderr)
+        html2 = rep2.read_text()
+        self.assertIn("GTV_RP 120 Gy; GTV_Groin 140 Gy", html2)
+        self.assertIn("Dose wash around GTV_Groin: isodose lines in % of its prescription 140 Gy", html2)
+        # a plan file without a usable prescription is refused by name, nothing written
+        broken = self.dir / "no_rx.json"
+        doc = json.loads((out / "plan.json").read_text())
+        doc["prescription_Gy"] = None
+        broken.write_text(json.dumps(doc))
+        rep3 = self.dir / "no_rx.html"
+        r = seedplan("report", "--dose", out / "dose.nrrd", "--structures", self.lab, "--names", "GTV_RP",
+                     "--plan", broken, "--out", rep3)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("plan has no valid prescription_Gy", r.stderr)
+        self.assertFalse(rep3.exists())
         goals = [row["goal"] for row in json.loads((out / "metrics.json").read_text())["goal_check"]]
         self.assertIn("GTV_RP V100 >= %", goals)
         self.assertIn("GTV_Groin V100 >= %", goals)

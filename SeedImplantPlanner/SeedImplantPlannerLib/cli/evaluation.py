@@ -291,10 +291,42 @@ def _read_plan(path):
     return doc
 
 
+def _defaults_from_plan(args, plan):
+    """Prescription, target and body of a report taken from its plan file where not given.
+
+    A plan written by `seedplan plan` holds its prescription (every target's in `targets`, the first
+    one's at the top) and the structures it was planned on; asking for `--rx` again would invite a
+    second, contradicting prescription. Explicit options and goals keep precedence.
+    """
+    notes = []
+    if plan is None:
+        return notes
+    if args.rx is None and not getattr(args, "goals", None):
+        rx = plan.get("prescription_Gy")
+        if not isinstance(rx, (int, float)) or isinstance(rx, bool) or not np.isfinite(rx) or rx <= 0:
+            raise InputError(f"{args.plan}: plan has no valid prescription_Gy ({rx!r}): give --rx GY")
+        args.rx = float(rx)
+        notes.append(f"prescription {args.rx:g} Gy taken from plan {args.plan}"
+                     + (" (each target's metrics in the report use its own)" if plan.get("targets") else ""))
+    names = plan.get("structures") if isinstance(plan.get("structures"), dict) else {}
+    chosen = None  # structures picked with --names: the plan's target or body only when among them
+    if getattr(args, "names", None):
+        chosen = {n.strip() for n in ",".join(args.names).split(",") if n.strip()}
+    for option in ("target", "body"):
+        if (getattr(args, option, None) is None and isinstance(names.get(option), str)
+                and (chosen is None or names[option] in chosen)):
+            setattr(args, option, names[option])
+            notes.append(f"{option} {names[option]!r} taken from plan {args.plan}")
+    return notes
+
+
 def cmd_report(args):
     """Self-contained HTML report (and optional PDF)."""
     from ..reporting.report import write_report
+    plan = _read_plan(args.plan)
+    notes = _defaults_from_plan(args, plan)
     ev, dose, geometry, structures = _evaluate(args, progress=_bar(args, "report"))
+    _NOTES.extend(notes)
     seeds = None
     if args.seeds:
         from .common import read_seed_input
@@ -311,7 +343,7 @@ def cmd_report(args):
                                    labels=tuple(args.labels), resample=args.resample,
                                    evaluate_kwargs=dict(target=args.target, body=args.body, goals=_goals(args),
                                                         supersample=_supersample(args.supersample)))
-    out = write_report(args.out, ev, dose, structures=structures, plan=_read_plan(args.plan), seeds=seeds, ct=ct,
+    out = write_report(args.out, ev, dose, structures=structures, plan=plan, seeds=seeds, ct=ct,
                        title=args.title, pdf_path=args.pdf, comparison=comparison)
     _print_metrics(ev)
     print(f"wrote {out['html']}" + (f" and {out['pdf']}" if out["pdf"] else ""))
