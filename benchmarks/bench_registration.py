@@ -97,10 +97,14 @@ def errors(M, R, t, c, points):
 def centre_of_mass(fixed, moving):
     """Reference: translation between the body centres of mass (> -400 HU) over the common z range."""
     def com(arr, g, lo, hi):
-        idx = np.argwhere(arr > -400)[:, ::-1]
-        p = g.ijk_to_ras(idx[:: max(1, len(idx) // 400000)])
-        p = p[(p[:, 2] >= lo) & (p[:, 2] <= hi)]
-        return p.mean(axis=0)
+        z = g.ijk_to_ras(np.stack([np.zeros(g.shape[0]), np.zeros(g.shape[0]), np.arange(g.shape[0])], 1))[:, 2]
+        ks = np.flatnonzero((z >= lo) & (z <= hi))
+        body = arr[ks] > -400
+        n = body.sum()
+        ijk = [float((body.sum(axis=(0, 1)) * np.arange(g.shape[2])).sum() / n),
+               float((body.sum(axis=(0, 2)) * np.arange(g.shape[1])).sum() / n),
+               float((body.sum(axis=(1, 2)) * ks).sum() / n)]
+        return g.ijk_to_ras(np.array(ijk))
     (fa, fg), (ma, mg) = fixed, moving
     lo = max(fg.bounds_ras()[0][2], mg.bounds_ras()[0][2])
     hi = min(fg.bounds_ras()[1][2], mg.bounds_ras()[1][2])

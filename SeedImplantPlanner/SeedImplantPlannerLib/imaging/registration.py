@@ -305,11 +305,14 @@ def _coarse(image, geometry, grid_mm, metal_hu, name):
         raise InputError(f"{name}: the CT holds NaN or infinite values")
     factors = [max(1, int(round(grid_mm / s))) for s in geometry.spacing]
     factors = [min(f, n) for f, n in zip(factors, geometry.size)]
-    img = image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
-    small = sitk.BinShrink(img, factors)
-    metal_full = sitk.GetImageFromArray((np.asarray(arr) > metal_hu).astype(np.uint8))
+    while np.prod(factors) > 255:                       # the metal test below counts up to 255 voxels per block
+        factors[int(np.argmax(factors))] -= 1
+    # the block mean in the CT's own pixel type (integer HU: the mean rounded, 0.5 HU at most), then float
+    small = sitk.Cast(sitk.BinShrink(image, factors), sitk.sitkFloat32)
+    # metal anywhere in a block: 255 per metal voxel, so one voxel of up to 255 keeps the block mean above 0
+    metal_full = sitk.GetImageFromArray(np.where(np.asarray(arr) > metal_hu, np.uint8(255), np.uint8(0)))
     metal_full.CopyInformation(image)
-    metal = sitk.GetArrayFromImage(sitk.BinShrink(sitk.Cast(metal_full, sitk.sitkFloat32), factors)) > 0
+    metal = sitk.GetArrayFromImage(sitk.BinShrink(metal_full, factors)) > 0
     return small, metal
 
 
