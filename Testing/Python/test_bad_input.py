@@ -503,6 +503,10 @@ KINDS = _rows(
      r"ct_nan\.nrrd: CT holds non-finite voxels", ("intraop/",)),
     ("intraop: CT without needles and no needle table", INTRAOP.replace(" --needles {d}/needles_in_place.csv", "")
      + " --out {o}/intraop/", r"metal", ("intraop/",)),
+    ("intraop: registration to another body part", INTRAOP.replace("ct.nrrd", "head.nrrd") + " --register {d}/planning.nrrd"
+     " --out {o}/intraop/", r"head\.nrrd \(intra-operative CT\).*failed: .*Dice", ("intraop/",)),
+    ("intraop: transform file that is not one", INTRAOP + " --transform {d}/binary.json --out {o}/intraop/",
+     r"binary\.json: unreadable transform", ("intraop/",)),
     # -- register (rigid registration of a new CT to the planning CT) --------------------------------
     ("register: CTs that do not overlap", REG.replace("moving.nrrd", "moving_far.nrrd") + " --out {o}/t.tfm",
      r"do not overlap", ("t.tfm",), _register("moving_far.nrrd")),

@@ -2,7 +2,8 @@
 
     seedplan intraop --ct intraop.nrrd --plan plan/plan.json [--needles needles.csv]
                      [--segmentation seg.seg.nrrd] [--implanted N] [--allow-new-needles]
-                     [--no-options] [--time-limit S] [--no-scene] --out DIR
+                     [--no-options] [--time-limit S] [--no-scene]
+                     [--register [PLANNING_CT] | --transform transform.tfm] --out DIR
 
 The needles in place are found on the CT (needle finder + matching to the plan's needles), or
 come from ``--needles`` (a needle table as ``--implanted-needles`` reads, names as in the plan,
@@ -12,6 +13,11 @@ e.g. ``find-needles`` output corrected by hand). See
 ``options.csv``, ``dose_implanted.nrrd``, ``dose_planned.nrrd``, ``dvh_compare.csv``/``.png``
 (target DVH: plan, implanted seeds, re-plan), ``dvh.csv``, ``metrics.csv``, ``goals.csv``,
 ``report.html``, ``scene.mrb`` and ``intraop_summary.json``. Exit 3 when the goals are not met.
+``--register`` first registers the CT rigidly to the planning CT (default: the plan's image) and
+``--transform`` reads such a registration (``seedplan register``, or a transform saved in Slicer);
+the CT's grid is then re-labelled in the planning frame (imaging/registration.py, no resampling),
+so the needles and seeds found, the deviations and the re-plan are in the plan's frame, and
+``registration.tfm`` / ``registration.json`` are written too (docs/registration.md).
 """
 
 from __future__ import annotations
@@ -65,6 +71,11 @@ def write_intraop_folder(tmp, result, ct, ct_geometry, seg, *, scene=True, progr
     files = ["plan/", "needle_deviations.csv", "seeds_implanted.csv", "options.csv", "dose_implanted.nrrd",
              "dose_planned.nrrd", "dvh_compare.csv", "dvh_compare.png", "dvh.csv", "metrics.csv", "goals.csv",
              "report.html"]
+    if getattr(result, "registration", None) is not None:
+        from ..imaging.registration import write_transform
+        write_transform(tmp / "registration.tfm", result.registration)
+        write_transform(tmp / "registration.json", result.registration)
+        files += ["registration.tfm", "registration.json"]
     if scene:
         from ..mrml.intraop_scene import save_intraop_scene
         save_intraop_scene(tmp / "scene.mrb", result, (ct, ct_geometry), seg, progress=progress)
@@ -114,7 +125,9 @@ def _write_report(path, result, ct, ct_geometry):
     dev_cols = ["number", "name", "status", "entry_mm", "tip_mm", "angle_deg", "depth_mm"]
     opt_cols = ["option", "seed_spacing_mm", "target_margin_mm", "new_needles", "adopted", "goals_met", "n_new_seeds",
                 "n_needles_used", "v100_pct", "d90_Gy", "unmet"]
-    section = (f"<h2>Intra-operative review</h2><p>{html.escape(result.deviation_line())}</p>"
+    reg = getattr(result, "registration", None)
+    reg_line = f"<p>CT registered to the planning CT: {html.escape(reg.summary_line())}</p>" if reg is not None else ""
+    section = (f"<h2>Intra-operative review</h2>{reg_line}<p>{html.escape(result.deviation_line())}</p>"
                f"<p>Seeds already implanted (found): {len(result.found_seeds)}; new seeds: "
                f"{int((~plan.seed_fixed).sum())}. {html.escape(result.advice[:1].upper() + result.advice[1:])}.</p>"
                f"<h3>Needle deviations from the plan</h3>{table(result.needle_rows, dev_cols)}"
@@ -156,6 +169,7 @@ def cmd_intraop(args):
     if np.issubdtype(ct.dtype, np.floating) and not np.all(np.isfinite(ct)):
         raise InputError(f"{args.ct}: CT holds non-finite voxels (NaN or Inf)")
     seg = read_segmentation(seg_path)
+    geometry, needles, registration = _registration_step(args, plan, ct, geometry, needles)
     bar = ProgressBar("intraop", enabled=not args.quiet)
     t_needles = None
     if needles is None:
@@ -171,7 +185,8 @@ def cmd_intraop(args):
                              f"{len(found.rejected)} object(s) rejected): give --needles")
     result = run_intraop(ct, geometry, plan, seg, needles, expected_implanted=args.implanted or None,
                          allow_new_needles=args.allow_new_needles, try_options=not args.no_options,
-                         time_limit_s=args.time_limit, rng_seed=args.random_seed, progress=bar)
+                         time_limit_s=args.time_limit, rng_seed=args.random_seed, progress=bar,
+                         registration=registration)
     if t_needles is not None:
         result.timings["find_needles_s"] = t_needles
         result.timings["total_s"] = result.timings.get("total_s", 0.0) + t_needles
@@ -199,6 +214,33 @@ def cmd_intraop(args):
     return 0
 
 
+def _registration_step(args, plan, ct, geometry, needles):
+    """``--register`` / ``--transform``: the CT's geometry in the planning frame, the ``--needles`` table (written
+    on the intra-op CT's frame) mapped the same way, and the registration (None without either option)."""
+    from dataclasses import replace
+    if args.register is None and not args.transform:
+        return geometry, needles, None
+    from .main import ProgressBar
+    from ..imaging.registration import align_to_planning
+    if args.register is not None and args.transform:
+        raise InputError("give --register or --transform, not both")
+    planning_ct = None
+    if args.register is not None:
+        planning_ct = args.register or plan.structures.get("image")
+        if not planning_ct:
+            raise InputError(f"{args.plan}: the plan names no planning CT; give --register PLANNING_CT")
+    geometry, reg = align_to_planning(ct, geometry, planning_ct, args.transform or None,
+                                      ct_name=f"{args.ct} (intra-operative CT)",
+                                      progress=ProgressBar("register", enabled=not args.quiet))
+    print(reg.summary_line())
+    if needles is not None:
+        needles = [replace(n, entry=reg.map_points(n.entry), tip=reg.map_points(n.tip),
+                           control_points=None if n.control_points is None else reg.map_points(n.control_points),
+                           reference_axis=None if n.reference_axis is None else reg.map_directions(n.reference_axis))
+                   for n in needles]
+    return geometry, needles, reg
+
+
 def register(sub):
     """Add ``intraop``."""
     p = sub.add_parser("intraop", help="re-plan the remaining seeds on an intra-operative CT with the needles in place")
@@ -213,5 +255,10 @@ def register(sub):
     p.add_argument("--time-limit", type=float, default=4.0, help="optimiser time per re-plan attempt, s (default 4)")
     p.add_argument("--random-seed", type=int, default=0, help="optimiser random seed")
     p.add_argument("--no-scene", action="store_true", help="skip the Slicer scene")
+    p.add_argument("--register", nargs="?", const="", metavar="PLANNING_CT",
+                   help="register the CT rigidly to the planning CT first (default: the plan's image); the patient may "
+                   "have moved since the planning CT")
+    p.add_argument("--transform", help="or use this registration (seedplan register .tfm/.json, or a rigid transform "
+                   "saved in 3D Slicer: planning CT -> intra-op CT, LPS)")
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=cmd_intraop, output_options={"out": "folder"})

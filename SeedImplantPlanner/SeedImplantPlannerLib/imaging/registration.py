@@ -732,3 +732,24 @@ def resample_to_planning(moving, result: RegistrationResult, reference_geometry:
     interp = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor, "bspline": sitk.sitkBSpline}[interpolation]
     out = sitk.Resample(image, ref, result.itk_transform(), interp, float(default_hu), image.GetPixelID())
     return sitk.GetArrayFromImage(out)
+
+
+def align_to_planning(ct_hu, geometry: ImageGeometry, planning_ct=None, transform=None, *, ct_name="new CT",
+                      progress=None, **options):
+    """The intra-operative chain's registration step: ``(geometry in the planning frame, RegistrationResult)``.
+
+    Either registers the new CT (``ct_hu`` on ``geometry``) to ``planning_ct`` (path or
+    ``(array, ImageGeometry)``) or reads ``transform`` (a file of :func:`write_transform` or a rigid
+    linear transform saved by 3D Slicer). The returned geometry is the new CT's grid re-labelled in
+    the planning frame (:meth:`RegistrationResult.moved_geometry`, no resampling): whatever is found
+    on it (needles, seeds) is in the planning frame.
+    """
+    if (planning_ct is None) == (transform is None):
+        raise InputError("registration: give the planning CT or a transform file (one of them)")
+    if transform is not None:
+        result = read_transform(transform)
+        _progress.report(progress, 1.0, "registration read")
+    else:
+        fixed_name = f"{planning_ct} (planning CT)" if isinstance(planning_ct, (str, Path)) else "planning CT"
+        result = register_ct(planning_ct, (ct_hu, geometry), progress=progress, names=(fixed_name, ct_name), **options)
+    return result.moved_geometry(geometry), result

@@ -263,6 +263,7 @@ class IntraopResult:
     target_mask: np.ndarray | None = None    # the target on the dose grid
     timings: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    registration: object = None              # imaging.registration.RegistrationResult the CT was aligned with
 
     def target_dvh_curves(self, n_bins=201):
         """Target cumulative DVH (% volume) of the plan, the seeds implanted and the re-plan: (bins Gy, {label: %})."""
@@ -288,7 +289,8 @@ class IntraopResult:
                 "seeds_implanted_found": len(self.found_seeds), "seeds_new": int((~self.plan.seed_fixed).sum()),
                 "seeds_total": len(self.plan.seeds), "adopted_option": self.adopted, "goals_met": self.goals_met,
                 "advice": self.advice, "options": self.options, "timings_s": {k: round(v, 2) for k, v in self.timings.items()},
-                "warnings": list(self.warnings), "rejected_objects": self.rejected}
+                "warnings": list(self.warnings), "rejected_objects": self.rejected,
+                "registration": None if self.registration is None else self.registration.to_dict()}
 
     def deviation_line(self) -> str:
         """One line: how far the needles in place are from the plan."""
@@ -339,13 +341,15 @@ def needle_rows(plan: Plan, placed, unplanned):
 
 def run_intraop(ct_hu, ct_geometry: ImageGeometry, plan: Plan, seg, needles, *, expected_implanted=None,
                 implanted_seeds: SeedSet | None = None, allow_new_needles=False, try_options=True, time_limit_s=4.0,
-                rng_seed=0, progress=None):
+                rng_seed=0, progress=None, registration=None):
     """The intra-operative chain (module doc) on a CT array; returns an :class:`IntraopResult`.
 
     ``seg``: the plan's segmentation (:class:`imaging.segio.Segmentation`); ``needles``: the needles
     in place (list of :class:`needles.Needle`, names as in the plan); ``expected_implanted``: the
     number of seeds implanted so far, if known; ``implanted_seeds``: the seeds already implanted as
-    the user corrected them (then the CT is not searched).
+    the user corrected them (then the CT is not searched). ``registration``: the
+    :class:`imaging.registration.RegistrationResult` ``ct_geometry`` was re-labelled with
+    (``align_to_planning``), recorded in the result; ``needles`` must be in the planning frame then.
     """
     from ..evaluation.structures import Structure, expand_margin, mask_on_grid
     from ..physics.dose import DoseGrid
@@ -420,5 +424,6 @@ def run_intraop(ct_hu, ct_geometry: ImageGeometry, plan: Plan, seg, needles, *, 
     _progress.report(progress, 1.0, "intra-operative re-plan done")
     tm = mask_on_grid(Structure(tseg.name, tmask, seg.geometry), g)
     return IntraopResult(new, plan, dose, g, implanted, planned, ev, rows, placed, fixed, seed_rows, rejected, options,
-                         adopted, advice, goals_met, tm, timings, warnings)
+                         adopted, advice, goals_met, tm, timings,
+                         warnings + [f"registration: {w}" for w in getattr(registration, "warnings", [])], registration)
 
