@@ -507,6 +507,8 @@ KINDS = _rows(
      " --out {o}/intraop/", r"head\.nrrd \(intra-operative CT\).*failed: .*Dice", ("intraop/",)),
     ("intraop: transform file that is not one", INTRAOP + " --transform {d}/binary.json --out {o}/intraop/",
      r"binary\.json: unreadable transform", ("intraop/",)),
+    ("verify: transform file that is not one", "verify --planned {d}/seeds.csv --found {d}/seeds.csv --no-dose "
+     "--transform {d}/binary.json --out-dir {o}/v/", r"binary\.json: unreadable transform", ("v/",)),
     # -- register (rigid registration of a new CT to the planning CT) --------------------------------
     ("register: CTs that do not overlap", REG.replace("moving.nrrd", "moving_far.nrrd") + " --out {o}/t.tfm",
      r"do not overlap", ("t.tfm",), _register("moving_far.nrrd")),

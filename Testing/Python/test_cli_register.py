@@ -84,6 +84,37 @@ class RegisterCommand(unittest.TestCase):
         self.assertTrue(doc["translation_only"])
         self.assertEqual(doc["rotation_angle_deg"], 0.0)
 
+    def test_verify_maps_found_seeds_through_the_transform(self):
+        # seeds found on the moved CT (positions in its frame) against the plan; with the transform the
+        # displacements are the seeds' own (0.5 mm here), without it they carry the patient motion
+        rng = np.random.default_rng(3)
+        planned = rng.uniform(-20, 20, (12, 3))
+        own = rng.normal(0.0, 0.3, (12, 3))
+        found = (planned + own) @ self.R.T + self.t
+        head = "x_mm,y_mm,z_mm,axis_x,axis_y,axis_z,sk_U,model\n"
+        fmt = lambda p: "".join(f"{x:.4f},{y:.4f},{z:.4f},0,0,1,0.5,I125_OncoSeed_6711\n" for x, y, z in p)  # noqa: E731
+        (self.d / "planned.csv").write_text(head + fmt(planned))
+        (self.d / "found.csv").write_text(head + fmt(found))
+        from SeedImplantPlannerLib.imaging.registration import RegistrationResult, write_transform
+        m = np.eye(4)
+        m[:3, :3], m[:3, 3] = self.R.T, -self.R.T @ self.t
+        write_transform(self.d / "truth.tfm", RegistrationResult(m))
+        for name, extra in (("v_reg", ["--transform", self.d / "truth.tfm"]), ("v_noreg", [])):
+            r = seedplan("verify", "--planned", self.d / "planned.csv", "--found", self.d / "found.csv", "--no-dose",
+                         *extra, "--out-dir", self.d / name)
+            self.assertEqual(r.returncode, 0, r.stderr)
+        import csv
+        with open(self.d / "v_reg" / "matches.csv", newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if r.get("distance_mm")]
+        disp = np.array([float(r["distance_mm"]) for r in rows])
+        self.assertEqual(len(disp), 12)
+        np.testing.assert_allclose(np.sort(disp), np.sort(np.linalg.norm(own, axis=1)), atol=1e-3)
+        summary = json.loads((self.d / "v_reg" / "summary.json").read_text())
+        self.assertAlmostEqual(summary["ct_registration"]["rotation_angle_deg"], 2.5, places=6)
+        with open(self.d / "v_noreg" / "matches.csv", newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if r.get("distance_mm")]
+        self.assertGreater(np.median([float(r["distance_mm"]) for r in rows]), 3.0)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -8,7 +8,7 @@
                         [--expected N] (--sk U --model ID | --planned plan.csv) --out found.csv
     seedplan verify --planned plan.csv --found found.csv --out-dir DIR
                     [--reference CT | --spacing MM] [--structures seg --target GTV --rx Gy]
-                    [--implant-date D --ct-date D] [--register rigid]
+                    [--implant-date D --ct-date D] [--register rigid] [--transform t.tfm]
 """
 
 from __future__ import annotations
@@ -221,6 +221,13 @@ def cmd_verify(args):
     from .common import require_known_models
     planned = read_seed_input(args.planned, args.model_dir)
     found = read_seeds_csv(args.found)
+    registration = None
+    if args.transform:  # found on a CT registered to the planning CT (seedplan register): into the plan's frame
+        from ..imaging.registration import read_transform
+        from ..physics.seeds import SeedSet
+        registration = read_transform(args.transform)
+        found = SeedSet(registration.map_points(found.positions), registration.map_directions(found.axes),
+                        found.strengths_U, found.models)
     if not args.no_dose:  # the found seeds' dose uses their own models
         require_known_models(found, args.found, args.model_dir)
     out_dir = Path(args.out_dir)
@@ -246,6 +253,9 @@ def cmd_verify(args):
                          compute_dose=not args.no_dose, progress=bar)
     summary = res["summary"]
     summary["inputs"] = {"planned": str(args.planned), "found": str(args.found)}
+    if registration is not None:
+        summary["inputs"]["transform"] = str(args.transform)
+        summary["ct_registration"] = registration.to_dict()
     files = {"matches": str(out_dir / "matches.csv"), "summary": str(out_dir / "summary.json")}
     from ..core.fileio import atomic_folder
     with atomic_folder(out_dir) as tmp:  # all files appear together, or none
@@ -318,6 +328,9 @@ def register(sub):
     p.add_argument("--max-distance", type=float, default=10.0, help="largest planned-to-found match distance, mm")
     p.add_argument("--register", choices=("none", "translation", "rigid"), default="none",
                    help="align the found seeds onto the plan first (when the CTs are not in one frame)")
+    p.add_argument("--transform", help="registration of the CT the seeds were found on to the planning CT (seedplan "
+                   "register .tfm/.json, or a rigid transform saved in 3D Slicer): found seeds mapped into the plan's frame "
+                   "first")
     p.add_argument("--reference", help="image whose grid carries the dose (default: a box around the seeds)")
     p.add_argument("--spacing", type=float, nargs="+", help="dose grid spacing in mm (default 2 for the box)")
     p.add_argument("--dose-margin", type=float, default=15.0, help="dose box margin around the seeds, mm")
