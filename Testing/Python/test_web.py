@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT / "SeedImplantPlanner"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "SeedImplantPlanner" / "Testing" / "Python"))
 
-from test_web_session import make_case, make_intraop_ct  # noqa: E402  (the small case both web test files use)
+from test_web_session import (make_case, make_intraop_ct, make_two_target_case,  # noqa: E402  (the small cases
+                              seedplan_cli)  # both web test files use)
 
 CHROMIUM = os.environ.get("SEEDPLAN_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -87,6 +88,14 @@ class WebPlannerInBrowserTest(unittest.TestCase):
         (cls.served / "plan-v99").mkdir()
         (cls.served / "plan-v99" / "plan.json").write_text(json.dumps(newer))
         make_case(cls.served / "far", shift_mm=(400.0, 0.0, 0.0))
+        # a plan with two targets, each with its own prescription, made by the command line
+        make_two_target_case(cls.served / "case2")
+        r = seedplan_cli("plan", "--image", "case2/ct.nrrd", "--segmentation", "case2/seg.seg.nrrd",
+                         "--target", "GTV:rx=120", "--target", "Node:rx=140,strength=0.7", "--strength", "0.5",
+                         "--unit", "mCi", "--oar", "Rectum", "--body", "Body", "--direction", "S",
+                         "--template-spacing", "7", "--time-limit", "2", "--out", "plan2", cwd=cls.served)
+        if r.returncode != 0:
+            raise RuntimeError(f"seedplan plan failed: {r.stderr}")
         (cls.served / "broken.mrb").write_bytes(b"this is not a zip archive")
         # needles "found on the intra-operative CT": the used needles with their tips 4 mm off
         rows = []
@@ -427,6 +436,33 @@ class WebPlannerInBrowserTest(unittest.TestCase):
         for name in ("coronal", "sagittal"):
             changed = np.mean(np.any(np.abs(after[name] - before[name]) > 30, axis=2))
             self.assertGreater(changed, 0.01, f"the {name} view did not move to the clicked point")
+
+    def test_c_two_targets_each_against_its_own_rx(self):
+        self.open_path("plan2")
+        self.wait_message("opened", "plan2")
+        self.page.wait_for_function("() => (window.trame.state.get('target_rx') || []).length === 2")
+        self.assertEqual(self.page.locator("#target-list").inner_text().strip(), "targets: GTV Rx 120 Gy, Node Rx 140 Gy")
+        self.assertTrue(self.page.locator("#other-targets").input_value().startswith("Node:140:"))
+        # the DVH chart marks both prescriptions, each named
+        self.page.wait_for_function("() => document.querySelectorAll('#dvh-chart .annotation-text').length === 2")
+        notes = sorted(t.strip() for t in self.page.locator("#dvh-chart .annotation-text").all_text_contents())
+        self.assertEqual(notes, ["Rx GTV 120 Gy", "Rx Node 140 Gy"])
+        rows = self.page.evaluate("() => window.trame.state.get('metric_rows')")
+        own = {(r["Structure"], r["Metric"]) for r in rows}
+        self.assertIn(("Node", "V100 (Rx 140 Gy)"), own)
+        self.assertIn(("GTV", "V100 (Rx 120 Gy)"), own)
+        self.page.screenshot(path=str(self.shots / "c1_two_targets.png"))
+        self.page.locator("#dvh-chart").screenshot(path=str(self.shots / "c2_two_targets_dvh.png"))
+        self.page.locator("#metrics-table").screenshot(path=str(self.shots / "c3_two_targets_metrics.png"))
+        self.page.locator("#plan-btn").scroll_into_view_if_needed()
+        self.page.screenshot(path=str(self.shots / "c4_two_targets_plan_panel.png"))
+        # back to one target from the field: one Rx line, no per-target rows
+        self.clear_message()
+        self.page.locator("#other-targets").fill("")
+        self.page.locator("#other-targets-btn").click()
+        self.wait_message("one target")
+        self.page.wait_for_function("() => document.querySelectorAll('#dvh-chart .annotation-text').length === 0")
+        self.assertEqual(self.page.locator("#target-list").inner_text().strip(), "")
 
     def test_z_stopping_the_server_removes_its_uploads(self):
         if not self.upload_folders():  # run on its own: upload something first

@@ -112,6 +112,7 @@ class WebPlanner(PlannerViews, PlannerPage):
             "isodose_levels": DEFAULT_LEVELS, "dose_opacity": 0.45, "dose_spacing_mm": "",
             "seed_rows": [], "needle_rows": [], "loading_rows": [], "metric_rows": [], "failed_goals": None,
             "seed_index": 1, "seed_dx": 0.0, "seed_dy": 0.0, "seed_dz": 0.0,
+            "other_targets": "", "target_rx": [],
             "needle_mode": "template", "direction": "R", "template_spacing_mm": 10.0, "time_limit_s": 8.0,
             "plan_running": False, "plan_fraction": 0.0, "plan_text": "", "placing_needle": False, "cursor_ras": None,
             "intraop_ct_path": "", "show_intraop_ct": True, "has_intraop_ct": False,
@@ -151,6 +152,8 @@ class WebPlanner(PlannerViews, PlannerPage):
             s.segments = ses.segment_names()
             target, organs, forbidden = ses.roles()
             s.target, s.organs, s.forbidden = target or None, organs, forbidden
+            s.other_targets = ses.other_targets_text()
+            s.target_rx = json_safe(ses.targets())
             if ps is not None:
                 p = ps.params
                 s.prescription_Gy = p.get("prescriptionDoseGy")
@@ -172,17 +175,28 @@ class WebPlanner(PlannerViews, PlannerPage):
             s.update_count = (s.update_count or 0) + 1
 
     def _dvh_figure(self):
+        """The DVH chart: a curve per structure and a dotted line at every target's prescription (named when several)."""
         dvh = self.session.dvh()
-        rx = self.state.prescription_Gy or 0
         data = [{"type": "scatter", "mode": "lines", "name": name, "x": dvh["dose_Gy"], "y": vals,
                  "line": {"color": _rgb_css(dvh["colors"].get(name, (0.8, 0.8, 0.8))), "width": 2}}
                 for name, vals in dvh["curves"].items()]
-        shapes = [{"type": "line", "x0": rx, "x1": rx, "y0": 0, "y1": 100, "line": {"dash": "dot", "color": "#888"}}] \
-            if rx and data else []
+        targets = self.session.targets()
+        marks = [(t["prescription_Gy"], t["name"], dvh["colors"].get(t["name"])) for t in targets] if len(targets) > 1 \
+            else [(self.state.prescription_Gy or 0, None, None)]
+        shapes, notes = [], []
+        for k, (rx, name, color) in enumerate(marks if data else []):
+            if not rx:
+                continue
+            css = _rgb_css(color) if color else "#888"
+            shapes.append({"type": "line", "x0": rx, "x1": rx, "y0": 0, "y1": 100, "line": {"dash": "dot", "color": css}})
+            if name:  # low in the chart, one above the other, right of the highest Rx line: clear of the curves
+                notes.append({"x": max(m[0] for m in marks), "y": 6 + 11 * k, "xanchor": "left", "yanchor": "bottom",
+                              "xshift": 4,
+                              "text": f"Rx {name} {rx:g} Gy", "showarrow": False, "font": {"size": 10, "color": css}})
         layout = {"margin": {"l": 45, "r": 10, "t": 30, "b": 40}, "height": 260,
                   "xaxis": {"title": {"text": "Dose (Gy)"}, "rangemode": "tozero"},
                   "yaxis": {"title": {"text": "Volume (%)"}, "range": [0, 101]},
-                  "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom"}, "shapes": shapes,
+                  "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom"}, "shapes": shapes, "annotations": notes,
                   "paper_bgcolor": "rgba(0,0,0,0)", "plot_bgcolor": "rgba(0,0,0,0)", "font": {"color": "#ddd"}}
         return {"data": data, "layout": layout}
 
@@ -271,8 +285,20 @@ class WebPlanner(PlannerViews, PlannerPage):
             else:
                 self.push()
 
+    def on_other_targets(self):
+        """Apply the "other targets" field: every target against its own prescription in the outputs."""
+        if self._guard(self.session.set_other_targets, self.state.other_targets,
+                       success=lambda t: ("targets: " if len(t) > 1 else "one target: ") + ", ".join(
+                           f"{x['name']} (Rx {x['prescription_Gy']:g} Gy)" for x in t)) is not None:
+            self.show_plan_in_views(reset=False)
+            self.push()
+            return True
+        return False
+
     def on_plan(self, implanted=False):
         s = self.state
+        if (s.other_targets or "") != self.session.other_targets_text() and not self.on_other_targets():
+            return  # the other targets as typed are planned, or nothing (their error is shown)
         job = self._guard(self.session.start_plan, needle_mode=s.needle_mode, direction=s.direction,
                           template_spacing_mm=s.template_spacing_mm, time_limit_s=s.time_limit_s,
                           implanted=implanted)

@@ -194,6 +194,16 @@ class PlannerPage:
                     with v.VCol(cols=6):
                         v.VTextField(v_model=("time_limit_s",), label="time limit (s)", type="number", density="compact",
                                      hide_details=True, id="time-limit")
+                with v.VRow(dense=True, classes="mt-1"):
+                    with v.VCol(cols=9):
+                        v.VTextField(v_model=("other_targets",), label="other targets (NAME:Rx Gy[:strength]; ...)",
+                                     placeholder="e.g. GTV_Groin:140:0.7", density="compact", hide_details=True,
+                                     id="other-targets")
+                    with v.VCol(cols=3):
+                        v.VBtn("Set", click=self.on_other_targets, block=True, id="other-targets-btn",
+                               disabled=("!has_plan || plan_running",))
+                v.VLabel("{{ target_rx.length > 1 ? 'targets: ' + target_rx.map(t => t.name + ' Rx ' + t.prescription_Gy "
+                         "+ ' Gy').join(', ') : '' }}", classes="text-caption", id="target-list")
                 v.VBtn("Run inverse plan", click=self.on_plan, block=True, disabled=("!has_plan || plan_running",),
                        id="plan-btn", classes="mt-2")
                 v.VProgressLinear(v_model=("plan_fraction",), height=14, v_show="plan_running", id="plan-progress",

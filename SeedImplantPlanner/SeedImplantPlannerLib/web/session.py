@@ -124,6 +124,7 @@ class PlannerSession(SessionFiles, SessionPlanning, SessionIntraop):
             seed_needle_numbers=plan.seed_needle, goals=goals, parameters=params, needles_locked=False,
             dose_geometry=case.dose_geometry or self._default_dose_geometry(case.ct[1] if case.ct else None))
         self.plan = plan
+        self._show_plan_targets(plan)
         self.source_label = case.source_label
         self._start_live()
         return self.plan_scene
@@ -263,6 +264,59 @@ class PlannerSession(SessionFiles, SessionPlanning, SessionIntraop):
         organs = [o for o in organs if o != target]
         ps.set_roles(target, organs, [f for f in forbidden if f != target])
         self._refresh_if_dose()
+
+    def _show_plan_targets(self, plan):
+        """A plan with several targets (``plan.targets``): every target in the scene with its own Rx and strength.
+
+        The plan file gives each target's strength at implant in U; the scene keeps strengths in
+        the plan's unit (``strengthUnit``), so they are scaled by the first target's entered value
+        per U (the unit conversion and decay are linear in the strength).
+        """
+        rows = [t for t in (plan.targets or []) if isinstance(t, dict) and t.get("name") and t.get("prescription_Gy")]
+        if len(rows) < 2:
+            return
+        ps = self.plan_scene
+        per_U = None
+        if rows[0].get("strength_U"):
+            per_U = float(ps.params.get("strengthValue")) / float(rows[0]["strength_U"])
+        ps.set_targets([(t["name"], float(t["prescription_Gy"]),
+                         None if k == 0 or per_U is None or t.get("strength_U") is None
+                         else round(float(t["strength_U"]) * per_U, 6)) for k, t in enumerate(rows)])
+        if ps.dose_grid is not None:
+            ps.refresh_outputs()
+
+    def targets(self):
+        """The plan's targets [{name, prescription_Gy, strength}] (first = the plan's target; [] without one)."""
+        ps = self.plan_scene
+        if ps is None:
+            return []
+        return [{"name": t["name"], "prescription_Gy": t["prescription_Gy"], "strength": t["strength"]}
+                for t in ps.targets()]
+
+    def other_targets_text(self):
+        """The targets after the first as the module's "Other targets" field shows them (``NAME:Rx:strength; ...``)."""
+        from ..mrml.plan_scene import format_target_list
+        ps = self.plan_scene
+        return format_target_list(ps.targets()[1:]) if ps is not None else ""
+
+    def set_other_targets(self, text):
+        """Further targets of the implant from ``NAME:Rx[:strength]; ...`` (the module's field), each against its own Rx.
+
+        The plan's target (Inputs panel) stays first with the plan's prescription and strength; an
+        empty text leaves one target. Metrics, DVH and isodoses follow when there is a dose.
+        Unknown segments and a target given twice are refused by name (:meth:`PlanScene.set_targets`).
+        """
+        from ..mrml.plan_scene import parse_target_list
+        ps = self.require_plan()
+        extras = parse_target_list(text)
+        first = ps.targets()[:1]
+        if not first:
+            if extras:
+                raise InputError("choose the target (Inputs panel) before giving other targets")
+            return []
+        ps.set_targets([(first[0]["segment_id"], first[0]["prescription_Gy"], None)] + extras)
+        self._refresh_if_dose()
+        return self.targets()
 
     def set_prescription(self, prescription_Gy):
         ps = self.require_plan()

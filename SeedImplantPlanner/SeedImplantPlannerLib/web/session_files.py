@@ -181,6 +181,14 @@ class SessionFiles:
         if plan is None:
             raise InputError("no plan to save as a plan folder (open a plan folder or run the inverse plan); "
                              "save the scene as .mrb instead")
+        planned = [(str(t["name"]), float(t["prescription_Gy"])) for t in plan.targets]
+        shown = [(t["name"], float(t["prescription_Gy"])) for t in ps.targets()]
+        if (len(planned) > 1 or len(shown) > 1) and [(n.lower(), rx) for n, rx in planned] != \
+                [(n.lower(), rx) for n, rx in shown]:
+            def say(rows):
+                return ", ".join(f"{n} {rx:g} Gy" for n, rx in rows) or "one target"
+            raise InputError(f"the targets were changed after the plan was made (planned: {say(planned)}; now: "
+                             f"{say(shown)}): run the inverse plan again, or save the scene as .mrb")
         path = self._new_output(name, "plan folder")
         dose, geometry = ps.dose_array() if self.has_dose() else (None, None)
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))

@@ -121,14 +121,22 @@ class SessionPlanning:
             raise InputError("choose the target segment (Inputs panel) before planning")
         organs = ps.params.get_string_list("organSegmentIds")
         forbidden = ps.params.get_string_list("forbiddenSegmentIds")
+        others = ps.params.get_string_list("extraTargetSegmentIds")  # the other targets of the implant
         geometry = ps.reference_geometry()
         body_id = self._body_segment_id()
-        extra = [body_id] if body_id and body_id not in [target] + organs + forbidden else []
-        masks = ps.masks_on(geometry, [target] + organs + forbidden + extra)  # numpy copies: the thread never sees MRML
+        extra = [body_id] if body_id and body_id not in [target] + others + organs + forbidden else []
+        # numpy copies: the thread never sees MRML
+        masks = ps.masks_on(geometry, [target] + others + organs + forbidden + extra)
         seg = ps.params.get_node("segmentation").GetSegmentation()
         names = [seg.GetSegment(i).GetName() for i in [target] + organs + forbidden]
         body_name = seg.GetSegment(body_id).GetName() if body_id else None
         target_name, organ_names, forbidden_names = names[0], names[1:1 + len(organs)], names[1 + len(organs):]
+        specs = None
+        if others:  # several targets: each with its own prescription and strength, as the module plans them
+            from ..planning.targets import TargetSpec
+            unit = ps.params.get("strengthUnit")
+            specs = [TargetSpec(t["name"], t["prescription_Gy"], strength=t["strength"], strength_unit=unit)
+                     for t in ps.targets()]
         rx = float(ps.params.get("prescriptionDoseGy"))
         goals, oars = None, organ_names
         if ps.goals is not None:
@@ -144,7 +152,7 @@ class SessionPlanning:
         fixed = None
         if implanted and self.plan is not None and self.plan.seed_fixed.any():
             fixed = self.plan.seeds.subset(self.plan.seed_fixed)
-        kwargs = dict(oars=oars, forbidden=forbidden_names, body=body_name, model_id=ps.params.get("seedModel"),
+        kwargs = dict(targets=specs, oars=oars, forbidden=forbidden_names, body=body_name, model_id=ps.params.get("seedModel"),
                       strength=ps.params.get("strengthValue"), strength_unit=ps.params.get("strengthUnit"),
                       reference_date=ps.params.get("referenceDate") or None,
                       implant_date=ps.params.get("implantDate") or None, prescription_Gy=rx, goals=goals,
@@ -160,7 +168,8 @@ class SessionPlanning:
 
         def work(progress):
             from ..core import progress as _p
-            plan = plan_from_masks(geometry, masks, target_name, progress=_p.scaled(progress, 0.0, 0.85), **kwargs)
+            plan = plan_from_masks(geometry, masks, None if specs else target_name,
+                                   progress=_p.scaled(progress, 0.0, 0.85), **kwargs)
             plan.structures.setdefault("target", target_name)
             grid = DoseGrid(dose_geometry, plan.seeds, method=engine, model_dirs=model_dirs,
                             progress=_p.scaled(progress, 0.85, 1.0))

@@ -429,5 +429,147 @@ class PlannerSessionTest(unittest.TestCase):
         with self.assertRaises(InputError):
             self.session.load_implanted_needles("../outside.csv")
 
+
+def make_two_target_case(folder):
+    """A water cylinder with two separate targets (GTV: 32 mm sphere, Node: 20 mm sphere), a rectum box and the body."""
+    from SeedImplantPlannerLib.core.geometry import ImageGeometry
+    from SeedImplantPlannerLib.core.imageio import write_image
+    from SeedImplantPlannerLib.imaging.segio import Segmentation, write_segmentation
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    n, spacing, origin = (72, 72, 44), (2.0, 2.0, 2.5), np.array([-71.0, -71.0, -53.75])
+    g = ImageGeometry(n, spacing, tuple(origin), np.eye(3))
+    k, j, i = np.meshgrid(np.arange(n[2]), np.arange(n[1]), np.arange(n[0]), indexing="ij")
+    x, y, z = origin[0] + i * spacing[0], origin[1] + j * spacing[1], origin[2] + k * spacing[2]
+    body = (x / 68.0) ** 2 + (y / 60.0) ** 2 <= 1.0
+    gtv = (x - 15.0) ** 2 + (y - 5.0) ** 2 + z ** 2 <= 16.0 ** 2
+    node = (x + 35.0) ** 2 + (y + 10.0) ** 2 + z ** 2 <= 10.0 ** 2
+    rectum = (np.abs(x - 15.0) <= 8.0) & (y >= 26.0) & (y <= 38.0) & (np.abs(z) <= 15.0)
+    write_image(folder / "ct.nrrd", np.where(body, 40, -1000).astype(np.int16), g)
+    seg = Segmentation.from_masks(g, {"GTV": gtv, "Node": node, "Rectum": rectum, "Body": body},
+                                  {"GTV": (1.0, 0.0, 0.0), "Node": (1.0, 0.6, 0.0), "Rectum": (0.6, 0.4, 0.1),
+                                   "Body": (0.9, 0.8, 0.7)})
+    write_segmentation(folder / "seg.seg.nrrd", seg)
+    return folder / "ct.nrrd", folder / "seg.seg.nrrd"
+
+
+def seedplan_cli(*args, cwd=None):
+    """``seedplan ARGS`` in a child process of this interpreter (the installed command line)."""
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-c", "from SeedImplantPlannerLib.cli.main import main; main()", *args],
+                          cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+@unittest.skipUnless(HAVE_SLICER, "slicer-core is not installed")
+class TwoTargetSessionTest(unittest.TestCase):
+    """Several targets in one implant on the page: opened from `seedplan plan`, given in the page, planned, saved."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = Path(tempfile.mkdtemp(prefix="seedplan-web-targets-"))
+        cls.root = cls.tmp / "served"
+        make_two_target_case(cls.root / "case")
+        r = seedplan_cli("plan", "--image", "case/ct.nrrd", "--segmentation", "case/seg.seg.nrrd",
+                         "--target", "GTV:rx=120", "--target", "Node:rx=140,strength=0.7", "--strength", "0.5",
+                         "--unit", "mCi", "--oar", "Rectum", "--body", "Body", "--direction", "S",
+                         "--template-spacing", "7", "--time-limit", "2", "--out", "plan2", cwd=cls.root)
+        if r.returncode != 0 or not (cls.root / "plan2" / "plan.json").is_file():
+            raise RuntimeError(f"seedplan plan failed: {r.stderr}")
+        cls.plan_json = json.loads((cls.root / "plan2" / "plan.json").read_text())
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def setUp(self):
+        self.ctx = create_scene()
+        self.session = PlannerSession(self.ctx, ServedFolder(self.root))
+
+    def tearDown(self):
+        self.session.close()
+        self.ctx.close()
+
+    def rows(self, structure):
+        return {r["Metric"]: r for r in self.session.metric_rows() if r["Structure"] == structure}
+
+    def check_own_rx(self, rx_of):
+        """Each target's metrics are against its own prescription: its rows, and its DVH read at that dose."""
+        self.assertEqual({t["name"]: t["prescription_Gy"] for t in self.session.targets()}, rx_of)
+        dvh = self.session.dvh()
+        dose = np.asarray(dvh["dose_Gy"])
+        for name, rx in rx_of.items():
+            rows = self.rows(name)
+            self.assertEqual(float(rows["Prescription"]["Value"]), rx, name)
+            self.assertEqual(rows["Prescription"]["Unit"], "Gy")
+            v100 = rows[f"V100 (Rx {rx:g} Gy)"]
+            # the volume receiving at least this target's own Rx, read off its cumulative DVH
+            at_rx = float(np.interp(rx, dose, dvh["curves"][name]))
+            self.assertAlmostEqual(float(v100["Value"]), at_rx, delta=1.5, msg=name)
+        # the two prescriptions differ: the second target's V100 is not its volume above the first Rx
+        lo, hi = sorted(rx_of.values())[0], sorted(rx_of.values())[-1]
+        node = next(n for n, rx in rx_of.items() if rx == hi)
+        above_lo = float(np.interp(lo, dose, dvh["curves"][node]))
+        self.assertGreater(above_lo - float(self.rows(node)[f"V100 (Rx {hi:g} Gy)"]["Value"]), 3.0)
+
+    def test_open_two_target_plan_folder(self):
+        self.session.open_path("plan2")
+        self.check_own_rx({"GTV": 120.0, "Node": 140.0})
+        # the numbers of the plan folder: the page recomputes the same dose and the same per-target V100
+        cli = {g["goal"]: g["value"] for g in self.plan_json["metrics"]["goal_check"]}
+        self.assertAlmostEqual(float(self.rows("Node")["V100 (Rx 140 Gy)"]["Value"]), cli["Node V100 >= %"], delta=0.1)
+        self.assertAlmostEqual(float(self.rows("GTV")["V100 (Rx 120 Gy)"]["Value"]), cli["GTV V100 >= %"], delta=0.1)
+        # each target's strength as planned (the scene keeps the plan's unit); the field as the module shows it
+        strength_U = {t["name"]: t["strength_U"] for t in self.plan_json["targets"]}
+        unit = self.session.plan_scene.params.get("strengthUnit")
+        self.assertEqual(unit, "U")
+        self.assertAlmostEqual(self.session.targets()[1]["strength"], strength_U["Node"], places=4)
+        self.assertEqual(self.session.other_targets_text(), f"Node:140:{strength_U['Node']:g}")
+
+    def test_other_targets_given_planned_saved_and_reopened(self):
+        self.session.open_case("case/ct.nrrd", "case/seg.seg.nrrd")
+        self.session.set_roles("GTV", ["Rectum"])
+        self.session.set_source("I125_OncoSeed_6711", 0.5, "mCi")
+        self.session.set_prescription(120.0)
+        for bad, words in (("Nodes:140", "Nodes"), ("Node:abc", "must be numbers"), ("Node:-3", "positive"),
+                           ("GTV:140", "twice"), ("Node:140; Node:150", "twice")):
+            with self.subTest(bad=bad):
+                with self.assertRaises(InputError) as cm:
+                    self.session.set_other_targets(bad)
+                self.assertIn(words, str(cm.exception))
+                self.assertEqual(len(self.session.targets()), 1)  # refused: still one target
+        self.assertEqual([t["name"] for t in self.session.set_other_targets("Node:140:0.7")], ["GTV", "Node"])
+        job = self.session.start_plan(direction="S", template_spacing_mm=7.0, time_limit_s=2.0)
+        self.assertTrue(job.wait(180))
+        self.assertIn("plan ready", self.session.apply_job())
+        plan = self.session.plan
+        self.assertEqual([(t["name"], t["prescription_Gy"]) for t in plan.targets], [("GTV", 120.0), ("Node", 140.0)])
+        from SeedImplantPlannerLib.physics.sources import get_model
+        from SeedImplantPlannerLib.physics.strength import strength_at
+        node_U = strength_at(get_model("I125_OncoSeed_6711"), 0.7, "mCi", None, None)
+        self.assertAlmostEqual(plan.targets[1]["strength_U"], node_U, places=3)
+        # the Node's seeds carry the Node's strength: seeds inside the Node are 0.7 mCi ones
+        strengths = np.array([r["sk_U"] for r in self.session.seed_rows()])
+        self.assertEqual(int(np.sum(np.isclose(strengths, node_U, atol=1e-3))), plan.targets[1]["n_seeds"])
+        self.check_own_rx({"GTV": 120.0, "Node": 140.0})
+        name = f"two-{time.monotonic_ns()}"
+        self.session.save_plan_folder(name)
+        self.session.save_mrb(f"{name}.mrb")
+        for reopen in (name, f"{name}.mrb"):
+            with self.subTest(reopen=reopen):
+                self.session.open_path(reopen)
+                self.check_own_rx({"GTV": 120.0, "Node": 140.0})
+                self.assertTrue(self.session.other_targets_text().startswith("Node:140"))
+        # back to one target: the Node's rows are gone, GTV against 120 Gy
+        self.session.set_other_targets("")
+        with self.assertRaises(InputError) as cm:  # plan.json would claim targets the scene no longer has
+            self.session.save_plan_folder(f"{name}-b")
+        self.assertIn("targets were changed", str(cm.exception))
+        self.assertFalse((self.root / f"{name}-b").exists())
+        self.assertEqual([t["name"] for t in self.session.targets()], ["GTV"])
+        self.assertEqual(self.rows("Node"), {})
+        self.assertNotIn("Node", self.session.dvh()["curves"])
+        self.assertEqual(self.session.other_targets_text(), "")
+
 if __name__ == "__main__":
     unittest.main()
