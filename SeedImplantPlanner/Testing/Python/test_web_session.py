@@ -555,7 +555,7 @@ class TwoTargetSessionTest(unittest.TestCase):
         name = f"two-{time.monotonic_ns()}"
         self.session.save_plan_folder(name)
         self.session.save_mrb(f"{name}.mrb")
-        for reopen in (name, f"{name}.mrb"):
+        for reopen in (f"{name}.mrb", name):  # the folder last: a .mrb holds the scene, not plan.json
             with self.subTest(reopen=reopen):
                 self.session.open_path(reopen)
                 self.check_own_rx({"GTV": 120.0, "Node": 140.0})
