@@ -23,6 +23,15 @@ NEAR_NEEDLE_MM = 2.0
 NEAR_NEEDLE_MIN_FRACTION = 0.7
 #: Steel may run this far (mm) beyond a needle's found tip (a tip found short): a seed there is less sure.
 NEEDLE_EXTENSION_MM = 20.0
+#: Tube around a needle (mm from its line, plus half the largest voxel size) in which the metal per
+#: mm of needle is summed: the steel's blurred image, a thick slice's partial volume of it, and a
+#: seed lying against the needle.
+EXCESS_TUBE_MM = 3.0
+#: Length (mm) of needle on each side of a candidate over which the needle's own metal per mm is read.
+EXCESS_FLANK_MM = 10.0
+#: A candidate beside a needle is a seed only when the metal along the needle there exceeds the
+#: needle's own by at least this fraction of one seed's content.
+EXCESS_MIN_FRACTION = 0.5
 
 
 def needle_radius(nd):
@@ -94,7 +103,7 @@ def reject_needle_residue(comps, needles, geometry: ImageGeometry, offset_kji, b
                 break
 
 
-def subtract_needles(ctc, needles, geometry: ImageGeometry, offset_kji, background):
+def subtract_needles(ctc, needles, geometry: ImageGeometry, offset_kji, background, removed=None):
     """The CT crop (float32 [k, j, i] starting at ``offset_kji``) with the needles' steel taken out,
     and a mask of the crop around the needles' shafts outside the skin.
 
@@ -104,7 +113,9 @@ def subtract_needles(ctc, needles, geometry: ImageGeometry, offset_kji, backgrou
     taken along the steel away from the tip, times the blurred end of the steel at the tip (a
     normal step of the needle finder's blur along the axis). That model is subtracted, never below
     the soft tissue: a seed touching a needle keeps its own metal; streaks along the needle are not
-    symmetric about it and stay (the seed count rejects them).
+    symmetric about it and stay (the seed count rejects them). ``removed``: a list that receives,
+    per needle, ``(crop indices, HU taken out there)`` (:func:`needle_metal_excess` puts one
+    needle back to weigh the metal beside it).
     """
     from .needle_measure import blur_sigma as _blur_sigma
     from scipy.special import ndtr
@@ -170,6 +181,144 @@ def subtract_needles(ctc, needles, geometry: ImageGeometry, offset_kji, backgrou
         sig = _blur_sigma(d, geometry)
         model = prof[bins] * ndtr(-t_all / max(sig, 1e-3))
         vals = out[idx]
-        out[idx] = np.maximum(vals - model, np.minimum(vals, background)).astype(np.float32)
+        new = np.maximum(vals - model, np.minimum(vals, background)).astype(np.float32)
+        out[idx] = new
         outside[idx] |= t_all < -nd.depth_mm + 1.0
+        if removed is not None:
+            removed.append((idx, (vals - new).astype(np.float32)))
     return out, outside
+
+
+def _tube_voxels(nd, geometry: ImageGeometry, offset_kji, shape, reach_mm, t_from, t_to):
+    """Crop voxels near a needle's line: ``(kji index tuple, t, offsets (n, 3))``.
+
+    ``t`` is the position along the needle's straight line, 0 at its found tip and negative inside
+    the needle; only voxels with ``t_from <= t < t_to`` whose centre lies within ``reach_mm`` of
+    the line in both cross-section directions are returned (the crop starts at ``offset_kji``,
+    ``shape`` is its shape). The line is walked in 10 mm pieces (small boxes for oblique needles).
+    """
+    d = np.asarray(nd.direction, float)
+    tip = np.asarray(nd.tip, float)
+    sp = np.asarray(geometry.spacing, float)
+    off = np.asarray(offset_kji)
+    shape = np.asarray(shape)
+    h = np.ceil(reach_mm / sp).astype(int) + 1
+    idx_l, t_l, o_l = [], [], []
+    for c0 in np.arange(t_from, t_to, 10.0):
+        c1 = min(c0 + 10.0, t_to)
+        ijk = geometry.ras_to_ijk(np.array([tip + c0 * d, tip + c1 * d]))
+        lo = np.maximum(np.floor(ijk.min(axis=0)).astype(int) - h, off[::-1])
+        hi = np.minimum(np.ceil(ijk.max(axis=0)).astype(int) + h + 1, off[::-1] + shape[::-1])
+        if np.any(hi <= lo):
+            continue
+        kk, jj, ii = np.meshgrid(np.arange(lo[2], hi[2]), np.arange(lo[1], hi[1]), np.arange(lo[0], hi[0]),
+                                 indexing="ij")
+        vox = geometry.ijk_to_ras(np.stack([ii, jj, kk], axis=-1).astype(float))
+        rel = vox - tip
+        t = rel @ d
+        o = rel - t[..., None] * d
+        own = (t >= c0) & (t < c1) & (np.linalg.norm(o, axis=-1) <= reach_mm)
+        if not own.any():
+            continue
+        idx_l.append((kk[own] - off[0], jj[own] - off[1], ii[own] - off[2]))
+        t_l.append(t[own])
+        o_l.append(o[own])
+    if not idx_l:
+        return (np.zeros(0, int),) * 3, np.zeros(0), np.zeros((0, 3))
+    idx = tuple(np.concatenate([b[q] for b in idx_l]) for q in range(3))
+    return idx, np.concatenate(t_l), np.concatenate(o_l)
+
+
+
+
+class NeedleMetal:
+    """Metal along each needle in place beyond its own steel (the seed finder's residue test).
+
+    A needle's steel holds the same metal per millimetre along its length; partial volume and blur
+    move that metal between voxels but keep its sum. So the metal per mm of needle in a tube around
+    it (``(HU - background)+`` summed over the tube's cross-section, 1 mm bins along the needle,
+    normalised to the typical number of voxels per bin) varies only slowly along the needle (the
+    dark streaks of rays along it and the other needles change it over centimetres); a seed lying
+    against the needle adds its own metal over its length, a residue of an imperfect subtraction
+    (the model is the needle's median cross-section: a thick slice's partial volume, a starved
+    stretch or the blurred tip leave bright remnants) adds nothing. The needle's own level is the
+    median metal per mm over ``EXCESS_FLANK_MM`` of needle on each side of the candidate's window,
+    the higher side (another needle's steel entering the tube is a step, not a bump), blurred to 0
+    past the found tip. The image is the crop with every needle taken out (``ct_sub``) and the needle
+    under test put back (``removed`` from :func:`subtract_needles`): a neighbour's steel or its tip
+    inside the tube is not this needle's seed. Positions RAS mm, the crop starts at ``offset_kji``.
+    """
+
+    def __init__(self, ct_sub, removed, needles, geometry: ImageGeometry, offset_kji, background,
+                 tube_mm=EXCESS_TUBE_MM, flank_mm=EXCESS_FLANK_MM):
+        self.ct, self.removed, self.needles = ct_sub, removed, list(needles)
+        self.geometry, self.off, self.bg = geometry, np.asarray(offset_kji), float(background)
+        self.reach = tube_mm + 0.5 * float(np.max(geometry.spacing))
+        self.flank = float(flank_mm)
+        self._prof = {}
+
+    def nearest(self, points, extension_mm):
+        """Nearest needle whose tube holds each point: ``(index or -1, distance to its steel mm, t mm)``;
+        ``t`` along the needle, 0 at its found tip; points from its entry to ``extension_mm`` past the tip."""
+        pts = np.asarray(points, float).reshape(-1, 3)
+        which = np.full(len(pts), -1, dtype=int)
+        best = np.full(len(pts), np.inf)
+        tt = np.zeros(len(pts))
+        for q, nd in enumerate(self.needles):
+            tp = (pts - np.asarray(nd.tip, float)) @ np.asarray(nd.direction, float)
+            dist = steel_distance(nd, pts)
+            ok = (dist <= self.reach - 1.0) & (tp >= -float(nd.depth_mm)) & (tp <= extension_mm) & (dist < best)
+            which[ok], best[ok], tt[ok] = q, dist[ok], tp[ok]
+        return which, best, tt
+
+    def _profile(self, q):
+        if q in self._prof:
+            return self._prof[q]
+        nd = self.needles[q]
+        ct = self.ct
+        idx, t, _ = _tube_voxels(nd, self.geometry, self.off, ct.shape, self.reach, -float(nd.depth_mm), 15.0)
+        if not len(t):
+            self._prof[q] = None
+            return None
+        add = np.zeros(len(t))
+        if self.removed is not None and q < len(self.removed) and len(self.removed[q][1]):
+            ridx, rval = self.removed[q]                  # this needle put back
+            flat_r = np.ravel_multi_index(ridx, ct.shape)
+            order = np.argsort(flat_r)
+            flat_r, rval = flat_r[order], rval[order]
+            flat_t = np.ravel_multi_index(idx, ct.shape)
+            pos = np.clip(np.searchsorted(flat_r, flat_t), 0, len(flat_r) - 1)
+            hit = flat_r[pos] == flat_t
+            add[hit] = rval[pos[hit]]
+        lo = -int(math.ceil(float(nd.depth_mm)))
+        b = np.floor(t).astype(int) - lo
+        nb = int(b.max()) + 1
+        val = np.clip(ct[idx].astype(float) + add - self.bg, 0.0, None) * float(np.prod(self.geometry.spacing))
+        count = np.bincount(b, minlength=nb)
+        typical = float(np.median(count[count > 0]))
+        # the voxel columns fall unevenly into 1 mm bins (0.8 mm voxels put one or two in each)
+        per_mm = np.bincount(b, weights=val, minlength=nb) / np.maximum(count, 1) * typical
+        full = count >= 0.5 * typical                     # bins cut by the crop are left out
+        tc = np.arange(nb) + lo + 0.5
+        from .needle_measure import blur_sigma as _blur_sigma
+        self._prof[q] = (tc, per_mm, full, _blur_sigma(np.asarray(nd.direction, float), self.geometry), lo)
+        return self._prof[q]
+
+    def excess(self, q, t0, t1):
+        """Metal (HU * mm^3) along needle ``q`` between ``t0`` and ``t1`` (mm, 0 at its found tip)
+        beyond its own steel; ``nan`` when the needle's level cannot be read there."""
+        from scipy.special import ndtr
+        prof = self._profile(q)
+        if prof is None:
+            return float("nan")
+        tc, per_mm, full, sig, lo = prof
+        levels = []
+        for f0, f1 in ((t0 - self.flank, t0), (t1, t1 + self.flank)):
+            fl = full & (tc >= f0) & (tc < f1) & (tc < -2.0) & (tc > lo + 2.0)
+            if np.count_nonzero(fl) >= 3:
+                levels.append(float(np.median(per_mm[fl])))
+        if not levels:
+            return float("nan")
+        win = full & (tc >= t0) & (tc <= t1)
+        own = max(levels) * ndtr(-tc[win] / max(sig, 1e-3))
+        return float(np.sum(per_mm[win] - own))

@@ -48,7 +48,10 @@ count-from-metal-content rule and a line-segment k-means described below):
    several deterministic starts (best fit kept). Solid capsules cannot lie inside each other: a
    count rounded up that puts two segments closer than half a diameter loses one seed (a pair
    standing across the slices reads more metal than seeds lying in the slice plane, whose metal
-   the streaks along them eat).
+   the streaks along them eat). Nor does a count rounded up stand when every seed of the split
+   lies across the in-plane direction of the dark streaks around the cluster: rays along a seed
+   starve and leave dark bands along its axis, so seeds split across them are the two halves of
+   one blooming seed whose bright cross-streaks added metal.
 8. **Pose**: position = metal-content-weighted centroid of the seed's voxels (sub-voxel); axis =
    principal axis of the weighted voxel covariance after subtracting the voxel box variance
    (``spacing^2 / 12`` per grid axis, so thick slices do not bias axes towards z). A seed whose
@@ -56,7 +59,13 @@ count-from-metal-content rule and a line-segment k-means described below):
    the rays along it) takes the in-plane direction of those dark streaks
    (:func:`seed_pose.streak_direction`) with the tilt its covariance shows in that plane; one
    without clear streaks the line of its needle track (:func:`seed_pose.track_axes`).
-9. **Confidence** in [0, 1]: how close the seed's metal content is to one seed's, lowered for
+9. **Needle residue** (needles in place): a seed whose centre lies in the tube around a needle
+   (:class:`seed_needles.NeedleMetal`, 3 mm plus half a voxel) is kept only when the metal per
+   mm along the needle over the seed's length exceeds the needle's own level beside it by half a
+   seed (the needle's steel holds the same metal per mm along its length, whatever partial volume
+   and blur do to single voxels; a remnant of its subtraction adds none, a seed against it about
+   one); otherwise it is rejected as the needle's residue, with the excess in the reason.
+10. **Confidence** in [0, 1]: how close the seed's metal content is to one seed's, lowered for
    seeds split from a cluster, and down to a quarter for a seed against a needle's steel (or on
    its line up to ``NEEDLE_EXTENSION_MM`` beyond its found tip): it may be the needle's residue.
 
@@ -77,7 +86,8 @@ from ..core.errors import InputError
 from ..core.geometry import ImageGeometry
 from .seed_components import (BONE_MARGIN_HU, MAX_PER_CLUSTER, bone_mask, body_mask, count_seeds, measure_components,
                               resolve_expected, unit_content)
-from .seed_needles import NEAR_NEEDLE_MM, needle_line_distance, reject_needle_residue, subtract_needles
+from .seed_needles import (EXCESS_MIN_FRACTION, NEAR_NEEDLE_MM, NeedleMetal, needle_line_distance,
+                           reject_needle_residue, subtract_needles)
 from .seed_pose import (STREAK_MIN_ANISOTROPY, axis_in_streak_plane, capsules_overlap, seg_dist2, split_cluster, streak_direction,
                         track_axes, weighted_pose)
 from .seed_result import SEED_DIAMETER_MM, SEED_LENGTH_MM, FoundSeeds
@@ -143,6 +153,7 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
         raise InputError(f"CT holds {int((~finite).sum())} non-finite voxel(s) inside the {roi_name}")
     # -- needles in place: found first, their steel taken out of the image ----------------------------
     needle_rejects = []
+    needle_metal = None
     if needles is None:
         from .needlefinder import find_needles
         _progress.report(progress, 0.01, "seed finder: needles in place")
@@ -155,7 +166,9 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
     if len(needles):
         _progress.report(progress, 0.04, f"seed finder: {len(needles)} needle(s) in place taken out")
         bg0 = float(np.clip(np.median(ctc[roic]), -200.0, 200.0))
-        ctc, outside = subtract_needles(ctc, needles, geometry, off, bg0)
+        removed = []
+        ctc, outside = subtract_needles(ctc, needles, geometry, off, bg0, removed)
+        needle_metal = NeedleMetal(ctc, removed, needles, geometry, off, bg0)
         roic = roic & ~outside
         for nd in needles:
             needle_rejects.append({"position_mm": np.round(nd.tip, 1).tolist(), "seeds_equivalent": None,
@@ -252,8 +265,6 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
     kept, rejected = count_seeds(comps, unit, geometry, off, max_per_cluster)
     rejected = needle_rejects + rejected
     warnings = []
-    if rejected:
-        warnings.append(f"{len(rejected)} dense object(s) rejected (see 'rejected')")
     if not kept:
         reasons = Counter(r["reason"].split(" (")[0] for r in rejected)
         raise InputError(f"no seeds found (no metal seed-like object in the {roi_name}): {len(comps)} dense "
@@ -265,6 +276,26 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
     # -- split and pose ----------------------------------------------------------------------------
     pos, axes, conf, cid, nin, cms = _poses(kept, ctc, geometry, off, box_cov, unit, voxel_mm3, seed_length_mm,
                                             seed_diameter_mm, progress)
+    if len(needles):
+        # a seed cannot be a needle's residue: the metal along the needle over the seed's length must
+        # exceed the needle's own steel by half a seed
+        wh, _, tt = needle_metal.nearest(pos, seed_length_mm + 1.0)
+        drop = []
+        for i in np.flatnonzero(wh >= 0):
+            ex = needle_metal.excess(int(wh[i]), tt[i] - seed_length_mm / 2 - 1.0, tt[i] + seed_length_mm / 2 + 1.0) / unit
+            if math.isfinite(ex) and ex < EXCESS_MIN_FRACTION:
+                drop.append(i)
+                rejected.append({"position_mm": np.round(pos[i], 1).tolist(), "seeds_equivalent": round(float(ex), 2),
+                                 "reason": "residue of a needle in place: the metal along the needle there exceeds its "
+                                           f"own steel by {ex:.2f} seed (a seed lying against it adds about one)"})
+        if drop:
+            keep = np.setdiff1d(np.arange(len(pos)), drop)
+            pos, axes, conf, cid, nin, cms = (a[keep] for a in (pos, axes, conf, cid, nin, cms))
+        if not len(pos):
+            raise InputError(f"no seeds found in the {roi_name}: every seed-like object lies against a needle in "
+                             "place and holds no more metal than the needle's own steel there (its residue)")
+    if rejected:
+        warnings.append(f"{len(rejected)} dense object(s) rejected (see 'rejected')")
     if len(needles):
         # beside a needle's steel (or on its line just beyond its tip) an object may be the needle's
         # residue or streak: the confidence falls to a quarter at the surface
@@ -313,6 +344,11 @@ def _poses(kept, ctc, geometry: ImageGeometry, off, box_cov, unit, voxel_mm3, se
             # seeds in the slice plane, whose metal the streaks along them eat)
             n -= 1
             centers, axs, resp = split_cluster(pts, w, n, half, box_cov, s2)
+        if 1 < n and n > c["ratio"] and _split_across_streaks(ctc, geometry, off, pts, w, axs, seed_length_mm):
+            # the seeds of the split lie across the direction the dark streaks show the metal is
+            # longest in: the bloom of one seed (its bright cross-streaks add metal) split in halves
+            n -= 1
+            centers, axs, resp = split_cluster(pts, w, n, half, box_cov, s2)
         for s in range(len(centers)):
             ws = w * resp[:, s]
             if ws.sum() <= 0:
@@ -344,6 +380,25 @@ def _poses(kept, ctc, geometry: ImageGeometry, off, box_cov, unit, voxel_mm3, se
     pos = np.array(pos).reshape(-1, 3)
     axes = track_axes(pos, np.array(axes).reshape(-1, 3), np.array(elong), seed_length_mm)
     return pos, axes, np.array(conf), np.array(cid, dtype=int), np.array(nin, dtype=int), np.array(cms)
+
+
+def _split_across_streaks(ctc, geometry, off, pts, w, axes, seed_length_mm, min_angle_deg=45.0):
+    """True when every seed of a split lies across the in-plane direction of the dark streaks around
+    the cluster (:func:`seed_pose.streak_direction`): rays along a seed starve and leave dark bands
+    along its axis, so seeds split across that direction are halves of one seed's image. Seeds
+    mostly out of the slice plane (the streaks cannot show them) never count as across."""
+    cen = (w[:, None] * pts).sum(axis=0) / w.sum()
+    e, aniso = streak_direction(ctc, geometry, off, cen, seed_length_mm)
+    if e is None or aniso < STREAK_MIN_ANISOTROPY:
+        return False
+    normal = geometry.direction_matrix[:, 2]
+    for a in axes:
+        inplane = a - (a @ normal) * normal
+        if np.linalg.norm(inplane) < 0.7:
+            return False
+        if abs(float(inplane @ e)) / np.linalg.norm(inplane) > math.cos(math.radians(min_angle_deg)):
+            return False
+    return True
 
 
 def naive_find_seeds(ct_hu, geometry: ImageGeometry, threshold_hu=1500.0):
