@@ -84,7 +84,21 @@ def _radiobiology(args, goals):
     return {"target": target, "oar": oar}
 
 
-def _evaluate(args, dose=None, geometry=None, structures=None, progress=None):
+def _plan_target_prescriptions(plan, structures, target):
+    """{name: Rx Gy} of a plan file's targets other than ``target`` that are among ``structures``."""
+    names = {s.name.lower(): s.name for s in structures} if not isinstance(structures, dict) else \
+        {str(n).lower(): n for n in structures}
+    out = {}
+    for t in (plan or {}).get("targets") or []:
+        if not isinstance(t, dict) or not t.get("name") or t.get("prescription_Gy") is None:
+            continue
+        n = names.get(str(t["name"]).lower())
+        if n is not None and (target is None or n.lower() != str(target).lower()):
+            out[n] = float(t["prescription_Gy"])
+    return out
+
+
+def _evaluate(args, dose=None, geometry=None, structures=None, progress=None, plan=None):
     from ..evaluation.evaluate import evaluate_plan
     goals = _goals(args)
     rx = _rx(args, goals)
@@ -108,6 +122,8 @@ def _evaluate(args, dose=None, geometry=None, structures=None, progress=None):
                        metrics=args.metric or None, supersample=_supersample(args.supersample),
                        radiobiology=_radiobiology(args, goals), half_life_days=half_life,
                        dose_at_points=point_dose, progress=progress,
+                       # a plan with several targets: each target against its own prescription and goals
+                       target_prescriptions=_plan_target_prescriptions(plan, structures, args.target) or None,
                        # structures named with --names must lie on the grid; of "every structure in
                        # the file", those entirely outside a cropped dose grid are skipped with a warning
                        on_outside="error" if getattr(args, "names", None) else "skip",
@@ -125,9 +141,10 @@ def _print_metrics(ev, stream=sys.stdout):
     from ..evaluation.metrics import format_value, parse_metric
     for s in ev.samples:
         samp = "voxel centres" if s.factor == 1 else f"{s.factor}^3 sub-voxels"
-        print(f"{s.name} ({ev.roles[s.name]}, {s.volume_cc:.2f} cc, {samp})", file=stream)
+        own = f", Rx {ev.target_prescriptions[s.name]:g} Gy" if s.name in ev.target_prescriptions else ""
+        print(f"{s.name} ({ev.roles[s.name]}{own}, {s.volume_cc:.2f} cc, {samp})", file=stream)
         for name, value in ev.metrics[s.name].items():
-            print(f"  {name:<8} {format_value(parse_metric(name), value, ev.prescription_Gy)}", file=stream)
+            print(f"  {name:<8} {format_value(parse_metric(name), value, ev.prescription_of(s.name))}", file=stream)
     if ev.radiobiology:
         print("Radiobiology (BED / EQD2, Gy):", file=stream)
         for name, r in ev.radiobiology.items():
@@ -137,8 +154,9 @@ def _print_metrics(ev, stream=sys.stdout):
         print("Goals:", file=stream)
         for g in ev.goal_results:
             v = "-" if g["value"] is None else f"{g['value']:.2f} {g['unit']}".strip()
+            own = f" (Rx {g['prescription_Gy']:g} Gy)" if ev.target_prescriptions and "prescription_Gy" in g else ""
             print(f"  [{g['status'].upper() if g['passed'] is not None else g['status']}] {g['structure']}: "
-                  f"{g['goal']} (value {v})", file=stream)
+                  f"{g['goal']}{own} (value {v})", file=stream)
     for w in ev.warnings:
         print(f"seedplan: warning: {w}", file=sys.stderr)
     _flush_notes()
@@ -325,7 +343,7 @@ def cmd_report(args):
     from ..reporting.report import write_report
     plan = _read_plan(args.plan)
     notes = _defaults_from_plan(args, plan)
-    ev, dose, geometry, structures = _evaluate(args, progress=_bar(args, "report"))
+    ev, dose, geometry, structures = _evaluate(args, progress=_bar(args, "report"), plan=plan)
     _NOTES.extend(notes)
     seeds = None
     if args.seeds:

@@ -42,6 +42,13 @@ class Evaluation:
     colors: dict                   # {structure: (r, g, b)}
     warnings: list = field(default_factory=list)
     goal_set_name: str = ""
+    #: {target name: its prescription Gy} of every target when the plan has several (else {}): each
+    #: target's dose metrics, indices and goals are against its own prescription
+    target_prescriptions: dict = field(default_factory=dict)
+
+    def prescription_of(self, name) -> float:
+        """The prescription (Gy) the metrics of structure ``name`` refer to: its own for a target, else the plan's."""
+        return float(self.target_prescriptions.get(name, self.prescription_Gy))
 
     @property
     def n_goals_failed(self) -> int:
@@ -57,11 +64,12 @@ class Evaluation:
         """Flat rows (structure, metric, value, unit, display) for tables and CSV."""
         rows = []
         for s in self.samples:
+            rx = self.prescription_of(s.name)
             for name, value in self.metrics[s.name].items():
                 spec = parse_metric(name)
                 if spec.is_volume:
                     rows.append({"structure": s.name, "metric": name, "value": value["percent"], "unit": "%",
-                                 "display": format_value(spec, value, self.prescription_Gy)})
+                                 "display": format_value(spec, value, rx)})
                     rows.append({"structure": s.name, "metric": name + "cc" if not name.endswith("Gy") else name + "_cc",
                                  "value": value["cc"], "unit": "cc", "display": f"{value['cc']:.3f} cc"})
                 elif spec.is_index:
@@ -69,7 +77,7 @@ class Evaluation:
                                  "display": format_value(spec, value)})
                 else:
                     rows.append({"structure": s.name, "metric": name, "value": value["Gy"], "unit": "Gy",
-                                 "display": format_value(spec, value, self.prescription_Gy)})
+                                 "display": format_value(spec, value, rx)})
         return rows
 
     def to_dict(self):
@@ -95,6 +103,7 @@ class Evaluation:
         return clean({"prescription_Gy": self.prescription_Gy, "target": self.target, "body": self.body,
                       "dose_grid": self.geometry.to_dict(), "structures": structures, "indices": self.indices,
                       "goals": self.goal_results, "goal_set": self.goal_set_name,
+                      "target_prescriptions": self.target_prescriptions,
                       "radiobiology": self.radiobiology, "warnings": self.warnings})
 
 
@@ -152,7 +161,8 @@ def assign_roles(structures, target=None, body=None, goal_set: GoalSet | None = 
 def evaluate_plan(dose_Gy, geometry: ImageGeometry, structures, prescription_Gy, *, target=None, body=None,
                   goals: GoalSet | None = None, metrics=None, supersample="auto", radiobiology=None,
                   half_life_days=I125_HALF_LIFE_DAYS, dvh_max_dose_Gy=None, dose_at_points=None,
-                  interpolation="log-cubic", on_outside="error", progress=None) -> Evaluation:
+                  interpolation="log-cubic", on_outside="error", target_prescriptions=None,
+                  progress=None) -> Evaluation:
     """Evaluate a dose grid: DVH, metrics, conformity indices, goals and (optionally) BED per structure.
 
     ``structures``: list of :class:`Structure` (any grid) or ``{name: mask on the dose grid}``.
@@ -166,6 +176,12 @@ def evaluate_plan(dose_Gy, geometry: ImageGeometry, structures, prescription_Gy,
     ``on_outside``: "error" (default) raises GeometryError for a structure entirely outside the dose
     grid; "skip" leaves such a non-target structure out with a warning (e.g. a cropped planning grid).
     The target must always lie inside the grid.
+    ``target_prescriptions``: ``{name: Rx Gy}`` of the other targets of a plan with several targets
+    (``target``'s own prescription is ``prescription_Gy``). Every target's dose metrics, conformity
+    indices and goals are then against its own prescription. Goals: a structure takes the goal
+    entry of its own name or alias; a target without one takes the goal set's target goals (its
+    first entry with role "target" that is not named after another structure), so goals written
+    for "the target" give every target its own pass/fail rows.
     """
     rx = check_prescription(prescription_Gy)
     dose = check_dose(dose_Gy, geometry)
@@ -181,8 +197,15 @@ def evaluate_plan(dose_Gy, geometry: ImageGeometry, structures, prescription_Gy,
             raise InputError(f"two structures are named '{s.name}'")
         seen.add(s.name.lower())
     roles, target, body = assign_roles(structs, target, body, goals)
+    own_rx = _other_targets(target_prescriptions, structs, target, rx)
+    for name in own_rx:
+        roles[name] = "target"
+    all_targets = ([target] if target is not None else []) + [n for n in own_rx if n != target]
     if goals is not None:
+        generic = goals.generic_target_entry([s.name for s in structs])
         for entry in goals.structures:
+            if entry is generic and all_targets:
+                continue  # goals for "the target": every target takes them
             if entry.required and id(entry) not in goals.assign([s.name for s in structs]):
                 raise InputError(f"goals '{goals.name}': required structure '{entry.name}' (aliases: "
                                  f"{', '.join(entry.aliases) or 'none'}) is missing; structures: "
@@ -221,16 +244,21 @@ def evaluate_plan(dose_Gy, geometry: ImageGeometry, structures, prescription_Gy,
             if m not in names:
                 names.append(m)
         names = [m for m in names if not parse_metric(m).is_index]
-        metric_values[samp.name] = structure_metrics(samp, names, rx)
+        metric_values[samp.name] = structure_metrics(samp, names, own_rx.get(samp.name, rx))
     if target is not None:
-        tstruct = next(s for s in structs if s.name == target)
         bmask = None
         if body is not None:
             bmask = mask_on_grid(next(s for s in structs if s.name == body), geometry)
-        indices = conformity_indices(dose, geometry.voxel_volume_cc, mask_on_grid(tstruct, geometry), rx, bmask)
-        for k in INDEX_METRICS:
-            metric_values[target][k] = {"value": indices[k]}
-    goal_results = _check_goals(goals, samples, metric_values, rx) if goals else []
+        for name in all_targets:
+            tstruct = next(s for s in structs if s.name == name)
+            ix = conformity_indices(dose, geometry.voxel_volume_cc, mask_on_grid(tstruct, geometry),
+                                    own_rx.get(name, rx), bmask)
+            if name == target:
+                indices = ix
+            for k in INDEX_METRICS:
+                metric_values[name][k] = {"value": ix[k]}
+    rx_of = {name: own_rx.get(name, rx) for name in all_targets}
+    goal_results = _check_goals(goals, samples, metric_values, rx, rx_of) if goals else []
     rb = {}
     if radiobiology:
         params = radiobiology if isinstance(radiobiology, dict) else {}
@@ -252,7 +280,31 @@ def evaluate_plan(dose_Gy, geometry: ImageGeometry, structures, prescription_Gy,
     _progress.report(progress, 1.0, "evaluation: done")
     colors = {s.name: tuple(s.color) for s in structs}
     return Evaluation(rx, geometry, target, body, samples, dvhs, metric_values, indices, goal_results, rb, roles,
-                      colors, warnings, goals.name if goals else "")
+                      colors, warnings, goals.name if goals else "", rx_of if len(rx_of) > 1 else {})
+
+
+def _other_targets(target_prescriptions, structs, target, rx) -> dict:
+    """{structure name: Rx Gy} of the other targets (checked: known structures, positive Rx, no second Rx)."""
+    out = {}
+    if not target_prescriptions:
+        return out
+    low = {s.name.lower(): s.name for s in structs}
+    if target is None:
+        raise InputError("several targets need the first target named (target=...)")
+    for name, value in dict(target_prescriptions).items():
+        n = low.get(str(name).lower())
+        if n is None:
+            raise InputError(f"target '{name}' is not among the structures ({', '.join(s.name for s in structs)})")
+        try:
+            v = check_prescription(value)
+        except InputError as exc:
+            raise InputError(f"target '{name}': {exc}") from None
+        if n == target:
+            if abs(v - rx) > 1e-9:
+                raise InputError(f"target '{n}' has two prescriptions ({rx:g} and {v:g} Gy)")
+            continue
+        out[n] = float(v)
+    return out
 
 
 def seed_point_dose(seeds, formalism="2D", model_dirs=()):
@@ -297,24 +349,31 @@ def check_point_dose_matches(dose_Gy, geometry: ImageGeometry, dose_at_points, p
                          f"at voxel centres (is the grid the total dose of these seeds?)")
 
 
-def _check_goals(goals: GoalSet, samples, metric_values, rx):
+def _check_goals(goals: GoalSet, samples, metric_values, rx, target_rx=None):
+    """Goal rows; ``target_rx`` {target name: its Rx Gy}: targets without an entry of their own take the
+    goal set's target goals, and every target's goals are checked against its own prescription."""
     out = []
     matched = set()
     names = [s.name for s in samples]
+    target_rx = target_rx or {}
     for samp in samples:
-        entry = goals.entry_for(samp.name, names)
+        entry = goals.entry_for_target(samp.name, names) if samp.name in target_rx else goals.entry_for(samp.name, names)
         if entry is None:
             continue
         matched.add(id(entry))
+        own = target_rx.get(samp.name, rx)
         for g in entry.goals:
             value = metric_values[samp.name].get(g.metric.name)
             if value is None:
-                value = structure_metrics(samp, [g.metric.name], rx)[g.metric.name]
-            v, passed = g.check(value, rx)
+                value = structure_metrics(samp, [g.metric.name], own)[g.metric.name]
+            v, passed = g.check(value, own)
             status = "pass" if passed else ("fail" if passed is False else "undefined")
-            out.append({"structure": samp.name, "goal": g.text, "metric": g.metric.name, "value": v,
-                        "unit": g.unit_label, "op": g.op, "limit": g.limit, "passed": passed, "status": status,
-                        "source": g.source})
+            row = {"structure": samp.name, "goal": g.text, "metric": g.metric.name, "value": v,
+                   "unit": g.unit_label, "op": g.op, "limit": g.limit, "passed": passed, "status": status,
+                   "source": g.source}
+            if samp.name in target_rx:
+                row["prescription_Gy"] = float(own)
+            out.append(row)
     for entry in goals.structures:
         if id(entry) in matched:
             continue

@@ -10,7 +10,13 @@ Goal files (user-editable):
 - JSON: ``{"name": ..., "prescription_Gy": 145, "structures": [{"name": "Prostate",
   "aliases": ["CTV"], "role": "target", "required": true, "goals": ["V100 >= 95%",
   {"goal": "D90 >= 100%", "source": "..."}], "metrics": ["D98"]}]}``
-- text: one ``Structure: goal; goal`` per line, ``#`` starts a comment.
+- text: one ``Structure: goal; goal`` per line, ``#`` starts a comment; the line ``Target: ...``
+  holds the goals of every target that has no line of its own.
+
+Which goals a target must meet: those of the entry with its name or alias, else the goal set's
+goals for "the target" (the first entry with role ``target`` not named after another structure,
+e.g. the presets' PTV with its aliases). With several targets in one plan every target gets its
+own pass/fail rows, each against its own prescription (:meth:`GoalSet.entry_for_target`).
 Presets ship in ``Resources/Presets/*.json`` (:func:`list_presets`, :func:`load_goals`).
 """
 
@@ -167,6 +173,18 @@ class GoalSet:
         """The first entry with role 'target', or None."""
         return next((s for s in self.structures if s.role == "target"), None)
 
+    def generic_target_entry(self, structure_names):
+        """The goals written for "the target": the first role-target entry not named after one of
+        ``structure_names`` (an entry named after a structure is that structure's own), or None."""
+        low = {str(n).lower() for n in structure_names}
+        return next((e for e in self.structures if e.role == "target" and e.name.lower() not in low), None)
+
+    def entry_for_target(self, target_name, structure_names):
+        """The entry whose goals target ``target_name`` must meet: its own (name or alias, see
+        :meth:`entry_for`), else the goals for "the target" (:meth:`generic_target_entry`). With several
+        targets in one plan every target gets its own rows, each against its own prescription."""
+        return self.entry_for(target_name, structure_names) or self.generic_target_entry(structure_names)
+
 
 def _goal_from_item(item, where):
     if isinstance(item, str):
@@ -215,7 +233,9 @@ def goals_from_text(text, where="goals") -> GoalSet:
         name = name.strip()
         if not name:
             raise InputError(f"{where}, line {lineno}: structure name is empty")
-        entry = entries.setdefault(name.lower(), StructureGoals(name))
+        # "Target: ..." are the goals of every target without a line of its own
+        entry = entries.setdefault(name.lower(), StructureGoals(name, role="target" if name.lower() == "target"
+                                                                else "oar"))
         for g in rest.split(";"):
             if g.strip():
                 try:

@@ -46,7 +46,6 @@ class Evaluation:
         #: {target name: its prescription Gy} of every target after the first (plans with several targets):
         #: each is evaluated against its own prescription (metrics, goals, conformity indices)
         self.target_prescriptions = {k: float(v) for k, v in (target_prescriptions or {}).items()}
-        self.target_results = {}
         self.goals = goals
         self.supersample = supersample
         self.result = None
@@ -142,59 +141,35 @@ class Evaluation:
         if not inside:
             return np.zeros(1), {}, rows, 0
         dose_Gy, geometry = self.crop(dose_Gy, geometry, inside)
-        ev = evaluate_plan(dose_Gy, geometry, self._on_grid(inside, geometry), self.prescription_Gy, target=target,
-                           goals=self.goals, supersample=self.supersample)
-        self.result = ev
-        self.target_results = {target: ev} if target else {}
         names = [s.name for s in inside]
-        for name, rx in self.target_prescriptions.items():
-            if name in names and name != target:
-                # the same dose, structures and goals against this target's own prescription
-                self.target_results[name] = evaluate_plan(dose_Gy, geometry, self._on_grid(inside, geometry), rx,
-                                                          target=name, goals=self.goals, supersample=self.supersample)
+        # every target against its own prescription (metrics, indices, goals) in one evaluation
+        others = {n: rx for n, rx in self.target_prescriptions.items() if n in names and n != target}
+        ev = evaluate_plan(dose_Gy, geometry, self._on_grid(inside, geometry), self.prescription_Gy, target=target,
+                           goals=self.goals, supersample=self.supersample,
+                           target_prescriptions=others if target else None)
+        self.result = ev
         step = max(1, int(math.ceil(len(ev.dvhs[0].edges_Gy) / self.MAX_DVH_ROWS)))
         bins = ev.dvhs[0].edges_Gy[::step]
         curves = {d.name: d.cumulative_percent[::step] for d in ev.dvhs}
-        if len(self.target_results) <= 1:
+        rx_of = dict(ev.target_prescriptions)
+        if len(rx_of) <= 1:
             goal_rows = [{"structure": g["structure"], "metric": g["metric"], "value": g["value"], "unit": g["unit"],
                           "goal": g["goal"], "passed": g["passed"]} for g in ev.goal_results]
             metric_rows = [{"structure": r["structure"], "metric": r["metric"], "value": r["value"], "unit": r["unit"],
                             "goal": "", "passed": None} for r in ev.metric_rows()]
             return bins, curves, goal_rows + metric_rows + rows, ev.n_goals_failed
-        # several targets: each target's goals and metrics from its own evaluation, labelled with its Rx
-        own = {name: res for name, res in self.target_results.items()}
-        rx_of = {name: res.prescription_Gy for name, res in own.items()}
+        # several targets: each target's goals and metrics labelled with the prescription they refer to
         info = [{"structure": name, "metric": "Prescription", "value": rx, "unit": "Gy",
                  "goal": "target of this plan (its metrics against this dose)", "passed": None}
                 for name, rx in rx_of.items()]
-        goal_rows, metric_rows = [], []
-        for g in ev.goal_results:
-            src = own.get(g["structure"], ev)
-            if src is not ev:
-                continue
-            goal_rows.append({"structure": g["structure"], "metric": g["metric"], "value": g["value"],
-                              "unit": g["unit"], "goal": g["goal"], "passed": g["passed"]})
-        for name, res in own.items():
-            if res is ev:
-                continue
-            goal_rows += [{"structure": g["structure"], "metric": g["metric"], "value": g["value"], "unit": g["unit"],
-                           "goal": g["goal"] + f" (Rx {res.prescription_Gy:g} Gy)", "passed": g["passed"]}
-                          for g in res.goal_results if g["structure"] == name]
-        own_rows = {name: [r for r in res.metric_rows() if r["structure"] == name] for name, res in own.items()}
-        done = set()
-        for r in ev.metric_rows():
-            name = r["structure"]
-            if name in own:  # a target: its own evaluation's rows (target metrics and indices against its Rx)
-                if name not in done:
-                    done.add(name)
-                    metric_rows += [{"structure": name, "metric": f"{x['metric']} (Rx {rx_of[name]:g} Gy)",
-                                     "value": x["value"], "unit": x["unit"], "goal": "", "passed": None}
-                                    for x in own_rows[name]]
-                continue
-            metric_rows.append({"structure": name, "metric": r["metric"], "value": r["value"], "unit": r["unit"],
-                                "goal": "", "passed": None})
-        failed = sum(1 for g in goal_rows if g["passed"] is False)
-        return bins, curves, info + goal_rows + metric_rows + rows, failed
+        goal_rows = [{"structure": g["structure"], "metric": g["metric"], "value": g["value"], "unit": g["unit"],
+                      "goal": g["goal"] + (f" (Rx {g['prescription_Gy']:g} Gy)" if "prescription_Gy" in g else ""),
+                      "passed": g["passed"]} for g in ev.goal_results]
+        metric_rows = [{"structure": r["structure"],
+                        "metric": r["metric"] + (f" (Rx {rx_of[r['structure']]:g} Gy)" if r["structure"] in rx_of
+                                                 else ""),
+                        "value": r["value"], "unit": r["unit"], "goal": "", "passed": None} for r in ev.metric_rows()]
+        return bins, curves, info + goal_rows + metric_rows + rows, ev.n_goals_failed
 
 
 def slicerrt_structures(evaluation: Evaluation, curves):

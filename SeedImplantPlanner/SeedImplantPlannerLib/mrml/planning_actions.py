@@ -16,35 +16,25 @@ from .volumes import geometry_from_volume
 def optimizer_goals(goal_set, prescription_Gy, target, organs):
     """:class:`optimizer.Goals` from the goals of a :class:`goals.GoalSet` that the optimiser can aim at.
 
-    Target: ``V100 >= x%``, ``D90 >= x% | Gy``, ``V150 <= x%``, ``V200 <= x%``; organs: ``Dmax``,
-    ``D2cc``, ``D0.1cc <= x Gy | %``. Every other goal is still checked in the metrics table.
+    Target (its own entry, else the goals for "the target"): ``V100 >= x%``, ``D90 >= x% | Gy``,
+    ``D90 <= x% | Gy``, ``V150 <= x%``, ``V200 <= x%``; organs: ``Dmax``, ``D2cc``, ``D0.1cc <= x Gy | %``
+    (:func:`targets.target_goals_from_goal_set`). Every other goal is still checked in the metrics table.
     Without a goal set (or with nothing that maps) the optimiser's defaults apply.
     """
     from ..planning.problem import Goals, OARConstraint
+    from ..planning.targets import organ_limits_from_goal_set, target_goals_from_goal_set
     rx = float(prescription_Gy)
-    kw = {}
-    oars = []
     names = [target] + list(organs)
-    if goal_set is not None:
-        entry = goal_set.entry_for(target, names)
-        for g in (entry.goals if entry is not None else []):
-            m, up = g.metric.name, g.op in (">=", ">")
-            if m == "V100" and up and g.unit == "%":
-                kw["v100_min"] = g.limit / 100.0
-            elif m == "D90" and up and g.unit in ("%rx", "Gy"):
-                kw["d90_min_frac"] = g.limit / 100.0 if g.unit == "%rx" else g.limit / rx
-            elif m in ("V150", "V200") and not up and g.unit == "%":
-                kw["v150_max" if m == "V150" else "v200_max"] = g.limit / 100.0
-        for organ in organs:
-            entry = goal_set.entry_for(organ, names)
-            limits = {}
-            for g in (entry.goals if entry is not None else []):
-                key = {"Dmax": "dmax_Gy", "D2cc": "d2cc_Gy", "D0.1cc": "d0_1cc_Gy"}.get(g.metric.name)
-                if key and g.op in ("<=", "<") and g.unit in ("Gy", "%rx"):
-                    limits[key] = g.limit if g.unit == "Gy" else g.limit / 100.0 * rx
-            oars.append(OARConstraint(organ, **limits) if limits else organ)
-    else:
-        oars = list(organs)
+    if goal_set is None:
+        return Goals(rx), list(organs)
+    own = target_goals_from_goal_set(goal_set, target, names, rx)
+    field_of = {"v100": "v100_min", "d90": "d90_min_frac", "v150": "v150_max", "v200": "v200_max",
+                "d90_max": "d90_max_frac"}
+    kw = {field_of[k]: v for k, v in own.items()}
+    oars = []
+    for organ in organs:
+        limits = organ_limits_from_goal_set(goal_set, organ, names, rx)
+        oars.append(OARConstraint(organ, **limits) if limits else organ)
     return Goals(rx, oars=[o for o in oars if not isinstance(o, str)], **kw), oars
 
 
@@ -122,7 +112,12 @@ class PlanningActions:
         if extra:
             from ..planning.targets import TargetSpec
             unit = self.params.get("strengthUnit")
-            specs = [TargetSpec(t["name"], t["prescription_Gy"], strength=t["strength"], strength_unit=unit)
+            from ..planning.targets import target_goals_from_goal_set
+            names = [t["name"] for t in self.targets()] + organ_names
+            # every target: the goals written for it (or for "the target"), against its own prescription
+            specs = [TargetSpec(t["name"], t["prescription_Gy"], strength=t["strength"], strength_unit=unit,
+                                direction=t.get("direction"),
+                                **target_goals_from_goal_set(self.goals, t["name"], names, t["prescription_Gy"]))
                      for t in self.targets()]
         plan = plan_from_masks(geometry, masks, None if specs else target_name, targets=specs, oars=oars,
                                forbidden=self._names(forbidden), model_id=self.params.get("seedModel"),

@@ -1,13 +1,19 @@
 """Needle paths against forbidden structures (bone, vessels, bowel, nerves, any named segment).
 
-Each forbidden structure becomes a Euclidean distance map (mm from every voxel centre to the
-nearest voxel of the structure, 0 inside; ``scipy.ndimage.distance_transform_edt`` with the voxel
-spacing) computed once on a crop of the grid around the region of interest. A path is sampled
-every ``step_mm`` (default half the smallest voxel spacing) and the distance is looked up at the
-nearest voxel; the needle *meets* a structure where that distance minus the needle's outer radius
-is below the safety margin. The lookup error is at most half a voxel diagonal, which the margin
-should cover. Every hit names the needle, the structure, the depth from the entry (mm) where the
-path first comes within the margin, and the smallest clearance on the path.
+The distance of a point to a forbidden structure is the Euclidean distance (mm, with the voxel
+spacing) from its nearest voxel centre to the nearest voxel centre of the structure, 0 inside:
+the value a Euclidean distance transform (``scipy.ndimage.distance_transform_edt``) of a crop of
+the grid around the region of interest gives at that voxel. It is computed only where a needle
+path asks for it: from a k-d tree of the structure's boundary voxels (voxels of the structure with
+a face neighbour outside it; the nearest structure voxel of an outside voxel is always one of
+them, since one step from it towards the outside voxel along any axis where they differ comes
+closer), so large crops (two masses far apart, many structures) cost no full distance transform.
+A path is sampled every ``step_mm`` (default half the smallest voxel spacing) and the distance is
+looked up at the nearest voxel; the needle *meets* a structure where that distance minus the
+needle's outer radius is below the safety margin. The lookup error is at most half a voxel
+diagonal, which the margin should cover. Every hit names the needle, the structure, the depth
+from the entry (mm) where the path first comes within the margin, and the smallest clearance on
+the path.
 """
 
 from __future__ import annotations
@@ -49,12 +55,12 @@ HIT_COLUMNS = ("needle", "number", "structure", "depth_mm", "min_clearance_mm", 
 
 
 class ObstacleMap:
-    """Distance maps of named forbidden structures on (a crop of) an image grid."""
+    """Distances to named forbidden structures on (a crop of) an image grid (see the module doc)."""
 
     def __init__(self, geometry: ImageGeometry, masks: dict, margin_mm=5.0, roi_min=None, roi_max=None, step_mm=None):
         if not (math.isfinite(margin_mm) and margin_mm >= 0):
             raise InputError(f"safety margin must be >= 0 mm, got {margin_mm}")
-        from scipy.ndimage import distance_transform_edt
+        from scipy.spatial import cKDTree
         self.margin_mm = float(margin_mm)
         self.names = list(masks)
         self.step_mm = float(step_mm or 0.5 * min(geometry.spacing))
@@ -71,29 +77,36 @@ class ObstacleMap:
         origin = geometry.ijk_to_ras(lo.astype(float))
         self.geometry = ImageGeometry(tuple(size), geometry.spacing, tuple(origin), geometry.direction)
         sl = (slice(lo[2], hi[2] + 1), slice(lo[1], hi[1] + 1), slice(lo[0], hi[0] + 1))
-        sampling = (geometry.spacing[2], geometry.spacing[1], geometry.spacing[0])
-        self.distance = {}
+        #: voxel size along the array axes (k, j, i), mm
+        self._sampling = np.array([geometry.spacing[2], geometry.spacing[1], geometry.spacing[0]], float)
+        self._mask, self._tree = {}, {}
         for name, mask in masks.items():
             m = np.asarray(mask, dtype=bool)
             if m.shape != geometry.shape:
                 raise InputError(f"forbidden structure '{name}': mask shape {m.shape} does not match the grid {geometry.shape}")
             crop = m[sl]
-            if not crop.any():
-                self.distance[name] = None  # nowhere near: infinite clearance
+            boundary = _boundary_voxels(crop)
+            if boundary is None:
+                self._mask[name] = self._tree[name] = None  # nowhere near: infinite clearance
                 continue
-            self.distance[name] = distance_transform_edt(~crop, sampling=sampling).astype(np.float32)
+            self._mask[name] = crop
+            self._tree[name] = cKDTree(boundary * self._sampling)
 
     def distance_at(self, name, points):
         """Distance (mm) from ``points`` (P, 3) to structure ``name``; inf outside the crop or far away."""
         pts = np.asarray(points, dtype=float).reshape(-1, 3)
-        dist = self.distance[name]
+        tree = self._tree[name]
         out = np.full(len(pts), np.inf)
-        if dist is None:
+        if tree is None:
             return out
         ijk = np.rint(self.geometry.ras_to_ijk(pts)).astype(np.int64)
-        ok = np.all((ijk >= 0) & (ijk < np.asarray(self.geometry.size)), axis=1)
-        idx = ijk[ok]
-        out[ok] = dist[idx[:, 2], idx[:, 1], idx[:, 0]]
+        ok = np.flatnonzero(np.all((ijk >= 0) & (ijk < np.asarray(self.geometry.size)), axis=1))
+        kji = ijk[ok][:, ::-1]
+        inside = self._mask[name][kji[:, 0], kji[:, 1], kji[:, 2]]
+        out[ok[inside]] = 0.0
+        rest = ~inside
+        if rest.any():
+            out[ok[rest]] = tree.query(kji[rest] * self._sampling)[0]
         return out
 
     def check(self, needle, margin_mm=None) -> list:
@@ -116,6 +129,24 @@ class ObstacleMap:
         for n in needles:
             out.extend(self.check(n, margin_mm))
         return out
+
+
+def _boundary_voxels(mask):
+    """(N, 3) array indices (k, j, i) of the voxels of ``mask`` with a face neighbour outside it (or
+    outside the array), or None for an empty mask."""
+    nz = [np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+    if not all(len(z) for z in nz):
+        return None
+    lo = np.array([z[0] for z in nz])
+    hi = np.array([z[-1] for z in nz]) + 1
+    sub = np.pad(mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], 1)
+    inner = sub[1:-1, 1:-1, 1:-1].copy()
+    for ax in range(3):
+        for shift in (slice(0, -2), slice(2, None)):
+            view = [slice(1, -1)] * 3
+            view[ax] = shift
+            inner &= sub[tuple(view)]
+    return np.argwhere(sub[1:-1, 1:-1, 1:-1] & ~inner) + lo
 
 
 def obstacle_map_for(geometry, masks, margin_mm, needles=(), extra_points=None):

@@ -59,24 +59,22 @@ def compute_dose(plan: Plan, geometry, target_mask, spacing_mm=2.0, margin_mm=20
     return grid.dose_Gy("total"), g
 
 
-def evaluate(plan: Plan, dose_Gy, dose_geometry, structures, progress=None):
+def evaluate(plan: Plan, dose_Gy, dose_geometry, structures, progress=None, goal_set=None):
     """Evaluate the plan's dose on its structures (:func:`evaluation.evaluate_plan`); stores metrics.
 
-    With several targets, each target's dose metrics (V100, V150, ...) are relative to its own
-    prescription.
+    With several targets, each target's dose metrics (V100, V150, ...), indices and goals are
+    relative to its own prescription. ``goal_set`` (:class:`goals.GoalSet`): its goals are checked too
+    (``plan.metrics["goals"]``), every target against the goals written for it or for "the target".
     """
     from ..evaluation.evaluate import evaluate_plan
     wanted = ["D90", "V100", "V150", "V200", "Dmax", "D2cc", "D0.1cc"]
-    ev = evaluate_plan(dose_Gy, dose_geometry, structures, plan.prescription_Gy, target=plan.structures.get("target"),
-                       body=None, metrics=wanted, on_outside="skip", progress=progress)
-    for row in plan.targets[1:]:
-        if abs(float(row["prescription_Gy"]) - plan.prescription_Gy) < 1e-9:
-            continue
-        own = [s for s in structures if s.name == row["name"]]
-        if own:
-            sub = evaluate_plan(dose_Gy, dose_geometry, own, float(row["prescription_Gy"]), target=row["name"], body=None,
-                                metrics=wanted, on_outside="skip")
-            ev.metrics[row["name"]] = sub.metrics[row["name"]]
+    names = {s.name for s in structures}
+    first = plan.structures.get("target")
+    others = {str(r["name"]): float(r["prescription_Gy"]) for r in plan.targets
+              if r["name"] in names and r["name"] != first}
+    ev = evaluate_plan(dose_Gy, dose_geometry, structures, plan.prescription_Gy, target=first, body=None,
+                       goals=goal_set, metrics=wanted, on_outside="skip", target_prescriptions=others or None,
+                       progress=progress)
     plan.evaluation = ev
     plan.metrics = ev.to_dict()
     plan.metrics["goal_check"] = goal_check(plan, ev)

@@ -145,6 +145,41 @@ def merge_specs(specs) -> list:
     return list(out.values())
 
 
+def target_goals_from_goal_set(goal_set, name, structure_names, prescription_Gy) -> dict:
+    """The planner goals a goal set (:class:`goals.GoalSet`) asks of target ``name``, as TargetSpec fields.
+
+    The target's goals are those of its own entry (name or alias), else the goal set's goals for
+    "the target" (:meth:`goals.GoalSet.entry_for_target`), so every target of a plan gets them,
+    each against its own prescription ``prescription_Gy`` (a D90 goal in Gy becomes a fraction of
+    it). Mapped: ``V100 >= x%`` (v100), ``D90 >= x% | Gy`` (d90), ``D90 <= x% | Gy`` (d90_max),
+    ``V150 <= x%``, ``V200 <= x%``; the other goals are checked on the evaluated dose only.
+    """
+    entry = goal_set.entry_for_target(name, structure_names) if goal_set is not None else None
+    out = {}
+    for g in (entry.goals if entry is not None else []):
+        m, up = g.metric.name, g.op in (">=", ">")
+        if m == "V100" and up and g.unit == "%":
+            out["v100"] = g.limit / 100.0
+        elif m == "D90" and g.unit in ("%rx", "Gy"):
+            frac = g.limit / 100.0 if g.unit == "%rx" else g.limit / float(prescription_Gy)
+            out["d90" if up else "d90_max"] = frac
+        elif m in ("V150", "V200") and not up and g.unit == "%":
+            out[m.lower()] = g.limit / 100.0
+    return out
+
+
+def organ_limits_from_goal_set(goal_set, organ, structure_names, prescription_Gy) -> dict:
+    """``{dmax_Gy, d2cc_Gy, d0_1cc_Gy}`` (those given) of ``organ``'s entry in a goal set: ``Dmax``, ``D2cc``,
+    ``D0.1cc <= x Gy | %`` (of ``prescription_Gy``)."""
+    entry = goal_set.entry_for(organ, structure_names) if goal_set is not None else None
+    limits = {}
+    for g in (entry.goals if entry is not None else []):
+        key = {"Dmax": "dmax_Gy", "D2cc": "d2cc_Gy", "D0.1cc": "d0_1cc_Gy"}.get(g.metric.name)
+        if key and g.op in ("<=", "<") and g.unit in ("Gy", "%rx"):
+            limits[key] = g.limit if g.unit == "Gy" else g.limit / 100.0 * float(prescription_Gy)
+    return limits
+
+
 def check_overlaps(geometry, masks: dict, tolerance_cc=0.0):
     """Refuse targets that share voxels (their prescriptions would contradict): InputError naming them."""
     names = list(masks)

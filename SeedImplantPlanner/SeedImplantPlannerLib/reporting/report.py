@@ -206,7 +206,9 @@ def _goal_rows(evaluation):
     for g in evaluation.goal_results:
         v = g["value"]
         vs = "-" if v is None or not math.isfinite(v) else f"{v:.2f} {g['unit']}".strip()
-        rows.append([g["structure"], g["goal"], vs, g["status"].upper() if g["passed"] is not None else g["status"],
+        goal = g["goal"] + (f" (Rx {g['prescription_Gy']:g} Gy)" if evaluation.target_prescriptions
+                            and "prescription_Gy" in g else "")
+        rows.append([g["structure"], goal, vs, g["status"].upper() if g["passed"] is not None else g["status"],
                      g.get("source", "")])
         classes.append("pass" if g["passed"] else ("fail" if g["passed"] is False else "na"))
     return rows, classes
@@ -335,7 +337,8 @@ def render_html(evaluation, figures_png: dict, plan=None, seeds=None, title="See
                      + _table(["Goal", "Value", "Limit", "Result"], gc[0], gc[1]))
     if evaluation.goal_results:
         rows, classes = _goal_rows(evaluation)
-        parts.append("<h2>Goals</h2>" + _table(["Structure", "Goal", "Value", "Result", "Source"], rows, classes))
+        parts.append(("<h2>Goals (each target against its own prescription)</h2>" if evaluation.target_prescriptions
+                      else "<h2>Goals</h2>") + _table(["Structure", "Goal", "Value", "Result", "Source"], rows, classes))
     parts.append("<h2>Structures</h2>" + _table(["Structure", "Role", "Volume in dose grid (cc)", "Sampling", "Outside grid"],
                                                 _structure_rows(evaluation, plan_n)))
     parts.append("<h2>Metrics</h2>" + _table(["Structure", "Metric", "Value"], _metric_table_rows(evaluation, plan_n)))
@@ -458,12 +461,14 @@ def write_report(path, evaluation, dose_Gy, *, structures=(), plan=None, seeds=N
 
 def evaluate_and_report(path, dose_Gy, geometry, structures, prescription_Gy, *, goals=None, target=None, body=None,
                         plan=None, seeds=None, ct=None, radiobiology=True, pdf_path=None,
-                        title="Seed implant plan report", on_outside="skip", progress=None):
+                        title="Seed implant plan report", on_outside="skip", target_prescriptions=None, progress=None):
     """Evaluate ``dose_Gy`` on ``structures`` and write the report in one call; returns (Evaluation, paths).
 
     ``goals``: a :class:`goals.GoalSet`, a preset name or a goals file; ``seeds`` (a SeedSet that
     produced the dose) also gives exact sub-voxel doses for small structures. Organs entirely
-    outside a cropped dose grid are skipped with a warning (``on_outside``).
+    outside a cropped dose grid are skipped with a warning (``on_outside``). ``target_prescriptions``
+    ({name: Rx Gy} of the other targets of a plan with several targets): each target's metrics and
+    goals against its own prescription (:func:`evaluation.evaluate_plan`).
     """
     from ..evaluation.evaluate import evaluate_plan, seed_point_dose, seeds_half_life_days
     from ..evaluation.goals import GoalSet, load_goals
@@ -472,7 +477,7 @@ def evaluate_and_report(path, dose_Gy, geometry, structures, prescription_Gy, *,
     ev = evaluate_plan(dose_Gy, geometry, structures, prescription_Gy, target=target, body=body, goals=goals,
                        radiobiology=radiobiology, on_outside=on_outside, half_life_days=seeds_half_life_days(seeds),
                        dose_at_points=seed_point_dose(seeds) if seeds is not None and len(seeds) else None,
-                       progress=progress)
+                       target_prescriptions=target_prescriptions, progress=progress)
     paths = write_report(path, ev, dose_Gy, structures=[] if isinstance(structures, dict) else structures,
                          plan=plan, seeds=seeds, ct=ct, title=title,
                          pdf_path=pdf_path)

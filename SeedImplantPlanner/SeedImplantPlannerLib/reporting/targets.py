@@ -1,11 +1,11 @@
 """Several targets in one report: each target's prescription, seed strength and metrics against its own Rx.
 
 A plan with several targets (``planfile.Plan.targets``: name, prescription, goals, strength, seeds
-of each) is evaluated by the evaluation library against one prescription; the report then
-recomputes each target's dose metrics (D90, V100, V150, V200 ...) from the same dose samples
-(:func:`metrics.structure_metrics`) against that target's own prescription, so every percentage
-in the report refers to the target's own Rx. The evaluation's own prescription is the first
-target's (the plan's) unless the caller chose another.
+of each) is evaluated with every target against its own prescription (``evaluate_plan(...,
+target_prescriptions=...)``: metrics, indices, goals); for an evaluation made against one
+prescription only, the report recomputes each target's dose metrics (D90, V100, V150, V200 ...)
+from the same dose samples (:func:`metrics.structure_metrics`) against that target's own
+prescription, so every percentage in the report refers to the target's own Rx.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def target_metrics(evaluation, name, prescription_Gy, names=TARGET_METRICS) -> d
     sample = next((s for s in evaluation.samples if s.name == name), None)
     if sample is None:
         return {}
-    if abs(prescription_Gy - evaluation.prescription_Gy) < 1e-9:
+    if abs(prescription_Gy - evaluation.prescription_of(name)) < 1e-9:
         have = evaluation.metrics.get(name, {})
         if all(m in have for m in names):
             return {m: have[m] for m in names}
@@ -93,7 +93,7 @@ def metric_rows_own_rx(evaluation, plan) -> list:
     for s in evaluation.samples:
         rx = own.get(s.name, evaluation.prescription_Gy)
         values = evaluation.metrics[s.name]
-        if abs(rx - evaluation.prescription_Gy) > 1e-9:
+        if abs(rx - evaluation.prescription_of(s.name)) > 1e-9:
             names = [n for n in values if not parse_metric(n).is_index]
             values = {**structure_metrics(s, names, rx), **{n: v for n, v in values.items() if parse_metric(n).is_index}}
         suffix = f" (of Rx {rx:g} Gy)" if len(own) > 1 else ""

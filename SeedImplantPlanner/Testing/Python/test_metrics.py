@@ -171,3 +171,78 @@ class TestEvaluatePlan(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class TestSeveralTargetsGoals(unittest.TestCase):
+    """Goals written for "the target" give every target of a plan its own rows against its own Rx."""
+
+    @classmethod
+    def setUpClass(cls):
+        from SeedImplantPlannerLib.physics import dose as D
+        from SeedImplantPlannerLib.physics.seeds import SeedSet
+        cls.g = ImageGeometry((50, 24, 20), (1.5, 1.5, 2.0), (-36.75, -17.25, -19))
+        pa = np.array([[x, y, z] for x in (-22.0, -14.0) for y in (-4.0, 4.0) for z in (-5.0, 0.0, 5.0)])
+        pb = np.array([[x, y, z] for x in (14.0, 22.0) for y in (-4.0, 4.0) for z in (-5.0, 0.0, 5.0)])
+        seeds = SeedSet(np.vstack([pa, pb]), np.tile([0, 0, 1.0], (24, 1)),
+                        np.r_[np.full(12, 0.3), np.full(12, 0.42)], "I125_OncoSeed_6711")
+        cls.dose = D.compute_dose_Gy(cls.g, seeds, method="direct")[0]
+        c = cls.g.voxel_centers_ras()
+        cls.ma = np.linalg.norm(c - [-18.0, 0, 0], axis=-1) <= 9.0
+        cls.mb = np.linalg.norm(c - [18.0, 0, 0], axis=-1) <= 9.0
+        cls.structs = [Structure("GTV_RP", cls.ma, cls.g), Structure("GTV_Groin", cls.mb, cls.g),
+                       Structure("Bowel", np.hypot(c[..., 0], c[..., 1] + 14) <= 3.0, cls.g)]
+        cls.rx = {"GTV_RP": 145.0, "GTV_Groin": 120.0}
+
+    def evaluate(self, goals):
+        return evaluate_plan(self.dose, self.g, self.structs, self.rx["GTV_RP"], target="GTV_RP", goals=goals,
+                             target_prescriptions={"GTV_Groin": self.rx["GTV_Groin"]})
+
+    def test_preset_target_goals_for_every_target(self):
+        # the CT-guided preset names its target PTV (aliases CTV, GTV, ...): neither target is named so
+        ev = self.evaluate("ct_soft_tissue_I125")
+        rows = {(r["structure"], r["metric"]): r for r in ev.goal_results}
+        dvh = {d.name: d for d in ev.dvhs}
+        for name, mask in (("GTV_RP", self.ma), ("GTV_Groin", self.mb)):
+            rx = self.rx[name]
+            v100, d90 = rows[(name, "V100")], rows[(name, "D90")]
+            self.assertEqual(v100["prescription_Gy"], rx)
+            # the goal row equals the target's own DVH read at its own Rx ...
+            self.assertAlmostEqual(v100["value"], float(np.interp(rx, dvh[name].edges_Gy, dvh[name].cumulative_percent)),
+                                   delta=0.5, msg=name)
+            # ... and the dose array at its voxel centres (independent of the evaluation library)
+            d = self.dose[mask]
+            self.assertAlmostEqual(v100["value"], 100.0 * np.mean(d >= rx), delta=2.0, msg=name)
+            self.assertAlmostEqual(d90["value"], 100.0 * np.percentile(d, 10.0) / rx, delta=3.0, msg=name)
+            self.assertEqual(v100["passed"], v100["value"] >= 90.0)
+            self.assertEqual(d90["passed"], d90["value"] >= 100.0)
+            # metrics and indices of each target against its own Rx
+            self.assertAlmostEqual(ev.metrics[name]["V100"]["percent"], v100["value"], places=9)
+            self.assertIn("CI", ev.metrics[name])
+        # GTV_Groin's V100 against 120 Gy is not the value against the first target's 145 Gy
+        self.assertGreater(rows[("GTV_Groin", "V100")]["value"], 100.0 * np.mean(self.dose[self.mb] >= 145.0) + 5.0)
+        self.assertEqual(ev.target_prescriptions, self.rx)
+        self.assertEqual(ev.roles["GTV_Groin"], "target")
+        self.assertFalse(any(r["status"].startswith("not evaluated") for r in ev.goal_results))
+        self.assertEqual({r["prescription_Gy"] for r in ev.to_dict()["goals"] if r["structure"] == "GTV_Groin"}, {120.0})
+
+    def test_text_file_target_line_and_a_target_of_its_own(self):
+        gs = goals_from_text("Target: V100 >= 95%; D90 >= 100%\nGTV_Groin: V100 >= 80%\nBowel: D2cc <= 100 Gy")
+        ev = self.evaluate(gs)
+        got = sorted((r["structure"], r["goal"]) for r in ev.goal_results)
+        self.assertEqual(got, [("Bowel", "D2cc <= 100 Gy"), ("GTV_Groin", "V100 >= 80%"), ("GTV_RP", "D90 >= 100%"),
+                               ("GTV_RP", "V100 >= 95%")])
+        groin = next(r for r in ev.goal_results if r["structure"] == "GTV_Groin")
+        self.assertAlmostEqual(groin["value"], 100.0 * np.mean(self.dose[self.mb] >= 120.0), delta=2.0)
+        self.assertNotIn("prescription_Gy", next(r for r in ev.goal_results if r["structure"] == "Bowel"))
+
+    def test_one_target_with_another_name_takes_the_target_goals(self):
+        # before: "required structure 'PTV' is missing" although the target was named
+        ev = evaluate_plan(self.dose, self.g, self.structs[:1], 145.0, target="GTV_RP", goals="ct_soft_tissue_I125")
+        self.assertEqual(sorted(r["metric"] for r in ev.goal_results), ["D90", "V100"])
+        self.assertEqual(ev.target_prescriptions, {})
+
+    def test_bad_target_prescriptions(self):
+        for bad, says in (({"Kidney": 120.0}, "not among the structures"), ({"GTV_Groin": -1.0}, "GTV_Groin"),
+                          ({"GTV_RP": 100.0}, "two prescriptions")):
+            with self.assertRaisesRegex(InputError, says):
+                evaluate_plan(self.dose, self.g, self.structs, 145.0, target="GTV_RP", target_prescriptions=bad)
