@@ -79,6 +79,8 @@ class SeedImplantPlannerParameterNode:
     extraTargetSegmentIds: list[str]
     extraTargetPrescriptionsGy: list[str]
     extraTargetStrengths: list[str]
+    extraTargetDirections: list[str]
+    extraTargetGoals: list[str]
     seedModel: str = "I125_OncoSeed_6711"
     strengthValue: Annotated[float, WithinRange(0.001, 100.0)] = 0.5
     strengthUnit: Annotated[str, Choice(["U", "mCi"])] = "mCi"
@@ -276,14 +278,16 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.logic.invalidateEvaluation()
 
     def onExtraTargetsChanged(self) -> None:
-        """Other targets of the implant (NAME:Rx[:strength]; ...), each against its own prescription."""
+        """Other targets of the implant (NAME:Rx[:strength] or NAME:rx=Gy,strength=S,direction=D,v150=%; ...),
+        each against its own prescription (planning.targets.parse_target_list, the --target syntax)."""
         if self._parameterNode is None or self._updatingGui:
             return
         try:
             with slicer.util.tryWithErrorDisplay(_("Other targets not set."), waitCursor=False):
                 ps = self.logic.planScene()
                 first = ps.targets()[:1]
-                extras = plan_scene.parse_target_list(self.ui.extraTargetsLineEdit.text)
+                extras = plan_scene.parse_target_list(self.ui.extraTargetsLineEdit.text,
+                                                      self._parameterNode.strengthUnit)
                 if not first:
                     if extras:
                         raise ValueError(_("choose the target first"))

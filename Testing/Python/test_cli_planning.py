@@ -307,6 +307,81 @@ class CTGuidedCommandTest(unittest.TestCase):
         summary = (out / "summary.txt").read_text()
         self.assertIn("GTV_Groin", summary)
 
+    def test_goal_file_gives_every_target_its_own_goals(self):
+        """A goal file: "Target:" goals for every target without a line of its own, GTV_Groin its own line;
+        planner goals, the plan's goal rows, exit status, summary, report and metrics JSON all per target."""
+        from SeedImplantPlannerLib.evaluation.structures import mask_on_grid, structures_from_segmentation
+        from SeedImplantPlannerLib.imaging.segio import read_segmentation
+        from SeedImplantPlannerLib.physics.dose import dose_at_points_Gy
+        from SeedImplantPlannerLib.physics.seeds import SeedSet
+        gfile = self.dir / "goals.txt"
+        gfile.write_text("Target: V100 >= 90%; D90 >= 100%; V150 <= 70%\n"
+                         "GTV_Groin: V100 >= 93%; D90 >= 105%; V200 <= 40%\nBowel: D2cc <= 100 Gy\n")
+        out = self.dir / "two_goals"
+        r = seedplan(*self.base, "--target", "GTV_RP:rx=120,strength=0.5", "--target",
+                     "GTV_Groin:rx=140,strength=0.7,direction=P", "--direction", "A", "--goals", gfile, "--out", out)
+        self.assertIn(r.returncode, (0, 3), r.stderr)
+        plan = json.loads((out / "plan.json").read_text())
+        # the planner aimed at each target's own goals from the file
+        g = {t["name"]: t["goals"] for t in plan["targets"]}
+        self.assertEqual((g["GTV_RP"]["v100_min"], g["GTV_RP"]["v150_max"], g["GTV_RP"]["v200_max"]), (0.90, 0.70, 0.20))
+        self.assertEqual((g["GTV_Groin"]["v100_min"], g["GTV_Groin"]["d90_min_frac"], g["GTV_Groin"]["v200_max"],
+                          g["GTV_Groin"]["v150_max"]), (0.93, 1.05, 0.40, 0.60))
+        rows = plan["metrics"]["goals"]
+        got = {(x["structure"], x["goal"]): x for x in rows}
+        self.assertEqual(sorted(got), [("Bowel", "D2cc <= 100 Gy"), ("GTV_Groin", "D90 >= 105%"),
+                                       ("GTV_Groin", "V100 >= 93%"), ("GTV_Groin", "V200 <= 40%"),
+                                       ("GTV_RP", "D90 >= 100%"), ("GTV_RP", "V100 >= 90%"), ("GTV_RP", "V150 <= 70%")])
+        # each target's rows: its own Rx, the plan's goal check on the same dose, and the TG-43 dose of the
+        # plan's seeds computed here at the dose grid's voxel centres inside the target (where the evaluation
+        # samples it), read at the target's own Rx
+        check = {x["goal"]: x["value"] for x in plan["metrics"]["goal_check"]}
+        seg = read_segmentation(self.lab)
+        _, dose_geometry = read_image(out / "dose.nrrd")
+        structs = {s.name: s for s in structures_from_segmentation(seg, ["GTV_RP", "GTV_Groin"])}
+        seeds = SeedSet(np.array([x["position_ras_mm"] for x in plan["seeds"]]),
+                        np.array([x["axis"] for x in plan["seeds"]]), np.array([x["strength_U"] for x in plan["seeds"]]),
+                        [x["model"] for x in plan["seeds"]])
+        for name, rx in (("GTV_RP", 120.0), ("GTV_Groin", 140.0)):
+            v100 = got[(name, "V100 >= 90%" if name == "GTV_RP" else "V100 >= 93%")]
+            self.assertEqual(v100["prescription_Gy"], rx)
+            self.assertAlmostEqual(v100["value"], check[f"{name} V100 >= %"], places=3)
+            d = dose_at_points_Gy(dose_geometry.voxel_centers_ras()[mask_on_grid(structs[name], dose_geometry)], seeds)[0]
+            self.assertAlmostEqual(v100["value"], 100.0 * np.mean(d >= rx), delta=0.5, msg=name)
+            d90_row = got[(name, "D90 >= 100%" if name == "GTV_RP" else "D90 >= 105%")]
+            self.assertAlmostEqual(d90_row["value"], 100.0 * np.percentile(d, 10.0) / rx, delta=1.0, msg=name)
+            self.assertEqual(d90_row["passed"], d90_row["value"] >= d90_row["limit"])
+        # exit status 3 exactly when a hard goal of the file (or of the plan) fails, each named in the warning
+        hard_failed = [x for x in rows if x["passed"] is False and not (x.get("prescription_Gy") and x["op"] == "<=")]
+        plan_failed = [x for x in plan["metrics"]["goal_check"] if not x["passed"] and "soft" not in x["goal"]]
+        self.assertEqual(r.returncode == 3, bool(hard_failed or plan_failed or not plan["optimizer"]["goals_met"]),
+                         r.stderr)
+        for x in hard_failed:
+            self.assertIn(f"{x['structure']} {x['goal']}", r.stderr)
+        self.assertIn("GTV_Groin V100 >= 93% (Rx 140 Gy)", (out / "summary.txt").read_text())
+        with open(out / "goals.csv", newline="") as fh:
+            self.assertEqual({row["structure"] for row in csv.DictReader(fh)}, {"GTV_RP", "GTV_Groin", "Bowel"})
+        # the report and the metrics JSON of this plan with the same goal file: the same rows, each target's own Rx
+        rep, js = self.dir / "two_goals.html", self.dir / "two_goals.json"
+        r = seedplan("report", "--dose", out / "dose.nrrd", "--structures", self.lab, "--names",
+                     "GTV_RP,GTV_Groin,Bowel", "--plan", out / "plan.json", "--goals", gfile, "--rx", "120",
+                     "--out", rep, "--pdf", self.dir / "two_goals.pdf")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        html = rep.read_text()
+        self.assertIn("Goals (each target against its own prescription)", html)
+        self.assertIn("V100 &gt;= 93% (Rx 140 Gy)", html)
+        self.assertIn("V100 &gt;= 90% (Rx 120 Gy)", html)
+        self.assertTrue((self.dir / "two_goals.pdf").read_bytes().startswith(b"%PDF"))
+        r = seedplan("metrics", "--dose", out / "dose.nrrd", "--structures", self.lab, "--names",
+                     "GTV_RP,GTV_Groin,Bowel", "--plan", out / "plan.json", "--goals", gfile, "--rx", "120",
+                     "--json", js)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        doc = json.loads(js.read_text())
+        self.assertEqual(doc["target_prescriptions"], {"GTV_RP": 120.0, "GTV_Groin": 140.0})
+        for x in doc["goals"]:
+            if x["structure"] in ("GTV_RP", "GTV_Groin"):
+                self.assertAlmostEqual(x["value"], got[(x["structure"], x["goal"])]["value"], delta=0.5)
+
     def test_bad_target_input(self):
         for extra, text in (
                 (["--target", "GTV_RP:rx=120", "--target", "GTV_Groin", "--strength", "0.5"],

@@ -91,9 +91,10 @@ class WebPlannerInBrowserTest(unittest.TestCase):
         # a plan with two targets, each with its own prescription, made by the command line
         make_two_target_case(cls.served / "case2")
         r = seedplan_cli("plan", "--image", "case2/ct.nrrd", "--segmentation", "case2/seg.seg.nrrd",
-                         "--target", "GTV:rx=120", "--target", "Node:rx=140,strength=0.7", "--strength", "0.5",
-                         "--unit", "mCi", "--oar", "Rectum", "--body", "Body", "--direction", "S",
-                         "--template-spacing", "7", "--time-limit", "2", "--out", "plan2", cwd=cls.served)
+                         "--target", "GTV:rx=120", "--target", "Node:rx=140,strength=0.7,direction=R",
+                         "--strength", "0.5", "--unit", "mCi", "--oar", "Rectum", "--body", "Body", "--direction", "S",
+                         "--goals", "ct_soft_tissue_I125", "--template-spacing", "7", "--time-limit", "2", "--out",
+                         "plan2", cwd=cls.served)
         if r.returncode != 0:
             raise RuntimeError(f"seedplan plan failed: {r.stderr}")
         (cls.served / "broken.mrb").write_bytes(b"this is not a zip archive")
@@ -441,8 +442,11 @@ class WebPlannerInBrowserTest(unittest.TestCase):
         self.open_path("plan2")
         self.wait_message("opened", "plan2")
         self.page.wait_for_function("() => (window.trame.state.get('target_rx') || []).length === 2")
-        self.assertEqual(self.page.locator("#target-list").inner_text().strip(), "targets: GTV Rx 120 Gy, Node Rx 140 Gy")
-        self.assertTrue(self.page.locator("#other-targets").input_value().startswith("Node:140:"))
+        self.assertEqual(self.page.locator("#target-list").inner_text().strip(),
+                         "targets: GTV Rx 120 Gy, Node Rx 140 Gy (direction R)")
+        field = self.page.locator("#other-targets").input_value()
+        self.assertTrue(field.startswith("Node:rx=140,strength="), field)  # the --target syntax, its direction kept
+        self.assertIn(",direction=R", field)
         # the DVH chart marks both prescriptions, each named
         self.page.wait_for_function("() => document.querySelectorAll('#dvh-chart .annotation-text').length === 2")
         notes = sorted(t.strip() for t in self.page.locator("#dvh-chart .annotation-text").all_text_contents())
@@ -451,6 +455,16 @@ class WebPlannerInBrowserTest(unittest.TestCase):
         own = {(r["Structure"], r["Metric"]) for r in rows}
         self.assertIn(("Node", "V100 (Rx 140 Gy)"), own)
         self.assertIn(("GTV", "V100 (Rx 120 Gy)"), own)
+        # goals of the preset (written for "the target") for both targets, each against its own Rx
+        self.page.evaluate("() => { window.trame.state.set('goal_preset', 'ct_soft_tissue_I125'); }")
+        self.page.locator("#goals-apply").click()
+        self.page.wait_for_function("() => (window.trame.state.get('metric_rows') || []).some("
+                                    "r => r.Goal === 'V100 >= 90% (Rx 140 Gy)')")
+        rows = self.page.evaluate("() => window.trame.state.get('metric_rows')")
+        goals = {(r["Structure"], r["Goal"]): r for r in rows if r["Goal"]}
+        for name, rx in (("GTV", 120), ("Node", 140)):
+            self.assertIn((name, f"V100 >= 90% (Rx {rx} Gy)"), goals)
+            self.assertIn(goals[(name, f"D90 >= 100% (Rx {rx} Gy)")]["Pass"], ("pass", "FAIL"))
         self.page.screenshot(path=str(self.shots / "c1_two_targets.png"))
         self.page.locator("#dvh-chart").screenshot(path=str(self.shots / "c2_two_targets_dvh.png"))
         self.page.locator("#metrics-table").screenshot(path=str(self.shots / "c3_two_targets_metrics.png"))

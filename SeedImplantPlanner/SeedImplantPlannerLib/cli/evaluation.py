@@ -187,7 +187,10 @@ def cmd_metrics(args):
     from ..core.fileio import write_json
     if args.goals_csv and not args.goals:
         raise InputError("--goals-csv needs --goals")
-    ev, *_ = _evaluate(args, progress=_bar(args, "metrics"))
+    plan = _read_plan(args.plan)
+    notes = _defaults_from_plan(args, plan)
+    ev, *_ = _evaluate(args, progress=_bar(args, "metrics"), plan=plan)
+    _NOTES.extend(notes)
     # option checks that need the evaluation, before any file is written
     if args.goals_csv and not ev.goal_results:
         raise InputError("--goals-csv needs --goals with goals for the evaluated structures")
@@ -463,6 +466,8 @@ def register(sub):
     p.add_argument("--csv", help="metrics CSV")
     p.add_argument("--goals-csv", help="goal results CSV")
     p.add_argument("--json", help="everything as JSON")
+    p.add_argument("--plan", help="plan file (plan.json) of this dose: with several targets, each target's metrics "
+                                  "and goals against its own prescription; its prescription, target and body as defaults")
     p.add_argument("--fail-on-goals", action="store_true", help="exit 1 when a goal fails")
     p.add_argument("--time-curve-csv", help="dose (and BED with --bed) accumulated against time at the target D90 (CSV)")
     p.add_argument("--time-curve-png", help="the same curve as a PNG chart")

@@ -37,6 +37,39 @@ def parse_oar(text):
     return oc
 
 
+#: The planner's goals when neither the command line nor a goal file gives them (fractions, as TargetSpec).
+GOAL_DEFAULTS = {"v100": 0.95, "d90": 1.0, "v150": 0.60, "v200": 0.20, "d90_max": None}
+
+
+def goal_row_is_soft(row):
+    """A goal-file row the planner treats as a soft goal (a target's V150/V200 <= or D90 <=): traded, not failed."""
+    return "prescription_Gy" in row and row.get("op") in ("<=", "<") and row.get("metric") in ("V150", "V200", "D90")
+
+
+def _apply_goal_set(goal_set, specs, oars, given, rx):
+    """Targets and organs with the goals of ``goal_set``: each target the goals written for it (or for "the
+    target"), against its own prescription, where neither ``--target NAME:...`` nor a plan-wide option
+    (``given``, None = not given) sets them; each ``--oar NAME`` without limits the file's Dmax/D2cc/D0.1cc."""
+    from ..planning.problem import OARConstraint
+    from ..planning.targets import TargetSpec, organ_limits_from_goal_set, target_goals_from_goal_set
+    names = [sp.name for sp in specs] + [o.name for o in oars]
+    out = []
+    for sp in specs:
+        own_rx = sp.prescription_Gy if sp.prescription_Gy is not None else rx
+        from_file = target_goals_from_goal_set(goal_set, sp.name, names, own_rx)
+        values = {k: getattr(sp, k) for k in sp.__dataclass_fields__}
+        for k, v in from_file.items():
+            if values[k] is None and given.get(k) is None:
+                values[k] = v
+        out.append(TargetSpec(**values))
+    new_oars = []
+    for o in oars:
+        has = any(getattr(o, k) is not None for k in ("dmax_Gy", "d2cc_Gy", "d0_1cc_Gy"))
+        limits = {} if has else organ_limits_from_goal_set(goal_set, o.name, names, rx)
+        new_oars.append(OARConstraint(o.name, **limits) if limits else o)
+    return out, new_oars
+
+
 def cmd_plan(args):
     """Plan a seed implant from an image and a segmentation; write the plan folder."""
     from .main import ProgressBar
@@ -47,6 +80,14 @@ def cmd_plan(args):
     from ..physics.strength import check_strength_value
     from ..planning.targets import merge_specs, parse_target
     specs = merge_specs([parse_target(t, args.unit) for t in args.target])
+    goal_set = None
+    if args.goals:
+        from ..evaluation.goals import load_goals
+        goal_set = load_goals(args.goals)
+        if args.prescription is None and goal_set.prescription_Gy and any(sp.prescription_Gy is None for sp in specs):
+            args.prescription = float(goal_set.prescription_Gy)
+            print(f"seedplan: note: prescription {args.prescription:g} Gy taken from goals '{goal_set.name}' "
+                  "(targets without rx=)", file=sys.stderr)
     no_strength = [sp.name for sp in specs if sp.strength is None]
     if args.strength is None and no_strength:
         raise InputError(f"no seed strength for target(s) {', '.join(no_strength)}: give --strength or "
@@ -59,9 +100,9 @@ def cmd_plan(args):
         if not value > low:
             raise InputError(f"{name} must be > 0, got {value:g}")
     for name, value in (("--v100", args.v100), ("--v150", args.v150), ("--v200", args.v200)):
-        if not 0.0 <= value <= 100.0:
+        if value is not None and not 0.0 <= value <= 100.0:
             raise InputError(f"{name} is a percentage of the target volume between 0 and 100, got {value:g}")
-    if not 0.0 < args.d90 <= 300.0:
+    if args.d90 is not None and not 0.0 < args.d90 <= 300.0:
         raise InputError(f"--d90 is a percentage of the prescription in (0, 300], got {args.d90:g}")
     if args.d90_max is not None and not 0.0 < args.d90_max <= 300.0:
         raise InputError(f"--d90-max is a percentage of the prescription in (0, 300], got {args.d90_max:g}")
@@ -86,9 +127,13 @@ def cmd_plan(args):
     rules = LoadingRules(spacing_mm=args.seed_spacing, tip_offset_mm=args.tip_offset, target_margin_mm=args.target_margin,
                          min_distance_mm=args.min_distance, stranded=args.stranded)
     rx = args.prescription if args.prescription is not None else specs[0].prescription_Gy
-    goals = Goals(rx, args.v100 / 100.0, args.d90 / 100.0, args.v150 / 100.0, args.v200 / 100.0, [],
-                  None if args.d90_max is None else args.d90_max / 100.0)
+    # plan-wide goals: the command line's where given, else the defaults (a goal file comes between, per target)
+    given = {"v100": args.v100, "d90": args.d90, "v150": args.v150, "v200": args.v200, "d90_max": args.d90_max}
+    wide = {k: (GOAL_DEFAULTS[k] if v is None else v / 100.0) for k, v in given.items()}
+    goals = Goals(rx, wide["v100"], wide["d90"], wide["v150"], wide["v200"], [], wide["d90_max"])
     oars = [parse_oar(o) for o in args.oar]
+    if goal_set is not None:
+        specs, oars = _apply_goal_set(goal_set, specs, oars, given, rx)
     needles = None
     if args.needles:
         from ..planning.needles import read_needles
@@ -110,11 +155,7 @@ def cmd_plan(args):
         # no plan-wide prescription: every target brings its own, the command-line goals are its defaults
         from ..planning.targets import TargetSpec
         specs = [TargetSpec(**{**{k: getattr(sp, k) for k in sp.__dataclass_fields__},
-                               "v100": sp.v100 if sp.v100 is not None else goals.v100_min,
-                               "d90": sp.d90 if sp.d90 is not None else goals.d90_min_frac,
-                               "v150": sp.v150 if sp.v150 is not None else goals.v150_max,
-                               "v200": sp.v200 if sp.v200 is not None else goals.v200_max,
-                               "d90_max": sp.d90_max if sp.d90_max is not None else goals.d90_max_frac})
+                               **{k: getattr(sp, k) if getattr(sp, k) is not None else wide[k] for k in wide}})
                  for sp in specs]
     plan, dose, g = plan_case(
         args.image, args.segmentation, None, targets=specs, oars=oars, forbidden=args.forbidden, body=args.body,
@@ -128,16 +169,20 @@ def cmd_plan(args):
         fixed_seeds=fixed, implanted_needles=implanted, allow_new_needles=not args.no_new_needles,
         usable_length_mm=args.usable_length, gauge=args.gauge, formalism=args.formalism, max_needles=args.max_needles,
         needle_clearance_mm=args.needle_clearance, allow_needle_crossing=args.allow_needle_crossing,
-        search_time_s=args.search_time,
+        search_time_s=args.search_time, goal_set=goal_set,
         optimizer_options={"needle_weight": args.needle_weight, "anneal_iterations": args.anneal_iterations})
     written = write_plan_folder(args.out, plan, dose, g)
     from ..planning.planfile import plan_report
     print(plan_report(plan))
     print(f"wrote {args.out}: " + ", ".join(p.name for p in written))
     failed = [r for r in plan.metrics.get("goal_check", []) if not r["passed"] and "soft" not in r["goal"]]
-    if failed or not plan.optimizer.get("goals_met", False):
-        what = "; ".join(f"{r['goal']} {r['limit']:g}: got {('n/a' if r['value'] is None else format(r['value'], '.2f'))}"
-                         for r in failed) or plan.optimizer.get("message", "")
+    failed_file = [r for r in plan.metrics.get("goals", []) if r.get("passed") is False and not goal_row_is_soft(r)]
+    if failed or failed_file or not plan.optimizer.get("goals_met", False):
+        what = "; ".join([f"{r['goal']} {r['limit']:g}: got {('n/a' if r['value'] is None else format(r['value'], '.2f'))}"
+                          for r in failed] + [f"{r['structure']} {r['goal']}" + (
+                              f" (Rx {r['prescription_Gy']:g} Gy)" if "prescription_Gy" in r else "")
+                              + f": got {r['value']:.2f} {r['unit']}".rstrip() for r in failed_file]) \
+            or plan.optimizer.get("message", "")
         for extra in plan.optimizer.get("unreachable", []) + ([plan.optimizer["message"]] if "needle limit" in
                                                                 plan.optimizer.get("message", "") else []):
             what += f"; {extra}"
@@ -262,10 +307,13 @@ def register(sub):
     _add_source_options(p, strength_required=False)
     p.add_argument("--prescription", type=float,
                    help="prescription dose, Gy (full decay); the default of targets without rx=")
-    p.add_argument("--v100", type=float, default=95.0, help="goal: V100 >= this %% of the target (default 95)")
-    p.add_argument("--d90", type=float, default=100.0, help="goal: D90 >= this %% of prescription (default 100)")
-    p.add_argument("--v150", type=float, default=60.0, help="soft goal: V150 <= this %% (default 60)")
-    p.add_argument("--v200", type=float, default=20.0, help="soft goal: V200 <= this %% (default 20)")
+    p.add_argument("--goals", help="goal preset (see 'seedplan goals') or goals file: each target's goals (its own "
+                                   "entry, else the file's target goals) and the limits of --oar organs given without "
+                                   "limits; checked on the plan's dose, every target against its own prescription")
+    p.add_argument("--v100", type=float, help="goal: V100 >= this %% of the target (default: --goals, else 95)")
+    p.add_argument("--d90", type=float, help="goal: D90 >= this %% of prescription (default: --goals, else 100)")
+    p.add_argument("--v150", type=float, help="soft goal: V150 <= this %% (default: --goals, else 60)")
+    p.add_argument("--v200", type=float, help="soft goal: V200 <= this %% (default: --goals, else 20)")
     p.add_argument("--d90-max", type=float, help="soft goal: D90 <= this %% of prescription (default: none)")
     _add_needle_options(p, modes=("template", "freehand", "fan", "auto"))
     p.add_argument("--max-needles", type=int, help="at most this many new needles (default: no limit)")

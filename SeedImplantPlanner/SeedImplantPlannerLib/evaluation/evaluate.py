@@ -180,7 +180,7 @@ def evaluate_plan(dose_Gy, geometry: ImageGeometry, structures, prescription_Gy,
     (``target``'s own prescription is ``prescription_Gy``). Every target's dose metrics, conformity
     indices and goals are then against its own prescription. Goals: a structure takes the goal
     entry of its own name or alias; a target without one takes the goal set's target goals (its
-    first entry with role "target" that is not named after another structure), so goals written
+    first entry with role "target"), so goals written
     for "the target" give every target its own pass/fail rows.
     """
     rx = check_prescription(prescription_Gy)

@@ -14,9 +14,9 @@ Goal files (user-editable):
   holds the goals of every target that has no line of its own.
 
 Which goals a target must meet: those of the entry with its name or alias, else the goal set's
-goals for "the target" (the first entry with role ``target`` not named after another structure,
-e.g. the presets' PTV with its aliases). With several targets in one plan every target gets its
-own pass/fail rows, each against its own prescription (:meth:`GoalSet.entry_for_target`).
+goals for "the target" (its first entry with role ``target``, e.g. the presets' PTV with its
+aliases). With several targets in one plan every target gets its own pass/fail rows, each against
+its own prescription (:meth:`GoalSet.entry_for_target`).
 Presets ship in ``Resources/Presets/*.json`` (:func:`list_presets`, :func:`load_goals`).
 """
 
@@ -173,11 +173,10 @@ class GoalSet:
         """The first entry with role 'target', or None."""
         return next((s for s in self.structures if s.role == "target"), None)
 
-    def generic_target_entry(self, structure_names):
-        """The goals written for "the target": the first role-target entry not named after one of
-        ``structure_names`` (an entry named after a structure is that structure's own), or None."""
-        low = {str(n).lower() for n in structure_names}
-        return next((e for e in self.structures if e.role == "target" and e.name.lower() not in low), None)
+    def generic_target_entry(self, structure_names=()):
+        """The goals written for "the target": the first entry with role 'target' (e.g. the presets' PTV
+        with its aliases), which every target without an entry of its own takes; or None."""
+        return self.target_entry()
 
     def entry_for_target(self, target_name, structure_names):
         """The entry whose goals target ``target_name`` must meet: its own (name or alias, see

@@ -37,9 +37,12 @@ NODE_PARAMETERS = ("ctVolume", "segmentation", "seedsNode", "doseVolume", "dvhTa
 NODE_LIST_PARAMETERS = ("needleNodes", "isodoseModels", "slicerRtDvhTables")
 #: Plans with several targets: the first target is ``targetSegmentId`` with ``prescriptionDoseGy`` and
 #: the plan's strength; the others are listed here with their own prescription (Gy) and seed strength
-#: (in ``strengthUnit``, "" = the plan's), one entry per target in the same order.
+#: (in ``strengthUnit``, "" = the plan's), template direction ("" = the plan's; R, L, A, P, S, I or x;y;z)
+#: and goals (``v100=95,v150=65`` in the --target syntax, "" = the goal set's or defaults), one entry
+#: per target in the same order.
 STRING_LIST_PARAMETERS = ("organSegmentIds", "forbiddenSegmentIds", "extraTargetSegmentIds",
-                          "extraTargetPrescriptionsGy", "extraTargetStrengths")
+                          "extraTargetPrescriptionsGy", "extraTargetStrengths", "extraTargetDirections",
+                          "extraTargetGoals")
 
 
 class PlanParameters:

@@ -103,30 +103,41 @@ class PlanScene(LiveUpdates, PlanOutputs, PlanningActions):
         self._evaluation = None
 
     def set_targets(self, targets):
-        """Several targets in one implant: ``[(segment name or ID, prescription Gy, seed strength or None), ...]``.
+        """Several targets in one implant: ``[(segment name or ID, prescription Gy, seed strength or None), ...]``
+        or :class:`targets.TargetSpec` entries (also carrying a template direction and goals).
 
         The first is the plan's target (``targetSegmentId``, ``prescriptionDoseGy``; its strength, when
         given, becomes the plan's ``strengthValue``); the others are stored with their own
-        prescription and strength (in ``strengthUnit``; None = the plan's). Evaluation, DVH,
-        isodoses, metrics and planning then treat each target against its own prescription.
+        prescription, strength (in ``strengthUnit``; None = the plan's), template direction and goals.
+        Evaluation, DVH, isodoses, metrics and planning then treat each target against its own prescription.
         """
+        from ..planning.targets import GOAL_KEYS, TargetSpec, format_target_spec
         seg = self.params.get_node("segmentation")
         if seg is None:
             raise InputError("set a segmentation before choosing the targets")
-        targets = [tuple(t) + (None,) * (3 - len(tuple(t))) for t in targets]
-        if not targets:
+        specs = []
+        for t in targets:
+            if isinstance(t, TargetSpec):
+                specs.append(t)
+            else:
+                name, rx, strength = tuple(t) + (None,) * (3 - len(tuple(t)))
+                specs.append(TargetSpec(name, rx, strength))
+        if not specs:
             raise InputError("no target given")
         ids = segmentations.segment_ids(seg)
         out = []
-        for name, rx, strength in targets:
+        for sp in specs:
+            name = sp.name
             sid = name if name in ids else segmentations.segment_id_by_name(seg, name)
-            rx = float(rx) if rx is not None else None
+            rx = float(sp.prescription_Gy) if sp.prescription_Gy is not None else None
             if rx is None or not math.isfinite(rx) or rx <= 0:
                 raise InputError(f"target '{name}': the prescription must be a positive dose in Gy, got {rx!r}")
+            strength = sp.strength
             if strength is not None and not (math.isfinite(float(strength)) and float(strength) > 0):
                 raise InputError(f"target '{name}': the seed strength must be > 0, got {strength!r}")
-            out.append((sid, rx, None if strength is None else float(strength)))
-        if len({sid for sid, _, _ in out}) != len(out):
+            goals = format_target_spec(TargetSpec("x", **{f: getattr(sp, f) for f, _ in GOAL_KEYS})).partition(":")[2]
+            out.append((sid, rx, None if strength is None else float(strength), sp.direction or "", goals))
+        if len({t[0] for t in out}) != len(out):
             raise InputError("the same target is given twice")
         self.params.set("targetSegmentId", out[0][0])
         self.params.set("prescriptionDoseGy", out[0][1])
@@ -135,28 +146,37 @@ class PlanScene(LiveUpdates, PlanOutputs, PlanningActions):
         self.params.set_string_list("extraTargetSegmentIds", [t[0] for t in out[1:]])
         self.params.set_string_list("extraTargetPrescriptionsGy", [f"{t[1]:g}" for t in out[1:]])
         self.params.set_string_list("extraTargetStrengths", ["" if t[2] is None else f"{t[2]:g}" for t in out[1:]])
+        self.params.set_string_list("extraTargetDirections", [t[3] for t in out[1:]])
+        self.params.set_string_list("extraTargetGoals", [t[4] for t in out[1:]])
         self._evaluation = None
 
     def targets(self):
-        """The plan's targets: [{segment_id, name, prescription_Gy, strength (in strengthUnit)}], first = the plan's."""
+        """The plan's targets: [{segment_id, name, prescription_Gy, strength (in strengthUnit), direction (or None),
+        goals ({v100, d90, v150, v200, d90_max}: the ones given for this target, fractions)}], first = the plan's."""
+        from ..planning.targets import GOAL_KEYS, parse_target
         seg = self.params.get_node("segmentation")
         first = self.params.get("targetSegmentId")
         if seg is None or not first:
             return []
-        rows = [(first, self.params.get("prescriptionDoseGy"), self.params.get("strengthValue"))]
+        rows = [(first, self.params.get("prescriptionDoseGy"), self.params.get("strengthValue"), "", "")]
         ids = self.params.get_string_list("extraTargetSegmentIds")
         rxs = self.params.get_string_list("extraTargetPrescriptionsGy")
         strengths = self.params.get_string_list("extraTargetStrengths")
+        directions = self.params.get_string_list("extraTargetDirections")
+        goals = self.params.get_string_list("extraTargetGoals")
         for k, sid in enumerate(ids):
             rx = float(rxs[k]) if k < len(rxs) and rxs[k] else self.params.get("prescriptionDoseGy")
             st = float(strengths[k]) if k < len(strengths) and strengths[k] else self.params.get("strengthValue")
-            rows.append((sid, rx, st))
+            rows.append((sid, rx, st, directions[k] if k < len(directions) else "", goals[k] if k < len(goals) else ""))
         out = []
-        for sid, rx, st in rows:
+        for sid, rx, st, direction, goal_text in rows:
             segment = seg.GetSegmentation().GetSegment(sid)
             if segment is None:
                 raise InputError(f"target segment {sid!r} is not in the segmentation")
-            out.append({"segment_id": sid, "name": segment.GetName(), "prescription_Gy": float(rx), "strength": st})
+            own = parse_target(f"{segment.GetName()}:{goal_text}") if goal_text else None
+            out.append({"segment_id": sid, "name": segment.GetName(), "prescription_Gy": float(rx), "strength": st,
+                        "direction": direction or None,
+                        "goals": {f: getattr(own, f) for f, _ in GOAL_KEYS if own is not None and getattr(own, f) is not None}})
         return out
 
     def set_prescription(self, prescription_Gy):
@@ -368,32 +388,18 @@ class PlanScene(LiveUpdates, PlanOutputs, PlanningActions):
             self.params.get_string_list("organSegmentIds") + self.params.get_string_list("forbiddenSegmentIds")
 
 
-def parse_target_list(text):
-    """``"GTV_Groin:140:0.7; Node2:120"`` -> [(name, Rx Gy, strength or None)] (the module's "Other targets" field).
-
-    Entries are separated by ``;``; each is ``NAME:Rx[:strength]`` (Rx in Gy, strength in the plan's
-    unit; without it the plan's strength). InputError names a bad entry.
-    """
-    out = []
-    for part in filter(None, (p.strip() for p in str(text or "").split(";"))):
-        bits = [b.strip() for b in part.split(":")]
-        if len(bits) not in (2, 3) or not bits[0]:
-            raise InputError(f"other target {part!r}: write NAME:Rx or NAME:Rx:strength (e.g. GTV_Groin:140:0.7)")
-        try:
-            rx = float(bits[1])
-            strength = float(bits[2]) if len(bits) == 3 and bits[2] else None
-        except ValueError:
-            raise InputError(f"other target {part!r}: the prescription and strength must be numbers") from None
-        if not (math.isfinite(rx) and rx > 0) or (strength is not None and not (math.isfinite(strength) and strength > 0)):
-            raise InputError(f"other target {part!r}: the prescription and strength must be positive")
-        out.append((bits[0], rx, strength))
-    return out
+def parse_target_list(text, unit=None):
+    """The module's and the web page's "Other targets" field -> [TargetSpec] (:func:`targets.parse_target_list`:
+    ``NAME:rx=Gy,strength=S,direction=D,v100=%,...; ...``, the ``--target`` syntax, or ``NAME:Rx[:strength]``)."""
+    from ..planning.targets import parse_target_list as parse
+    return parse(text, unit)
 
 
 def format_target_list(targets):
-    """The inverse of :func:`parse_target_list` for :meth:`PlanScene.targets` rows after the first."""
-    return "; ".join(f"{t['name']}:{t['prescription_Gy']:g}" + ("" if t.get("strength") is None else
-                                                              f":{t['strength']:g}") for t in targets)
+    """The field's text of :meth:`PlanScene.targets` rows (after the first): the inverse of :func:`parse_target_list`."""
+    from ..planning.targets import TargetSpec, format_target_list as fmt
+    return fmt([TargetSpec(t["name"], t["prescription_Gy"], t.get("strength"), direction=t.get("direction"),
+                           **(t.get("goals") or {})) for t in targets])
 
 
 class _Pair:

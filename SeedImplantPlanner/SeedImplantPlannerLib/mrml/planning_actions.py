@@ -108,17 +108,7 @@ class PlanningActions:
         oars = organ_names
         if goals is None and self.goals is not None:
             goals, oars = optimizer_goals(self.goals, rx, target_name, organ_names)
-        specs = None
-        if extra:
-            from ..planning.targets import TargetSpec
-            unit = self.params.get("strengthUnit")
-            from ..planning.targets import target_goals_from_goal_set
-            names = [t["name"] for t in self.targets()] + organ_names
-            # every target: the goals written for it (or for "the target"), against its own prescription
-            specs = [TargetSpec(t["name"], t["prescription_Gy"], strength=t["strength"], strength_unit=unit,
-                                direction=t.get("direction"),
-                                **target_goals_from_goal_set(self.goals, t["name"], names, t["prescription_Gy"]))
-                     for t in self.targets()]
+        specs = self.target_specs(organ_names) if extra else None
         plan = plan_from_masks(geometry, masks, None if specs else target_name, targets=specs, oars=oars,
                                forbidden=self._names(forbidden), model_id=self.params.get("seedModel"),
                                strength=self.params.get("strengthValue"), strength_unit=self.params.get("strengthUnit"),
@@ -130,6 +120,20 @@ class PlanningActions:
         self.show_plan(plan)
         self.compute_dose(progress=_progress.scaled(progress, 0.75, 1.0))
         return plan
+
+    def target_specs(self, organ_names=()):
+        """Every target of the scene as a :class:`targets.TargetSpec` for the planner: its own prescription,
+        strength (``strengthUnit``), template direction, and goals: those given for it in the "Other
+        targets" field over the goal set's goals for it (or for "the target"), each against its own Rx."""
+        from ..planning.targets import TargetSpec, target_goals_from_goal_set
+        unit = self.params.get("strengthUnit")
+        rows = self.targets()
+        names = [t["name"] for t in rows] + list(organ_names)
+        return [TargetSpec(t["name"], t["prescription_Gy"], strength=t["strength"], strength_unit=unit,
+                           direction=t.get("direction"),
+                           **{**target_goals_from_goal_set(self.goals, t["name"], names, t["prescription_Gy"]),
+                              **(t.get("goals") or {})})
+                for t in rows]
 
     def show_plan(self, plan, locked=None):
         """Put ``plan`` (planning.planfile.Plan) into the scene: its needles that carry seeds (every needle

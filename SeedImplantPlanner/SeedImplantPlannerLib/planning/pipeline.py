@@ -322,6 +322,8 @@ def plan_from_masks(geometry, masks: dict, target=None, *, targets=None, oars=()
         n_t = int(np.count_nonzero(owner[sel] == k))
         row = {"name": t.name, "prescription_Gy": t.goals.prescription_Gy, "goals": t.goals.to_dict(),
                "strength_U": t.strength_U, "n_seeds": n_t}
+        if specs[k].direction:  # this target's own template direction, as given
+            row["direction"] = specs[k].direction
         try:
             est = estimate(t.mask, geometry, t.goals.prescription_Gy, t.strength_U, model).to_dict()
             if est["n_seeds"] and abs(n_t - est["n_seeds"]) > 0.35 * est["n_seeds"] and len(tinfos) > 1:
@@ -448,7 +450,7 @@ def check_needles(geometry, forbidden_masks, needles, margin_mm=5.0):
 
 
 def plan_case(image_path, seg_path, target=None, oars=(), forbidden=(), body=None, *, dose_spacing_mm=2.0,
-              dose_engine=None, progress=None, **kwargs):
+              dose_engine=None, goal_set=None, progress=None, **kwargs):
     """Plan from files: CT (may be None) and segmentation; returns (plan, dose, dose geometry).
 
     Keyword arguments are those of :func:`plan_from_masks` (``targets`` for several targets). The
@@ -456,7 +458,9 @@ def plan_case(image_path, seg_path, target=None, oars=(), forbidden=(), body=Non
     given (a labelmap's body label excludes the organs); without a body, automatic modes (fan,
     auto) use the CT's air boundary, else the union of every segment. The dose is computed on a
     grid around the targets (``dose_spacing_mm``) and evaluated on the segmentation; the plan's
-    ``dose_grid`` stays attached for manual edits. Write the result with :func:`write_plan_folder`.
+    ``dose_grid`` stays attached for manual edits. ``goal_set`` (:class:`goals.GoalSet`): its goals are
+    checked on the plan's dose too (``plan.metrics["goals"]``), every target against its own prescription.
+    Write the result with :func:`write_plan_folder`.
     """
     from ..imaging.segio import read_segmentation
     from ..evaluation.structures import structures_from_segmentation
@@ -510,5 +514,5 @@ def plan_case(image_path, seg_path, target=None, oars=(), forbidden=(), body=Non
                            progress=_progress.scaled(progress, 0.6, 0.9))
     names = tnames + plan.structures["oars"]
     structs = structures_from_segmentation(seg, list(dict.fromkeys(names)), allow_empty=False)
-    evaluate(plan, dose, g, structs, progress=_progress.scaled(progress, 0.9, 1.0))
+    evaluate(plan, dose, g, structs, progress=_progress.scaled(progress, 0.9, 1.0), goal_set=goal_set)
     return plan, dose, g

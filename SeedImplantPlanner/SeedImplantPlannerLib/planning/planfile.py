@@ -305,6 +305,10 @@ def _write_plan_files(folder, plan: Plan, dose_Gy=None, dose_geometry=None):
     if plan.metrics:
         write_json(folder / "metrics.json", plan.metrics)
         written.append("metrics.json")
+    if plan.evaluation is not None and plan.evaluation.goal_results:
+        from ..evaluation.evaluate import write_goals_csv
+        write_goals_csv(folder / "goals.csv", plan.evaluation)
+        written.append("goals.csv")
     write_text(folder / "summary.txt", plan_report(plan) + "\n")
     written.append("summary.txt")
     return [folder / w for w in written]
@@ -331,6 +335,11 @@ def plan_report(plan: Plan) -> str:
     for r in plan.metrics.get("goal_check", []):
         v = "n/a" if r["value"] is None else f"{r['value']:.2f}"
         lines.append(f"goal {r['goal']} {r['limit']:g}: {v} {'PASS' if r['passed'] else 'FAIL'}")
+    for r in plan.metrics.get("goals", []):  # the goal file's, every target against its own prescription
+        v = "n/a" if r.get("value") is None else f"{r['value']:.2f} {r.get('unit', '')}".rstrip()
+        own = f" (Rx {r['prescription_Gy']:g} Gy)" if "prescription_Gy" in r else ""
+        lines.append(f"goals {plan.metrics.get('goal_set', '')}: {r['structure']} {r['goal']}{own}: {v} "
+                     f"{str(r.get('status', '')).upper()}")
     for w in plan.warnings:
         lines.append(f"warning: {w}")
     return "\n".join(lines)

@@ -121,6 +121,86 @@ def _check_direction(text, value):
     return ";".join(f"{p:g}" for p in parts)
 
 
+#: TargetSpec goal fields and their --target keys (fractions in the spec, percentages in the text).
+GOAL_KEYS = (("v100", "v100"), ("d90", "d90"), ("v150", "v150"), ("v200", "v200"), ("d90_max", "d90max"))
+
+
+def parse_target_list(text, unit=None, need_rx=True) -> list:
+    """The other targets of an implant as the module's and the web page's field give them -> [TargetSpec].
+
+    Entries are separated by ``;`` (a ``;`` followed by a number belongs to a direction vector
+    ``direction=1;-1;0``); each is the ``--target`` syntax of ``seedplan plan``
+    (``NAME:rx=Gy,strength=S,direction=D,v100=%,d90=%,v150=%,v200=%,d90max=%``, see
+    :func:`parse_target`) or the short form ``NAME:Rx[:strength]``. Strengths are in ``unit`` (the
+    plan's). ``need_rx``: every entry must give its prescription. InputError names a bad entry.
+    """
+    import re
+    out = []
+    # a ';' followed by a number belongs to a direction vector (direction=1;-1;0), not between two targets
+    for part in filter(None, (p.strip() for p in re.split(r";(?!\s*[-+.\d])", str(text or "")))):
+        name, _, rest = part.partition(":")
+        if rest.strip() and "=" not in rest:  # short form NAME:Rx[:strength]
+            bits = [b.strip() for b in rest.split(":")]
+            if len(bits) > 2 or not name.strip() or not bits[0]:
+                raise InputError(f"other target {part!r}: write NAME:Rx or NAME:Rx:strength (e.g. GTV_Groin:140:0.7) "
+                                 "or NAME:rx=140,strength=0.7,direction=P")
+            try:
+                values = [float(b) for b in bits if b]
+            except ValueError:
+                raise InputError(f"other target {part!r}: the prescription and strength must be numbers") from None
+            rest = ",".join(f"{k}={v!r}" for k, v in zip(("rx", "strength"), values))
+            part_cli = f"{name}:{rest}"
+        else:
+            part_cli = part
+        try:
+            spec = parse_target(part_cli, unit)
+        except InputError as exc:
+            raise InputError(f"other target {part!r}: {exc}") from None
+        if need_rx and spec.prescription_Gy is None:
+            raise InputError(f"other target {part!r}: give its prescription, NAME:Rx (e.g. GTV_Groin:140) or "
+                             "NAME:rx=140")
+        out.append(spec)
+    return out
+
+
+def spec_from_plan_row(row, strength=None, unit=None) -> TargetSpec:
+    """A plan file's target row (``plan.targets``) as a TargetSpec: its prescription, its own template
+    direction and the goals in which it differs from the planner's defaults (``strength`` in ``unit``)."""
+    from .problem import Goals
+    g = Goals.from_dict(row["goals"]) if isinstance(row.get("goals"), dict) and row["goals"] else None
+    default = Goals(float(row["prescription_Gy"]))
+    own = {}
+    if g is not None:
+        for f, attr in (("v100", "v100_min"), ("d90", "d90_min_frac"), ("v150", "v150_max"), ("v200", "v200_max"),
+                        ("d90_max", "d90_max_frac")):
+            v, dv = getattr(g, attr), getattr(default, attr)
+            if v is not None and (dv is None or abs(v - dv) > 1e-9):
+                own[f] = float(v)
+    return TargetSpec(str(row["name"]), float(row["prescription_Gy"]), strength, unit if strength is not None else None,
+                      direction=row.get("direction") or None, **own)
+
+
+def format_target_spec(spec) -> str:
+    """``NAME:rx=140,strength=0.7,direction=P,v150=65`` (the ``--target`` syntax) of a TargetSpec."""
+    parts = []
+    if spec.prescription_Gy is not None:
+        parts.append(f"rx={spec.prescription_Gy:g}")
+    if spec.strength is not None:
+        parts.append(f"strength={spec.strength:g}")
+    if spec.direction:
+        parts.append(f"direction={spec.direction}")
+    for field_name, key in GOAL_KEYS:
+        v = getattr(spec, field_name)
+        if v is not None:
+            parts.append(f"{key}={100.0 * v:g}")
+    return spec.name + (":" + ",".join(parts) if parts else "")
+
+
+def format_target_list(specs) -> str:
+    """The inverse of :func:`parse_target_list` (entries joined by ``; ``)."""
+    return "; ".join(format_target_spec(s) for s in specs)
+
+
 def merge_specs(specs) -> list:
     """One spec per target name (case-insensitive); the same target given twice with different values is refused."""
     out = {}

@@ -161,7 +161,7 @@ class PlannerPage:
                         v.VSelect(v_model=("goal_preset",), items=("goal_presets",), label="goals", density="compact",
                                   hide_details=True)
                     with v.VCol(cols=4):
-                        v.VBtn("Apply", click=self.on_goals, block=True, disabled=("!has_plan",))
+                        v.VBtn("Apply", click=self.on_goals, block=True, disabled=("!has_plan",), id="goals-apply")
                 plotly.Figure(state_variable_name="dvh_figure", display_mode_bar=False, display_logo=False,
                               responsive=True, style="height: 260px;", id="dvh-chart")
                 v.VLabel("{{ failed_goals === null || failed_goals === undefined ? '' : (failed_goals ? failed_goals + "
@@ -196,14 +196,16 @@ class PlannerPage:
                                      hide_details=True, id="time-limit")
                 with v.VRow(dense=True, classes="mt-1"):
                     with v.VCol(cols=9):
-                        v.VTextField(v_model=("other_targets",), label="other targets (NAME:Rx Gy[:strength]; ...)",
-                                     placeholder="e.g. GTV_Groin:140:0.7", density="compact", hide_details=True,
-                                     id="other-targets")
+                        v.VTextField(v_model=("other_targets",),
+                                     label="other targets (NAME:rx=Gy,...; ...)",
+                                     placeholder="e.g. GTV_Groin:rx=140,strength=0.7,direction=P",
+                                     density="compact", hide_details=True, id="other-targets")
                     with v.VCol(cols=3):
                         v.VBtn("Set", click=self.on_other_targets, block=True, id="other-targets-btn",
                                disabled=("!has_plan || plan_running",))
                 v.VLabel("{{ target_rx.length > 1 ? 'targets: ' + target_rx.map(t => t.name + ' Rx ' + t.prescription_Gy "
-                         "+ ' Gy').join(', ') : '' }}", classes="text-caption", id="target-list")
+                         "+ ' Gy' + (t.direction ? ' (direction ' + t.direction + ')' : '')).join(', ') : '' }}",
+                         classes="text-caption", id="target-list")
                 v.VBtn("Run inverse plan", click=self.on_plan, block=True, disabled=("!has_plan || plan_running",),
                        id="plan-btn", classes="mt-2")
                 v.VProgressLinear(v_model=("plan_fraction",), height=14, v_show="plan_running", id="plan-progress",

@@ -279,22 +279,24 @@ class PlannerSession(SessionFiles, SessionPlanning, SessionIntraop):
         per_U = None
         if rows[0].get("strength_U"):
             per_U = float(ps.params.get("strengthValue")) / float(rows[0]["strength_U"])
-        ps.set_targets([(t["name"], float(t["prescription_Gy"]),
-                         None if k == 0 or per_U is None or t.get("strength_U") is None
-                         else round(float(t["strength_U"]) * per_U, 6)) for k, t in enumerate(rows)])
+        from ..planning.targets import spec_from_plan_row
+        # each target with its own prescription, strength, template direction and goals as the plan file holds them
+        ps.set_targets([spec_from_plan_row(t, None if k == 0 or per_U is None or t.get("strength_U") is None
+                                           else round(float(t["strength_U"]) * per_U, 6))
+                        for k, t in enumerate(rows)])
         if ps.dose_grid is not None:
             ps.refresh_outputs()
 
     def targets(self):
-        """The plan's targets [{name, prescription_Gy, strength}] (first = the plan's target; [] without one)."""
+        """The plan's targets [{name, prescription_Gy, strength, direction, goals}] (first = the plan's target; [] without one)."""
         ps = self.plan_scene
         if ps is None:
             return []
-        return [{"name": t["name"], "prescription_Gy": t["prescription_Gy"], "strength": t["strength"]}
-                for t in ps.targets()]
+        return [{"name": t["name"], "prescription_Gy": t["prescription_Gy"], "strength": t["strength"],
+                 "direction": t["direction"], "goals": t["goals"]} for t in ps.targets()]
 
     def other_targets_text(self):
-        """The targets after the first as the module's "Other targets" field shows them (``NAME:Rx:strength; ...``)."""
+        """The targets after the first as the module's "Other targets" field shows them (``NAME:rx=Gy,strength=S,...; ...``)."""
         from ..mrml.plan_scene import format_target_list
         ps = self.plan_scene
         return format_target_list(ps.targets()[1:]) if ps is not None else ""
@@ -308,7 +310,7 @@ class PlannerSession(SessionFiles, SessionPlanning, SessionIntraop):
         """
         from ..mrml.plan_scene import parse_target_list
         ps = self.require_plan()
-        extras = parse_target_list(text)
+        extras = parse_target_list(text, ps.params.get("strengthUnit"))
         first = ps.targets()[:1]
         if not first:
             if extras:

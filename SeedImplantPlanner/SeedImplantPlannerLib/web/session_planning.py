@@ -131,12 +131,8 @@ class SessionPlanning:
         names = [seg.GetSegment(i).GetName() for i in [target] + organs + forbidden]
         body_name = seg.GetSegment(body_id).GetName() if body_id else None
         target_name, organ_names, forbidden_names = names[0], names[1:1 + len(organs)], names[1 + len(organs):]
-        specs = None
-        if others:  # several targets: each with its own prescription and strength, as the module plans them
-            from ..planning.targets import TargetSpec
-            unit = ps.params.get("strengthUnit")
-            specs = [TargetSpec(t["name"], t["prescription_Gy"], strength=t["strength"], strength_unit=unit)
-                     for t in ps.targets()]
+        # several targets: each with its own prescription, strength, direction and goals, as the module plans them
+        specs = ps.target_specs(organ_names) if others else None
         rx = float(ps.params.get("prescriptionDoseGy"))
         goals, oars = None, organ_names
         if ps.goals is not None:

@@ -583,18 +583,68 @@ class MultiTargetSceneTest(PlanSceneTestCase):
         self.assertIn("V100 (of Rx 90 Gy)", text)
 
     def test_other_targets_field_of_the_module(self):
+        from SeedImplantPlannerLib.planning.targets import TargetSpec
         plan = self.build_two()
-        self.assertEqual(plan_scene.format_target_list(plan.targets()[1:]), "GTV2:90:0.4")
-        self.assertEqual(plan_scene.parse_target_list(" GTV2:90:0.4 ; OAR:100"), [("GTV2", 90.0, 0.4), ("OAR", 100.0, None)])
+        self.assertEqual(plan_scene.format_target_list(plan.targets()[1:]), "GTV2:rx=90,strength=0.4")
+        self.assertEqual(plan_scene.parse_target_list(" GTV2:90:0.4 ; OAR:100"),
+                         [TargetSpec("GTV2", 90.0, 0.4), TargetSpec("OAR", 100.0)])
         self.assertEqual(plan_scene.parse_target_list(""), [])
-        for bad, says in (("GTV2", "NAME:Rx"), ("GTV2:lots", "must be numbers"), ("GTV2:-5", "must be positive")):
+        for bad, says in (("GTV2", "give its prescription"), ("GTV2:lots", "must be numbers"),
+                          ("GTV2:-5", "must be a positive"), ("GTV2:rx=90,direction=Q", "direction='Q'"),
+                          ("GTV2:rx=90,v150=150", "between 0 and 100")):
             with self.assertRaisesRegex(InputError, says):
                 plan_scene.parse_target_list(bad)
         with self.assertRaisesRegex(InputError, "given twice"):
             plan.set_targets([("PTV", RX), ("PTV", 90.0)])
+        # the --target syntax: direction and goals of the other target kept in the parameter node and shown back
+        text = "GTV2:rx=90,strength=0.4,direction=1;-1;0,v150=65,d90max=140"
+        plan.set_targets([("PTV", RX)] + plan_scene.parse_target_list(text, "mCi"))
+        self.assertEqual(plan.params.get_string_list("extraTargetDirections"), ["1;-1;0"])
+        self.assertEqual(plan.params.get_string_list("extraTargetGoals"), ["v150=65,d90max=140"])
+        second = plan.targets()[1]
+        self.assertEqual((second["direction"], second["goals"]), ("1;-1;0", {"v150": 0.65, "d90_max": 1.4}))
+        self.assertEqual(plan_scene.format_target_list(plan.targets()[1:]), text)
+        specs = plan.target_specs(["OAR"])
+        self.assertEqual((specs[1].direction, specs[1].v150, specs[1].d90_max, specs[1].prescription_Gy),
+                         ("1;-1;0", 0.65, 1.4, 90.0))
+        self.assertIsNone(specs[0].direction)
         plan.set_targets([("PTV", RX)])  # back to one target: the extra lists are emptied
         self.assertEqual(plan.params.get_string_list("extraTargetSegmentIds"), [])
+        self.assertEqual(plan.params.get_string_list("extraTargetDirections"), [])
         self.assertEqual(len(plan.targets()), 1)
+
+    def test_goal_preset_gives_every_target_its_rows(self):
+        """The CT-guided preset's target goals (written for "the target") for both targets, each at its own Rx."""
+        from SeedImplantPlannerLib.evaluation.goals import load_goals
+        from SeedImplantPlannerLib.physics.dose import dose_at_points_Gy
+        from SeedImplantPlannerLib.planning.needles import mask_points
+        plan = self.build_two()
+        plan.set_targets([("PTV", RX), ("GTV2", 70.0, 0.4)])  # GTV2 meets its goals at 70 Gy, PTV not at 120 Gy
+        plan.set_goals(load_goals("ct_soft_tissue_I125"))
+        plan.refresh_outputs()
+        cols = tables.table_columns(plan.params.get_node("metricsTable"))
+        rows = list(zip(cols["Structure"], cols["Metric"], cols["Value"], cols["Goal"], cols["Pass"]))
+        goal_rows = {(s, g): (float(v), p) for s, m, v, g, p in rows if g.startswith(("D90 >=", "V100 >="))}
+        self.assertEqual(sorted(goal_rows), [("GTV2", "D90 >= 100% (Rx 70 Gy)"), ("GTV2", "V100 >= 90% (Rx 70 Gy)"),
+                                             ("PTV", "D90 >= 100% (Rx 120 Gy)"), ("PTV", "V100 >= 90% (Rx 120 Gy)")])
+        dvh = tables.table_columns(plan.params.get_node("dvhTable"))
+        dose_col = np.asarray(dvh["Dose (Gy)"], float)
+        for name, mask, rx in (("PTV", None, RX), ("GTV2", self.gtv2, 70.0)):
+            v100, ok = goal_rows[(name, f"V100 >= 90% (Rx {rx:g} Gy)")]
+            # the goal row equals this target's own DVH curve (chart table) read at its own Rx
+            curve = np.asarray(dvh[f"{name} V (%)"], float)
+            self.assertAlmostEqual(v100, float(np.interp(rx, dose_col, curve)), delta=1.0, msg=name)
+            self.assertEqual(ok, "pass" if v100 >= 90.0 else "FAIL")
+            if mask is not None:  # and the direct TG-43 sum at its voxel centres
+                d = dose_at_points_Gy(mask_points(mask, self.g2), self.seeds2)[0]
+                self.assertAlmostEqual(v100, 100.0 * np.mean(d >= rx), delta=4.0)
+                d90, ok90 = goal_rows[(name, "D90 >= 100% (Rx 70 Gy)")]
+                self.assertAlmostEqual(d90, 100.0 * np.percentile(d, 10.0) / rx, delta=0.05 * 100.0 * np.percentile(d, 10.0) / rx)
+                self.assertEqual((ok, ok90), ("pass", "pass"))
+        self.assertEqual([goal_rows[("PTV", g)][1] for g in ("D90 >= 100% (Rx 120 Gy)", "V100 >= 90% (Rx 120 Gy)")],
+                         ["FAIL", "FAIL"])
+        # failed goals counted over both targets
+        self.assertEqual(plan.last_update["failed_goals"], sum(1 for *_, p in rows if p == "FAIL"))
 
     def test_planning_two_targets_with_their_own_strengths(self):
         plan = self.build_two()

@@ -524,7 +524,17 @@ class TwoTargetSessionTest(unittest.TestCase):
         unit = self.session.plan_scene.params.get("strengthUnit")
         self.assertEqual(unit, "U")
         self.assertAlmostEqual(self.session.targets()[1]["strength"], strength_U["Node"], places=4)
-        self.assertEqual(self.session.other_targets_text(), f"Node:140:{strength_U['Node']:g}")
+        self.assertEqual(self.session.other_targets_text(), f"Node:rx=140,strength={strength_U['Node']:g}")
+        # the CT-guided goal preset (written for "the target"): both targets get their rows, each at its own Rx
+        self.session.set_goal_preset("ct_soft_tissue_I125")
+        dvh = self.session.dvh()
+        for name, rx in (("GTV", 120.0), ("Node", 140.0)):
+            goals = {r["Goal"]: r for r in self.session.metric_rows() if r["Structure"] == name and r["Goal"]}
+            v100 = goals[f"V100 >= 90% (Rx {rx:g} Gy)"]
+            at_rx = float(np.interp(rx, np.asarray(dvh["dose_Gy"]), dvh["curves"][name]))
+            self.assertAlmostEqual(float(v100["Value"]), at_rx, delta=1.5, msg=name)
+            self.assertEqual(v100["Pass"], "pass" if float(v100["Value"]) >= 90.0 else "FAIL")
+            self.assertIn(f"D90 >= 100% (Rx {rx:g} Gy)", goals)
 
     def test_other_targets_given_planned_saved_and_reopened(self):
         self.session.open_case("case/ct.nrrd", "case/seg.seg.nrrd")
@@ -538,7 +548,9 @@ class TwoTargetSessionTest(unittest.TestCase):
                     self.session.set_other_targets(bad)
                 self.assertIn(words, str(cm.exception))
                 self.assertEqual(len(self.session.targets()), 1)  # refused: still one target
-        self.assertEqual([t["name"] for t in self.session.set_other_targets("Node:140:0.7")], ["GTV", "Node"])
+        field = "Node:rx=140,strength=0.7,direction=R,v150=65"  # the --target syntax: its own template direction
+        self.assertEqual([t["name"] for t in self.session.set_other_targets(field)], ["GTV", "Node"])
+        self.assertEqual(self.session.other_targets_text(), field)
         job = self.session.start_plan(direction="S", template_spacing_mm=7.0, time_limit_s=2.0)
         self.assertTrue(job.wait(180))
         self.assertIn("plan ready", self.session.apply_job())
@@ -551,6 +563,15 @@ class TwoTargetSessionTest(unittest.TestCase):
         # the Node's seeds carry the Node's strength: seeds inside the Node are 0.7 mCi ones
         strengths = np.array([r["sk_U"] for r in self.session.seed_rows()])
         self.assertEqual(int(np.sum(np.isclose(strengths, node_U, atol=1e-3))), plan.targets[1]["n_seeds"])
+        # the Node's needles run along its own direction (R), the GTV's along the page's (S); its own V150 goal
+        self.assertEqual(plan.targets[1]["direction"], "R")
+        self.assertAlmostEqual(plan.targets[1]["goals"]["v150_max"], 0.65)
+        by_number = {n.number: n for n in plan.needles}
+        node_seed = np.isclose(plan.seeds.strengths_U, node_U, atol=1e-3)
+        for numbers, axis in ((set(plan.seed_needle[node_seed]), [1.0, 0, 0]), (set(plan.seed_needle[~node_seed]), [0, 0, 1.0])):
+            self.assertTrue(numbers)
+            for k in numbers:
+                np.testing.assert_allclose(by_number[int(k)].direction, axis, atol=1e-6)
         self.check_own_rx({"GTV": 120.0, "Node": 140.0})
         name = f"two-{time.monotonic_ns()}"
         self.session.save_plan_folder(name)
@@ -559,7 +580,10 @@ class TwoTargetSessionTest(unittest.TestCase):
             with self.subTest(reopen=reopen):
                 self.session.open_path(reopen)
                 self.check_own_rx({"GTV": 120.0, "Node": 140.0})
-                self.assertTrue(self.session.other_targets_text().startswith("Node:140"))
+                self.assertTrue(self.session.other_targets_text().startswith("Node:rx=140,strength="))
+                # its own direction and goals back from the plan (v100=90: the page's default goal preset's)
+                self.assertIn(",direction=R,", self.session.other_targets_text())
+                self.assertIn("v150=65", self.session.other_targets_text())
         # back to one target: the Node's rows are gone, GTV against 120 Gy
         self.session.set_other_targets("")
         with self.assertRaises(InputError) as cm:  # plan.json would claim targets the scene no longer has
