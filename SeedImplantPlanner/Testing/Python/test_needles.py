@@ -122,6 +122,30 @@ class ObstacleTest(unittest.TestCase):
         self.assertGreater(hit.min_clearance_mm, 0.0)
         self.assertIn("comes within", hit.describe())
 
+    def test_distances_equal_a_distance_transform(self):
+        """Distances (from the k-d tree of boundary voxels) equal scipy's Euclidean distance transform of the
+        crop at every voxel centre, anisotropic voxels, structures cut by the crop and scattered voxels."""
+        from scipy.ndimage import distance_transform_edt
+        rng = np.random.default_rng(3)
+        g = ImageGeometry((41, 33, 27), (0.8, 1.1, 2.0), (-10.0, -5.0, 3.0))
+        m = np.zeros(g.shape, bool)
+        m[4:11, 2:19, 9:30] = True  # a slab
+        m[20:, 25:, 35:] = True  # touching the array edges
+        m[rng.random(g.shape) < 0.003] = True
+        k, j, i = np.meshgrid(*[np.arange(n) for n in g.shape], indexing="ij")
+        ijk = np.stack([i.ravel(), j.ravel(), k.ravel()], axis=1).astype(float)
+        for roi in (None, (g.ijk_to_ras(np.array([8.0, 6.0, 3.0])), g.ijk_to_ras(np.array([30.0, 20.0, 12.0])))):
+            omap = ObstacleMap(g, {"x": m}, 1.0, *(roi or (None, None)))
+            lo = omap.offset
+            sub = m[lo[2]:lo[2] + omap.geometry.size[2], lo[1]:lo[1] + omap.geometry.size[1],
+                    lo[0]:lo[0] + omap.geometry.size[0]]
+            ref = distance_transform_edt(~sub, sampling=(2.0, 1.1, 0.8))
+            pts = omap.geometry.ijk_to_ras(ijk[np.all(ijk < np.asarray(omap.geometry.size), axis=1)])
+            got = omap.distance_at("x", pts + rng.uniform(-0.3, 0.3, pts.shape) * np.array([0.8, 1.1, 2.0]))
+            q = np.rint(omap.geometry.ras_to_ijk(pts)).astype(int)
+            np.testing.assert_allclose(got, ref[q[:, 2], q[:, 1], q[:, 0]], atol=1e-9)
+        self.assertTrue(np.all(np.isinf(ObstacleMap(g, {"x": np.zeros(g.shape, bool)}, 1.0).distance_at("x", pts[:5]))))
+
     def test_fan_candidates_avoid_forbidden_structures(self):
         target = ball((0, 0, 0), 12)
         body = ball((0, 0, 0), 46)
