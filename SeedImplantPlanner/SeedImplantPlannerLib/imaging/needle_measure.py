@@ -96,7 +96,11 @@ def measure_trace(tr, sample, body_sample, geometry, background, threshold, min_
         return "needle tip outside the CT"
     n_in = int(np.argmin(in_ct)) if not in_ct.all() else len(s_vals)
     ring_pts = line_pts[:n_in, None, :] + ring[None]
-    inside = body_sample(ring_pts.reshape(-1, 3)).reshape(n_in, len(ring)).mean(axis=1) >= 0.5
+    # ring points beyond the CT are left out (the CT's edge cuts through the patient, not the skin)
+    ring_in_ct = geometry.contains_ras(ring_pts.reshape(-1, 3), margin_voxels=0.5).reshape(n_in, len(ring))
+    ring_body = body_sample(ring_pts.reshape(-1, 3)).reshape(n_in, len(ring)) & ring_in_ct
+    n_ct = ring_in_ct.sum(axis=1)
+    inside = np.where(n_ct >= 3, ring_body.sum(axis=1) >= 0.5 * np.maximum(n_ct, 1), True)
     entry_on = "skin"
     if inside.all():
         entry_k = n_in - 1
@@ -113,7 +117,8 @@ def measure_trace(tr, sample, body_sample, geometry, background, threshold, min_
     if entry_on == "skin" and entry_k > 0:
         entry = 0.5 * (line_pts[entry_k - 1] + line_pts[entry_k])
     depth_path = float(s_vals[entry_k]) - (0.5 * step if entry_on == "skin" else 0.0)
-    if depth_path < 0.5 * min_length_mm and entry_on == "skin":
+    # (a needle running out of the CT may show only its first mm inside the body: its depth is a bound)
+    if depth_path < 0.5 * min_length_mm and entry_on == "skin" and tip_on != "ct_edge":
         return f"metal line mostly outside the body ({depth_path:.0f} mm inside): not an inserted needle"
     # the steel must reach the skin (or the CT edge): else a chain of seeds, a clip or a wire
     proximal_s = float(tr.t1 - tr.t0) - abs(t_tip - t_tip_end)
@@ -153,7 +158,7 @@ def measure_trace(tr, sample, body_sample, geometry, background, threshold, min_
     return dict(tip=tip, entry=entry, direction=chord, depth_mm=depth, entry_on=entry_on, tip_on=tip_on,
                 diameter_mm=diameter, gauge=int(gauge), gauge_measured=measured, confidence=float(conf),
                 bend_mm=bend, visible_mm=max(visible, depth), points=path[::-1], radius_mm=rad,
-                peak_hu=min(plateau, line_peak), max_hu=line_max, tip_direction=td, coherent=coherent)
+                peak_hu=min(plateau, line_peak), max_hu=line_max, tip_hu=plateau, tip_direction=td, coherent=coherent)
 
 
 def sample_peak_along(tr, sample, ts, radius_mm):

@@ -1,5 +1,9 @@
 """Rules that tell a needle from the other straight lines the line search finds.
 
+- :func:`drop_traced_twice`: explaining away: the traced centre lines, best supported by the metal
+  first, each keeping the steel it explains; a line whose steel the better lines already explain
+  is a second trace of a needle or runs from one needle onto another; lines whose steel lies on
+  them over less than half their length follow streaks.
 - :func:`drop_duplicates`: a second line on a needle already found (pieces of a bent needle,
   leftovers of the line search), a fainter streak collinear with a needle beyond its tip, and a
   fainter streak beside an in-plane needle, parallel to it (rays along the needle are starved).
@@ -30,13 +34,20 @@ BONE_MAX_HU = 2000.0
 STREAK_ANGLE_DEG = 5.0
 STREAK_OFFSET_MM = 6.0
 STREAK_PEAK_RATIO = 0.7
-#: Two needles with tips closer than SAME_TIP_MM and axes within SAME_TIP_ANGLE_DEG are one needle
-#: traced twice (converging needles whose tips touch differ by the angle they converge at).
-SAME_TIP_MM = 1.0
-SAME_TIP_ANGLE_DEG = 4.0
-#: A traced line whose steel peak lies on its centre line over less than this fraction of its length,
-#: and which runs beside other needles, is streaks and pieces of other needles.
-COHERENT_MIN = 0.7
+STREAK_CLEAR_MM = 2.0
+#: Explaining away (:func:`drop_traced_twice`): a centre line's support is the metal within SUPPORT_MM
+#: of it; a kept line explains the metal within EXPLAIN_MM of it; a line is kept while at least
+#: OWN_STEEL_MIN of its support is unexplained. 1.0 mm holds a 1.0-1.3 mm needle's blurred core on
+#: 0.5-1 mm pixels; 1.5 mm leaves needles 2.5 mm apart (centre to centre) their own cores.
+SUPPORT_MM = 1.2
+SUPPORT_SIGMA_MM = 0.6
+EXPLAIN_MM = 1.5
+OWN_STEEL_MIN = 0.5
+#: Lines closer than 2 x TRACE_NEAR_MM run "beside" each other (the streak rules below).
+TRACE_NEAR_MM = 1.1
+#: A traced line whose steel peak lies on its centre line over less than this fraction of its length
+#: is streaks.
+COHERENT_MIN = 0.5
 
 
 def _dense(points, step=0.5):
@@ -50,38 +61,72 @@ def _dense(points, step=0.5):
     return np.stack([np.interp(q, s, p[:, k]) for k in range(3)], axis=1)
 
 
-def drop_traced_twice(found, rejected, same_mm):
-    """Drop centre lines that better needles already explain: taken in order of quality (the
-    fraction of the trace on its own steel times its length), a needle is kept unless most of its
-    centre line lies within ``same_mm`` of needles already kept: the same needle found twice, or a
-    line that runs along one needle and then along another converging on it (two steel needles
-    cannot lie closer than their diameter). Needles that only touch at the tip or cross at a small
-    angle keep most of their length to themselves."""
+def _slice_scaled(points, geometry):
+    """Points with their slice-normal component divided by ``max(1, slice thickness / 2)``: on thick
+    slices the steel's voxels sit at slice centres, up to half a slice from the needle's axis."""
+    p = np.asarray(points, float).reshape(-1, 3)
+    f = 1.0 / max(1.0, 0.5 * float(geometry.spacing[2]))
+    if f == 1.0:
+        return p
+    k = geometry.direction_matrix[:, 2]
+    return p + (f - 1.0) * (p @ k)[:, None] * k
+
+
+def _explain_away(found, rejected, metal_pts, metal_w, geometry):
+    """The first step of :func:`drop_traced_twice`: the lines kept, in order of support."""
     from scipy.spatial import cKDTree
-    order = sorted(range(len(found)), key=lambda k: -found[k].coherent * found[k].visible_mm)
-    kept, trees = [], []
-    for k in order:
-        n = found[k]
-        pts = _dense(n.points)
-        twin = next((m for m in kept if np.linalg.norm(m.tip - n.tip) <= SAME_TIP_MM
-                     and float(m.direction @ n.direction) >= math.cos(math.radians(SAME_TIP_ANGLE_DEG))), None)
-        if twin is not None:
+    vox = _slice_scaled(metal_pts, geometry)
+    w = np.asarray(metal_w, float)
+    lines = [_slice_scaled(_dense(n.points, 0.25), geometry) for n in found]
+    near = cKDTree(np.vstack(lines)).query(vox, distance_upper_bound=EXPLAIN_MM + 0.5)[0] < np.inf
+    vox, w = vox[near], w[near]
+    dist = np.stack([cKDTree(p).query(vox, distance_upper_bound=EXPLAIN_MM + 0.5)[0] for p in lines])
+    # each voxel's share: its excess, times a Gaussian of its distance from the line
+    share = w[None] * np.exp(-0.5 * (np.minimum(dist, 10.0) / SUPPORT_SIGMA_MM) ** 2) * (dist <= SUPPORT_MM)
+    support = share.sum(axis=1)
+    nearest = np.full(len(vox), np.inf)   # distance of each voxel from the lines kept so far
+    kept = []
+
+    def fresh_of(j):   # steel of line j that no kept line explains
+        return float(share[j][nearest > EXPLAIN_MM].sum())
+    # the best supported line first: the line through the middle of a needle before a second trace of it
+    todo = set(range(len(found)))
+    while todo:
+        k = max(todo, key=lambda j: support[j])
+        fresh = fresh_of(k)
+        todo.discard(k)
+        n = found[int(k)]
+        free = fresh / max(support[k], 1e-9)
+        if support[k] <= 0.0 or free < OWN_STEEL_MIN:
             rejected.append({"position_mm": np.round(n.tip, 1).tolist(), "length_mm": round(n.visible_mm, 1),
-                             "reason": f"second line on a needle already found (tip within {SAME_TIP_MM:g} mm, axis "
-                                       f"within {SAME_TIP_ANGLE_DEG:g} deg)"})
+                             "reason": f"second line on needles already found ({100 * (1 - free):.0f} % of its steel "
+                                       "lies on them)"})
             continue
-        if trees:
-            dist = np.min([t.query(pts)[0] for t in trees], axis=0)
-            cover = float(np.mean(dist <= same_mm))
-            if cover >= 0.4:
-                rejected.append({"position_mm": np.round(n.tip, 1).tolist(), "length_mm": round(n.visible_mm, 1),
-                                 "reason": f"second line on needles already found ({100 * cover:.0f} % of it within "
-                                           f"{same_mm:g} mm of them)"})
-                continue
         kept.append(n)
-        trees.append(cKDTree(pts))
-    # a line whose steel lies on its own centre line over less than half of its length, or over less
-    # than COHERENT_MIN of it while running along other needles, follows streaks and other needles
+        nearest = np.minimum(nearest, dist[k])
+    return kept
+
+
+def drop_traced_twice(found, rejected, metal_pts, metal_w, geometry):
+    """Keep the centre lines that explain steel no better line explains (explaining away).
+
+    Each traced centre line is supported by the metal voxels within ``SUPPORT_MM`` of it (weighted
+    by their excess over the soft tissue: the steel's core counts most, so the line through the
+    middle of a needle beats a line 1 mm beside it or hinged across it). Taken in order of that
+    support, a line is kept when at least ``OWN_STEEL_MIN`` of its support is not yet explained by
+    the lines kept before it, each of which explains the voxels within ``EXPLAIN_MM`` of itself.
+    Two steel needles cannot lie closer than their diameter: a second trace of one needle, a trace
+    hinged between two converging needles, or a line along a streak band between them finds its
+    voxels explained; a needle crossing or touching another keeps most of its voxels to itself.
+    Distances on thick slices are measured with the slice normal scaled (:func:`_slice_scaled`)."""
+    from scipy.spatial import cKDTree
+    kept = list(found)
+    if len(found) >= 2:
+        kept = _explain_away(found, rejected, metal_pts, metal_w, geometry)
+    trees = [cKDTree(_dense(n.points)) for n in kept]
+    same_mm = TRACE_NEAR_MM
+    # a line whose steel lies on its own centre line over less than half of its length follows streaks
+    # (lines running along other needles have been explained away above)
     out = []
     for k, n in enumerate(kept):
         others = [t for q, t in enumerate(trees) if q != k]
@@ -89,10 +134,10 @@ def drop_traced_twice(found, rejected, same_mm):
         if others:
             dist = np.min([t.query(trees[k].data)[0] for t in others], axis=0)
             near = float(np.mean(dist <= 2.0 * same_mm))
-        if n.coherent < 0.5 or (n.coherent < COHERENT_MIN and near >= 0.2):
+        if n.coherent < COHERENT_MIN:
             rejected.append({"position_mm": np.round(n.tip, 1).tolist(), "length_mm": round(n.visible_mm, 1),
-                             "reason": f"steel on the line over {100 * n.coherent:.0f} % of it only ({100 * near:.0f} % "
-                                       "of it beside other needles): streaks and other needles, not a needle"})
+                             "reason": f"steel on the line over {100 * n.coherent:.0f} % of it only: streaks, not a "
+                                       "needle"})
         elif n.bend_mm > BEND_TOLERANCE_MM + 0.5 and near >= 0.2:
             rejected.append({"position_mm": np.round(n.tip, 1).tolist(), "length_mm": round(n.visible_mm, 1),
                              "reason": f"curved {n.bend_mm:.1f} mm off its chord while {100 * near:.0f} % of it runs "
@@ -100,6 +145,20 @@ def drop_traced_twice(found, rejected, same_mm):
         else:
             out.append(n)
     return out
+
+
+def _own_steel_tip(n, m):
+    """True when ``n``'s tip segment (3-14 mm before its tip) is as bright as steel
+    (``STREAK_PEAK_RATIO`` of needle ``m``'s steel level) and lies at least ``STREAK_CLEAR_MM`` from
+    ``m``: a streak never reaches steel's CT number away from the steel that casts it, so such a line
+    is a needle starved of photons along the rest of its length (an in-plane needle in a plane full
+    of needles), not the streak beside ``m``."""
+    if not n.tip_hu > STREAK_PEAK_RATIO * m.peak_hu:
+        return False
+    seg = n.tip[None] - np.linspace(3.0, 14.0, 12)[:, None] * n.direction
+    r = seg - m.entry
+    t = np.clip(r @ m.direction, 0.0, m.depth_mm)
+    return bool(np.min(np.linalg.norm(r - t[:, None] * m.direction, axis=1)) >= STREAK_CLEAR_MM)
 
 
 def drop_duplicates(found, rejected, background, max_angle_deg=10.0, max_offset_mm=BEND_TOLERANCE_MM + 0.5):
@@ -128,7 +187,7 @@ def drop_duplicates(found, rejected, background, max_angle_deg=10.0, max_offset_
             # rays along an in-plane needle are starved: bright and dark streaks run beside it, parallel
             if (cosang > math.cos(math.radians(STREAK_ANGLE_DEG)) and np.median(off) <= STREAK_OFFSET_MM
                     and np.mean((along <= 1.0) & (along >= -m.depth_mm - 40.0)) > 0.5
-                    and not n.peak_hu > STREAK_PEAK_RATIO * m.peak_hu):
+                    and not n.peak_hu > STREAK_PEAK_RATIO * m.peak_hu and not _own_steel_tip(n, m)):
                 reason = "metal streak beside a needle, parallel to it (fainter)"
                 break
         if reason:

@@ -42,11 +42,16 @@ Method (RAS millimetres throughout, arrays ``[k, j, i]``):
    matched (``gauge_measured`` False, default 18 G).
 8. **Confidence** in [0, 1]: the fraction of the traced length whose steel peak lies on the
    centre line (``coherent``), times a bend and a skin/edge term.
-9. **Rules** (:mod:`imaging.needle_rules`): a trace lying within ``TRACE_SAME_MM`` of better
-   needles over most of its length is the same needle again (or runs along one and then along
-   a converging neighbour); a trace whose steel lies on it over less than half its length, or
-   under ``COHERENT_MIN`` while running beside other needles, follows streaks; fainter streaks
-   beyond a tip or beside an in-plane needle, and lines too faint for steel, are dropped.
+9. **Rules** (:mod:`imaging.needle_rules`): explaining away: each traced centre line is supported
+   by the metal voxels near it (weighted by their excess and a Gaussian of their distance); taken
+   best supported first, a line is kept while at least half of its support lies outside 1.5 mm of
+   the lines kept before it (a second trace of a needle, a line hinged from one needle onto a
+   converging one, a line along the streak band between two needles find their steel explained;
+   a needle crossing or touching another keeps most of its own). A trace whose steel lies on it
+   over less than half its length follows streaks; fainter streaks beyond a tip or beside an
+   in-plane needle (unless their own tip segment is as bright as steel, away from that needle:
+   a needle starved of photons along the rest of its length), and lines too faint for steel,
+   are dropped.
 
 Modules: the line search is :mod:`imaging.needle_lines`, CT sampling along a needle
 :mod:`imaging.needle_sampling`, the trace :mod:`imaging.needle_track`, the measurement of one
@@ -107,6 +112,7 @@ class FoundNeedle:
     radius_mm: float = 0.65         # half the diameter used to clear the needle from the seed search
     peak_hu: float = float("nan")   # median peak CT number along the steel (the needle's plateau)
     max_hu: float = float("nan")    # brightest CT value along the steel
+    tip_hu: float = float("nan")    # steel level of the tip segment (median peak 3-14 mm before the tip)
     tip_direction: np.ndarray | None = None  # (3,) the tip segment's own axis (None: ``direction``)
     coherent: float = 1.0           # fraction of the traced length whose steel peak lies on the centre line
 
@@ -399,7 +405,10 @@ def find_needles(ct_hu, geometry: ImageGeometry, *, region_mask=None, expected_d
                             "straight axis: its straight entry-tip model is approximate")
         found.append(res)
         _progress.report(progress, 0.65 + 0.35 * (q + 1) / max(len(segs), 1), "needle finder: measuring")
-    found = drop_traced_twice(found, rejected, TRACE_SAME_MM)
+    mk = np.argwhere(metal) if len(found) >= 2 else np.zeros((0, 3), np.int64)
+    found = drop_traced_twice(found, rejected, geometry.ijk_to_ras(mk[:, ::-1].astype(float)).reshape(-1, 3),
+                              np.clip(ct[mk[:, 0], mk[:, 1], mk[:, 2]].astype(float) - background, 1.0, None),
+                              geometry)
     found = drop_duplicates(found, rejected, background)
     found = drop_faint(found, rejected, background, metal_peak)
     found.sort(key=lambda n: tuple(np.round(n.tip, 1)))
