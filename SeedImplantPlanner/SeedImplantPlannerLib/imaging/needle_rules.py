@@ -35,10 +35,17 @@ STREAK_ANGLE_DEG = 5.0
 STREAK_OFFSET_MM = 6.0
 STREAK_PEAK_RATIO = 0.7
 STREAK_CLEAR_MM = 2.0
+#: Two needles with tips closer than SAME_TIP_MM and axes within SAME_TIP_ANGLE_DEG are one needle
+#: traced twice: the steel of two 1.0-1.3 mm needles cannot have centres closer than their diameter,
+#: and needles whose tips touch converge at a larger angle.
+SAME_TIP_MM = 1.0
+SAME_TIP_ANGLE_DEG = 4.0
 #: Explaining away (:func:`drop_traced_twice`): a centre line's support is the metal within SUPPORT_MM
-#: of it; a kept line explains the metal within EXPLAIN_MM of it; a line is kept while at least
-#: OWN_STEEL_MIN of its support is unexplained. 1.0 mm holds a 1.0-1.3 mm needle's blurred core on
-#: 0.5-1 mm pixels; 1.5 mm leaves needles 2.5 mm apart (centre to centre) their own cores.
+#: of it, each voxel weighted by its excess and a Gaussian (SUPPORT_SIGMA_MM) of its distance; a kept
+#: line explains the metal within EXPLAIN_MM of it; a line is kept while at least OWN_STEEL_MIN of
+#: its support is unexplained. The Gaussian holds a 1.0-1.3 mm needle's blurred core on 0.5-1 mm
+#: pixels; within 1.5 mm of a kept trace lies most of the core a second trace of the same needle
+#: (0.3-1 mm off it) collects, while needles 2.5 mm apart (centre to centre) keep most of their own.
 SUPPORT_MM = 1.2
 SUPPORT_SIGMA_MM = 0.6
 EXPLAIN_MM = 1.5
@@ -86,17 +93,17 @@ def _explain_away(found, rejected, metal_pts, metal_w, geometry):
     support = share.sum(axis=1)
     nearest = np.full(len(vox), np.inf)   # distance of each voxel from the lines kept so far
     kept = []
-
-    def fresh_of(j):   # steel of line j that no kept line explains
-        return float(share[j][nearest > EXPLAIN_MM].sum())
     # the best supported line first: the line through the middle of a needle before a second trace of it
-    todo = set(range(len(found)))
-    while todo:
-        k = max(todo, key=lambda j: support[j])
-        fresh = fresh_of(k)
-        todo.discard(k)
+    for k in np.argsort(-support, kind="stable"):
+        fresh = float(share[k][nearest > EXPLAIN_MM].sum())
         n = found[int(k)]
         free = fresh / max(support[k], 1e-9)
+        if any(np.linalg.norm(m.tip - n.tip) <= SAME_TIP_MM
+               and abs(float(m.direction @ n.direction)) >= math.cos(math.radians(SAME_TIP_ANGLE_DEG)) for m in kept):
+            rejected.append({"position_mm": np.round(n.tip, 1).tolist(), "length_mm": round(n.visible_mm, 1),
+                             "reason": f"second line on a needle already found (tip within {SAME_TIP_MM:g} mm, axis "
+                                       f"within {SAME_TIP_ANGLE_DEG:g} deg)"})
+            continue
         if support[k] <= 0.0 or free < OWN_STEEL_MIN:
             rejected.append({"position_mm": np.round(n.tip, 1).tolist(), "length_mm": round(n.visible_mm, 1),
                              "reason": f"second line on needles already found ({100 * (1 - free):.0f} % of its steel "
