@@ -80,7 +80,7 @@ def _slice_scaled(points, geometry):
 
 
 def _explain_away(found, rejected, metal_pts, metal_w, geometry):
-    """The first step of :func:`drop_traced_twice`: the lines kept, in order of support."""
+    """The first step of :func:`drop_traced_twice`: the lines kept (see there)."""
     from scipy.spatial import cKDTree
     vox = _slice_scaled(metal_pts, geometry)
     w = np.asarray(metal_w, float)
@@ -91,27 +91,51 @@ def _explain_away(found, rejected, metal_pts, metal_w, geometry):
     # each voxel's share: its excess, times a Gaussian of its distance from the line
     share = w[None] * np.exp(-0.5 * (np.minimum(dist, 10.0) / SUPPORT_SIGMA_MM) ** 2) * (dist <= SUPPORT_MM)
     support = share.sum(axis=1)
-    nearest = np.full(len(vox), np.inf)   # distance of each voxel from the lines kept so far
-    kept = []
-    # the best supported line first: the line through the middle of a needle before a second trace of it
-    for k in np.argsort(-support, kind="stable"):
-        fresh = float(share[k][nearest > EXPLAIN_MM].sum())
+    kept, dropped = [], []
+    for k in np.argsort(-support, kind="stable"):   # the best supported line first
         n = found[int(k)]
-        free = fresh / max(support[k], 1e-9)
-        if any(np.linalg.norm(m.tip - n.tip) <= SAME_TIP_MM
-               and abs(float(m.direction @ n.direction)) >= math.cos(math.radians(SAME_TIP_ANGLE_DEG)) for m in kept):
+        if any(np.linalg.norm(found[m].tip - n.tip) <= SAME_TIP_MM and abs(float(found[m].direction @ n.direction))
+               >= math.cos(math.radians(SAME_TIP_ANGLE_DEG)) for m in kept):
             rejected.append({"position_mm": np.round(n.tip, 1).tolist(), "length_mm": round(n.visible_mm, 1),
                              "reason": f"second line on a needle already found (tip within {SAME_TIP_MM:g} mm, axis "
                                        f"within {SAME_TIP_ANGLE_DEG:g} deg)"})
             continue
-        if support[k] <= 0.0 or free < OWN_STEEL_MIN:
-            rejected.append({"position_mm": np.round(n.tip, 1).tolist(), "length_mm": round(n.visible_mm, 1),
-                             "reason": f"second line on needles already found ({100 * (1 - free):.0f} % of its steel "
-                                       "lies on them)"})
-            continue
-        kept.append(n)
-        nearest = np.minimum(nearest, dist[k])
-    return kept
+        free = _free(share, dist, k, kept) / max(support[k], 1e-9)
+        if support[k] > 0.0 and free >= OWN_STEEL_MIN:
+            kept.append(int(k))
+        else:
+            dropped.append(int(k))
+    # one exchange pass: a dropped line whose steel a kept line mostly explained takes that line's place
+    # when, with it, the kept line's own steel is explained in turn and the dropped line lies on its
+    # steel over more of its length (a line hinged from one needle onto a fainter converging one
+    # outranks the fainter needle by support, not by coherence)
+    for r in list(dropped):
+        if not kept:
+            break
+        over = [float(share[r][dist[m] <= EXPLAIN_MM].sum()) for m in kept]
+        m = kept[int(np.argmax(over))]
+        others = [q for q in kept if q != m]
+        if (found[r].coherent > found[m].coherent + 0.05
+                and _free(share, dist, r, others) >= OWN_STEEL_MIN * support[r]
+                and _free(share, dist, m, others + [r]) < OWN_STEEL_MIN * support[m]):
+            kept[kept.index(m)] = r
+            dropped.remove(r)
+            dropped.append(m)
+    for k in dropped:
+        n = found[k]
+        free = _free(share, dist, k, [q for q in kept if q != k]) / max(support[k], 1e-9)
+        rejected.append({"position_mm": np.round(n.tip, 1).tolist(), "length_mm": round(n.visible_mm, 1),
+                         "reason": f"second line on needles already found ({100 * (1 - free):.0f} % of its steel "
+                                   "lies on them)"})
+    return [found[k] for k in kept]
+
+
+def _free(share, dist, k, others):
+    """Support of line ``k`` (sum of its shares) on voxels farther than EXPLAIN_MM from every line in ``others``."""
+    if not others:
+        return float(share[k].sum())
+    nearest = np.min(dist[others], axis=0)
+    return float(share[k][nearest > EXPLAIN_MM].sum())
 
 
 def drop_traced_twice(found, rejected, metal_pts, metal_w, geometry):
@@ -121,7 +145,13 @@ def drop_traced_twice(found, rejected, metal_pts, metal_w, geometry):
     by their excess over the soft tissue: the steel's core counts most, so the line through the
     middle of a needle beats a line 1 mm beside it or hinged across it). Taken in order of that
     support, a line is kept when at least ``OWN_STEEL_MIN`` of its support is not yet explained by
-    the lines kept before it, each of which explains the voxels within ``EXPLAIN_MM`` of itself.
+    the lines kept before it, each of which explains the voxels within ``EXPLAIN_MM`` of itself; a
+    line whose tip lies within ``SAME_TIP_MM`` of a kept one's with axes within
+    ``SAME_TIP_ANGLE_DEG`` is that needle again. Then one exchange pass: a dropped line takes the
+    place of the kept line that explained most of it when, with it kept instead, that line's own
+    steel is explained in turn, the dropped line keeps its share, and its steel lies on it over
+    more of its length (``coherent``): a line hinged from one needle onto a fainter converging
+    needle can outrank the fainter needle by support, not by coherence.
     Two steel needles cannot lie closer than their diameter: a second trace of one needle, a trace
     hinged between two converging needles, or a line along a streak band between them finds its
     voxels explained; a needle crossing or touching another keeps most of its voxels to itself.
