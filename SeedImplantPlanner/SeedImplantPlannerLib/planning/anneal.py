@@ -61,9 +61,12 @@ def solve_anneal(prob: PlanningProblem, x0, time_limit_s=6.0, needle_weight=1.0,
                 np.subtract(1.0, u, out=u)
                 np.maximum(u, 0.0, out=u)
                 c += 2.0 * float(u.sum()) * inv_n
-            c += 0.1 * (np.count_nonzero(db >= hot1) + np.count_nonzero(db >= hot2)) * inv_n
+            n_hot = {hot1: np.count_nonzero(db >= hot1), hot2: np.count_nonzero(db >= hot2)}
+            c += 0.1 * (n_hot[hot1] + n_hot[hot2]) * inv_n
             for lvl, frac in soft:
-                over = np.count_nonzero(db >= lvl) * inv_n - frac
+                # V150 and V200 count the points above the same levels as the hot-spot term: counted once
+                n = n_hot[lvl] if lvl in n_hot else np.count_nonzero(db >= lvl)
+                over = n * inv_n - frac
                 if over > 0:
                     # the excess fraction, and how far the dose runs over the soft level (a slope the
                     # search can follow where single moves do not change the count)

@@ -32,6 +32,10 @@ from .problem import PlanningProblem
 
 #: Sample points per bound (the relaxation's size; each point has two or three binaries).
 BOUND_POINTS = 400
+#: At most this many non-zeros in the dense coverage rows (levels x points x candidates): HiGHS does
+#: not stop at its time limit while it presolves or solves the root of a larger model (400 points x 423
+#: candidates x 2 levels: 3.3 s for a 1 s limit; 170 points: 1.3 s), so large candidate sets get fewer points.
+BOUND_NONZEROS = 150_000
 
 
 def soft_goal_bound(prob: PlanningProblem, block, level_Gy, time_limit_s=2.0, n_points=BOUND_POINTS, rng_seed=0):
@@ -47,6 +51,8 @@ def soft_goal_bound(prob: PlanningProblem, block, level_Gy, time_limit_s=2.0, n_
     t0 = time.monotonic()
     rng = np.random.default_rng(rng_seed)
     rows = np.arange(len(prob.D_chk))[block.chk]
+    n_points = int(min(n_points, max(100, BOUND_NONZEROS // max(1, len(block.goals.coverage_levels()) *
+                                                               prob.n_candidates))))
     if len(rows) > n_points:
         rows = np.sort(rng.choice(rows, n_points, replace=False))
     D = np.asarray(prob.D_chk[rows], float)

@@ -118,8 +118,9 @@ class _Feasibility:
 
     def __init__(self, prob: PlanningProblem, x):
         self.prob = prob
-        self.nbrs = conflict_lists(prob)
-        self.nconf = prob.needle_conflict_lists()
+        self.pairs = np.asarray(prob.conflicts, dtype=np.int64).reshape(-1, 2)
+        nc = prob.needle_conflicts
+        self.needle_pairs = np.asarray(nc if nc is not None else [], dtype=np.int64).reshape(-1, 2)
         self.per_needle = np.bincount(prob.needle_index[np.asarray(x) > 0.5], minlength=prob.n_needles)
 
     def costly_used(self):
@@ -127,21 +128,26 @@ class _Feasibility:
         return int(np.count_nonzero((self.per_needle > 0) & (self.prob.needle_cost > 0)))
 
     def free(self, x):
-        """Indices of candidates that could be added to ``x`` now."""
+        """Indices of candidates that could be added to ``x`` now (ascending)."""
         prob = self.prob
         at_limit = prob.max_needles is not None and self.costly_used() >= prob.max_needles
-        out = []
-        for j in np.flatnonzero(np.asarray(x) < 0.5):
-            if any(x[k] > 0.5 for k in self.nbrs[j]):
-                continue
-            n = prob.needle_index[j]
-            if self.per_needle[n] == 0:
-                if at_limit and prob.needle_cost[n] > 0:
-                    continue
-                if any(self.per_needle[m] > 0 for m in self.nconf[n]):
-                    continue
-            out.append(j)
-        return np.asarray(out, dtype=int)
+        loaded = np.asarray(x) > 0.5
+        ok = ~loaded
+        if len(self.pairs):  # not closer than the minimum distance to a loaded candidate
+            a, b = self.pairs[:, 0], self.pairs[:, 1]
+            ok[a[loaded[b]]] = False
+            ok[b[loaded[a]]] = False
+        used = self.per_needle > 0
+        closed = np.zeros(prob.n_needles, dtype=bool)  # an unused needle that may not be started now:
+        if at_limit:
+            closed |= prob.needle_cost > 0  # the needle limit is reached
+        if len(self.needle_pairs):  # it passes too close to a needle in use
+            a, b = self.needle_pairs[:, 0], self.needle_pairs[:, 1]
+            closed[a[used[b]]] = True
+            closed[b[used[a]]] = True
+        closed &= ~used
+        ok &= ~closed[prob.needle_index]
+        return np.flatnonzero(ok)
 
     def add(self, j):
         self.per_needle[self.prob.needle_index[j]] += 1
@@ -174,8 +180,13 @@ def feasible_start(prob: PlanningProblem, x):
 
 
 def _oar_ok(prob, x):
-    for o in prob.oars:
-        if dose_at_volume(o.fixed + o.D @ x, o.voxel_cc, o.volume_cc) > o.limit_Gy + 1e-6:
+    # the organ matrices are float32: ``o.D @ x`` would convert one to float64 at every call; the
+    # float64 copy is made once (the same numbers, the same product)
+    cache = prob.__dict__.setdefault("_oar_D64", {})
+    for k, o in enumerate(prob.oars):
+        if k not in cache:
+            cache[k] = np.asarray(o.D, dtype=np.float64)
+        if dose_at_volume(o.fixed + cache[k] @ x, o.voxel_cc, o.volume_cc) > o.limit_Gy + 1e-6:
             return False
     return True
 
@@ -195,20 +206,39 @@ def polish(prob: PlanningProblem, x, buffer=0.01, deadline=None, progress=None, 
     D = prob.D_chk
     d = prob.fixed_chk + D @ x
     rows = [np.arange(len(d))[b.chk] for b in blocks]
+    # each block's rows as a slice where they are contiguous: counting on views, not copies (same counts)
+    views = [slice(int(r[0]), int(r[-1]) + 1) if len(r) and np.all(np.diff(r) == 1) else r for r in rows]
     need = [[(lvl, int(math.ceil((frac + buffer) * len(r) - 1e-9))) for lvl, frac in b.goals.coverage_levels()]
             for b, r in zip(blocks, rows)]
     soft = [[(lvl, int(math.floor(frac * len(r) + 1e-9))) for _, lvl, frac in b.goals.soft_limits()]
             for b, r in zip(blocks, rows)]
+    sizes = [max(len(r), 1) for r in rows]
 
     def short(dd):
-        return sum(max(0, k - int(np.count_nonzero(dd[r] >= lvl - 1e-6))) for r, nb in zip(rows, need) for lvl, k in nb)
+        return sum(max(0, k - int(np.count_nonzero(dd[v] >= lvl - 1e-6))) for v, nb in zip(views, need) for lvl, k in nb)
 
     def soft_excess(dd):
-        return sum(max(0, int(np.count_nonzero(dd[r] >= lvl - 1e-6)) - k) / max(len(r), 1)
-                   for r, sb in zip(rows, soft) for lvl, k in sb)
+        return sum(max(0, int(np.count_nonzero(dd[v] >= lvl - 1e-6)) - k) / n
+                   for v, sb, n in zip(views, soft, sizes) for lvl, k in sb)
 
     def hot_volume(dd):
-        return sum(np.count_nonzero(dd[r] >= lvl - 1e-6) / max(len(r), 1) for r, sb in zip(rows, soft) for lvl, _ in sb)
+        return sum(np.count_nonzero(dd[v] >= lvl - 1e-6) / n for v, sb, n in zip(views, soft, sizes) for lvl, _ in sb)
+
+    def short_rows(T):
+        """:func:`short` of every row of ``T`` (candidates x points) at once."""
+        out = np.zeros(T.shape[0], dtype=np.int64)
+        for v, nb in zip(views, need):
+            for lvl, k in nb:
+                out += np.maximum(0, k - np.count_nonzero(T[:, v] >= lvl - 1e-6, axis=1))
+        return out
+
+    def soft_excess_rows(T):
+        """:func:`soft_excess` of every row of ``T``, summed in the same order (the same floats)."""
+        out = np.zeros(T.shape[0])
+        for v, sb, n in zip(views, soft, sizes):
+            for lvl, k in sb:
+                out = out + np.maximum(0, np.count_nonzero(T[:, v] >= lvl - 1e-6, axis=1) - k) / n
+        return out
 
     def expired():
         return deadline is not None and time.monotonic() > deadline
@@ -290,7 +320,8 @@ def polish(prob: PlanningProblem, x, buffer=0.01, deadline=None, progress=None, 
             f2 = _Feasibility(prob, x2)
             ok = True
             while short(d2) > 0:
-                free = np.asarray([j for j in f2.free(x2) if f2.per_needle[prob.needle_index[j]] > 0], dtype=int)
+                free = f2.free(x2)
+                free = free[f2.per_needle[prob.needle_index[free]] > 0]  # the needles still in use
                 if not len(free):
                     ok = False
                     break
@@ -319,16 +350,18 @@ def polish(prob: PlanningProblem, x, buffer=0.01, deadline=None, progress=None, 
     if short(d) == 0 and soft_excess(d) > 0 and not cut:
         _progress.report(progress, 0.8, "plan: hot spots")
         tabu = set()
+        DT = np.ascontiguousarray(D.T)  # candidates x points: a candidate's column is one contiguous row
+        col_sums = D.sum(axis=0)  # column by column, the same sums as D[:, free].sum(axis=0)
         while soft_excess(d) > 0 and not expired():
             on = [j for j in np.flatnonzero(x > 0.5) if j not in tabu]
             if not on:
                 break
             push = np.zeros(len(on))
             for r, sb in zip(rows, soft):
-                Dr = D[np.ix_(r, on)]
                 for lvl, k in sb:
-                    if np.count_nonzero(d[r] >= lvl - 1e-6) > k:
-                        push += np.count_nonzero((d[r][:, None] >= lvl - 1e-6) & (d[r][:, None] - Dr < lvl - 1e-6), axis=0)
+                    hot = r[d[r] >= lvl - 1e-6]
+                    if len(hot) > k:  # points over the level that drop below it without seed j
+                        push += np.count_nonzero(d[hot][None, :] - DT[on][:, hot] < lvl - 1e-6, axis=1)
             j = on[int(np.argmax(push))]
             if push.max() <= 0:
                 break
@@ -342,13 +375,15 @@ def polish(prob: PlanningProblem, x, buffer=0.01, deadline=None, progress=None, 
             if short(dn) == 0:
                 best = (soft_excess(dn), -1)
             if len(free):
-                trial = dn[:, None] + D[:, free]
-                for i_k in np.argsort(-D[:, free].sum(axis=0), kind="stable")[:200]:
-                    col = trial[:, i_k]
-                    if short(col) == 0:
-                        se = soft_excess(col)
+                cols = free[np.argsort(-col_sums[free], kind="stable")[:200]]
+                trial = dn[None, :] + DT[cols]  # one row per candidate: the dose with it added
+                ok_rows = short_rows(trial) == 0
+                se_rows = soft_excess_rows(trial)
+                for i_k in range(len(cols)):  # in order, as one by one: the first of equal excess wins
+                    if ok_rows[i_k]:
+                        se = float(se_rows[i_k])
                         if best is None or se < best[0] - 1e-12:
-                            best = (se, int(free[i_k]))
+                            best = (se, int(cols[i_k]))
             if best is not None and best[0] < cur - 1e-12:
                 if best[1] >= 0:
                     x[best[1]] = 1.0

@@ -274,6 +274,40 @@ class NeedleRulesAndSoftGoalsTest(unittest.TestCase):
             self.assertLessEqual(len(plan.used_needles()), 6, method)
             self.assertEqual(plan.optimizer["max_needles"], 6)
 
+    def test_free_candidates_follow_the_rules(self):
+        """The candidates the polish may add: unloaded, no loaded candidate closer than the minimum distance,
+        and a new needle only within the needle limit and not crossing a needle in use (rules read one by one)."""
+        from SeedImplantPlannerLib.planning.optimizer import _Feasibility
+        from SeedImplantPlannerLib.planning.problem import PlanningProblem
+        rng = np.random.default_rng(11)
+        for trial in range(30):
+            C, n_needles = int(rng.integers(5, 40)), int(rng.integers(2, 9))
+            needle_index = np.sort(rng.integers(0, n_needles, C))
+            cost = (rng.random(n_needles) < 0.8).astype(float)
+            pairs = rng.integers(0, C, (int(rng.integers(0, 30)), 2))
+            pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+            npairs = rng.integers(0, n_needles, (int(rng.integers(0, 6)), 2))
+            npairs = npairs[npairs[:, 0] != npairs[:, 1]]
+            limit = None if trial % 3 == 0 else int(rng.integers(1, n_needles + 1))
+            prob = PlanningProblem(C, needle_index, n_needles, cost, pairs, np.zeros((1, C)), np.zeros(1),
+                                   np.zeros((1, C)), np.zeros(1), Goals(RX), max_needles=limit,
+                                   needle_conflicts=npairs if len(npairs) else None)
+            x = (rng.random(C) < 0.3).astype(float)
+            used = {int(needle_index[j]) for j in range(C) if x[j] > 0.5}
+            costly = sum(1 for n in used if cost[n] > 0)
+            expect = []
+            for j in range(C):
+                if x[j] > 0.5 or any((a == j and x[b] > 0.5) or (b == j and x[a] > 0.5) for a, b in pairs):
+                    continue
+                n = int(needle_index[j])
+                if n not in used:
+                    if limit is not None and costly >= limit and cost[n] > 0:
+                        continue
+                    if any((a == n and b in used) or (b == n and a in used) for a, b in npairs):
+                        continue
+                expect.append(j)
+            self.assertEqual(_Feasibility(prob, x).free(x).tolist(), expect, trial)
+
     def test_soft_goals_traded_are_reported(self):
         from SeedImplantPlannerLib.planning.problem import Goals
         goals = Goals(RX, v150_max=0.0, v200_max=0.0, d90_max_frac=1.01)
