@@ -300,13 +300,26 @@ class NeedleMetal:
         per_mm = np.bincount(b, weights=val, minlength=nb) / np.maximum(count, 1) * typical
         full = count >= 0.5 * typical                     # bins cut by the crop are left out
         tc = np.arange(nb) + lo + 0.5
+        # and the bins whose tube leaves the crop (a needle running out of the CT)
+        d = np.asarray(nd.direction, float)
+        e1 = np.cross(d, [1.0, 0.0, 0.0] if abs(d[0]) < 0.9 else [0.0, 1.0, 0.0])
+        e1 /= np.linalg.norm(e1)
+        e2 = np.cross(d, e1)
+        ang = np.arange(8) * math.pi / 4
+        ring = self.reach * (np.cos(ang)[:, None] * e1 + np.sin(ang)[:, None] * e2)
+        cen = np.asarray(nd.tip, float) + tc[:, None] * d
+        ijk = self.geometry.ras_to_ijk((cen[:, None, :] + ring[None]).reshape(-1, 3)).reshape(len(tc), 8, 3)
+        lo_b = self.off[::-1] - 0.5
+        hi_b = self.off[::-1] + np.asarray(ct.shape)[::-1] - 0.5
+        full &= np.all((ijk >= lo_b) & (ijk <= hi_b), axis=(1, 2))
         from .needle_measure import blur_sigma as _blur_sigma
         self._prof[q] = (tc, per_mm, full, _blur_sigma(np.asarray(nd.direction, float), self.geometry), lo)
         return self._prof[q]
 
     def excess(self, q, t0, t1):
         """Metal (HU * mm^3) along needle ``q`` between ``t0`` and ``t1`` (mm, 0 at its found tip)
-        beyond its own steel; ``nan`` when the needle's level cannot be read there."""
+        beyond its own steel; ``nan`` when the needle's level cannot be read there (no steel beside
+        the window, or most of the window off the CT)."""
         from scipy.special import ndtr
         prof = self._profile(q)
         if prof is None:
@@ -320,5 +333,7 @@ class NeedleMetal:
         if not levels:
             return float("nan")
         win = full & (tc >= t0) & (tc <= t1)
+        if np.count_nonzero(win) < 0.5 * (t1 - t0):
+            return float("nan")                  # most of the window is off the CT
         own = max(levels) * ndtr(-tc[win] / max(sig, 1e-3))
         return float(np.sum(per_mm[win] - own))

@@ -86,7 +86,7 @@ from ..core.errors import InputError
 from ..core.geometry import ImageGeometry
 from .seed_components import (BONE_MARGIN_HU, MAX_PER_CLUSTER, bone_mask, body_mask, count_seeds, measure_components,
                               resolve_expected, unit_content)
-from .seed_needles import (EXCESS_MIN_FRACTION, NEAR_NEEDLE_MM, NeedleMetal, needle_line_distance,
+from .seed_needles import (EXCESS_MIN_FRACTION, NEAR_NEEDLE_MM, NeedleMetal, needle_line_distance, needle_radius,
                            reject_needle_residue, subtract_needles)
 from .seed_pose import (STREAK_MIN_ANISOTROPY, axis_in_streak_plane, capsules_overlap, seg_dist2, split_cluster, streak_direction,
                         track_axes, weighted_pose)
@@ -279,11 +279,19 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
     if len(needles):
         # a seed cannot be a needle's residue: the metal along the needle over the seed's length must
         # exceed the needle's own steel by half a seed
-        wh, _, tt = needle_metal.nearest(pos, seed_length_mm + 1.0)
+        wh, dd, tt = needle_metal.nearest(pos, seed_length_mm + 1.0)
         drop = []
         for i in np.flatnonzero(wh >= 0):
+            nd = needles[int(wh[i])]
             ex = needle_metal.excess(int(wh[i]), tt[i] - seed_length_mm / 2 - 1.0, tt[i] + seed_length_mm / 2 + 1.0) / unit
-            if math.isfinite(ex) and ex < EXCESS_MIN_FRACTION:
+            if (not math.isfinite(ex) and getattr(nd, "tip_on", "") == "ct_edge" and abs(tt[i]) <= seed_length_mm / 2
+                    and dd[i] <= needle_radius(nd) + 1.0):
+                # the CT's boundary cuts through the needle there: its image is not the model's
+                drop.append(i)
+                rejected.append({"position_mm": np.round(pos[i], 1).tolist(), "seeds_equivalent": None,
+                                 "reason": "on a needle in place where it runs out of the CT: its steel cut by "
+                                           "the CT's edge (not a seed)"})
+            elif math.isfinite(ex) and ex < EXCESS_MIN_FRACTION:
                 drop.append(i)
                 rejected.append({"position_mm": np.round(pos[i], 1).tolist(), "seeds_equivalent": round(float(ex), 2),
                                  "reason": "residue of a needle in place: the metal along the needle there exceeds its "
