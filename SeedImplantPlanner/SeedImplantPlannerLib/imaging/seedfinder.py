@@ -6,7 +6,9 @@ images", IEEE Trans Biomed Eng 62(8):2012-2024, 2015; their clustering is replac
 count-from-metal-content rule and a line-segment k-means described below):
 
 1. **Region of interest**: the given mask (target + margin), else the body (largest component
-   above -500 HU). Everything outside is ignored (table, external markers).
+   above -500 HU). Everything outside is ignored (table, external markers). A given mask selects
+   the objects with a voxel in it, each measured whole up to ``ROI_OBJECT_MARGIN_MM`` beyond it
+   (cut by the mask, a needle's streak read as a short seed-sized object, a cluster as fewer seeds).
 2. **Needles in place first** (intra-operative CTs): the needles given, else those
    :func:`imaging.needlefinder.find_needles` finds (in the ROI when one is given). Each needle's image is modelled from the
    needle itself (median excess per 0.3 mm bin of its cross-section, along the steel, times the
@@ -101,6 +103,9 @@ THRESHOLD_FRACTION = 0.3
 STREAK_TRUST_ELONGATION = 4.0
 #: A seed's peak reaches at least this fraction of the way from soft tissue to the brightest seeds.
 FAINT_SEED_FRACTION = 0.4
+#: A given ROI selects the objects with a voxel in it; each is measured whole up to this far (mm)
+#: beyond the ROI (its length, shape and metal decide what it is, not where the ROI cuts it).
+ROI_OBJECT_MARGIN_MM = 10.0
 
 
 def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=None, threshold_hu=None,
@@ -142,12 +147,19 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
                              "(resample the ROI onto the CT grid)")
     if not roi.any():
         raise InputError(f"the {roi_name} is empty: no voxel to search for seeds")
-    # crop to the ROI box for speed
+    # crop to the ROI box for speed; a given ROI selects objects, it does not cut them: the box
+    # reaches ROI_OBJECT_MARGIN_MM beyond it, so an object crossing its edge is measured whole
     kk, jj, ii = (np.flatnonzero(roi.any(axis=ax)) for ax in ((1, 2), (0, 2), (0, 1)))
-    off = np.array([kk[0], jj[0], ii[0]])
-    box = tuple(slice(a, b + 1) for a, b in zip(off, (kk[-1], jj[-1], ii[-1])))
+    lo = np.array([kk[0], jj[0], ii[0]])
+    hi = np.array([kk[-1], jj[-1], ii[-1]])
+    if roi_mask is not None:
+        pad = np.ceil(ROI_OBJECT_MARGIN_MM / np.asarray(geometry.spacing, float)[::-1]).astype(int)
+        lo, hi = np.maximum(lo - pad, 0), np.minimum(hi + pad, np.asarray(ct.shape) - 1)
+    off = lo
+    box = tuple(slice(a, b + 1) for a, b in zip(lo, hi))
     ctc = ct[box].astype(np.float32)
     roic = roi[box]
+    reach = np.ones(roic.shape, dtype=bool) if roi_mask is not None else roic
     finite = np.isfinite(ctc)
     if not finite.all():
         raise InputError(f"CT holds {int((~finite).sum())} non-finite voxel(s) inside the {roi_name}")
@@ -170,6 +182,7 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
         ctc, outside = subtract_needles(ctc, needles, geometry, off, bg0, removed)
         needle_metal = NeedleMetal(ctc, removed, needles, geometry, off, bg0)
         roic = roic & ~outside
+        reach = reach & ~outside
         for nd in needles:
             needle_rejects.append({"position_mm": np.round(nd.tip, 1).tolist(), "seeds_equivalent": None,
                                    "reason": f"needle in place (tip {np.round(nd.tip, 1).tolist()}, "
@@ -233,8 +246,14 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
         if threshold <= background:
             raise InputError(f"threshold {threshold:.0f} HU is not above the soft-tissue background "
                              f"({background:.0f} HU)")
-    metal = (ctc > threshold) & roic
+    metal = (ctc > threshold) & reach
     lab, ncomp = ndimage.label(metal, structure=np.ones((3, 3, 3)))
+    if reach is not roic and ncomp:
+        # only the objects with a voxel in the ROI, each whole
+        hit = np.zeros(ncomp + 1, dtype=bool)
+        hit[np.unique(lab[roic & metal])] = True
+        hit[0] = False
+        lab, ncomp = ndimage.label(hit[lab], structure=np.ones((3, 3, 3)))
     if ncomp == 0:
         raise InputError(f"no seeds found: no voxel above the threshold {threshold:.0f} HU inside the {roi_name}")
 

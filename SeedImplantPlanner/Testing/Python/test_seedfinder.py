@@ -275,6 +275,22 @@ class TestSeedsOnSimulatedCTs(unittest.TestCase):
         self.assertLessEqual(len(found), len(t) + 2)
 
 
+    def test_roi_selects_objects_without_cutting_them(self):
+        # a region cutting through seeds (x = -25 mm halves a seed of the end-to-end chain) selects
+        # the objects with a voxel in it; each is measured whole, so the seeds inside are those of
+        # the search on the whole CT and none is displaced by the cut
+        ct, g, truth = self.case("postimplant_1mm")
+        c = g.voxel_centers_ras()
+        roi = (c[..., 0] >= -25.0) & (c[..., 0] <= 25.0)
+        whole = find_seeds(ct, g, needles=[])
+        part = find_seeds(ct, g, roi_mask=roi, needles=[])
+        inside = whole.positions[(whole.positions[:, 0] >= -25.0) & (whole.positions[:, 0] <= 25.0)]
+        d = np.linalg.norm(inside[:, None] - part.positions[None], axis=-1)
+        self.assertLess(float(d.min(axis=1).max()), 0.1)
+        t = np.array([s["center_ras"] for s in truth["seeds"]])
+        err = np.linalg.norm(t[:, None] - part.positions[None], axis=-1).min(axis=0)
+        self.assertLess(float(err.max()), 1.0, err)
+
     def test_needle_running_out_of_the_ct(self):
         # 3 mm slices: needle N7 leaves the CT through its last slice, where the CT's edge cuts its
         # image; nothing on it is reported as a seed, and no needle's steel is either
