@@ -380,13 +380,15 @@ def ctsim_cases(args):
 
     print()
     ct, g, n_seeds = big_ct(d)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fb = find_seeds(ct, g)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     nb = naive_find_seeds(ct, g, 1500.0)
-    t2 = time.perf_counter()
-    print(f"  512 x 512 x 200 CT ({n_seeds} seeds): finder {t1 - t0:.2f} s ({len(fb)} seeds), naive reference "
-          f"{t2 - t1:.2f} s ({len(nb)} objects), ratio {(t1 - t0) / max(t2 - t1, 1e-9):.1f}")
+    t2, c2 = time.perf_counter(), time.process_time()
+    # wall time decides the target; the CPU time of this process tells how much of it was the
+    # finder's own work on a shared machine
+    print(f"  512 x 512 x 200 CT ({n_seeds} seeds): finder {t1 - t0:.2f} s (CPU {c1 - c0:.2f} s; {len(fb)} seeds), "
+          f"naive reference {t2 - t1:.2f} s (CPU {c2 - c1:.2f} s; {len(nb)} objects), ratio {(t1 - t0) / max(t2 - t1, 1e-9):.1f}")
     targets.append(("512 x 512 x 200 CT searched in <= 5 s", t1 - t0 <= 5.0))
     for name, ok in targets:
         all_pass &= ok
