@@ -37,6 +37,11 @@ from .needle_lines import perp_frame, unit
 #: Steel counts as this needle's only when its peak lies within this distance (mm) of the model
 #: (a neighbouring needle converging on this one, 1-2 mm away, is not its continuation).
 ON_MODEL_MM = 0.7
+#: Slices at least this thick (mm) split a needle's steel between two slices by partial volume (the
+#: blurred steel of a 1.0-1.3 mm needle is about 1.5 mm wide along the slice normal): the centre is
+#: the centroid of the top 80 % of the steel, not the top half, whose brighter slice would pull the
+#: centre to its own centre, up to half a slice off (2 mm oblique slices: 1-2 mm drift over a needle).
+THICK_SLICE_MM = 1.5
 
 
 @dataclass
@@ -212,7 +217,7 @@ def trace_centreline(sample, geometry, c, d, t0, t1, background, steel_level, *,
         if len(ts) < 3:
             return None
         peak, da, db = _cross_sections(sample, cen, u, v, ru, rv, background, core_u=0.9 + 2.0 * widen_u, core_v=0.9 + 2.0 * widen_v,
-                                       level=0.5 if thick <= 2.0 else 0.2, step=0.4 if it == 0 else 0.25)
+                                       level=0.5 if thick < THICK_SLICE_MM else 0.2, step=0.4 if it == 0 else 0.25)
         steel = np.nan_to_num(peak, nan=-np.inf) >= steel_level
         # steel on the model, not a neighbour's passing within the disk (a crossing at a small angle:
         # the run goes on through it, but its ends must be this needle's own steel)
