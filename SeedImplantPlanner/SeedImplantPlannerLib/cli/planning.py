@@ -176,7 +176,9 @@ def cmd_plan(args):
     print(plan_report(plan))
     print(f"wrote {args.out}: " + ", ".join(p.name for p in written))
     failed = [r for r in plan.metrics.get("goal_check", []) if not r["passed"] and "soft" not in r["goal"]]
-    failed_file = [r for r in plan.metrics.get("goals", []) if r.get("passed") is False and not goal_row_is_soft(r)]
+    said = {(r.get("structure"), r.get("metric"), r.get("op")) for r in failed}  # the same goal is named once
+    failed_file = [r for r in plan.metrics.get("goals", []) if r.get("passed") is False and not goal_row_is_soft(r)
+                   and (r["structure"], r["metric"], r["op"]) not in said]
     if failed or failed_file or not plan.optimizer.get("goals_met", False):
         what = "; ".join([f"{r['goal']} {r['limit']:g}: got {('n/a' if r['value'] is None else format(r['value'], '.2f'))}"
                           for r in failed] + [f"{r['structure']} {r['goal']}" + (

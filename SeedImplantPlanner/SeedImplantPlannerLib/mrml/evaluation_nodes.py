@@ -243,6 +243,23 @@ class PlanOutputs:
                             "goal": "planned for this target", "passed": None})
         return out
 
+    def _plan_goal_rows(self, result):
+        """Metrics-table rows of the planner's own goals of the plan in the scene (``self.plan``: every target's
+        V100/D90/V150/V200 goals as planned, ``--target NAME:v150=...`` included, organ limits), checked on the
+        current dose, each target against its own prescription; [] without a plan or an evaluation."""
+        plan = getattr(self, "plan", None)
+        if plan is None or result is None:
+            return []
+        from ..planning.plan_dose import goal_check
+        out = []
+        for r in goal_check(plan, result):
+            limit = f"{r['limit']:.4g} {r['unit']}".replace(" %", "%")
+            own = f" (Rx {r['prescription_Gy']:g} Gy)" if "prescription_Gy" in r else ""
+            out.append({"structure": r["structure"], "metric": r["metric"], "value": r["value"], "unit": r["unit"],
+                        "goal": f"plan goal {r['metric']} {r['op']} {limit}{own}" + (" (soft)" if r["soft"] else ""),
+                        "passed": r["passed"] if r["value"] is not None else None, "soft": r["soft"]})
+        return out
+
     def refresh_outputs(self, progress=None, isodoses=True, evaluation=True):
         """Update dose volume, isodose models, DVH and metrics tables from the current dose."""
         import time
@@ -278,6 +295,9 @@ class PlanOutputs:
             colors = {s.name: s.color for s in ev.structures}
             if multi:
                 rows = self._target_rows(targets, rows)
+            plan_rows = self._plan_goal_rows(ev.result)
+            rows = rows + plan_rows
+            failed += sum(1 for r in plan_rows if r["passed"] is False and not r["soft"])
             table, chart = update_dvh_nodes(self.scene, bins, curves, self.params.get_node("dvhTable"),
                                             self.params.get_node("dvhChart"), colors, rx,
                                             {t["name"]: t["prescription_Gy"] for t in targets} if multi else None)

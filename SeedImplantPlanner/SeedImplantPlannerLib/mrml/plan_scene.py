@@ -351,6 +351,9 @@ class PlanScene(LiveUpdates, PlanOutputs, PlanningActions):
         ct = (volumes.volume_array(ct_node), volumes.geometry_from_volume(ct_node)) if ct_node is not None else None
         seeds, _ = self.seeds()
         plan = self.plan.to_dict() if getattr(self, "plan", None) is not None else None
+        if plan is not None:  # the plan's own goals checked on the dose as it is now (seeds may have been edited)
+            from ..planning.plan_dose import goal_check
+            plan["metrics"] = {**(plan.get("metrics") or {}), "goal_check": goal_check(self.plan, ev.result)}
         targets = self.targets() if self.params.get_string_list("extraTargetSegmentIds") else []
         if len(targets) > 1 and not (plan or {}).get("targets"):
             # no plan object with its targets (seeds placed by hand or loaded): the scene's targets

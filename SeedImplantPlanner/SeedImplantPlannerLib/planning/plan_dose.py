@@ -82,12 +82,21 @@ def evaluate(plan: Plan, dose_Gy, dose_geometry, structures, progress=None, goal
 
 
 def goal_check(plan: Plan, ev) -> list:
-    """The plan's own goals checked on the evaluated dose: rows (goal, value, limit, passed); soft goals marked."""
+    """The plan's own goals checked on the evaluated dose ``ev`` (:class:`evaluation.Evaluation`).
+
+    Rows: goal (label), value, limit, passed, and structure, metric, op, unit, soft and, for a
+    target, its prescription_Gy. Every target against its own prescription (the plan's, recomputed
+    from the evaluation's samples if the evaluation used another one); organ limits on the total dose.
+    """
+    from ..evaluation.metrics import structure_metrics
     rows = []
 
-    def add(what, value, limit, passed):
-        rows.append({"goal": what, "value": None if value is None else round(float(value), 4), "limit": limit,
-                     "passed": bool(passed)})
+    def add(what, value, limit, passed, structure, metric, op, unit, soft=False, rx=None):
+        row = {"goal": what, "value": None if value is None else round(float(value), 4), "limit": limit,
+               "passed": bool(passed), "structure": structure, "metric": metric, "op": op, "unit": unit, "soft": soft}
+        if rx is not None:
+            row["prescription_Gy"] = float(rx)
+        rows.append(row)
 
     if plan.targets:
         targets = [(r["name"], Goals.from_dict(r["goals"]), r["name"]) for r in plan.targets]
@@ -98,12 +107,21 @@ def goal_check(plan: Plan, ev) -> list:
         if not m:
             continue
         rx = g.prescription_Gy
-        add(f"{label} V100 >= %", m["V100"]["percent"], 100 * g.v100_min, m["V100"]["percent"] >= 100 * g.v100_min - 1e-9)
-        add(f"{label} D90 >= Gy", m["D90"]["Gy"], g.d90_min_frac * rx, m["D90"]["Gy"] >= g.d90_min_frac * rx - 1e-9)
-        add(f"{label} V150 <= % (soft)", m["V150"]["percent"], 100 * g.v150_max, m["V150"]["percent"] <= 100 * g.v150_max)
-        add(f"{label} V200 <= % (soft)", m["V200"]["percent"], 100 * g.v200_max, m["V200"]["percent"] <= 100 * g.v200_max)
+        own = ev.prescription_of(name) if hasattr(ev, "prescription_of") else ev.prescription_Gy
+        if abs(own - rx) > 1e-9:  # evaluated against another prescription: this target's own, from its samples
+            sample = next(s for s in ev.samples if s.name == name)
+            m = structure_metrics(sample, ["V100", "D90", "V150", "V200"], rx)
+        add(f"{label} V100 >= %", m["V100"]["percent"], 100 * g.v100_min, m["V100"]["percent"] >= 100 * g.v100_min - 1e-9,
+            name, "V100", ">=", "%", rx=rx)
+        add(f"{label} D90 >= Gy", m["D90"]["Gy"], g.d90_min_frac * rx, m["D90"]["Gy"] >= g.d90_min_frac * rx - 1e-9,
+            name, "D90", ">=", "Gy", rx=rx)
+        add(f"{label} V150 <= % (soft)", m["V150"]["percent"], 100 * g.v150_max, m["V150"]["percent"] <= 100 * g.v150_max,
+            name, "V150", "<=", "%", True, rx)
+        add(f"{label} V200 <= % (soft)", m["V200"]["percent"], 100 * g.v200_max, m["V200"]["percent"] <= 100 * g.v200_max,
+            name, "V200", "<=", "%", True, rx)
         if g.d90_max_frac is not None:
-            add(f"{label} D90 <= Gy (soft)", m["D90"]["Gy"], g.d90_max_frac * rx, m["D90"]["Gy"] <= g.d90_max_frac * rx)
+            add(f"{label} D90 <= Gy (soft)", m["D90"]["Gy"], g.d90_max_frac * rx, m["D90"]["Gy"] <= g.d90_max_frac * rx,
+                name, "D90", "<=", "Gy", True, rx)
     for o in plan.goals.oars:
         mo = ev.metrics.get(o.name, {})
         for vol, lim, lab in o.limits():
@@ -111,5 +129,5 @@ def goal_check(plan: Plan, ev) -> list:
             v = mo.get(key, {}).get("Gy")
             if v is not None and not math.isfinite(v):
                 v = None
-            add(f"{o.name} {lab} <= Gy", v, lim, v is None or v <= lim + 1e-9)
+            add(f"{o.name} {lab} <= Gy", v, lim, v is None or v <= lim + 1e-9, o.name, lab, "<=", "Gy")
     return rows

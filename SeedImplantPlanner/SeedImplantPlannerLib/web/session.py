@@ -124,7 +124,9 @@ class PlannerSession(SessionFiles, SessionPlanning, SessionIntraop):
             seed_needle_numbers=plan.seed_needle, goals=goals, parameters=params, needles_locked=False,
             dose_geometry=case.dose_geometry or self._default_dose_geometry(case.ct[1] if case.ct else None))
         self.plan = plan
-        self._show_plan_targets(plan)
+        self.plan_scene.plan = plan  # its own goals (every target's, as planned) in the metrics table
+        if not self._show_plan_targets(plan) and self.plan_scene.dose_grid is not None:
+            self.plan_scene.refresh_outputs(isodoses=False)
         self.source_label = case.source_label
         self._start_live()
         return self.plan_scene
@@ -266,7 +268,8 @@ class PlannerSession(SessionFiles, SessionPlanning, SessionIntraop):
         self._refresh_if_dose()
 
     def _show_plan_targets(self, plan):
-        """A plan with several targets (``plan.targets``): every target in the scene with its own Rx and strength.
+        """A plan with several targets (``plan.targets``): every target in the scene with its own Rx and strength
+        (True, outputs refreshed), else False.
 
         The plan file gives each target's strength at implant in U; the scene keeps strengths in
         the plan's unit (``strengthUnit``), so they are scaled by the first target's entered value
@@ -274,7 +277,7 @@ class PlannerSession(SessionFiles, SessionPlanning, SessionIntraop):
         """
         rows = [t for t in (plan.targets or []) if isinstance(t, dict) and t.get("name") and t.get("prescription_Gy")]
         if len(rows) < 2:
-            return
+            return False
         ps = self.plan_scene
         per_U = None
         if rows[0].get("strength_U"):
@@ -286,6 +289,7 @@ class PlannerSession(SessionFiles, SessionPlanning, SessionIntraop):
                         for k, t in enumerate(rows)])
         if ps.dose_grid is not None:
             ps.refresh_outputs()
+        return True
 
     def targets(self):
         """The plan's targets [{name, prescription_Gy, strength, direction, goals}] (first = the plan's target; [] without one)."""

@@ -661,6 +661,36 @@ class MultiTargetSceneTest(PlanSceneTestCase):
         text = open(out["html"], encoding="utf-8").read()
         self.assertIn("PTV 120 Gy; GTV2 90 Gy", text)
 
+    def test_planned_per_target_goals_in_the_metrics_table(self):
+        """The planner's own goals of each target (the field's v150=, the defaults) as rows checked on the
+        current dose against the target's own Rx, and the report's plan goals the same numbers."""
+        from SeedImplantPlannerLib.physics.dose import dose_at_points_Gy
+        from SeedImplantPlannerLib.planning.needles import mask_points
+        from SeedImplantPlannerLib.planning.targets import TargetSpec
+        plan = self.build_two()
+        plan.set_targets([("PTV", RX), TargetSpec("GTV2", 90.0, 0.4, v150=0.7, v200=0.3)])
+        result = plan.plan_implant("template", "S", 5.0, time_limit_s=1.0)
+        self.assertEqual((result.targets[1]["goals"]["v150_max"], result.targets[1]["goals"]["v200_max"]), (0.7, 0.3))
+        cols = tables.table_columns(plan.params.get_node("metricsTable"))
+        rows = {(st, g): (v, p) for st, g, v, p in zip(cols["Structure"], cols["Goal"], cols["Value"], cols["Pass"])
+                if g.startswith("plan goal")}
+        self.assertIn(("GTV2", "plan goal V150 <= 70% (Rx 90 Gy) (soft)"), rows)
+        self.assertIn(("GTV2", "plan goal V200 <= 30% (Rx 90 Gy) (soft)"), rows)
+        self.assertIn(("PTV", "plan goal V150 <= 60% (Rx 120 Gy) (soft)"), rows)
+        seeds, _ = plan.seeds()
+        d = dose_at_points_Gy(mask_points(self.gtv2, self.g2), seeds)[0]
+        for goal, level, limit in (("plan goal V100 >= 95% (Rx 90 Gy)", 90.0, 95.0),
+                                   ("plan goal V150 <= 70% (Rx 90 Gy) (soft)", 135.0, -70.0)):
+            value, passed = rows[("GTV2", goal)]
+            self.assertAlmostEqual(float(value), 100.0 * np.mean(d >= level), delta=4.0)
+            self.assertEqual(passed, "pass" if (float(value) >= limit if limit > 0 else float(value) <= -limit)
+                             else "FAIL")
+        # the report's plan goals: the same rows, on the dose as it is now
+        out = plan.write_report(os.path.join(self.tmp, "two_goals.html"))
+        text = open(out["html"], encoding="utf-8").read()
+        self.assertIn(f"<td>GTV2 V150 &lt;= % (soft)</td><td>{float(rows[('GTV2', 'plan goal V150 <= 70% (Rx 90 Gy) (soft)')][0]):.2f}</td>",
+                      text)
+
 
 if __name__ == "__main__":
     unittest.main()

@@ -519,6 +519,14 @@ class TwoTargetSessionTest(unittest.TestCase):
         cli = {g["goal"]: g["value"] for g in self.plan_json["metrics"]["goal_check"]}
         self.assertAlmostEqual(float(self.rows("Node")["V100 (Rx 140 Gy)"]["Value"]), cli["Node V100 >= %"], delta=0.1)
         self.assertAlmostEqual(float(self.rows("GTV")["V100 (Rx 120 Gy)"]["Value"]), cli["GTV V100 >= %"], delta=0.1)
+        # the plan's own goals of each target (as planned by seedplan plan), checked on this dose at its own Rx
+        for name, rx in (("GTV", 120), ("Node", 140)):
+            plan_goals = {r["Goal"]: r for r in self.session.metric_rows()
+                          if r["Structure"] == name and r["Goal"].startswith("plan goal")}
+            v100 = plan_goals[f"plan goal V100 >= 95% (Rx {rx} Gy)"]
+            self.assertAlmostEqual(float(v100["Value"]), cli[f"{name} V100 >= %"], delta=0.1)
+            self.assertEqual(v100["Pass"], "pass" if cli[f"{name} V100 >= %"] >= 95.0 else "FAIL")
+            self.assertIn(f"plan goal V200 <= 20% (Rx {rx} Gy) (soft)", plan_goals)
         # each target's strength as planned (the scene keeps the plan's unit); the field as the module shows it
         strength_U = {t["name"]: t["strength_U"] for t in self.plan_json["targets"]}
         unit = self.session.plan_scene.params.get("strengthUnit")
