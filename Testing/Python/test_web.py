@@ -458,6 +458,7 @@ class WebPlannerInBrowserTest(unittest.TestCase):
         # goals of the preset (written for "the target") for both targets, each against its own Rx
         self.page.evaluate("() => { window.trame.state.set('goal_preset', 'ct_soft_tissue_I125'); }")
         self.page.locator("#goals-apply").click()
+        self.wait_message("goals: ct_soft_tissue_I125")
         self.page.wait_for_function("() => (window.trame.state.get('metric_rows') || []).some("
                                     "r => r.Goal === 'V100 >= 90% (Rx 140 Gy)')")
         rows = self.page.evaluate("() => window.trame.state.get('metric_rows')")

@@ -317,18 +317,20 @@ def _defaults_from_plan(args, plan):
 
     A plan written by `seedplan plan` holds its prescription (every target's in `targets`, the first
     one's at the top) and the structures it was planned on; asking for `--rx` again would invite a
-    second, contradicting prescription. Explicit options and goals keep precedence.
+    second, contradicting prescription. An explicit ``--rx`` keeps precedence; a goal preset's or file's
+    prescription (a default for plans without one) does not replace the plan's.
     """
     notes = []
     if plan is None:
         return notes
-    if args.rx is None and not getattr(args, "goals", None):
+    if args.rx is None:
         rx = plan.get("prescription_Gy")
         if not isinstance(rx, (int, float)) or isinstance(rx, bool) or not np.isfinite(rx) or rx <= 0:
             raise InputError(f"{args.plan}: plan has no valid prescription_Gy ({rx!r}): give --rx GY")
         args.rx = float(rx)
         notes.append(f"prescription {args.rx:g} Gy taken from plan {args.plan}"
-                     + (" (each target's metrics in the report use its own)" if plan.get("targets") else ""))
+                     + (" (each target's metrics in the report use its own)" if plan.get("targets") else "")
+                     + (" rather than the goals' prescription" if getattr(args, "goals", None) else ""))
     names = plan.get("structures") if isinstance(plan.get("structures"), dict) else {}
     chosen = None  # structures picked with --names: the plan's target or body only when among them
     if getattr(args, "names", None):

@@ -439,7 +439,9 @@ def write_report(path, evaluation, dose_Gy, *, structures=(), plan=None, seeds=N
                     _pdf_text_page(pdf, "Needle loading", nt[0], nt[1], plt)
                 if evaluation.goal_results:
                     rows, _ = _goal_rows(evaluation)
-                    _pdf_text_page(pdf, "Goals", ["Structure", "Goal", "Value", "Result"], [r[:4] for r in rows], plt)
+                    _pdf_text_page(pdf, "Goals (each target against its own prescription)" if
+                                   evaluation.target_prescriptions else "Goals", ["Structure", "Goal", "Value", "Result"],
+                                   [r[:4] for r in rows], plt)
                 tt = target_table(evaluation, plan)
                 if tt is not None:
                     _pdf_text_page(pdf, "Targets (each against its own prescription)", tt[0], tt[1], plt)
