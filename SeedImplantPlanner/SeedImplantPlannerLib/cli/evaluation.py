@@ -323,9 +323,10 @@ def _defaults_from_plan(args, plan):
     notes = []
     if plan is None:
         return notes
-    if args.rx is None:
-        rx = plan.get("prescription_Gy")
-        if not isinstance(rx, (int, float)) or isinstance(rx, bool) or not np.isfinite(rx) or rx <= 0:
+    rx = plan.get("prescription_Gy")
+    valid = isinstance(rx, (int, float)) and not isinstance(rx, bool) and np.isfinite(rx) and rx > 0
+    if args.rx is None and (valid or not getattr(args, "goals", None)):  # else the goals' prescription
+        if not valid:
             raise InputError(f"{args.plan}: plan has no valid prescription_Gy ({rx!r}): give --rx GY")
         args.rx = float(rx)
         notes.append(f"prescription {args.rx:g} Gy taken from plan {args.plan}"
