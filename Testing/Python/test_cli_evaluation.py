@@ -146,6 +146,17 @@ class EvaluationCli(unittest.TestCase):
         self.assertEqual(html.count("data:image/png;base64,"), 3)
         self.assertTrue((self.dir / "report.pdf").read_bytes().startswith(b"%PDF"))
 
+    def test_report_takes_the_plans_prescription_over_a_presets(self):
+        # the prostate preset's 145 Gy is a default; the plan says 120 Gy: its metrics are against 120 Gy
+        (self.dir / "plan120.json").write_text(json.dumps({"prescription_Gy": 120.0, "implant_date": "2026-11-27"}))
+        r = self.run_ok("report", "--dose", "dose.nrrd", "--structures", "seg.seg.nrrd", "--names",
+                        "Body,GTV,Urethra,Rectum", "--goals", "prostate_I125", "--plan", "plan120.json",
+                        "--out", "report120.html")
+        self.assertIn("prescription 120 Gy taken from plan plan120.json", r.stderr)
+        self.assertIn("rather than the goals' prescription", r.stderr)
+        html = (self.dir / "report120.html").read_text()
+        self.assertIn("<td>Prescription dose</td><td>120 Gy", html)
+
     def test_margin_and_goals_listing(self):
         r = self.run_ok("margin", "--structures", "seg.seg.nrrd", "--source", "GTV", "--margin", "3", "3", "5",
                         "--name", "PTV", "--out", "seg_ptv.seg.nrrd")

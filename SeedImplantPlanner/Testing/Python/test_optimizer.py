@@ -202,6 +202,22 @@ class SoftGoalBoundTest(unittest.TestCase):
                 if res["status"] == "optimal":
                     self.assertAlmostEqual(res["bound_percent"], truth, delta=0.1)
 
+    def test_large_candidate_sets_get_fewer_points(self):
+        """The dense coverage rows stay under BOUND_NONZEROS (HiGHS overruns its time limit on larger models)."""
+        from SeedImplantPlannerLib.planning import bounds
+        from SeedImplantPlannerLib.planning.problem import PlanningProblem
+        prob, D, goals = self.problem(4, n_points=600)
+        res = bounds.soft_goal_bound(prob, prob.blocks()[0], 1.5 * goals.prescription_Gy, time_limit_s=5.0)
+        self.assertEqual(res["n_points"], bounds.BOUND_POINTS)  # 10 candidates: far below the budget
+        C = 1500  # a wide candidate set: the same points seen by many weak candidates
+        Dw = np.hstack([D] + [0.01 * D] * (C // D.shape[1] - 1))
+        wide = PlanningProblem(C, np.arange(C), C, np.ones(C), np.zeros((0, 2), int), Dw, np.zeros(len(Dw)), Dw,
+                               np.zeros(len(Dw)), goals)
+        res = bounds.soft_goal_bound(wide, wide.blocks()[0], 1.5 * goals.prescription_Gy, time_limit_s=1.0)
+        levels = len(goals.coverage_levels())
+        self.assertEqual(res["n_points"], max(100, bounds.BOUND_NONZEROS // (levels * C)))
+        self.assertLessEqual(res["n_points"] * levels * C, bounds.BOUND_NONZEROS)
+
     def test_verdicts_and_messages(self):
         from SeedImplantPlannerLib.planning.bounds import bound_traded, describe
         prob, D, goals = self.problem(4, n_points=40)
