@@ -19,6 +19,10 @@ from .seed_pose import weighted_pose
 
 #: Components with less than this fraction of one seed's metal content are rejected.
 MIN_UNIT_FRACTION = 0.4
+#: Seeds end to end hold at most one seed's metal per capsule length; a thin rod longer than two
+#: capsules holding more than this many per capsule length (30 % above, for the content's spread)
+#: is steel.
+ROD_MAX_SEEDS_PER_LENGTH = 1.3
 #: Largest number of seeds accepted in one connected component.
 MAX_PER_CLUSTER = 8
 #: A component counts as ambiguous (may be resolved by ``expected_count``) when its content is
@@ -154,11 +158,13 @@ def unit_content(comps, needles, geometry, offset_kji, box_cov, seed_length_mm, 
     return unit
 
 
-def count_seeds(comps, unit, geometry, offset_kji, max_per_cluster=MAX_PER_CLUSTER):
+def count_seeds(comps, unit, geometry, offset_kji, max_per_cluster=MAX_PER_CLUSTER, box_cov=None,
+                seed_length_mm=4.5, seed_diameter_mm=0.8):
     """Seeds per component ``n = round(content / unit)``; returns ``(kept components, rejected rows)``.
 
     Rejected (with a reason): components marked ``reject``; below ``MIN_UNIT_FRACTION`` of a seed
-    (``NEAR_NEEDLE_MIN_FRACTION`` beside a needle); more than ``max_per_cluster`` seeds.
+    (``NEAR_NEEDLE_MIN_FRACTION`` beside a needle); a rod of metal denser than seeds can be
+    (:func:`_rod_of_metal`); more than ``max_per_cluster`` seeds.
     """
     kept, rejected = [], []
     for c in comps:
@@ -172,6 +178,10 @@ def count_seeds(comps, unit, geometry, offset_kji, max_per_cluster=MAX_PER_CLUST
             rejected.append({"position_mm": where, "reason": "too little metal for a seed (noise or artefact)",
                              "seeds_equivalent": round(ratio, 2)})
             continue
+        rod = _rod_of_metal(c, ratio, geometry, offset_kji, box_cov, seed_length_mm, seed_diameter_mm)
+        if rod:
+            rejected.append({"position_mm": where, "reason": rod, "seeds_equivalent": round(ratio, 2)})
+            continue
         n = max(1, int(round(ratio)))
         if n > max_per_cluster:
             rejected.append({"position_mm": where, "reason": f"too large for a seed cluster ({ratio:.1f} seeds of "
@@ -180,6 +190,29 @@ def count_seeds(comps, unit, geometry, offset_kji, max_per_cluster=MAX_PER_CLUST
         c["ratio"], c["n"] = ratio, n
         kept.append(c)
     return kept, rejected
+
+
+def _rod_of_metal(c, ratio, geometry, offset_kji, box_cov, seed_length_mm, seed_diameter_mm):
+    """A reason when the component is a thin rod holding more metal per mm than seeds can: else ``None``.
+
+    Seeds are solid capsules: in a thin object (one capsule across: width at most the capsule radius
+    + 0.9 mm, as for one seed in :func:`unit_content`) longer than two capsules they lie end to end,
+    one seed's metal per capsule length at most. A rod holding more than ``ROD_MAX_SEEDS_PER_LENGTH``
+    seeds per capsule length is steel: a needle the needle search missed, or a wire.
+    """
+    if box_cov is None:
+        return None
+    pts = geometry.ijk_to_ras((c["kji"] + offset_kji)[:, ::-1].astype(float))
+    _, _, ev = weighted_pose(pts, c["w"] + 1e-6, box_cov)
+    length = math.sqrt(12.0 * max(ev[0] - PSF_VAR_MM2, 0.0))
+    width = math.sqrt(max(ev[1], 0.0))
+    if length <= 2.0 * seed_length_mm or width > 0.5 * seed_diameter_mm + 0.9:
+        return None
+    per_capsule = ratio * seed_length_mm / length
+    if per_capsule <= ROD_MAX_SEEDS_PER_LENGTH:
+        return None
+    return (f"rod of metal: {ratio:.1f} seeds of metal over {length:.0f} mm, {per_capsule:.1f} per capsule length "
+            "(seeds end to end hold at most one): a needle or a wire, not seeds")
 
 
 def resolve_expected(kept, expected_count, max_per_cluster=MAX_PER_CLUSTER):

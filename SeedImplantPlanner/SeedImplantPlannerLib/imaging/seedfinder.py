@@ -281,7 +281,8 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
     unit = unit_content(comps, needles, geometry, off, box_cov, seed_length_mm, seed_diameter_mm)
 
     # -- seeds per component -----------------------------------------------------------------------
-    kept, rejected = count_seeds(comps, unit, geometry, off, max_per_cluster)
+    kept, rejected = count_seeds(comps, unit, geometry, off, max_per_cluster, box_cov, seed_length_mm,
+                                 seed_diameter_mm)
     rejected = needle_rejects + rejected
     warnings = []
     if not kept:

@@ -291,6 +291,18 @@ class TestSeedsOnSimulatedCTs(unittest.TestCase):
         err = np.linalg.norm(t[:, None] - part.positions[None], axis=-1).min(axis=0)
         self.assertLess(float(err.max()), 1.0, err)
 
+    def test_needle_steel_is_a_rod_not_seeds(self):
+        # with the needle search switched off (needles=[]) the needles' steel is still never counted
+        # as seeds: a thin object longer than two capsules holding more metal per capsule length
+        # than seeds end to end can (a needle the search missed) is rejected as a rod of metal
+        ct, g, truth = self.case("intraop_3mm")
+        found = find_seeds(ct, g, needles=[])
+        rods = [r for r in found.rejected if r["reason"].startswith("rod of metal")]
+        self.assertGreaterEqual(len(rods), 4)
+        t, r, c, err = self.match(found, truth)
+        self.assertGreaterEqual(len(r), 3)
+        self.assertLessEqual(len(found) - len(r), 1)
+
     def test_needle_running_out_of_the_ct(self):
         # 3 mm slices: needle N7 leaves the CT through its last slice, where the CT's edge cuts its
         # image; nothing on it is reported as a seed, and no needle's steel is either
