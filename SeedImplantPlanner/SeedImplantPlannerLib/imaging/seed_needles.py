@@ -122,7 +122,6 @@ def subtract_needles(ctc, needles, geometry: ImageGeometry, offset_kji, backgrou
     out = np.array(ctc, dtype=np.float32, copy=True)
     outside = np.zeros(out.shape, dtype=bool)
     sp = np.asarray(geometry.spacing, float)
-    off = np.asarray(offset_kji)
     reach = 3.0 + 0.5 * float(sp.max())
     shape = np.asarray(out.shape)
     kdir = geometry.direction_matrix[:, 2]
@@ -130,42 +129,17 @@ def subtract_needles(ctc, needles, geometry: ImageGeometry, offset_kji, backgrou
     nb = int(math.ceil(reach / step))
     for nd in needles:
         d = np.asarray(nd.direction, float)
-        tip = np.asarray(nd.tip, float)
         e1 = kdir - (kdir @ d) * d
         if np.linalg.norm(e1) < 1e-3:
             e1 = np.cross(d, [1.0, 0.0, 0.0] if abs(d[0]) < 0.9 else [0.0, 1.0, 0.0])
         e1 = e1 / np.linalg.norm(e1)
         e2 = np.cross(d, e1)
         ext = 40.0                                   # the shaft outside the skin too
-        a = tip - (nd.depth_mm + ext) * d
-        length = float(nd.depth_mm + ext + 4.0)
-        h = np.ceil(reach / sp).astype(int) + 1
-        idx_l, t_l, u_l, v_l = [], [], [], []
-        for c0 in np.arange(0.0, length, 10.0):     # 10 mm pieces: small boxes for oblique needles
-            c1 = min(c0 + 10.0, length)
-            ijk = geometry.ras_to_ijk(np.array([a + c0 * d, a + c1 * d]))
-            lo = np.maximum(np.floor(ijk.min(axis=0)).astype(int) - h, off[::-1])
-            hi = np.minimum(np.ceil(ijk.max(axis=0)).astype(int) + h + 1, off[::-1] + shape[::-1])
-            if np.any(hi <= lo):
-                continue
-            kk, jj, ii = np.meshgrid(np.arange(lo[2], hi[2]), np.arange(lo[1], hi[1]), np.arange(lo[0], hi[0]),
-                                     indexing="ij")
-            vox = geometry.ijk_to_ras(np.stack([ii, jj, kk], axis=-1).astype(float))
-            rel = vox - a
-            t = rel @ d
-            o = rel - t[..., None] * d
-            u, v = o @ e1, o @ e2
-            own = (t >= c0) & (t < c1) & (np.abs(u) < reach) & (np.abs(v) < reach)
-            if not own.any():
-                continue
-            idx_l.append((kk[own] - off[0], jj[own] - off[1], ii[own] - off[2]))
-            t_l.append(t[own] - (length - 4.0))      # 0 at the tip, negative inside the needle
-            u_l.append(u[own])
-            v_l.append(v[own])
-        if not idx_l:
+        idx, t_all, o = _tube_voxels(nd, geometry, offset_kji, shape, reach, -(nd.depth_mm + ext), 4.0,
+                                     square=(e1, e2))
+        if len(t_all) == 0:
             continue
-        idx = tuple(np.concatenate([b[q] for b in idx_l]) for q in range(3))
-        t_all, u_all, v_all = np.concatenate(t_l), np.concatenate(u_l), np.concatenate(v_l)
+        u_all, v_all = o @ e1, o @ e2
         bu = np.clip(np.floor(u_all / step).astype(int) + nb, 0, 2 * nb - 1)
         bv = np.clip(np.floor(v_all / step).astype(int) + nb, 0, 2 * nb - 1)
         bins = bu * (2 * nb) + bv
@@ -189,13 +163,14 @@ def subtract_needles(ctc, needles, geometry: ImageGeometry, offset_kji, backgrou
     return out, outside
 
 
-def _tube_voxels(nd, geometry: ImageGeometry, offset_kji, shape, reach_mm, t_from, t_to):
+def _tube_voxels(nd, geometry: ImageGeometry, offset_kji, shape, reach_mm, t_from, t_to, square=None):
     """Crop voxels near a needle's line: ``(kji index tuple, t, offsets (n, 3))``.
 
     ``t`` is the position along the needle's straight line, 0 at its found tip and negative inside
     the needle; only voxels with ``t_from <= t < t_to`` whose centre lies within ``reach_mm`` of
-    the line in both cross-section directions are returned (the crop starts at ``offset_kji``,
-    ``shape`` is its shape). The line is walked in 10 mm pieces (small boxes for oblique needles).
+    the line are returned (a round tube; with ``square=(e1, e2)``, two unit vectors across the
+    needle, a square one: within ``reach_mm`` along each). The crop starts at ``offset_kji``,
+    ``shape`` is its shape; the line is walked in 10 mm pieces (small boxes for oblique needles).
     """
     d = np.asarray(nd.direction, float)
     tip = np.asarray(nd.tip, float)
@@ -217,7 +192,11 @@ def _tube_voxels(nd, geometry: ImageGeometry, offset_kji, shape, reach_mm, t_fro
         rel = vox - tip
         t = rel @ d
         o = rel - t[..., None] * d
-        own = (t >= c0) & (t < c1) & (np.linalg.norm(o, axis=-1) <= reach_mm)
+        if square is None:
+            inside = np.linalg.norm(o, axis=-1) <= reach_mm
+        else:
+            inside = (np.abs(o @ square[0]) < reach_mm) & (np.abs(o @ square[1]) < reach_mm)
+        own = (t >= c0) & (t < c1) & inside
         if not own.any():
             continue
         idx_l.append((kk[own] - off[0], jj[own] - off[1], ii[own] - off[2]))
