@@ -30,6 +30,28 @@ PSF_SIGMA_MM = 0.45
 #: the imaging layer does not import planning).
 GAUGE_DIAMETER_MM = {14: 2.11, 15: 1.83, 16: 1.65, 17: 1.47, 18: 1.27, 19: 1.07, 20: 0.91, 21: 0.82, 22: 0.72}
 DEFAULT_GAUGE = 18
+#: Partial volume of a needle in a thick slice: the steel fills at most ``PV_DIAMETER_MM / T`` of a
+#: slice of thickness ``T`` when it lies in the slice plane. 1.65 mm is 16 G, the thickest needle of
+#: seed implants (17-18 G usual): the largest fill, so the smallest correction.
+PV_DIAMETER_MM = GAUGE_DIAMETER_MM[16]
+
+
+def slice_fill_fraction(direction, geometry, diameter_mm=PV_DIAMETER_MM) -> float:
+    """Largest fraction of a slice's thickness that the steel of a needle along ``direction`` fills.
+
+    A slice of thickness ``T`` averages the object over ``T`` along the slice normal (the slice
+    sensitivity profile, idealised as a box). A cylinder of diameter ``D`` at angle ``theta`` to
+    the slice plane occupies ``D / cos(theta)`` of the normal within one in-plane pixel column, so a
+    voxel holds at most ``min(1, D / (T cos(theta)))`` of steel: the needle's peak above the tissue
+    is scaled down by that fraction (and split between two slices when it lies across their
+    boundary). The metal per mm of needle is conserved by the averaging: dividing a thin line's
+    excess by this fraction gives the excess it would show in a slice it filled. 1 for slices no
+    thicker than the needle and for needles crossing the slices steeply.
+    """
+    normal = np.asarray(geometry.direction_matrix, float)[:, 2]
+    thick = float(geometry.spacing[2])
+    cos_t = math.sqrt(max(0.0, 1.0 - min(1.0, abs(float(np.asarray(direction, float) @ normal))) ** 2))
+    return 1.0 if diameter_mm >= thick * cos_t else float(diameter_mm / (thick * cos_t))
 
 
 def mask_at(mask, geometry, ras):

@@ -235,6 +235,13 @@ def drop_duplicates(found, rejected, background, max_angle_deg=10.0, max_offset_
     return kept
 
 
+def _full_slice(n, background):
+    """Copy of needle ``n`` whose levels are divided by its slice fill fraction (partial volume)."""
+    from dataclasses import replace
+    scale = lambda v: background + (v - background) / n.fill   # noqa: E731
+    return replace(n, peak_hu=scale(n.peak_hu), max_hu=scale(n.max_hu), tip_hu=scale(n.tip_hu), fill=1.0)
+
+
 def drop_faint(found, rejected, background, metal_peak):
     """Drop lines too faint for steel: bright metal streaks and bone edges are straight and long too,
     but far fainter than steel seen along its own axis. A line brighter than cortical bone anywhere
@@ -243,11 +250,14 @@ def drop_faint(found, rejected, background, metal_peak):
     this CT (``FAINT_FRACTION`` of the way from the soft tissue to them); a line that does not enter
     through the skin (its proximal end on the CT edge: a bone edge along the scan axis looks like
     that) must reach ``EDGE_FAINT_FRACTION`` of the CT's brightest metal."""
-    ref = float(np.percentile([n.peak_hu for n in found], 90)) if len(found) >= 2 else float(metal_peak)
+    ref = (float(np.percentile([_full_slice(n, background).peak_hu if n.fill < 1.0 else n.peak_hu for n in found], 90))
+           if len(found) >= 2 else float(metal_peak))
     level = background + FAINT_FRACTION * (ref - background)
     edge_level = background + EDGE_FAINT_FRACTION * (max(ref, float(metal_peak)) - background)
     kept = []
-    for n in found:
+    for orig in found:
+        # a thin line in thick slices: judged by the steel it would show filling the slice
+        n = _full_slice(orig, background) if orig.fill < 1.0 else orig
         both_edges = n.entry_on == "ct_edge"
         need = edge_level if both_edges else level
         if n.max_hu < BONE_MAX_HU and n.peak_hu < edge_level:
@@ -263,6 +273,6 @@ def drop_faint(found, rejected, background, metal_peak):
                              "reason": f"too faint for steel (peak {n.peak_hu:.0f} HU, steel here reaches "
                                        f"{(max(ref, metal_peak) if both_edges else ref):.0f} HU): metal streak or bone edge"})
         else:
-            kept.append(n)
+            kept.append(orig)
     return kept
 

@@ -178,13 +178,16 @@ def _slice_normal_share(u, v, geometry):
 
 
 def trace_centreline(sample, geometry, c, d, t0, t1, background, steel_level, *, max_gap_mm=6.0,
-                     reach_mm=400.0, iterations=3, min_length_mm=0.0) -> Trace | None:
+                     reach_mm=400.0, iterations=3, min_length_mm=0.0, thin_level=None) -> Trace | None:
     """Trace the needle whose rough line is ``c + t d`` for ``t`` in [t0, t1] (RAS mm); see the module doc.
 
     ``steel_level``: CT number (HU) the steel's peak reaches along the needle; ``reach_mm``: how
     far beyond the starting piece the trace may extend; a trace shorter than ``min_length_mm`` after
     the first (coarse) pass is returned as it is (it is no needle; the caller says why). Returns None
-    when the line holds no steel.
+    when the line holds no steel. ``thin_level`` (HU; a thin line in the plane of thick slices):
+    where the CT also exceeds this level one and a half slices away on both sides along the slice
+    normal, the structure is thicker than a needle (bone, a shell cut by many slices) and is not
+    this needle's steel.
     """
     d = unit(d)
     u, v = perp_frame(d)
@@ -219,6 +222,10 @@ def trace_centreline(sample, geometry, c, d, t0, t1, background, steel_level, *,
         peak, da, db = _cross_sections(sample, cen, u, v, ru, rv, background, core_u=0.9 + 2.0 * widen_u, core_v=0.9 + 2.0 * widen_v,
                                        level=0.5 if thick < THICK_SLICE_MM else 0.2, step=0.4 if it == 0 else 0.25)
         steel = np.nan_to_num(peak, nan=-np.inf) >= steel_level
+        if thin_level is not None:
+            off = 1.5 * thick * np.asarray(geometry.direction_matrix, float)[:, 2]
+            steel &= ~((np.nan_to_num(sample(cen + off), nan=-np.inf) >= thin_level)
+                       & (np.nan_to_num(sample(cen - off), nan=-np.inf) >= thin_level))
         # steel on the model, not a neighbour's passing within the disk (a crossing at a small angle:
         # the run goes on through it, but its ends must be this needle's own steel)
         tol = 2.0 if it == 0 else 1.5 if it < iterations - 1 else ON_MODEL_MM

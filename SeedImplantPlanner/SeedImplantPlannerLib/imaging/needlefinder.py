@@ -71,7 +71,7 @@ from ..core import progress as _progress
 from ..core.errors import InputError
 from ..core.geometry import ImageGeometry
 from .needle_lines import own_voxels, ransac_lines
-from .needle_measure import BEND_TOLERANCE_MM, DEFAULT_GAUGE, mask_at, measure_trace
+from .needle_measure import BEND_TOLERANCE_MM, DEFAULT_GAUGE, GAUGE_DIAMETER_MM, mask_at, measure_trace, slice_fill_fraction
 from .needle_rules import BONE_MAX_HU, EDGE_FAINT_FRACTION, drop_duplicates, drop_faint, drop_traced_twice
 from .needle_sampling import Sampler
 from .needle_track import trace_centreline
@@ -82,6 +82,14 @@ BODY_HU = -500.0
 NEEDLE_FLOOR_HU = 700.0
 #: ... and at least this fraction of the way from background to the metal peak.
 NEEDLE_FRACTION = 0.25
+#: Thin lines in the slice plane (:func:`_thin_line_steel`) are judged with their partial volume on
+#: slices at least this thick (mm; thinner slices hold a needle's full steel) ...
+THIN_SLICE_MM = 2.5
+#: ... when their axis lies within this angle of the slice plane (deg) ...
+THIN_MAX_TILT_DEG = 15.0
+#: ... and their voxels within this width across the axis in the plane (mm: a 1.65 mm needle blurred
+#: by the scanner's PSF and the pixel, with a bend of up to 1 mm over the object).
+THIN_WIDTH_MM = 12.0
 #: Shortest needle searched for (mm of visible steel).
 MIN_LENGTH_MM = 20.0
 #: Two traced centre lines closer than this (mm) over most of their length are one needle: two
@@ -116,6 +124,7 @@ class FoundNeedle:
     tip_hu: float = float("nan")    # steel level of the tip segment (median peak 3-14 mm before the tip)
     tip_direction: np.ndarray | None = None  # (3,) the tip segment's own axis (None: ``direction``)
     coherent: float = 1.0           # fraction of the traced length whose steel peak lies on the centre line
+    fill: float = 1.0               # slice fill fraction its levels are judged with (< 1: thin line in thick slices)
 
     def __post_init__(self):
         if self.tip_direction is None:
@@ -241,6 +250,43 @@ def soft_tissue_level(ct, body) -> float:
     return float(np.clip(med, -200.0, 200.0))
 
 
+def _thin_line_steel(kji, geometry, peak, background, dim_level) -> bool:
+    """True if the voxels ``kji`` (one connected object) are a thin line in the slice plane of a
+    thick-slice CT whose peak (``peak``, HU), corrected for partial volume, exceeds cortical bone's.
+
+    A 1.0-1.3 mm needle in the plane of a 3 mm slice fills under half the slice, and lying across
+    two slices under a quarter of each: its tip reads 1000-1500 HU, its starved shaft a few hundred,
+    within bone's range. Cortical bone is a shell: cut by thick slices it spans many slices (a
+    vertebra, the iliac wing, the femoral shaft) or is wide in the plane (a plate lying in it). A
+    line is thin when its voxels lie within ``T`` (two slice centres) of its axis along the slice
+    normal and within ``THIN_WIDTH_MM`` across it in the plane, its axis within
+    ``THIN_MAX_TILT_DEG`` of the plane. Its excess divided by the slice fill fraction
+    (:func:`imaging.needle_measure.slice_fill_fraction`, the metal per mm being conserved by the
+    slice averaging) is compared with ``dim_level``.
+    """
+    sp = np.asarray(geometry.spacing, float)
+    if float(sp[2]) < THIN_SLICE_MM or len(kji) < 4:
+        return False
+    pts = geometry.ijk_to_ras(kji[:, ::-1].astype(float)).reshape(-1, 3)
+    r = pts - pts.mean(axis=0)
+    axis = _principal_axis(kji, geometry)
+    normal = np.asarray(geometry.direction_matrix, float)[:, 2]
+    if math.degrees(math.asin(min(1.0, abs(float(axis @ normal))))) > THIN_MAX_TILT_DEG:
+        return False
+    across = np.cross(normal, axis)
+    across /= np.linalg.norm(across)
+    res = r - np.outer(r @ axis, axis)
+    if float(np.ptp(res @ normal)) > float(sp[2]) + 0.1 or float(np.ptp(res @ across)) > THIN_WIDTH_MM:
+        return False
+    return background + (peak - background) / slice_fill_fraction(axis, geometry) >= dim_level
+
+
+def _principal_axis(kji, geometry):
+    """Unit principal axis (RAS) of the voxels ``kji``."""
+    pts = geometry.ijk_to_ras(kji[:, ::-1].astype(float)).reshape(-1, 3)
+    return np.linalg.svd(pts - pts.mean(axis=0), full_matrices=False)[2][0]
+
+
 # -- the finder -------------------------------------------------------------------------------------
 
 def find_needles(ct_hu, geometry: ImageGeometry, *, region_mask=None, expected_directions=None, progress=None,
@@ -322,18 +368,10 @@ def find_needles(ct_hu, geometry: ImageGeometry, *, region_mask=None, expected_d
     rejected = []
     warnings = []
     m_ijk = geometry.ijk_to_ras_matrix
-    for idx, sl in enumerate(objs, start=1):
-        if sl is None:
-            continue
-        ext_vox = np.array([s.stop - s.start for s in sl[::-1]], float)
-        if float(np.linalg.norm(ext_vox * sp)) < 0.5 * min_length_mm:
-            continue
-        if comp_max[idx - 1] < dim_level:
-            rejected.append({"position_mm": np.round(geometry.ijk_to_ras(np.array([0.5 * (x.start + x.stop - 1) for x in sl[::-1]], float)), 1).tolist(),
-                             "length_mm": round(float(np.linalg.norm(ext_vox * sp)), 1),
-                             "reason": f"no steel: brightest point {comp_max[idx - 1]:.0f} HU (within cortical bone's range; bone edge or streak)"})
-            continue
-        kji = np.argwhere(lab[sl] == idx) + np.array([s.start for s in sl])
+    def _searched(sl):   # an object long enough for the search of the metal mask
+        return float(np.linalg.norm(np.array([x.stop - x.start for x in sl[::-1]], float) * sp)) >= 0.5 * min_length_mm
+
+    def search(kji, fill):
         pts = kji[:, ::-1].astype(float) @ m_ijk[:3, :3].T + m_ijk[:3, 3]
         w = np.clip(ct[kji[:, 0], kji[:, 1], kji[:, 2]].astype(float) - background, 1.0, None)
         if len(pts) > 60000:  # a huge component (bone + metal): thin it for the search
@@ -343,7 +381,49 @@ def find_needles(ct_hu, geometry: ImageGeometry, *, region_mask=None, expected_d
                                    max_gap_mm=max_gap_mm, expected_dirs=exp_dirs)
         for c, d, length, reason in rej:
             rejected.append({"position_mm": np.round(c, 1).tolist(), "length_mm": round(length, 1), "reason": reason})
-        segs.extend(own_voxels(lines, pts, w, inlier_mm, max_gap_mm, 0.5 * min_length_mm))
+        segs.extend((*sg, fill) for sg in own_voxels(lines, pts, w, inlier_mm, max_gap_mm, 0.5 * min_length_mm))
+
+    # thick slices: thin lines in the slice plane, on their own partial-volume threshold (see
+    # _thin_line_steel); the dim objects of the metal mask inside them are searched as part of them
+    thin_ids = set()
+    if float(sp[2]) >= THIN_SLICE_MM:
+        # the mask of an 18 G needle (the usual, thinner than the 16 G the acceptance assumes)
+        fill = slice_fill_fraction(np.asarray(geometry.direction_matrix, float)[:, 0], geometry,
+                                   GAUGE_DIAMETER_MM[DEFAULT_GAUGE])
+        low = ct > background + fill * (threshold - background)
+        # a needle in the slice plane lies in one slice or across two; bone is a shell cut by many
+        # slices: voxels with the slices on both sides also above the level (the CT's end slices
+        # counting as such) are bone's, not a thin line's
+        pad = np.ones((1,) + low.shape[1:], bool)
+        low &= ~(np.concatenate([pad, low[:-1]]) & np.concatenate([low[1:], pad]))
+        lab_lo, n_lo = ndimage.label(low, structure=np.ones((3, 3, 3)))
+        for jdx, sl in enumerate(ndimage.find_objects(lab_lo), start=1):
+            if sl is None:
+                continue
+            ext_vox = np.array([s.stop - s.start for s in sl[::-1]], float)
+            if float(np.linalg.norm(ext_vox * sp)) < min_length_mm:
+                continue
+            kji = np.argwhere(lab_lo[sl] == jdx) + np.array([s.start for s in sl])
+            inner = np.unique(lab[kji[:, 0], kji[:, 1], kji[:, 2]])
+            inner = inner[inner > 0]
+            if len(inner) == 0 or any(comp_max[i - 1] >= dim_level and _searched(objs[i - 1]) for i in inner):
+                continue   # no metal-mask object in it, or steel seen as it is (searched below)
+            peak = float(comp_max[inner - 1].max())
+            if _thin_line_steel(kji, geometry, peak, background, dim_level):
+                thin_ids.update(int(i) for i in inner)
+                search(kji, slice_fill_fraction(_principal_axis(kji, geometry), geometry))
+    for idx, sl in enumerate(objs, start=1):
+        if sl is None or idx in thin_ids:
+            continue
+        ext_vox = np.array([s.stop - s.start for s in sl[::-1]], float)
+        if not _searched(sl):
+            continue
+        if comp_max[idx - 1] < dim_level:
+            rejected.append({"position_mm": np.round(geometry.ijk_to_ras(np.array([0.5 * (x.start + x.stop - 1) for x in sl[::-1]], float)), 1).tolist(),
+                             "length_mm": round(float(np.linalg.norm(ext_vox * sp)), 1),
+                             "reason": f"no steel: brightest point {comp_max[idx - 1]:.0f} HU (within cortical bone's range; bone edge or streak)"})
+            continue
+        search(np.argwhere(lab[sl] == idx) + np.array([s.start for s in sl]), 1.0)
         if idx % 50 == 0:
             _progress.report(progress, 0.2 + 0.4 * idx / ncomp, f"needle finder: object {idx} of {ncomp}")
 
@@ -357,7 +437,7 @@ def find_needles(ct_hu, geometry: ImageGeometry, *, region_mask=None, expected_d
     steel_level = background + 0.6 * (threshold - background)
     # longest pieces first: a shorter piece of a needle already traced is that needle again
     segs.sort(key=lambda sg: -float(np.ptp((sg[2] - sg[0]) @ sg[1])))
-    for q, (c, d, pts, w) in enumerate(segs):
+    for q, (c, d, pts, w, fill) in enumerate(segs):
         t = (pts - c) @ d
         where = np.round(c, 1).tolist()
         length = round(float(np.ptp(t)), 1)
@@ -366,7 +446,10 @@ def find_needles(ct_hu, geometry: ImageGeometry, *, region_mask=None, expected_d
             rejected.append({"position_mm": where, "length_mm": length,
                              "reason": "second line on a needle already found"})
             continue
-        tr = trace_centreline(sample, geometry, c, d, float(t.min()), float(t.max()), background, steel_level,
+        # a thin line in the plane of thick slices: its levels scaled by its slice fill fraction
+        tr = trace_centreline(sample, geometry, c, d, float(t.min()), float(t.max()), background,
+                              background + fill * (steel_level - background),
+                              thin_level=None if fill >= 1.0 else background + fill * (threshold - background),
                               max_gap_mm=max_gap_mm, min_length_mm=min_length_mm)
         if tr is None:
             rejected.append({"position_mm": where, "length_mm": length,
@@ -383,11 +466,12 @@ def find_needles(ct_hu, geometry: ImageGeometry, *, region_mask=None, expected_d
         if tr.found.mean() >= 0.85:   # a clean trace: pieces along it need no trace of their own
             solid.append(dense)
             solid_tree = cKDTree(np.vstack(solid))
-        res = measure_trace(tr, sample, body_sample, geometry, background, threshold, min_length_mm, max_gap_mm)
+        res = measure_trace(tr, sample, body_sample, geometry, background, background + fill * (threshold - background),
+                            min_length_mm, max_gap_mm)
         if isinstance(res, str):
             rejected.append({"position_mm": where, "length_mm": length, "reason": res})
             continue
-        res = FoundNeedle(**res)
+        res = FoundNeedle(**res, fill=fill)
         if region is not None:
             s = np.linspace(0.0, 1.0, max(2, int(res.visible_mm / 1.0)))
             path = res.tip[None] - (s * res.visible_mm)[:, None] * res.direction

@@ -184,6 +184,90 @@ class TestLayoutsNotInTheBenchmark(unittest.TestCase):
         self.check(_grid(1.0, 2.5, 128, 50.0), needles, 2.5, Scanner(photons_per_ray_mm=4.0e4))
 
 
+def _pelvis_anatomy(geometry):
+    """The simulator's abdomen phantom with bone where CT-guided needles pass near it: an iliac wing
+    (a curved plate along the scan axis: 7 mm thick, 1700 HU cortex around 250 HU marrow) on the
+    right, a vertebral body (2 mm cortex of 1500 HU around 200 HU) with a spinous process stub
+    (1300 HU) posterior; the phantom's bone rod is replaced by soft tissue."""
+    from SeedImplantPlannerLib.imaging.ctsim_cases import phantom_anatomy
+    out = phantom_anatomy(geometry)
+    c = geometry.voxel_centers_ras(dtype=np.float32)
+    x, y = c[..., 0], c[..., 1]
+    out[(x - 30.0) ** 2 + (y + 26.0) ** 2 <= 81.0] = 40.0
+    r = np.hypot(x + 5.0, y - 2.0)
+    ang = np.degrees(np.arctan2(y - 2.0, x + 5.0))
+    wing = (np.abs(r - 40.0) <= 3.5) & (ang > -55.0) & (ang < 35.0)
+    out[wing] = 1700.0
+    out[wing & (np.abs(r - 40.0) <= 1.5)] = 250.0
+    rv = np.hypot(x, y + 33.0)
+    out[rv <= 10.0] = 1500.0
+    out[rv <= 8.0] = 200.0
+    out[(np.abs(x) <= 2.5) & (y < -40.0) & (y > -45.0)] = 1300.0
+    return out
+
+
+class TestInPlaneNeedlesOnThickSlices(unittest.TestCase):
+    """CT-guided needles lying in the axial (gantry) plane on 3 mm slices: partial volume puts a
+    1.27 mm needle between two slices at 350-550 HU along its shaft and 1000-1500 HU at its tip,
+    within cortical bone's range. Simulated here with bone beside them; bone must stay bone."""
+
+    def test_in_plane_needles_beside_bone_found_and_bone_is_not_a_needle(self):
+        # W: its tip 3 mm short of the iliac wing's inner cortex; V: tip 3.5 mm above the vertebral
+        # body; M: in the plane, clear of bone; O: 28 deg out of the plane (seen as it is). W and M
+        # lie at z = 0.2 mm, across the boundary of the slices at -1.5 and +1.5 mm.
+        needles = [_held_out_needle("W", (26.5, -9.0, 0.2), (1.0, -0.06, 0.0)),
+                   _held_out_needle("V", (-2.0, -19.5, -0.4), (1.0, 0.25, 0.0)),
+                   _held_out_needle("M", (6.0, 12.0, 0.2), (1.0, 0.04, 0.0)),
+                   _held_out_needle("O", (-6.0, 4.0, -1.0), (0.85, 0.1, 0.45))]
+        g = _grid(0.9, 3.0, 140, 30.0)
+        ct, g, truth = ctsim.simulate_ct(_pelvis_anatomy, g, needles=needles, slice_thickness_mm=3.0, rng_seed=7)
+        self.assertLess(float(ct.max()), 3072.0)
+        found = find_needles(ct, g)
+        self.assertEqual(len(found), 4, [np.round(f.tip, 1).tolist() for f in found])   # no false needle
+        for n in truth["needles"]:
+            tip, entry, d = _truth_line(n)
+            best = _nearest(found, tip, d)
+            self.assertLess(np.linalg.norm(best.tip - tip), 2.0, n["name"])
+            self.assertLess(_angle_deg(best.direction, d), 2.0, n["name"])
+            if n["entry_inside_ct"]:
+                self.assertLess(np.linalg.norm(best.entry - entry), 3.0, n["name"])
+                self.assertEqual(best.entry_on, "skin", n["name"])
+        for f in found:   # nothing found on the bone: every needle's centre line stays off the cortex
+            pts = np.asarray(f.points, float)
+            r_wing = np.hypot(pts[:, 0] + 5.0, pts[:, 1] - 2.0)
+            in_arc = np.abs(np.degrees(np.arctan2(pts[:, 1] - 2.0, pts[:, 0] + 5.0)) + 10.0) < 45.0
+            self.assertGreater(float(np.min(np.abs(r_wing[in_arc] - 40.0), initial=99.0)), 3.5 + 1.0,
+                               np.round(f.tip, 1).tolist())
+            self.assertGreater(float(np.min(np.hypot(pts[:, 0], pts[:, 1] + 33.0))), 10.0 + 1.0,
+                               np.round(f.tip, 1).tolist())
+
+    def test_bone_alone_on_thick_slices_gives_no_needle(self):
+        ct, g, _ = ctsim.simulate_ct(_pelvis_anatomy, _grid(0.9, 3.0, 140, 30.0), slice_thickness_mm=3.0, rng_seed=7)
+        found = find_needles(ct, g)
+        self.assertEqual(len(found), 0, [np.round(f.tip, 1).tolist() for f in found])
+        self.assertTrue(any("bone" in r["reason"] for r in found.rejected), found.rejected)
+
+    def test_two_needles_between_two_slices(self):
+        # two needles in the plane 20 mm apart, both at z = 0.2 mm: split between the 3 mm slices
+        # at -1.5 and +1.5 mm (the worst partial volume), 18 G
+        needles = [_held_out_needle("A", (5.0, 8.0, 0.2), (1.0, 0.05, 0.0)),
+                   _held_out_needle("B", (22.0, -13.0, 0.2), (1.0, -0.05, 0.0))]
+        from SeedImplantPlannerLib.imaging.ctsim_cases import phantom_anatomy
+        ct, g, truth = ctsim.simulate_ct(phantom_anatomy, _grid(0.9, 3.0, 140, 18.0), needles=needles,
+                                         slice_thickness_mm=3.0, rng_seed=5)
+        self.assertLess(float(ct.max()), 2000.0)   # every needle voxel within cortical bone's range
+        found = find_needles(ct, g)
+        self.assertEqual(len(found), 2, [np.round(f.tip, 1).tolist() for f in found])   # the bone rod is not one
+        for n in truth["needles"]:
+            tip, entry, d = _truth_line(n)
+            best = _nearest(found, tip, d)
+            self.assertLess(np.linalg.norm(best.tip - tip), 2.0, n["name"])
+            self.assertLess(_angle_deg(best.direction, d), 2.0, n["name"])
+            self.assertLess(np.linalg.norm(best.entry - entry), 3.0, n["name"])
+            self.assertEqual(best.entry_on, "skin", n["name"])
+            self.assertLess(best.fill, 1.0, n["name"])   # judged as a thin line with its partial volume
+
+
 def _polyline_distance(points, polyline):
     """Distance (mm) of each point to a polyline (the simulator's true centre line)."""
     best = np.full(len(points), np.inf)
