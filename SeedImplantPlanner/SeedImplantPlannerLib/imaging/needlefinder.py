@@ -11,7 +11,10 @@ Method (RAS millimetres throughout, arrays ``[k, j, i]``):
 2. **Metal mask**: voxels above ``background + max(NEEDLE_FLOOR_HU, NEEDLE_FRACTION x (peak -
    background))``, the peak being a robust maximum of the metal (the 99.9th percentile of the
    voxels above the floor). Connected objects never brighter than cortical bone nor half-way to
-   the CT's metal (bone, streaks) are set aside with that reason.
+   the CT's metal (bone, streaks) are set aside with that reason. On slices 2.5 mm or thicker,
+   thin lines in the slice plane are judged with their partial volume (:func:`_thin_line_steel`:
+   a needle there fills only part of the slice and reads within bone's range; bone is a shell
+   cut by many slices).
 3. **Starting lines** (RANSAC, :mod:`imaging.needle_lines`): each object is searched for straight
    lines, scored by the brightest voxel of every 1 mm along them; the best line's voxels are
    removed and the search repeats (crossing needles, needles touching seeds or bone). Planned
