@@ -24,6 +24,10 @@ ENTRY_RING_MM = 4.0
 #: The tip is where the steel's peak profile along the axis falls to this fraction of the way from
 #: the needle's plateau to the soft tissue (the half point of a symmetrically blurred step).
 TIP_LEVEL = 0.5
+#: Radius (mm) around the needle's axis within which a brighter object beside the tip (a seed just
+#: deposited 1-2 mm beside it, a neighbour's steel) is recognised as not this needle's steel when the
+#: tip is measured: a seed's centre 2 mm off the axis, plus its 0.4 mm radius.
+NEIGHBOUR_MM = 2.5
 #: Nominal scanner blur (Gaussian sigma, mm; about 1 mm FWHM in-plane, DOMAIN notes).
 PSF_SIGMA_MM = 0.45
 #: ISO 9626 regular-wall outer diameters (mm) by gauge (as planning.needles; repeated here because
@@ -80,9 +84,21 @@ def measure_trace(tr, sample, body_sample, geometry, background, threshold, min_
     # -- tip: half point of the peak profile along the tip segment's own axis ---------------------------
     td = sgn * tr.tangent(t_tip_end)
     end = tr.at(t_tip_end)[0]
-    peak_mm = max(0.6, 0.5 * float(max(geometry.spacing)))
+    # the steel's peak lies within half a voxel of the axis across the needle: half an in-plane pixel,
+    # or half a slice where the needle runs along the slices (the slice normal's share across it). A
+    # needle crossing the slices steeply keeps a narrow disk, so that a seed or a neighbour's steel
+    # beside its tip (seeds just deposited lie 1-2 mm beside and ahead of the tip) is not read as
+    # this needle's steel running on.
+    normal = np.asarray(geometry.direction_matrix, float)[:, 2]
+    across = math.sqrt(max(0.0, 1.0 - min(1.0, abs(float(td @ normal))) ** 2))
+    peak_mm = max(0.6, 0.5 * max(float(max(geometry.spacing[:2])), float(geometry.spacing[2]) * across))
     prof_t = np.arange(-30.0, 12.0, 0.25)
     prof, _ = peak_profile(sample, end, td, prof_t, peak_mm)
+    if float(geometry.spacing[2]) * across <= float(max(geometry.spacing[:2])):
+        # the needle crosses the slices steeply: its steel peaks on its axis within half a pixel, so a
+        # brighter object beside it is not its own (along thick slices its peak may sit half a slice
+        # off the axis, in the next slice, and the wider disk is its own steel)
+        prof = _own_steel(sample, end, td, prof_t, peak_mm, prof, background)
     ok = np.isfinite(prof)
     inner = ok & (prof_t >= -14.0) & (prof_t <= -3.0)
     if np.count_nonzero(inner) < 8:
@@ -181,6 +197,26 @@ def measure_trace(tr, sample, body_sample, geometry, background, threshold, min_
                 diameter_mm=diameter, gauge=int(gauge), gauge_measured=measured, confidence=float(conf),
                 bend_mm=bend, visible_mm=max(visible, depth), points=path[::-1], radius_mm=rad,
                 peak_hu=min(plateau, line_peak), max_hu=line_max, tip_hu=plateau, tip_direction=td, coherent=coherent)
+
+
+def _own_steel(sample, c, d, ts, radius_mm, prof, background, wide_mm=NEIGHBOUR_MM):
+    """The needle's own steel in the peak profile ``prof`` (max within ``radius_mm`` of the axis
+    ``c + t d``): where a brighter object lies beside the axis, within ``wide_mm`` but beyond
+    ``radius_mm`` (a seed just deposited beside the tip, a neighbour's steel), the cross-section's
+    peak has jumped sideways onto it, and the disk's maximum is the tail of that object's blur, not
+    this needle's steel: there the value on the axis itself is taken. A needle's own blurred steel
+    peaks on its axis (within ``radius_mm``), also beyond its tip, so its profile is unchanged."""
+    u, v = perp_frame(d)
+    offs = [r * (math.cos(a) * u + math.sin(a) * v)
+            for r in np.arange(radius_mm + 0.5, wide_mm + 1e-6, 0.5) for a in np.arange(16) * math.pi / 8]
+    if not offs:
+        return prof
+    cen = c + ts[:, None] * d
+    outer = sample(cen[:, None, :] + np.array(offs)[None])
+    outer = np.max(np.where(np.isfinite(outer), outer, -np.inf), axis=1)
+    axis = sample(cen)
+    beside = np.isfinite(prof) & np.isfinite(axis) & (outer > prof + 0.03 * np.maximum(prof - background, 1.0))
+    return np.where(beside, axis, prof)
 
 
 def sample_peak_along(tr, sample, ts, radius_mm):

@@ -73,6 +73,23 @@ class IntraopTest(unittest.TestCase):
         self.assertTrue(set(res.plan.seed_needle[new].tolist()) <= {n.number for n in res.needles_in_place})
         self.assertIn("needles in place", res.deviation_line())
 
+    def test_needle_tips_not_run_on_along_seeds_beside_them(self):
+        # the needle finder on this CT (2 mm slices, 1 mm pixels): two seeds of a withdrawn track lie
+        # 1.7-1.8 mm beside needle Tp1p0, one ahead of its tip. Measured on the CT, the tip stops
+        # where the needle's own steel ends, not at the end of the seed beside it (it ran on 2.8 mm
+        # along the seed before; 1.1 mm now, the same as Tp0p1 without a seed beside it: the tip
+        # inside a 2 mm slice is known to about half a slice)
+        in_place, _, _ = intraop.find_needles_in_place(self.ct, self.ct_geom, self.plan, self.seg)
+        truth = {n.name: n for n in self.found_needles}
+        self.assertEqual(sorted(n.name for n in in_place), sorted(truth))
+        true_seeds = np.array([s["center_ras"] for s in self.seeds])
+        for n in in_place:
+            t = truth[n.name]
+            self.assertLess(float(np.linalg.norm(n.tip - t.tip)), 1.5, n.name)
+        t = truth["Tp1p0"]
+        beside = intraop.point_segment_distance(true_seeds, t.tip + 4.0 * t.direction, t.entry)
+        self.assertEqual(int(np.count_nonzero(beside < 2.0)), 2)    # the case still holds its seeds beside the needle
+
     def test_seed_search_takes_the_needles_out(self):
         # the seed finder takes out the needles passing through the seed region (each listed), and
         # nothing kept lies on a needle in place
@@ -92,7 +109,10 @@ class IntraopTest(unittest.TestCase):
         # no needle point is taken for a seed: every seed found is a true one (seeds merged with a
         # needle in place are rejected with it and listed)
         d = np.linalg.norm(found[:, None] - true[None], axis=-1).min(axis=1)
-        self.assertGreaterEqual(len(found), 2)
+        # 2 of 4: the two seeds lying 1.7-1.8 mm beside needle Tp1p0 (saturating with its steel in
+        # 2 mm slices) go with the needle's subtraction (a known limit of the seed finder, issue 9);
+        # the two away from needles are found
+        self.assertEqual(len(found), 2)
         self.assertLess(float(d.max()), 1.0)
         self.assertEqual(len(found) < len(true), len(res.rejected) > 0)
         self.assertEqual(int(res.plan.seed_fixed.sum()), len(found))
