@@ -179,8 +179,25 @@ class UploadFolderTest(unittest.TestCase):
         self.assertEqual(self.folders(), [])
 
 
+class _SessionOnServedFolder:
+    """A fresh scene and PlannerSession per test on the class's served folder ``cls.root`` (made in
+    setUpClass under ``cls.tmp``, removed after the class)."""
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def setUp(self):
+        self.ctx = create_scene()
+        self.session = PlannerSession(self.ctx, ServedFolder(self.root))
+
+    def tearDown(self):
+        self.session.close()
+        self.ctx.close()
+
+
 @unittest.skipUnless(HAVE_SLICER, "slicer-core is not installed (pip install slicer-core)")
-class PlannerSessionTest(unittest.TestCase):
+class PlannerSessionTest(_SessionOnServedFolder, unittest.TestCase):
     """One small plan made with the library, opened, edited, planned, saved and re-opened."""
 
     @classmethod
@@ -202,17 +219,6 @@ class PlannerSessionTest(unittest.TestCase):
         (cls.root / "plan-v99" / "plan.json").write_text(json.dumps(newer))
         make_case(cls.root / "far", shift_mm=(400.0, 0.0, 0.0))
 
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.tmp, ignore_errors=True)
-
-    def setUp(self):
-        self.ctx = create_scene()
-        self.session = PlannerSession(self.ctx, ServedFolder(self.root))
-
-    def tearDown(self):
-        self.session.close()
-        self.ctx.close()
 
     def metric(self, structure, name, unit):
         for r in self.session.metric_rows():
@@ -462,7 +468,7 @@ def seedplan_cli(*args, cwd=None):
 
 
 @unittest.skipUnless(HAVE_SLICER, "slicer-core is not installed")
-class TwoTargetSessionTest(unittest.TestCase):
+class TwoTargetSessionTest(_SessionOnServedFolder, unittest.TestCase):
     """Several targets in one implant on the page: opened from `seedplan plan`, given in the page, planned, saved."""
 
     @classmethod
@@ -478,17 +484,6 @@ class TwoTargetSessionTest(unittest.TestCase):
             raise RuntimeError(f"seedplan plan failed: {r.stderr}")
         cls.plan_json = json.loads((cls.root / "plan2" / "plan.json").read_text())
 
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.tmp, ignore_errors=True)
-
-    def setUp(self):
-        self.ctx = create_scene()
-        self.session = PlannerSession(self.ctx, ServedFolder(self.root))
-
-    def tearDown(self):
-        self.session.close()
-        self.ctx.close()
 
     def rows(self, structure):
         return {r["Metric"]: r for r in self.session.metric_rows() if r["Structure"] == structure}
