@@ -38,6 +38,16 @@ def post_implant_case(spacing, random_seed, n_touching=12, n_migrated=2, folder=
     return post2, g2, plan, truth, masks
 
 
+def _distance_to_polyline(points, polyline):
+    """Distance (mm) of each point (n, 3) to a polyline (m, 3), e.g. a needle's true centre line."""
+    points, line = np.asarray(points, float).reshape(-1, 3), np.asarray(polyline, float)
+    dist = np.full(len(points), np.inf)
+    for a, b in zip(line[:-1], line[1:]):
+        ab = b - a
+        t = np.clip((points - a) @ ab / (ab @ ab), 0.0, 1.0)
+        dist = np.minimum(dist, np.linalg.norm(points - (a + t[:, None] * ab), axis=1))
+    return dist
+
 class TestFinderAccuracy(unittest.TestCase):
     """The accuracy targets of docs/verification.md on one 1 mm and one 2 x 2 x 2.5 mm case."""
 
@@ -260,12 +270,7 @@ class TestSeedsOnSimulatedCTs(unittest.TestCase):
         self.assertEqual(sum(1 for x in found.rejected if x["reason"].startswith("needle in place")),
                          found.needles_in_place)
         for n in truth["needles"]:                              # nothing reported on a needle's steel
-            line = np.asarray(n["centerline_ras"], float)
-            dist = np.full(len(found), np.inf)
-            for a, b in zip(line[:-1], line[1:]):
-                ab = b - a
-                s = np.clip((found.positions - a) @ ab / (ab @ ab), 0.0, 1.0)
-                dist = np.minimum(dist, np.linalg.norm(found.positions - (a + s[:, None] * ab), axis=1))
+            dist = _distance_to_polyline(found.positions, n["centerline_ras"])
             self.assertTrue(np.all(dist > n["diameter_mm"] / 2.0), (n["name"], found.positions[dist <= 0.7]))
         # the three seeds implanted through an earlier needle are found where they are
         t, r, c, err = self.match(found, truth)
@@ -309,12 +314,7 @@ class TestSeedsOnSimulatedCTs(unittest.TestCase):
         ct, g, truth = self.case("intraop_3mm")
         found = find_seeds(ct, g)
         for n in truth["needles"]:
-            line = np.asarray(n["centerline_ras"], float)
-            dist = np.full(len(found), np.inf)
-            for a, b in zip(line[:-1], line[1:]):
-                ab = b - a
-                s = np.clip((found.positions - a) @ ab / (ab @ ab), 0.0, 1.0)
-                dist = np.minimum(dist, np.linalg.norm(found.positions - (a + s[:, None] * ab), axis=1))
+            dist = _distance_to_polyline(found.positions, n["centerline_ras"])
             if n["name"] != "N4":      # N4 (0.91 mm, in the slice plane) is not found by the needle finder at 3 mm
                 self.assertTrue(np.all(dist > 1.5), (n["name"], found.positions[dist <= 1.5]))
         self.assertTrue(any("runs out of the CT" in r["reason"] for r in found.rejected))
@@ -380,12 +380,7 @@ class TestNeedleResidueOnThickSlices(unittest.TestCase):
         found = self.found
         self.assertEqual(found.needles_in_place, 5)
         for n in self.truth["needles"]:
-            line = np.asarray(n["centerline_ras"], float)
-            dist = np.full(len(found), np.inf)
-            for a, b in zip(line[:-1], line[1:]):
-                ab = b - a
-                s = np.clip((found.positions - a) @ ab / (ab @ ab), 0.0, 1.0)
-                dist = np.minimum(dist, np.linalg.norm(found.positions - (a + s[:, None] * ab), axis=1))
+            dist = _distance_to_polyline(found.positions, n["centerline_ras"])
             # a seed against the needle has its centre 1.0 mm from the needle's axis; a remnant of
             # the steel seen in the next 3 mm slice lies within 2 mm of it
             self.assertTrue(np.all(dist > 2.0), (n["name"], found.positions[dist <= 2.0]))
