@@ -28,6 +28,17 @@ except ImportError:  # pragma: no cover - slicer-core is a test dependency
 from SeedImplantPlannerLib.web.paths import ServedFolder, safe_file_name
 
 
+def _water_cylinder():
+    """The test cases' grid (72 x 72 x 44 at 2 x 2 x 2.5 mm), voxel-centre RAS coordinates x, y, z [k, j, i]
+    and the elliptic body (water cylinder)."""
+    from SeedImplantPlannerLib.core.geometry import ImageGeometry
+    n, spacing, origin = (72, 72, 44), (2.0, 2.0, 2.5), np.array([-71.0, -71.0, -53.75])
+    g = ImageGeometry(n, spacing, tuple(origin), np.eye(3))
+    k, j, i = np.meshgrid(np.arange(n[2]), np.arange(n[1]), np.arange(n[0]), indexing="ij")
+    x, y, z = origin[0] + i * spacing[0], origin[1] + j * spacing[1], origin[2] + k * spacing[2]
+    return g, x, y, z, (x / 68.0) ** 2 + (y / 60.0) ** 2 <= 1.0
+
+
 def make_case(folder, shift_mm=(0.0, 0.0, 0.0)):
     """Small CT (water cylinder) with a 36 mm spherical target, a rectum-like box and the body outline.
 
@@ -38,17 +49,13 @@ def make_case(folder, shift_mm=(0.0, 0.0, 0.0)):
     from SeedImplantPlannerLib.imaging.segio import Segmentation, write_segmentation
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    n, spacing, origin = (72, 72, 44), (2.0, 2.0, 2.5), np.array([-71.0, -71.0, -53.75])
-    g = ImageGeometry(n, spacing, tuple(origin), np.eye(3))
-    k, j, i = np.meshgrid(np.arange(n[2]), np.arange(n[1]), np.arange(n[0]), indexing="ij")
-    x, y, z = origin[0] + i * spacing[0], origin[1] + j * spacing[1], origin[2] + k * spacing[2]
-    body = (x / 68.0) ** 2 + (y / 60.0) ** 2 <= 1.0
+    g, x, y, z, body = _water_cylinder()
     target = (x - 10.0) ** 2 + (y - 5.0) ** 2 + z ** 2 <= 18.0 ** 2
     rectum = (np.abs(x - 10.0) <= 8.0) & (y >= 28.0) & (y <= 40.0) & (np.abs(z) <= 15.0)
     ct = np.where(body, 40, -1000).astype(np.int16)
     ct[target] = 60
     write_image(folder / "ct.nrrd", ct, g)
-    sg = ImageGeometry(n, spacing, tuple(origin + np.asarray(shift_mm, float)), np.eye(3))
+    sg = ImageGeometry(g.size, g.spacing, tuple(np.asarray(g.origin, float) + np.asarray(shift_mm, float)), np.eye(3))
     seg = Segmentation.from_masks(sg, {"GTV": target, "Rectum": rectum, "Body": body},
                                   {"GTV": (1.0, 0.0, 0.0), "Rectum": (0.6, 0.4, 0.1), "Body": (0.9, 0.8, 0.7)})
     write_segmentation(folder / "seg.seg.nrrd", seg)
@@ -438,16 +445,11 @@ class PlannerSessionTest(_SessionOnServedFolder, unittest.TestCase):
 
 def make_two_target_case(folder):
     """A water cylinder with two separate targets (GTV: 32 mm sphere, Node: 20 mm sphere), a rectum box and the body."""
-    from SeedImplantPlannerLib.core.geometry import ImageGeometry
     from SeedImplantPlannerLib.core.imageio import write_image
     from SeedImplantPlannerLib.imaging.segio import Segmentation, write_segmentation
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    n, spacing, origin = (72, 72, 44), (2.0, 2.0, 2.5), np.array([-71.0, -71.0, -53.75])
-    g = ImageGeometry(n, spacing, tuple(origin), np.eye(3))
-    k, j, i = np.meshgrid(np.arange(n[2]), np.arange(n[1]), np.arange(n[0]), indexing="ij")
-    x, y, z = origin[0] + i * spacing[0], origin[1] + j * spacing[1], origin[2] + k * spacing[2]
-    body = (x / 68.0) ** 2 + (y / 60.0) ** 2 <= 1.0
+    g, x, y, z, body = _water_cylinder()
     gtv = (x - 15.0) ** 2 + (y - 5.0) ** 2 + z ** 2 <= 16.0 ** 2
     node = (x + 35.0) ** 2 + (y + 10.0) ** 2 + z ** 2 <= 10.0 ** 2
     rectum = (np.abs(x - 15.0) <= 8.0) & (y >= 26.0) & (y <= 38.0) & (np.abs(z) <= 15.0)
