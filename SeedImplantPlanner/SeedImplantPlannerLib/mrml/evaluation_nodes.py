@@ -151,19 +151,15 @@ class Evaluation:
         step = max(1, int(math.ceil(len(ev.dvhs[0].edges_Gy) / self.MAX_DVH_ROWS)))
         bins = ev.dvhs[0].edges_Gy[::step]
         curves = {d.name: d.cumulative_percent[::step] for d in ev.dvhs}
-        rx_of = dict(ev.target_prescriptions)
-        if len(rx_of) <= 1:
-            goal_rows = [{"structure": g["structure"], "metric": g["metric"], "value": g["value"], "unit": g["unit"],
-                          "goal": g["goal"], "passed": g["passed"]} for g in ev.goal_results]
-            metric_rows = [{"structure": r["structure"], "metric": r["metric"], "value": r["value"], "unit": r["unit"],
-                            "goal": "", "passed": None} for r in ev.metric_rows()]
-            return bins, curves, goal_rows + metric_rows + rows, ev.n_goals_failed
         # several targets: each target's goals and metrics labelled with the prescription they refer to
+        # (one target: rows as they are)
+        rx_of = dict(ev.target_prescriptions) if len(ev.target_prescriptions) > 1 else {}
         info = [{"structure": name, "metric": "Prescription", "value": rx, "unit": "Gy",
                  "goal": "target of this plan (its metrics against this dose)", "passed": None}
                 for name, rx in rx_of.items()]
         goal_rows = [{"structure": g["structure"], "metric": g["metric"], "value": g["value"], "unit": g["unit"],
-                      "goal": g["goal"] + (f" (Rx {g['prescription_Gy']:g} Gy)" if "prescription_Gy" in g else ""),
+                      "goal": g["goal"] + (f" (Rx {g['prescription_Gy']:g} Gy)" if rx_of and "prescription_Gy" in g
+                                           else ""),
                       "passed": g["passed"]} for g in ev.goal_results]
         metric_rows = [{"structure": r["structure"],
                         "metric": r["metric"] + (f" (Rx {rx_of[r['structure']]:g} Gy)" if r["structure"] in rx_of
