@@ -28,7 +28,7 @@ from slicer.util import VTKObservationMixin
 
 from SeedImplantPlannerLib.mrml import plan_scene
 from SeedImplantPlannerLib.mrml.volumes import DOSE_VOLUME_ATTRIBUTE
-from SeedImplantPlannerLib.core.errors import CancelledError
+from SeedImplantPlannerLib.core.errors import CancelledError, SeedPlanError
 from SeedImplantPlannerLib.core.requirements import missing_requirements
 from SeedImplantPlannerLib.mrml.scene import SlicerSceneContext
 
@@ -173,6 +173,10 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.showDvhButton.connect("clicked(bool)", self.onShowDvh)
         self.ui.exportReportButton.connect("clicked(bool)", self.onExportReport)
         # Intra-op
+        self.ui.intraopCtSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateIntraopRegistrationLabel)
+        self.ui.intraopRegisterButton.connect("clicked(bool)", self.onIntraopRegister)
+        self.ui.intraopLoadTransformButton.connect("clicked(bool)", self.onIntraopLoadTransform)
+        self.ui.intraopClearRegistrationButton.connect("clicked(bool)", self.onIntraopClearRegistration)
         self.ui.intraopFindNeedlesButton.connect("clicked(bool)", self.onIntraopFindNeedles)
         self.ui.intraopLoadNeedlesButton.connect("clicked(bool)", self.onIntraopLoadNeedles)
         self.ui.intraopFindSeedsButton.connect("clicked(bool)", self.onIntraopFindSeeds)
@@ -256,6 +260,8 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             self.ui.computeDoseButton.enabled = hasSeeds
             self.ui.showDvhButton.enabled = p.dvhChart is not None
             self.ui.exportReportButton.enabled = p.doseVolume is not None and hasTarget
+            if self.ui.intraopPlanningCtSelector.currentNode() is None and p.ctVolume is not None:
+                self.ui.intraopPlanningCtSelector.setCurrentNode(p.ctVolume)  # default: the plan's CT
         finally:
             self._updatingGui = False
         self.updateStrengthLabel()
@@ -515,6 +521,58 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
             slicer.util.showStatusMessage(_("Report written to {0}").format(out["html"]), 5000)
 
     # -- Intra-op ----------------------------------------------------------------------------------
+    def onIntraopRegister(self) -> None:
+        ctNode = self.ui.intraopCtSelector.currentNode()
+        planningNode = self.ui.intraopPlanningCtSelector.currentNode()
+        refused = []
+
+        def register(progress):
+            try:
+                return self.logic.intraopRegister(ctNode, planningNode, progress=progress)
+            except SeedPlanError as exc:  # shown by runWithProgress; kept in the panel too
+                refused.append(str(exc))
+                raise
+        result = self.runWithProgress(_("Registration to the planning CT"), register)
+        self.updateIntraopRegistrationLabel()
+        if refused:
+            self.ui.intraopRegistrationLabel.text = _("Registration refused, nothing changed: {0}").format(refused[0]) \
+                + "\n" + self.ui.intraopRegistrationLabel.text
+        if result is not None:
+            self.showRegistrationFusion(ctNode, planningNode)
+
+    def onIntraopLoadTransform(self) -> None:
+        ctNode = self.ui.intraopCtSelector.currentNode()
+        path = self.ui.intraopTransformPathLineEdit.currentPath
+        with slicer.util.tryWithErrorDisplay(_("Using the transform file failed."), waitCursor=True):
+            if not path:
+                raise ValueError(_("Choose the transform file (.tfm or .json from seedplan register, or saved in Slicer)."))
+            self.logic.intraopLoadTransform(ctNode, path)
+            self.ui.intraopTransformPathLineEdit.addCurrentPathToHistory()
+            self.showRegistrationFusion(ctNode, self.ui.intraopPlanningCtSelector.currentNode())
+        self.updateIntraopRegistrationLabel()
+
+    def onIntraopClearRegistration(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Back to scanner coordinates failed."), waitCursor=False):
+            self.logic.intraopClearRegistration(self.ui.intraopCtSelector.currentNode())
+        self.updateIntraopRegistrationLabel()
+
+    def updateIntraopRegistrationLabel(self, *args) -> None:
+        """The registration the intra-op CT lies under: shift, rotation, Dice before -> after, verdict."""
+        ctNode = self.ui.intraopCtSelector.currentNode()
+        try:
+            lines = self.logic.intraopRegistrationLines(ctNode)
+        except Exception as exc:  # noqa: BLE001 - a non-rigid parent transform: say so in the label
+            lines = [str(exc)]
+        self.ui.intraopRegistrationLabel.text = "\n".join(lines) if lines else _(
+            "Not registered: the intra-op CT is taken in its scanner coordinates.")
+
+    def showRegistrationFusion(self, ctNode, planningNode) -> None:
+        """The registered intra-op CT over the planning CT in the slice views (foreground at half opacity)."""
+        if ctNode is None:
+            return
+        planningNode = planningNode or (self._parameterNode.ctVolume if self._parameterNode else None)
+        slicer.util.setSliceViewerLayers(background=planningNode, foreground=ctNode, foregroundOpacity=0.5)
+
     def onIntraopFindNeedles(self) -> None:
         ctNode = self.ui.intraopCtSelector.currentNode()
         found = self.runWithProgress(_("Finding the needles"),
@@ -528,7 +586,7 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         with slicer.util.tryWithErrorDisplay(_("Loading the needles in place failed."), waitCursor=True):
             if not path:
                 raise ValueError(_("Choose the needle table (needles in place, names as in the plan)."))
-            nodes = self.logic.intraopLoadNeedles(path)
+            nodes = self.logic.intraopLoadNeedles(path, self.ui.intraopCtSelector.currentNode())
             self.ui.intraopNeedleTablePathLineEdit.addCurrentPathToHistory()
             self.ui.intraopStatusLabel.text = _("{0} needles in place shown; drag their ends to correct them.").format(
                 len(nodes))
@@ -657,8 +715,25 @@ class SeedImplantPlannerLogic(ScriptedLoadableModuleLogic):
     def intraopFindNeedles(self, ctNode, progress=None):
         return self.intraopSession().find_needles(ctNode, progress=progress)
 
-    def intraopLoadNeedles(self, path):
-        return self.intraopSession().load_needles(path)
+    def intraopLoadNeedles(self, path, ctNode=None):
+        return self.intraopSession().load_needles(path, ctNode)
+
+    def intraopRegister(self, ctNode, planningNode=None, progress=None):
+        """Register the intra-op CT to the planning CT (default: the plan's CT); it is put under the result."""
+        return self.intraopSession().register(ctNode, planningNode, progress=progress)
+
+    def intraopLoadTransform(self, ctNode, path):
+        return self.intraopSession().load_transform(ctNode, path)
+
+    def intraopClearRegistration(self, ctNode) -> None:
+        self.intraopSession().clear_registration(ctNode)
+
+    def intraopRegistrationLines(self, ctNode):
+        """Text lines of the registration ``ctNode`` lies under ([] when none)."""
+        if ctNode is None:
+            return []
+        result = self.intraopSession().registration(ctNode)
+        return [] if result is None else result.report()["lines"]
 
     def intraopFindSeeds(self, ctNode, expected=None, progress=None):
         return self.intraopSession().find_seeds(ctNode, expected, progress=progress)

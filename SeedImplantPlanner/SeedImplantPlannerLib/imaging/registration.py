@@ -216,6 +216,43 @@ class RegistrationResult:
             line += "; warning: " + "; ".join(self.warnings)
         return line
 
+    def report(self, where="body centre"):
+        """What a panel shows (the module's Intra-op panel, the web page): a dict with ``shift_mm`` (R, A, S:
+        how far the patient moved at ``centre_ras``, called ``where``), ``shift_norm_mm``, ``rotation_deg`` (about
+        R, A, S), ``rotation_angle_deg``, ``bone_dice_before`` / ``bone_dice`` / ``body_dice_before`` /
+        ``body_dice`` (None when not measured), ``checked`` (the quality check ran and passed: a registration
+        made here; False for a transform read from a file), ``verdict``, ``warnings`` and ``lines`` (text)."""
+        q = self.quality
+
+        def num(key):
+            v = q.get(key)
+            return None if v is None or not math.isfinite(float(v)) else round(float(v), 3)
+        shift = [round(float(v), 2) for v in self.patient_shift_mm]
+        rot = [round(float(v), 3) for v in self.rotation_deg]
+        out = {"shift_mm": shift, "shift_norm_mm": round(float(np.linalg.norm(self.patient_shift_mm)), 2),
+               "rotation_deg": rot, "rotation_angle_deg": round(self.rotation_angle_deg, 3),
+               "bone_dice_before": num("bone_dice_before"), "bone_dice": num("bone_dice"),
+               "body_dice_before": num("body_dice_before"), "body_dice": num("body_dice"),
+               "translation_only": bool(self.translation_only), "warnings": list(self.warnings)}
+        out["checked"] = out["bone_dice"] is not None or out["body_dice"] is not None
+        if out["checked"]:
+            out["verdict"] = ("accepted with warnings" if self.warnings else "accepted") + \
+                f": bone Dice {out['bone_dice']:.2f} >= {MIN_BONE_DICE:g} (or body Dice >= {MIN_BODY_DICE:g} without bone)"
+        else:
+            out["verdict"] = "read from a file: no quality check here (check the fusion of the two CTs by eye)"
+        s = out["shift_mm"]
+        lines = [f"patient moved R {s[0]:+.1f} A {s[1]:+.1f} S {s[2]:+.1f} mm ({out['shift_norm_mm']:.1f} mm) at the {where}",
+                 f"turned {out['rotation_angle_deg']:.2f} deg (about R {rot[0]:+.2f} A {rot[1]:+.2f} S {rot[2]:+.2f} deg)"]
+        if out["checked"]:
+            dice = f"bone Dice {_fmt_dice(out['bone_dice_before'])} -> {_fmt_dice(out['bone_dice'])}"
+            if out["body_dice"] is not None:
+                dice += f", body Dice {_fmt_dice(out['body_dice_before'])} -> {_fmt_dice(out['body_dice'])}"
+            lines.append(dice + " (scanner coordinates -> registered)")
+        lines.append(out["verdict"])
+        lines += [f"warning: {w}" for w in self.warnings]
+        out["lines"] = lines
+        return out
+
     def to_dict(self):
         """JSON-ready record (the JSON transform file)."""
         return {
@@ -256,6 +293,10 @@ class RegistrationResult:
                        str(d.get("stop_condition") or ""), float(d.get("seconds") or 0.0), centre)
         except InputError as exc:
             raise InputError(f"{source}: {exc}") from None
+
+
+def _fmt_dice(v):
+    return "n/a" if v is None else f"{v:.2f}"
 
 
 def _finite_or_none(v):

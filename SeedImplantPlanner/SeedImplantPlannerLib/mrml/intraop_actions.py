@@ -11,14 +11,28 @@ tests on a slicer-core scene. Steps, each callable again after the user drags ma
 3. :meth:`IntraopSession.replan`: :func:`planning.intraop.run_intraop` with the needles and seeds
    as the markups now show them; the plan scene then shows the re-plan (needles, seeds, dose) and
    the deviation and options tables and the plan-vs-now DVH are added (replacing earlier ones).
+
+When the patient moved since the planning CT, :meth:`IntraopSession.register` (rigid registration to
+the planning CT, :func:`imaging.registration.register_ct`) or :meth:`IntraopSession.load_transform`
+(a ``.tfm`` / ``.json`` from ``seedplan register`` or Slicer) puts the intra-operative CT under a
+linear transform node (:mod:`mrml.intraop_registration`), so it lies on the planning CT in the
+views. Every step reads the CT in world coordinates (its grid re-labelled by the transform, no
+resampling): the needles and seeds found, the deviations and the re-plan are in the plan's frame,
+as ``seedplan intraop --register`` computes them. A needle table loaded while a registration is
+set is taken in the intra-operative CT's own frame (as ``find-needles`` writes it) and mapped; when
+the registration changes, the found needles and seeds (with the user's corrections) move with the
+CT. A failed or refused registration changes nothing in the scene.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 
 from ..core.errors import InputError
 from ..planning.needles import Needle
+from . import intraop_registration as _reg
 from .intraop_scene import FOUND_NEEDLE_COLOR, IMPLANTED_SEED_COLOR, add_intraop_nodes
 from .markups import fiducial_node_to_seeds, needle_line_node, seeds_to_fiducial_node
 from .nodes import ROLE_ATTRIBUTE
@@ -77,14 +91,25 @@ class IntraopSession:
             out.append(node)
         return out
 
-    def load_needles(self, path):
-        """Read a needle table (CSV/JSON, names as in the plan) and show it as lines; returns the nodes."""
+    def load_needles(self, path, ct_node=None):
+        """Read a needle table (CSV/JSON, names as in the plan) and show it as lines; returns the nodes.
+
+        With ``ct_node`` under a registration the table is taken in that CT's own frame (as
+        ``seedplan find-needles`` writes it) and mapped into the plan's frame, as ``seedplan intraop
+        --needles ... --transform`` does."""
         from ..planning.needles import read_needles
         needles = read_needles(path)
         names = {n.name for n in self.plan().needles}
         unknown = [n.name for n in needles if n.name not in names]
         if len(unknown) == len(needles):
             raise InputError(f"{path}: none of its needle names ({', '.join(unknown[:5])}) is a needle of the plan")
+        if ct_node is not None:
+            reg = _reg.registration_of(ct_node)
+            if reg is not None:       # the table is in the intra-op CT's frame (find-needles output): into the plan's
+                needles = [replace(n, entry=reg.map_points(n.entry), tip=reg.map_points(n.tip),
+                                   control_points=None if n.control_points is None else reg.map_points(n.control_points),
+                                   reference_axis=None if n.reference_axis is None
+                                   else reg.map_directions(n.reference_axis)) for n in needles]
         return self.set_needles(needles)
 
     def find_needles(self, ct_node, progress=None):
@@ -110,10 +135,89 @@ class IntraopSession:
 
     @staticmethod
     def ct(ct_node):
-        """(array, geometry) of the intra-operative CT node."""
+        """(array, geometry) of the intra-operative CT node, the geometry in world coordinates: under a
+        registration transform its grid re-labelled in the plan's frame (no resampling)."""
         if ct_node is None:
             raise InputError("choose the intra-operative CT")
-        return volume_array(ct_node), geometry_from_volume(ct_node)
+        return volume_array(ct_node), _reg.world_geometry(ct_node)
+
+    # -- registration to the planning CT -------------------------------------------------------------
+    def planning_ct_node(self, planning_ct_node=None):
+        """The planning CT: ``planning_ct_node`` or the plan's CT in the scene."""
+        node = planning_ct_node or self.ps.params.get_node("ctVolume")
+        if node is None:
+            raise InputError("no planning CT: choose the planning CT (the plan's CT is not in the scene)")
+        return node
+
+    def registration_node(self, ct_node):
+        """The registration transform node ``ct_node`` lies under (None when it lies in its scanner frame)."""
+        parent = ct_node.GetParentTransformNode() if ct_node is not None else None
+        if parent is not None and parent.GetAttribute(_reg.ROLE_ATTRIBUTE) == _reg.REGISTRATION_ROLE:
+            return parent
+        return None
+
+    def registration(self, ct_node):
+        """The registration the CT's world coordinates come from (:func:`mrml.intraop_registration.registration_of`)."""
+        return _reg.registration_of(ct_node) if ct_node is not None else None
+
+    def register(self, ct_node, planning_ct_node=None, progress=None, **options):
+        """Register the intra-operative CT (as acquired) rigidly to the planning CT and put it under the result.
+
+        ``options`` go to :func:`imaging.registration.register_ct` (``translation_only``, ``metric``, ...).
+        Raises RegistrationError (no overlap, no body, refused by the quality check), InputError or
+        CancelledError before anything in the scene changes. Returns the RegistrationResult.
+        """
+        from ..imaging.registration import register_ct
+        if ct_node is None:
+            raise InputError("choose the intra-operative CT")
+        planning = self.planning_ct_node(planning_ct_node)
+        if planning is ct_node:
+            raise InputError(f"'{ct_node.GetName()}' is chosen as both the intra-operative and the planning CT")
+        fixed = (volume_array(planning), _reg.world_geometry(planning))
+        moving = (volume_array(ct_node), geometry_from_volume(ct_node))       # as acquired: its scanner frame
+        result = register_ct(fixed, moving, progress=progress,
+                             names=(f"planning CT '{planning.GetName()}'",
+                                    f"intra-operative CT '{ct_node.GetName()}'"), **options)
+        self._set_registration(ct_node, result)
+        return result
+
+    def load_transform(self, ct_node, path):
+        """Use a registration from a file (``seedplan register`` .tfm/.json, or a rigid transform saved in Slicer:
+        planning CT -> intra-op CT, LPS); returns the RegistrationResult (its shift given at the target's centre)."""
+        from ..imaging.registration import read_transform
+        if ct_node is None:
+            raise InputError("choose the intra-operative CT")
+        result = read_transform(path)
+        if not np.any(result.centre_ras):
+            result = replace(result, centre_ras=tuple(self._target_centre()))
+        self._set_registration(ct_node, result)
+        return result
+
+    def clear_registration(self, ct_node):
+        """Put the CT back in its scanner coordinates (the transform node stays in the scene); the found markups
+        move with it."""
+        if ct_node is None:
+            raise InputError("choose the intra-operative CT")
+        if ct_node.GetParentTransformNode() is None:
+            return
+        _reg.map_markups(self.needle_nodes() + [self.seeds_node()], _reg.clear_registration(ct_node))
+
+    def _set_registration(self, ct_node, result):
+        node, change = _reg.set_registration(self.scene, ct_node, result, self.registration_node(ct_node))
+        # found on this CT (and corrected by the user on it): they move with it
+        _reg.map_markups(self.needle_nodes() + [self.seeds_node()], change)
+        return node
+
+    def _target_centre(self):
+        """Centre (RAS) of the plan's target, where a transform read from a file states the patient's shift."""
+        try:
+            seg = self.segmentation()
+            t = seg.find(self.plan().structures["target"])
+            mask = seg.mask(t.segment_id)
+            ijk = np.argwhere(mask).mean(axis=0)[::-1]
+            return seg.geometry.ijk_to_ras(ijk)
+        except (InputError, KeyError, ValueError, AttributeError):
+            return np.zeros(3)
 
     def segmentation(self):
         """The plan's structures as a :class:`segio.Segmentation` on the planning grid."""
@@ -165,7 +269,8 @@ class IntraopSession:
         node = self.seeds_node()
         implanted = fiducial_node_to_seeds(node)[0] if node is not None else None
         result = run_intraop(ct, geometry, plan, self.segmentation(), needles, implanted_seeds=implanted,
-                             allow_new_needles=allow_new_needles, time_limit_s=time_limit_s, progress=progress)
+                             allow_new_needles=allow_new_needles, time_limit_s=time_limit_s, progress=progress,
+                             registration=self.registration(ct_node))
         self.result = result
         for role in INTRAOP_ROLES:
             for cls in ("vtkMRMLTableNode", "vtkMRMLPlotChartNode"):
