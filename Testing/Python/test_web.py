@@ -67,6 +67,17 @@ def coloured_fraction(rgb):
     return float(np.mean(rgb.max(axis=2) - rgb.min(axis=2) > 90))
 
 
+def bone_dice(a, b):
+    """Dice of the white, uncoloured pixels (bone at the soft-tissue window) of two views, below their top 30 %
+    (the needles' streaks run there)."""
+    def bone(rgb):
+        m = (rgb.min(axis=2) > 215) & (rgb.max(axis=2) - rgb.min(axis=2) < 20)
+        m[: int(0.3 * m.shape[0])] = False
+        return m
+    ma, mb = bone(a), bone(b)
+    return float(2.0 * (ma & mb).sum() / max(int(ma.sum() + mb.sum()), 1))
+
+
 @unittest.skipIf(_why_no_browser() is not None, _why_no_browser() or "")
 class WebPlannerInBrowserTest(unittest.TestCase):
     """One server, one page; the tests run in name order and build on each other."""
@@ -110,6 +121,9 @@ class WebPlannerInBrowserTest(unittest.TestCase):
             fh.write(",".join(rows[0]) + "\n" + "".join(
                 ",".join(v if isinstance(v, str) else f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values())
                 + "\n" for r in rows))
+        # a plan on a simulated planning CT and an intra-operative CT of the patient after a known motion
+        from intraop_moved_case import make_moved_case
+        cls.moved = make_moved_case(cls.served / "moved")
         cls.shots = Path(os.environ["SEEDPLAN_WEB_SHOTS"]) if os.environ.get("SEEDPLAN_WEB_SHOTS") else cls.tmp / "shots"
         cls.shots.mkdir(parents=True, exist_ok=True)
 
@@ -401,6 +415,68 @@ class WebPlannerInBrowserTest(unittest.TestCase):
         self.views("8d_replanned_on_implanted_needles", settle_ms=2000)
         self.page.locator("#page-plan").click()
         self.server_alive()
+
+    def test_8r_intraop_registration(self):
+        """The patient moved since the planning CT: register on the page (bad input first), then the chain."""
+        from SeedImplantPlannerLib.imaging.registration import RegistrationResult
+        self.open_path("moved/plan")
+        self.wait_message("opened", timeout_s=90)
+        self.page.locator("#page-intraop").click()
+        self.assertIn("not registered", self.page.locator("#registration-none").inner_text())
+        self.clear_message()
+        self.page.locator("#intraop-ct-path").fill("moved/intraop_far.nrrd")
+        self.page.locator("#register-btn").click()
+        self.wait_message("registration failed", "do not overlap", timeout_s=120)
+        self.assertEqual(self.page.locator("#registration-result").count(), 0)
+        self.server_alive()
+        self.clear_message()
+        self.page.locator("#intraop-ct-path").fill("moved/intraop_moved.nrrd")
+        self.page.locator("#register-btn").click()
+        self.wait_message("registered to the planning CT", timeout_s=120)
+        shown = self.page.locator("#registration-result").inner_text()
+        for words in ("moved/intraop_moved.nrrd", "patient moved R", "turned", "bone Dice", "accepted"):
+            self.assertIn(words, shown)
+        state = self.page.evaluate("() => window.trame.state.get('registration')")
+        self.assertIn(f"({state['shift_norm_mm']:.1f} mm)", shown)
+        self.assertIn(f"-> {state['bone_dice']:.2f}", shown)
+        self.assertGreater(state["bone_dice"], state["bone_dice_before"])
+        truth = RegistrationResult(self.moved["truth_matrix"])
+        self.assertAlmostEqual(state["rotation_angle_deg"], truth.rotation_angle_deg, delta=0.5)
+        self.page.screenshot(path=str(self.shots / "8r1_registered_page.png"))
+        # the views show the intra-operative CT aligned on the planning CT: bone on the same pixels
+        registered = self.quadrants(self.views("8r1_registered_views", settle_ms=2500))["axial"]
+        self.page.locator("#show-intraop").click()                      # the planning CT behind the plan
+        planning = self.quadrants(self.views("8r1_planning_ct_views", settle_ms=2500))["axial"]
+        self.page.locator("#show-intraop").click()
+        dice_registered = bone_dice(registered, planning)
+        # the needles as found on the intra-operative CT (its own frame), then the chain in the plan's frame
+        self.clear_message()
+        self.page.locator("#implanted-path").fill("moved/needles_on_intraop.csv")
+        self.page.locator("#implanted-btn").click()
+        self.wait_message("implanted needles read")
+        self.clear_message()
+        self.page.locator("#intraop-chain-btn").click()
+        self.wait_message("registered to the planning CT", "needles in place", timeout_s=180)
+        rows = {r["implanted"]: r for r in self.page.evaluate("() => window.trame.state.get('deviation_rows')")
+                if r["note"] == "in place"}
+        truth_dev = {n["name"]: n["deviation"] for n in self.moved["needles"]}
+        self.assertEqual(set(rows), set(truth_dev))
+        for name, dev in truth_dev.items():
+            self.assertAlmostEqual(rows[name]["tip_mm"], dev["tip_mm"], delta=1.0)
+            self.assertAlmostEqual(rows[name]["angle_deg"], dev["angle_deg"], delta=0.5)
+        self.page.screenshot(path=str(self.shots / "8r2_chain_page.png"))
+        self.views("8r2_chain_registered_views", settle_ms=2500)
+        self.clear_message()
+        self.page.locator("#clear-registration-btn").click()
+        self.wait_message("scanner coordinates")
+        self.assertIn("not registered", self.page.locator("#registration-none").inner_text())
+        scanner = self.quadrants(self.views("8r3_scanner_coordinates_views", settle_ms=2500))["axial"]
+        dice_scanner = bone_dice(scanner, planning)
+        self.assertGreater(dice_registered, 0.75, (dice_registered, dice_scanner))
+        self.assertLess(dice_scanner, dice_registered - 0.15, (dice_registered, dice_scanner))
+        self.page.locator("#page-plan").click()
+        self.open_path("plan")  # the next tests work on the first plan
+        self.wait_message("opened plan", timeout_s=90)
 
     def test_9_place_free_hand_needle(self):
         count = "() => window.trame.state.get('needle_rows').length"

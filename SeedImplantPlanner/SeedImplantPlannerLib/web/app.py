@@ -116,6 +116,7 @@ class WebPlanner(PlannerViews, PlannerPage):
             "needle_mode": "template", "direction": "R", "template_spacing_mm": 10.0, "time_limit_s": 8.0,
             "plan_running": False, "plan_fraction": 0.0, "plan_text": "", "placing_needle": False, "cursor_ras": None,
             "intraop_ct_path": "", "show_intraop_ct": True, "has_intraop_ct": False,
+            "transform_path": "", "registration": None, "has_registration": False,
             "save_mrb_name": "plan-web.mrb", "save_folder_name": "plan-web",
             "implanted_path": "", "deviation_rows": [], "page": "plan",
             "upload_files": None, "last_update_s": None, "update_count": 0,
@@ -169,6 +170,8 @@ class WebPlanner(PlannerViews, PlannerPage):
             s.metric_rows = [dict(r, value_unit=f"{r['Value']} {r['Unit']}".strip()) for r in json_safe(ses.metric_rows())]
             s.deviation_rows = json_safe(ses.needle_deviations())
             s.has_intraop_ct = ses.intraop_ct_node is not None
+            s.registration = json_safe(ses.registration_report())
+            s.has_registration = ses.registration is not None
             s.dvh_figure = self._dvh_figure()
             s.open_items = self.served.listing()
             s.last_update_s = self.last_update_s
@@ -330,8 +333,9 @@ class WebPlanner(PlannerViews, PlannerPage):
             kind = job.kind if job is not None else "plan"
             msg = self._guard(self.session.apply_job)
             if msg:
-                self._say(msg, "warning" if "cancelled" in msg or "not met" in msg or "missing" in msg else "success")
-                if kind == "needles" or kind == "intraop":
+                self._say(msg, "warning" if "cancelled" in msg or "not met" in msg or "missing" in msg
+                          or "warning" in msg else "success")
+                if kind in ("needles", "intraop", "register"):
                     self._observe_interaction()
                     self.show_plan_in_views(reset=False)
                     self.push()
@@ -373,6 +377,32 @@ class WebPlanner(PlannerViews, PlannerPage):
         s.plan_running, s.plan_fraction, s.plan_text = True, 0.0, "intra-operative chain"
         self._say("intra-operative chain running: needles, implanted seeds, re-plan", "info")
         self._job_task = asyncio.ensure_future(self._watch_job())
+
+    def on_register(self):
+        """Register the intra-operative CT named on the page to the plan's CT (worker thread, progress, Cancel)."""
+        job = self._guard(self.session.start_register, self.state.intraop_ct_path)
+        if job is None:
+            return
+        s = self.state
+        s.plan_running, s.plan_fraction, s.plan_text = True, 0.0, "registration"
+        self._say("registering the intra-operative CT to the planning CT (Cancel stops it; nothing changes until it "
+                  "is accepted)", "info")
+        self._job_task = asyncio.ensure_future(self._watch_job())
+
+    def _after_registration_change(self):
+        self.state.show_intraop_ct = True
+        self._observe_interaction()
+        self.show_plan_in_views(reset=False)
+        self.push()
+
+    def on_load_transform(self):
+        if self._guard(self.session.load_registration, self.state.transform_path, self.state.intraop_ct_path,
+                       success=lambda msg: msg) is not None:
+            self._after_registration_change()
+
+    def on_clear_registration(self):
+        if self._guard(self.session.clear_registration, success=lambda msg: msg) is not None:
+            self._after_registration_change()
 
     def on_show_intraop(self, show_intraop_ct=None, **_):
         if self.session.plan_scene is not None:

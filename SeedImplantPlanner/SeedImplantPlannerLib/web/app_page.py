@@ -230,12 +230,36 @@ class PlannerPage:
 
     def _page_intraop(self, v):
         from trame.widgets import html
-        html.Div("Intra-operative check: the needles on the intra-operative CT against the plan (found by the "
-                 "needle finder and matched to the planned needles, or read from a needles CSV as for seedplan plan "
-                 "--implanted-needles). They are drawn in orange; re-plan the remaining seeds on them.",
-                 classes="text-body-2 mb-2")
+        html.Div("Intra-operative check: register the intra-operative CT to the planning CT when the patient moved, "
+                 "then the needles on it against the plan (found by the needle finder and matched to the planned "
+                 "needles, or read from a needles CSV as find-needles writes it). They are drawn in orange; re-plan "
+                 "the remaining seeds on them.", classes="text-body-2 mb-2")
         v.VTextField(v_model=("intraop_ct_path",), label="intra-operative CT (in the served folder)",
                      density="compact", id="intraop-ct-path", hide_details=True)
+        with v.VRow(dense=True, classes="mt-1"):
+            with v.VCol(cols=7):
+                v.VBtn("Register to the planning CT", click=self.on_register, block=True,
+                       disabled=("!has_plan || plan_running",), id="register-btn", variant="tonal")
+            with v.VCol(cols=5):
+                v.VBtn("No registration", click=self.on_clear_registration, block=True,
+                       disabled=("!has_registration || plan_running",), id="clear-registration-btn",
+                       variant="outlined")
+        with v.VRow(dense=True):
+            with v.VCol(cols=7):
+                v.VTextField(v_model=("transform_path",), label="or a transform file (.tfm / .json)",
+                             density="compact", id="transform-path", hide_details=True)
+            with v.VCol(cols=5):
+                v.VBtn("Use transform", click=self.on_load_transform, block=True,
+                       disabled=("!has_plan || plan_running",), id="transform-btn", variant="outlined")
+        with v.VAlert(v_if=("registration",), density="compact", variant="tonal", classes="mt-1 text-body-2",
+                      id="registration-result",
+                      type=("registration && registration.checked ? (registration.warnings.length ? 'warning' : "
+                            "'success') : 'info'",)):
+            html.Div("{{ registration.ct }}: registered to the planning CT", classes="font-weight-bold")
+            html.Div("{{ line }}", v_for="(line, i) in registration.lines", key="i", classes="reg-line")
+        html.Div("not registered: the intra-operative CT is taken in its scanner coordinates (register it when the "
+                 "patient moved since the planning CT)", v_if=("!registration",), classes="text-caption mt-1",
+                 id="registration-none")
         v.VBtn("Find the needles on the CT", click=self.on_find_needles, block=True,
                disabled=("!has_plan || plan_running",), id="find-needles-btn", classes="mt-1")
         v.VBtn("Run the intra-operative chain (needles, implanted seeds, re-plan)", click=self.on_intraop_chain,
@@ -243,6 +267,11 @@ class PlannerPage:
                color="primary")
         v.VSwitch(v_model=("show_intraop_ct",), label="show the intra-operative CT", v_show="has_intraop_ct",
                   density="compact", hide_details=True, id="show-intraop")
+        v.VProgressLinear(v_model=("plan_fraction",), height=14, v_show="plan_running", classes="mt-2", color="green",
+                          id="intraop-progress")
+        v.VLabel("{{ plan_text }}", v_show="plan_running", classes="text-caption", id="intraop-progress-text")
+        v.VBtn("Cancel", click=self.on_cancel, block=True, v_show="plan_running", color="error", classes="mt-1",
+               id="intraop-cancel-btn")
         html.Div("or read needles already found (CSV):", classes="text-caption mt-3")
         v.VTextField(v_model=("implanted_path",), label="implanted needles CSV (in the served folder)",
                      density="compact", id="implanted-path", hide_details=True)
@@ -255,5 +284,4 @@ class PlannerPage:
                                {"title": "", "key": "note"}],))
         v.VBtn("Re-plan with the implanted needles", click=self.on_replan_implanted, block=True, classes="mt-2",
                disabled=("!has_plan || plan_running || !deviation_rows.length",), id="replan-btn")
-        v.VProgressLinear(v_model=("plan_fraction",), height=14, v_show="plan_running", classes="mt-2", color="green")
-        v.VBtn("Cancel", click=self.on_cancel, block=True, v_show="plan_running", color="error", classes="mt-1")
+

@@ -65,6 +65,9 @@ class PlannerSession(SessionFiles, SessionPlanning, SessionIntraop):
         self.needle_matching = None  # planning.needle_match.NeedleMatching of the intra-operative CT
         self.intraop_ct_node = None
         self.intraop_result = None  # planning.intraop.IntraopResult of the last intra-operative chain
+        self.registration = None  # imaging.registration.RegistrationResult of the intra-operative CT registration_ct
+        self.registration_ct = None  # Path of the CT the registration is of
+        self.registration_node = None  # its vtkMRMLLinearTransformNode in the scene
         self.case_segmentation = None  # imaging.segio.Segmentation of the open case (None from a .mrb)
         self.case_paths = (None, None)  # CT and segmentation files of the open case (None when from a .mrb)
 
@@ -85,6 +88,9 @@ class PlannerSession(SessionFiles, SessionPlanning, SessionIntraop):
         self.needle_matching = None
         self.intraop_ct_node = None
         self.intraop_result = None
+        self.registration = None
+        self.registration_ct = None
+        self.registration_node = None
         self.case_segmentation = None
         self.case_paths = (None, None)
 

@@ -1,9 +1,19 @@
-"""The web planner's intra-operative page: implanted needles, the needle finder, the intra-operative chain.
+"""The web planner's intra-operative page: registration, implanted needles, the needle finder, the chain.
 
-:class:`SessionIntraop` is a mixin of :class:`web.session.PlannerSession`: it reads a needles CSV or
-finds the needles on an intra-operative CT (worker thread, :class:`web.session_planning.PlanJob`),
-runs :func:`planning.intraop.run_intraop`, shows the results in the scene and gives the deviation
-rows of the page's table.
+:class:`SessionIntraop` is a mixin of :class:`web.session.PlannerSession`: it registers the
+intra-operative CT to the plan's CT (worker thread, :class:`web.session_planning.PlanJob`, or a
+transform file), reads a needles CSV or finds the needles on the CT, runs
+:func:`planning.intraop.run_intraop`, shows the results in the scene and gives the deviation rows
+of the page's table.
+
+Registration (as ``seedplan intraop --register`` / ``--transform``): the planning CT is the plan's
+CT in the session's scene; the result belongs to the CT it was made for (its path). While it is
+set, that CT is shown under a linear transform node (the module's layout,
+:mod:`mrml.intraop_registration`: aligned on the planning CT in the views, saved in a ``.mrb``), the
+needle finder and the chain run on its grid re-labelled in the plan's frame (no resampling), a
+needles CSV is taken in that CT's own frame (as ``find-needles`` writes it) and mapped, and the
+chain's result records the registration. Using another CT while a registration is set is refused.
+A registration that fails or is refused changes nothing.
 """
 
 from __future__ import annotations
@@ -21,14 +31,168 @@ from .session_planning import PlanJob
 class SessionIntraop:
     """Implanted needles against the plan, on the intra-operative page."""
 
+    # -- registration to the planning CT ------------------------------------------------------------
+    def start_register(self, ct_text, **options):
+        """Register the intra-operative CT (in the served folder) rigidly to the plan's CT (worker thread).
+
+        ``options`` go to :func:`imaging.registration.register_ct`. Apply the job with :meth:`apply_job`;
+        a refused registration (no overlap, no body, quality check) is its error, nothing changes.
+        """
+        from ..imaging.registration import register_ct
+        from ..mrml.intraop_registration import world_geometry
+        ps = self.require_plan()
+        if self.job is not None and self.job.running:
+            raise InputError("a computation is running: wait for it or cancel it")
+        planning = ps.params.get_node("ctVolume")
+        if planning is None:
+            raise InputError("the plan has no planning CT in the scene: open the plan folder (or CT + segmentation) "
+                             "the plan was made on")
+        path = self.served.resolve(ct_text, what="intra-operative CT")
+        ct, geometry = self._read_ct(path)
+        fixed = (volumes.volume_array(planning), world_geometry(planning))   # numpy copies: the thread sees no MRML
+        names = (f"planning CT ({self.source_label or planning.GetName()})", f"{path.name} (intra-operative CT)")
+
+        def work(progress):
+            return path, ct, geometry, register_ct(fixed, (ct, geometry), progress=progress, names=names, **options)
+
+        self.job = PlanJob(work, label="registration", kind="register").start()
+        return self.job
+
+    def load_registration(self, transform_text, ct_text):
+        """Use a transform file (in the served folder: ``seedplan register`` .tfm/.json, or saved in Slicer) for the
+        intra-operative CT ``ct_text``; returns the page's message."""
+        from ..imaging.registration import read_transform
+        self.require_plan()
+        if self.job is not None and self.job.running:
+            raise InputError("a computation is running: wait for it or cancel it")
+        tpath = self.served.resolve(transform_text, what="transform file")
+        path = self.served.resolve(ct_text, what="intra-operative CT")
+        result = read_transform(tpath)
+        ct, geometry = self._read_ct(path)
+        if not np.any(result.centre_ras):
+            from dataclasses import replace
+            result = replace(result, centre_ras=tuple(self._target_centre()))
+        return self._apply_registration(path, ct, geometry, result, source=tpath.name)
+
+    def clear_registration(self):
+        """Back to the scanner coordinates: the intra-operative CT is taken as it was acquired."""
+        from ..mrml.intraop_registration import clear_registration
+        if self.registration is None:
+            return "no registration set"
+        self._move_read_needles(np.linalg.inv(self.registration.matrix_ras))
+        self._forget_found()
+        name = self.registration_ct.name
+        if self.intraop_ct_node is not None and self.ctx.scene.IsNodePresent(self.intraop_ct_node):
+            clear_registration(self.intraop_ct_node)
+        self.registration = None
+        self.registration_ct = None
+        return f"{name}: back to its scanner coordinates (no registration)"
+
+    def registration_report(self):
+        """The registration shown on the page (RegistrationResult.report() + the CT's name), or None."""
+        if self.registration is None:
+            return None
+        where = "body centre" if self.registration.report()["checked"] else "target centre"
+        out = self.registration.report(where)
+        out["ct"] = self.served.relative(self.registration_ct) if self.served.root in self.registration_ct.parents \
+            else self.registration_ct.name
+        return out
+
+    def _registration_for(self, path):
+        """The registration of the CT at ``path`` (None without one); another CT while one is set is refused."""
+        if self.registration is None:
+            return None
+        if Path(path).resolve() != self.registration_ct.resolve():
+            raise InputError(f"the registration set is of {self.registration_ct.name}, not {Path(path).name}: register "
+                             f"{Path(path).name} (or go back to scanner coordinates) first")
+        return self.registration
+
+    def _apply_registration(self, path, ct, geometry, result, source=None):
+        """Set ``result`` as the registration of the CT at ``path``: the CT shown under the transform node."""
+        old = self.registration.matrix_ras if self.registration is not None else np.eye(4)
+        if self.registration is not None and Path(path).resolve() != self.registration_ct.resolve():
+            old = np.eye(4)
+        self._move_read_needles(result.matrix_ras @ np.linalg.inv(old))
+        found = self._forget_found()
+        self.registration = result
+        self.registration_ct = Path(path)
+        self._show_intraop_ct(path, ct, geometry)
+        rep = self.registration_report()
+        text = f"{Path(path).name} registered to the planning CT" + (f" with {source}" if source else "") + ": " + \
+            "; ".join(rep["lines"])
+        return text + ("; the needles found before are cleared: find them again" if found else "")
+
+    def _move_read_needles(self, change):
+        """Needles read from a CSV (on the registered CT's frame) follow a change of the registration."""
+        if not self.implanted_needles or self.needle_matching is not None or self.intraop_result is not None:
+            return
+        change = np.asarray(change, float)
+        if np.allclose(change, np.eye(4), atol=1e-12):
+            return
+        from ..imaging.registration import RegistrationResult
+        self.implanted_needles = self._mapped(self.implanted_needles, RegistrationResult(change))
+        self._show_implanted(self.implanted_needles)
+
+    @staticmethod
+    def _mapped(needles, reg):
+        from dataclasses import replace
+        return [replace(n, entry=reg.map_points(n.entry), tip=reg.map_points(n.tip),
+                        control_points=None if n.control_points is None else reg.map_points(n.control_points),
+                        reference_axis=None if n.reference_axis is None else reg.map_directions(n.reference_axis))
+                for n in needles]
+
+    def _forget_found(self):
+        """Needles found on the CT in an earlier frame are dropped (their matching to the plan may change); True if any."""
+        if self.needle_matching is None and self.intraop_result is None:
+            return False
+        self.needle_matching = None
+        self.intraop_result = None
+        self.implanted_needles = None
+        self._show_implanted([])
+        return True
+
+    def _target_centre(self):
+        """Centre (RAS) of the plan's target, where a transform read from a file states the patient's shift."""
+        seg = self.case_segmentation
+        target = (self.plan.structures.get("target") if self.plan is not None else None) or self.roles()[0]
+        try:
+            t = seg.find(target)
+            ijk = np.argwhere(seg.mask(t.segment_id)).mean(axis=0)[::-1]
+            return seg.geometry.ijk_to_ras(ijk)
+        except (AttributeError, KeyError, ValueError, InputError):
+            return np.zeros(3)
+
+    def _show_intraop_ct(self, path, ct, geometry):
+        """The intra-operative CT in the scene (replacing an earlier one); under the registration's transform node when
+        the registration is of this CT."""
+        from ..mrml.intraop_registration import set_registration
+        if self.intraop_ct_node is not None and self.ctx.scene.IsNodePresent(self.intraop_ct_node):
+            self.ctx.scene.RemoveNode(self.intraop_ct_node)
+        self.intraop_ct_node = volumes.add_scalar_volume(self.ctx.scene, ct, geometry, f"Intra-op CT {Path(path).name}")
+        volumes.set_ct_display(self.intraop_ct_node)
+        reg = self._registration_for(path) if self.registration is not None and \
+            Path(path).resolve() == self.registration_ct.resolve() else None
+        if reg is not None:
+            node = self.registration_node if self.registration_node is not None and \
+                self.ctx.scene.IsNodePresent(self.registration_node) else None
+            self.registration_node, _ = set_registration(self.ctx.scene, self.intraop_ct_node, reg, node)
+        return self.intraop_ct_node
+
+    # -- needles ---------------------------------------------------------------------------------------
     def load_implanted_needles(self, text_or_path):
-        """Read the needles found on the intra-operative CT (needles CSV, as ``seedplan plan --implanted-needles``)."""
+        """Read the needles found on the intra-operative CT (needles CSV, as ``seedplan plan --implanted-needles``).
+
+        With a registration set the file is taken in the registered CT's own frame (as ``seedplan
+        find-needles`` writes it) and mapped into the plan's frame, as ``seedplan intraop --needles
+        --transform`` does."""
         from ..planning.needles import read_needles
         path = self.served.resolve(text_or_path, what="implanted needles") if not isinstance(text_or_path, Path) \
             else text_or_path
         needles = read_needles(path)
         if not needles:
             raise InputError(f"{path.name}: no needles in the file")
+        if self.registration is not None:
+            needles = self._mapped(needles, self.registration)
         self.implanted_needles = needles
         self.needle_matching = None
         self.intraop_result = None
@@ -67,15 +231,17 @@ class SessionIntraop:
             raise InputError("a computation is running: wait for it or cancel it")
         path = self.served.resolve(ct_text, what="intra-operative CT")
         ct, geometry = self._read_ct(path)
+        reg = self._registration_for(path)
+        plan_geometry = reg.moved_geometry(geometry) if reg is not None else geometry   # found needles: plan frame
         planned = ps.needles(skip_incomplete=True)
         directions = [n.direction for n in planned] or None
 
         def work(progress):
-            found = find_needles(ct, geometry, expected_directions=directions, progress=progress)
+            found = find_needles(ct, plan_geometry, expected_directions=directions, progress=progress)
             if not found:
                 reasons = sorted({r["reason"].split(" (")[0] for r in found.rejected})
                 raise InputError(f"{path.name}: no needle found ({'; '.join(reasons) or 'no candidate'})")
-            return path.name, ct, geometry, match_needles(found, planned)
+            return path, ct, geometry, match_needles(found, planned)
 
         self.job = PlanJob(work, label="needle finder", kind="needles").start()
         return self.job
@@ -99,8 +265,10 @@ class SessionIntraop:
             raise InputError("a computation is running: wait for it or cancel it")
         path = self.served.resolve(ct_text, what="intra-operative CT")
         ct, geometry = self._read_ct(path)
+        reg = self._registration_for(path)
+        plan_geometry = reg.moved_geometry(geometry) if reg is not None else geometry   # the chain: plan frame
         plan = self.current_plan()
-        check_frames(geometry, plan)
+        check_frames(plan_geometry, plan)
         seg = self.case_segmentation
         given = list(self.implanted_needles) if self.implanted_needles and self.needle_matching is None else None
         engine = ps.params.get("doseEngine")
@@ -109,27 +277,27 @@ class SessionIntraop:
         def work(progress):
             needles = given
             if needles is None:
-                needles, _, found = find_needles_in_place(ct, geometry, plan, seg, progress=_p.scaled(progress, 0.0, 0.3))
+                needles, _, found = find_needles_in_place(ct, plan_geometry, plan, seg,
+                                                          progress=_p.scaled(progress, 0.0, 0.3))
                 if not needles:
                     raise InputError(f"{path.name}: no needle of the plan found on the CT ({len(found)} found, "
                                      f"{len(found.rejected)} object(s) rejected): read a needles CSV instead")
-            result = run_intraop(ct, geometry, plan, seg, needles, allow_new_needles=allow_new_needles,
-                                 time_limit_s=float(time_limit_s), progress=_p.scaled(progress, 0.3, 0.9))
+            result = run_intraop(ct, plan_geometry, plan, seg, needles, allow_new_needles=allow_new_needles,
+                                 time_limit_s=float(time_limit_s), progress=_p.scaled(progress, 0.3, 0.9),
+                                 registration=reg)
             grid = DoseGrid(result.dose_geometry, result.plan.seeds, method=engine, model_dirs=model_dirs,
                             progress=_p.scaled(progress, 0.9, 1.0))
-            return path.name, ct, geometry, result, grid
+            return path, ct, geometry, result, grid
 
         self.job = PlanJob(work, label="intra-operative chain", kind="intraop").start()
         return self.job
 
-    def _apply_intraop(self, name, ct, geometry, result, grid):
+    def _apply_intraop(self, path, ct, geometry, result, grid):
         """Show the intra-operative CT, the needles in place, the re-plan (its dose live) and the deviations."""
         ps = self.require_plan()
         ps.stop_live_updates()
-        if self.intraop_ct_node is not None and self.ctx.scene.IsNodePresent(self.intraop_ct_node):
-            self.ctx.scene.RemoveNode(self.intraop_ct_node)
-        self.intraop_ct_node = volumes.add_scalar_volume(self.ctx.scene, ct, geometry, f"Intra-op CT {name}")
-        volumes.set_ct_display(self.intraop_ct_node)
+        name = Path(path).name
+        self._show_intraop_ct(path, ct, geometry)
         new = result.plan
         ps.show_plan(new, locked=False)
         ps.dose_grid = grid
@@ -140,14 +308,14 @@ class SessionIntraop:
         self.implanted_needles = list(result.needles_in_place)
         self._show_implanted(self.implanted_needles)
         self._start_live()
-        return f"{name}: {result.deviation_line()}; {len(result.found_seeds)} seeds already implanted; {result.advice}"
+        registered = " (registered to the planning CT)" if result.registration is not None else ""
+        return (f"{name}{registered}: {result.deviation_line()}; {len(result.found_seeds)} seeds already implanted; "
+                f"{result.advice}")
 
-    def _apply_found_needles(self, name, ct, geometry, matching):
+    def _apply_found_needles(self, path, ct, geometry, matching):
         """Show the intra-operative CT and the found needles; keep the matching for the table and re-plans."""
-        if self.intraop_ct_node is not None and self.ctx.scene.IsNodePresent(self.intraop_ct_node):
-            self.ctx.scene.RemoveNode(self.intraop_ct_node)
-        self.intraop_ct_node = volumes.add_scalar_volume(self.ctx.scene, ct, geometry, f"Intra-op CT {name}")
-        volumes.set_ct_display(self.intraop_ct_node)
+        name = Path(path).name
+        self._show_intraop_ct(path, ct, geometry)
         self.needle_matching = matching
         self.intraop_result = None
         self.implanted_needles = matching.needles()

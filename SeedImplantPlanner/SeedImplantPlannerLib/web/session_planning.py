@@ -207,6 +207,8 @@ class SessionPlanning:
             return self._apply_found_needles(*job.result)
         if job.kind == "intraop":
             return self._apply_intraop(*job.result)
+        if job.kind == "register":
+            return self._apply_registration(*job.result)
         plan, grid = job.result
         ps = self.require_plan()
         ps.stop_live_updates()
