@@ -732,8 +732,9 @@ class SeedImplantPlannerLogic(ScriptedLoadableModuleLogic):
         """Text lines of the registration ``ctNode`` lies under ([] when none)."""
         if ctNode is None:
             return []
+        from SeedImplantPlannerLib.mrml.intraop_registration import panel_report
         result = self.intraopSession().registration(ctNode)
-        return [] if result is None else result.report()["lines"]
+        return [] if result is None else panel_report(result)["lines"]
 
     def intraopFindSeeds(self, ctNode, expected=None, progress=None):
         return self.intraopSession().find_seeds(ctNode, expected, progress=progress)

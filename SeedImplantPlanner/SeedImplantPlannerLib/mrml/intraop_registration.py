@@ -129,6 +129,15 @@ def registration_of(ct_node):
     return result
 
 
+def panel_report(result):
+    """``result.report()`` with the place the patient's shift is stated at: the body centre for a registration
+    made here, the target's centre for a transform file (:meth:`IntraopSession.load_transform` puts it there),
+    the RAS origin for a transform set by hand."""
+    checked = result.report()["checked"]
+    where = "body centre" if checked else ("target centre" if np.any(result.centre_ras) else "RAS origin")
+    return result.report(where)
+
+
 def map_markups(nodes, change):
     """Move every control point of ``nodes`` (markups) by the 4 x 4 ``change`` (world RAS), orientations
     turned with it; used when the registration of the CT the markups were found on changes."""

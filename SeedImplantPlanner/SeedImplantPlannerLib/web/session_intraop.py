@@ -92,8 +92,8 @@ class SessionIntraop:
         """The registration shown on the page (RegistrationResult.report() + the CT's name), or None."""
         if self.registration is None:
             return None
-        where = "body centre" if self.registration.report()["checked"] else "target centre"
-        out = self.registration.report(where)
+        from ..mrml.intraop_registration import panel_report
+        out = panel_report(self.registration)
         out["ct"] = self.served.relative(self.registration_ct) if self.served.root in self.registration_ct.parents \
             else self.registration_ct.name
         return out

@@ -187,8 +187,13 @@ class IntraopRegistrationTest(MRMLSceneTestCase):
         path = os.path.join(self.tmp, "t.tfm")
         write_transform(path, RegistrationResult(CASE["truth_matrix"]))
         result = session.load_transform(ct_node, path)
-        self.assertFalse(result.report()["checked"])
-        self.assertIn("no quality check", result.report()["verdict"])
+        rep = reg.panel_report(session.registration(ct_node))
+        self.assertFalse(rep["checked"])
+        self.assertIn("no quality check", rep["verdict"])
+        self.assertTrue(rep["lines"][0].endswith("at the target centre"), rep["lines"])
+        np.testing.assert_allclose(result.centre_ras, CASE["segmentation"].geometry.ijk_to_ras(
+            np.argwhere(CASE["segmentation"].mask(CASE["segmentation"].find("GTV").segment_id)).mean(axis=0)[::-1]),
+            atol=1e-6)
         truth = RegistrationResult(CASE["truth_matrix"])
         tips = np.array([n.GetNthControlPointPositionWorld(1) for n in session.needle_nodes()])
         np.testing.assert_allclose(tips, truth.map_points(tips_before), atol=1e-6)
@@ -225,6 +230,7 @@ class IntraopRegistrationTest(MRMLSceneTestCase):
         edited = IntraopSession(ps2).registration(ct2)
         np.testing.assert_allclose(edited.matrix_ras, m, atol=1e-9)
         self.assertTrue(any("by hand" in w for w in edited.warnings))
+        self.assertIn("at the RAS origin", reg.panel_report(edited)["lines"][0])
         # back to the scanner coordinates: the markups follow
         session.clear_registration(ct_node)
         self.assertIsNone(ct_node.GetParentTransformNode())
