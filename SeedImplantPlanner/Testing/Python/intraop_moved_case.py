@@ -11,7 +11,6 @@ moved with the patient. The truth (motion, needles, seeds) is returned beside th
 here uses the registration code.
 """
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -102,8 +101,3 @@ def make_moved_case(folder, n_loaded=2, slice_mm=2.0, motion=MOTION, time_limit_
             "needles_csv": folder / "needles_on_intraop.csv", "plan_obj": plan, "needles": needles, "seeds": seeds,
             "seeds_plan_frame": seeds_plan, "motion": motion, "truth_matrix": truth_matrix(motion),
             "planning_ct": (ct, g), "intraop_ct": (ict, gi), "segmentation": seg}
-
-
-def motion_angle_deg(motion=MOTION):
-    R = motion[0]
-    return math.degrees(math.acos(max(-1.0, min(1.0, (np.trace(R) - 1.0) / 2.0))))

@@ -10,7 +10,6 @@ same numbers from the command line (``seedplan register``), the module's logic a
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
