@@ -106,21 +106,29 @@ def _explain_away(found, rejected, metal_pts, metal_w, geometry):
         else:
             dropped.append(int(k))
     # one exchange pass: a dropped line whose steel a kept line mostly explained takes that line's place
-    # when, with it, the kept line's own steel is explained in turn and the dropped line lies on its
-    # steel over more of its length (a line hinged from one needle onto a fainter converging one
-    # outranks the fainter needle by support, not by coherence)
+    # when, with it, the kept line's own steel is explained in turn and the kept lines then explain
+    # more of the metal (a line hinged from one needle onto a fainter converging one outranks the
+    # fainter needle by support, yet explains less of the two needles' steel than the fainter one
+    # does beside the first); the greedy order alone cannot see that
     for r in list(dropped):
         if not kept:
             break
         over = [float(share[r][dist[m] <= EXPLAIN_MM].sum()) for m in kept]
         m = kept[int(np.argmax(over))]
         others = [q for q in kept if q != m]
-        if (found[r].coherent > found[m].coherent + 0.05
+        if (_explained(share, kept, m, r) > _explained(share, kept)
                 and _free(share, dist, r, others) >= OWN_STEEL_MIN * support[r]
                 and _free(share, dist, m, others + [r]) < OWN_STEEL_MIN * support[m]):
             kept[kept.index(m)] = r
             dropped.remove(r)
             dropped.append(m)
+            # a kept line that the incoming line, with the others, now explains goes too
+            for q in [q for q in kept if q != r]:
+                rest = [x for x in kept if x != q]
+                if (_free(share, dist, q, rest) < OWN_STEEL_MIN * support[q]
+                        <= _free(share, dist, q, [x for x in rest if x != r])):
+                    kept.remove(q)
+                    dropped.append(q)
     for k in dropped:
         n = found[k]
         free = _free(share, dist, k, [q for q in kept if q != k]) / max(support[k], 1e-9)
@@ -128,6 +136,13 @@ def _explain_away(found, rejected, metal_pts, metal_w, geometry):
                          "reason": f"second line on needles already found ({100 * (1 - free):.0f} % of its steel "
                                    "lies on them)"})
     return [found[k] for k in kept]
+
+
+def _explained(share, kept, out=None, into=None):
+    """The metal the lines ``kept`` explain (with line ``out`` replaced by line ``into``): each
+    voxel's largest share (its excess times the Gaussian of its distance) over those lines."""
+    lines = [into if q == out else q for q in kept] if out is not None else list(kept)
+    return float(share[lines].max(axis=0).sum())
 
 
 def _free(share, dist, k, others):
@@ -149,9 +164,11 @@ def drop_traced_twice(found, rejected, metal_pts, metal_w, geometry):
     line whose tip lies within ``SAME_TIP_MM`` of a kept one's with axes within
     ``SAME_TIP_ANGLE_DEG`` is that needle again. Then one exchange pass: a dropped line takes the
     place of the kept line that explained most of it when, with it kept instead, that line's own
-    steel is explained in turn, the dropped line keeps its share, and its steel lies on it over
-    more of its length (``coherent``): a line hinged from one needle onto a fainter converging
-    needle can outrank the fainter needle by support, not by coherence.
+    steel is explained in turn, the dropped line keeps its share, and the kept lines then explain
+    more of the metal (:func:`_explained`: each voxel's largest share over the kept lines): a line
+    hinged from one needle onto a fainter converging needle can outrank the fainter needle by
+    support, yet explains less of the steel once the first needle is kept. A kept line that the
+    incoming line, with the others, now explains (not before) is dropped with it.
     Two steel needles cannot lie closer than their diameter: a second trace of one needle, a trace
     hinged between two converging needles, or a line along a streak band between them finds its
     voxels explained; a needle crossing or touching another keeps most of its voxels to itself.

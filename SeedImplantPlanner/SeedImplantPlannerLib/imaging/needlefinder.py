@@ -50,8 +50,9 @@ Method (RAS millimetres throughout, arrays ``[k, j, i]``):
    best supported first, a line is kept while at least half of its support lies outside 1.5 mm of
    the lines kept before it (a second trace of a needle, a line hinged from one needle onto a
    converging one, a line along the streak band between two needles find their steel explained;
-   a needle crossing or touching another keeps most of its own; one exchange pass lets a dropped,
-   more coherent line replace the kept line it explains in turn). A trace whose steel lies on it
+   a needle crossing or touching another keeps most of its own; one exchange pass lets a dropped
+   line replace the kept line it explains in turn when the kept lines then explain more of the
+   metal). A trace whose steel lies on it
    over less than half its length follows streaks; fainter streaks beyond a tip or beside an
    in-plane needle (unless their own tip segment is as bright as steel, away from that needle:
    a needle starved of photons along the rest of its length), and lines too faint for steel,

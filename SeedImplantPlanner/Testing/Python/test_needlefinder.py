@@ -189,6 +189,17 @@ class TestLayoutsNotInTheBenchmark(unittest.TestCase):
         needles = [_held_out_needle(nm, t, d, dia, b) for nm, t, d, dia, b in spec]
         self.check(_grid(1.0, 2.5, 128, 50.0), needles, 2.5, Scanner(photons_per_ray_mm=4.0e4))
 
+    def test_converging_tips_beside_a_diverging_neighbour_on_tilted_thick_slices(self):
+        # A and B converge from 10 mm apart at the skin to tips 2 mm apart; C enters 1.5 mm beside A
+        # and diverges from it; 2 mm slices, gantry tilted 12 deg. A line hinged from C's entry onto
+        # B's tip lies on its steel over more of its length than A (whose neighbours pull its
+        # cross-sections), but explains less of the metal than A does: A is kept, the hybrid is not.
+        from SeedImplantPlannerLib.imaging.ctsim_cases import _phantom_geometry
+        needles = [_held_out_needle("A", (8.0, 2.0, 0.5), (63.0, 4.0, 2.0)),
+                   _held_out_needle("B", (7.0, 3.7, 1.56), (62.0, -4.3, -1.94)),
+                   _held_out_needle("C", (5.0, -9.0, -4.0), (60.0, -4.7, -1.5))]
+        self.check(_phantom_geometry(2.0, tilt_deg=12.0), needles, 2.0)
+
 
 def _pelvis_anatomy(geometry):
     """The simulator's abdomen phantom with bone where CT-guided needles pass near it: an iliac wing
