@@ -11,9 +11,11 @@ The chain, on the intra-operative CT and the plan it came from:
    needles not in the CT are listed as missing.
 3. **Seeds already implanted** (:func:`find_implanted_seeds`): :func:`imaging.seedfinder.find_seeds`
    in the target + margin on the CT (it takes out the steel of the needles passing through that
-   region); objects within ``ON_NEEDLE_MM`` of a needle in place (beyond its radius) are rejected
-   as parts of the needle (a needle is not a seed; a seed lying against a needle in place goes
-   with it, and is listed among the rejected objects). Each found seed is matched to the nearest planned seed (displacement) and gets the plan's strength.
+   region); a found seed still inside a needle in place (:func:`drop_needle_objects`: in its lumen,
+   i.e. centred within the needle's outer radius + ``LUMEN_TOLERANCE_MM`` of its path, coaxial
+   within ``LUMEN_MAX_ANGLE_DEG``, not beyond its tip) is not implanted and is listed among the
+   rejected objects; a seed deposited beside a needle (off its path by at least the needle's and
+   the seed's radii) or ahead of its tip is implanted. Each found seed is matched to the nearest planned seed (displacement) and gets the plan's strength.
 4. **Dose of those seeds** on the plan's dose grid (TG-43, each seed along its own axis).
 5. **Re-plan the rest** (:mod:`planning.intraop_replan`) along the needles as they are (:func:`pipeline.plan_from_masks` with the
    found seeds fixed and the needles in place implanted, no new needles unless allowed), same
@@ -43,9 +45,20 @@ from ..physics.seeds import SeedSet
 from .needles import Needle
 from .planfile import Plan
 
-#: Found objects closer than this to a needle's straight axis (beyond its radius) are taken as the
-#: needle (mm): a needle bends up to 2 mm off its line, and its blur reaches about 0.5 mm further.
-ON_NEEDLE_MM = 2.5
+#: A seed still inside a needle lies in its lumen: coaxial with the needle and centred on its path
+#: (an 18 G needle's lumen is 0.84 mm wide, a seed 0.8 mm: centred within 0.02 mm). A seed
+#: deposited beside the needle is off its path by at least the needle's outer radius plus the
+#: seed's radius (0.64 + 0.4 mm for 18 G). A found seed is in the needle when its centre lies
+#: within the needle's outer radius plus this tolerance (mm; the found seed's and needle's
+#: position error, as the seed finder's on-the-axis rule) of the needle's path, ...
+LUMEN_TOLERANCE_MM = 0.3
+#: ... its axis within this angle (deg) of the needle's (a seed lying across the needle is outside
+#: it; a round image's axis, taken from its track, is the needle's anyway) ...
+LUMEN_MAX_ANGLE_DEG = 30.0
+#: ... and its centre behind the needle's tip (a seed inside reaches at most to the tip, its centre
+#: half a seed behind it; this much (mm) beyond is allowed for the found tip's error). A seed ahead of
+#: the tip was pushed out (deposited).
+LUMEN_TIP_TOLERANCE_MM = 1.0
 #: A found seed is the implant of the nearest planned seed within this distance (mm).
 SEED_MATCH_MM = 8.0
 #: Seed-finding region: the target grown by this margin (mm).
@@ -166,21 +179,39 @@ def point_segment_distance(points, a, b):
     return np.linalg.norm(p - (np.asarray(a) + t[:, None] * ab), axis=1)
 
 
-def drop_needle_objects(found, needles, extra_mm=ON_NEEDLE_MM):
-    """Indices of found seeds to keep and rejection rows of those lying on a needle in place."""
-    from .needles import GAUGE_OUTER_DIAMETER_MM
+def drop_needle_objects(found, needles):
+    """Indices of found seeds to keep and rejection rows of those still inside a needle in place.
+
+    A seed inside a needle lies in its lumen: its centre within the needle's outer radius +
+    ``LUMEN_TOLERANCE_MM`` of the needle's path (its control points for a curved needle, the
+    straight entry-tip line otherwise, run on 60 mm outside the skin), its axis within
+    ``LUMEN_MAX_ANGLE_DEG`` of the needle's, and its centre no further than
+    ``LUMEN_TIP_TOLERANCE_MM`` beyond the tip. Anything else was deposited: beside the needle
+    (off its path by the needle's plus the seed's radius, 1.0 mm for an 18 G needle) or ahead of
+    its tip. The needle's own steel never reaches this point: the seed finder takes it out and
+    rejects what is left on a needle's axis or along it.
+    """
     pos = np.asarray(found.positions, float).reshape(-1, 3)
+    axes = np.asarray(getattr(found, "axes", np.zeros((len(pos), 3))), float).reshape(-1, 3)
     keep = np.ones(len(pos), dtype=bool)
     rejected = []
+    cos_max = math.cos(math.radians(LUMEN_MAX_ANGLE_DEG))
     for n in needles:
-        r = GAUGE_OUTER_DIAMETER_MM.get(n.gauge, 1.27) / 2.0
-        # the shaft from the tip back to well outside the skin
-        d = point_segment_distance(pos, n.tip, n.entry - 60.0 * n.direction)
-        on = keep & (d <= r + extra_mm)
-        for i in np.flatnonzero(on):
-            rejected.append({"position_mm": np.round(pos[i], 2).tolist(), "reason": f"on needle {n.name} in place "
-                             f"({d[i]:.1f} mm from its axis)"})
-        keep &= ~on
+        r = n.outer_radius_mm
+        d = n.direction
+        path = n.control_points if n.control_points is not None else np.vstack([n.entry, n.tip])
+        path = np.vstack([n.entry - 60.0 * d, path])          # the shaft outside the skin too
+        dist = np.full(len(pos), np.inf)
+        for a, b in zip(path[:-1], path[1:]):
+            dist = np.minimum(dist, point_segment_distance(pos, a, b))
+        beyond = (pos - n.tip) @ d
+        norm = np.linalg.norm(axes, axis=1)
+        coaxial = (np.abs(axes @ d) >= cos_max * norm) | (norm < 1e-9)
+        inside = keep & (dist <= r + LUMEN_TOLERANCE_MM) & coaxial & (beyond <= LUMEN_TIP_TOLERANCE_MM)
+        for i in np.flatnonzero(inside):
+            rejected.append({"position_mm": np.round(pos[i], 2).tolist(), "reason": f"inside needle {n.name} in place "
+                             f"(in its lumen: {dist[i]:.1f} mm from its axis, coaxial): not implanted"})
+        keep &= ~inside
     return np.flatnonzero(keep), rejected
 
 

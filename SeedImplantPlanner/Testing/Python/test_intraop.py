@@ -98,9 +98,11 @@ class IntraopTest(unittest.TestCase):
                                                                 len(self.seeds))
         self.assertGreaterEqual(found.needles_in_place, 1)
         self.assertEqual(sum(r["reason"].startswith("needle in place") for r in rejected), found.needles_in_place)
+        # nothing kept lies in a needle's lumen: off its axis by more than its radius, or ahead of its tip
         for n in self.found_needles:
             d = intraop.point_segment_distance(found.positions[keep], n.tip, n.entry)
-            self.assertTrue(np.all(d > 1.27 / 2.0 + intraop.ON_NEEDLE_MM), d)
+            ahead = (found.positions[keep] - n.tip) @ n.direction > intraop.LUMEN_TIP_TOLERANCE_MM
+            self.assertTrue(np.all((d > n.outer_radius_mm + intraop.LUMEN_TOLERANCE_MM) | ahead), d)
 
     def test_implanted_seeds_found_fixed_and_matched(self):
         res = self.res
@@ -109,10 +111,13 @@ class IntraopTest(unittest.TestCase):
         # no needle point is taken for a seed: every seed found is a true one (seeds merged with a
         # needle in place are rejected with it and listed)
         d = np.linalg.norm(found[:, None] - true[None], axis=-1).min(axis=1)
-        # 2 of 4: the two seeds lying 1.7-1.8 mm beside needle Tp1p0 (saturating with its steel in
-        # 2 mm slices) go with the needle's subtraction (a known limit of the seed finder, issue 9);
-        # the two away from needles are found
-        self.assertEqual(len(found), 2)
+        # 3 of 4: the two seeds away from needles, and the upper seed lying 1.8 mm beside needle
+        # Tp1p0 (off its axis by more than the needle's and the seed's radii: deposited, not in the
+        # needle's lumen). The lower seed beside Tp1p0 is missed (a known limit of the seed finder,
+        # issue 9): in 2 mm slices with 1 mm pixels its core lies under the needle's steel, both
+        # clipped at the CT's 3071 HU ceiling, and after the needle's subtraction only 0.33 seed of
+        # its metal is left
+        self.assertEqual(len(found), 3)
         self.assertLess(float(d.max()), 1.0)
         self.assertEqual(len(found) < len(true), len(res.rejected) > 0)
         self.assertEqual(int(res.plan.seed_fixed.sum()), len(found))
@@ -147,7 +152,9 @@ class IntraopTest(unittest.TestCase):
     def test_unmet_goals_try_the_cheap_options(self):
         import copy
         plan = copy.deepcopy(self.plan)
-        plan.goals.v100_min = 0.9999          # not reachable along the needles in place
+        # not reachable along the needles in place (20 % there); new needles reach 99.9 % (with the three
+        # implanted seeds fixed; 99.99 % was reachable with two)
+        plan.goals.v100_min = 0.995
         res = intraop.run_intraop(self.ct, self.ct_geom, plan, self.seg, self.found_needles, time_limit_s=0.5,
                                   implanted_seeds=self.res.found_seeds)
         names = [o["option"] for o in res.options]
