@@ -7,7 +7,7 @@
 
 The ``.tfm`` (ITK, LPS, planning -> new CT points) is what 3D Slicer reads as a linear transform: applied
 to the new CT it puts it onto the planning CT. The JSON holds the planning-from-new 4 x 4 in RAS, the
-translation, the rotation and the quality check (docs/intraop.md).
+translation, the rotation and the quality check (docs/registration.md).
 """
 
 from __future__ import annotations

@@ -33,12 +33,13 @@ CT on anatomy that does not move with the implant (bone, body outline), with the
    ``min_bone_dice`` (the body Dice below ``min_body_dice`` when there is no bone: a warning says
    the outline alone leaves the rotation about the body's long axis weakly determined).
 
-Convention (docs/intraop.md): the result's ``matrix_ras`` is the 4 x 4 **planning-CT-from-new-CT**
+Convention (docs/registration.md): the result's ``matrix_ras`` is the 4 x 4 **planning-CT-from-new-CT**
 transform in RAS mm, the project's frame (core/geometry.py): ``p_planning = M @ [p_new, 1]``.
 ITK's registration gives the other direction in LPS (fixed point -> moving point, what resampling
 needs); that is what the ``.tfm`` file holds, which is exactly what 3D Slicer expects of a linear
 transform file: loaded into Slicer and applied to the new CT, it puts the new CT onto the planning
-CT. :meth:`RegistrationResult.moved_geometry` re-labels the new CT's voxel grid in the planning
+CT (a Slicer linear transform node's transform-to-parent is ``matrix_ras``; mrml/intraop_registration.py,
+tested point by point with Slicer's transform storage node). :meth:`RegistrationResult.moved_geometry` re-labels the new CT's voxel grid in the planning
 frame without resampling (a rigid transform of a grid is a grid): the needle and seed finders then
 run on the native voxels and report positions in the planning frame directly.
 """
