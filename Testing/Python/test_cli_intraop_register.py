@@ -34,6 +34,12 @@ from SeedImplantPlannerLib.planning.needles import NEEDLE_TABLE_COLUMNS, needle_
 from SeedImplantPlannerLib.planning.planfile import write_plan  # noqa: E402
 from test_intraop import small_case  # noqa: E402
 
+try:
+    import slicer  # noqa: F401
+    HAVE_SLICER = True
+except ImportError:
+    HAVE_SLICER = False
+
 A = math.radians(3.0)
 R = np.array([[1.0, 0.0, 0.0], [0.0, math.cos(A), -math.sin(A)], [0.0, math.sin(A), math.cos(A)]])   # tilts the needles
 T = np.array([2.5, -2.0, 1.5])
@@ -125,6 +131,123 @@ class IntraopWithRegistration(unittest.TestCase):
         self.assertEqual(r.returncode, 2)
         self.assertIn("give --register or --transform, not both", r.stderr)
         self.assertFalse((d / "both").exists())
+
+
+@unittest.skipUnless(HAVE_SLICER, "slicer-core is not installed (pip install slicer-core)")
+class IntraopSceneWithRegistration(unittest.TestCase):
+    """The scene.mrb of `seedplan intraop --register` / `--transform`, read back with slicer-core: the intra-op CT in
+    its scanner coordinates under the IntraopRegistration transform node (as the module and the web page make it),
+    the plan's CT the planning CT, the needles and seeds found in the plan's frame."""
+
+    @classmethod
+    def setUpClass(cls):
+        from intraop_moved_case import make_moved_case
+        cls.tmp = tempfile.TemporaryDirectory()
+        d = cls.dir = Path(cls.tmp.name)
+        cls.case = make_moved_case(d / "case")
+        write_transform(d / "truth.tfm", RegistrationResult(cls.case["truth_matrix"]))
+        common = ["intraop", "--ct", cls.case["intraop"], "--plan", cls.case["plan"] / "plan.json",
+                  "--needles", cls.case["needles_csv"], "--implanted", len(cls.case["seeds"]), "--time-limit", 1.0,
+                  "--no-options"]
+        cls.registered = seedplan(*common, "--register", "--out", d / "reg")
+        cls.transformed = seedplan(*common, "--transform", d / "truth.tfm", "--out", d / "tfm")
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def load(self, name):
+        from SeedImplantPlannerLib.mrml.scene import create_scene
+        ctx = create_scene()
+        self.addCleanup(ctx.close)
+        ctx.load_mrb(self.dir / name / "scene.mrb")
+        return ctx
+
+    @staticmethod
+    def nodes(scene, cls):
+        return [scene.GetNthNodeByClass(i, cls) for i in range(scene.GetNumberOfNodesByClass(cls))]
+
+    def check_scene(self, name, run):
+        import vtk
+        from SeedImplantPlannerLib.core.imageio import read_image
+        from SeedImplantPlannerLib.imaging.registration import read_transform
+        from SeedImplantPlannerLib.mrml import intraop_registration as reg
+        from SeedImplantPlannerLib.mrml.intraop_actions import IntraopSession
+        from SeedImplantPlannerLib.mrml.nodes import ROLE_ATTRIBUTE
+        from SeedImplantPlannerLib.mrml.plan_scene import PlanScene
+        from SeedImplantPlannerLib.mrml.volumes import geometry_from_volume
+        from intraop_moved_case import move
+        self.assertIn(run.returncode, (0, 3), run.stderr)
+        written = read_transform(self.dir / name / "registration.json")      # what the chain used
+        ctx = self.load(name)
+        scene = ctx.scene
+        transforms = reg.registration_nodes(scene)
+        self.assertEqual(len(transforms), 1)
+        cts = [n for n in self.nodes(scene, "vtkMRMLScalarVolumeNode") if n.GetAttribute(ROLE_ATTRIBUTE) == "IntraopCT"]
+        self.assertEqual(len(cts), 1)
+        ct = cts[0]
+        self.assertEqual(ct.GetName(), "Intra-op CT intraop_moved.nrrd")
+        self.assertEqual(ct.GetTransformNodeID(), transforms[0].GetID())
+        # the CT as acquired (its scanner grid and voxels), the transform node's matrix the registration's
+        arr, g = read_image(self.case["intraop"])
+        local = geometry_from_volume(ct)
+        np.testing.assert_allclose(local.origin, g.origin, atol=1e-6)
+        np.testing.assert_allclose(local.direction_matrix, g.direction_matrix, atol=1e-9)
+        np.testing.assert_allclose(local.spacing, g.spacing, atol=1e-9)
+        from SeedImplantPlannerLib.mrml.volumes import volume_array
+        np.testing.assert_array_equal(volume_array(ct), arr)
+        np.testing.assert_allclose(reg.world_matrix(ct), written.matrix_ras, atol=1e-6)
+        # a known point: the target's centre p (planning frame) is seen at q on the intra-op CT; Slicer puts q at p
+        p = np.array([-15.0, 8.0, 5.0])
+        q = move(p)
+        to_world = vtk.vtkGeneralTransform()
+        transforms[0].GetTransformToWorld(to_world)
+        np.testing.assert_allclose(to_world.TransformPoint(*q), written.map_points(q), atol=1e-6)
+        self.assertLess(np.linalg.norm(np.array(to_world.TransformPoint(*q)) - p), 1.0)
+        # the module's logic on the loaded scene: the same registration (record, quality, warnings, shown lines)
+        ps = PlanScene(ctx, scene.GetSingletonNode("SeedImplantPlanner", "vtkMRMLScriptedModuleNode"))
+        planning = ps.params.get_node("ctVolume")
+        self.assertIsNotNone(planning)
+        self.assertIsNone(planning.GetParentTransformNode())
+        np.testing.assert_allclose(geometry_from_volume(planning).origin, read_image(self.case["ct"])[1].origin,
+                                   atol=1e-6)
+        session = IntraopSession(ps)
+        back = session.registration(ct)
+        np.testing.assert_allclose(back.matrix_ras, written.matrix_ras, atol=1e-6)
+        self.assertEqual(back.quality, written.quality)
+        self.assertEqual(back.warnings, written.warnings)
+        self.assertEqual(reg.panel_report(back)["lines"][1:], written.report()["lines"][1:])
+        self.assertIs(session.registration_node(ct), transforms[0])
+        # the grid the finders see in the module is the one the chain used
+        wg = session.ct(ct)[1]
+        mg = written.moved_geometry(g)
+        np.testing.assert_allclose(wg.origin, mg.origin, atol=1e-6)
+        np.testing.assert_allclose(wg.direction_matrix, mg.direction_matrix, atol=1e-9)
+        # the needles and seeds found: in the plan's frame, under no transform
+        truth = RegistrationResult(self.case["truth_matrix"])
+        tips = {n["name"]: truth.map_points(n["tip_ras"]) for n in self.case["needles"]}
+        found = session.needle_nodes()
+        self.assertEqual(len(found), len(tips))
+        for node in found:
+            self.assertIsNone(node.GetParentTransformNode())
+            name = node.GetName().replace("Found ", "", 1)
+            self.assertLess(np.linalg.norm(np.array(node.GetNthControlPointPositionWorld(1)) - tips[name]), 1.0, name)
+        seeds = session.seeds_node()
+        self.assertIsNone(seeds.GetParentTransformNode())
+        pos = np.array([seeds.GetNthControlPointPositionWorld(i) for i in range(seeds.GetNumberOfControlPoints())])
+        d = np.linalg.norm(pos[:, None, :] - self.case["seeds_plan_frame"][None], axis=-1).min(axis=1)
+        self.assertLess(float(np.median(d)), 1.5, d)
+        return written
+
+    def test_registered_scene(self):
+        written = self.check_scene("reg", self.registered)
+        self.assertTrue(written.report()["checked"])
+        self.assertTrue(written.report()["verdict"].startswith("accepted"))
+
+    def test_transform_file_scene(self):
+        written = self.check_scene("tfm", self.transformed)
+        np.testing.assert_allclose(written.matrix_ras, self.case["truth_matrix"], atol=1e-9)
+        self.assertFalse(written.report()["checked"])
 
 
 if __name__ == "__main__":

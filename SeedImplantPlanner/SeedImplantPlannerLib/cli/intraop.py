@@ -17,7 +17,9 @@ e.g. ``find-needles`` output corrected by hand). See
 ``--transform`` reads such a registration (``seedplan register``, or a transform saved in Slicer);
 the CT's grid is then re-labelled in the planning frame (imaging/registration.py, no resampling),
 so the needles and seeds found, the deviations and the re-plan are in the plan's frame, and
-``registration.tfm`` / ``registration.json`` are written too (docs/registration.md).
+``registration.tfm`` / ``registration.json`` are written too (docs/registration.md). The scene then holds the
+planning CT as the plan's CT and the intra-operative CT in its scanner coordinates under the registration's
+transform node (:func:`mrml.intraop_scene.save_intraop_scene`), as the module and the web page make it.
 """
 
 from __future__ import annotations
@@ -42,8 +44,13 @@ def _json_default(v):
     return str(v)
 
 
-def write_intraop_folder(tmp, result, ct, ct_geometry, seg, *, scene=True, progress=None):
-    """Write every output of ``seedplan intraop`` into folder ``tmp``; returns the file names."""
+def write_intraop_folder(tmp, result, ct, ct_geometry, seg, *, scene=True, progress=None, planning_ct=None,
+                         scanner_geometry=None, ct_name="Intra-op CT"):
+    """Write every output of ``seedplan intraop`` into folder ``tmp``; returns the file names.
+
+    ``ct_geometry``: the CT's grid as the chain used it (in the plan's frame). With a registration the
+    scene holds the CT on ``scanner_geometry`` under the registration transform node and
+    ``planning_ct`` (array, geometry; optional) as the plan's CT (:func:`mrml.intraop_scene.save_intraop_scene`)."""
     from ..core.fileio import write_csv, write_text
     from ..core.imageio import write_image
     from ..evaluation.dvh import write_dvh_csv
@@ -78,7 +85,8 @@ def write_intraop_folder(tmp, result, ct, ct_geometry, seg, *, scene=True, progr
         files += ["registration.tfm", "registration.json"]
     if scene:
         from ..mrml.intraop_scene import save_intraop_scene
-        save_intraop_scene(tmp / "scene.mrb", result, (ct, ct_geometry), seg, progress=progress)
+        save_intraop_scene(tmp / "scene.mrb", result, (ct, ct_geometry), seg, progress=progress,
+                           planning_ct=planning_ct, scanner_geometry=scanner_geometry, ct_name=ct_name)
         files.append("scene.mrb")
     summary = dict(result.summary())
     summary["deviation_line"] = result.deviation_line()
@@ -169,6 +177,7 @@ def cmd_intraop(args):
     if np.issubdtype(ct.dtype, np.floating) and not np.all(np.isfinite(ct)):
         raise InputError(f"{args.ct}: CT holds non-finite voxels (NaN or Inf)")
     seg = read_segmentation(seg_path)
+    scanner_geometry = geometry
     geometry, needles, registration = _registration_step(args, plan, ct, geometry, needles)
     bar = ProgressBar("intraop", enabled=not args.quiet)
     t_needles = None
@@ -196,9 +205,11 @@ def cmd_intraop(args):
         if importlib.util.find_spec("slicer") is None:
             print("seedplan: warning: slicer-core is not installed: no Slicer scene", file=sys.stderr)
             scene = False
+    planning_ct = _planning_ct_for_scene(args, plan) if scene and registration is not None else None
     with atomic_folder(args.out) as tmp:
         files = write_intraop_folder(tmp, result, ct, geometry, seg, scene=scene,
-                                     progress=ProgressBar("scene", enabled=not args.quiet))
+                                     progress=ProgressBar("scene", enabled=not args.quiet), planning_ct=planning_ct,
+                                     scanner_geometry=scanner_geometry, ct_name=f"Intra-op CT {Path(args.ct).name}")
     print(result.deviation_line())
     for o in result.options:
         print(f"  option {o['option']}: V100 {o['v100_pct']} %, D90 {o['d90_Gy']} Gy, goals "
@@ -212,6 +223,18 @@ def cmd_intraop(args):
         print(f"seedplan: warning: goals not met: {result.advice}", file=sys.stderr)
         return EXIT_GOALS_NOT_MET
     return 0
+
+
+def _planning_ct_for_scene(args, plan):
+    """The planning CT (array, geometry) the scene shows the registered CT on: ``--register``'s, else the plan's
+    image; None (with a warning) when the plan's image is not found beside a ``--transform``."""
+    from ..core.imageio import read_image
+    path = args.register or plan.structures.get("image")
+    if args.register is None and (not path or not Path(path).exists()):
+        print(f"seedplan: warning: the plan's planning CT ({path or 'not named in the plan'}) is not found: scene.mrb "
+              "holds the registered CT without it", file=sys.stderr)
+        return None
+    return read_image(path)
 
 
 def _registration_step(args, plan, ct, geometry, needles):

@@ -11,6 +11,14 @@ segmentation, re-planned needles and seeds, dose, isodoses, DVH, metrics) it hol
   (``Re-plan options``, role ``ReplanOptions``);
 - the plan-vs-now DVH overlay: table ``DVH plan vs now`` and chart (role ``DVHCompare``) with the
   target's cumulative DVH for the original plan, the seeds already implanted and the re-plan.
+
+When the CT was registered to the planning CT (``seedplan intraop --register`` / ``--transform``:
+the result carries the registration) the scene has the layout of the module's Intra-op panel and
+the web page (:mod:`.intraop_registration`): the plan's CT is the planning CT (when given), and the
+intra-operative CT (role ``IntraopCT``) is kept in its own scanner coordinates under the
+``IntraopRegistration`` linear transform node with the registration's record, so it lies on the
+planning CT in the views and the registration can be inspected or edited (Transforms module). The
+plan, the found needles and seeds, the dose and the tables are in the plan's frame, not under it.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from .markups import needle_line_node, seeds_to_fiducial_node
 from .nodes import ROLE_ATTRIBUTE
 from .tables import _set_table_columns, update_dvh_nodes
 
+INTRAOP_CT_ROLE = "IntraopCT"
 FOUND_NEEDLE_COLOR = (1.0, 0.55, 0.0)
 IMPLANTED_SEED_COLOR = (1.0, 0.9, 0.1)
 
@@ -76,20 +85,32 @@ def add_intraop_nodes(scene, result, markups=True):
     return out
 
 
-def save_intraop_scene(path, result, ct, segmentation, goals=None, pictures_dir=None, progress=None) -> dict:
-    """Save the intra-operative scene (module doc) as a .mrb; returns {"mrb", "pictures", "nodes"}."""
+def save_intraop_scene(path, result, ct, segmentation, goals=None, pictures_dir=None, progress=None, *,
+                       planning_ct=None, scanner_geometry=None, ct_name="Intra-op CT") -> dict:
+    """Save the intra-operative scene (module doc) as a .mrb; returns {"mrb", "pictures", "nodes"}.
+
+    ``ct``: (array, geometry) of the intra-operative CT as the chain used it (in the plan's frame).
+    With ``result.registration`` set, the CT node gets ``scanner_geometry`` (its grid as acquired;
+    default: ``ct``'s grid mapped back by the registration) under the registration transform node,
+    and ``planning_ct`` (array, geometry), when given, becomes the plan's CT.
+    """
     from .scene import create_scene
     from .scene_io import build_plan_scene
     plan = result.plan
     st = plan.structures
+    registration = getattr(result, "registration", None)
     ctx = create_scene()
     try:
         ps = build_plan_scene(
-            ctx, seeds=plan.seeds, prescription_Gy=plan.prescription_Gy, ct=ct, segmentation=segmentation,
+            ctx, seeds=plan.seeds, prescription_Gy=plan.prescription_Gy,
+            ct=ct if registration is None else planning_ct, segmentation=segmentation,
             target=st.get("target"), organs=[o for o in (st.get("oars") or [])],
             forbidden=list(st.get("forbidden") or []), needles=plan.used_needles(), seed_needle_numbers=plan.seed_needle,
             dose=(result.dose_Gy, result.dose_geometry), goals=goals, progress=_progress.scaled(progress, 0.0, 0.7))
         nodes = add_intraop_nodes(ctx.scene, result)
+        if registration is not None:
+            nodes.update(add_registered_ct(ps, ct[0], scanner_geometry if scanner_geometry is not None
+                                           else _scanner_geometry(ct[1], registration), registration, ct_name))
         pictures = ps.write_pictures(pictures_dir, prefix="intraop") if pictures_dir is not None else {}
         _progress.report(progress, 0.9, "saving the scene")
         mrb = ps.save(Path(path))
@@ -98,3 +119,25 @@ def save_intraop_scene(path, result, ct, segmentation, goals=None, pictures_dir=
                                                              for k, v in nodes.items()}}
     finally:
         ctx.close()
+
+
+def _scanner_geometry(geometry, registration):
+    """The grid ``registration.moved_geometry`` made ``geometry`` from: the CT as acquired."""
+    from ..imaging.registration import RegistrationResult
+    return RegistrationResult(registration.inverse_matrix_ras).moved_geometry(geometry)
+
+
+def add_registered_ct(plan_scene, array, scanner_geometry, registration, name="Intra-op CT"):
+    """The intra-operative CT on its scanner grid under a new registration transform node holding ``registration``
+    (role ``IntraopCT``, in the plan's study); returns {"intraop_ct": node, "registration": transform node}."""
+    from .intraop_registration import set_registration
+    from .nodes import place_in_study
+    from .volumes import add_scalar_volume, set_ct_display
+    scene = plan_scene.scene
+    node = add_scalar_volume(scene, array, scanner_geometry, name)
+    set_ct_display(node)
+    node.SetAttribute(ROLE_ATTRIBUTE, INTRAOP_CT_ROLE)
+    place_in_study(scene, node, plan_scene.study_item())
+    transform, _ = set_registration(scene, node, registration)
+    place_in_study(scene, transform, plan_scene.study_item())
+    return {"intraop_ct": node, "registration": transform}
