@@ -183,8 +183,8 @@ def drop_needle_objects(found, needles):
     """Indices of found seeds to keep and rejection rows of those still inside a needle in place.
 
     A seed inside a needle lies in its lumen: its centre within the needle's outer radius +
-    ``LUMEN_TOLERANCE_MM`` of the needle's path (its control points for a curved needle, the
-    straight entry-tip line otherwise, run on 60 mm outside the skin), its axis within
+    ``LUMEN_TOLERANCE_MM`` of the needle's path (the curve through its control points for a curved
+    needle, sampled every 1 mm, the straight entry-tip line otherwise; run on 60 mm outside the skin), its axis within
     ``LUMEN_MAX_ANGLE_DEG`` of the needle's, and its centre no further than
     ``LUMEN_TIP_TOLERANCE_MM`` beyond the tip. Anything else was deposited: beside the needle
     (off its path by the needle's plus the seed's radius, 1.0 mm for an 18 G needle) or ahead of
@@ -199,14 +199,18 @@ def drop_needle_objects(found, needles):
     for n in needles:
         r = n.outer_radius_mm
         d = n.direction
-        path = n.control_points if n.control_points is not None else np.vstack([n.entry, n.tip])
+        path = n.sample_path(1.0)[0] if n.curved else np.vstack([n.entry, n.tip])
         path = np.vstack([n.entry - 60.0 * d, path])          # the shaft outside the skin too
         dist = np.full(len(pos), np.inf)
+        along = np.tile(d, (len(pos), 1))                      # the path's direction nearest each seed
         for a, b in zip(path[:-1], path[1:]):
-            dist = np.minimum(dist, point_segment_distance(pos, a, b))
-        beyond = (pos - n.tip) @ d
+            ds = point_segment_distance(pos, a, b)
+            nearer = ds < dist
+            dist[nearer] = ds[nearer]
+            along[nearer] = (b - a) / max(float(np.linalg.norm(b - a)), 1e-12)
+        beyond = (pos - n.tip) @ n.tangent_from_tip(0.0)
         norm = np.linalg.norm(axes, axis=1)
-        coaxial = (np.abs(axes @ d) >= cos_max * norm) | (norm < 1e-9)
+        coaxial = (np.abs(np.sum(axes * along, axis=1)) >= cos_max * norm) | (norm < 1e-9)
         inside = keep & (dist <= r + LUMEN_TOLERANCE_MM) & coaxial & (beyond <= LUMEN_TIP_TOLERANCE_MM)
         for i in np.flatnonzero(inside):
             rejected.append({"position_mm": np.round(pos[i], 2).tolist(), "reason": f"inside needle {n.name} in place "

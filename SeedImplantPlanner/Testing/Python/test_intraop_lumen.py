@@ -82,6 +82,23 @@ class LumenTest(unittest.TestCase):
         self.assertEqual(keep.tolist(), [0, 2])
         self.assertEqual(len(rejected), 1)
 
+    def test_rule_follows_a_curved_needle(self):
+        # a needle given with its bent path (control points, 1.5 mm off its chord at the middle): a seed
+        # in its lumen at the bend lies 1.5 mm from the chord and is still inside; a seed 1.5 mm off the
+        # chord on the other side lies 3 mm from the path: deposited beside it
+        from SeedImplantPlannerLib.planning.needles import Needle
+        entry, tip = np.array([0.0, 0.0, -30.0]), np.array([0.0, 0.0, 10.0])
+        mid = np.array([1.5, 0.0, -10.0])
+        n = Needle(1, entry, tip, name="C1", gauge=18, kind="implanted", control_points=np.array([entry, mid, tip]))
+        apex = n.point_from_tip(n.depth_mm / 2.0)
+        axis = n.tangent_from_tip(n.depth_mm / 2.0)
+        pos = np.array([apex, apex - 2.0 * (apex - [0.0, 0.0, apex[2]])])
+        keep, rejected = intraop.drop_needle_objects(types.SimpleNamespace(positions=pos, axes=np.array([axis, axis])),
+                                                     [n])
+        self.assertGreater(float(np.hypot(apex[0], apex[1])), 1.3)         # the bend is off the chord
+        self.assertEqual(keep.tolist(), [1])
+        self.assertIn("inside needle C1", rejected[0]["reason"])
+
 
 if __name__ == "__main__":
     unittest.main()
