@@ -7,8 +7,27 @@ each control to the planner's state variables and ``on_*`` actions. No logic her
 from __future__ import annotations
 
 
+# the fields the plan's and the source's buttons act on
+PLAN_FIELDS = ("other_targets", "needle_mode", "direction", "template_spacing_mm", "time_limit_s")
+SOURCE_FIELDS = ("seed_model", "strength_value", "strength_unit", "reference_date", "implant_date", "prescription_Gy")
+
+
 class PlannerPage:
     """The page's widgets."""
+
+    def _act(self, handler, *fields):
+        """A button's click: ``handler`` run on the values of ``fields`` the page shows when it is clicked.
+
+        The browser sends edited fields to the server only when it is not waiting for an earlier
+        answer, so under load a click can reach the server before the path just typed; the click
+        therefore carries the fields it acts on, and they are set before ``handler`` runs.
+        """
+        def act(values=None):
+            if isinstance(values, dict):
+                self.state.update({k: values[k] for k in fields if k in values})
+            return handler()
+
+        return (act, "[{" + ", ".join(f"{k}: {k}" for k in fields) + "}]")
 
     # -- page --------------------------------------------------------------------------------------------
     def _build_ui(self):
@@ -58,12 +77,14 @@ class PlannerPage:
             with v.VExpansionPanelText():
                 v.VCombobox(v_model=("open_path",), items=("open_items",), label="plan folder or .mrb (in the served folder)",
                             density="compact", id="open-path", hide_details=True)
-                v.VBtn("Open", click=self.on_open_path, id="open-btn", classes="mt-2", block=True, disabled=("plan_running",))
+                v.VBtn("Open", click=self._act(self.on_open_path, "open_path"),
+                       id="open-btn", classes="mt-2", block=True, disabled=("plan_running",))
                 v.VDivider(classes="my-3")
                 v.VTextField(v_model=("ct_path",), label="CT image", density="compact", id="ct-path", hide_details=True)
                 v.VTextField(v_model=("seg_path",), label="segmentation", density="compact", id="seg-path",
                              hide_details=True, classes="mt-1")
-                v.VBtn("Open CT + segmentation", click=self.on_open_case, id="open-case-btn", classes="mt-2", block=True,
+                v.VBtn("Open CT + segmentation", click=self._act(self.on_open_case, "ct_path", "seg_path"),
+                       id="open-case-btn", classes="mt-2", block=True,
                        disabled=("plan_running",))
                 v.VDivider(classes="my-3")
                 v.VFileInput(v_model=("upload_files",), label="upload a .mrb, or a CT and a segmentation", multiple=True,
@@ -78,7 +99,8 @@ class PlannerPage:
                           density="compact", id="organs")
                 v.VSelect(v_model=("forbidden",), items=("segments",), label="forbidden for needles", multiple=True,
                           chips=True, density="compact", id="forbidden")
-                v.VBtn("Apply", click=self.on_roles, block=True, disabled=("!has_plan",), id="roles-btn")
+                v.VBtn("Apply", click=self._act(self.on_roles, "target", "organs", "forbidden"),
+                       block=True, disabled=("!has_plan",), id="roles-btn")
 
     def _panel_source(self, v):
         with v.VExpansionPanel(title="Source and prescription"):
@@ -99,7 +121,8 @@ class PlannerPage:
                                      density="compact")
                 v.VTextField(v_model=("prescription_Gy",), label="prescription (Gy)", type="number", density="compact",
                              id="prescription")
-                v.VBtn("Apply", click=self.on_source, block=True, disabled=("!has_plan",), id="source-btn")
+                v.VBtn("Apply", click=self._act(self.on_source, *SOURCE_FIELDS),
+                       block=True, disabled=("!has_plan",), id="source-btn")
 
     def _panel_needles(self, v):
         with v.VExpansionPanel(title=("`Needles (${needle_rows.length})`",)):
@@ -130,7 +153,8 @@ class PlannerPage:
                         with v.VCol(cols=3):
                             v.VTextField(v_model=(key,), label=axis, type="number", density="compact",
                                          id=f"seed-{key[-2:]}", hide_details=True)
-                v.VBtn("Move seed", click=self.on_move_seed, block=True, disabled=("!has_dose || plan_running",),
+                v.VBtn("Move seed", click=self._act(self.on_move_seed, "seed_index", "seed_dx", "seed_dy", "seed_dz"),
+                       block=True, disabled=("!has_dose || plan_running",),
                        id="move-seed-btn", classes="mt-2")
                 v.VLabel("last update after an edit: {{ last_update_s === null ? '-' : last_update_s + ' s' }}",
                          classes="text-caption", id="update-time")
@@ -140,7 +164,8 @@ class PlannerPage:
             with v.VExpansionPanelText():
                 v.VTextField(v_model=("isodose_levels",), label="isodose lines (% of prescription)", density="compact",
                              id="isodose-levels")
-                v.VBtn("Show isodose lines", click=self.on_isodose, block=True, disabled=("!has_dose",),
+                v.VBtn("Show isodose lines", click=self._act(self.on_isodose, "isodose_levels"),
+                       block=True, disabled=("!has_dose",),
                        id="isodose-btn")
                 v.VSlider(v_model=("dose_opacity",), min=0, max=1, step=0.05, label="dose wash", density="compact",
                           hide_details=True, classes="mt-2")
@@ -150,7 +175,8 @@ class PlannerPage:
                                      density="compact", hide_details=True, placeholder="CT grid",
                                      hint="empty: the CT's own grid (up to 4 M voxels)")
                     with v.VCol(cols=6):
-                        v.VBtn("Compute dose", click=self.on_compute_dose, block=True, disabled=("!has_plan",),
+                        v.VBtn("Compute dose", click=self._act(self.on_compute_dose, "dose_spacing_mm"),
+                               block=True, disabled=("!has_plan",),
                                id="dose-btn")
 
     def _panel_evaluation(self, v, plotly):
@@ -161,7 +187,8 @@ class PlannerPage:
                         v.VSelect(v_model=("goal_preset",), items=("goal_presets",), label="goals", density="compact",
                                   hide_details=True)
                     with v.VCol(cols=4):
-                        v.VBtn("Apply", click=self.on_goals, block=True, disabled=("!has_plan",), id="goals-apply")
+                        v.VBtn("Apply", click=self._act(self.on_goals, "goal_preset"),
+                               block=True, disabled=("!has_plan",), id="goals-apply")
                 plotly.Figure(state_variable_name="dvh_figure", display_mode_bar=False, display_logo=False,
                               responsive=True, style="height: 260px;", id="dvh-chart")
                 v.VLabel("{{ failed_goals === null || failed_goals === undefined ? '' : (failed_goals ? failed_goals + "
@@ -201,12 +228,14 @@ class PlannerPage:
                                      placeholder="e.g. GTV_Groin:rx=140,strength=0.7,direction=P",
                                      density="compact", hide_details=True, id="other-targets")
                     with v.VCol(cols=3):
-                        v.VBtn("Set", click=self.on_other_targets, block=True, id="other-targets-btn",
+                        v.VBtn("Set", click=self._act(self.on_other_targets, "other_targets"),
+                               block=True, id="other-targets-btn",
                                disabled=("!has_plan || plan_running",))
                 v.VLabel("{{ target_rx.length > 1 ? 'targets: ' + target_rx.map(t => t.name + ' Rx ' + t.prescription_Gy "
                          "+ ' Gy' + (t.direction ? ' (direction ' + t.direction + ')' : '')).join(', ') : '' }}",
                          classes="text-caption", id="target-list")
-                v.VBtn("Run inverse plan", click=self.on_plan, block=True, disabled=("!has_plan || plan_running",),
+                v.VBtn("Run inverse plan", click=self._act(self.on_plan, *PLAN_FIELDS),
+                       block=True, disabled=("!has_plan || plan_running",),
                        id="plan-btn", classes="mt-2")
                 v.VProgressLinear(v_model=("plan_fraction",), height=14, v_show="plan_running", id="plan-progress",
                                   classes="mt-2", color="green")
@@ -221,11 +250,13 @@ class PlannerPage:
             with v.VExpansionPanelText():
                 v.VTextField(v_model=("save_folder_name",), label="new plan folder (in the served folder)",
                              density="compact", id="save-folder-name", hide_details=True)
-                v.VBtn("Save plan folder", click=self.on_save_folder, block=True, disabled=("!has_plan",),
+                v.VBtn("Save plan folder", click=self._act(self.on_save_folder, "save_folder_name"),
+                       block=True, disabled=("!has_plan",),
                        id="save-folder-btn", classes="mt-1")
                 v.VTextField(v_model=("save_mrb_name",), label="new scene bundle (.mrb)", density="compact",
                              id="save-mrb-name", hide_details=True, classes="mt-3")
-                v.VBtn("Save .mrb", click=self.on_save_mrb, block=True, disabled=("!has_plan",), id="save-mrb-btn",
+                v.VBtn("Save .mrb", click=self._act(self.on_save_mrb, "save_mrb_name"),
+                       block=True, disabled=("!has_plan",), id="save-mrb-btn",
                        classes="mt-1")
 
     def _page_intraop(self, v):
@@ -238,7 +269,7 @@ class PlannerPage:
                      density="compact", id="intraop-ct-path", hide_details=True)
         with v.VRow(dense=True, classes="mt-1"):
             with v.VCol(cols=7):
-                v.VBtn("Register to the planning CT", click=self.on_register, block=True,
+                v.VBtn("Register to the planning CT", click=self._act(self.on_register, "intraop_ct_path"), block=True,
                        disabled=("!has_plan || plan_running",), id="register-btn", variant="tonal")
             with v.VCol(cols=5):
                 v.VBtn("No registration", click=self.on_clear_registration, block=True,
@@ -249,7 +280,8 @@ class PlannerPage:
                 v.VTextField(v_model=("transform_path",), label="or a transform file (.tfm / .json)",
                              density="compact", id="transform-path", hide_details=True)
             with v.VCol(cols=5):
-                v.VBtn("Use transform", click=self.on_load_transform, block=True,
+                v.VBtn("Use transform", click=self._act(self.on_load_transform, "transform_path", "intraop_ct_path"),
+                       block=True,
                        disabled=("!has_plan || plan_running",), id="transform-btn", variant="outlined")
         with v.VAlert(v_if=("registration",), density="compact", variant="tonal", classes="mt-1 text-body-2",
                       id="registration-result",
@@ -260,9 +292,10 @@ class PlannerPage:
         html.Div("not registered: the intra-operative CT is taken in its scanner coordinates (register it when the "
                  "patient moved since the planning CT)", v_if=("!registration",), classes="text-caption mt-1",
                  id="registration-none")
-        v.VBtn("Find the needles on the CT", click=self.on_find_needles, block=True,
+        v.VBtn("Find the needles on the CT", click=self._act(self.on_find_needles, "intraop_ct_path"), block=True,
                disabled=("!has_plan || plan_running",), id="find-needles-btn", classes="mt-1")
-        v.VBtn("Run the intra-operative chain (needles, implanted seeds, re-plan)", click=self.on_intraop_chain,
+        v.VBtn("Run the intra-operative chain (needles, implanted seeds, re-plan)",
+               click=self._act(self.on_intraop_chain, "intraop_ct_path", "time_limit_s"),
                block=True, disabled=("!has_plan || plan_running",), id="intraop-chain-btn", classes="mt-1",
                color="primary")
         v.VSwitch(v_model=("show_intraop_ct",), label="show the intra-operative CT", v_show="has_intraop_ct",
@@ -275,13 +308,15 @@ class PlannerPage:
         html.Div("or read needles already found (CSV):", classes="text-caption mt-3")
         v.VTextField(v_model=("implanted_path",), label="implanted needles CSV (in the served folder)",
                      density="compact", id="implanted-path", hide_details=True)
-        v.VBtn("Read implanted needles", click=self.on_load_implanted, block=True, disabled=("!has_plan",),
+        v.VBtn("Read implanted needles", click=self._act(self.on_load_implanted, "implanted_path"),
+               block=True, disabled=("!has_plan",),
                id="implanted-btn", classes="mt-1")
         v.VDataTable(items=("deviation_rows",), density="compact", id="deviation-table", classes="mt-2",
                      headers=([{"title": "implanted", "key": "implanted"}, {"title": "planned #", "key": "needle"},
                                {"title": "entry (mm)", "key": "entry_mm"},
                                {"title": "tip (mm)", "key": "tip_mm"}, {"title": "angle (deg)", "key": "angle_deg"},
                                {"title": "", "key": "note"}],))
-        v.VBtn("Re-plan with the implanted needles", click=self.on_replan_implanted, block=True, classes="mt-2",
+        v.VBtn("Re-plan with the implanted needles", click=self._act(self.on_replan_implanted, *PLAN_FIELDS),
+               block=True, classes="mt-2",
                disabled=("!has_plan || plan_running || !deviation_rows.length",), id="replan-btn")
 
