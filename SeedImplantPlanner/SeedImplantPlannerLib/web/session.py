@@ -68,6 +68,7 @@ class PlannerSession(SessionFiles, SessionPlanning, SessionIntraop):
         self.registration = None  # imaging.registration.RegistrationResult of the intra-operative CT registration_ct
         self.registration_ct = None  # Path of the CT the registration is of
         self.registration_node = None  # its vtkMRMLLinearTransformNode in the scene
+        self.found_ct = None  # Path of the CT the needle finder's matching / the chain's result were found on
         self.case_segmentation = None  # imaging.segio.Segmentation of the open case (None from a .mrb)
         self.case_paths = (None, None)  # CT and segmentation files of the open case (None when from a .mrb)
 
@@ -91,6 +92,7 @@ class PlannerSession(SessionFiles, SessionPlanning, SessionIntraop):
         self.registration = None
         self.registration_ct = None
         self.registration_node = None
+        self.found_ct = None
         self.case_segmentation = None
         self.case_paths = (None, None)
 

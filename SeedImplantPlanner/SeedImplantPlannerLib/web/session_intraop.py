@@ -13,7 +13,9 @@ set, that CT is shown under a linear transform node (the module's layout,
 needle finder and the chain run on its grid re-labelled in the plan's frame (no resampling), a
 needles CSV is taken in that CT's own frame (as ``find-needles`` writes it) and mapped, and the
 chain's result records the registration. Using another CT while a registration is set is refused.
-A registration that fails or is refused changes nothing.
+A registration that fails or is refused changes nothing. When the registration changes (a new one,
+or back to scanner coordinates) what was found on the CT moves with it, as in the module
+(:meth:`SessionIntraop._follow_ct`).
 """
 
 from __future__ import annotations
@@ -79,14 +81,13 @@ class SessionIntraop:
         from ..mrml.intraop_registration import clear_registration
         if self.registration is None:
             return "no registration set"
-        self._move_read_needles(np.linalg.inv(self.registration.matrix_ras))
-        self._forget_found()
+        note = self._follow_ct(np.linalg.inv(self.registration.matrix_ras), self.registration_ct)
         name = self.registration_ct.name
         if self.intraop_ct_node is not None and self.ctx.scene.IsNodePresent(self.intraop_ct_node):
             clear_registration(self.intraop_ct_node)
         self.registration = None
         self.registration_ct = None
-        return f"{name}: back to its scanner coordinates (no registration)"
+        return f"{name}: back to its scanner coordinates (no registration)" + note
 
     def registration_report(self):
         """The registration shown on the page (RegistrationResult.report() + the CT's name), or None."""
@@ -112,26 +113,67 @@ class SessionIntraop:
         old = self.registration.matrix_ras if self.registration is not None else np.eye(4)
         if self.registration is not None and Path(path).resolve() != self.registration_ct.resolve():
             old = np.eye(4)
-        self._move_read_needles(result.matrix_ras @ np.linalg.inv(old))
-        found = self._forget_found()
+        note = self._follow_ct(result.matrix_ras @ np.linalg.inv(old), path)
         self.registration = result
         self.registration_ct = Path(path)
         self._show_intraop_ct(path, ct, geometry)
         rep = self.registration_report()
         text = f"{Path(path).name} registered to the planning CT" + (f" with {source}" if source else "") + ": " + \
             "; ".join(rep["lines"])
-        return text + ("; the needles found before are cleared: find them again" if found else "")
+        return text + note
 
-    def _move_read_needles(self, change):
-        """Needles read from a CSV (on the registered CT's frame) follow a change of the registration."""
-        if not self.implanted_needles or self.needle_matching is not None or self.intraop_result is not None:
-            return
-        change = np.asarray(change, float)
-        if np.allclose(change, np.eye(4), atol=1e-12):
-            return
+    def _follow_ct(self, change, path):
+        """What was found on the intra-operative CT at ``path`` moves with it when its registration changes
+        (``change``: 4 x 4, old world RAS -> new), as the module's markups do; returns the page's note ("" when
+        nothing moved). What was found on another CT stays where it is.
+
+        - needles read from a CSV: moved;
+        - needles found by the needle finder: moved and matched to the plan's needles again (the deviations
+          are those in the new frame; the finder is not run again);
+        - the chain's result: its needles in place move and are kept for the next run (the seeds already
+          implanted are found again on the CT, in the new frame); its re-plan and deviations belong to the
+          earlier frame, so the plan being implanted is shown again."""
         from ..imaging.registration import RegistrationResult
-        self.implanted_needles = self._mapped(self.implanted_needles, RegistrationResult(change))
+        change = np.asarray(change, float)
+        if np.allclose(change, np.eye(4), atol=1e-12) or not (self.implanted_needles or self.needle_matching
+                                                              or self.intraop_result is not None):
+            return ""
+        move = RegistrationResult(change)
+        if self.found_ct is not None and Path(self.found_ct).resolve() != Path(path).resolve():
+            return ""
+        if self.intraop_result is not None:
+            result = self.intraop_result
+            self.intraop_result = None
+            self.needle_matching = None
+            self.implanted_needles = self._mapped(result.needles_in_place, move)
+            self._show_original(result.original)
+            self._show_implanted(self.implanted_needles)
+            return (f"; the re-plan was made in the earlier frame: the plan being implanted is shown again and its "
+                    f"{len(self.implanted_needles)} needles in place moved with the CT: run the chain again")
+        if self.needle_matching is not None:
+            from dataclasses import replace
+            from ..planning.needle_match import match_needles
+            found = [replace(m.found, tip=move.map_points(m.found.tip), entry=move.map_points(m.found.entry),
+                             direction=move.map_directions(m.found.direction),
+                             tip_direction=move.map_directions(m.found.tip_direction),
+                             points=move.map_points(m.found.points))
+                     for m in self.needle_matching.rows_ if m.found is not None]
+            self.needle_matching = match_needles(found, self.require_plan().needles(skip_incomplete=True))
+            self.implanted_needles = self.needle_matching.needles()
+            self._show_implanted(self.implanted_needles)
+            return f"; the {len(found)} needles found before moved with the CT: {self.needle_matching.summary_line()}"
+        self.implanted_needles = self._mapped(self.implanted_needles, move)
         self._show_implanted(self.implanted_needles)
+        return f"; the {len(self.implanted_needles)} needles read before moved with the CT"
+
+    def _show_original(self, plan):
+        """Show ``plan`` (the plan being implanted, after a re-plan made in another frame) with its dose."""
+        ps = self.require_plan()
+        ps.stop_live_updates()
+        ps.show_plan(plan, locked=False)
+        self.plan = plan
+        ps.compute_dose(self._default_dose_geometry())
+        self._start_live()
 
     @staticmethod
     def _mapped(needles, reg):
@@ -140,16 +182,6 @@ class SessionIntraop:
                         control_points=None if n.control_points is None else reg.map_points(n.control_points),
                         reference_axis=None if n.reference_axis is None else reg.map_directions(n.reference_axis))
                 for n in needles]
-
-    def _forget_found(self):
-        """Needles found on the CT in an earlier frame are dropped (their matching to the plan may change); True if any."""
-        if self.needle_matching is None and self.intraop_result is None:
-            return False
-        self.needle_matching = None
-        self.intraop_result = None
-        self.implanted_needles = None
-        self._show_implanted([])
-        return True
 
     def _target_centre(self):
         """Centre (RAS) of the plan's target, where a transform read from a file states the patient's shift."""
@@ -196,6 +228,7 @@ class SessionIntraop:
         self.implanted_needles = needles
         self.needle_matching = None
         self.intraop_result = None
+        self.found_ct = None
         self._show_implanted(needles)
         return needles
 
@@ -304,6 +337,7 @@ class SessionIntraop:
         ps.refresh_outputs()
         self.plan = new
         self.intraop_result = result
+        self.found_ct = Path(path)
         self.needle_matching = None
         self.implanted_needles = list(result.needles_in_place)
         self._show_implanted(self.implanted_needles)
@@ -317,6 +351,7 @@ class SessionIntraop:
         name = Path(path).name
         self._show_intraop_ct(path, ct, geometry)
         self.needle_matching = matching
+        self.found_ct = Path(path)
         self.intraop_result = None
         self.implanted_needles = matching.needles()
         self._show_implanted(self.implanted_needles)

@@ -110,10 +110,69 @@ class WebRegistrationTest(_SessionOnServedFolder, unittest.TestCase):
         self.assertGreaterEqual(len(found), len(self.case["seeds"]) - 1)
         d = np.linalg.norm(found[:, None, :] - self.case["seeds_plan_frame"][None], axis=-1).min(axis=1)
         self.assertLess(float(np.median(d)), 1.5, d)
-        # back to the scanner coordinates: the CT leaves the transform, the chain's needles are cleared
+        # back to the scanner coordinates: the CT leaves the transform, the chain's needles move with it
         self.assertIn("scanner coordinates", self.session.clear_registration())
         self.assertIsNone(self.session.registration)
         self.assertIsNone(self.session.intraop_ct_node.GetParentTransformNode())
+
+    def test_found_needles_and_the_chain_move_with_the_ct(self):
+        """As the module's markups: what was found on the CT follows a new registration (or none), nothing is lost."""
+        truth = RegistrationResult(self.case["truth_matrix"])
+        dev = {n["name"]: n["deviation"] for n in self.case["needles"]}
+        self.session.open_path("moved/plan")
+        # the needle finder in scanner coordinates: the patient's motion reads as needle deviation
+        run_job(self.session, self.session.start_find_needles("moved/intraop_moved.nrrd"))
+        before = [m.found for m in self.session.needle_matching.rows_ if m.found is not None]
+        # a transform file for another CT: these needles were not found on it, they stay
+        self.session.load_registration("moved/truth.tfm", "moved/intraop_far.nrrd")
+        self.assertEqual([m.found.tip.tolist() for m in self.session.needle_matching.rows_ if m.found is not None],
+                         [f.tip.tolist() for f in before])
+        self.session.clear_registration()
+        message = self.session.load_registration("moved/truth.tfm", "moved/intraop_moved.nrrd")
+        self.assertIn(f"the {len(before)} needles found before moved with the CT: needles:", message)
+        after = [m.found for m in self.session.needle_matching.rows_ if m.found is not None]
+        self.assertEqual(len(after), len(before))
+        moved = truth.map_points(np.array([f.tip for f in before]))
+        for f in after:   # each found needle is one found before, moved rigidly (tip, entry, axis, centreline)
+            k = int(np.argmin(np.linalg.norm(moved - f.tip, axis=1)))
+            b = before[k]
+            np.testing.assert_allclose(f.tip, truth.map_points(b.tip), atol=1e-9)
+            np.testing.assert_allclose(f.entry, truth.map_points(b.entry), atol=1e-9)
+            np.testing.assert_allclose(f.direction, truth.map_directions(b.direction), atol=1e-12)
+            np.testing.assert_allclose(f.points, truth.map_points(b.points), atol=1e-9)
+            self.assertAlmostEqual(f.depth_mm, b.depth_mm)
+        # matched again in the plan's frame: the deviations are the implant's own (the motion is gone)
+        rows = {r["implanted"]: r for r in self.session.needle_deviations() if r["note"].startswith("matched")}
+        self.assertGreaterEqual(len(set(rows) & set(dev)), len(dev) - 2, rows)
+        err = [abs(rows[n]["tip_mm"] - dev[n]["tip_mm"]) for n in set(rows) & set(dev)]
+        self.assertLess(float(np.median(err)), 1.5, err)
+        names = {n.name for n in self.session.implanted_needles}
+        self.assertEqual(names, {r["implanted"] for r in self.session.needle_deviations()
+                                 if not r["note"].startswith("missing")})
+        # the chain on a needles CSV, then the registration taken away: the re-plan of the earlier frame is
+        # replaced by the plan being implanted, the needles in place move with the CT and are kept
+        self.session.load_implanted_needles("moved/needles_on_intraop.csv")
+        run_job(self.session, self.session.start_intraop("moved/intraop_moved.nrrd", time_limit_s=1.0))
+        first = self.session.intraop_result
+        message = self.session.clear_registration()
+        self.assertIn("the plan being implanted is shown again", message)
+        self.assertIsNone(self.session.intraop_result)
+        self.assertIs(self.session.plan, first.original)
+        self.assertEqual(len(self.session.plan_scene.seeds()[0]), len(first.original.seeds))
+        self.assertTrue(self.session.has_dose())
+        inverse = RegistrationResult(truth.inverse_matrix_ras)
+        np.testing.assert_allclose([n.tip for n in self.session.implanted_needles],
+                                   inverse.map_points(np.array([n.tip for n in first.needles_in_place])), atol=1e-9)
+        # registered again: the needles come back into the plan's frame; the chain on them gives the same deviations
+        self.session.load_registration("moved/truth.tfm", "moved/intraop_moved.nrrd")
+        np.testing.assert_allclose([n.tip for n in self.session.implanted_needles],
+                                   [n.tip for n in first.needles_in_place], atol=1e-9)
+        run_job(self.session, self.session.start_intraop("moved/intraop_moved.nrrd", time_limit_s=1.0))
+        again = {r["name"]: r for r in self.session.intraop_result.needle_rows if r["status"] == "in place"}
+        for r in first.needle_rows:
+            if r["status"] == "in place":
+                self.assertAlmostEqual(again[r["name"]]["tip_mm"], r["tip_mm"], places=6)
+                self.assertAlmostEqual(again[r["name"]]["angle_deg"], r["angle_deg"], places=6)
 
     def test_needle_finder_after_registration(self):
         self.register()
