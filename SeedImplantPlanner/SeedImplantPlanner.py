@@ -27,6 +27,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from SeedImplantPlannerLib.mrml import plan_scene
+from SeedImplantPlannerLib.mrml.intraop_registration import plan_ct_problem
 from SeedImplantPlannerLib.mrml.volumes import DOSE_VOLUME_ATTRIBUTE
 from SeedImplantPlannerLib.core.errors import CancelledError, SeedPlanError
 from SeedImplantPlannerLib.core.requirements import missing_requirements
@@ -124,6 +125,7 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self._parameterNodeGuiTag = None
         self._updatingGui = False
         self._placingNeedle = None
+        self._planCt = None  # the plan's CT as last accepted (the Inputs selector is put back to it on a refusal)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -211,9 +213,11 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.ctVolume:
-            firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolume and firstVolume.GetAttribute(DOSE_VOLUME_ATTRIBUTE) is None:
-                self._parameterNode.ctVolume = firstVolume
+            # the first volume that can be the plan's CT: not a dose, not a CT under a registration / transform
+            for volume in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+                if volume.GetAttribute(DOSE_VOLUME_ATTRIBUTE) is None and plan_ct_problem(volume) is None:
+                    self._parameterNode.ctVolume = volume
+                    break
 
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
@@ -230,6 +234,12 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
     def updateGuiFromParameterNode(self, caller=None, event=None) -> None:
         if self._parameterNode is None or self._updatingGui:
             return
+        # the Inputs CT selector sets ctVolume directly: a CT under a registration (the intra-op CT) is refused
+        refused = self.logic.planScene().check_ct_choice(self._planCt)   # puts ctVolume back, updating again
+        if refused:
+            slicer.util.errorDisplay(_("Not the plan's CT: {0}.").format(refused))
+            return
+        self._planCt = self._parameterNode.ctVolume
         self._updatingGui = True
         try:
             p = self._parameterNode

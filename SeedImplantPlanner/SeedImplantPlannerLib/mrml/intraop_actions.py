@@ -144,7 +144,7 @@ class IntraopSession:
     # -- registration to the planning CT -------------------------------------------------------------
     def planning_ct_node(self, planning_ct_node=None):
         """The planning CT: ``planning_ct_node`` or the plan's CT in the scene."""
-        node = planning_ct_node or self.ps.params.get_node("ctVolume")
+        node = planning_ct_node or self.ps.ct_node()
         if node is None:
             raise InputError("no planning CT: choose the planning CT (the plan's CT is not in the scene)")
         return node

@@ -71,6 +71,30 @@ def world_geometry(node) -> ImageGeometry:
     return moved.moved_geometry(geometry)
 
 
+def plan_ct_problem(node):
+    """Why ``node`` cannot be the plan's CT (Inputs), or None when it can.
+
+    The plan (segments sampled on the CT's grid, needles, seeds, dose) is made in the CT's own
+    coordinates. A CT under a transform is seen elsewhere in the views: the intra-operative CT under
+    its registration (role ``IntraopRegistration``) lies on the planning CT only through it, so a plan
+    made on it would be in the intra-operative scanner's frame and move away from the patient with
+    the registration; any other non-identity (or non-linear) transform would do the same."""
+    if node is None:
+        return None
+    parent = node.GetParentTransformNode()
+    if parent is None:
+        return None
+    if parent.GetAttribute(ROLE_ATTRIBUTE) == REGISTRATION_ROLE:
+        return (f"'{node.GetName()}' is the intra-operative CT registered to the planning CT (it lies under "
+                f"'{parent.GetName()}'): it cannot be the plan's CT, the plan would be made in its scanner "
+                "coordinates and move with the registration. Choose the planning CT as the plan's CT")
+    if not parent.IsTransformToWorldLinear() or not np.allclose(world_matrix(node), np.eye(4), atol=1e-9):
+        return (f"'{node.GetName()}' lies under the transform '{parent.GetName()}': the plan is made in the CT's own "
+                "coordinates and would not lie where the views show the CT. Harden the transform (Transforms "
+                "module) or choose another CT as the plan's CT")
+    return None
+
+
 def registration_nodes(scene):
     """The registration transform nodes (role ``IntraopRegistration``) of the scene."""
     out = []

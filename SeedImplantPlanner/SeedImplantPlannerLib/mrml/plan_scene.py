@@ -20,6 +20,7 @@ from ..core.geometry import ImageGeometry
 from ..physics.seeds import SeedSet
 from . import markups, segmentations, volumes
 from .evaluation_nodes import PlanOutputs
+from .intraop_registration import plan_ct_problem
 from .live_update import LiveUpdates
 from .nodes import ROLE_ATTRIBUTE, children, ensure_study, place_in_study, study_of, subject_hierarchy
 from .parameters import PlanParameters
@@ -69,9 +70,41 @@ class PlanScene(LiveUpdates, PlanOutputs, PlanningActions):
         return sh.CreateFolderItem(study, name)
 
     # -- inputs ------------------------------------------------------------------------------------
+    def ct_node(self):
+        """The plan's CT node (None without one). Raises InputError naming it when it cannot be the plan's CT:
+        it lies under a transform, e.g. the registered intra-operative CT (:func:`intraop_registration.plan_ct_problem`)."""
+        node = self.params.get_node("ctVolume")
+        problem = plan_ct_problem(node)
+        if problem:
+            raise InputError(problem)
+        return node
+
+    def set_ct_node(self, node):
+        """Make the volume ``node`` (already in the scene) the plan's CT; refused (InputError, nothing changed) when it
+        cannot be (:func:`intraop_registration.plan_ct_problem`)."""
+        problem = plan_ct_problem(node)
+        if problem:
+            raise InputError(problem)
+        self.params.set_node("ctVolume", node)
+        self._evaluation = None
+        return node
+
+    def check_ct_choice(self, previous=None):
+        """For a selector that sets ``ctVolume`` directly (the module's Inputs): when the node now chosen cannot be the
+        plan's CT, ``ctVolume`` goes back to ``previous`` (when that one can be, else none) and the reason is
+        returned; None when the choice stands."""
+        problem = plan_ct_problem(self.params.get_node("ctVolume"))
+        if problem is None:
+            return None
+        ok = previous is not None and self.scene.IsNodePresent(previous) and plan_ct_problem(previous) is None
+        self.params.set_node("ctVolume", previous if ok else None)
+        self._evaluation = None
+        return problem
+
     def set_ct(self, array, geometry: ImageGeometry, name="CT"):
-        """Add (or update) the CT volume node."""
-        node = volumes.add_scalar_volume(self.scene, array, geometry, name, self.params.get_node("ctVolume"))
+        """Add (or update) the CT volume node (a new node when the current one cannot be the plan's CT)."""
+        old = self.params.get_node("ctVolume")
+        node = volumes.add_scalar_volume(self.scene, array, geometry, name, None if plan_ct_problem(old) else old)
         volumes.set_ct_display(node)
         self.params.set_node("ctVolume", node)
         place_in_study(self.scene, node, self.study_item())
@@ -286,7 +319,7 @@ class PlanScene(LiveUpdates, PlanOutputs, PlanningActions):
         """Dose grid: the box of every target plus a margin, at ``spacing_mm``, oriented as the CT."""
         spacing = float(self.params.get("doseGridSpacingMm") if spacing_mm is None else spacing_mm)
         margin = float(self.params.get("doseMarginMm") if margin_mm is None else margin_mm)
-        ct = self.params.get_node("ctVolume")
+        ct = self.ct_node()
         seg = self.params.get_node("segmentation")
         target = self.params.get("targetSegmentId")
         if seg is not None and target:
@@ -347,7 +380,7 @@ class PlanScene(LiveUpdates, PlanOutputs, PlanningActions):
         if ev.result is None:
             raise InputError("nothing to report: choose a target segment and compute the dose")
         sub, _ = ev.crop(dose, geometry, ev.structures)
-        ct_node = self.params.get_node("ctVolume")
+        ct_node = self.ct_node()
         ct = (volumes.volume_array(ct_node), volumes.geometry_from_volume(ct_node)) if ct_node is not None else None
         seeds, _ = self.seeds()
         plan = self.plan.to_dict() if getattr(self, "plan", None) is not None else None

@@ -56,7 +56,7 @@ class PlanningActions:
 
     def reference_geometry(self):
         """Grid the segments are sampled on for planning: the CT's, else the target segment's own."""
-        ct = self.params.get_node("ctVolume")
+        ct = self.ct_node()
         if ct is not None:
             return geometry_from_volume(ct)
         seg, target = self.params.get_node("segmentation"), self.params.get("targetSegmentId")

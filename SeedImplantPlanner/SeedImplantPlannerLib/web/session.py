@@ -150,8 +150,17 @@ class PlannerSession(SessionFiles, SessionPlanning, SessionIntraop):
                          "segmentation are opened together under 'CT + segmentation'")
 
     def open_case(self, ct_text, seg_text):
-        """Open a CT and a segmentation given as paths in the served folder."""
+        """Open a CT and a segmentation given as paths in the served folder.
+
+        The intra-operative CT registered on the intra-op page is refused as the plan's CT: the plan
+        would be made in its scanner coordinates, not the planning CT's frame (go back to "No
+        registration" first to plan on it deliberately)."""
         ct = self.served.resolve(ct_text, what="CT image")
+        if self.registration is not None and ct.resolve() == Path(self.registration_ct).resolve():
+            raise InputError(f"{ct.name} is the intra-operative CT registered to the planning CT: it cannot be the plan's "
+                             "CT, the plan would be made in its scanner coordinates and not lie on the patient as "
+                             "registered. Open the planning CT (or choose \"No registration\" first to plan on this CT "
+                             "in its own coordinates)")
         seg = self.served.resolve(seg_text, what="segmentation")
         return self.open_inputs(self.read_case(ct, seg))
 
@@ -173,6 +182,11 @@ class PlannerSession(SessionFiles, SessionPlanning, SessionIntraop):
             ps = PlanScene(scratch, node)
             if ps.params.get_node("ctVolume") is None and ps.params.get_node("seedsNode") is None:
                 raise InputError(f"{Path(path).name}: the plan in this scene has neither a CT nor seeds")
+            from ..mrml.intraop_registration import plan_ct_problem
+            problem = plan_ct_problem(ps.params.get_node("ctVolume"))
+            if problem:
+                raise InputError(f"{Path(path).name}: the plan's CT in this scene: {problem} (in the module's Inputs), "
+                                 "then save the scene again")
             return {"seeds": len(ps.seeds()[0]), "needles": len(ps.params.get_node_list("needleNodes"))}
         finally:
             scratch.close()
@@ -392,7 +406,7 @@ class PlannerSession(SessionFiles, SessionPlanning, SessionIntraop):
     def _default_dose_geometry(self, ct_geometry=None):
         """The dose grid: the CT's own grid when it is small enough, else the plan scene's target box."""
         if ct_geometry is None and self.plan_scene is not None:
-            ct = self.plan_scene.params.get_node("ctVolume")
+            ct = self.plan_scene.ct_node()
             ct_geometry = volumes.geometry_from_volume(ct) if ct is not None else None
         if ct_geometry is not None and int(np.prod(ct_geometry.size)) <= self.WHOLE_CT_DOSE_MAX_VOXELS:
             return ct_geometry

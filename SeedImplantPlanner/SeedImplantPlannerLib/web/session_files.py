@@ -211,7 +211,7 @@ class SessionFiles:
         out = {}
         ct_path, seg_path = self.case_paths
         inside = [p is not None and self.served.root in Path(p).resolve().parents for p in (ct_path, seg_path)]
-        ct_node = ps.params.get_node("ctVolume")
+        ct_node = ps.ct_node()
         if inside[0]:
             out["image"] = str(Path(ct_path).resolve())
         elif ct_node is not None:

@@ -277,6 +277,56 @@ class IntraopRegistrationTest(MRMLSceneTestCase):
             session.load_transform(ct_node, os.path.join(self.tmp, "missing.tfm"))
         unchanged()
 
+    def test_registered_ct_refused_as_the_plans_ct(self):
+        """Planning on the intra-op CT under its registration would make the plan in that scanner's frame: refused by
+        name, nothing changed; the Inputs selector (which sets ctVolume directly) is put back to the planning CT."""
+        from SeedImplantPlannerLib.mrml import intraop_registration as reg
+        from SeedImplantPlannerLib.mrml.nodes import vtk_matrix
+        ps, session, ct_node = self.build()
+        planning = ps.params.get_node("ctVolume")
+        session.load_transform(ct_node, self._truth_tfm())
+        self.assertIsNone(reg.plan_ct_problem(planning))
+        problem = reg.plan_ct_problem(ct_node)
+        for words in ("'Intra-op CT' is the intra-operative CT registered", "'Intra-op CT registration (planning from",
+                      "Choose the planning CT"):
+            self.assertIn(words, problem)
+        with self.assertRaisesRegex(InputError, "'Intra-op CT' is the intra-operative CT registered"):
+            ps.set_ct_node(ct_node)
+        self.assertIs(ps.params.get_node("ctVolume"), planning)
+        geometry = ps.reference_geometry()
+        # the module's selector sets the parameter itself: the choice is taken back, the reason returned
+        ps.params.set_node("ctVolume", ct_node)
+        self.assertIn("Choose the planning CT", ps.check_ct_choice(previous=planning))
+        self.assertIs(ps.params.get_node("ctVolume"), planning)
+        self.assertIsNone(ps.check_ct_choice(previous=planning))
+        # if it gets there anyway (a script, an old scene): every use of the plan's CT refuses with the same message
+        ps.params.set_node("ctVolume", ct_node)
+        for call in (ps.reference_geometry, ps.dose_geometry, lambda: ps.plan_implant(time_limit_s=1.0),
+                     lambda: ps.write_report(os.path.join(self.tmp, "r.html")), lambda: session.find_needles(ct_node),
+                     lambda: session.register(ct_node)):
+            with self.assertRaisesRegex(InputError, "'Intra-op CT' is the intra-operative CT registered"):
+                call()
+        self.assertIn("Choose the planning CT", ps.check_ct_choice(previous=None))
+        self.assertIsNone(ps.params.get_node("ctVolume"))          # no acceptable previous choice: none
+        ps.set_ct_node(planning)
+        self.assertEqual(ps.reference_geometry(), geometry)
+        # another transform: refused unless it is the identity; back in scanner coordinates the CT is acceptable
+        other = self.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "Shift")
+        moved = np.eye(4)
+        moved[0, 3] = 5.0
+        other.SetMatrixTransformToParent(vtk_matrix(moved))
+        planning.SetAndObserveTransformNodeID(other.GetID())
+        self.assertIn("lies under the transform 'Shift'", reg.plan_ct_problem(planning))
+        other.SetMatrixTransformToParent(vtk_matrix(np.eye(4)))
+        self.assertIsNone(reg.plan_ct_problem(planning))
+        session.clear_registration(ct_node)
+        self.assertIsNone(reg.plan_ct_problem(ct_node))
+
+    def _truth_tfm(self):
+        path = os.path.join(self.tmp, "truth.tfm")
+        write_transform(path, RegistrationResult(CASE["truth_matrix"]))
+        return path
+
 
 if __name__ == "__main__":
     unittest.main()

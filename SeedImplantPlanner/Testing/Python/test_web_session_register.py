@@ -115,6 +115,33 @@ class WebRegistrationTest(_SessionOnServedFolder, unittest.TestCase):
         self.assertIsNone(self.session.registration)
         self.assertIsNone(self.session.intraop_ct_node.GetParentTransformNode())
 
+    def test_registered_ct_refused_as_the_plans_ct(self):
+        """Opening the registered intra-op CT as the plan's CT, or a bundle whose plan's CT is it, is refused by name."""
+        self.session.open_path("moved/plan")
+        self.session.load_registration("moved/truth.tfm", "moved/intraop_moved.nrrd")
+        ps = self.session.plan_scene
+        with self.assertRaisesRegex(InputError, "intraop_moved.nrrd is the intra-operative CT registered to the planning "
+                                                "CT: it cannot be the plan's CT.*Open the planning CT"):
+            self.session.open_case("moved/intraop_moved.nrrd", "moved/case/seg.seg.nrrd")
+        self.assertIs(self.session.plan_scene, ps)
+        self.assertIsNotNone(self.session.registration)
+        # a bundle saved with the registered CT as the plan's CT (as a script could leave it) is not opened
+        planning = ps.params.get_node("ctVolume")
+        ps.params.set_node("ctVolume", self.session.intraop_ct_node)
+        with self.assertRaisesRegex(InputError, "'Intra-op CT intraop_moved.nrrd' is the intra-operative CT registered"):
+            self.session.save_plan_folder("refused-plan")
+        self.assertFalse((self.root / "refused-plan").exists())
+        path = self.session.save_mrb("ct-under-registration.mrb")
+        ps.params.set_node("ctVolume", planning)
+        with self.assertRaisesRegex(InputError, r"ct-under-registration\.mrb: the plan's CT in this scene: 'Intra-op CT "
+                                                r"intraop_moved\.nrrd' is the intra-operative CT registered"):
+            self.session.open_mrb(path)
+        self.assertIs(self.session.plan_scene, ps)
+        # deliberately, in its own coordinates: "No registration" first, then it opens as a new case
+        self.session.clear_registration()
+        self.session.open_case("moved/intraop_moved.nrrd", "moved/case/seg.seg.nrrd")
+        self.assertIsNone(self.session.plan_scene.ct_node().GetParentTransformNode())
+
     def test_found_needles_and_the_chain_move_with_the_ct(self):
         """As the module's markups: what was found on the CT follows a new registration (or none), nothing is lost."""
         truth = RegistrationResult(self.case["truth_matrix"])
