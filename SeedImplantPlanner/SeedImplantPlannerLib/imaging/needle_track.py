@@ -42,6 +42,13 @@ ON_MODEL_MM = 0.7
 #: the centroid of the top 80 % of the steel, not the top half, whose brighter slice would pull the
 #: centre to its own centre, up to half a slice off (2 mm oblique slices: 1-2 mm drift over a needle).
 THICK_SLICE_MM = 1.5
+#: Radius (mm) of the ring around the steel's centre that a needle's blurred steel does not reach at
+#: half its peak (a 1.65 mm needle with the scanner's 0.45 mm blur: under 1.3 mm), while a plate of
+#: bone across the needle's axis fills it (:func:`_drop_wide_ends`).
+WIDE_RING_MM = 2.5
+#: ... over at least this fraction of the ring at most positions of the piece (a plate at up to about
+#: 45 deg to the axis; the streaks and neighbours among converging tips fill half of it)
+WIDE_RING_FILL = 0.75
 
 
 @dataclass
@@ -171,6 +178,36 @@ def _robust_fit(tt, au, av, wt, deg, rng, tol_mm=0.5, hypotheses=120, scale_u=1.
     return cu, cv
 
 
+def _drop_wide_ends(sample, cen, u, v, da, db, peak, steel, q, mid, background):
+    """The run ``q`` (first, last sample index) without an end piece beyond a dark gap whose steel is
+    wider than a needle: a plate (bone cortex) across the axis a few mm beyond the tip. A needle's
+    blurred steel is below half its peak ``WIDE_RING_MM`` from its centre; a plate crossing the axis
+    fills ``WIDE_RING_FILL`` of that ring or more (a seed or a neighbour's steel beside the axis only a
+    part of it)."""
+    idx = np.arange(q[0], q[1] + 1)
+    on = steel[idx]
+    cuts = np.flatnonzero(np.diff(on.astype(np.int8)) != 0) + 1   # boundaries of the steel / gap pieces
+    pieces = [p for p in np.split(idx, cuts) if steel[p[0]]]
+    if len(pieces) < 2:
+        return q
+    ang = np.arange(16) * (np.pi / 8.0)
+    ring = WIDE_RING_MM * (np.cos(ang)[:, None] * u + np.sin(ang)[:, None] * v)
+
+    def wide(piece):
+        c = cen[piece] + da[piece, None] * u + db[piece, None] * v
+        vals = sample(c[:, None, :] + ring[None])
+        half = background + 0.5 * (peak[piece] - background)
+        frac = np.mean(np.nan_to_num(vals, nan=-np.inf) >= half[:, None], axis=1)
+        return float(np.mean(frac >= WIDE_RING_FILL)) > 0.5
+
+    lo, hi = q
+    if pieces[-1][0] > mid and wide(pieces[-1]):
+        hi = int(pieces[-2][-1])
+    if pieces[0][-1] < mid and wide(pieces[0]):
+        lo = int(pieces[1][0])
+    return (lo, hi)
+
+
 def _slice_normal_share(u, v, geometry):
     """How much of the slice normal lies along u and v (thick slices widen the disk along it)."""
     k = geometry.direction_matrix[:, 2]
@@ -246,6 +283,7 @@ def trace_centreline(sample, geometry, c, d, t0, t1, background, steel_level, *,
                 break
         if q is None:
             return None
+        q = _drop_wide_ends(sample, cen, u, v, da, db, peak, steel, q, mid, background)
         own = np.flatnonzero(on[q[0]:q[1] + 1])
         if len(own) < 3:
             return None

@@ -278,6 +278,27 @@ class TestInPlaneNeedlesOnThickSlices(unittest.TestCase):
             self.assertLess(best.fill, 1.0, n["name"])   # judged as a thin line with its partial volume
 
 
+class TestTipsShortOfBone(unittest.TestCase):
+    """Needle tips a few mm short of a bone plate: the steel's run bridges dark gaps of up to 1.5
+    slices, and the cortex beyond the gap is brighter than the steel level, so the tip ran on into
+    the bone. Beyond a gap, a plate across the axis fills the ring around it where a needle's steel
+    has faded (imaging.needle_track._drop_wide_ends)."""
+
+    def test_tips_short_of_the_iliac_wing_end_at_their_steel(self):
+        # three needles from the left flank towards the iliac wing, tips 2.5-3.5 mm short of its inner
+        # cortex (1700 HU), one 8 deg out of the axial plane; 0.8 mm pixels, 2 mm slices
+        needles = [_held_out_needle("W1", (28.5, 2.0, 0.2), (1.0, 0.05, 0.0)),
+                   _held_out_needle("W2", (26.9, -9.6, 0.6), (0.93, -0.34, 0.14)),
+                   _held_out_needle("W3", (26.0, 13.3, -0.8), (1.0, 0.15, -0.02))]
+        g = _grid(0.8, 2.0, 158, 30.0)
+        ct, g, truth = ctsim.simulate_ct(_pelvis_anatomy, g, needles=needles, slice_thickness_mm=2.0, rng_seed=7)
+        found = find_needles(ct, g)
+        self.assertEqual(len(found), 3, [np.round(f.tip, 1).tolist() for f in found])
+        _assert_matches_truth(self, found, truth)
+        for f in found:   # every tip in the soft tissue, short of the wing's inner cortex (radius 36.5 mm)
+            self.assertLess(float(np.hypot(f.tip[0] + 5.0, f.tip[1] - 2.0)), 36.5 - 1.0, np.round(f.tip, 1).tolist())
+
+
 def _polyline_distance(points, polyline):
     """Distance (mm) of each point to a polyline (the simulator's true centre line)."""
     best = np.full(len(points), np.inf)
