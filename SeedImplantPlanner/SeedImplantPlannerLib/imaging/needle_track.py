@@ -15,7 +15,9 @@ values (RAS mm):
    (thick slices spread the steel over two slices).
 3. The steel's extent is the run of positions whose peak reaches the steel level, containing the
    starting piece, with gaps up to ``max_gap_mm`` (a dark streak across the needle, a slice
-   transition of a shallow needle); beyond its ends the model continues straight along its end
+   transition of a shallow needle), but an end piece beyond such a gap that fills most of a ring
+   around it is a plate across the axis (bone cortex beyond the tip), not this needle
+   (:func:`_drop_wide_ends`); beyond its ends the model continues straight along its end
    tangents, so the trace follows the needle to its tip and out of the body.
 4. The polynomials are refitted to the measured centres over the extent (weights: steel excess;
    centres off the model by more than 3 x their median offset are dropped: crossings, seeds), and

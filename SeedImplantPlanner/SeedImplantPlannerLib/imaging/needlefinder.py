@@ -27,7 +27,8 @@ Method (RAS millimetres throughout, arrays ``[k, j, i]``):
    bent needle's circular arc); the steel's extent runs on through dark gaps up to
    ``1.5 x`` the largest voxel size and through small-angle crossings, but its ends are this
    needle's own steel (its peak on the centre line), so a neighbour converging on the tip is
-   not its continuation.
+   not its continuation, and an end piece beyond a dark gap that is wider than a needle (a plate
+   of bone across the axis, a few mm beyond the tip) is not its steel.
 5. **Tip**: the half point of the peak profile along the *tip segment's own axis* (the tangent
    of the centre line at its distal end) between the local steel plateau (3-14 mm before the
    end) and the soft tissue (a symmetrically blurred step keeps its half point). The needle's
