@@ -536,9 +536,12 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         planningNode = self.ui.intraopPlanningCtSelector.currentNode()
         refused = []
 
+        options = {"metric": "bone" if self.ui.intraopBoneMetricCheckBox.checked else "mattes",
+                   "translation_only": bool(self.ui.intraopTranslationOnlyCheckBox.checked)}
+
         def register(progress):
             try:
-                return self.logic.intraopRegister(ctNode, planningNode, progress=progress)
+                return self.logic.intraopRegister(ctNode, planningNode, progress=progress, **options)
             except SeedPlanError as exc:  # shown by runWithProgress; kept in the panel too
                 refused.append(str(exc))
                 raise
@@ -728,9 +731,11 @@ class SeedImplantPlannerLogic(ScriptedLoadableModuleLogic):
     def intraopLoadNeedles(self, path, ctNode=None):
         return self.intraopSession().load_needles(path, ctNode)
 
-    def intraopRegister(self, ctNode, planningNode=None, progress=None):
-        """Register the intra-op CT to the planning CT (default: the plan's CT); it is put under the result."""
-        return self.intraopSession().register(ctNode, planningNode, progress=progress)
+    def intraopRegister(self, ctNode, planningNode=None, progress=None, metric="mattes", translation_only=False):
+        """Register the intra-op CT to the planning CT (default: the plan's CT); it is put under the result.
+        ``metric`` "mattes" (whole CTs) or "bone" (bone window), ``translation_only``: as seedplan register."""
+        return self.intraopSession().register(ctNode, planningNode, progress=progress, metric=metric,
+                                              translation_only=translation_only)
 
     def intraopLoadTransform(self, ctNode, path):
         return self.intraopSession().load_transform(ctNode, path)

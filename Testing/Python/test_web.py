@@ -423,6 +423,9 @@ class WebPlannerInBrowserTest(unittest.TestCase):
         self.wait_message("opened", timeout_s=90)
         self.page.locator("#page-intraop").click()
         self.assertIn("not registered", self.page.locator("#registration-none").inner_text())
+        # the registration's options (seedplan register --metric bone / --translation-only): off by default
+        for box in ("#register-bone-metric", "#register-translation-only"):
+            self.assertFalse(self.page.locator(box).is_checked(), box)
         self.clear_message()
         self.page.locator("#intraop-ct-path").fill("moved/intraop_far.nrrd")
         self.page.locator("#register-btn").click()

@@ -156,10 +156,16 @@ def registration_of(ct_node):
 def panel_report(result):
     """``result.report()`` with the place the patient's shift is stated at: the body centre for a registration
     made here, the target's centre for a transform file (:meth:`IntraopSession.load_transform` puts it there),
-    the RAS origin for a transform set by hand."""
+    the RAS origin for a transform set by hand; then a line "registered with: ..." naming the options that are
+    not the default (bone window metric, translation only)."""
     checked = result.report()["checked"]
     where = "body centre" if checked else ("target centre" if np.any(result.centre_ras) else "RAS origin")
-    return result.report(where)
+    out = result.report(where)
+    options = [text for text, used in (("bone window metric", getattr(result, "metric", "") == "bone"),
+                                       ("translation only (no rotation)", result.translation_only)) if used]
+    if options:       # not the default registration: said under the shift and rotation
+        out["lines"] = out["lines"][:2] + ["registered with: " + ", ".join(options)] + out["lines"][2:]
+    return out
 
 
 def map_markups(nodes, change):

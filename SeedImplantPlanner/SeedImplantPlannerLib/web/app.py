@@ -117,6 +117,7 @@ class WebPlanner(PlannerViews, PlannerPage):
             "plan_running": False, "plan_fraction": 0.0, "plan_text": "", "placing_needle": False, "cursor_ras": None,
             "intraop_ct_path": "", "show_intraop_ct": True, "has_intraop_ct": False,
             "transform_path": "", "registration": None, "has_registration": False,
+            "register_bone_metric": False, "register_translation_only": False,
             "save_mrb_name": "plan-web.mrb", "save_folder_name": "plan-web",
             "implanted_path": "", "deviation_rows": [], "page": "plan",
             "upload_files": None, "last_update_s": None, "update_count": 0,
@@ -380,10 +381,11 @@ class WebPlanner(PlannerViews, PlannerPage):
 
     def on_register(self):
         """Register the intra-operative CT named on the page to the plan's CT (worker thread, progress, Cancel)."""
-        job = self._guard(self.session.start_register, self.state.intraop_ct_path)
+        s = self.state
+        job = self._guard(self.session.start_register, s.intraop_ct_path, **self.session.register_options(
+            s.register_bone_metric, s.register_translation_only))
         if job is None:
             return
-        s = self.state
         s.plan_running, s.plan_fraction, s.plan_text = True, 0.0, "registration"
         self._say("registering the intra-operative CT to the planning CT (Cancel stops it; nothing changes until it "
                   "is accepted)", "info")

@@ -269,12 +269,21 @@ class PlannerPage:
                      density="compact", id="intraop-ct-path", hide_details=True)
         with v.VRow(dense=True, classes="mt-1"):
             with v.VCol(cols=7):
-                v.VBtn("Register to the planning CT", click=self._act(self.on_register, "intraop_ct_path"), block=True,
+                v.VBtn("Register to the planning CT",
+                       click=self._act(self.on_register, "intraop_ct_path", "register_bone_metric",
+                                       "register_translation_only"), block=True,
                        disabled=("!has_plan || plan_running",), id="register-btn", variant="tonal")
             with v.VCol(cols=5):
                 v.VBtn("No registration", click=self.on_clear_registration, block=True,
                        disabled=("!has_registration || plan_running",), id="clear-registration-btn",
                        variant="outlined")
+        with v.VRow(dense=True):     # the registration's options, as seedplan register --metric bone / --translation-only
+            with v.VCol(cols=7):
+                v.VCheckbox(v_model=("register_bone_metric",), label="bone window metric", density="compact",
+                            hide_details=True, id="register-bone-metric")
+            with v.VCol(cols=5):
+                v.VCheckbox(v_model=("register_translation_only",), label="translation only", density="compact",
+                            hide_details=True, id="register-translation-only")
         with v.VRow(dense=True):
             with v.VCol(cols=7):
                 v.VTextField(v_model=("transform_path",), label="or a transform file (.tfm / .json)",

@@ -60,6 +60,12 @@ class SessionIntraop:
         self.job = PlanJob(work, label="registration", kind="register").start()
         return self.job
 
+    @staticmethod
+    def register_options(bone_metric=False, translation_only=False):
+        """The page's registration options as :func:`imaging.registration.register_ct` keywords (``seedplan register
+        --metric bone`` / ``--translation-only``)."""
+        return {"metric": "bone" if bone_metric else "mattes", "translation_only": bool(translation_only)}
+
     def load_registration(self, transform_text, ct_text):
         """Use a transform file (in the served folder: ``seedplan register`` .tfm/.json, or saved in Slicer) for the
         intra-operative CT ``ct_text``; returns the page's message."""

@@ -115,6 +115,43 @@ class WebRegistrationTest(_SessionOnServedFolder, unittest.TestCase):
         self.assertIsNone(self.session.registration)
         self.assertIsNone(self.session.intraop_ct_node.GetParentTransformNode())
 
+    def test_registration_options_as_the_command_line(self):
+        """Bone window metric and translation only on the page and in the module: seedplan register's numbers."""
+        from SeedImplantPlannerLib.mrml.intraop_actions import IntraopSession
+        from SeedImplantPlannerLib.mrml.intraop_registration import panel_report
+        from SeedImplantPlannerLib.mrml.volumes import add_scalar_volume
+        from SeedImplantPlannerLib.core.imageio import read_image
+        out = self.tmp / f"cli-options-{os.getpid()}"
+        out.mkdir(exist_ok=True)
+        env = dict(os.environ, PYTHONPATH=str(LIB) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        r = subprocess.run([sys.executable, "-m", "SeedImplantPlannerLib.cli", "--quiet", "register", "--fixed",
+                            str(self.case["ct"]), "--moving", str(self.case["intraop"]), "--out", str(out / "t.tfm"),
+                            "--json", str(out / "r.json"), "--metric", "bone", "--translation-only"],
+                           capture_output=True, text=True, env=env, timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        cli = RegistrationResult.from_dict(json.loads((out / "r.json").read_text()))
+        self.session.open_path("moved/plan")
+        options = self.session.register_options(bone_metric=True, translation_only=True)
+        self.assertEqual(options, {"metric": "bone", "translation_only": True})
+        message = run_job(self.session, self.session.start_register("moved/intraop_moved.nrrd", **options))
+        self.assertIn("registered with: bone window metric, translation only (no rotation)", message)
+        web = self.session.registration
+        ps = self.session.plan_scene
+        ct_node = add_scalar_volume(self.ctx.scene, *read_image(self.case["intraop"]), "Intra-op CT (module)")
+        module = IntraopSession(ps).register(ct_node, metric="bone", translation_only=True)
+        for name, res in (("web page", web), ("module", module)):
+            np.testing.assert_allclose(res.matrix_ras, cli.matrix_ras, atol=1e-6, err_msg=name)
+            self.assertEqual((res.metric, res.translation_only), ("bone", True), name)
+            np.testing.assert_allclose(res.rotation, np.eye(3), atol=1e-12, err_msg=name)   # 3 degrees of freedom
+            self.assertEqual(panel_report(res)["lines"][2], "registered with: bone window metric, translation only "
+                                                            "(no rotation)", name)
+        self.assertEqual(self.session.registration_report()["lines"], panel_report(module)["lines"])
+        # the default registration says nothing of options; here the rotation it finds is left out
+        default = IntraopSession(ps).register(ct_node)
+        self.assertFalse(any(line.startswith("registered with") for line in panel_report(default)["lines"]))
+        self.assertGreater(default.rotation_angle_deg, 4.0)
+        self.assertLess(web.quality["bone_dice"], default.quality["bone_dice"])
+
     def test_registered_ct_refused_as_the_plans_ct(self):
         """Opening the registered intra-op CT as the plan's CT, or a bundle whose plan's CT is it, is refused by name."""
         self.session.open_path("moved/plan")
