@@ -151,6 +151,12 @@ class IntraopSceneWithRegistration(unittest.TestCase):
                   "--no-options"]
         cls.registered = seedplan(*common, "--register", "--out", d / "reg")
         cls.transformed = seedplan(*common, "--transform", d / "truth.tfm", "--out", d / "tfm")
+        # a plan whose planning CT is not at hand (moved away): the scene holds the registered CT alone
+        doc = json.loads((cls.case["plan"] / "plan.json").read_text())
+        doc["structures"]["image"] = str(d / "gone" / "ct.nrrd")
+        (d / "plan_no_ct.json").write_text(json.dumps(doc))
+        cls.no_planning = seedplan(*common[:4], d / "plan_no_ct.json", *common[5:], "--transform", d / "truth.tfm",
+                                   "--out", d / "noct")
 
     @classmethod
     def tearDownClass(cls):
@@ -243,6 +249,24 @@ class IntraopSceneWithRegistration(unittest.TestCase):
         written = self.check_scene("reg", self.registered)
         self.assertTrue(written.report()["checked"])
         self.assertTrue(written.report()["verdict"].startswith("accepted"))
+
+    def test_transform_without_the_planning_ct(self):
+        from SeedImplantPlannerLib.mrml import intraop_registration as reg
+        from SeedImplantPlannerLib.mrml.nodes import ROLE_ATTRIBUTE
+        from SeedImplantPlannerLib.mrml.plan_scene import PlanScene
+        r = self.no_planning
+        self.assertIn(r.returncode, (0, 3), r.stderr)
+        self.assertIn("the plan's planning CT", r.stderr)
+        self.assertIn("is not found: scene.mrb holds the registered CT without it", r.stderr)
+        ctx = self.load("noct")
+        ps = PlanScene(ctx, ctx.scene.GetSingletonNode("SeedImplantPlanner", "vtkMRMLScriptedModuleNode"))
+        self.assertIsNone(ps.params.get_node("ctVolume"))
+        ct = [n for n in self.nodes(ctx.scene, "vtkMRMLScalarVolumeNode") if n.GetAttribute(ROLE_ATTRIBUTE) == "IntraopCT"]
+        self.assertEqual(len(ct), 1)
+        np.testing.assert_allclose(reg.world_matrix(ct[0]), self.case["truth_matrix"], atol=1e-9)
+        # the module does not take it as the plan's CT (its default is the first volume that can be)
+        self.assertIn("is the intra-operative CT registered", reg.plan_ct_problem(ct[0]))
+        self.assertGreater(len(ps.seeds()[0]), 0)
 
     def test_transform_file_scene(self):
         written = self.check_scene("tfm", self.transformed)
