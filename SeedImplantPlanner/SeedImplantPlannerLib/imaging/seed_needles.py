@@ -21,6 +21,11 @@ STREAK_BESIDE_NEEDLE_MM = 6.0
 #: (a seed touching a needle keeps most of its metal; steel and streak left over keep little).
 NEAR_NEEDLE_MM = 2.0
 NEAR_NEEDLE_MIN_FRACTION = 0.7
+#: An object (or a seed split from one) whose centre lies within a needle's outer radius plus this
+#: tolerance (mm) of its axis is inside the steel: the needle's own metal, or a seed still inside the
+#: needle. A seed deposited beside a needle has its centre at least the needle's plus the seed's
+#: radius from the axis (1.04 mm for an 18 G needle and a 0.8 mm seed).
+ON_AXIS_TOLERANCE_MM = 0.3
 #: Steel may run this far (mm) beyond a needle's found tip (a tip found short): a seed there is less sure.
 NEEDLE_EXTENSION_MM = 20.0
 #: Tube around a needle (mm from its line, plus half the largest voxel size) in which the metal per
@@ -90,7 +95,7 @@ def reject_needle_residue(comps, needles, geometry: ImageGeometry, offset_kji, b
         for nd in needles:
             dist = float(steel_distance(nd, cen[None])[0])
             along = abs(float(ax @ nd.direction)) >= math.cos(math.radians(20.0))
-            if dist <= needle_radius(nd) + 0.3:
+            if dist <= needle_radius(nd) + ON_AXIS_TOLERANCE_MM:
                 c["reject"] = ("on the axis of a needle in place: its steel, or a seed still inside the "
                                "needle (not implanted)")
                 break

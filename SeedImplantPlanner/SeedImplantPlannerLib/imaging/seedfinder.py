@@ -88,8 +88,8 @@ from ..core.errors import InputError
 from ..core.geometry import ImageGeometry
 from .seed_components import (BONE_MARGIN_HU, MAX_PER_CLUSTER, bone_mask, body_mask, count_seeds, measure_components,
                               resolve_expected, unit_content)
-from .seed_needles import (EXCESS_MIN_FRACTION, NEAR_NEEDLE_MM, NeedleMetal, needle_line_distance, needle_radius,
-                           reject_needle_residue, subtract_needles)
+from .seed_needles import (EXCESS_MIN_FRACTION, NEAR_NEEDLE_MM, ON_AXIS_TOLERANCE_MM, NeedleMetal, needle_line_distance,
+                           needle_radius, reject_needle_residue, subtract_needles)
 from .seed_pose import (STREAK_MIN_ANISOTROPY, axis_in_streak_plane, capsules_overlap, seg_dist2, split_cluster, streak_direction,
                         track_axes, weighted_pose)
 from .seed_result import SEED_DIAMETER_MM, SEED_LENGTH_MM, FoundSeeds
@@ -303,6 +303,15 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
         drop = []
         for i in np.flatnonzero(wh >= 0):
             nd = needles[int(wh[i])]
+            if dd[i] <= needle_radius(nd) + ON_AXIS_TOLERANCE_MM:
+                # a seed split from an object along a needle, centred inside the needle's steel: a piece of
+                # the needle's residue (a seed beside the needle lies off its axis by both radii)
+                drop.append(i)
+                rejected.append({"position_mm": np.round(pos[i], 1).tolist(), "seeds_equivalent": None,
+                                 "reason": f"on the axis of a needle in place ({dd[i]:.1f} mm from it, split from an "
+                                           f"object of {cms[i]:.1f} seeds along it): its steel, or a seed still inside "
+                                           "the needle (not implanted)"})
+                continue
             ex = needle_metal.excess(int(wh[i]), tt[i] - seed_length_mm / 2 - 1.0, tt[i] + seed_length_mm / 2 + 1.0) / unit
             if (not math.isfinite(ex) and getattr(nd, "tip_on", "") == "ct_edge" and abs(tt[i]) <= seed_length_mm / 2
                     and dd[i] <= needle_radius(nd) + 1.0):
