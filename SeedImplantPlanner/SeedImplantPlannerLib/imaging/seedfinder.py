@@ -61,7 +61,10 @@ count-from-metal-content rule and a line-segment k-means described below):
    the rays along it) takes the in-plane direction of those dark streaks
    (:func:`seed_pose.streak_direction`) with the tilt its covariance shows in that plane; one
    without clear streaks the line of its needle track (:func:`seed_pose.track_axes`).
-9. **Needle residue** (needles in place): a seed whose centre lies in the tube around a needle
+9. **Needle residue** (needles in place): a seed split from an object along a needle whose centre
+   lies inside the needle's steel (within its outer radius + ``ON_AXIS_TOLERANCE_MM``) is rejected
+   as on its axis, like a whole object there (a seed deposited beside a needle lies off its axis by
+   the needle's and the seed's radius). A seed whose centre lies in the tube around a needle
    (:class:`seed_needles.NeedleMetal`, 3 mm plus half a voxel) is kept only when the metal per
    mm along the needle over the seed's length exceeds the needle's own level beside it by half a
    seed (the needle's steel holds the same metal per mm along its length, whatever partial volume

@@ -1,0 +1,85 @@
+"""The seed finder beside needles lying near the slice plane (imaging/seedfinder.py, seed_needles.py) on a
+simulated CT (imaging/ctsim.py): what is left of a needle's steel is not reported as a seed, a seed deposited
+against the needle is."""
+
+import unittest
+
+import numpy as np
+
+from SeedImplantPlannerLib.core.geometry import ImageGeometry
+from SeedImplantPlannerLib.imaging import ctsim
+from SeedImplantPlannerLib.imaging.needlefinder import FoundNeedle
+from SeedImplantPlannerLib.imaging.seed_needles import ON_AXIS_TOLERANCE_MM, steel_distance
+from SeedImplantPlannerLib.imaging.seedfinder import find_seeds
+
+M6711 = "I125_OncoSeed_6711"
+
+
+class NeedleResidueTest(unittest.TestCase):
+    """Three 18 G needles from the patient's right, 2-5 deg out of the slice plane (sloping through 1 mm
+    slices of 0.7 mm pixels; rays along them starve), 12 mm apart (not a benchmark layout: a held-out
+    layout of the fifth round). Seeds: one against N0 and one against N1 (parallel to them, 1.3-1.8 mm
+    from their axes), two away from the needles. The needles are given as the simulator placed them,
+    so the test is about the seed finder's subtraction and residue rules, not the needle finder.
+
+    Along N2 (the needle without a seed) the steel left after the subtraction forms one object of 1.8
+    seeds, split in two; one piece lies on N2's axis (0.6 mm from it, inside the steel) and was
+    reported as a seed before the split pieces were held to the on-axis rule. Not asserted (open): the
+    streak midway between N1 and N2 (6 mm from each) still leaves three objects reported as seeds."""
+
+    @classmethod
+    def setUpClass(cls):
+        g = ImageGeometry((128, 80, 24), (0.7, 0.7, 1.0), (-44.8, -28.0, -12.0))
+        needles = [{"name": "N0", "entry_ras": [-65.635, -9.943, -8.092], "tip_ras": [24.104, -12.0, -1.559]},
+                   {"name": "N1", "entry_ras": [-64.551, -0.637, 7.032], "tip_ras": [25.196, 0.0, 0.329]},
+                   {"name": "N2", "entry_ras": [-66.373, 12.832, -5.923], "tip_ras": [23.337, 12.0, 1.25]}]
+        for n in needles:
+            n["diameter_mm"] = 1.27
+        seeds = [{"center_ras": [12.587, -13.205, -2.395], "axis": [0.9971, -0.02286, 0.07259]},
+                 {"center_ras": [7.038, 1.092, 1.684], "axis": [0.9972, 0.00707, -0.07448]},
+                 {"center_ras": [10.0, 0.0, -6.0], "axis": [0.97049, 0.10783, 0.21567]},
+                 {"center_ras": [-30.0, 10.0, 6.0], "axis": [0.99875, 0.0, 0.04994]}]
+        for s in seeds:
+            s["model_id"] = M6711
+        cls.ct, cls.g, cls.truth = ctsim.simulate_ct(None, g, needles=needles, seeds=seeds, rng_seed=108)
+        cls.needles = [FoundNeedle.from_line(np.array(n["entry_ras"]), np.array(n["tip_ras"]), n["diameter_mm"] / 2.0)
+                       for n in cls.truth["needles"]]
+        cls.seeds = np.array([s["center_ras"] for s in cls.truth["seeds"]])
+        cls.found = find_seeds(cls.ct, cls.g, needles=cls.needles)
+
+    def test_layout(self):
+        # the two seeds lie against N0 and N1 (off their axes by more than the needle's and the seed's
+        # radius, within 2 mm), nearly in the slice plane like the needles
+        for s, nd in ((0, 0), (1, 1)):
+            d = float(steel_distance(self.needles[nd], self.seeds[s][None])[0])
+            self.assertGreater(d, 0.635 + 0.4)
+            self.assertLess(d, 2.0)
+        for nd in self.needles:
+            self.assertLess(abs(float(nd.direction[2])), 0.09)
+
+    def test_seeds_against_the_needles_kept(self):
+        pos = self.found.positions
+        d = np.linalg.norm(pos[:, None] - self.seeds[None], axis=-1)
+        for s in range(len(self.seeds)):
+            self.assertLess(float(d[:, s].min()), 2.0, f"true seed {s} not found")
+        self.assertLess(float(d[:, 2].min()), 0.5)          # the free seeds where they are
+        self.assertLess(float(d[:, 3].min()), 0.5)
+
+    def test_nothing_reported_inside_a_needle(self):
+        # no reported seed is centred inside a needle's steel (its radius + the on-axis tolerance)
+        for nd in self.needles:
+            dist = steel_distance(nd, self.found.positions)
+            self.assertTrue(np.all(dist > nd.radius_mm + ON_AXIS_TOLERANCE_MM), np.round(dist, 2))
+        # the piece of steel split from the object along N1 is in the rejected list with its reason
+        split = [r for r in self.found.rejected if "split from an object" in r["reason"]]
+        self.assertTrue(split, [r["reason"] for r in self.found.rejected])
+        for r in split:
+            self.assertTrue(r["reason"].startswith("on the axis of a needle in place"))
+            p = np.asarray(r["position_mm"], float)[None]
+            self.assertLessEqual(min(float(steel_distance(nd, p)[0]) - nd.radius_mm for nd in self.needles),
+                                 ON_AXIS_TOLERANCE_MM + 0.05)           # (position rounded to 0.1 mm)
+            self.assertGreater(float(np.linalg.norm(self.seeds - p, axis=1).min()), 5.0)   # no true seed there
+
+
+if __name__ == "__main__":
+    unittest.main()
