@@ -44,6 +44,18 @@ class WebRegistrationTest(_SessionOnServedFolder, unittest.TestCase):
         cls.case = make_moved_case(cls.root / "moved")
         write_transform(cls.root / "moved" / "truth.tfm", RegistrationResult(cls.case["truth_matrix"]))
 
+    def cli_register(self, tag, *options):
+        """``seedplan register`` of the moved case's CTs (extra ``options``) in a subprocess: (result, its stdout)."""
+        out = self.tmp / f"{tag}-{os.getpid()}"
+        out.mkdir(exist_ok=True)
+        env = dict(os.environ, PYTHONPATH=str(LIB) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        r = subprocess.run([sys.executable, "-m", "SeedImplantPlannerLib.cli", "--quiet", "register", "--fixed",
+                            str(self.case["ct"]), "--moving", str(self.case["intraop"]), "--out", str(out / "t.tfm"),
+                            "--json", str(out / "r.json"), *options], capture_output=True, text=True, env=env,
+                           timeout=300)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        return RegistrationResult.from_dict(json.loads((out / "r.json").read_text())), r.stdout
+
     def register(self):
         self.session.open_path("moved/plan")
         seen = []
@@ -121,15 +133,7 @@ class WebRegistrationTest(_SessionOnServedFolder, unittest.TestCase):
         from SeedImplantPlannerLib.mrml.intraop_registration import panel_report
         from SeedImplantPlannerLib.mrml.volumes import add_scalar_volume
         from SeedImplantPlannerLib.core.imageio import read_image
-        out = self.tmp / f"cli-options-{os.getpid()}"
-        out.mkdir(exist_ok=True)
-        env = dict(os.environ, PYTHONPATH=str(LIB) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        r = subprocess.run([sys.executable, "-m", "SeedImplantPlannerLib.cli", "--quiet", "register", "--fixed",
-                            str(self.case["ct"]), "--moving", str(self.case["intraop"]), "--out", str(out / "t.tfm"),
-                            "--json", str(out / "r.json"), "--metric", "bone", "--translation-only"],
-                           capture_output=True, text=True, env=env, timeout=300)
-        self.assertEqual(r.returncode, 0, r.stderr)
-        cli = RegistrationResult.from_dict(json.loads((out / "r.json").read_text()))
+        cli, _ = self.cli_register("cli-options", "--metric", "bone", "--translation-only")
         self.session.open_path("moved/plan")
         options = self.session.register_options(bone_metric=True, translation_only=True)
         self.assertEqual(options, {"metric": "bone", "translation_only": True})
@@ -295,14 +299,7 @@ class WebRegistrationTest(_SessionOnServedFolder, unittest.TestCase):
         from SeedImplantPlannerLib.mrml.intraop_actions import IntraopSession
         from SeedImplantPlannerLib.mrml.volumes import add_scalar_volume
         from SeedImplantPlannerLib.imaging.segio import read_segmentation
-        out = self.tmp / f"cli-{os.getpid()}"
-        out.mkdir(exist_ok=True)
-        env = dict(os.environ, PYTHONPATH=str(LIB) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        r = subprocess.run([sys.executable, "-m", "SeedImplantPlannerLib.cli", "--quiet", "register", "--fixed",
-                            str(self.case["ct"]), "--moving", str(self.case["intraop"]), "--out", str(out / "t.tfm"),
-                            "--json", str(out / "r.json")], capture_output=True, text=True, env=env, timeout=300)
-        self.assertEqual(r.returncode, 0, r.stderr)
-        cli = RegistrationResult.from_dict(json.loads((out / "r.json").read_text()))
+        cli, stdout = self.cli_register("cli")
         # the module's logic on a scene of the same files
         ctx = create_scene()
         try:
@@ -323,7 +320,7 @@ class WebRegistrationTest(_SessionOnServedFolder, unittest.TestCase):
             self.assertEqual(other.report()["lines"], cli.report()["lines"], name)
             for k in ("bone_dice", "bone_dice_before", "body_dice", "body_dice_before"):
                 self.assertAlmostEqual(other.quality[k], cli.quality[k], places=6, msg=f"{name} {k}")
-        self.assertIn(cli.summary_line().split(" (", 1)[0], r.stdout)
+        self.assertIn(cli.summary_line().split(" (", 1)[0], stdout)
 
 
 if __name__ == "__main__":
