@@ -41,7 +41,8 @@ median error <= 0.5 mm at 1 mm and <= 1.0 mm at 3 mm, axis median <= 10 deg; 512
 
 Part 3, issue 9 (held out): in-plane needles with seeds beside them. ``--inplane-layouts`` N
 (default 16) simulator CTs (imaging/ctsim.py, default body, 1 mm slices), generated here with a
-seeded RNG (seeds 7300 + k; no layout was looked at while the finders were tuned): three 18 G
+seeded RNG (seeds F + k, F = ``--inplane-first``, default 7300; layouts 7300-7315 were looked at
+for the between-needles streak rule in imaging/seed_needles.py, 9100.. were not): three 18 G
 needles about 12 mm apart lying 2-4.6 deg out of the axial plane, entering from the patient's left
 (geometry A: 112 x 72 x 24, 0.8 mm pixels) or right (B: 128 x 80 x 24, 0.7 mm), alternating; two
 seeds deposited beside two of the needles (in the slice plane, 10-30 mm behind the tip, 1.1-1.9 mm
@@ -62,7 +63,7 @@ They fail: this part measures the gap beside in-plane needles (docs/verification
     .venv/bin/python benchmarks/bench_seedfinder.py           # 4 cases per resolution + simulator cases + in-plane
     .venv/bin/python benchmarks/bench_seedfinder.py --small   # 1 case per resolution, 1 mm simulator cases
     .venv/bin/python benchmarks/bench_seedfinder.py --ctsim-only
-    .venv/bin/python benchmarks/bench_seedfinder.py --inplane [--inplane-layouts N]
+    .venv/bin/python benchmarks/bench_seedfinder.py --inplane [--inplane-layouts N] [--inplane-first F]
 """
 
 from __future__ import annotations
@@ -130,9 +131,13 @@ def main(argv=None):
     ap.add_argument("--inplane", action="store_true", help="only the held-out in-plane needle layouts (part 3)")
     ap.add_argument("--inplane-layouts", type=int, default=16, metavar="N",
                     help="number of held-out in-plane layouts (default 16)")
+    ap.add_argument("--inplane-first", type=int, default=INPLANE_RNG_BASE, metavar="F",
+                    help=f"RNG seed of the first in-plane layout (default {INPLANE_RNG_BASE}); layout k uses F + k")
     args = ap.parse_args(argv)
     if args.inplane_layouts < 1:
         ap.error("--inplane-layouts must be >= 1")
+    if args.inplane_first < 0:
+        ap.error("--inplane-first must be >= 0")
     if args.inplane:
         all_pass = inplane_cases(args)
     else:
@@ -435,11 +440,11 @@ INPLANE_GEOMETRIES = {
     "A": ((112, 72, 24), (0.8, 0.8, 1.0), (-44.8, -28.8, -12.0), +1.0),
     "B": ((128, 80, 24), (0.7, 0.7, 1.0), (-44.8, -28.0, -12.0), -1.0),
 }
-INPLANE_RNG_BASE = 7300          # layouts 7300.. : none of them was looked at while the finders were tuned
+INPLANE_RNG_BASE = 7300          # default first layout (7300-7315 looked at for a streak rule; 9100.. not)
 INPLANE_NEAR_MM = 3.5            # an unmatched object this close to a needle's axis counts as "beside a needle"
 
 
-def inplane_layout(k):
+def inplane_layout(k, first=INPLANE_RNG_BASE):
     """Layout ``k``: three 18 G needles ~12 mm apart, 2-4.6 deg off the axial plane, entering from one
     side (geometry A from the left at 0.8 mm pixels, B from the right at 0.7 mm, alternating), two
     seeds deposited beside two of the needles (in the slice plane, 10-30 mm behind the tip, centre
@@ -448,7 +453,7 @@ def inplane_layout(k):
     name = "AB"[k % 2]
     size, spacing, origin, side = INPLANE_GEOMETRIES[name]
     g = ImageGeometry(size, spacing, origin)
-    rng = np.random.default_rng(INPLANE_RNG_BASE + k)
+    rng = np.random.default_rng(first + k)
     model = "I125_OncoSeed_6711"
     lo, hi = g.bounds_ras()
     lo, hi = np.asarray(lo, float), np.asarray(hi, float)
@@ -527,9 +532,9 @@ def inplane_cases(args):
     tot = {m: {k: dict(true=0, found=0, matched=0, extra=0) for k in ("beside", "free")} for m in ("finder", "naive")}
     t_sim = t_find = 0.0
     for k in range(n):
-        g, needles, seeds, kinds = inplane_layout(k)
+        g, needles, seeds, kinds = inplane_layout(k, args.inplane_first)
         t0 = time.perf_counter()
-        ct, g, truth = ctsim.simulate_ct(None, g, needles=needles, seeds=seeds, rng_seed=INPLANE_RNG_BASE + k)
+        ct, g, truth = ctsim.simulate_ct(None, g, needles=needles, seeds=seeds, rng_seed=args.inplane_first + k)
         t1 = time.perf_counter()
         tpos = np.array([s["center_ras"] for s in truth["seeds"]], float)
         if len(tpos) != len(kinds):
@@ -558,7 +563,7 @@ def inplane_cases(args):
                 for key in s:
                     tot[m][kind][key] += s[key]
                 cells.append(f"{s['true']:>4} {s['found']:>5} {s['matched']:>5} {s['extra']:>5}")
-        print(f"{'AB'[k % 2] + str(INPLANE_RNG_BASE + k):<8} {len(found_needles):>3} of 3 | {cells[0]:>32} | "
+        print(f"{'AB'[k % 2] + str(args.inplane_first + k):<8} {len(found_needles):>3} of 3 | {cells[0]:>32} | "
               f"{cells[1]:>27} | {cells[2]:>29} | {cells[3]:>27} | {t1 - t0:>5.1f} {t2 - t1:>6.2f}")
     all_pass = True
     for m in ("finder", "naive"):

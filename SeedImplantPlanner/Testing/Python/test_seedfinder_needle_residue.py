@@ -2,14 +2,15 @@
 simulated CT (imaging/ctsim.py): what is left of a needle's steel is not reported as a seed, a seed deposited
 against the needle is."""
 
+import dataclasses
 import unittest
 
 import numpy as np
 
 from SeedImplantPlannerLib.core.geometry import ImageGeometry
 from SeedImplantPlannerLib.imaging import ctsim
-from SeedImplantPlannerLib.imaging.needlefinder import FoundNeedle
-from SeedImplantPlannerLib.imaging.seed_needles import ON_AXIS_TOLERANCE_MM, steel_distance
+from SeedImplantPlannerLib.imaging.needlefinder import FoundNeedle, find_needles
+from SeedImplantPlannerLib.imaging.seed_needles import ON_AXIS_TOLERANCE_MM, _between_in_plane_needles, steel_distance
 from SeedImplantPlannerLib.imaging.seedfinder import find_seeds
 
 M6711 = "I125_OncoSeed_6711"
@@ -79,6 +80,64 @@ class NeedleResidueTest(unittest.TestCase):
             self.assertLessEqual(min(float(steel_distance(nd, p)[0]) - nd.radius_mm for nd in self.needles),
                                  ON_AXIS_TOLERANCE_MM + 0.05)           # (position rounded to 0.1 mm)
             self.assertGreater(float(np.linalg.norm(self.seeds - p, axis=1).min()), 5.0)   # no true seed there
+
+
+class BetweenInPlaneNeedlesTest(unittest.TestCase):
+    """The streak-between-needles rule (seed_needles._between_in_plane_needles), on needles built from
+    their lines (geometry only, the plateau set by hand) and on a simulated CT with a seed lying in the
+    band between two in-plane needles (not a benchmark layout)."""
+
+    KDIR = np.array([0.0, 0.0, 1.0])
+
+    def needle(self, entry, tip, peak_hu=2950.0):
+        return dataclasses.replace(FoundNeedle.from_line(np.array(entry, float), np.array(tip, float)), peak_hu=peak_hu)
+
+    def test_rule_geometry(self):
+        a = self.needle([60.0, -6.0, -3.0], [-30.0, -6.0, 1.0])          # 2.5 deg out of the slice plane
+        b = self.needle([60.0, 6.0, 3.0], [-30.0, 6.0, -1.0])
+        along = np.array([1.0, 0.0, 0.0])
+        mid = np.array([0.0, 0.0, 0.0])
+        self.assertEqual(_between_in_plane_needles(mid, along, 2000.0, [a, b], self.KDIR), (1, 2))
+        # as bright as the steel: a seed's own core, kept
+        self.assertIsNone(_between_in_plane_needles(mid, along, 3071.0, [a, b], self.KDIR))
+        # across the needles (60 deg off them), or outside the pair (nearer one needle than the gap)
+        across = np.array([0.5, np.sqrt(0.75), 0.0])
+        self.assertIsNone(_between_in_plane_needles(mid, across, 2000.0, [a, b], self.KDIR))
+        self.assertIsNone(_between_in_plane_needles(np.array([0.0, 14.0, 0.0]), along, 2000.0, [a, b], self.KDIR))
+        # needles crossing the slices steeply (template implant): in-plane rays meet them in one point
+        c = self.needle([0.0, -6.0, -60.0], [0.0, -6.0, 30.0])
+        d = self.needle([0.0, 6.0, -60.0], [0.0, 6.0, 30.0])
+        self.assertIsNone(_between_in_plane_needles(mid, np.array([0.0, 0.0, 1.0]), 2000.0, [c, d], self.KDIR))
+        # needles given without a measured plateau never reject
+        e, f = (dataclasses.replace(n, peak_hu=float("nan")) for n in (a, b))
+        self.assertIsNone(_between_in_plane_needles(mid, along, 2000.0, [e, f], self.KDIR))
+
+    def test_seed_in_the_band_kept(self):
+        # three 18 G needles from the patient's left, 12.5 mm apart, 3-7 deg out of the slice plane; a seed
+        # in the band between N1 and N2 (in their plane, along them), one away from the needles
+        g = ImageGeometry((112, 72, 24), (0.8, 0.8, 1.0), (-44.8, -28.8, -12.0))
+        needles = [{"name": "N1", "entry_ras": [65.0, -12.5, -4.5], "tip_ras": [-25.0, -12.5, 1.0]},
+                   {"name": "N2", "entry_ras": [64.0, 0.0, 6.0], "tip_ras": [-26.0, 0.5, 0.5]},
+                   {"name": "N3", "entry_ras": [66.0, 12.5, -5.5], "tip_ras": [-24.0, 12.0, 0.5]}]
+        for n in needles:
+            n["diameter_mm"] = 1.27
+        d2 = np.subtract(needles[1]["tip_ras"], needles[1]["entry_ras"])
+        d2 = d2 / np.linalg.norm(d2)
+        seeds = [{"center_ras": [0.0, -6.0, 0.6], "axis": d2.round(5).tolist(), "model_id": M6711},
+                 {"center_ras": [10.0, -20.0, -5.0], "axis": [0.6, 0.0, 0.8], "model_id": M6711}]
+        ct, g, truth = ctsim.simulate_ct(None, g, needles=needles, seeds=seeds, rng_seed=4242)
+        found_needles = find_needles(ct, g)
+        self.assertEqual(len(found_needles), 3)
+        found = find_seeds(ct, g, needles=found_needles)
+        for s in truth["seeds"]:
+            d = np.linalg.norm(found.positions - np.asarray(s["center_ras"], float), axis=1)
+            self.assertLess(float(d.min()), 2.0, (s["center_ras"], np.round(found.positions, 1).tolist()))
+        # every object rejected as a streak between needles is fainter than the needles' steel and holds no seed
+        for r in found.rejected:
+            if r["reason"].startswith("streak between needles"):
+                p = np.asarray(r["position_mm"], float)
+                self.assertGreater(float(np.linalg.norm(np.array([s["center_ras"] for s in truth["seeds"]]) - p,
+                                                        axis=1).min()), 3.0)
 
 
 if __name__ == "__main__":
