@@ -125,8 +125,9 @@ def unit_content(comps, needles, geometry, offset_kji, box_cov, seed_length_mm, 
     6711's 3 mm silver rod, carries most of the weight) and whose width is at most the capsule
     radius + 0.9 mm; capsule-shaped fragments below 35 % of the 90th percentile are dropped. The
     seed size is the model's, never learnt from needles or chains. Without any such component
-    (a cluster-only CT) the 20th percentile of the non-trivial components (most components of an
-    implant are single seeds). Refined twice by the median of the components within 25-30 % of it.
+    (a cluster-only CT) the 20th percentile of the non-trivial components away from needles (most
+    components of an implant are single seeds; those beside a needle count only when no other is
+    left). Refined twice by the median of the components within 25-30 % of it.
     Sets ``near_needle`` on every seed-like component.
     """
     seedlike = [c for c in comps if "reject" not in c]
@@ -149,7 +150,11 @@ def unit_content(comps, needles, geometry, offset_kji, box_cov, seed_length_mm, 
     if len(singles) >= 1:
         unit = float(np.median(singles))
     else:
-        valid = contents[contents > 0.3 * float(np.median(contents))]
+        # (what is left beside a needle never sizes a seed here either: streak specks and steel
+        # residue along in-plane needles are many and small, and set the unit a tenth of a seed)
+        away = np.array([c["content"] for c in seedlike if not c["near_needle"]])
+        pool = away if len(away) else contents
+        valid = pool[pool > 0.3 * float(np.median(pool))]
         unit = float(np.percentile(valid, 20))
     for lo, hi in ((0.7, 1.3), (0.75, 1.25)):
         near = contents[(contents > lo * unit) & (contents < hi * unit)]

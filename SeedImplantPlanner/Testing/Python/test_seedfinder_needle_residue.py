@@ -140,5 +140,31 @@ class BetweenInPlaneNeedlesTest(unittest.TestCase):
                                                         axis=1).min()), 3.0)
 
 
+class UnitAwayFromNeedlesTest(unittest.TestCase):
+    """seed_components.unit_content without an isolated single seed (every seed merged with streak into a
+    wider object): the metal of one seed is learnt from the objects away from the needles, not from the
+    small pieces of streak and steel left beside a needle (the held-out in-plane layout 7302: unit 4639
+    HU mm^3 from those pieces, the free seeds then read as 15-16 seeds and were rejected)."""
+
+    def test_unit_from_objects_away_from_needles(self):
+        from scipy import ndimage
+        from SeedImplantPlannerLib.imaging.seed_components import measure_components, unit_content
+        g = ImageGeometry((40, 40, 10), (0.8, 0.8, 1.0), (0.0, 0.0, 0.0))
+        needle = FoundNeedle.from_line(np.array([-10.0, 8.0, 5.0]), np.array([40.0, 8.0, 5.0]), 0.635)
+        ct = np.zeros(g.shape, np.float32)
+        for i in (2, 8, 14, 20, 26, 32):                 # six 2 x 2 x 2 voxel specks 1.4 mm off the needle's surface
+            ct[5:7, 12:14, i:i + 2] = 1000.0
+        for i in (4, 24):                               # two objects 6.4 x 6.4 x 3 mm away from it (too wide for one capsule)
+            ct[4:7, 25:33, i:i + 8] = 1500.0
+        lab, n = ndimage.label(ct > 500.0, structure=np.ones((3, 3, 3)))
+        self.assertEqual(n, 8)
+        comps = measure_components(ct, lab, n, 0.0, np.zeros(g.shape, bool), float(np.prod(g.spacing)))
+        sp = np.asarray(g.spacing, float)
+        unit = unit_content(comps, [needle], g, np.zeros(3, int), np.diag(sp ** 2 / 12.0), 4.5, 0.8)
+        big = sorted(c["content"] for c in comps)[-2:]
+        self.assertAlmostEqual(unit, float(np.mean(big)), delta=0.05 * float(np.mean(big)))
+        self.assertEqual(sum(c["near_needle"] for c in comps), 6)
+
+
 if __name__ == "__main__":
     unittest.main()
