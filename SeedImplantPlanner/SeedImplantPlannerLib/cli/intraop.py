@@ -240,7 +240,6 @@ def _planning_ct_for_scene(args, plan):
 def _registration_step(args, plan, ct, geometry, needles):
     """``--register`` / ``--transform``: the CT's geometry in the planning frame, the ``--needles`` table (written
     on the intra-op CT's frame) mapped the same way, and the registration (None without either option)."""
-    from dataclasses import replace
     if args.register is None and not args.transform:
         return geometry, needles, None
     from .main import ProgressBar
@@ -257,10 +256,7 @@ def _registration_step(args, plan, ct, geometry, needles):
                                       progress=ProgressBar("register", enabled=not args.quiet))
     print(reg.summary_line())
     if needles is not None:
-        needles = [replace(n, entry=reg.map_points(n.entry), tip=reg.map_points(n.tip),
-                           control_points=None if n.control_points is None else reg.map_points(n.control_points),
-                           reference_axis=None if n.reference_axis is None else reg.map_directions(n.reference_axis))
-                   for n in needles]
+        needles = [n.moved(reg) for n in needles]
     return geometry, needles, reg
 
 

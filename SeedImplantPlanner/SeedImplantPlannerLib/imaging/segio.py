@@ -77,6 +77,13 @@ class Segmentation:
         s = self.find(name_or_id)
         return self.layers[s.layer] == s.label_value
 
+    def centre_ras(self, name_or_id) -> np.ndarray:
+        """Centre (RAS mm) of one segment's voxels; InputError when the segment is empty."""
+        m = self.mask(name_or_id)
+        if not m.any():
+            raise InputError(f"{self._where}segment '{self.find(name_or_id).name}' is empty")
+        return self.geometry.ijk_to_ras(np.argwhere(m).mean(axis=0)[::-1])
+
     @classmethod
     def from_masks(cls, geometry: ImageGeometry, masks: dict, colors: dict | None = None):
         """Build from ``{name: bool mask}``; overlapping masks are placed on separate layers."""

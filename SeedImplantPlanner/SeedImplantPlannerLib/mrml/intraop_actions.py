@@ -106,10 +106,7 @@ class IntraopSession:
         if ct_node is not None:
             reg = _reg.registration_of(ct_node)
             if reg is not None:       # the table is in the intra-op CT's frame (find-needles output): into the plan's
-                needles = [replace(n, entry=reg.map_points(n.entry), tip=reg.map_points(n.tip),
-                                   control_points=None if n.control_points is None else reg.map_points(n.control_points),
-                                   reference_axis=None if n.reference_axis is None
-                                   else reg.map_directions(n.reference_axis)) for n in needles]
+                needles = [n.moved(reg) for n in needles]
         return self.set_needles(needles)
 
     def find_needles(self, ct_node, progress=None):
@@ -211,11 +208,7 @@ class IntraopSession:
     def _target_centre(self):
         """Centre (RAS) of the plan's target, where a transform read from a file states the patient's shift."""
         try:
-            seg = self.segmentation()
-            t = seg.find(self.plan().structures["target"])
-            mask = seg.mask(t.segment_id)
-            ijk = np.argwhere(mask).mean(axis=0)[::-1]
-            return seg.geometry.ijk_to_ras(ijk)
+            return self.segmentation().centre_ras(self.plan().structures["target"])
         except (InputError, KeyError, ValueError, AttributeError):
             return np.zeros(3)
 

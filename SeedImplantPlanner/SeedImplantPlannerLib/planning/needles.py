@@ -186,6 +186,15 @@ class Needle:
             return None
         return math.degrees(math.acos(max(-1.0, min(1.0, float(self.direction @ self.reference_axis)))))
 
+    def moved(self, transform) -> "Needle":
+        """This needle seen through a rigid ``transform`` (anything with ``map_points`` / ``map_directions``,
+        e.g. :class:`imaging.registration.RegistrationResult`): entry, tip, curve and reference axis moved."""
+        from dataclasses import replace
+        return replace(self, entry=transform.map_points(self.entry), tip=transform.map_points(self.tip),
+                       control_points=None if self.control_points is None else transform.map_points(self.control_points),
+                       reference_axis=None if self.reference_axis is None
+                       else transform.map_directions(self.reference_axis))
+
     def table_row(self) -> dict:
         """One row of the needle table (entry, tip, direction, angles, depth, length check)."""
         d = self.direction

@@ -151,7 +151,7 @@ class SessionIntraop:
             result = self.intraop_result
             self.intraop_result = None
             self.needle_matching = None
-            self.implanted_needles = self._mapped(result.needles_in_place, move)
+            self.implanted_needles = [n.moved(move) for n in result.needles_in_place]
             self._show_original(result.original)
             self._show_implanted(self.implanted_needles)
             return (f"; the re-plan was made in the earlier frame: the plan being implanted is shown again and its "
@@ -168,7 +168,7 @@ class SessionIntraop:
             self.implanted_needles = self.needle_matching.needles()
             self._show_implanted(self.implanted_needles)
             return f"; the {len(found)} needles found before moved with the CT: {self.needle_matching.summary_line()}"
-        self.implanted_needles = self._mapped(self.implanted_needles, move)
+        self.implanted_needles = [n.moved(move) for n in self.implanted_needles]
         self._show_implanted(self.implanted_needles)
         return f"; the {len(self.implanted_needles)} needles read before moved with the CT"
 
@@ -181,22 +181,12 @@ class SessionIntraop:
         ps.compute_dose(self._default_dose_geometry())
         self._start_live()
 
-    @staticmethod
-    def _mapped(needles, reg):
-        from dataclasses import replace
-        return [replace(n, entry=reg.map_points(n.entry), tip=reg.map_points(n.tip),
-                        control_points=None if n.control_points is None else reg.map_points(n.control_points),
-                        reference_axis=None if n.reference_axis is None else reg.map_directions(n.reference_axis))
-                for n in needles]
-
     def _target_centre(self):
         """Centre (RAS) of the plan's target, where a transform read from a file states the patient's shift."""
         seg = self.case_segmentation
         target = (self.plan.structures.get("target") if self.plan is not None else None) or self.roles()[0]
         try:
-            t = seg.find(target)
-            ijk = np.argwhere(seg.mask(t.segment_id)).mean(axis=0)[::-1]
-            return seg.geometry.ijk_to_ras(ijk)
+            return seg.centre_ras(target)
         except (AttributeError, KeyError, ValueError, InputError):
             return np.zeros(3)
 
@@ -230,7 +220,7 @@ class SessionIntraop:
         if not needles:
             raise InputError(f"{path.name}: no needles in the file")
         if self.registration is not None:
-            needles = self._mapped(needles, self.registration)
+            needles = [n.moved(self.registration) for n in needles]
         self.implanted_needles = needles
         self.needle_matching = None
         self.intraop_result = None

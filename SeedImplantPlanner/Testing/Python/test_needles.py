@@ -67,6 +67,29 @@ class NeedleGeometryTest(unittest.TestCase):
         self.assertGreater(np.cross(p, tan)[2], 0)
 
 
+    def test_moved_by_a_rigid_transform(self):
+        """Entry, tip, curve and reference axis seen through a registration (planning-from-new)."""
+        from SeedImplantPlannerLib.imaging.registration import RegistrationResult
+        a = math.radians(30.0)
+        m = np.eye(4)
+        m[:3, :3] = [[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]]
+        m[:3, 3] = (5.0, -2.0, 7.0)
+        reg = RegistrationResult(m)
+        t = np.linspace(0, math.pi / 2, 9)
+        cp = np.stack([40 * np.cos(t), 40 * np.sin(t), np.zeros_like(t)], axis=1)
+        c = curved_catheter(3, cp, name="C3")
+        c.reference_axis = np.array([0.0, 0.0, 1.0])
+        moved = c.moved(reg)
+        self.assertEqual((moved.name, moved.number), ("C3", 3))
+        np.testing.assert_allclose(moved.control_points, cp @ m[:3, :3].T + m[:3, 3])
+        np.testing.assert_allclose(moved.tip, m[:3, :3] @ c.tip + m[:3, 3])
+        np.testing.assert_allclose(moved.reference_axis, (0.0, 0.0, 1.0), atol=1e-12)
+        self.assertAlmostEqual(moved.depth_mm, c.depth_mm, places=9)                 # rigid: lengths kept
+        straight = Needle(1, np.array([0.0, 0.0, 50.0]), np.array([0.0, 0.0, 0.0]))
+        self.assertIsNone(straight.moved(reg).control_points)
+        np.testing.assert_allclose(straight.moved(reg).direction, m[:3, :3] @ straight.direction, atol=1e-12)
+
+
 class TemplateTest(unittest.TestCase):
     def test_oblique_template_keeps_only_crossing_holes(self):
         target = ball((0, 0, 0), 15)

@@ -42,6 +42,14 @@ class TestSegmentationFiles(unittest.TestCase):
         with self.assertRaisesRegex(InputError, "no segment named 'Rectum'.*GTV, PTV, Bowel"):
             back.find("Rectum")
 
+    def test_centre_of_a_segment_on_a_rotated_grid(self):
+        seg = Segmentation.from_masks(self.g, {**self.masks, "Off": ball(self.g, (-3, 2, 1), 6),
+                                               "Empty": np.zeros(self.g.shape, bool)})
+        np.testing.assert_allclose(seg.centre_ras("Off"), (-3.0, 2.0, 1.0), atol=0.1)      # the ball's centre
+        np.testing.assert_allclose(seg.centre_ras("GTV"), (0.0, 0.0, 0.0), atol=0.3)
+        with self.assertRaisesRegex(InputError, "segment 'Empty' is empty"):
+            seg.centre_ras("Empty")
+
     def test_labelmap_with_names(self):
         lab = np.zeros(self.g.shape, np.uint8)
         lab[self.masks["PTV"]] = 2
