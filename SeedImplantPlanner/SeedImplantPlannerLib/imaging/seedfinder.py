@@ -38,7 +38,13 @@ count-from-metal-content rule and a line-segment k-means described below):
    most the capsule radius + 0.9 mm, away from needles, without fragments below 35 % of the
    largest; without any, the 20th percentile of all components (most are single seeds).
 6. **Seeds per component** ``n = round(content / unit)``; components below ``MIN_UNIT_FRACTION``
-   of a seed (``NEAR_NEEDLE_MIN_FRACTION`` beside a needle) are rejected as noise or streaks;
+   of a seed (``NEAR_NEEDLE_MIN_FRACTION`` beside a needle) are rejected as noise or streaks,
+   unless one lies end to end with a seed in the slice plane and holds ``MIN_UNIT_FRACTION`` of a
+   seed over its column (its in-plane footprint through the slices its image spans:
+   :func:`seed_components.column_content`): a thick slice is the mean of thin ones, so a seed
+   straddling two slices keeps its metal only summed over both, and rays along a chain starve, so
+   its halves lie on the chain's dark band and neither reaches the threshold; such a seed is posed
+   from its column;
    components of more than ``max_per_cluster`` seeds
    (bone, a surgical clip cluster, contrast) are rejected and reported. With ``expected_count``
    the ambiguous components (content halfway between two counts) are resolved greedily towards
@@ -90,7 +96,7 @@ from ..core import progress as _progress
 from ..core.errors import InputError
 from ..core.geometry import ImageGeometry
 from .seed_components import (BONE_MARGIN_HU, MAX_PER_CLUSTER, bone_mask, body_mask, count_seeds, measure_components,
-                              resolve_expected, unit_content)
+                              measure_columns, resolve_expected, unit_content)
 from .seed_needles import (EXCESS_MIN_FRACTION, NEAR_NEEDLE_MM, ON_AXIS_TOLERANCE_MM, NeedleMetal, needle_line_distance,
                            needle_radius, reject_needle_residue, subtract_needles)
 from .seed_pose import (STREAK_MIN_ANISOTROPY, axis_in_streak_plane, capsules_overlap, seg_dist2, split_cluster, streak_direction,
@@ -282,6 +288,8 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
     if len(needles):
         reject_needle_residue(comps, needles, geometry, off, box_cov, seed_length_mm)
     unit = unit_content(comps, needles, geometry, off, box_cov, seed_length_mm, seed_diameter_mm)
+    # too faint by their grown content: measured over the slices their image spans (a seed straddling two)
+    measure_columns(comps, ctc, lab, unit, voxel_mm3, geometry, off, seed_length_mm)
 
     # -- seeds per component -----------------------------------------------------------------------
     kept, rejected = count_seeds(comps, unit, geometry, off, max_per_cluster, box_cov, seed_length_mm,
