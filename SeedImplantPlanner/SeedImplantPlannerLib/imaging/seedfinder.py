@@ -76,7 +76,17 @@ count-from-metal-content rule and a line-segment k-means described below):
    seed (the needle's steel holds the same metal per mm along its length, whatever partial volume
    and blur do to single voxels; a remnant of its subtraction adds none, a seed against it about
    one); otherwise it is rejected as the needle's residue, with the excess in the reason.
-10. **Confidence** in [0, 1]: how close the seed's metal content is to one seed's, lowered for
+10. **Seeds beside in-plane needles** (:mod:`seed_beside`): a needle running within 20 deg of the slice
+   plane and a seed deposited beside it in that plane share their slices, and the CT's ceiling clips
+   both: the seed's inner half hides under the needle's saturated bloom, and the subtraction leaves a
+   fraction of its metal, pushed outward. The needle's bright footprint keeps the seed's shape: a
+   bulge of its contour (70 % of the steel's plateau) by at least 3/4 of the seed's diameter over
+   0.5-1.3 capsule lengths, against the needle's own edge along the rest of its length, as bright as
+   the steel beyond the needle's edge, on one side only, with no other needle's steel within the
+   5 mm band. The seed is placed from its visible outer edge (one seed radius plus the edge's blur
+   excess, read on the needle in the same CT, inside it), along the needle; a seed found there by
+   its metal takes that pose, one not found is added.
+11. **Confidence** in [0, 1]: how close the seed's metal content is to one seed's, lowered for
    seeds split from a cluster, and down to a quarter for a seed against a needle's steel (or on
    its line up to ``NEEDLE_EXTENSION_MM`` beyond its found tip): it may be the needle's residue.
 
@@ -95,6 +105,7 @@ import numpy as np
 from ..core import progress as _progress
 from ..core.errors import InputError
 from ..core.geometry import ImageGeometry
+from .seed_beside import find_beside_seeds, needle_frame
 from .seed_components import (BONE_MARGIN_HU, MAX_PER_CLUSTER, bone_mask, body_mask, count_seeds, measure_components,
                               measure_columns, resolve_expected, unit_content)
 from .seed_needles import (EXCESS_MIN_FRACTION, NEAR_NEEDLE_MM, ON_AXIS_TOLERANCE_MM, NeedleMetal, needle_line_distance,
@@ -184,6 +195,7 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
                                    region_mask=None if roi_mask is None else roi)
         except InputError:
             needles = []
+    ct_read = ctc
     if len(needles):
         _progress.report(progress, 0.04, f"seed finder: {len(needles)} needle(s) in place taken out")
         bg0 = float(np.clip(np.median(ctc[roic]), -200.0, 200.0))
@@ -339,6 +351,9 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
         if drop:
             keep = np.setdiff1d(np.arange(len(pos)), drop)
             pos, axes, conf, cid, nin, cms = (a[keep] for a in (pos, axes, conf, cid, nin, cms))
+        pos, axes, conf, cid, nin, cms = _beside_in_plane_needles(ct_read, roic, geometry, off, needles, background,
+                                                                  seed_length_mm, seed_diameter_mm,
+                                                                  (pos, axes, conf, cid, nin, cms))
         if not len(pos):
             raise InputError(f"no seeds found in the {roi_name}: every seed-like object lies against a needle in "
                              "place and holds no more metal than the needle's own steel there (its residue)")
@@ -362,6 +377,43 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
                             "extra (other metal, or a cluster split too far)")
     _progress.report(progress, 1.0, f"seed finder: {len(found)} seeds")
     return found
+
+
+def _beside_in_plane_needles(ct_read, roic, geometry, off, needles, background, seed_length_mm, seed_diameter_mm,
+                             seeds):
+    """Module doc, step 10: seeds beside in-plane needles from the bulge of the needle's bright footprint
+    (:func:`seed_beside.find_beside_seeds`, on the CT as read). A seed found there by its metal (what the
+    needle's subtraction left of it, pushed outward) takes the bulge's pose; one not found is added."""
+    pos, axes, conf, cid, nin, cms = seeds
+    metal_max = float(ct_read[roic].max())
+    found = find_beside_seeds(ct_read, geometry, off, needles, background, metal_max, seed_length_mm, seed_diameter_mm)
+    for b in found:
+        p = b["position"]
+        if not roic[tuple(np.clip(np.round(geometry.ras_to_ijk(p[None])[0][::-1] - off).astype(int), 0,
+                                  np.asarray(roic.shape) - 1))]:
+            continue
+        d, ev, _ = needle_frame(needles[b["needle"]], geometry)
+        rel = pos - p
+        # the same seed found by its metal: within half a capsule along the needle, on the same side,
+        # at most 3 mm further out (the subtraction eats the seed's inner half: what is left, its outer
+        # half and halo, sits 1-2.6 mm outward on the held-out in-plane layouts)
+        side = float(np.sign((p - needles[b["needle"]].tip) @ ev))
+        same = (np.abs(rel @ d) <= seed_length_mm / 2.0) & (side * (rel @ ev) > -1.0) & (side * (rel @ ev) <= 3.0) \
+            & (np.linalg.norm(rel, axis=1) <= seed_length_mm / 2.0 + 1.0)
+        cf = 0.85 * min(1.0, b["bulge_mm"] / seed_diameter_mm)
+        ax = b["axis"] if b["axis"][2] >= 0 else -b["axis"]
+        if same.any():
+            j = int(np.flatnonzero(same)[np.argmin(np.linalg.norm(rel[same], axis=1))])
+            pos[j], axes[j] = p, ax
+            conf[j] = max(conf[j], cf)
+            continue
+        pos = np.vstack([pos, p[None]])
+        axes = np.vstack([axes, ax[None]])
+        conf = np.append(conf, cf)
+        cid = np.append(cid, int(cid.max(initial=0)) + 1)
+        nin = np.append(nin, 1)
+        cms = np.append(cms, np.nan)
+    return pos, axes, conf, cid, nin, cms
 
 
 def _poses(kept, ctc, geometry: ImageGeometry, off, box_cov, unit, voxel_mm3, seed_length_mm, seed_diameter_mm,
