@@ -60,10 +60,22 @@ They fail: this part measures the gap beside in-plane needles (docs/verification
 (2-3 s per simulated CT); it runs without part flags and with ``--inplane`` alone, not with
 ``--small`` or ``--ctsim-only``.
 
-    .venv/bin/python benchmarks/bench_seedfinder.py           # 4 cases per resolution + simulator cases + in-plane
+Part 4, issue 9 (held out): end-to-end chains on thick slices. ``--straddle-layouts`` N (default 20)
+post-implant simulator CTs (default body, no needles) generated here from a seeded RNG (layout F + k
+uses 5000 + F + k, F = ``--straddle-first``, default 1; layouts 1-20 were looked at for the column
+rule of imaging/seed_components.py, 21.. were not): 112 x 96 pixels of 0.7-0.9 mm, 3 mm slices (2 or
+2.5 mm for some), each the mean of 1 mm rows; two chains of 3-5 seeds end to end, 0-6 deg out of the
+slice plane, each with one seed centred within 0.25 mm of a slice boundary; six seeds with random
+axes; a side-by-side pair; three calcifications (1-2.5 mm, 300-900 HU). find_seeds without needles
+against the naive reference, one to one within 2 mm, per kind (chain, straddling chain seed, single,
+pair), extra objects, pooled recall / precision against issue 9's seed targets. About 2 s per CT; it
+runs without part flags and with ``--straddle`` (alone or with ``--inplane``).
+
+    .venv/bin/python benchmarks/bench_seedfinder.py           # 4 cases per resolution + simulator cases + in-plane + chains
     .venv/bin/python benchmarks/bench_seedfinder.py --small   # 1 case per resolution, 1 mm simulator cases
     .venv/bin/python benchmarks/bench_seedfinder.py --ctsim-only
     .venv/bin/python benchmarks/bench_seedfinder.py --inplane [--inplane-layouts N] [--inplane-first F]
+    .venv/bin/python benchmarks/bench_seedfinder.py --straddle [--straddle-layouts N] [--straddle-first F]
 """
 
 from __future__ import annotations
@@ -133,18 +145,30 @@ def main(argv=None):
                     help="number of held-out in-plane layouts (default 16)")
     ap.add_argument("--inplane-first", type=int, default=INPLANE_RNG_BASE, metavar="F",
                     help=f"RNG seed of the first in-plane layout (default {INPLANE_RNG_BASE}); layout k uses F + k")
+    ap.add_argument("--straddle", action="store_true",
+                    help="only the held-out chains straddling thick slices (part 4)")
+    ap.add_argument("--straddle-layouts", type=int, default=20, metavar="N",
+                    help="number of held-out chain layouts (default 20)")
+    ap.add_argument("--straddle-first", type=int, default=STRADDLE_RNG_BASE, metavar="F",
+                    help=f"first chain layout (default {STRADDLE_RNG_BASE}); layout F + k uses RNG 5000 + F + k")
     args = ap.parse_args(argv)
+    if args.straddle_layouts < 1:
+        ap.error("--straddle-layouts must be >= 1")
+    if args.straddle_first < 0:
+        ap.error("--straddle-first must be >= 0")
     if args.inplane_layouts < 1:
         ap.error("--inplane-layouts must be >= 1")
     if args.inplane_first < 0:
         ap.error("--inplane-first must be >= 0")
-    if args.inplane:
-        all_pass = inplane_cases(args)
+    if args.inplane or args.straddle:
+        all_pass = inplane_cases(args) if args.inplane else True
+        all_pass &= straddle_cases(args) if args.straddle else True
     else:
         all_pass = True if args.ctsim_only else phantom_cases(args)
         all_pass &= ctsim_cases(args)
         if not (args.small or args.ctsim_only):
             all_pass &= inplane_cases(args)
+            all_pass &= straddle_cases(args)
     print("ALL PASS" if all_pass else "SOME TARGETS FAILED")
     return 0 if all_pass else 1
 
@@ -581,6 +605,154 @@ def inplane_cases(args):
     for name, ok in targets:
         all_pass &= ok
         print(f"  {'PASS' if ok else 'FAIL'} held-out in-plane needles: seeds {name}")
+    return all_pass
+
+
+# -- part 4: held-out end-to-end chains straddling thick slices -------------------------------------
+
+STRADDLE_RNG_BASE = 1            # default first layout (1-20 looked at for the column rule; 21-40 not)
+STRADDLE_KINDS = ("chain", "chain_straddle", "single", "pair")
+
+
+def straddle_layout(k, first=STRADDLE_RNG_BASE):
+    """Layout ``first + k`` (RNG 5000 + that): 112 x 96 pixels of 0.7-0.9 mm, 3 mm slices (2 mm or 2.5 mm
+    for one layout in four of the others), 27 mm of slices; two chains of 3-5 seeds end to end (0.2-0.8 mm
+    gaps) 0-6 deg out of the slice plane, one seed of each centred within 0.25 mm of a slice boundary; six
+    seeds with random axes; a side-by-side pair (0.2-0.6 mm gap); three calcifications (1-2.5 mm radius,
+    300-900 HU); objects >= 8 mm apart (the chains' own seeds excepted). Returns (geometry, seeds, kinds,
+    calcifications)."""
+    import math
+    lay = first + k
+    rng = np.random.default_rng(5000 + lay)
+    length, dia = 4.5, 0.8
+    px = float(rng.choice([0.7, 0.8, 0.9]))
+    sl = float(rng.choice([3.0, 3.0, 2.5, 2.0])) if lay % 4 else 3.0
+    ni, nj, nk = 112, 96, int(round(27.0 / sl))
+    origin = (-(ni - 1) * px / 2, -(nj - 1) * px / 2, -(nk - 1) * sl / 2)
+    g = ImageGeometry((ni, nj, nk), (px, px, sl), origin)
+    bounds = origin[2] + sl * np.arange(nk)[:-1] + sl / 2          # slice boundaries (z, mm)
+    semi = np.array([0.45 * ni * px, 0.40 * nj * px]) * math.sqrt(0.8) - 8.0   # soft tissue of default_anatomy, 8 mm in
+
+    def inside(p):
+        return (p[0] / semi[0]) ** 2 + (p[1] / semi[1]) ** 2 <= 1.0 and abs(p[2]) < 0.5 * nk * sl - 4
+
+    seeds, kinds = [], []
+
+    def free(p, r=8.0):
+        return all(np.linalg.norm(np.asarray(s["center_ras"]) - p) > r for s in seeds)
+
+    def seed(p, ax):
+        return {"center_ras": np.round(p, 3).tolist(), "axis": np.round(ax, 5).tolist(), "model_id": "I125_OncoSeed_6711"}
+
+    for _ in range(2):
+        for _ in range(200):
+            nseed = int(rng.integers(3, 6))
+            gap = rng.uniform(0.2, 0.8)
+            phi = rng.uniform(0, 2 * math.pi)
+            tilt = math.radians(rng.uniform(0, 6)) * rng.choice([-1, 1])
+            ax = _unit([math.cos(phi) * math.cos(tilt), math.sin(phi) * math.cos(tilt), math.sin(tilt)])
+            straddler = int(rng.integers(0, nseed))
+            zb = rng.choice(bounds[1:-1]) + rng.uniform(-0.25, 0.25)
+            c0 = np.array([rng.uniform(-semi[0], semi[0]), rng.uniform(-semi[1], semi[1]), 0.0])
+            pts = [c0 + ax * (s - straddler) * (length + gap) + np.array([0.0, 0.0, zb]) for s in range(nseed)]
+            if all(inside(p) for p in pts) and all(free(p) for p in pts):
+                for s, p in enumerate(pts):
+                    seeds.append(seed(p, ax))
+                    kinds.append("chain_straddle" if s == straddler else "chain")
+                break
+    for _ in range(6):
+        for _ in range(200):
+            p = np.array([rng.uniform(-semi[0], semi[0]), rng.uniform(-semi[1], semi[1]), rng.uniform(-10, 10)])
+            if inside(p) and free(p):
+                seeds.append(seed(p, _unit(rng.normal(size=3))))
+                kinds.append("single")
+                break
+    for _ in range(200):
+        p = np.array([rng.uniform(-semi[0], semi[0]), rng.uniform(-semi[1], semi[1]), rng.uniform(-8, 8)])
+        ax = _unit(rng.normal(size=3))
+        q = p + _unit(np.cross(ax, rng.normal(size=3))) * (dia + rng.uniform(0.2, 0.6))
+        if inside(p) and inside(q) and free(p) and free(q):
+            seeds += [seed(p, ax), seed(q, ax)]
+            kinds += ["pair", "pair"]
+            break
+    calcs = []
+    for _ in range(3):
+        for _ in range(200):
+            p = np.array([rng.uniform(-semi[0], semi[0]), rng.uniform(-semi[1], semi[1]), rng.uniform(-8, 8)])
+            if inside(p) and free(p):
+                calcs.append({"center_ras": np.round(p, 3).tolist(), "radius_mm": float(rng.uniform(1.0, 2.5)),
+                              "hu": float(rng.uniform(300, 900))})
+                break
+    return g, seeds, kinds, calcs
+
+
+def straddle_cases(args):
+    """Part 4: held-out post-implant CTs whose end-to-end chains have a seed straddling two thick slices."""
+    from scipy.optimize import linear_sum_assignment
+    from SeedImplantPlannerLib.imaging import ctsim
+    from SeedImplantPlannerLib.core.errors import InputError
+    n = args.straddle_layouts
+    print()
+    print(f"held-out chains on thick slices: {n} simulator CTs (2-3 mm slices; two end-to-end chains each with a seed "
+          f"on a slice boundary, six single seeds, a side-by-side pair, three calcifications); finder = find_seeds "
+          f"without needles; naive = 1500 HU + components")
+    print(f"{'layout':<7} {'slice':>5} | finder: " + " ".join(f"{k:>14}" for k in STRADDLE_KINDS)
+          + f" {'extra':>5} | naive: matched extra | {'sim s':>5} {'find s':>6}")
+    tot = {m: dict({k: [0, 0] for k in STRADDLE_KINDS}, found=0, errs=[]) for m in ("finder", "naive")}
+    t_sim = t_find = 0.0
+    for k in range(n):
+        g, seeds, kinds, calcs = straddle_layout(k, args.straddle_first)
+        t0 = time.perf_counter()
+        ct, g, truth = ctsim.simulate_ct(None, g, seeds=seeds, calcifications=calcs, rng_seed=args.straddle_first + k)
+        t1 = time.perf_counter()
+        try:
+            pos = find_seeds(ct, g, needles=[]).positions
+        except InputError:
+            pos = np.zeros((0, 3))
+        t2 = time.perf_counter()
+        t_sim += t1 - t0
+        t_find += t2 - t1
+        tpos = np.array([s["center_ras"] for s in truth["seeds"]], float)
+        cells, naive_cell = [], ""
+        for m, found in (("finder", pos), ("naive", naive_find_seeds(ct, g, 1500.0))):
+            found = np.asarray(found, float).reshape(-1, 3)
+            hit = {}
+            if len(found):
+                d = np.linalg.norm(tpos[:, None] - found[None], axis=-1)
+                r, c = linear_sum_assignment(np.where(d <= 2.0, d, 1e6))
+                hit = {int(i): float(d[i, j]) for i, j in zip(r, c) if d[i, j] <= 2.0}
+            tot[m]["found"] += len(found)
+            tot[m]["errs"] += list(hit.values())
+            for kind in STRADDLE_KINDS:
+                true_k = [i for i, q in enumerate(kinds) if q == kind]
+                got = sum(1 for i in true_k if i in hit)
+                tot[m][kind][0] += len(true_k)
+                tot[m][kind][1] += got
+                if m == "finder":
+                    cells.append(f"{got:>2} of {len(true_k):>2}")
+            if m == "naive":
+                naive_cell = f"{len(hit):>7} {len(found) - len(hit):>5}"
+            else:
+                extra = len(found) - len(hit)
+        print(f"{args.straddle_first + k:<7} {g.spacing[2]:>5.1f} | finder: " + " ".join(f"{c:>14}" for c in cells)
+              + f" {extra:>5} | naive: {naive_cell} | {t1 - t0:>5.1f} {t2 - t1:>6.2f}")
+    targets = []
+    for m in ("finder", "naive"):
+        t = tot[m]
+        true_all = sum(t[kind][0] for kind in STRADDLE_KINDS)
+        matched = sum(t[kind][1] for kind in STRADDLE_KINDS)
+        rec, prec = matched / max(true_all, 1), matched / max(t["found"], 1)
+        per = ", ".join(f"{kind} {t[kind][1]} of {t[kind][0]}" for kind in STRADDLE_KINDS)
+        print(f"  pooled {m:<6}: {per}; {matched} of {true_all} matched, {t['found']} reported, extra "
+              f"{t['found'] - matched}: recall {100 * rec:.1f} %, precision {100 * prec:.1f} %, position error median "
+              f"{np.median(t['errs']) if t['errs'] else float('nan'):.2f} mm")
+        if m == "finder":
+            targets = [("recall >= 98 %", rec >= 0.98), ("precision >= 98 %", prec >= 0.98)]
+    print(f"  time: simulation {t_sim:.1f} s, finder {t_find:.1f} s")
+    all_pass = True
+    for name, ok in targets:
+        all_pass &= ok
+        print(f"  {'PASS' if ok else 'FAIL'} held-out chains on thick slices: seeds {name}")
     return all_pass
 
 
