@@ -137,6 +137,7 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneEndImport)
 
         for modelId in self.logic.seedModelIds():
             self.ui.seedModelComboBox.addItem(modelId)
@@ -209,6 +210,12 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
+
+    def onSceneEndImport(self, caller, event) -> None:
+        """A scene was loaded (.mrb): the Intra-op panel shows the review it holds as it was left."""
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+        self.restoreIntraopPanel()
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
@@ -579,6 +586,29 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.intraopRegistrationLabel.text = "\n".join(lines) if lines else _(
             "Not registered: the intra-op CT is taken in its scanner coordinates.")
 
+    def restoreIntraopPanel(self) -> None:
+        """The Intra-op panel as the scene's review was left (SeedImplantPlannerLib.mrml.intraop_state, the reader the
+        web page uses too): the intra-op CT chosen (its registration in the label, a missing or unreadable record
+        said there), the registration's options, the deviation table and a status line of what was restored."""
+        state = None
+        with slicer.util.tryWithErrorDisplay(_("Reading the intra-operative review of the scene failed."),
+                                             waitCursor=False):
+            state = self.logic.intraopRestore()
+        if state is None or (state.empty and not state.notes):
+            return
+        options = state.options()
+        self.ui.intraopBoneMetricCheckBox.checked = options["bone_metric"]
+        self.ui.intraopTranslationOnlyCheckBox.checked = options["translation_only"]
+        if state.ct_node is not None:
+            self.ui.intraopCtSelector.setCurrentNode(state.ct_node)
+            if state.registration is not None:
+                self.showRegistrationFusion(state.ct_node, self.ui.intraopPlanningCtSelector.currentNode())
+        self.updateIntraopRegistrationLabel()
+        table = self.logic.intraopNode("NeedleDeviations")
+        if table is not None:
+            self.ui.intraopDeviationTableView.setMRMLTableNode(table)
+        self.ui.intraopStatusLabel.text = state.summary() or "; ".join(state.notes)
+
     def showRegistrationFusion(self, ctNode, planningNode) -> None:
         """The registered intra-op CT over the planning CT in the slice views (foreground at half opacity)."""
         if ctNode is None:
@@ -724,6 +754,11 @@ class SeedImplantPlannerLogic(ScriptedLoadableModuleLogic):
         if self._intraop is None or self._intraop.ps is not planScene:
             self._intraop = IntraopSession(planScene)
         return self._intraop
+
+    def intraopRestore(self):
+        """The intra-operative review the scene holds (intra-op CT, registration and its record, needles and seeds
+        found, deviation table): SeedImplantPlannerLib.mrml.intraop_state.IntraopState."""
+        return self.intraopSession().restore()
 
     def intraopFindNeedles(self, ctNode, progress=None):
         return self.intraopSession().find_needles(ctNode, progress=progress)

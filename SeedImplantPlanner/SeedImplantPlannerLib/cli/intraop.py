@@ -45,12 +45,13 @@ def _json_default(v):
 
 
 def write_intraop_folder(tmp, result, ct, ct_geometry, seg, *, scene=True, progress=None, planning_ct=None,
-                         scanner_geometry=None, ct_name="Intra-op CT"):
+                         scanner_geometry=None, ct_name="Intra-op CT", source_file=None):
     """Write every output of ``seedplan intraop`` into folder ``tmp``; returns the file names.
 
     ``ct_geometry``: the CT's grid as the chain used it (in the plan's frame). With a registration the
     scene holds the CT on ``scanner_geometry`` under the registration transform node and
-    ``planning_ct`` (array, geometry; optional) as the plan's CT (:func:`mrml.intraop_scene.save_intraop_scene`)."""
+    ``planning_ct`` (array, geometry; optional) as the plan's CT (:func:`mrml.intraop_scene.save_intraop_scene`);
+    ``source_file``: the CT's file, recorded on its node."""
     from ..core.fileio import write_csv, write_text
     from ..core.imageio import write_image
     from ..evaluation.dvh import write_dvh_csv
@@ -86,7 +87,8 @@ def write_intraop_folder(tmp, result, ct, ct_geometry, seg, *, scene=True, progr
     if scene:
         from ..mrml.intraop_scene import save_intraop_scene
         save_intraop_scene(tmp / "scene.mrb", result, (ct, ct_geometry), seg, progress=progress,
-                           planning_ct=planning_ct, scanner_geometry=scanner_geometry, ct_name=ct_name)
+                           planning_ct=planning_ct, scanner_geometry=scanner_geometry, ct_name=ct_name,
+                           source_file=source_file)
         files.append("scene.mrb")
     summary = dict(result.summary())
     summary["deviation_line"] = result.deviation_line()
@@ -209,7 +211,8 @@ def cmd_intraop(args):
     with atomic_folder(args.out) as tmp:
         files = write_intraop_folder(tmp, result, ct, geometry, seg, scene=scene,
                                      progress=ProgressBar("scene", enabled=not args.quiet), planning_ct=planning_ct,
-                                     scanner_geometry=scanner_geometry, ct_name=f"Intra-op CT {Path(args.ct).name}")
+                                     scanner_geometry=scanner_geometry, ct_name=f"Intra-op CT {Path(args.ct).name}",
+                                     source_file=Path(args.ct).resolve())
     print(result.deviation_line())
     for o in result.options:
         print(f"  option {o['option']}: V100 {o['v100_pct']} %, D90 {o['d90_Gy']} Gy, goals "

@@ -31,14 +31,13 @@ from dataclasses import replace
 import numpy as np
 
 from ..core.errors import InputError
-from ..planning.needles import Needle
 from . import intraop_registration as _reg
-from .intraop_scene import FOUND_NEEDLE_COLOR, IMPLANTED_SEED_COLOR, add_intraop_nodes
-from .markups import fiducial_node_to_seeds, needle_line_node, seeds_to_fiducial_node
+from .intraop_scene import IMPLANTED_SEED_COLOR, add_intraop_nodes
+from .intraop_state import NEEDLE_NAME_ATTRIBUTE, needles_of_nodes, read_intraop_state, show_found_needles  # noqa: F401
+from .markups import fiducial_node_to_seeds, seeds_to_fiducial_node
 from .nodes import ROLE_ATTRIBUTE
 from .volumes import geometry_from_volume, volume_array
 
-NEEDLE_NAME_ATTRIBUTE = "SeedImplantPlanner.NeedleName"
 INTRAOP_ROLES = ("NeedleDeviations", "ReplanOptions", "DVHCompare", "DVHCompareChart")
 
 
@@ -80,16 +79,7 @@ class IntraopSession:
 
     def set_needles(self, needles):
         """Show ``needles`` (Needle objects, plan names) as unlocked lines; replaces earlier ones."""
-        for n in self.needle_nodes():
-            self.scene.RemoveNode(n)
-        out = []
-        for n in needles:
-            node = needle_line_node(self.scene, n.entry, n.tip, n.number, locked=False, color=FOUND_NEEDLE_COLOR)
-            node.SetName(f"Found {n.name}")
-            node.SetAttribute(ROLE_ATTRIBUTE, "FoundNeedle")
-            node.SetAttribute(NEEDLE_NAME_ATTRIBUTE, n.name)
-            out.append(node)
-        return out
+        return show_found_needles(self.scene, needles, locked=False)
 
     def load_needles(self, path, ct_node=None):
         """Read a needle table (CSV/JSON, names as in the plan) and show it as lines; returns the nodes.
@@ -120,15 +110,7 @@ class IntraopSession:
 
     def needles(self):
         """Needles in place as the lines now show them (after the user's corrections)."""
-        out = []
-        for k, node in enumerate(self.needle_nodes(), start=1):
-            if node.GetNumberOfControlPoints() < 2:
-                continue
-            entry = np.array(node.GetNthControlPointPositionWorld(0))
-            tip = np.array(node.GetNthControlPointPositionWorld(1))
-            name = node.GetAttribute(NEEDLE_NAME_ATTRIBUTE) or node.GetName().replace("Found ", "", 1)
-            out.append(Needle(k, entry, tip, name=name, kind="implanted", fixed=True))
-        return out
+        return [replace(n, number=k) for k, n in enumerate(needles_of_nodes(self.needle_nodes()), start=1)]
 
     @staticmethod
     def ct(ct_node):
@@ -137,6 +119,11 @@ class IntraopSession:
         if ct_node is None:
             raise InputError("choose the intra-operative CT")
         return volume_array(ct_node), _reg.world_geometry(ct_node)
+
+    def restore(self):
+        """The review an opened scene holds (intra-op CT, registration and its record, needles and seeds found,
+        deviation table): :func:`mrml.intraop_state.read_intraop_state`; nothing in the scene changes."""
+        return read_intraop_state(self.scene, self.ps.params.get_node("ctVolume"))
 
     # -- registration to the planning CT -------------------------------------------------------------
     def planning_ct_node(self, planning_ct_node=None):

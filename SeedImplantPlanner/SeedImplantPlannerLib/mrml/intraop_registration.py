@@ -130,27 +130,49 @@ def registration_of(ct_node):
     """The :class:`imaging.registration.RegistrationResult` the CT's world coordinates come from, or None.
 
     The record stored with the transform node when the node's matrix is still the one it was made
-    with; otherwise (edited by hand, or another transform) the current matrix with a warning."""
+    with; otherwise (edited by hand, another transform, the record missing or unreadable) the current
+    matrix with a warning saying so (:func:`registration_record`)."""
+    return registration_record(ct_node)[0]
+
+
+def registration_record(ct_node):
+    """(RegistrationResult or None, status, problem) of the transform ``ct_node`` lies under.
+
+    ``status``: ``"none"`` (no transform: scanner coordinates), ``"stored"`` (the record saved with the
+    transform node, matrix unchanged), ``"missing"`` (a registration node without its record: set by
+    hand or by another program), ``"unreadable"`` (the record is not valid JSON or not a registration),
+    ``"edited"`` (the matrix was changed after the record was made, or another transform).
+    ``problem`` is None for "none" and "stored", else one sentence for the user; the result then has
+    the current matrix, no quality, and that sentence as a warning (nothing is dropped: the transform
+    stays as the views show it). Raises InputError for a non-linear or non-rigid transform."""
     from ..imaging.registration import RegistrationResult
     m = world_matrix(ct_node)
     if np.allclose(m, np.eye(4), atol=1e-12):
-        return None
+        return None, "none", None
     parent = ct_node.GetParentTransformNode()
-    text = parent.GetAttribute(REGISTRATION_ATTRIBUTE) if parent is not None else None
+    name = parent.GetName()
+    text = parent.GetAttribute(REGISTRATION_ATTRIBUTE)
+    status, problem = "edited", f"transform '{name}' set or edited by hand: its quality was not checked here"
     if text:
         try:
-            stored = RegistrationResult.from_dict(json.loads(text), f"transform '{parent.GetName()}'")
-        except (InputError, ValueError):
-            stored = None
-        if stored is not None and np.allclose(stored.matrix_ras, m, atol=1e-6):
-            return stored
+            stored = RegistrationResult.from_dict(json.loads(text), f"transform '{name}'")
+        except (InputError, ValueError, TypeError, AttributeError, KeyError) as exc:
+            detail = " ".join(str(exc).split())[:160]
+            status, problem = "unreadable", (f"the registration record of transform '{name}' is unreadable ({detail}): "
+                                             "the transform is kept as it is, its quality was not checked here")
+        else:
+            if np.allclose(stored.matrix_ras, m, atol=1e-6):
+                return stored, "stored", None
+    elif parent.GetAttribute(ROLE_ATTRIBUTE) == REGISTRATION_ROLE:
+        status, problem = "missing", (f"transform '{name}' holds no registration record (quality, warnings): the "
+                                      "transform is kept as it is, its quality was not checked here")
     try:
         result = RegistrationResult(m)
     except InputError:
         raise InputError(f"'{ct_node.GetName()}' lies under a transform that is not rigid (scaling or shear): "
                          "the intra-operative chain needs a rotation + translation") from None
-    result.warnings.append(f"transform '{parent.GetName()}' set or edited by hand: its quality was not checked here")
-    return result
+    result.warnings.append(problem)
+    return result, status, problem
 
 
 def panel_report(result):

@@ -28,11 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from ..core import progress as _progress
-from .markups import needle_line_node, seeds_to_fiducial_node
+from .markups import seeds_to_fiducial_node
 from .nodes import ROLE_ATTRIBUTE
 from .tables import _set_table_columns, update_dvh_nodes
 
 INTRAOP_CT_ROLE = "IntraopCT"
+#: attribute of the intra-operative CT node: the file it was read from (absolute path), so a re-opened scene names it
+SOURCE_FILE_ATTRIBUTE = "SeedImplantPlanner.SourceFile"
 FOUND_NEEDLE_COLOR = (1.0, 0.55, 0.0)
 IMPLANTED_SEED_COLOR = (1.0, 0.9, 0.1)
 
@@ -56,12 +58,8 @@ def add_intraop_nodes(scene, result, markups=True):
     Returns the nodes added.
     """
     from ..planning.intraop import NEEDLE_DEVIATION_COLUMNS, OPTION_COLUMNS
-    out = {"found_needles": []}
-    for n in (result.needles_in_place if markups else ()):
-        node = needle_line_node(scene, n.entry, n.tip, n.number, locked=False, color=FOUND_NEEDLE_COLOR)
-        node.SetName(f"Found {n.name}")
-        node.SetAttribute(ROLE_ATTRIBUTE, "FoundNeedle")
-        out["found_needles"].append(node)
+    from .intraop_state import show_found_needles
+    out = {"found_needles": show_found_needles(scene, result.needles_in_place) if markups else []}
     if markups and len(result.found_seeds):
         node = seeds_to_fiducial_node(scene, result.found_seeds, name="Implanted seeds (found)",
                                       color=IMPLANTED_SEED_COLOR)
@@ -86,13 +84,14 @@ def add_intraop_nodes(scene, result, markups=True):
 
 
 def save_intraop_scene(path, result, ct, segmentation, goals=None, pictures_dir=None, progress=None, *,
-                       planning_ct=None, scanner_geometry=None, ct_name="Intra-op CT") -> dict:
+                       planning_ct=None, scanner_geometry=None, ct_name="Intra-op CT", source_file=None) -> dict:
     """Save the intra-operative scene (module doc) as a .mrb; returns {"mrb", "pictures", "nodes"}.
 
     ``ct``: (array, geometry) of the intra-operative CT as the chain used it (in the plan's frame).
     With ``result.registration`` set, the CT node gets ``scanner_geometry`` (its grid as acquired;
     default: ``ct``'s grid mapped back by the registration) under the registration transform node,
-    and ``planning_ct`` (array, geometry), when given, becomes the plan's CT.
+    and ``planning_ct`` (array, geometry), when given, becomes the plan's CT. ``source_file``: the CT's file,
+    recorded on its node (:data:`SOURCE_FILE_ATTRIBUTE`) so a re-opened scene names it.
     """
     from .scene import create_scene
     from .scene_io import build_plan_scene
@@ -110,7 +109,8 @@ def save_intraop_scene(path, result, ct, segmentation, goals=None, pictures_dir=
         nodes = add_intraop_nodes(ctx.scene, result)
         if registration is not None:
             nodes.update(add_registered_ct(ps, ct[0], scanner_geometry if scanner_geometry is not None
-                                           else _scanner_geometry(ct[1], registration), registration, ct_name))
+                                           else _scanner_geometry(ct[1], registration), registration, ct_name,
+                                           source_file))
         pictures = ps.write_pictures(pictures_dir, prefix="intraop") if pictures_dir is not None else {}
         _progress.report(progress, 0.9, "saving the scene")
         mrb = ps.save(Path(path))
@@ -127,9 +127,10 @@ def _scanner_geometry(geometry, registration):
     return RegistrationResult(registration.inverse_matrix_ras).moved_geometry(geometry)
 
 
-def add_registered_ct(plan_scene, array, scanner_geometry, registration, name="Intra-op CT"):
+def add_registered_ct(plan_scene, array, scanner_geometry, registration, name="Intra-op CT", source_file=None):
     """The intra-operative CT on its scanner grid under a new registration transform node holding ``registration``
-    (role ``IntraopCT``, in the plan's study); returns {"intraop_ct": node, "registration": transform node}."""
+    (role ``IntraopCT``, its file in :data:`SOURCE_FILE_ATTRIBUTE` when given, in the plan's study); returns
+    {"intraop_ct": node, "registration": transform node}."""
     from .intraop_registration import set_registration
     from .nodes import place_in_study
     from .volumes import add_scalar_volume, set_ct_display
@@ -137,6 +138,8 @@ def add_registered_ct(plan_scene, array, scanner_geometry, registration, name="I
     node = add_scalar_volume(scene, array, scanner_geometry, name)
     set_ct_display(node)
     node.SetAttribute(ROLE_ATTRIBUTE, INTRAOP_CT_ROLE)
+    if source_file:
+        node.SetAttribute(SOURCE_FILE_ATTRIBUTE, str(source_file))
     place_in_study(scene, node, plan_scene.study_item())
     transform, _ = set_registration(scene, node, registration)
     place_in_study(scene, transform, plan_scene.study_item())

@@ -329,14 +329,19 @@ class IntraopResult:
 
     def deviation_line(self) -> str:
         """One line: how far the needles in place are from the plan."""
-        dev = [r for r in self.needle_rows if r["status"] == "in place"]
-        if not dev:
-            return "no planned needle in place"
-        tip = np.array([r["tip_mm"] for r in dev])
-        ang = np.array([r["angle_deg"] for r in dev])
-        miss = sum(1 for r in self.needle_rows if r["status"].startswith("not in the CT"))
-        return (f"{len(dev)} needles in place: tip off by {np.median(tip):.1f} mm median (max {tip.max():.1f}), "
-                f"angle {np.median(ang):.1f} deg median (max {ang.max():.1f}); {miss} planned needles not in the CT")
+        return deviation_line(self.needle_rows)
+
+
+def deviation_line(needle_rows) -> str:
+    """One line from the deviation table's rows (:func:`needle_rows`, or read back from a saved table)."""
+    dev = [r for r in needle_rows if str(r["status"]) == "in place"]
+    if not dev:
+        return "no planned needle in place"
+    tip = np.array([float(r["tip_mm"]) for r in dev])
+    ang = np.array([float(r["angle_deg"]) for r in dev])
+    miss = sum(1 for r in needle_rows if str(r["status"]).startswith("not in the CT"))
+    return (f"{len(dev)} needles in place: tip off by {np.median(tip):.1f} mm median (max {tip.max():.1f}), "
+            f"angle {np.median(ang):.1f} deg median (max {ang.max():.1f}); {miss} planned needles not in the CT")
 
 
 def _median(v):

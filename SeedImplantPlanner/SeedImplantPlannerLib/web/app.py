@@ -210,9 +210,29 @@ class WebPlanner(PlannerViews, PlannerPage):
         self.show_plan_in_views()
         self.push()
 
+    def _opened_message(self, _=None):
+        note = self.session.open_note
+        return f"opened {self.session.source_label}" + (f"; {note}" if note else "")
+
+    def _take_up_intraop(self):
+        """After opening a scene: the intra-op page's fields as the scene's review left them (CT, options), and a
+        warning when the registration's record is missing or unreadable (the transform is kept)."""
+        restored = self.session.restored
+        if restored is None:
+            return
+        s = self.state
+        text = self.session.intraop_ct_text()
+        if text:
+            s.intraop_ct_path = text
+        options = restored.options()
+        s.register_bone_metric, s.register_translation_only = options["bone_metric"], options["translation_only"]
+        s.show_intraop_ct = True
+        if restored.problem or restored.notes:
+            s.message_type = "warning"
+
     def on_open_path(self):
-        if self._guard(self.session.open_path, self.state.open_path,
-                       success=lambda _: f"opened {self.session.source_label}") is not None:
+        if self._guard(self.session.open_path, self.state.open_path, success=self._opened_message) is not None:
+            self._take_up_intraop()
             self._after_open()
 
     def on_open_case(self):
@@ -231,7 +251,9 @@ class WebPlanner(PlannerViews, PlannerPage):
             cf = ClientFile(f)
             items.append((cf.name, cf.content))
         if self._guard(self.session.open_uploads, items,
-                       success=lambda _: f"opened upload {', '.join(n for n, _ in items)}") is not None:
+                       success=lambda _: f"opened upload {', '.join(n for n, _ in items)}" + (
+                           f"; {self.session.open_note}" if self.session.open_note else "")) is not None:
+            self._take_up_intraop()
             self._after_open()
         self.state.upload_files = None
 

@@ -294,8 +294,8 @@ class PlannerPage:
                        disabled=("!has_plan || plan_running",), id="transform-btn", variant="outlined")
         with v.VAlert(v_if=("registration",), density="compact", variant="tonal", classes="mt-1 text-body-2",
                       id="registration-result",
-                      type=("registration && registration.checked ? (registration.warnings.length ? 'warning' : "
-                            "'success') : 'info'",)):
+                      type=("registration && registration.warnings.length ? 'warning' : (registration && "
+                            "registration.checked ? 'success' : 'info')",)):
             html.Div("{{ registration.ct }}: registered to the planning CT", classes="font-weight-bold")
             html.Div("{{ line }}", v_for="(line, i) in registration.lines", key="i", classes="reg-line")
         html.Div("not registered: the intra-operative CT is taken in its scanner coordinates (register it when the "

@@ -69,6 +69,10 @@ class PlannerSession(SessionFiles, SessionPlanning, SessionIntraop):
         self.registration_ct = None  # Path of the CT the registration is of
         self.registration_node = None  # its vtkMRMLLinearTransformNode in the scene
         self.found_ct = None  # Path of the CT the needle finder's matching / the chain's result were found on
+        self.scene_ct = None  # {"key", "label", "array", "geometry"}: an opened scene's intra-op CT whose file is not at hand
+        self.scene_deviation_rows = []  # the deviation table of an opened scene (until the needles change)
+        self.restored = None  # mrml.intraop_state.IntraopState of the last opened scene
+        self.open_note = ""  # what opening restored (intra-operative review), for the page's message
         self.case_segmentation = None  # imaging.segio.Segmentation of the open case (None from a .mrb)
         self.case_paths = (None, None)  # CT and segmentation files of the open case (None when from a .mrb)
 
@@ -93,6 +97,10 @@ class PlannerSession(SessionFiles, SessionPlanning, SessionIntraop):
         self.registration_ct = None
         self.registration_node = None
         self.found_ct = None
+        self.scene_ct = None
+        self.scene_deviation_rows = []
+        self.restored = None
+        self.open_note = ""
         self.case_segmentation = None
         self.case_paths = (None, None)
 
@@ -192,7 +200,11 @@ class PlannerSession(SessionFiles, SessionPlanning, SessionIntraop):
             scratch.close()
 
     def open_mrb(self, path):
-        """Open a scene bundle saved by this planner, the command line or the Slicer module."""
+        """Open a scene bundle saved by this planner, the command line or the Slicer module.
+
+        An intra-operative review the scene holds comes back as it was left (:meth:`restore_intraop`):
+        the intra-operative CT and its registration (result, options), the needles in place and the
+        deviation table."""
         from ..evaluation.goals import load_goals
         path = Path(path)
         if not zipfile_ok(path):
@@ -214,6 +226,7 @@ class PlannerSession(SessionFiles, SessionPlanning, SessionIntraop):
             dose_node = ps.params.get_node("doseVolume")
             geometry = volumes.geometry_from_volume(dose_node) if dose_node is not None else None
             ps.compute_dose(geometry)
+        self.open_note = self.restore_intraop()
         self._start_live()
         return ps
 

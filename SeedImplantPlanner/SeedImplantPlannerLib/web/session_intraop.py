@@ -16,6 +16,12 @@ chain's result records the registration. Using another CT while a registration i
 A registration that fails or is refused changes nothing. When the registration changes (a new one,
 or back to scanner coordinates) what was found on the CT moves with it, as in the module
 (:meth:`SessionIntraop._follow_ct`).
+
+Opening a ``.mrb`` brings back the review it holds (:meth:`SessionIntraop.restore_intraop`, on
+:func:`mrml.intraop_state.read_intraop_state`, the reader the module uses too): the intra-operative
+CT under its registration (result box, options), the needles in place and the deviation table. The
+CT is named by its file when that lies in the served folder; otherwise the page works on the CT the
+scene holds (named ``scene: <node name>`` in the CT field).
 """
 
 from __future__ import annotations
@@ -49,8 +55,7 @@ class SessionIntraop:
         if planning is None:
             raise InputError("the plan has no planning CT in the scene: open the plan folder (or CT + segmentation) "
                              "the plan was made on")
-        path = self.served.resolve(ct_text, what="intra-operative CT")
-        ct, geometry = self._read_ct(path)
+        path, ct, geometry = self._intraop_input(ct_text)
         fixed = (volumes.volume_array(planning), world_geometry(planning))   # numpy copies: the thread sees no MRML
         names = (f"planning CT ({self.source_label or planning.GetName()})", f"{path.name} (intra-operative CT)")
 
@@ -74,9 +79,8 @@ class SessionIntraop:
         if self.job is not None and self.job.running:
             raise InputError("a computation is running: wait for it or cancel it")
         tpath = self.served.resolve(transform_text, what="transform file")
-        path = self.served.resolve(ct_text, what="intra-operative CT")
         result = read_transform(tpath)
-        ct, geometry = self._read_ct(path)
+        path, ct, geometry = self._intraop_input(ct_text)
         if not np.any(result.centre_ras):
             from dataclasses import replace
             result = replace(result, centre_ras=tuple(self._target_centre()))
@@ -94,6 +98,80 @@ class SessionIntraop:
         self.registration = None
         self.registration_ct = None
         return f"{name}: back to its scanner coordinates (no registration)" + note
+
+    # -- an opened scene's review -------------------------------------------------------------------------
+    SCENE_CT_PREFIX = "scene: "
+
+    def restore_intraop(self):
+        """Take up the intra-operative review the opened scene holds (:func:`mrml.intraop_state.read_intraop_state`):
+        its intra-operative CT (shown, under its registration), the registration as the page's result (its record;
+        a missing, unreadable or edited record is said, the transform kept), the needles in place (as found, in
+        the plan's frame) and the deviation table; returns the note for the page ("" when the scene holds none).
+
+        The CT is named by its file (``SeedImplantPlanner.SourceFile``) when that lies in the served folder, else
+        by ``scene: <node name>``: the page then registers, finds needles and runs the chain on the voxels the
+        scene holds."""
+        from ..mrml.intraop_state import read_intraop_state
+        ps = self.require_plan()
+        state = read_intraop_state(self.ctx.scene, ps.params.get_node("ctVolume"))
+        self.restored = state
+        if state.empty:
+            return "; ".join(state.notes)
+        key = None
+        if state.ct_node is not None:
+            self.intraop_ct_node = state.ct_node
+            key = self._restored_ct_key(state)
+            if state.registration is not None:
+                self.registration = state.registration
+                self.registration_ct = key
+                self.registration_node = state.registration_node
+        if state.needles:
+            self.implanted_needles = list(state.needles)
+            self.found_ct = key
+            for node in state.needle_nodes:       # as the page draws them: locked, seen in the slice views
+                node.SetLocked(True)
+                node.GetDisplayNode().SetSliceProjection(True)
+                node.GetDisplayNode().SetSliceProjectionOpacity(0.8)
+        self.scene_deviation_rows = list(state.deviation_rows)
+        return state.summary()
+
+    def _restored_ct_key(self, state):
+        """The page's name (a Path) for the restored intra-operative CT: its file when it is in the served folder,
+        else a name for the voxels the scene holds (kept in ``scene_ct``)."""
+        source = state.source_file
+        if source:
+            try:
+                path = self.served.resolve(source, what="intra-operative CT")
+            except InputError:
+                path = None
+            if path is not None and path.is_file():
+                return path
+        label = self.SCENE_CT_PREFIX + state.ct_node.GetName()
+        key = Path("/") / "<scene>" / label      # never a file: compared by name with the CT field
+        self.scene_ct = {"key": key, "label": label, "array": np.array(volumes.volume_array(state.ct_node)),
+                         "geometry": volumes.geometry_from_volume(state.ct_node), "source": source}
+        return key
+
+    def intraop_ct_text(self):
+        """What the page's CT field shows for the intra-operative CT in the scene ("" without one)."""
+        sc = self.scene_ct
+        for key in (self.registration_ct, self.found_ct, sc["key"] if sc is not None else None):
+            if key is None:
+                continue
+            if sc is not None and Path(key) == sc["key"]:
+                return sc["label"]
+            return self.served.relative(key) if self.served.root in Path(key).resolve().parents else str(key)
+        return ""
+
+    def _intraop_input(self, ct_text):
+        """(key Path, array, scanner geometry) of the intra-operative CT named on the page: a file in the served
+        folder, or ``scene: <name>`` for the CT an opened scene holds."""
+        sc = self.scene_ct
+        if sc is not None and str(ct_text or "").strip() == sc["label"]:
+            return sc["key"], sc["array"], sc["geometry"]
+        path = self.served.resolve(ct_text, what="intra-operative CT")
+        ct, geometry = self._read_ct(path)
+        return path, ct, geometry
 
     def registration_report(self):
         """The registration shown on the page (RegistrationResult.report() + the CT's name), or None."""
@@ -196,8 +274,16 @@ class SessionIntraop:
         from ..mrml.intraop_registration import set_registration
         if self.intraop_ct_node is not None and self.ctx.scene.IsNodePresent(self.intraop_ct_node):
             self.ctx.scene.RemoveNode(self.intraop_ct_node)
-        self.intraop_ct_node = volumes.add_scalar_volume(self.ctx.scene, ct, geometry, f"Intra-op CT {Path(path).name}")
+        from ..mrml.intraop_scene import INTRAOP_CT_ROLE, SOURCE_FILE_ATTRIBUTE
+        from ..mrml.nodes import ROLE_ATTRIBUTE
+        sc = self.scene_ct if self.scene_ct is not None and Path(path) == self.scene_ct["key"] else None
+        name = sc["label"][len(self.SCENE_CT_PREFIX):] if sc is not None else f"Intra-op CT {Path(path).name}"
+        self.intraop_ct_node = volumes.add_scalar_volume(self.ctx.scene, ct, geometry, name)
         volumes.set_ct_display(self.intraop_ct_node)
+        self.intraop_ct_node.SetAttribute(ROLE_ATTRIBUTE, INTRAOP_CT_ROLE)    # the layout a re-opened scene is read by
+        source = (sc["source"] if sc is not None else str(Path(path).resolve()))
+        if source:
+            self.intraop_ct_node.SetAttribute(SOURCE_FILE_ATTRIBUTE, source)
         reg = self._registration_for(path) if self.registration is not None and \
             Path(path).resolve() == self.registration_ct.resolve() else None
         if reg is not None:
@@ -228,24 +314,25 @@ class SessionIntraop:
         self._show_implanted(needles)
         return needles
 
-    IMPLANTED_ROLE = "ImplantedNeedle"
-
     def _show_implanted(self, needles):
-        """Implanted needles as locked orange line nodes (role ImplantedNeedle), beside the planned ones."""
-        from ..mrml.markups import needle_line_node
+        """Implanted needles as locked orange line nodes beside the planned ones, in the scene layout the module and
+        ``seedplan intraop`` use (role FoundNeedle, ``Found <name>``: :func:`mrml.intraop_state.show_found_needles`);
+        the deviation tables of an earlier chain go (they belong to other needles)."""
+        from ..mrml.intraop_state import show_found_needles
+        show_found_needles(self.ctx.scene, needles, locked=True, slice_projection=True)
+        if self.intraop_result is None:
+            self._drop_intraop_tables()
+
+    def _drop_intraop_tables(self):
+        """Remove the deviation, options and plan-vs-now DVH nodes of a chain (and an opened scene's rows)."""
+        from ..mrml.intraop_actions import INTRAOP_ROLES
         from ..mrml.nodes import ROLE_ATTRIBUTE
         scene = self.ctx.scene
-        old = [scene.GetNthNodeByClass(i, "vtkMRMLMarkupsLineNode")
-               for i in range(scene.GetNumberOfNodesByClass("vtkMRMLMarkupsLineNode"))]
-        for node in old:
-            if node is not None and node.GetAttribute(ROLE_ATTRIBUTE) == self.IMPLANTED_ROLE:
-                scene.RemoveNode(node)
-        for k, n in enumerate(needles, start=1):
-            node = needle_line_node(scene, n.entry, n.tip, k, locked=True, color=(1.0, 0.55, 0.0))
-            node.SetName(f"Implanted needle {k}")
-            node.SetAttribute(ROLE_ATTRIBUTE, self.IMPLANTED_ROLE)
-            node.GetDisplayNode().SetSliceProjection(True)
-            node.GetDisplayNode().SetSliceProjectionOpacity(0.8)
+        for cls in ("vtkMRMLTableNode", "vtkMRMLPlotChartNode"):
+            for node in [scene.GetNthNodeByClass(i, cls) for i in range(scene.GetNumberOfNodesByClass(cls))]:
+                if node is not None and node.GetAttribute(ROLE_ATTRIBUTE) in INTRAOP_ROLES:
+                    scene.RemoveNode(node)
+        self.scene_deviation_rows = []
 
     def start_find_needles(self, ct_text):
         """Find the needles on an intra-operative CT (worker thread) and match them to the plan's needles.
@@ -258,8 +345,7 @@ class SessionIntraop:
         ps = self.require_plan()
         if self.job is not None and self.job.running:
             raise InputError("a computation is running: wait for it or cancel it")
-        path = self.served.resolve(ct_text, what="intra-operative CT")
-        ct, geometry = self._read_ct(path)
+        path, ct, geometry = self._intraop_input(ct_text)
         reg = self._registration_for(path)
         plan_geometry = reg.moved_geometry(geometry) if reg is not None else geometry   # found needles: plan frame
         planned = ps.needles(skip_incomplete=True)
@@ -292,8 +378,7 @@ class SessionIntraop:
                              "(or plan here from a CT + segmentation)")
         if self.job is not None and self.job.running:
             raise InputError("a computation is running: wait for it or cancel it")
-        path = self.served.resolve(ct_text, what="intra-operative CT")
-        ct, geometry = self._read_ct(path)
+        path, ct, geometry = self._intraop_input(ct_text)
         reg = self._registration_for(path)
         plan_geometry = reg.moved_geometry(geometry) if reg is not None else geometry   # the chain: plan frame
         plan = self.current_plan()
@@ -332,11 +417,14 @@ class SessionIntraop:
         ps.dose_grid = grid
         ps.refresh_outputs()
         self.plan = new
+        self.intraop_result = None
+        self._show_implanted(list(result.needles_in_place))     # (drops an earlier chain's tables)
         self.intraop_result = result
-        self.found_ct = Path(path)
+        from ..mrml.intraop_scene import add_intraop_nodes
+        add_intraop_nodes(self.ctx.scene, result, markups=False)   # deviation and options tables, DVH plan vs now:
+        self.found_ct = Path(path)                                  # saved with the scene, as the module's
         self.needle_matching = None
         self.implanted_needles = list(result.needles_in_place)
-        self._show_implanted(self.implanted_needles)
         self._start_live()
         registered = " (registered to the planning CT)" if result.registration is not None else ""
         return (f"{name}{registered}: {result.deviation_line()}; {len(result.found_seeds)} seeds already implanted; "
@@ -354,16 +442,19 @@ class SessionIntraop:
         return f"{name}: {matching.summary_line()}"
 
     def needle_deviations(self):
-        """Deviation rows: from the needle finder's matching when an intra-operative CT was read, else
-        from the implanted needles file (:meth:`file_needle_deviations`)."""
-        if self.intraop_result is not None and self.needle_matching is None:
+        """Deviation rows: the chain's deviation table (or the one an opened scene holds), else the needle finder's
+        matching when an intra-operative CT was read, else from the implanted needles file
+        (:meth:`file_needle_deviations`)."""
+        chain_rows = self.intraop_result.needle_rows if self.intraop_result is not None else self.scene_deviation_rows
+        if (self.intraop_result is not None or chain_rows) and self.needle_matching is None:
             rows = []
-            for r in self.intraop_result.needle_rows:
+            for r in chain_rows:
                 def val(k):
                     v = r.get(k)
-                    return None if v is None or v == "" else round(float(v), 1)
-                rows.append({"implanted": r.get("name"), "needle": r.get("number") if r.get("status") == "in place"
-                             else None, "entry_mm": val("entry_mm"), "tip_mm": val("tip_mm"),
+                    return None if v is None or v == "" or not math.isfinite(float(v)) else round(float(v), 1)
+                number = r.get("number")
+                rows.append({"implanted": r.get("name"), "needle": int(float(number)) if r.get("status") == "in place"
+                             and number not in (None, "") else None, "entry_mm": val("entry_mm"), "tip_mm": val("tip_mm"),
                              "angle_deg": val("angle_deg"), "note": str(r.get("status", ""))})
             return rows
         if self.needle_matching is not None:
