@@ -243,6 +243,20 @@ class IntraopSceneWithRegistration(unittest.TestCase):
         pos = np.array([seeds.GetNthControlPointPositionWorld(i) for i in range(seeds.GetNumberOfControlPoints())])
         d = np.linalg.norm(pos[:, None, :] - self.case["seeds_plan_frame"][None], axis=-1).min(axis=1)
         self.assertLess(float(np.median(d)), 1.5, d)
+        # what the module's panel and the web page take up on opening it (mrml/intraop_state.py)
+        state = session.restore()
+        self.assertIs(state.ct_node, ct)
+        self.assertEqual(state.source_file, str(Path(self.case["intraop"]).resolve()))
+        self.assertEqual(state.record, "stored")
+        np.testing.assert_allclose(state.registration.matrix_ras, written.matrix_ras, atol=1e-9)
+        self.assertEqual(len(state.needles), len(tips))
+        self.assertIs(state.seeds_node, seeds)
+        table = rows(self.dir / name / "needle_deviations.csv")
+        self.assertEqual([r["name"] for r in state.deviation_rows], [r["name"] for r in table])
+        for got, want in zip(state.deviation_rows, table):
+            if want["tip_mm"]:
+                self.assertAlmostEqual(float(got["tip_mm"]), float(want["tip_mm"]), places=3)
+        self.assertIn("registered to the planning CT", state.summary())
         return written
 
     def test_registered_scene(self):

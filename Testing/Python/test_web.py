@@ -8,6 +8,7 @@ inverse plan cancelled and completed, saving and re-opening, bad input) and chec
 screenshots. Screenshots are kept in ``$SEEDPLAN_WEB_SHOTS`` when that is set.
 """
 
+import csv
 import io
 import json
 import os
@@ -475,6 +476,59 @@ class WebPlannerInBrowserTest(unittest.TestCase):
         self.assertIn("not registered", self.page.locator("#registration-none").inner_text())
         scanner = self.quadrants(self.views("8r3_scanner_coordinates_views", settle_ms=2500))["axial"]
         dice_scanner = bone_dice(scanner, planning)
+        self.assertGreater(dice_registered, 0.75, (dice_registered, dice_scanner))
+        self.assertLess(dice_scanner, dice_registered - 0.15, (dice_registered, dice_scanner))
+        self.page.locator("#page-plan").click()
+        self.open_path("plan")  # the next tests work on the first plan
+        self.wait_message("opened plan", timeout_s=90)
+
+    def test_8s_intraop_scene_reopened(self):
+        """A scene written by `seedplan intraop --register`, opened on the page: the review as it was left."""
+        r = seedplan_cli("intraop", "--ct", "moved/intraop_moved.nrrd", "--plan", "moved/plan/plan.json",
+                         "--needles", "moved/needles_on_intraop.csv", "--implanted", str(len(self.moved["seeds"])),
+                         "--time-limit", "1", "--no-options", "--register", "--out", "moved-reg", cwd=self.served)
+        self.assertIn(r.returncode, (0, 3), r.stderr)
+        written = json.loads((self.served / "moved-reg" / "registration.json").read_text())
+        with open(self.served / "moved-reg" / "needle_deviations.csv", newline="", encoding="utf-8") as fh:
+            table = list(csv.DictReader(fh))
+        self.page.locator("#page-plan").click()
+        self.open_path("moved-reg/scene.mrb")
+        text = self.wait_message("opened moved-reg/scene.mrb", "restored from the scene", timeout_s=120)
+        self.assertIn("registered to the planning CT", text)
+        self.assertNotIn("warning", text)
+        self.page.locator("#page-intraop").click()
+        # the result box, the CT field and the options as the command line left them
+        shown = self.page.locator("#registration-result").inner_text()
+        for words in ("moved/intraop_moved.nrrd", "registered to the planning CT", "patient moved R", "bone Dice",
+                      "accepted"):
+            self.assertIn(words, shown)
+        self.assertEqual(self.page.locator("#registration-none").count(), 0)
+        state = self.page.evaluate("() => window.trame.state.get('registration')")
+        self.assertAlmostEqual(state["bone_dice"], round(written["quality"]["bone_dice"], 3), places=3)
+        self.assertIn(f"-> {state['bone_dice']:.2f}", shown)
+        self.assertEqual(self.page.locator("#intraop-ct-path").input_value(), "moved/intraop_moved.nrrd")
+        for box in ("#register-bone-metric", "#register-translation-only"):
+            self.assertFalse(self.page.locator(box).is_checked(), box)
+        self.assertTrue(self.page.locator("#clear-registration-btn").is_enabled())
+        # the deviation table of the command line's chain
+        rows = self.page.evaluate("() => window.trame.state.get('deviation_rows')")
+        self.assertEqual([r["implanted"] for r in rows], [t["name"] for t in table])
+        self.assertEqual(sum(r["note"] == "in place" for r in rows), sum(t["status"] == "in place" for t in table))
+        for r, t in zip(rows, table):
+            if t["tip_mm"]:
+                self.assertAlmostEqual(r["tip_mm"], float(t["tip_mm"]), delta=0.051)
+        self.assertIn("in place", self.page.locator("#deviation-table").inner_text())
+        self.page.screenshot(path=str(self.shots / "8s1_reopened_page.png"))
+        # the intra-operative CT shown aligned on the planning CT: bone on the same pixels
+        registered = self.quadrants(self.views("8s1_reopened_registered_views", settle_ms=2500))["axial"]
+        self.page.locator("#show-intraop").click()
+        planning = self.quadrants(self.views("8s1_reopened_planning_ct_views", settle_ms=2500))["axial"]
+        self.page.locator("#show-intraop").click()
+        self.clear_message()
+        self.page.locator("#clear-registration-btn").click()
+        self.wait_message("scanner coordinates", "moved with the CT")
+        scanner = self.quadrants(self.views("8s2_reopened_scanner_views", settle_ms=2500))["axial"]
+        dice_registered, dice_scanner = bone_dice(registered, planning), bone_dice(scanner, planning)
         self.assertGreater(dice_registered, 0.75, (dice_registered, dice_scanner))
         self.assertLess(dice_scanner, dice_registered - 0.15, (dice_registered, dice_scanner))
         self.page.locator("#page-plan").click()

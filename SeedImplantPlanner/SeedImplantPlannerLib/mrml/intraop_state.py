@@ -155,7 +155,7 @@ class IntraopState:
                    "under a transform of unknown quality" if self.registration is not None else
                    "under a transform that is not rigid" if self.record == "unusable" else "not registered")
             parts.append(f"intra-op CT '{self.ct_node.GetName()}' {reg}")
-        if self.needles:
+        if self.needles and not self.deviation_rows:      # (else the deviation line counts them)
             parts.append(f"{len(self.needles)} needles in place")
         if self.seeds_node is not None:
             parts.append(f"{self.seeds_node.GetNumberOfControlPoints()} implanted seeds found")

@@ -125,9 +125,10 @@ class SessionIntraop:
                 self.registration = state.registration
                 self.registration_ct = key
                 self.registration_node = state.registration_node
+        if state.needles or state.seeds_node is not None:
+            self.found_ct = key         # what was found on it moves with it when its registration changes
         if state.needles:
             self.implanted_needles = list(state.needles)
-            self.found_ct = key
             for node in state.needle_nodes:       # as the page draws them: locked, seen in the slice views
                 node.SetLocked(True)
                 node.GetDisplayNode().SetSliceProjection(True)
@@ -218,13 +219,18 @@ class SessionIntraop:
           implanted are found again on the CT, in the new frame); its re-plan and deviations belong to the
           earlier frame, so the plan being implanted is shown again."""
         from ..imaging.registration import RegistrationResult
+        from ..mrml.intraop_registration import map_markups
         change = np.asarray(change, float)
+        seeds = self._implanted_seed_nodes()
         if np.allclose(change, np.eye(4), atol=1e-12) or not (self.implanted_needles or self.needle_matching
-                                                              or self.intraop_result is not None):
+                                                              or self.intraop_result is not None or seeds):
             return ""
         move = RegistrationResult(change)
         if self.found_ct is not None and Path(self.found_ct).resolve() != Path(path).resolve():
             return ""
+        map_markups(seeds, change)     # the implanted seeds found on this CT (an opened scene's, the chain's)
+        if not (self.implanted_needles or self.needle_matching or self.intraop_result is not None):
+            return f"; the {sum(n.GetNumberOfControlPoints() for n in seeds)} implanted seeds found moved with the CT"
         if self.intraop_result is not None:
             result = self.intraop_result
             self.intraop_result = None
@@ -323,6 +329,15 @@ class SessionIntraop:
         if self.intraop_result is None:
             self._drop_intraop_tables()
 
+    def _implanted_seed_nodes(self):
+        """The implanted seeds found (fiducial nodes, role ImplantedSeeds) in the scene."""
+        from ..mrml.intraop_state import IMPLANTED_SEEDS_ROLE
+        from ..mrml.nodes import ROLE_ATTRIBUTE
+        scene = self.ctx.scene
+        cls = "vtkMRMLMarkupsFiducialNode"
+        return [n for n in (scene.GetNthNodeByClass(i, cls) for i in range(scene.GetNumberOfNodesByClass(cls)))
+                if n is not None and n.GetAttribute(ROLE_ATTRIBUTE) == IMPLANTED_SEEDS_ROLE]
+
     def _drop_intraop_tables(self):
         """Remove the deviation, options and plan-vs-now DVH nodes of a chain (and an opened scene's rows)."""
         from ..mrml.intraop_actions import INTRAOP_ROLES
@@ -417,12 +432,15 @@ class SessionIntraop:
         ps.dose_grid = grid
         ps.refresh_outputs()
         self.plan = new
-        self.intraop_result = None
-        self._show_implanted(list(result.needles_in_place))     # (drops an earlier chain's tables)
-        self.intraop_result = result
+        # the scene layout of the module and seedplan intraop (saved with a .mrb): the implanted seeds found, the
+        # deviation and options tables, the DVH plan vs now (an earlier chain's go); the needles in place below
         from ..mrml.intraop_scene import add_intraop_nodes
-        add_intraop_nodes(self.ctx.scene, result, markups=False)   # deviation and options tables, DVH plan vs now:
-        self.found_ct = Path(path)                                  # saved with the scene, as the module's
+        self._drop_intraop_tables()
+        for node in self._implanted_seed_nodes():
+            self.ctx.scene.RemoveNode(node)
+        add_intraop_nodes(self.ctx.scene, result, markups=True)
+        self.intraop_result = result
+        self.found_ct = Path(path)
         self.needle_matching = None
         self.implanted_needles = list(result.needles_in_place)
         self._start_live()

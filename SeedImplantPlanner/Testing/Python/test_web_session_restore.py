@@ -102,6 +102,10 @@ class WebRestoreTest(_SessionOnServedFolder, unittest.TestCase):
         session.open_path("reg/scene.mrb")
         written = self.check_page_restored(session, "moved/intraop_moved.nrrd")
         before = {n.name: n.tip.copy() for n in session.implanted_needles}
+        seeds = session.restored.seeds_node
+        seeds_before = np.array([seeds.GetNthControlPointPositionWorld(i) for i in range(seeds.GetNumberOfControlPoints())])
+        self.assertEqual(len(seeds_before), int(json.loads((self.root / "reg" / "intraop_summary.json").read_text())
+                                                   ["seeds_implanted_found"]))
         # the page works on from there: back to scanner coordinates, the needles move with the CT and the
         # command line's deviation table (of the registered frame) gives way to the needles as they now are
         message = session.clear_registration()
@@ -112,6 +116,8 @@ class WebRestoreTest(_SessionOnServedFolder, unittest.TestCase):
         for n in session.implanted_needles:
             np.testing.assert_allclose(n.tip, inv[:3, :3] @ before[n.name] + inv[:3, 3], atol=1e-6)
         self.assertEqual(session.scene_deviation_rows, [])
+        seeds_after = np.array([seeds.GetNthControlPointPositionWorld(i) for i in range(seeds.GetNumberOfControlPoints())])
+        np.testing.assert_allclose(seeds_after, seeds_before @ inv[:3, :3].T + inv[:3, 3], atol=1e-6)
         self.assertEqual({r["note"] for r in session.needle_deviations()} - {"", "no planned needle within 30 mm"}, set())
         # registered again from the file the scene names: the needles come back
         message = run_job(session, session.start_register(session.intraop_ct_text()))
@@ -175,6 +181,9 @@ class WebRestoreTest(_SessionOnServedFolder, unittest.TestCase):
             self.assertEqual((g["implanted"], g["needle"], g["note"]), (w["implanted"], w["needle"], w["note"]))
             for key in ("tip_mm", "angle_deg", "entry_mm"):
                 self.assertEqual(g[key], w[key])
+        found = session.intraop_result.found_seeds
+        self.assertGreater(len(found), 0)
+        self.assertEqual(other.restored.seeds_node.GetNumberOfControlPoints(), len(found))
         self.assertEqual(set(needles), {n.name for n in other.implanted_needles})
         for n in other.implanted_needles:
             np.testing.assert_allclose(n.entry, needles[n.name][0], atol=1e-6)
