@@ -184,7 +184,8 @@ class IntraopSceneWithRegistration(unittest.TestCase):
         from SeedImplantPlannerLib.mrml.volumes import geometry_from_volume
         from intraop_moved_case import move
         self.assertIn(run.returncode, (0, 3), run.stderr)
-        written = read_transform(self.dir / name / "registration.json")      # what the chain used
+        folder = self.dir / name
+        written = read_transform(folder / "registration.json")      # what the chain used
         ctx = self.load(name)
         scene = ctx.scene
         transforms = reg.registration_nodes(scene)
@@ -251,7 +252,7 @@ class IntraopSceneWithRegistration(unittest.TestCase):
         np.testing.assert_allclose(state.registration.matrix_ras, written.matrix_ras, atol=1e-9)
         self.assertEqual(len(state.needles), len(tips))
         self.assertIs(state.seeds_node, seeds)
-        table = rows(self.dir / name / "needle_deviations.csv")
+        table = rows(folder / "needle_deviations.csv")
         self.assertEqual([r["name"] for r in state.deviation_rows], [r["name"] for r in table])
         for got, want in zip(state.deviation_rows, table):
             if want["tip_mm"]:
