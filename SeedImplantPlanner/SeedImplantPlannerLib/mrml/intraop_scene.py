@@ -7,7 +7,8 @@ segmentation, re-planned needles and seeds, dose, isodoses, DVH, metrics) it hol
   ``FoundNeedle``, plan number in the needle-number attribute) the user can drag to correct;
 - the seeds already implanted as found, as a markups fiducial node ``Implanted seeds (found)``
   (role ``ImplantedSeeds``);
-- the deviation table (``Needle deviations``, role ``NeedleDeviations``) and the options table
+- the deviation table (``Needle deviations``, role ``NeedleDeviations``, the re-plan's advice in the
+  attribute ``SeedImplantPlanner.Advice``) and the options table
   (``Re-plan options``, role ``ReplanOptions``);
 - the plan-vs-now DVH overlay: table ``DVH plan vs now`` and chart (role ``DVHCompare``) with the
   target's cumulative DVH for the original plan, the seeds already implanted and the re-plan.
@@ -35,6 +36,8 @@ from .tables import _set_table_columns, update_dvh_nodes
 INTRAOP_CT_ROLE = "IntraopCT"
 #: attribute of the intra-operative CT node: the file it was read from (absolute path), so a re-opened scene names it
 SOURCE_FILE_ATTRIBUTE = "SeedImplantPlanner.SourceFile"
+#: attribute of the deviation table: the re-plan's advice (goals met, or the option that would meet them)
+ADVICE_ATTRIBUTE = "SeedImplantPlanner.Advice"
 FOUND_NEEDLE_COLOR = (1.0, 0.55, 0.0)
 IMPLANTED_SEED_COLOR = (1.0, 0.9, 0.1)
 
@@ -67,6 +70,7 @@ def add_intraop_nodes(scene, result, markups=True):
         out["implanted_seeds"] = node
     out["deviations"] = _table(scene, "Needle deviations", "NeedleDeviations", result.needle_rows,
                                NEEDLE_DEVIATION_COLUMNS)
+    out["deviations"].SetAttribute(ADVICE_ATTRIBUTE, str(result.advice or ""))   # the re-plan's advice, read back
     out["options"] = _table(scene, "Re-plan options", "ReplanOptions", result.options, OPTION_COLUMNS)
     bins, curves = result.target_dvh_curves()
     if curves:

@@ -10,8 +10,8 @@ Intra-op panel, the web page's save) holds, besides the plan (:mod:`.plan_scene`
 - the needles in place as found (line nodes, role ``FoundNeedle``, plan name in
   ``SeedImplantPlanner.NeedleName`` or the node name ``Found <name>``) and the implanted seeds found
   (``ImplantedSeeds``), in the plan's frame;
-- after a re-plan, the deviation table (``NeedleDeviations``), the options table (``ReplanOptions``)
-  and the plan-vs-now DVH chart (``DVHCompareChart``).
+- after a re-plan, the deviation table (``NeedleDeviations``, the re-plan's advice in an attribute),
+  the options table (``ReplanOptions``) and the plan-vs-now DVH chart (``DVHCompareChart``).
 
 :func:`read_intraop_state` reads all of it in one place, so the module and the web page show a
 re-opened scene as it was left (registration result, chosen CT, options, needles, deviations). A
@@ -29,7 +29,7 @@ import numpy as np
 
 from ..core.errors import InputError
 from . import intraop_registration as _reg
-from .intraop_scene import FOUND_NEEDLE_COLOR, INTRAOP_CT_ROLE, SOURCE_FILE_ATTRIBUTE
+from .intraop_scene import ADVICE_ATTRIBUTE, FOUND_NEEDLE_COLOR, INTRAOP_CT_ROLE, SOURCE_FILE_ATTRIBUTE
 from .markups import NEEDLE_NUMBER_ATTRIBUTE, needle_line_node
 from .nodes import ROLE_ATTRIBUTE
 
@@ -126,6 +126,7 @@ class IntraopState:
     needles: list = field(default_factory=list)    # planning.needles.Needle in world coordinates, plan names
     seeds_node: object = None              # implanted seeds found (fiducials)
     deviation_rows: list = field(default_factory=list)
+    advice: str = ""                       # the re-plan's advice (goals met, or the option that would meet them)
     option_rows: list = field(default_factory=list)
     dvh_chart: object = None
     notes: list = field(default_factory=list)      # other things the user should know (several CTs, ...)
@@ -161,6 +162,8 @@ class IntraopState:
             parts.append(f"{self.seeds_node.GetNumberOfControlPoints()} implanted seeds found")
         if self.deviation_rows:
             parts.append(self.deviation_line())
+        if self.advice:
+            parts.append(self.advice)
         text = "intra-operative review restored from the scene: " + "; ".join(parts)
         for extra in ([self.problem] if self.problem else []) + list(self.notes):
             text += f"; warning: {extra}"
@@ -211,6 +214,7 @@ def read_intraop_state(scene, plan_ct=None):
     state.seeds_node = seeds[-1] if seeds else None
     dev = _nodes(scene, "vtkMRMLTableNode", "NeedleDeviations")
     state.deviation_rows = table_rows(dev[-1]) if dev else []
+    state.advice = (dev[-1].GetAttribute(ADVICE_ATTRIBUTE) or "") if dev else ""
     opts = _nodes(scene, "vtkMRMLTableNode", "ReplanOptions")
     state.option_rows = table_rows(opts[-1]) if opts else []
     charts = _nodes(scene, "vtkMRMLPlotChartNode", "DVHCompareChart")

@@ -227,7 +227,7 @@ class WebPlanner(PlannerViews, PlannerPage):
         options = restored.options()
         s.register_bone_metric, s.register_translation_only = options["bone_metric"], options["translation_only"]
         s.show_intraop_ct = True
-        if restored.problem or restored.notes:
+        if restored.problem or restored.notes or "not met" in (self.session.open_note or ""):
             s.message_type = "warning"
 
     def on_open_path(self):

@@ -114,11 +114,12 @@ class IntraopRestoreTest(MRMLSceneTestCase):
                 if want.get(key) not in ("", None):
                     self.assertAlmostEqual(float(got[key]), float(want[key]), places=3)
         self.assertEqual(state.deviation_line(), result.deviation_line())
+        self.assertEqual(state.advice, result.advice)
         self.assertEqual(len(state.option_rows), len(result.options))
         self.assertIsNotNone(state.dvh_chart)
         text = state.summary()
         for words in ("intra-op CT 'Intra-op CT' registered to the planning CT", f"{len(needles_before)} needles in place",
-                      f"{len(seeds_before)} implanted seeds found", result.deviation_line()):
+                      f"{len(seeds_before)} implanted seeds found", result.deviation_line(), result.advice):
             self.assertIn(words, text)
         self.assertNotIn("warning", text)
 
