@@ -187,6 +187,7 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         self.ui.intraopShowDvhButton.connect("clicked(bool)", self.onIntraopShowDvh)
 
         self.initializeParameterNode()
+        self.restoreIntraopPanel()  # a scene loaded before the module was first opened
 
     def cleanup(self) -> None:
         self.stopObservingNeedlePlacement()
