@@ -121,7 +121,7 @@ def _between_in_plane_needles(cen, ax, peak_hu, needles, kdir, max_angle_deg=20.
     """Names (or numbers) of two needles in place that an object (centre ``cen``, axis ``ax``, brightest
     voxel ``peak_hu``) lies between and runs along, both needles within ``max_angle_deg`` of the slice
     plane, the object's peak below both needles' steel plateau (``peak_hu``, median peak along the
-    steel); else ``None``.
+    steel); else ``None``. ``ax=None``: the object's direction is not asked (a knot of the band).
 
     Two needles lying in the slice plane are crossed lengthwise by the in-plane rays along them:
     those rays starve, and the filtered back-projection leaves bright bands along the line joining
@@ -138,7 +138,7 @@ def _between_in_plane_needles(cen, ax, peak_hu, needles, kdir, max_angle_deg=20.
     cand = []
     for q, nd in enumerate(needles):
         d = np.asarray(nd.direction, float)
-        if abs(float(ax @ d)) < cos_max or abs(float(d @ kdir)) > math.sin(math.radians(max_angle_deg)):
+        if (ax is not None and abs(float(ax @ d)) < cos_max) or abs(float(d @ kdir)) > math.sin(math.radians(max_angle_deg)):
             continue
         cand.append((q, nd, float(steel_distance(nd, cen[None])[0])))
     for a in range(len(cand)):

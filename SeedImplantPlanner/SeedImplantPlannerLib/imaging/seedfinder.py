@@ -49,6 +49,14 @@ count-from-metal-content rule and a line-segment k-means described below):
    (bone, a surgical clip cluster, contrast) are rejected and reported. With ``expected_count``
    the ambiguous components (content halfway between two counts) are resolved greedily towards
    the expected number; any remaining difference is reported as missing or extra seeds.
+   6b. **Streak knots between in-plane needles** (slices up to ``KNOT_MAX_SLICE_MM``): rays in the slice
+   plane along two needles lying in it starve and leave a band of bright knots between them, of any
+   length and direction. A component lying between two such needles (nearer each needle's steel than
+   the needles are to each other: :func:`seed_needles._between_in_plane_needles`) whose peak stays
+   below both needles' steel plateau and below ``KNOT_SEED_FRACTION`` of this CT's single seeds' peak
+   is rejected: a seed there keeps its own dense core, as bright as the other seeds (held-out
+   layouts: knots 800-2750 HU, seeds 3071 HU; on 2-3 mm slices seeds lying in the slice plane read
+   far fainter, so thick slices are left alone).
 7. **Splitting** touching seeds: the voxels of a component with ``n > 1`` are clustered into
    ``n`` line segments of the seed's length (a k-means, then an EM of blurred segments whose
    distance knows the voxel box, so a thick slice does not trade side-by-side seeds for stacked
@@ -109,7 +117,7 @@ from .seed_beside import find_beside_seeds, needle_frame
 from .seed_components import (BONE_MARGIN_HU, MAX_PER_CLUSTER, bone_mask, body_mask, count_seeds, measure_components,
                               measure_columns, resolve_expected, unit_content)
 from .seed_needles import (EXCESS_MIN_FRACTION, NEAR_NEEDLE_MM, ON_AXIS_TOLERANCE_MM, NeedleMetal, needle_line_distance,
-                           needle_radius, reject_needle_residue, subtract_needles)
+                           needle_radius, reject_needle_residue, subtract_needles, _between_in_plane_needles)
 from .seed_pose import (STREAK_MIN_ANISOTROPY, axis_in_streak_plane, capsules_overlap, seg_dist2, split_cluster, streak_direction,
                         track_axes, weighted_pose)
 from .seed_result import SEED_DIAMETER_MM, SEED_LENGTH_MM, FoundSeeds
@@ -123,6 +131,12 @@ THRESHOLD_FRACTION = 0.3
 STREAK_TRUST_ELONGATION = 4.0
 #: A seed's peak reaches at least this fraction of the way from soft tissue to the brightest seeds.
 FAINT_SEED_FRACTION = 0.4
+#: Streak knots between two in-plane needles (step 6b): only on slices this thin (mm), where a seed's dense
+#: core is resolved like the steel's (on 2-3 mm slices seeds lying in the slice plane read far fainter)...
+KNOT_MAX_SLICE_MM = 1.5
+#: ... and only objects whose peak stays below both needles' steel plateau and below this fraction of the
+#: way from soft tissue to the peak of this CT's single seeds (90th percentile).
+KNOT_SEED_FRACTION = 0.9
 #: A given ROI selects the objects with a voxel in it; each is measured whole up to this far (mm)
 #: beyond the ROI (its length, shape and metal decide what it is, not where the ROI cuts it).
 ROI_OBJECT_MARGIN_MM = 10.0
@@ -306,6 +320,9 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
     # -- seeds per component -----------------------------------------------------------------------
     kept, rejected = count_seeds(comps, unit, geometry, off, max_per_cluster, box_cov, seed_length_mm,
                                  seed_diameter_mm)
+    if len(needles) and float(geometry.spacing[2]) <= KNOT_MAX_SLICE_MM:
+        kept, knots = _knots_between_needles(kept, needles, geometry, off, box_cov, background)
+        rejected += knots
     rejected = needle_rejects + rejected
     warnings = []
     if not kept:
@@ -377,6 +394,30 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
                             "extra (other metal, or a cluster split too far)")
     _progress.report(progress, 1.0, f"seed finder: {len(found)} seeds")
     return found
+
+
+def _knots_between_needles(kept, needles, geometry, off, box_cov, background):
+    """Module doc, step 6b: knots of the streak band between two in-plane needles, of any length or
+    direction, fainter than this CT's single seeds. Returns ``(kept, rejected rows)``."""
+    singles = [c["peak"] for c in kept if c["n"] == 1 and abs(c["ratio"] - 1.0) < 0.25 and not c.get("near_needle")]
+    if not singles:
+        return kept, []
+    level = background + KNOT_SEED_FRACTION * (float(np.percentile(singles, 90)) - background)
+    kdir = geometry.direction_matrix[:, 2]
+    out, rows = [], []
+    for c in kept:
+        if c["peak"] < level:
+            pts = geometry.ijk_to_ras((c["kji"] + off)[:, ::-1].astype(float))
+            cen, _, _ = weighted_pose(pts, c["w"] + 1e-6, box_cov)
+            pair = _between_in_plane_needles(cen, None, c["peak"], needles, kdir)
+            if pair is not None:
+                rows.append({"position_mm": np.round(cen, 1).tolist(), "seeds_equivalent": round(float(c["ratio"]), 2),
+                             "reason": f"streak knot between needles in place {pair[0]} and {pair[1]} in the slice "
+                                       f"plane (peak {c['peak']:.0f} HU, below their steel's and below this CT's "
+                                       f"single seeds' {level:.0f} HU): not seeds"})
+                continue
+        out.append(c)
+    return out, rows
 
 
 def _beside_in_plane_needles(ct_read, roic, geometry, off, needles, background, seed_length_mm, seed_diameter_mm,

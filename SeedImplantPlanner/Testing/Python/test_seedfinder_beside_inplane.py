@@ -1,5 +1,5 @@
 """Seeds lying beside needles that run near the slice plane (imaging/seed_beside.py, used by
-imaging/seedfinder.py) on simulated CTs (imaging/ctsim.py: forward projection, beam hardening,
+imaging/seedfinder.py), and the streak knots between such needles (seedfinder step 6b), on simulated CTs (imaging/ctsim.py: forward projection, beam hardening,
 starvation, FBP, the 3071 HU ceiling). Layouts written for this test, not the benchmark's: needles
 entering from the front (the benchmark's come from the patient's left or right), other pixel sizes,
 seeds touching the needle and 0.6 mm off it."""
@@ -102,6 +102,47 @@ class SeedsBesideInPlaneNeedlesTest(unittest.TestCase):
         d = np.linalg.norm(found.positions[:, None] - self.seeds[None], axis=-1)
         for s in range(3):
             self.assertLess(float(d[:, s].min()), 1.0, f"seed {s}: nearest {d[:, s].min():.2f} mm")
+
+
+class KnotsBetweenInPlaneNeedlesTest(unittest.TestCase):
+    """Streak knots between two needles lying in the slice plane (seedfinder step 6b): three 18 G needles
+    entering from the patient's right (running towards +x), 12 mm apart, 3-4 deg out of the slice plane (0.8 mm pixels,
+    1 mm slices); a seed in the slice plane between N1 and N2, one away from the needles. Rays along the
+    needles starve and leave bright knots between them; the knots fainter than the steel and than this
+    CT's seeds are rejected with their reason, the seed between the needles (its core as bright as the
+    other seed's) is kept. Before the rule three objects away from every seed were reported, now two
+    (both pieces of an object holding a seed's saturated core: open)."""
+
+    @classmethod
+    def setUpClass(cls):
+        g = ImageGeometry((112, 72, 24), (0.8, 0.8, 1.0), (-44.8, -28.8, -12.0))
+        dirs = [_unit([1.0, 0.02, 0.05]), _unit([1.0, -0.01, -0.065]), _unit([1.0, 0.015, 0.045])]
+        tips = [np.array([24.0, -12.5, 0.5]), np.array([27.0, 0.3, -0.5]), np.array([21.0, 11.5, 1.0])]
+        needles = [{"name": f"N{q}", "entry_ras": (t - 90 * d).round(3).tolist(), "tip_ras": t.round(3).tolist(),
+                    "diameter_mm": 2 * RADIUS} for q, (d, t) in enumerate(zip(dirs, tips))]
+        seeds = [{"center_ras": [-10.0, 6.0, 0.3], "axis": _unit([1.0, 0.3, 0.1]).round(5).tolist(), "model_id": M6711},
+                 {"center_ras": [5.0, -20.0, 4.0], "axis": _unit([0.3, 0.4, 0.9]).round(5).tolist(), "model_id": M6711}]
+        cls.ct, cls.g, truth = ctsim.simulate_ct(None, g, needles=needles, seeds=seeds, rng_seed=72)
+        cls.seeds = np.array([s["center_ras"] for s in truth["seeds"]])
+        cls.needles = find_needles(cls.ct, cls.g)
+        cls.found = find_seeds(cls.ct, cls.g, needles=cls.needles)
+
+    def test_seeds_kept(self):
+        self.assertEqual(len(self.needles), 3)
+        d = np.linalg.norm(self.found.positions[:, None] - self.seeds[None], axis=-1)
+        self.assertLess(float(d[:, 0].min()), 1.0)          # the seed between N1 and N2
+        self.assertLess(float(d[:, 1].min()), 0.5)
+
+    def test_knots_rejected_with_their_reason(self):
+        knots = [r for r in self.found.rejected if r["reason"].startswith("streak knot between needles")]
+        self.assertTrue(knots, [r["reason"] for r in self.found.rejected])
+        plateau = min(float(nd.peak_hu) for nd in self.needles)
+        for r in knots:
+            p = np.asarray(r["position_mm"], float)
+            self.assertGreater(float(np.linalg.norm(self.seeds - p, axis=1).min()), 3.0)
+            self.assertLess(float(r["reason"].split("(peak ")[1].split(" HU")[0]), plateau)
+        far = np.linalg.norm(self.found.positions[:, None] - self.seeds[None], axis=-1).min(axis=1) > 2.0
+        self.assertLessEqual(int(far.sum()), 2, np.round(self.found.positions, 1).tolist())
 
 
 class SteepNeedlesUntouchedTest(unittest.TestCase):
