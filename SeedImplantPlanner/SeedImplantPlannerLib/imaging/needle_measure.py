@@ -28,6 +28,10 @@ TIP_LEVEL = 0.5
 #: deposited 1-2 mm beside it, a neighbour's steel) is recognised as not this needle's steel when the
 #: tip is measured: a seed's centre 2 mm off the axis, plus its 0.4 mm radius.
 NEIGHBOUR_MM = 2.5
+#: Fainter steel carries a needle on (towards its skin entry, or out of the CT) where its peak stands
+#: above the soft tissue by at least this fraction of its steel's excess (the metal threshold's own
+#: fraction).
+CARRY_FRACTION = 0.25
 #: Nominal scanner blur (Gaussian sigma, mm; about 1 mm FWHM in-plane, DOMAIN notes).
 PSF_SIGMA_MM = 0.45
 #: ISO 9626 regular-wall outer diameters (mm) by gauge (as planning.needles; repeated here because
@@ -75,7 +79,9 @@ def measure_trace(tr, sample, body_sample, geometry, background, threshold, min_
     # -- orient: the tip is the end deeper in the body --------------------------------------------------
     ring = _ring(tr.d, ENTRY_RING_MM)
     lo_end, hi_end = tr.at(tr.t0)[0], tr.at(tr.t1)[0]
-    forward = _proximal_first(body_sample, lo_end, hi_end, tr.tangent(tr.t1), ring, geometry)
+    forward = _proximal_first(body_sample, lo_end, hi_end, tr.tangent(tr.t1), ring, geometry,
+                              carries=lambda t_end, sgn_out: _steel_carries_out(tr, sample, body_sample, geometry,
+                                                                                background, t_end, sgn_out))
     sgn = 1.0 if forward else -1.0
     t_tip_end = tr.t1 if forward else tr.t0
     visible = float(tr.t1 - tr.t0) + 1.0
@@ -108,7 +114,15 @@ def measure_trace(tr, sample, body_sample, geometry, background, threshold, min_
     plateau = float(np.median(prof[inner]))
     if plateau <= background + 0.5 * (threshold - background):
         return "no steel along the line (streak artefact)"
-    th = level_crossing(prof_t, np.where(ok, prof, background), plateau, background, -6.0, TIP_LEVEL)
+    # the step at the tip is from the steel just before it when that is brighter than all of the
+    # plateau: an in-plane needle among others is starved of photons along its length but least at its
+    # tip, where its steel reads brighter than 3-14 mm before it (the half point of the 3-14 mm plateau
+    # then lies on the streak band beyond the tip); a flat plateau keeps its own step
+    end_steel = ok & (prof_t >= -3.0) & (prof_t <= -1.0)
+    top = float(np.median(prof[end_steel])) if np.count_nonzero(end_steel) >= 4 else plateau
+    if not top > float(np.max(prof[inner])):
+        top = plateau   # not brighter than every point of the plateau: no shaft rising to its tip
+    th = level_crossing(prof_t, np.where(ok, prof, background), top, background, -6.0, TIP_LEVEL)
     tip_on = "steel_end"
     if th is None or th > max_gap_mm + 2.0:
         beyond = ~ok & (prof_t > -6.0)
@@ -167,7 +181,7 @@ def measure_trace(tr, sample, body_sample, geometry, background, threshold, min_
         gap_s = np.arange(proximal_s, depth_path, 1.0)
         gap_peak = np.array([np.nan]) if not len(gap_s) else sample_peak_along(tr, sample, t_tip - sgn * gap_s,
                                                                                max(1.2, 0.6 * float(max(geometry.spacing))))
-        faint = background + 0.25 * (plateau - background)
+        faint = background + CARRY_FRACTION * (plateau - background)
         carried = float(np.mean(np.nan_to_num(gap_peak, nan=background) > faint))
     else:
         carried = 1.0
@@ -181,6 +195,11 @@ def measure_trace(tr, sample, body_sample, geometry, background, threshold, min_
     pk = pk[np.isfinite(pk)]
     line_peak = float(np.median(pk)) if len(pk) else plateau
     line_max = float(np.max(pk)) if len(pk) else plateau
+    # the brightest steel includes the run's own end (its peak on the centre line: not a neighbour's),
+    # where a needle lying across two thick slices, or starved along its length, reads highest
+    own = tr.peaks[(s_tr <= depth_path) & tr.found & np.isfinite(tr.peaks)]
+    if len(own):
+        line_max = max(line_max, float(np.max(own)))
     found_frac = float(np.mean(tr.found[body_part])) if np.count_nonzero(body_part) else 1.0
     coherent = found_frac
     # -- shape: chord entry -> tip, the tip segment's own axis, the bend ---------------------------------
@@ -236,8 +255,15 @@ def blur_sigma(d, geometry):
     return math.sqrt(PSF_SIGMA_MM ** 2 + float(np.sum((np.asarray(geometry.spacing) * g) ** 2)) / 12.0)
 
 
-def _proximal_first(body_sample, a, b, d, ring, geometry):
-    """True if end ``a`` (towards ``-d``) is the needle's proximal end (hub side), ``b`` the tip."""
+def _proximal_first(body_sample, a, b, d, ring, geometry, carries=None):
+    """True if end ``a`` (towards ``-d``) is the needle's proximal end (hub side), ``b`` the tip.
+
+    In order: the end outside the body; the end at the CT edge; the end beyond which the needle's
+    steel carries on, fainter, to the skin or the CT edge while beyond the other end it does not
+    (``carries(t_end, sign)``: a needle is one piece of steel from its hub to its tip, and the
+    steel's run stops short of the skin where the slices cut it thinly or rays along it are
+    starved; beyond a tip lies tissue, or the dark streak of the rays along the needle); the end
+    nearer the skin."""
     fa, fb = _inside_fraction(body_sample, a, ring, geometry), _inside_fraction(body_sample, b, ring, geometry)
     if (fa < 0.5) != (fb < 0.5):
         return fa < 0.5
@@ -246,7 +272,37 @@ def _proximal_first(body_sample, a, b, d, ring, geometry):
     eb = not geometry.contains_ras(b + edge_mm * d, margin_voxels=0.0)
     if ea != eb:
         return bool(ea)
+    if carries is not None:
+        ca, cb = carries("t0", -1.0), carries("t1", 1.0)
+        if ca != cb:
+            return bool(ca)
     return _out_dist(body_sample, a, -d, ring, geometry) <= _out_dist(body_sample, b, d, ring, geometry)
+
+
+def _steel_carries_out(tr, sample, body_sample, geometry, background, t_end, sgn_out, step=1.0):
+    """True when beyond the trace's end ``t_end`` ("t0" or "t1"), outwards (``sgn_out`` along the
+    model axis), the peak on the continued centre line stands above the tissue around it by
+    :data:`CARRY_FRACTION` of the trace's steel excess over at least 80 % of the way to where a ring
+    of ``ENTRY_RING_MM`` leaves the body or the CT (fainter steel of the same needle)."""
+    t = tr.t0 if t_end == "t0" else tr.t1
+    pk = tr.peaks[np.isfinite(tr.peaks)]
+    if not len(pk):
+        return False
+    level = float(np.median(pk)) - background
+    ring = _ring(tr.d, ENTRY_RING_MM)
+    ts = t + sgn_out * np.arange(step, 400.0, step)
+    pts = tr.at(ts)
+    in_ct = geometry.contains_ras(pts, margin_voxels=0.0)
+    n = int(np.argmin(in_ct)) if not in_ct.all() else len(ts)
+    if n == 0:
+        return False
+    ins = body_sample((pts[:n, None, :] + ring[None]).reshape(-1, 3)).reshape(n, len(ring)).mean(axis=1) >= 0.5
+    out = np.flatnonzero(~ins)
+    n = int(out[0]) if len(out) else n
+    if n < 2:
+        return False
+    peak = sample_peak_along(tr, sample, ts[:n], max(1.2, 0.6 * float(max(geometry.spacing))))
+    return bool(np.mean(np.nan_to_num(peak, nan=background) > background + CARRY_FRACTION * level) >= 0.8)
 
 
 def _ring(d, radius):

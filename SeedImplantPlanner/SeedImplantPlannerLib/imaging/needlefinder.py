@@ -31,15 +31,18 @@ Method (RAS millimetres throughout, arrays ``[k, j, i]``):
    of bone across the axis, a few mm beyond the tip) is not its steel.
 5. **Tip**: the half point of the peak profile along the *tip segment's own axis* (the tangent
    of the centre line at its distal end) between the local steel plateau (3-14 mm before the
-   end) and the soft tissue (a symmetrically blurred step keeps its half point). The needle's
+   end; the steel 1-3 mm before it where that is brighter than all of the plateau: an in-plane
+   shaft starved of photons but for its tip) and the soft tissue (a symmetrically blurred step
+   keeps its half point). The needle's
    ``tip_direction`` is that tangent; ``direction`` is the chord entry -> tip (what is compared
    with the planned needle), ``bend_mm`` the centre line's largest distance from the chord.
 6. **Entry**: walking from the tip back along the traced centre line, the point where a ring of
    radius ``ENTRY_RING_MM`` around it leaves the body (the skin, from the CT's air boundary);
    when the line leaves the CT first, the entry is the CT edge (``entry_on = "ct_edge"``, the
-   depth is then a lower bound). Elongated metal that reaches neither the skin nor the CT edge
-   (and no fainter steel carries on to the skin) is rejected (a chain of seeds, a clip or a
-   marker wire is not a needle).
+   depth is then a lower bound). The tip is the end beyond which no fainter steel carries on to
+   the skin when it does beyond the other (before the nearer-skin rule). Elongated metal that
+   reaches neither the skin nor the CT edge (and no fainter steel carries on to the skin) is
+   rejected (a chain of seeds, a clip or a marker wire is not a needle).
 7. **Diameter and gauge**: not measured. Beam hardening and photon starvation put steel's CT
    number far below its nominal value and 1 mm CTs clip it at the HU ceiling, so the content of
    the cross-section does not give the diameter; the gauge is the plan's when the needle is
@@ -476,7 +479,9 @@ def find_needles(ct_hu, geometry: ImageGeometry, *, region_mask=None, expected_d
         if isinstance(res, str):
             rejected.append({"position_mm": where, "length_mm": length, "reason": res})
             continue
-        res = FoundNeedle(**res, fill=fill)
+        # its levels judged with its slice fill fraction: a needle along thick slices fills only part
+        # of one (the thin lines of the search above already carry theirs)
+        res = FoundNeedle(**res, fill=min(fill, slice_fill_fraction(res["direction"], geometry)))
         if region is not None:
             s = np.linspace(0.0, 1.0, max(2, int(res.visible_mm / 1.0)))
             path = res.tip[None] - (s * res.visible_mm)[:, None] * res.direction
