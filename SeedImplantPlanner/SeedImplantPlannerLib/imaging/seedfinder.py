@@ -56,7 +56,10 @@ count-from-metal-content rule and a line-segment k-means described below):
    below both needles' steel plateau and below ``KNOT_SEED_FRACTION`` of this CT's single seeds' peak
    is rejected: a seed there keeps its own dense core, as bright as the other seeds (held-out
    layouts: knots 800-2750 HU, seeds 3071 HU; on 2-3 mm slices seeds lying in the slice plane read
-   far fainter, so thick slices are left alone).
+   far fainter, so thick slices are left alone). An object there that does hold seed-bright voxels
+   and that its metal counts as several seeds (a seed merged with the band) holds as many seeds as
+   its bright voxels hold single seeds' cores (at least one per connected core); its voxels within
+   half a capsule of a core are split into them, the band's metal is no seed.
 7. **Splitting** touching seeds: the voxels of a component with ``n > 1`` are clustered into
    ``n`` line segments of the seed's length (a k-means, then an EM of blurred segments whose
    distance knows the voxel box, so a thick slice does not trade side-by-side seeds for stacked
@@ -321,7 +324,7 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
     kept, rejected = count_seeds(comps, unit, geometry, off, max_per_cluster, box_cov, seed_length_mm,
                                  seed_diameter_mm)
     if len(needles) and float(geometry.spacing[2]) <= KNOT_MAX_SLICE_MM:
-        kept, knots = _knots_between_needles(kept, needles, geometry, off, box_cov, background)
+        kept, knots = _knots_between_needles(kept, needles, geometry, off, box_cov, background, ctc, seed_length_mm)
         rejected += knots
     rejected = needle_rejects + rejected
     warnings = []
@@ -396,16 +399,24 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
     return found
 
 
-def _knots_between_needles(kept, needles, geometry, off, box_cov, background):
+def _knots_between_needles(kept, needles, geometry, off, box_cov, background, ctc, seed_length_mm):
     """Module doc, step 6b: knots of the streak band between two in-plane needles, of any length or
-    direction, fainter than this CT's single seeds. Returns ``(kept, rejected rows)``."""
-    singles = [c["peak"] for c in kept if c["n"] == 1 and abs(c["ratio"] - 1.0) < 0.25 and not c.get("near_needle")]
-    if not singles:
+    direction, fainter than this CT's single seeds; an object there holding seed-bright cores counts
+    the seeds of its cores only. Returns ``(kept, rejected rows)``."""
+    from scipy import ndimage
+    ones = [c for c in kept if c["n"] == 1 and abs(c["ratio"] - 1.0) < 0.25 and not c.get("near_needle")]
+    if not ones:
         return kept, []
-    level = background + KNOT_SEED_FRACTION * (float(np.percentile(singles, 90)) - background)
+    level = background + KNOT_SEED_FRACTION * (float(np.percentile([c["peak"] for c in ones], 90)) - background)
+    core_vox = float(np.median([np.count_nonzero(ctc[tuple(c["kji"].T)] >= level) for c in ones]))
     kdir = geometry.direction_matrix[:, 2]
     out, rows = [], []
     for c in kept:
+        if c["peak"] >= level and c["n"] > 1 and core_vox >= 1:
+            pts = geometry.ijk_to_ras((c["kji"] + off)[:, ::-1].astype(float))
+            cen, _, _ = weighted_pose(pts, c["w"] + 1e-6, box_cov)
+            if _between_in_plane_needles(cen, None, -np.inf, needles, kdir) is not None:
+                _seed_cores_only(c, ctc, geometry, level, core_vox, seed_length_mm)
         if c["peak"] < level:
             pts = geometry.ijk_to_ras((c["kji"] + off)[:, ::-1].astype(float))
             cen, _, _ = weighted_pose(pts, c["w"] + 1e-6, box_cov)
@@ -418,6 +429,31 @@ def _knots_between_needles(kept, needles, geometry, off, box_cov, background):
                 continue
         out.append(c)
     return out, rows
+
+
+def _seed_cores_only(c, ctc, geometry, level, core_vox, seed_length_mm):
+    """An object between two in-plane needles holding seed-bright voxels (``>= level``) and counted as
+    several seeds by its metal: the band's metal is no seed. Its seeds are its cores: as many as the
+    bright voxels hold single seeds' cores (``core_vox`` voxels each, at least one per connected core),
+    split from its voxels within half a capsule of a core (module doc, step 6b)."""
+    from scipy import ndimage
+    vals = ctc[tuple(c["kji"].T)]
+    bright = vals >= level
+    lo = c["kji"].min(axis=0)
+    box = np.zeros(tuple(c["kji"].max(axis=0) - lo + 1), dtype=bool)
+    box[tuple((c["kji"][bright] - lo).T)] = True
+    lab, ncore = ndimage.label(box, structure=np.ones((3, 3, 3)))
+    sizes = np.bincount(lab[tuple((c["kji"][bright] - lo).T)], minlength=ncore + 1)[1:]
+    n = int(sum(max(1, int(round(s / core_vox))) for s in sizes))
+    if not 1 <= n < c["n"]:
+        return
+    sp = np.asarray(geometry.spacing, float)[::-1]
+    reach = int(math.ceil(0.5 * seed_length_mm / float(sp.min())))
+    near = ndimage.binary_dilation(box, structure=np.ones((3, 3, 3)), iterations=reach)
+    d_mm = ndimage.distance_transform_edt(~box, sampling=sp)
+    keep = near[tuple((c["kji"] - lo).T)] & (d_mm[tuple((c["kji"] - lo).T)] <= 0.5 * seed_length_mm)
+    c["kji"], c["w"] = c["kji"][keep], c["w"][keep]
+    c["n"], c["ratio"] = n, float(n)
 
 
 def _beside_in_plane_needles(ct_read, roic, geometry, off, needles, background, seed_length_mm, seed_diameter_mm,
