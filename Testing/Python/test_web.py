@@ -496,6 +496,9 @@ class WebPlannerInBrowserTest(unittest.TestCase):
         text = self.wait_message("opened moved-reg/scene.mrb", "restored from the scene", timeout_s=120)
         self.assertIn("registered to the planning CT", text)
         self.assertNotIn("warning", text)
+        goals_met = json.loads((self.served / "moved-reg" / "intraop_summary.json").read_text())["goals_met"]
+        self.assertEqual(self.page.evaluate("() => window.trame.state.get('message_type')"),
+                         "success" if goals_met else "warning")     # goals not met: said as the chain says it
         self.page.locator("#page-intraop").click()
         # the result box, the CT field and the options as the command line left them
         shown = self.page.locator("#registration-result").inner_text()

@@ -8,7 +8,8 @@ segmentation, re-planned needles and seeds, dose, isodoses, DVH, metrics) it hol
 - the seeds already implanted as found, as a markups fiducial node ``Implanted seeds (found)``
   (role ``ImplantedSeeds``);
 - the deviation table (``Needle deviations``, role ``NeedleDeviations``, the re-plan's advice in the
-  attribute ``SeedImplantPlanner.Advice``) and the options table
+  attribute ``SeedImplantPlanner.Advice``, whether it meets the goals in ``SeedImplantPlanner.GoalsMet``) and
+  the options table
   (``Re-plan options``, role ``ReplanOptions``);
 - the plan-vs-now DVH overlay: table ``DVH plan vs now`` and chart (role ``DVHCompare``) with the
   target's cumulative DVH for the original plan, the seeds already implanted and the re-plan.
@@ -38,6 +39,8 @@ INTRAOP_CT_ROLE = "IntraopCT"
 SOURCE_FILE_ATTRIBUTE = "SeedImplantPlanner.SourceFile"
 #: attribute of the deviation table: the re-plan's advice (goals met, or the option that would meet them)
 ADVICE_ATTRIBUTE = "SeedImplantPlanner.Advice"
+#: attribute of the deviation table: "1" when the re-plan meets the goals, "0" when not
+GOALS_MET_ATTRIBUTE = "SeedImplantPlanner.GoalsMet"
 FOUND_NEEDLE_COLOR = (1.0, 0.55, 0.0)
 IMPLANTED_SEED_COLOR = (1.0, 0.9, 0.1)
 
@@ -71,6 +74,7 @@ def add_intraop_nodes(scene, result, markups=True):
     out["deviations"] = _table(scene, "Needle deviations", "NeedleDeviations", result.needle_rows,
                                NEEDLE_DEVIATION_COLUMNS)
     out["deviations"].SetAttribute(ADVICE_ATTRIBUTE, str(result.advice or ""))   # the re-plan's advice, read back
+    out["deviations"].SetAttribute(GOALS_MET_ATTRIBUTE, "1" if result.goals_met else "0")
     out["options"] = _table(scene, "Re-plan options", "ReplanOptions", result.options, OPTION_COLUMNS)
     bins, curves = result.target_dvh_curves()
     if curves:

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..core.errors import InputError
 from . import intraop_registration as _reg
-from .intraop_scene import ADVICE_ATTRIBUTE, FOUND_NEEDLE_COLOR, INTRAOP_CT_ROLE, SOURCE_FILE_ATTRIBUTE
+from .intraop_scene import ADVICE_ATTRIBUTE, FOUND_NEEDLE_COLOR, GOALS_MET_ATTRIBUTE, INTRAOP_CT_ROLE, SOURCE_FILE_ATTRIBUTE
 from .markups import NEEDLE_NUMBER_ATTRIBUTE, needle_line_node
 from .nodes import ROLE_ATTRIBUTE
 
@@ -127,6 +127,7 @@ class IntraopState:
     seeds_node: object = None              # implanted seeds found (fiducials)
     deviation_rows: list = field(default_factory=list)
     advice: str = ""                       # the re-plan's advice (goals met, or the option that would meet them)
+    goals_met: bool | None = None          # whether the re-plan meets the goals (None: not recorded)
     option_rows: list = field(default_factory=list)
     dvh_chart: object = None
     notes: list = field(default_factory=list)      # other things the user should know (several CTs, ...)
@@ -215,6 +216,8 @@ def read_intraop_state(scene, plan_ct=None):
     dev = _nodes(scene, "vtkMRMLTableNode", "NeedleDeviations")
     state.deviation_rows = table_rows(dev[-1]) if dev else []
     state.advice = (dev[-1].GetAttribute(ADVICE_ATTRIBUTE) or "") if dev else ""
+    met = dev[-1].GetAttribute(GOALS_MET_ATTRIBUTE) if dev else None
+    state.goals_met = None if met not in ("0", "1") else met == "1"
     opts = _nodes(scene, "vtkMRMLTableNode", "ReplanOptions")
     state.option_rows = table_rows(opts[-1]) if opts else []
     charts = _nodes(scene, "vtkMRMLPlotChartNode", "DVHCompareChart")

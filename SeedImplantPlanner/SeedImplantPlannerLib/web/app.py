@@ -227,7 +227,7 @@ class WebPlanner(PlannerViews, PlannerPage):
         options = restored.options()
         s.register_bone_metric, s.register_translation_only = options["bone_metric"], options["translation_only"]
         s.show_intraop_ct = True
-        if restored.problem or restored.notes or "not met" in (self.session.open_note or ""):
+        if restored.problem or restored.notes or restored.goals_met is False:   # as the chain's own message
             s.message_type = "warning"
 
     def on_open_path(self):
@@ -356,8 +356,10 @@ class WebPlanner(PlannerViews, PlannerPage):
             kind = job.kind if job is not None else "plan"
             msg = self._guard(self.session.apply_job)
             if msg:
+                unmet = kind == "intraop" and self.session.intraop_result is not None and \
+                    not self.session.intraop_result.goals_met
                 self._say(msg, "warning" if "cancelled" in msg or "not met" in msg or "missing" in msg
-                          or "warning" in msg else "success")
+                          or "warning" in msg or unmet else "success")
                 if kind in ("needles", "intraop", "register"):
                     self._observe_interaction()
                     self.show_plan_in_views(reset=False)

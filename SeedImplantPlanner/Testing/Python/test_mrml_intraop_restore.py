@@ -115,6 +115,7 @@ class IntraopRestoreTest(MRMLSceneTestCase):
                     self.assertAlmostEqual(float(got[key]), float(want[key]), places=3)
         self.assertEqual(state.deviation_line(), result.deviation_line())
         self.assertEqual(state.advice, result.advice)
+        self.assertIs(state.goals_met, bool(result.goals_met))
         self.assertEqual(len(state.option_rows), len(result.options))
         self.assertIsNotNone(state.dvh_chart)
         text = state.summary()

@@ -64,7 +64,9 @@ class WebRestoreTest(_SessionOnServedFolder, unittest.TestCase):
         self.assertIn("intra-operative review restored from the scene: intra-op CT 'Intra-op CT intraop_moved.nrrd' "
                       "registered to the planning CT", session.open_note)
         self.assertNotIn("warning", session.open_note)
-        self.assertIn(json.loads((self.root / "reg" / "intraop_summary.json").read_text())["advice"], session.open_note)
+        summary = json.loads((self.root / "reg" / "intraop_summary.json").read_text())
+        self.assertIn(summary["advice"], session.open_note)
+        self.assertIs(session.restored.goals_met, bool(summary["goals_met"]))
         rep = session.registration_report()
         self.assertEqual(rep["ct"], ct_text)
         self.assertEqual(rep["lines"], reg.panel_report(written)["lines"])
