@@ -59,7 +59,10 @@ count-from-metal-content rule and a line-segment k-means described below):
    far fainter, so thick slices are left alone). An object there that does hold seed-bright voxels
    and that its metal counts as several seeds (a seed merged with the band) holds as many seeds as
    its bright voxels hold single seeds' cores (at least one per connected core); its voxels within
-   half a capsule of a core are split into them, the band's metal is no seed.
+   half a capsule of a core are split into them, the band's metal is no seed. An object there rejected
+   whole (too large for a cluster, or a streak beside a needle) that holds seed-bright cores no longer
+   than 1.5 capsules (as bright as the single seeds, or without one as the needles' steel) keeps one
+   seed per such core.
 7. **Splitting** touching seeds: the voxels of a component with ``n > 1`` are clustered into
    ``n`` line segments of the seed's length (a k-means, then an EM of blurred segments whose
    distance knows the voxel box, so a thick slice does not trade side-by-side seeds for stacked
@@ -326,6 +329,18 @@ def find_seeds(ct_hu, geometry: ImageGeometry, expected_count=None, roi_mask=Non
     if len(needles) and float(geometry.spacing[2]) <= KNOT_MAX_SLICE_MM:
         kept, knots = _knots_between_needles(kept, needles, geometry, off, box_cov, background, ctc, seed_length_mm)
         rejected += knots
+        # a seed merged with a long band into an object rejected whole (too large for a cluster, or a streak
+        # beside a needle): its seed-sized bright cores
+        whole = ("too large for a seed cluster", "streak beside a needle")
+        rows = {tuple(r["position_mm"]) for r in rejected if r["reason"].startswith(whole)}
+        large = [c for c in comps if (c.get("reject", "").startswith(whole[1])
+                                      or ("reject" not in c and c["content"] / unit > max_per_cluster))
+                 and tuple(_centroid_ras(c, geometry, off)) in rows]
+        taken = _cores_of_large_objects(large, kept, needles, geometry, off, box_cov, background, ctc, seed_length_mm)
+        if taken:
+            kept += taken
+            gone = {tuple(c.pop("centroid_row")) for c in taken}
+            rejected = [r for r in rejected if not (r["reason"].startswith(whole) and tuple(r["position_mm"]) in gone)]
     rejected = needle_rejects + rejected
     warnings = []
     if not kept:
@@ -429,6 +444,63 @@ def _knots_between_needles(kept, needles, geometry, off, box_cov, background, ct
                 continue
         out.append(c)
     return out, rows
+
+
+def _centroid_ras(c, geometry, off):
+    """A component's voxel centroid (RAS mm, rounded to 0.1 mm), as its rejected row states it."""
+    centroid_ijk = (c["kji"][:, ::-1].astype(float) + np.asarray(off)[::-1]).mean(axis=0)
+    return np.round(geometry.ijk_to_ras(centroid_ijk), 1).tolist()
+
+
+def _cores_of_large_objects(large, kept, needles, geometry, off, box_cov, background, ctc, seed_length_mm):
+    """Objects rejected whole (too large for a cluster, or a streak beside a needle) that lie between two
+    in-plane needles (a seed merged with the streak band): their seed-sized bright cores are seeds
+    (module doc, step 6b). Seed-bright:
+    90 % of the way to this CT's single seeds' peak, or, without a single seed, to the needles' steel
+    plateau (both clip); seed-sized: a connected core no longer than 1.5 capsules (a missed needle's steel
+    is longer). Returns the components taken back, reduced to the voxels within half a capsule of a core."""
+    from scipy import ndimage
+    ones = [c for c in kept if c["n"] == 1 and abs(c["ratio"] - 1.0) < 0.25 and not c.get("near_needle")]
+    kdir = geometry.direction_matrix[:, 2]
+    sp = np.asarray(geometry.spacing, float)[::-1]
+    taken = []
+    for c in large:
+        pts = geometry.ijk_to_ras((c["kji"] + off)[:, ::-1].astype(float))
+        cen, _, _ = weighted_pose(pts, c["w"] + 1e-6, box_cov)
+        pair = _between_in_plane_needles(cen, None, -np.inf, needles, kdir)
+        if pair is None:
+            continue
+        if ones:
+            ref = float(np.percentile([o["peak"] for o in ones], 90))
+        else:   # the steel of the two needles (as _between_in_plane_needles names them)
+            ref = min((float(getattr(nd, "peak_hu", np.nan)) for q, nd in enumerate(needles)
+                       if (getattr(nd, "name", None) or q + 1) in pair), default=np.nan)
+        if not math.isfinite(ref):
+            continue
+        level = background + KNOT_SEED_FRACTION * (ref - background)
+        bright = ctc[tuple(c["kji"].T)] >= level
+        if not bright.any():
+            continue
+        lo = c["kji"].min(axis=0)
+        box = np.zeros(tuple(c["kji"].max(axis=0) - lo + 1), dtype=bool)
+        box[tuple((c["kji"][bright] - lo).T)] = True
+        lab, ncore = ndimage.label(box, structure=np.ones((3, 3, 3)))
+        cores = np.zeros(ncore + 1, dtype=bool)
+        for q, sl in enumerate(ndimage.find_objects(lab), start=1):
+            ext = (np.array([s.stop - s.start for s in sl]) - 1) * sp
+            cores[q] = float(np.linalg.norm(ext)) <= 1.5 * seed_length_mm
+        if not cores.any():
+            continue
+        box = cores[lab]
+        d_mm = ndimage.distance_transform_edt(~box, sampling=sp)
+        keep = d_mm[tuple((c["kji"] - lo).T)] <= 0.5 * seed_length_mm
+        c["centroid_row"] = _centroid_ras(c, geometry, off)
+        c["kji"], c["w"] = c["kji"][keep], c["w"][keep]
+        c["n"] = int(cores.sum())
+        c["ratio"] = float(c["n"])
+        c.pop("reject", None)
+        taken.append(c)
+    return taken
 
 
 def _seed_cores_only(c, ctc, geometry, level, core_vox, seed_length_mm):

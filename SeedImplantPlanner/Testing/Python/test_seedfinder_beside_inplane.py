@@ -162,6 +162,20 @@ class SeedInTheBandTest(KnotsBetweenInPlaneNeedlesTest):
         self.assertLessEqual(int(np.sum(d.min(axis=1) > 2.0)), 1, np.round(self.found.positions, 1).tolist())
 
 
+class SeedInTheBandBesideANeedleTest(KnotsBetweenInPlaneNeedlesTest):
+    """The same layout with other noise (rng 71): the seed between N1 and N2 merges with the streak along N2
+    into one object rejected whole as "streak beside a needle"; its seed-sized bright core is the seed
+    (seedfinder step 6b, ``_cores_of_large_objects``). Before: the seed lost (nothing within 30 mm)."""
+
+    RNG = 71
+
+    def test_knots_rejected_with_their_reason(self):
+        d = np.linalg.norm(self.found.positions[:, None] - self.seeds[None], axis=-1)
+        self.assertLess(float(d[:, 0].min()), 0.5)
+        self.assertEqual(int(np.sum(d[:, 0] < 3.0)), 1, np.round(self.found.positions, 1).tolist())
+        self.assertEqual(int(np.sum(d.min(axis=1) > 2.0)), 0, np.round(self.found.positions, 1).tolist())
+
+
 class SteepNeedlesUntouchedTest(unittest.TestCase):
     """Needles crossing the slices steeply (a template implant) are not searched for bulges: their
     cross-section in each slice is a disc, not a band along which a seed could hide."""
