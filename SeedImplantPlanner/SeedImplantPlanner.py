@@ -595,7 +595,12 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         with slicer.util.tryWithErrorDisplay(_("Reading the intra-operative review of the scene failed."),
                                              waitCursor=False):
             state = self.logic.intraopRestore()
-        if state is None or (state.empty and not state.notes):
+        if state is None:
+            return
+        record = getattr(self.logic, "planRecord", None)
+        planLine = record.summary() if record is not None else ""
+        if state.empty and not state.notes:
+            self.ui.intraopStatusLabel.text = planLine
             return
         options = state.options()
         self.ui.intraopBoneMetricCheckBox.checked = options["bone_metric"]
@@ -608,7 +613,8 @@ class SeedImplantPlannerWidget(ScriptedLoadableModuleWidget, VTKObservationMixin
         table = self.logic.intraopNode("NeedleDeviations")
         if table is not None:
             self.ui.intraopDeviationTableView.setMRMLTableNode(table)
-        self.ui.intraopStatusLabel.text = state.summary() or "; ".join(state.notes)
+        self.ui.intraopStatusLabel.text = "; ".join(t for t in (planLine, state.summary() or "; ".join(state.notes))
+                                                      if t)
 
     def showRegistrationFusion(self, ctNode, planningNode) -> None:
         """The registered intra-op CT over the planning CT in the slice views (foreground at half opacity)."""
@@ -675,6 +681,7 @@ class SeedImplantPlannerLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self._planScene = None
         self._intraop = None
+        self.planRecord = None  # what the opened scene's plan record gave (SeedImplantPlannerLib.mrml.plan_record)
 
     def getParameterNode(self):
         return SeedImplantPlannerParameterNode(super().getParameterNode())
@@ -759,7 +766,11 @@ class SeedImplantPlannerLogic(ScriptedLoadableModuleLogic):
     def intraopRestore(self):
         """The intra-operative review the scene holds (intra-op CT, registration and its record, needles and seeds
         found, deviation table): SeedImplantPlannerLib.mrml.intraop_state.IntraopState."""
-        return self.intraopSession().restore()
+        session = self.intraopSession()
+        # the plan the scene records (SeedImplantPlannerLib.mrml.plan_record), so re-plan and the Intra-op steps
+        # continue; its problem (no record, unreadable, not matching the nodes) is said in the status line
+        self.planRecord = session.restore_plan()
+        return session.restore()
 
     def intraopFindNeedles(self, ctNode, progress=None):
         return self.intraopSession().find_needles(ctNode, progress=progress)

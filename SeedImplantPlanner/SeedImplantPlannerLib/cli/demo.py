@@ -125,7 +125,8 @@ def run_demo(out, *, strength_mCi=0.6, prescription_Gy=120.0, direction="R", tim
             out / "scene.mrb", seeds=plan.seeds, prescription_Gy=prescription_Gy, ct=(ct, ct_geometry),
             segmentation=seg, target=TARGET, organs=[o for o in ORGANS if o != "Bone"], forbidden=list(FORBIDDEN),
             needles=used, seed_needle_numbers=plan.seed_needle, dose=(dose, dose_geometry),
-            goals=load_goals("ct_soft_tissue_I125"), pictures_dir=out / "pictures", progress=_step(args, "scene"))
+            goals=load_goals("ct_soft_tissue_I125"), pictures_dir=out / "pictures", plan=plan,
+            progress=_step(args, "scene"))
         written["scene.mrb"] = Path(res["mrb"])
         for view, p in res["pictures"].items():
             written[f"pictures/{Path(p).name}"] = Path(p)

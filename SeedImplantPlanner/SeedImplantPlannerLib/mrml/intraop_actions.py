@@ -55,8 +55,11 @@ class IntraopSession:
         """The plan being implanted (the original one, also after a re-plan)."""
         if self._original is None:
             if self.ps.plan is None:
-                raise InputError("plan the implant first: the intra-operative review compares with a plan")
-            self._original = self.ps.plan
+                state = self.ps.restore_plan()      # an opened scene: the plan it records (plan_record)
+                if state.plan is None:
+                    raise InputError("plan the implant first: the intra-operative review compares with a plan ("
+                                     + state.problem + ")")
+            self._original = self.ps.original_plan or self.ps.plan
         return self._original
 
     def _collect(self, role, cls):
@@ -124,6 +127,16 @@ class IntraopSession:
         """The review an opened scene holds (intra-op CT, registration and its record, needles and seeds found,
         deviation table): :func:`mrml.intraop_state.read_intraop_state`; nothing in the scene changes."""
         return read_intraop_state(self.scene, self.ps.params.get_node("ctVolume"))
+
+    def restore_plan(self):
+        """Rebuild the plan (and, after a re-plan, the plan being implanted) the opened scene records
+        (:meth:`plan_scene.PlanScene.restore_plan`), so the steps continue; returns the
+        :class:`plan_record.PlanRecordState` (its ``problem`` says why no plan was rebuilt)."""
+        state = self.ps.restore_plan()
+        if state.plan is not None:
+            self._original = None
+            self.result = None
+        return state
 
     # -- registration to the planning CT -------------------------------------------------------------
     def planning_ct_node(self, planning_ct_node=None):
@@ -259,7 +272,9 @@ class IntraopSession:
         add_intraop_nodes(self.scene, result, markups=False)
         new = result.plan
         self.ps.plan = new
+        self.ps.original_plan = plan
         self.ps.set_needles(new.used_needles())
         self.ps.set_seeds(new.seeds, new.seed_needle)
+        self.ps.record_plan()
         self.ps.use_dose(result.dose_Gy, result.dose_geometry)
         return result

@@ -114,6 +114,7 @@ def save_intraop_scene(path, result, ct, segmentation, goals=None, pictures_dir=
             target=st.get("target"), organs=[o for o in (st.get("oars") or [])],
             forbidden=list(st.get("forbidden") or []), needles=plan.used_needles(), seed_needle_numbers=plan.seed_needle,
             dose=(result.dose_Gy, result.dose_geometry), goals=goals, progress=_progress.scaled(progress, 0.0, 0.7))
+        ps.plan, ps.original_plan = plan, result.original     # recorded in the scene on save (plan_record)
         nodes = add_intraop_nodes(ctx.scene, result)
         if registration is not None:
             nodes.update(add_registered_ct(ps, ct[0], scanner_geometry if scanner_geometry is not None

@@ -38,7 +38,14 @@ class LiveUpdates:
             self._observations.append((node, node.AddObserver(node.PointModifiedEvent, self._on_needle_event)))
         self._observations.append((self.scene, self.scene.AddObserver(self.scene.StartCloseEvent,
                                                                       lambda *a: self.stop_live_updates())))
+        # a save started elsewhere (Slicer's File > Save) keeps the plan's record too (plan_record)
+        self._observations.append((self.scene, self.scene.AddObserver(self.scene.StartSaveEvent,
+                                                                      lambda *a: self._record_on_save())))
         self._remember_needles()
+
+    def _record_on_save(self):
+        if getattr(self, "plan", None) is not None:
+            self.record_plan()
 
     def stop_live_updates(self):
         """Remove the observers."""

@@ -42,6 +42,7 @@ class PlanScene(LiveUpdates, PlanOutputs, PlanningActions):
         self._needle_state = {}
         self._study = 0
         self.plan = None
+        self.original_plan = None  # the plan being implanted, while the scene shows an intra-operative re-plan
         self._static_dose = None
         self._dirty_seeds = False
         self._busy = False
@@ -404,8 +405,25 @@ class PlanScene(LiveUpdates, PlanOutputs, PlanningActions):
                             pdf_path=pdf_path)
 
     def save(self, path):
-        """Write the whole plan scene to a .mrb bundle; returns its path."""
+        """Write the whole plan scene to a .mrb bundle, with the plan's record (:mod:`.plan_record`); returns its path."""
+        self.record_plan()
         return self.ctx.save_mrb(path)
+
+    def record_plan(self):
+        """Keep :attr:`plan` (as the scene shows it) and :attr:`original_plan` in the scene (:mod:`.plan_record`)."""
+        from .plan_record import write_plan_records
+        return write_plan_records(self)
+
+    def restore_plan(self):
+        """Rebuild :attr:`plan` and :attr:`original_plan` from the plan records of an opened scene
+        (:func:`plan_record.read_plan_records`, cross-checked against the nodes); returns the
+        :class:`plan_record.PlanRecordState`. Without a usable record both stay as they are."""
+        from .plan_record import read_plan_records
+        state = read_plan_records(self)
+        if state.plan is not None:
+            self.plan = state.plan
+            self.original_plan = state.original
+        return state
 
     def write_pictures(self, out_dir, prefix="plan", size=(512, 512), views=None):
         """PNG pictures (axial, sagittal, coronal, 3d) of the plan; returns {view: path}."""

@@ -143,6 +143,7 @@ class PlanningActions:
         used = {int(n) for n in plan.seed_needle if n > 0}
         self.set_needles([n for n in plan.needles if n.number in used] or plan.needles, locked=locked)
         self.set_seeds(plan.seeds, plan.seed_needle)
+        self.record_plan()     # kept in the scene, so a scene saved by any means rebuilds it (plan_record)
         return used
 
     def load_seeds_uniformly(self, spacing_mm=None, progress=None):

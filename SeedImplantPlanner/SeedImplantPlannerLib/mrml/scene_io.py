@@ -13,7 +13,7 @@ from .plan_scene import PlanScene
 def build_plan_scene(ctx, *, seeds: SeedSet, prescription_Gy, ct=None, segmentation=None, target=None, organs=(),
                      forbidden=(), needles=(), seed_needle_numbers=None, dose=None, dose_geometry=None,
                      dose_method="fast", isodose_levels_pct=DEFAULT_ISODOSE_LEVELS_PCT, goals=None,
-                     parameters=None, needles_locked=True, progress=None) -> PlanScene:
+                     parameters=None, needles_locked=True, plan=None, progress=None) -> PlanScene:
     """Build the whole plan in ``ctx``'s scene and compute or show its dose; returns the PlanScene.
 
     ``ct`` is (array, ImageGeometry); ``segmentation`` a :class:`segio.Segmentation`; ``target``,
@@ -21,8 +21,10 @@ def build_plan_scene(ctx, *, seeds: SeedSet, prescription_Gy, ct=None, segmentat
     (entry, tip) pairs; ``seed_needle_numbers`` the needle number of each seed (0 = none);
     ``dose`` an (array Gy, ImageGeometry) computed elsewhere, else the dose is computed on
     ``dose_geometry`` (default: target box + margin) with ``dose_method``; ``goals`` a
-    :class:`goals.GoalSet`; ``parameters`` extra parameter-node values (see :data:`DEFAULTS`).
+    :class:`goals.GoalSet`; ``parameters`` extra parameter-node values (see :data:`DEFAULTS`); ``plan`` the
+    :class:`planfile.Plan` these seeds come from, recorded in the scene when it is saved (:mod:`.plan_record`).
     """
+    plan_object = plan
     plan = PlanScene(ctx)
     for k, v in (parameters or {}).items():
         plan.params.set(k, v)
@@ -39,6 +41,7 @@ def build_plan_scene(ctx, *, seeds: SeedSet, prescription_Gy, ct=None, segmentat
         plan.set_needles(needles, locked=needles_locked)
     plan.set_seeds(seeds, seed_needle_numbers)
     plan.set_goals(goals)
+    plan.plan = plan_object
     if dose is not None:
         plan.use_dose(*dose)
     else:
@@ -49,7 +52,7 @@ def build_plan_scene(ctx, *, seeds: SeedSet, prescription_Gy, ct=None, segmentat
 def save_plan_scene(path, *, seeds: SeedSet, prescription_Gy, ct=None, segmentation=None, target=None, organs=(),
                     forbidden=(), needles=(), seed_needle_numbers=None, dose=None, dose_geometry=None,
                     dose_method="fast", isodose_levels_pct=DEFAULT_ISODOSE_LEVELS_PCT, goals=None,
-                    parameters=None, pictures_dir=None, picture_prefix="plan", progress=None) -> dict:
+                    parameters=None, pictures_dir=None, picture_prefix="plan", plan=None, progress=None) -> dict:
     """Save a whole plan as a Slicer scene bundle (.mrb), optionally with its PNG pictures.
 
     Arguments as :func:`build_plan_scene`. Returns ``{"mrb": Path, "pictures": {view: Path},
@@ -62,7 +65,7 @@ def save_plan_scene(path, *, seeds: SeedSet, prescription_Gy, ct=None, segmentat
                                 target=target, organs=organs, forbidden=forbidden, needles=needles,
                                 seed_needle_numbers=seed_needle_numbers, dose=dose, dose_geometry=dose_geometry,
                                 dose_method=dose_method, isodose_levels_pct=isodose_levels_pct, goals=goals,
-                                parameters=parameters, progress=_progress.scaled(progress, 0.0, 0.8))
+                                parameters=parameters, plan=plan, progress=_progress.scaled(progress, 0.0, 0.8))
         pictures = {}
         if pictures_dir is not None:
             pictures = plan.write_pictures(pictures_dir, prefix=picture_prefix)

@@ -72,6 +72,8 @@ class PlannerSession(SessionFiles, SessionPlanning, SessionIntraop):
         self.scene_ct = None  # {"key", "label", "array", "geometry"}: an opened scene's intra-op CT whose file is not at hand
         self.scene_deviation_rows = []  # the deviation table of an opened scene (until the needles change)
         self.restored = None  # mrml.intraop_state.IntraopState of the last opened scene
+        self.plan_record = None  # mrml.plan_record.PlanRecordState of the last opened scene (its plan rebuilt or why not)
+        self.restored_original = None  # the plan being implanted an opened scene recorded beside its re-plan
         self.open_note = ""  # what opening restored (intra-operative review), for the page's message
         self.case_segmentation = None  # imaging.segio.Segmentation of the open case (None from a .mrb)
         self.case_paths = (None, None)  # CT and segmentation files of the open case (None when from a .mrb)
@@ -100,6 +102,8 @@ class PlannerSession(SessionFiles, SessionPlanning, SessionIntraop):
         self.scene_ct = None
         self.scene_deviation_rows = []
         self.restored = None
+        self.plan_record = None
+        self.restored_original = None
         self.open_note = ""
         self.case_segmentation = None
         self.case_paths = (None, None)
@@ -226,9 +230,32 @@ class PlannerSession(SessionFiles, SessionPlanning, SessionIntraop):
             dose_node = ps.params.get_node("doseVolume")
             geometry = volumes.geometry_from_volume(dose_node) if dose_node is not None else None
             ps.compute_dose(geometry)
-        self.open_note = self.restore_intraop()
+        plan_note = self.restore_plan_record()
+        self.open_note = "; ".join(t for t in (plan_note, self.restore_intraop()) if t)
         self._start_live()
         return ps
+
+    def restore_plan_record(self):
+        """Rebuild the plan the opened scene records (:meth:`PlanScene.restore_plan`: the plan as shown, and the plan
+        being implanted after a re-plan) with its structures from the scene's segmentation, so re-planning and the
+        intra-operative chain continue; returns the page's note (the problem when no plan was rebuilt)."""
+        from ..mrml.plan_record import scene_segmentation
+        ps = self.plan_scene
+        state = ps.restore_plan()
+        self.plan_record = state
+        if state.plan is None:
+            return state.problem
+        try:
+            segmentation = scene_segmentation(ps)
+        except InputError as exc:
+            ps.plan = ps.original_plan = None
+            state.problem = f"{exc}: the plan is not rebuilt"
+            state.plan = state.original = None
+            return state.problem
+        self.plan = state.plan
+        self.case_segmentation = segmentation
+        self.restored_original = state.original
+        return state.summary()
 
     # -- uploads -----------------------------------------------------------------------------------
     def store_upload(self, name, content: bytes) -> Path:

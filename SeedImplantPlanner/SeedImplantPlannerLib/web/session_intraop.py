@@ -231,6 +231,15 @@ class SessionIntraop:
         map_markups(seeds, change)     # the implanted seeds found on this CT (an opened scene's, the chain's)
         if not (self.implanted_needles or self.needle_matching or self.intraop_result is not None):
             return f"; the {sum(n.GetNumberOfControlPoints() for n in seeds)} implanted seeds found moved with the CT"
+        if self.intraop_result is None and self.restored_original is not None and self.implanted_needles:
+            # an opened scene's re-plan (its plan being implanted recorded beside it): as the chain's own below
+            original, self.restored_original = self.restored_original, None
+            self.needle_matching = None
+            self.implanted_needles = [n.moved(move) for n in self.implanted_needles]
+            self._show_original(original)
+            self._show_implanted(self.implanted_needles)
+            return (f"; the re-plan was made in the earlier frame: the plan being implanted is shown again and its "
+                    f"{len(self.implanted_needles)} needles in place moved with the CT: run the chain again")
         if self.intraop_result is not None:
             result = self.intraop_result
             self.intraop_result = None
@@ -260,6 +269,7 @@ class SessionIntraop:
         """Show ``plan`` (the plan being implanted, after a re-plan made in another frame) with its dose."""
         ps = self.require_plan()
         ps.stop_live_updates()
+        ps.original_plan = None
         ps.show_plan(plan, locked=False)
         self.plan = plan
         ps.compute_dose(self._default_dose_geometry())
@@ -432,6 +442,8 @@ class SessionIntraop:
         ps.dose_grid = grid
         ps.refresh_outputs()
         self.plan = new
+        ps.original_plan = result.original     # recorded beside the re-plan when the scene is saved (plan_record)
+        self.restored_original = None
         # the scene layout of the module and seedplan intraop (saved with a .mrb): the implanted seeds found, the
         # deviation and options tables, the DVH plan vs now (an earlier chain's go); the needles in place below
         from ..mrml.intraop_scene import add_intraop_nodes
