@@ -8,11 +8,8 @@ a finished job's result into the scene on the caller's thread.
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
-
-import numpy as np
 
 from ..core.errors import CancelledError, InputError, SeedPlanError
 from ..mrml import segmentations
@@ -78,31 +75,13 @@ class SessionPlanning:
 
     # -- the plan object behind the scene ---------------------------------------------------------------
     def current_plan(self):
-        """The plan (planning.planfile.Plan) with the seeds as they are in the scene now (None without a plan)."""
+        """The plan (planning.planfile.Plan) with the seeds as they are in the scene now (None without a plan):
+        :func:`mrml.plan_record.plan_as_shown`, the form a saved scene records."""
+        from ..mrml.plan_record import plan_as_shown
         if self.plan is None or self.plan_scene is None:
             return None
         seeds, numbers = self.plan_scene.seeds()
-        plan = copy.copy(self.plan)
-        plan.dose_grid = None
-        plan.evaluation = None
-        numbers = np.asarray(numbers, int) if len(numbers) else np.zeros(len(seeds), int)
-        known = {n.number for n in plan.needles}
-        numbers = np.array([n if n in known else 0 for n in numbers], int)
-        s_tip = np.full(len(seeds), np.nan)
-        for i in range(len(seeds)):
-            if numbers[i] > 0:
-                needle = plan.needle_by_number(numbers[i])
-                pts, depth = needle.sample_path(0.25)
-                k = int(np.argmin(np.linalg.norm(pts - seeds.positions[i], axis=1)))
-                s_tip[i] = needle.depth_mm - depth[k]
-        fixed = np.zeros(len(seeds), bool)
-        if len(self.plan.seed_fixed) == len(seeds):
-            fixed = self.plan.seed_fixed.copy()
-        plan.seeds, plan.seed_needle, plan.seed_s_from_tip_mm, plan.seed_fixed = seeds, numbers, s_tip, fixed
-        plan.__post_init__()
-        rx = self.plan_scene.params.get("prescriptionDoseGy")
-        plan.prescription_Gy = float(rx)
-        return plan
+        return plan_as_shown(self.plan, seeds, numbers, self.plan_scene.params.get("prescriptionDoseGy"))
 
     # -- inverse planning off the event loop --------------------------------------------------------------
     def start_plan(self, needle_mode="template", direction="P", template_spacing_mm=10.0, time_limit_s=8.0,

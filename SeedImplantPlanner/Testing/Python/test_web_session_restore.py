@@ -31,6 +31,17 @@ def run_job(session, job, timeout_s=300):
     return session.apply_job()
 
 
+def assert_same_seeds(test, got, want):
+    """The seeds of two plans: positions as the plan file keeps them (1e-4 mm), axes (the file's 6 decimals, normalised
+    again when read: 2e-6), strengths, needle numbers, distances from the tip, already implanted."""
+    np.testing.assert_allclose(got.seeds.positions, want.seeds.positions, atol=1e-4)
+    np.testing.assert_allclose(got.seeds.axes, want.seeds.axes, atol=2e-6)
+    np.testing.assert_allclose(got.seeds.strengths_U, want.seeds.strengths_U, rtol=1e-12)
+    test.assertEqual(list(got.seed_needle), list(want.seed_needle))
+    np.testing.assert_allclose(got.seed_s_from_tip_mm, want.seed_s_from_tip_mm, atol=1e-3, equal_nan=True)
+    test.assertEqual(list(got.seed_fixed), list(want.seed_fixed))
+
+
 def csv_rows(path):
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
@@ -49,7 +60,8 @@ class WebRestoreTest(_SessionOnServedFolder, unittest.TestCase):
                          "--needles", "moved/needles_on_intraop.csv", "--implanted", str(len(cls.case["seeds"])),
                          "--time-limit", "1", "--no-options", "--register", "--out", "reg", cwd=cls.root)
         if r.returncode not in (0, 3):
-            raise RuntimeError(f"seedplan intraop --register failed: {r.stderr}")
+            raise RuntimeError(f"seedplan intraop --register failed (exit {r.returncode}): {r.stderr}")
+        cls.exit_code = r.returncode
         cls.written = json.loads((cls.root / "reg" / "registration.json").read_text())
         # the same scene where the intra-operative CT's file is not at hand (another served folder)
         cls.elsewhere = cls.tmp / "elsewhere"
@@ -66,6 +78,7 @@ class WebRestoreTest(_SessionOnServedFolder, unittest.TestCase):
         self.assertNotIn("warning", session.open_note)
         summary = json.loads((self.root / "reg" / "intraop_summary.json").read_text())
         self.assertIn(summary["advice"], session.open_note)
+        self.assertEqual(self.exit_code, 0 if summary["goals_met"] else 3)     # exit 3: the re-plan misses a goal
         self.assertIs(session.restored.goals_met, bool(summary["goals_met"]))
         rep = session.registration_report()
         self.assertEqual(rep["ct"], ct_text)
@@ -111,9 +124,26 @@ class WebRestoreTest(_SessionOnServedFolder, unittest.TestCase):
                                                    ["seeds_implanted_found"]))
         # the page works on from there: back to scanner coordinates, the needles move with the CT and the
         # command line's deviation table (of the registered frame) gives way to the needles as they now are
+        # the plan the scene records is rebuilt: the re-plan shown, the plan being implanted beside it
+        from SeedImplantPlannerLib.planning.planfile import read_plan
+        self.assertEqual(session.plan_record.status, "stored", session.plan_record.problem)
+        self.assertIn("plan rebuilt from the scene", session.open_note)
+        replan = read_plan(self.root / "reg" / "plan" / "plan.json")
+        original = read_plan(self.root / "moved" / "plan" / "plan.json")
+        for got, want in ((session.plan, replan), (session.restored_original, original)):
+            assert_same_seeds(self, got, want)
+            for key in ("needles", "prescription_Gy", "goals", "source", "loading_rules"):
+                self.assertEqual(got.to_dict()[key], want.to_dict()[key], key)
+        self.assertIsNotNone(session.case_segmentation.find("GTV"))
+        # the page works on from there: back to scanner coordinates, the needles move with the CT, the re-plan (made
+        # in the registered frame) gives way to the plan being implanted and the command line's deviation table to
+        # the needles as they now are
         message = session.clear_registration()
         self.assertIn("back to its scanner coordinates", message)
-        self.assertIn("needles read before moved with the CT", message)
+        self.assertIn("the plan being implanted is shown again", message)
+        assert_same_seeds(self, session.plan, original)
+        self.assertEqual(len(session.plan_scene.seeds()[0]), len(original.seeds))
+        self.assertIsNone(session.restored_original)
         self.assertIsNone(session.intraop_ct_node.GetParentTransformNode())
         inv = np.linalg.inv(written.matrix_ras)
         for n in session.implanted_needles:
@@ -128,6 +158,71 @@ class WebRestoreTest(_SessionOnServedFolder, unittest.TestCase):
         for n in session.implanted_needles:
             np.testing.assert_allclose(n.tip, session.registration.map_points(
                 inv[:3, :3] @ before[n.name] + inv[:3, 3]), atol=1e-6)
+
+    def test_chain_continues_after_opening_the_cli_scene(self):
+        """The intra-operative chain on a re-opened `seedplan intraop --register` scene (it refused before: no plan)."""
+        session = self.session
+        session.open_path("reg/scene.mrb")
+        self.assertIsNotNone(session.plan)
+        message = run_job(session, session.start_intraop(session.intraop_ct_text(), time_limit_s=1.0))
+        result = session.intraop_result
+        self.assertIsNotNone(result)
+        self.assertIn("intraop_moved.nrrd (registered to the planning CT)", message)
+        self.assertIn(result.deviation_line(), message)
+        np.testing.assert_allclose(result.registration.matrix_ras, self.written["matrix_ras"], atol=1e-9)
+        self.assertEqual({r["name"] for r in result.needle_rows if r["status"] == "in place"},
+                         {n["name"] for n in self.case["needles"]})
+        self.assertEqual(len(result.needles_in_place), len(self.case["needles"]))
+        self.assertGreater(len(result.found_seeds), 0)
+        self.assertIs(session.plan, result.plan)
+
+    def test_planning_scene_reopened_continues_to_the_chain(self):
+        """Yesterday's planning scene saved by the page, opened in a new session: the plan is rebuilt as it was, and the
+        registration, needle table and chain run on it; the same scene without its plan record (an older scene) is
+        opened with the reason said, and the chain refuses by name."""
+        from SeedImplantPlannerLib.core.errors import InputError
+        from SeedImplantPlannerLib.mrml import plan_record
+        session = self.session
+        session.open_path("moved/plan")
+        path = session.save_mrb("planned.mrb")
+        ctx = create_scene()
+        other = PlannerSession(ctx, ServedFolder(self.root))
+        self.addCleanup(ctx.close)
+        self.addCleanup(other.close)
+        other.open_path("planned.mrb")
+        self.assertEqual(other.plan_record.status, "stored", other.plan_record.problem)
+        want = session.plan
+        self.assertIn(f"plan rebuilt from the scene: {len(want.seeds)} seeds on {len(want.used_needles())} needles, "
+                      f"prescription {want.prescription_Gy:g} Gy", other.open_note)
+        self.assertEqual(other.plan.to_dict(), want.to_dict())
+        self.assertEqual(set(other.case_segmentation.names()), set(session.case_segmentation.names()))
+        run_job(other, other.start_register("moved/intraop_moved.nrrd"))
+        other.load_implanted_needles("moved/needles_on_intraop.csv")
+        message = run_job(other, other.start_intraop("moved/intraop_moved.nrrd", time_limit_s=1.0))
+        result = other.intraop_result
+        self.assertIn(result.deviation_line(), message)
+        assert_same_seeds(self, result.original, want)
+        self.assertEqual(len(result.needles_in_place), len(self.case["needles"]))
+        # the same scene without its record (as saved before plans were kept in scenes)
+        scratch = create_scene()
+        try:
+            scratch.load_mrb(path)
+            for node in plan_record.record_nodes(scratch.scene):
+                scratch.scene.RemoveNode(node)
+            scratch.save_mrb(self.root / "planned-old.mrb")
+        finally:
+            scratch.close()
+        ctx = create_scene()
+        old = PlannerSession(ctx, ServedFolder(self.root))
+        self.addCleanup(ctx.close)
+        self.addCleanup(old.close)
+        old.open_path("planned-old.mrb")
+        self.assertIn("the scene holds no plan record", old.open_note)
+        self.assertIsNone(old.plan)
+        self.assertEqual(len(old.plan_scene.seeds()[0]), len(want.seeds))          # the rest of the scene is there
+        self.assertTrue(old.has_dose())
+        with self.assertRaisesRegex(InputError, "needs the plan file"):
+            old.start_intraop("moved/intraop_moved.nrrd")
 
     def test_scene_ct_without_its_file(self):
         """The .mrb opened where the intra-op CT's file is not: the page names it "scene: ..." and works on its voxels."""
@@ -174,6 +269,13 @@ class WebRestoreTest(_SessionOnServedFolder, unittest.TestCase):
         self.addCleanup(other.close)
         other.open_path(session.served.relative(path))
         self.assertIn("registered to the planning CT", other.open_note)
+        # the page's plan comes back: the re-plan shown and the plan being implanted (the plan folder's)
+        from SeedImplantPlannerLib.planning.planfile import read_plan
+        self.assertEqual(other.plan_record.status, "stored", other.plan_record.problem)
+        assert_same_seeds(self, other.plan, session.current_plan())
+        self.assertEqual(other.plan.to_dict()["needles"], session.plan.to_dict()["needles"])
+        self.assertEqual(other.plan.prescription_Gy, session.plan.prescription_Gy)
+        assert_same_seeds(self, other.restored_original, read_plan(self.root / "moved" / "plan" / "plan.json"))
         self.assertEqual(other.intraop_ct_text(), "moved/intraop_moved.nrrd")
         back = other.registration_report()
         self.assertEqual(back["lines"], report["lines"])
