@@ -107,8 +107,13 @@ class WebPlannerInBrowserTest(unittest.TestCase):
                          "--strength", "0.5", "--unit", "mCi", "--oar", "Rectum", "--body", "Body", "--direction", "S",
                          "--goals", "ct_soft_tissue_I125", "--template-spacing", "7", "--time-limit", "2", "--out",
                          "plan2", cwd=cls.served)
-        if r.returncode != 0:
-            raise RuntimeError(f"seedplan plan failed: {r.stderr}")
+        # exit 0 when the plan meets every goal, 3 when the best plan found misses one (written all the same)
+        goals_met = (cls.served / "plan2" / "plan.json").is_file() and \
+            json.loads((cls.served / "plan2" / "plan.json").read_text())["optimizer"].get("goals_met")
+        if r.returncode not in (0, 3) or (r.returncode == 3) != ("goals not met" in r.stderr) or \
+                (r.returncode == 0 and goals_met is not True) or not (cls.served / "plan2" / "plan.json").is_file():
+            raise RuntimeError(f"seedplan plan failed or its exit code {r.returncode} does not say whether the goals "
+                               f"are met: {r.stderr}")
         (cls.served / "broken.mrb").write_bytes(b"this is not a zip archive")
         # needles "found on the intra-operative CT": the used needles with their tips 4 mm off
         rows = []
@@ -495,6 +500,9 @@ class WebPlannerInBrowserTest(unittest.TestCase):
         self.open_path("moved-reg/scene.mrb")
         text = self.wait_message("opened moved-reg/scene.mrb", "restored from the scene", timeout_s=120)
         self.assertIn("registered to the planning CT", text)
+        replan = json.loads((self.served / "moved-reg" / "plan" / "plan.json").read_text())
+        self.assertIn(f"plan rebuilt from the scene: {len(replan['seeds'])} seeds", text)
+        self.assertIn("the plan being implanted", text)
         self.assertNotIn("warning", text)
         goals_met = json.loads((self.served / "moved-reg" / "intraop_summary.json").read_text())["goals_met"]
         self.assertEqual(self.page.evaluate("() => window.trame.state.get('message_type')"),
@@ -527,9 +535,20 @@ class WebPlannerInBrowserTest(unittest.TestCase):
         self.page.locator("#show-intraop").click()
         planning = self.quadrants(self.views("8s1_reopened_planning_ct_views", settle_ms=2500))["axial"]
         self.page.locator("#show-intraop").click()
+        # the chain runs on from the re-opened scene (the plan rebuilt from it; it refused before: no plan file)
+        self.clear_message()
+        self.page.locator("#intraop-chain-btn").click()
+        self.wait_message("intraop_moved.nrrd (registered to the planning CT)", "needles in place", timeout_s=240)
+        rows = {r["implanted"]: r for r in self.page.evaluate("() => window.trame.state.get('deviation_rows')")
+                if r["note"] == "in place"}
+        self.assertEqual(set(rows), {n["name"] for n in self.moved["needles"]})
+        self.page.screenshot(path=str(self.shots / "8s3_reopened_chain_page.png"))
         self.clear_message()
         self.page.locator("#clear-registration-btn").click()
-        self.wait_message("scanner coordinates", "moved with the CT")
+        text = self.wait_message("scanner coordinates", "moved with the CT")
+        self.assertIn("the plan being implanted is shown again", text)
+        original = json.loads((self.served / "moved" / "plan" / "plan.json").read_text())
+        self.assertEqual(len(self.page.evaluate("() => window.trame.state.get('seed_rows')")), len(original["seeds"]))
         scanner = self.quadrants(self.views("8s2_reopened_scanner_views", settle_ms=2500))["axial"]
         dice_registered, dice_scanner = bone_dice(registered, planning), bone_dice(scanner, planning)
         self.assertGreater(dice_registered, 0.75, (dice_registered, dice_scanner))
