@@ -138,8 +138,10 @@ class PlanningActions:
     def show_plan(self, plan, locked=None):
         """Put ``plan`` (planning.planfile.Plan) into the scene: its needles that carry seeds (every needle
         when none does) and its seeds with their needle numbers; ``locked`` as in ``set_needles`` (None:
-        the parameter node's needlesLocked). The dose is left to the caller. Returns the used needle numbers."""
+        the parameter node's needlesLocked); recorded in the scene (:meth:`record_plan`, ``original_plan`` cleared).
+        The dose is left to the caller. Returns the used needle numbers."""
         self.plan = plan
+        self.original_plan = None   # a plan shown is no re-plan (the intra-operative re-plan sets it after this)
         used = {int(n) for n in plan.seed_needle if n > 0}
         self.set_needles([n for n in plan.needles if n.number in used] or plan.needles, locked=locked)
         self.set_seeds(plan.seeds, plan.seed_needle)

@@ -392,21 +392,24 @@ class SessionIntraop:
         Needles: those read from a needles CSV on this page if any, else found on the CT
         (:func:`planning.intraop.find_needles_in_place`); then :func:`planning.intraop.run_intraop`
         (seeds already implanted found on the CT, re-plan of the remaining seeds on the needles in
-        place, options tried, advice). Needs a plan opened from a plan folder or planned here.
+        place, options tried, advice). Needs a plan opened from a plan folder, planned here, or rebuilt from an
+        opened .mrb (its plan record); after a re-plan it compares with the plan being implanted.
         """
         from ..core import progress as _p
         from ..physics.dose import DoseGrid
         from ..planning.intraop import check_frames, find_needles_in_place, run_intraop
         ps = self.require_plan()
         if self.plan is None or self.case_segmentation is None:
-            raise InputError("the intra-operative chain needs the plan file and its segmentation: open a plan folder "
-                             "(or plan here from a CT + segmentation)")
+            raise InputError("the intra-operative chain needs the plan and its segmentation: open a plan folder, a .mrb "
+                             "that records its plan, or plan here from a CT + segmentation")
         if self.job is not None and self.job.running:
             raise InputError("a computation is running: wait for it or cancel it")
         path, ct, geometry = self._intraop_input(ct_text)
         reg = self._registration_for(path)
         plan_geometry = reg.moved_geometry(geometry) if reg is not None else geometry   # the chain: plan frame
-        plan = self.current_plan()
+        # compared with the plan being implanted: the original when the scene shows a re-plan (a chain run before, or an
+        # opened scene's), as the module's Intra-op panel does; else the plan with the seeds as they are now
+        plan = ps.original_plan if ps.original_plan is not None else self.current_plan()
         check_frames(plan_geometry, plan)
         seg = self.case_segmentation
         given = list(self.implanted_needles) if self.implanted_needles and self.needle_matching is None else None

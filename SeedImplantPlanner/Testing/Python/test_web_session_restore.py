@@ -175,6 +175,10 @@ class WebRestoreTest(_SessionOnServedFolder, unittest.TestCase):
         self.assertEqual(len(result.needles_in_place), len(self.case["needles"]))
         self.assertGreater(len(result.found_seeds), 0)
         self.assertIs(session.plan, result.plan)
+        # compared with the plan being implanted (recorded beside the command line's re-plan), as the module does
+        from SeedImplantPlannerLib.planning.planfile import read_plan
+        assert_same_seeds(self, result.original, read_plan(self.root / "moved" / "plan" / "plan.json"))
+        self.assertIs(session.plan_scene.original_plan, result.original)
 
     def test_planning_scene_reopened_continues_to_the_chain(self):
         """Yesterday's planning scene saved by the page, opened in a new session: the plan is rebuilt as it was, and the
@@ -221,7 +225,8 @@ class WebRestoreTest(_SessionOnServedFolder, unittest.TestCase):
         self.assertIsNone(old.plan)
         self.assertEqual(len(old.plan_scene.seeds()[0]), len(want.seeds))          # the rest of the scene is there
         self.assertTrue(old.has_dose())
-        with self.assertRaisesRegex(InputError, "needs the plan file"):
+        with self.assertRaisesRegex(InputError, "needs the plan and its segmentation: open a plan folder, a .mrb that "
+                                                "records its plan"):
             old.start_intraop("moved/intraop_moved.nrrd")
 
     def test_scene_ct_without_its_file(self):
