@@ -11,10 +11,12 @@ Method (RAS millimetres throughout, arrays ``[k, j, i]``):
 2. **Metal mask**: voxels above ``background + max(NEEDLE_FLOOR_HU, NEEDLE_FRACTION x (peak -
    background))``, the peak being a robust maximum of the metal (the 99.9th percentile of the
    voxels above the floor). Connected objects never brighter than cortical bone nor half-way to
-   the CT's metal (bone, streaks) are set aside with that reason. On slices 2.5 mm or thicker,
+   the CT's metal (bone, streaks) are set aside with that reason. On slices 2 mm or thicker,
    thin lines in the slice plane are judged with their partial volume (:func:`_thin_line_steel`:
-   a needle there fills only part of the slice and reads within bone's range; bone is a shell
-   cut by many slices).
+   a needle there fills only part of the slice and reads within bone's range, a third of it in
+   each of two slices on their boundary; bone is a shell cut by many slices); an object of a few
+   slices holding several such lines (needles converging in one plane, joined by their streak
+   band) is judged line by line.
 3. **Starting lines** (RANSAC, :mod:`imaging.needle_lines`): each object is searched for straight
    lines, scored by the brightest voxel of every 1 mm along them; the best line's voxels are
    removed and the search repeats (crossing needles, needles touching seeds or bone). Planned
@@ -79,7 +81,8 @@ from ..core import progress as _progress
 from ..core.errors import InputError
 from ..core.geometry import ImageGeometry
 from .needle_lines import own_voxels, ransac_lines
-from .needle_measure import BEND_TOLERANCE_MM, DEFAULT_GAUGE, GAUGE_DIAMETER_MM, mask_at, measure_trace, slice_fill_fraction
+from .needle_measure import (BEND_TOLERANCE_MM, DEFAULT_GAUGE, GAUGE_DIAMETER_MM, PV_DIAMETER_MM, mask_at, measure_trace,
+                             slice_fill_fraction)
 from .needle_rules import BONE_MAX_HU, EDGE_FAINT_FRACTION, drop_duplicates, drop_faint, drop_traced_twice
 from .needle_sampling import Sampler
 from .needle_track import trace_centreline
@@ -92,12 +95,15 @@ NEEDLE_FLOOR_HU = 700.0
 NEEDLE_FRACTION = 0.25
 #: Thin lines in the slice plane (:func:`_thin_line_steel`) are judged with their partial volume on
 #: slices at least this thick (mm; thinner slices hold a needle's full steel) ...
-THIN_SLICE_MM = 2.5
+THIN_SLICE_MM = 2.0
 #: ... when their axis lies within this angle of the slice plane (deg) ...
 THIN_MAX_TILT_DEG = 15.0
 #: ... and their voxels within this width across the axis in the plane (mm: a 1.65 mm needle blurred
 #: by the scanner's PSF and the pixel, with a bend of up to 1 mm over the object).
 THIN_WIDTH_MM = 12.0
+#: An object holding several thin lines is searched line by line when it lies in at most this many
+#: slices (needles in one plane 0-5 deg off it; the table, bone and streak fans span many).
+THIN_MAX_SLICES = 3
 #: Shortest needle searched for (mm of visible steel).
 MIN_LENGTH_MM = 20.0
 #: Two traced centre lines closer than this (mm) over most of their length are one needle: two
@@ -276,17 +282,69 @@ def _thin_line_steel(kji, geometry, peak, background, dim_level) -> bool:
     if float(sp[2]) < THIN_SLICE_MM or len(kji) < 4:
         return False
     pts = geometry.ijk_to_ras(kji[:, ::-1].astype(float)).reshape(-1, 3)
+    return _thin_line_points(pts, _principal_axis(kji, geometry), geometry, peak, background, dim_level)
+
+
+def _thin_line_points(pts, axis, geometry, peak, background, dim_level) -> bool:
+    """:func:`_thin_line_steel` for points ``pts`` (RAS mm) along ``axis``: within ``T`` of the axis
+    along the slice normal, ``THIN_WIDTH_MM`` across it in the plane, the axis within
+    ``THIN_MAX_TILT_DEG`` of the plane, the excess over ``background`` divided by the slice fill
+    fraction at least ``dim_level``."""
+    sp = np.asarray(geometry.spacing, float)
+    if float(sp[2]) < THIN_SLICE_MM or len(pts) < 4:
+        return False
     r = pts - pts.mean(axis=0)
-    axis = _principal_axis(kji, geometry)
     normal = np.asarray(geometry.direction_matrix, float)[:, 2]
     if math.degrees(math.asin(min(1.0, abs(float(axis @ normal))))) > THIN_MAX_TILT_DEG:
         return False
     across = np.cross(normal, axis)
     across /= np.linalg.norm(across)
     res = r - np.outer(r @ axis, axis)
-    if float(np.ptp(res @ normal)) > float(sp[2]) + 0.1 or float(np.ptp(res @ across)) > THIN_WIDTH_MM:
+    # along the normal: within two slice centres of its axis (or of the axis laid into the slice plane:
+    # a line across two slices, whose fitted axis tilts from one slice's voxels to the other's)
+    flat = axis - (axis @ normal) * normal
+    flat /= np.linalg.norm(flat)
+    spread = min(float(np.ptp(res @ normal)), float(np.ptp((r - np.outer(r @ flat, flat)) @ normal)))
+    if spread > float(sp[2]) + 0.1 or float(np.ptp(res @ across)) > THIN_WIDTH_MM:
         return False
     return background + (peak - background) / slice_fill_fraction(axis, geometry) >= dim_level
+
+
+def _line_fill(points, direction, geometry, diameter_mm=PV_DIAMETER_MM):
+    """Slice fill fraction of a needle along ``points`` (its traced centre line): the largest share of a
+    slice's thickness its steel occupies where it lies, median along it. A needle lying in the slice
+    plane at ``delta`` from a slice's centre covers ``[delta - D'/2, delta + D'/2]`` along the normal
+    (``D' = D / cos theta``); the brighter of the two slices it touches holds the larger part. On a
+    slice boundary each holds half: ``D' / (2 T)``, not the ``D' / T`` of
+    :func:`imaging.needle_measure.slice_fill_fraction`. 1 where the slices are no thicker than the
+    needle's extent."""
+    full = slice_fill_fraction(direction, geometry, diameter_mm)
+    normal = np.asarray(geometry.direction_matrix, float)[:, 2]
+    if full >= 1.0 or math.degrees(math.asin(min(1.0, abs(float(np.asarray(direction) @ normal))))) > THIN_MAX_TILT_DEG:
+        return full
+    thick = float(geometry.spacing[2])
+    ext = full * thick                                             # D' = D / cos theta (mm)
+    kf = geometry.ras_to_ijk(np.asarray(points, float).reshape(-1, 3))[:, 2]
+    delta = np.abs(kf - np.rint(kf)) * thick                       # distance from the nearest slice centre
+    lo, hi = delta - 0.5 * ext, delta + 0.5 * ext
+    inside = np.clip(np.minimum(hi, 0.5 * thick) - np.maximum(lo, -0.5 * thick), 0.0, None)
+    nextone = np.clip(np.minimum(hi, 1.5 * thick) - np.maximum(lo, 0.5 * thick), 0.0, None)
+    return float(np.median(np.maximum(inside, nextone) / thick))
+
+
+def _two_slice_peak(ct, kji, background):
+    """Largest excess over ``background`` of the voxels ``kji`` summed with the brighter of their two
+    neighbours along the slice normal, plus ``background`` (HU): a thin line lying across the boundary
+    of two thick slices shares its steel between them (the metal per mm is conserved by the slice
+    averaging), so its full-slice excess is the sum of the two."""
+    k, j, i = kji[:, 0], kji[:, 1], kji[:, 2]
+    own = ct[k, j, i].astype(float) - background
+    nb = np.full(len(kji), -np.inf)
+    for dk in (-1, 1):
+        kk = k + dk
+        ok = (kk >= 0) & (kk < ct.shape[0])
+        nb[ok] = np.maximum(nb[ok], ct[kk[ok], j[ok], i[ok]].astype(float) - background)
+    return background + float(np.max(own + np.clip(nb, 0.0, None)))
 
 
 def _principal_axis(kji, geometry):
@@ -379,7 +437,7 @@ def find_needles(ct_hu, geometry: ImageGeometry, *, region_mask=None, expected_d
     def _searched(sl):   # an object long enough for the search of the metal mask
         return float(np.linalg.norm(np.array([x.stop - x.start for x in sl[::-1]], float) * sp)) >= 0.5 * min_length_mm
 
-    def search(kji, fill):
+    def search(kji, fill, thin_lines=False):
         pts = kji[:, ::-1].astype(float) @ m_ijk[:3, :3].T + m_ijk[:3, 3]
         w = np.clip(ct[kji[:, 0], kji[:, 1], kji[:, 2]].astype(float) - background, 1.0, None)
         if len(pts) > 60000:  # a huge component (bone + metal): thin it for the search
@@ -389,7 +447,15 @@ def find_needles(ct_hu, geometry: ImageGeometry, *, region_mask=None, expected_d
                                    max_gap_mm=max_gap_mm, expected_dirs=exp_dirs)
         for c, d, length, reason in rej:
             rejected.append({"position_mm": np.round(c, 1).tolist(), "length_mm": round(length, 1), "reason": reason})
-        segs.extend((*sg, fill) for sg in own_voxels(lines, pts, w, inlier_mm, max_gap_mm, 0.5 * min_length_mm))
+        for sg in own_voxels(lines, pts, w, inlier_mm, max_gap_mm, 0.5 * min_length_mm):
+            if not thin_lines:
+                segs.append((*sg, fill))
+            elif _thin_line_points(sg[2], sg[1], geometry, _two_slice_peak(ct, np.rint(geometry.ras_to_ijk(sg[2]))[:, ::-1]
+                                                                            .astype(np.int64), background),
+                                   background, dim_level):
+                # one thin line of an object holding several (converging in-plane needles joined by
+                # their streak band): judged on its own voxels, with its own fill fraction
+                segs.append((*sg, slice_fill_fraction(sg[1], geometry)))
 
     # thick slices: thin lines in the slice plane, on their own partial-volume threshold (see
     # _thin_line_steel); the dim objects of the metal mask inside them are searched as part of them
@@ -416,10 +482,18 @@ def find_needles(ct_hu, geometry: ImageGeometry, *, region_mask=None, expected_d
             inner = inner[inner > 0]
             if len(inner) == 0 or any(comp_max[i - 1] >= dim_level and _searched(objs[i - 1]) for i in inner):
                 continue   # no metal-mask object in it, or steel seen as it is (searched below)
-            peak = float(comp_max[inner - 1].max())
+            peak = _two_slice_peak(ct, kji, background)
             if _thin_line_steel(kji, geometry, peak, background, dim_level):
                 thin_ids.update(int(i) for i in inner)
                 search(kji, slice_fill_fraction(_principal_axis(kji, geometry), geometry))
+            elif (background + (peak - background) / fill >= dim_level
+                  and len(np.unique(kji[:, 0])) <= THIN_MAX_SLICES):
+                # not one thin line as a whole (several converging in-plane needles and the streak band
+                # between them): its lines, each judged on its own voxels
+                n_before = len(segs)
+                search(kji, fill, thin_lines=True)
+                if len(segs) > n_before:
+                    thin_ids.update(int(i) for i in inner)
     for idx, sl in enumerate(objs, start=1):
         if sl is None or idx in thin_ids:
             continue
@@ -481,7 +555,7 @@ def find_needles(ct_hu, geometry: ImageGeometry, *, region_mask=None, expected_d
             continue
         # its levels judged with its slice fill fraction: a needle along thick slices fills only part
         # of one (the thin lines of the search above already carry theirs)
-        res = FoundNeedle(**res, fill=min(fill, slice_fill_fraction(res["direction"], geometry)))
+        res = FoundNeedle(**res, fill=min(fill, _line_fill(res["points"], res["direction"], geometry)))
         if region is not None:
             s = np.linspace(0.0, 1.0, max(2, int(res.visible_mm / 1.0)))
             path = res.tip[None] - (s * res.visible_mm)[:, None] * res.direction

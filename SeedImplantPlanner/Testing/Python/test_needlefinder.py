@@ -198,6 +198,16 @@ class TestLayoutsNotInTheBenchmark(unittest.TestCase):
                    for nm, ye, yt, xt in (("A", -6.0, -2.8, 6.0), ("B", 0.0, 0.0, 10.0), ("C", 6.0, 2.9, 3.0))]
         self.check(_grid(0.7, 2.0, 180, 16.0), needles, 2.0)
 
+    def test_two_in_plane_needles_on_a_two_mm_slice_boundary(self):
+        # from the left flank, 9 mm apart at the skin, tips 4 mm apart, in the plane z = 2 mm: the
+        # boundary of two 2 mm slices, each holding a third of the steel (never brighter than bone).
+        # Found as thin lines in the slice plane: the excess of both slices summed (the metal per mm
+        # is conserved by the slice averaging), each line of the object (two needles and the streak
+        # band between them) judged on its own, its fill fraction from where it lies in the slices
+        needles = [_held_out_needle(nm, (xt, yt, 2.0), (xt + 62.0, yt - ye, 0.0))
+                   for nm, ye, yt, xt in (("D", -4.5, -2.0, 12.0), ("E", 4.5, 2.0, 6.0))]
+        self.check(_grid(0.8, 2.0, 160, 16.0), needles, 2.0, rng_seed=17)
+
     def test_steep_needles_on_thick_noisy_slices(self):
         # five needles 25-50 deg out of the axial plane (one bent 1.2 mm, one 19 G), 1 mm pixels,
         # 2.5 mm slices, 40 % of the default photons
