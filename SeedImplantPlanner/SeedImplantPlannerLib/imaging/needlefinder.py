@@ -429,7 +429,10 @@ def find_needles(ct_hu, geometry: ImageGeometry, *, region_mask=None, expected_d
                  min(BONE_MAX_HU, background + EDGE_FAINT_FRACTION * (metal_peak - background)))
     inlier_mm = max(1.5, 0.5 * float(sp.max()) + 0.8)
     max_gap_mm = max(4.0, 1.5 * float(sp.max()))
-    rng = np.random.default_rng(12345)
+    # the thin lines of thick slices (searched first) draw from their own generator: searching them
+    # must not change the RANSAC draws, hence the lines, of the metal mask's objects elsewhere in the CT
+    # (a cluster of seeds searched as thin lines moved the lines of a template of needles 8 mm apart)
+    rng_metal, rng_thin = np.random.default_rng(12345), np.random.default_rng(12345)
     segs = []
     rejected = []
     warnings = []
@@ -437,7 +440,7 @@ def find_needles(ct_hu, geometry: ImageGeometry, *, region_mask=None, expected_d
     def _searched(sl):   # an object long enough for the search of the metal mask
         return float(np.linalg.norm(np.array([x.stop - x.start for x in sl[::-1]], float) * sp)) >= 0.5 * min_length_mm
 
-    def search(kji, fill, thin_lines=False):
+    def search(kji, fill, thin_lines=False, rng=rng_metal):
         pts = kji[:, ::-1].astype(float) @ m_ijk[:3, :3].T + m_ijk[:3, 3]
         w = np.clip(ct[kji[:, 0], kji[:, 1], kji[:, 2]].astype(float) - background, 1.0, None)
         if len(pts) > 60000:  # a huge component (bone + metal): thin it for the search
@@ -485,13 +488,13 @@ def find_needles(ct_hu, geometry: ImageGeometry, *, region_mask=None, expected_d
             peak = _two_slice_peak(ct, kji, background)
             if _thin_line_steel(kji, geometry, peak, background, dim_level):
                 thin_ids.update(int(i) for i in inner)
-                search(kji, slice_fill_fraction(_principal_axis(kji, geometry), geometry))
+                search(kji, slice_fill_fraction(_principal_axis(kji, geometry), geometry), rng=rng_thin)
             elif (background + (peak - background) / fill >= dim_level
                   and len(np.unique(kji[:, 0])) <= THIN_MAX_SLICES):
                 # not one thin line as a whole (several converging in-plane needles and the streak band
                 # between them): its lines, each judged on its own voxels
                 n_before = len(segs)
-                search(kji, fill, thin_lines=True)
+                search(kji, fill, thin_lines=True, rng=rng_thin)
                 if len(segs) > n_before:
                     thin_ids.update(int(i) for i in inner)
     for idx, sl in enumerate(objs, start=1):
